@@ -1,0 +1,241 @@
+//! Configuration from flags and environment variables (flags win).
+//!
+//! Every setting has one name, one default and a reason for that default. The variable
+//! names the AppView already uses (`VALKEY_URL`, `OAUTH_SESSION_TTL`,
+//! `OAUTH_ACCESS_TOKEN_TTL`) are reused so both can read one environment.
+
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Which session store backs the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Valkey (or Redis), shared with the TypeScript AppView. Production.
+    Valkey,
+    /// Process memory: for development and the quick start; lost on restart.
+    Memory,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// A value that must not be printed: its `Debug` says `[redacted]`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// The Barazo session authority: a gRPC SessionService backed by Valkey.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "barazo-session", version, about)]
+pub struct Config {
+    /// Address of the gRPC listener. Loopback by default so that a bare start exposes
+    /// nothing; in a container set `0.0.0.0:50051`.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Session store. `valkey` in production; `memory` only for development.
+    #[arg(long, env = "SESSION_STORE", value_enum, default_value_t = StoreKind::Valkey)]
+    pub store: StoreKind,
+
+    /// Valkey URL, `redis://[user:password@]host:port[/db]`. The AppView's variable.
+    /// Its value is never printed (it may hold a password).
+    #[arg(
+        long,
+        env = "VALKEY_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub valkey_url: Secret,
+
+    /// Session lifetime in seconds, restarted by every refresh. The AppView's variable
+    /// and default (7 days).
+    #[arg(long, env = "OAUTH_SESSION_TTL", default_value_t = 604_800)]
+    pub session_ttl: u64,
+
+    /// Access token lifetime in seconds. The AppView's variable and default (15 minutes).
+    #[arg(long, env = "OAUTH_ACCESS_TOKEN_TTL", default_value_t = 900)]
+    pub access_token_ttl: u64,
+
+    /// Prefix of every key this service touches; the AppView's layout uses
+    /// `barazo:session:`. Change it only together with the AppView.
+    #[arg(long, env = "SESSION_KEY_PREFIX", default_value = "barazo:session:")]
+    pub key_prefix: String,
+
+    /// Milliseconds to wait for a Valkey connection before answering UNAVAILABLE. Short,
+    /// because callers are waiting on a user's HTTP request.
+    #[arg(long, env = "VALKEY_CONNECT_TIMEOUT_MS", default_value_t = 500)]
+    pub valkey_connect_timeout_ms: u64,
+
+    /// Milliseconds to wait for one Valkey answer before answering UNAVAILABLE. Scripts take
+    /// well under a millisecond; anything near this means Valkey is in trouble.
+    #[arg(long, env = "VALKEY_COMMAND_TIMEOUT_MS", default_value_t = 500)]
+    pub valkey_command_timeout_ms: u64,
+
+    /// Milliseconds between store health checks (`grpc.health.v1` status). One PING a
+    /// second notices an outage quickly at no measurable cost.
+    #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1_000)]
+    pub health_check_interval_ms: u64,
+
+    /// Seconds to let in-flight calls finish after SIGTERM/SIGINT before exiting anyway.
+    /// Below Kubernetes' default 30 s grace period.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 20)]
+    pub shutdown_timeout: u64,
+
+    /// Log line format on stderr: `human` or `json`. Filter with `RUST_LOG` (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// Every problem found in a configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Config {
+    /// Parses flags and environment, then checks the values against each other. All
+    /// problems are reported at once so an operator fixes a config in one round.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::parse().validated()
+    }
+
+    /// Checks the values that clap's types cannot check on their own.
+    pub fn validated(self) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        if self.session_ttl == 0 {
+            problems.push("--session-ttl / OAUTH_SESSION_TTL must be at least 1 second".into());
+        }
+        if self.access_token_ttl == 0 {
+            problems.push(
+                "--access-token-ttl / OAUTH_ACCESS_TOKEN_TTL must be at least 1 second".into(),
+            );
+        }
+        if self.access_token_ttl > self.session_ttl {
+            problems.push(format!(
+                "--access-token-ttl ({}s) must not exceed --session-ttl ({}s): an access token \
+                 must not outlive its session",
+                self.access_token_ttl, self.session_ttl
+            ));
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.chars().any(char::is_whitespace) {
+            problems.push(
+                "--key-prefix / SESSION_KEY_PREFIX must be non-empty and without spaces \
+                 (it keeps this service's keys apart from the AppView's others)"
+                    .into(),
+            );
+        }
+        if self.store == StoreKind::Valkey
+            && let Err(e) = redis::Client::open(self.valkey_url.expose())
+        {
+            // The URL itself is not echoed: it may hold a password.
+            problems.push(format!("--valkey-url / VALKEY_URL is not a valid URL: {e}"));
+        }
+        for (value, name) in [
+            (self.valkey_connect_timeout_ms, "--valkey-connect-timeout-ms"),
+            (self.valkey_command_timeout_ms, "--valkey-command-timeout-ms"),
+            (self.health_check_interval_ms, "--health-check-interval-ms"),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// Session and access token lifetimes as the store takes them.
+    pub fn lifetimes(&self) -> crate::store::Lifetimes {
+        crate::store::Lifetimes {
+            session: Duration::from_secs(self.session_ttl),
+            access_token: Duration::from_secs(self.access_token_ttl),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["barazo-session"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv)
+            .map_err(|e| ConfigError(vec![e.to_string()]))?
+            .validated()
+    }
+
+    #[test]
+    fn defaults_match_the_appview() {
+        let c = parse(&[]).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.store, StoreKind::Valkey);
+        assert_eq!(c.valkey_url.expose(), "redis://127.0.0.1:6379");
+        assert_eq!(c.session_ttl, 604_800);
+        assert_eq!(c.access_token_ttl, 900);
+        assert_eq!(c.key_prefix, "barazo:session:");
+        assert_eq!(c.log_format, LogFormat::Human);
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let err = parse(&[
+            "--session-ttl",
+            "0",
+            "--access-token-ttl",
+            "10",
+            "--key-prefix",
+            "",
+            "--valkey-url",
+            "nope://x",
+        ])
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert_eq!(err.0.len(), 4, "{text}");
+        assert!(text.contains("OAUTH_SESSION_TTL"), "{text}");
+        assert!(text.contains("must not exceed"), "{text}");
+        assert!(text.contains("SESSION_KEY_PREFIX"), "{text}");
+        assert!(text.contains("VALKEY_URL"), "{text}");
+    }
+
+    #[test]
+    fn refuses_unparsable_values() {
+        assert!(parse(&["--listen", "not-an-address"]).is_err());
+        assert!(parse(&["--store", "postgres"]).is_err());
+        assert!(parse(&["--session-ttl", "-1"]).is_err());
+    }
+
+    #[test]
+    fn never_prints_the_valkey_url() {
+        let c = parse(&["--valkey-url", "redis://:hunter2@localhost:6379"]).expect("valid");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,139 @@
+//! Errors of the gRPC layer, and the one place where they become `tonic::Status`.
+//!
+//! Callers act on the code (see the README's error table): `UNAVAILABLE` means "try again,
+//! do not log the user out"; `NOT_FOUND` on refresh means "session expired, clear the
+//! cookie"; `INVALID_ARGUMENT` is a bug in the caller. A refactor must not move a variant
+//! between these, so a unit test pins each one.
+
+use crate::session::SyntaxError;
+use crate::store::StoreError;
+use tonic::{Code, Status};
+
+/// Why an RPC failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// A request field is malformed; the message names the field.
+    #[error(transparent)]
+    InvalidArgument(#[from] SyntaxError),
+    /// The session named by the refresh token does not exist (unknown, expired, revoked,
+    /// malformed token, or unreadable stored data).
+    #[error("session not found")]
+    SessionNotFound,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The operating system's random number generator failed; no token can be minted.
+    #[error("could not generate a token")]
+    Entropy(#[source] getrandom::Error),
+}
+
+impl RequestError {
+    /// The gRPC code callers act on.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::SessionNotFound => Code::NotFound,
+            // Unreadable stored data is treated as no session at all: fail closed.
+            Self::Store(StoreError::CorruptSession { .. }) => Code::NotFound,
+            Self::Store(StoreError::Unavailable(_)) => Code::Unavailable,
+            Self::Store(StoreError::Protocol(_)) | Self::Entropy(_) => Code::Internal,
+        }
+    }
+
+    /// Whether the failure is the service's (logged at error level) rather than the
+    /// caller's or an ordinary outcome such as an expired session.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(
+            self,
+            Self::Store(_) | Self::Entropy(_)
+        )
+    }
+
+    /// The whole `source()` chain, for the one log line at the boundary.
+    pub fn chain(&self) -> String {
+        chain(self)
+    }
+}
+
+/// An error and all its causes on one line, `outer: inner: innermost`.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl From<RequestError> for Status {
+    fn from(err: RequestError) -> Self {
+        // The client sees a short message without the cause chain: a Valkey error text may
+        // name hosts or keys, which is for the operator's log, not for callers.
+        let message = match &err {
+            RequestError::Store(StoreError::CorruptSession { .. }) => {
+                RequestError::SessionNotFound.to_string()
+            }
+            RequestError::Store(StoreError::Protocol(_)) => "session store error".to_owned(),
+            other => other.to_string(),
+        };
+        Status::new(err.code(), message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io_error() -> redis::RedisError {
+        redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused",
+        ))
+    }
+
+    #[test]
+    fn each_variant_keeps_its_code() {
+        let cases = [
+            (
+                RequestError::InvalidArgument(SyntaxError::Did("x")),
+                Code::InvalidArgument,
+            ),
+            (RequestError::SessionNotFound, Code::NotFound),
+            (
+                RequestError::Store(StoreError::Unavailable(io_error())),
+                Code::Unavailable,
+            ),
+            (
+                RequestError::Store(StoreError::Protocol("x".into())),
+                Code::Internal,
+            ),
+            (
+                RequestError::Store(StoreError::CorruptSession {
+                    key_prefix: "abcd1234".into(),
+                    reason: "x".into(),
+                }),
+                Code::NotFound,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(Status::from(err).code(), code);
+        }
+    }
+
+    #[test]
+    fn messages_are_short_and_name_the_field() {
+        let status = Status::from(RequestError::InvalidArgument(SyntaxError::Handle("bad")));
+        assert_eq!(status.message(), "handle is not a valid handle: bad");
+        let status = Status::from(RequestError::Store(StoreError::Unavailable(io_error())));
+        assert_eq!(status.message(), "session store unavailable");
+    }
+
+    #[test]
+    fn the_log_chain_carries_the_cause() {
+        let err = RequestError::Store(StoreError::Unavailable(io_error()));
+        assert!(err.chain().starts_with("session store unavailable: "));
+        assert!(err.chain().contains("refused"), "{}", err.chain());
+    }
+}

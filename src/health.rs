@@ -1,0 +1,45 @@
+//! The `grpc.health.v1` status: `SERVING` only while the store answers.
+//!
+//! A background task pings the store on an interval and publishes changes. Its PING also
+//! wakes the Valkey connection after an outage, so the service recovers without traffic.
+
+use crate::proto::session_service_server::SERVICE_NAME;
+use crate::store::SessionStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// Service names whose status is published: the server as a whole ("") and the session
+/// service, which orchestrators and grpcurl may ask about by name.
+const SERVICES: [&str; 2] = ["", SERVICE_NAME];
+
+/// Publishes `status` for every service name this server reports on.
+pub async fn publish(reporter: &HealthReporter, status: ServingStatus) {
+    for service in SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+/// Pings the store every `interval` and publishes the result when it changes. Runs until
+/// the task is dropped.
+pub async fn monitor<S: SessionStore>(store: Arc<S>, reporter: HealthReporter, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        ticker.tick().await;
+        let (status, failure) = match store.ping().await {
+            Ok(()) => (ServingStatus::Serving, None),
+            Err(err) => (ServingStatus::NotServing, Some(err)),
+        };
+        if last != Some(status) {
+            match &failure {
+                None => tracing::info!("session store answers: SERVING"),
+                Some(err) => tracing::warn!(error = %crate::error::chain(err), "session store does not answer: NOT_SERVING"),
+            }
+            publish(&reporter, status).await;
+            last = Some(status);
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The Barazo session authority: a gRPC `SessionService` backed by Valkey.
+//!
+//! See `ARCHITECTURE.md` for where things live and how a request flows.
+
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod server;
+pub mod service;
+pub mod session;
+pub mod store;
+pub mod telemetry;
+
+/// Code generated from `proto/barazo/session/v1/session.proto`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("barazo.session.v1");
+
+    /// The encoded descriptors of the proto files, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("session_descriptor");
+}

@@ -1,0 +1,33 @@
+//! `barazo-session`: reads the configuration, starts the server, stops on SIGTERM/SIGINT.
+
+use barazo_session::config::Config;
+use barazo_session::server::Application;
+use barazo_session::telemetry;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = match Config::load() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("barazo-session: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %barazo_session::error::chain(err.as_ref()), "barazo-session stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let app = Application::build(&config).await?;
+    tracing::info!(addr = %app.local_addr(), store = ?config.store, "listening");
+    app.run_until(barazo_session::server::shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Wiring: binds the listener, builds the store, and serves the session service with
+//! health and reflection until a shutdown signal.
+
+use crate::config::{Config, StoreKind};
+use crate::health;
+use crate::proto::session_service_server::SessionServiceServer;
+use crate::service::SessionApi;
+use crate::store::memory::MemoryStore;
+use crate::store::valkey::{ValkeyOptions, ValkeyStore};
+use crate::store::SessionStore;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+/// Largest request message accepted: every legitimate request is well under 3 KiB (a
+/// 2048-char DID and a 253-char handle), so 16 KiB leaves room and refuses junk early.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address from the configuration.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The Valkey URL was refused by the client library.
+    #[error("cannot use the Valkey URL")]
+    ValkeyUrl(#[source] redis::RedisError),
+    /// The reflection service could not load the descriptors (a build defect).
+    #[error("cannot build the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The gRPC server failed.
+    #[error("gRPC server failed")]
+    Transport(#[from] tonic::transport::Error),
+    /// In-flight calls did not finish within the shutdown timeout.
+    #[error("in-flight calls did not finish within {0:?}")]
+    DrainTimeout(Duration),
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A bound, ready-to-run server. Tests build it on `127.0.0.1:0` and ask for the port.
+pub struct Application {
+    incoming: TcpIncoming,
+    local_addr: SocketAddr,
+    router: Router,
+    health_monitor: BoxFuture,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Binds the listener and prepares the store and services. Does not wait for Valkey:
+    /// the service starts `NOT_SERVING` and turns `SERVING` when the store answers.
+    pub async fn build(config: &Config) -> Result<Self, StartupError> {
+        let bind = |source| StartupError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let incoming = TcpIncoming::bind(config.listen)
+            .map_err(bind)?
+            .with_nodelay(Some(true));
+        let local_addr = incoming.local_addr().map_err(bind)?;
+
+        let (router, health_monitor) = match config.store {
+            StoreKind::Valkey => {
+                let store = ValkeyStore::new(&ValkeyOptions {
+                    url: config.valkey_url.expose().to_owned(),
+                    key_prefix: config.key_prefix.clone(),
+                    connect_timeout: Duration::from_millis(config.valkey_connect_timeout_ms),
+                    command_timeout: Duration::from_millis(config.valkey_command_timeout_ms),
+                })
+                .map_err(StartupError::ValkeyUrl)?;
+                routes(store, config).await?
+            }
+            StoreKind::Memory => routes(MemoryStore::new(), config).await?,
+        };
+        Ok(Self {
+            incoming,
+            local_addr,
+            router,
+            health_monitor,
+            shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+        })
+    }
+
+    /// The address actually bound (the real port when the configuration said port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting connections and lets
+    /// in-flight calls finish, for at most the configured shutdown timeout.
+    pub async fn run_until<F>(self, shutdown: F) -> Result<(), ServeError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let health = tokio::spawn(self.health_monitor);
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining in-flight calls");
+            let _ = signalled_tx.send(());
+        };
+        let serve = self
+            .router
+            .serve_with_incoming_shutdown(self.incoming, shutdown);
+        tokio::pin!(serve);
+        let drain_deadline = async {
+            // The sender is dropped without a send only when serving ended first.
+            if signalled_rx.await.is_ok() {
+                tokio::time::sleep(self.shutdown_timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            served = &mut serve => served.map_err(ServeError::from),
+            () = drain_deadline => Err(ServeError::DrainTimeout(self.shutdown_timeout)),
+        };
+        health.abort();
+        result
+    }
+}
+
+/// Builds the gRPC routes over one store, and the task that keeps its health status.
+async fn routes<S: SessionStore>(store: S, config: &Config) -> Result<(Router, BoxFuture), StartupError> {
+    let store = Arc::new(store);
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // Until the first successful ping, nobody should route traffic here.
+    health::publish(&reporter, ServingStatus::NotServing).await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both versions: grpcurl before 1.9 and many other tools only speak v1alpha.
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let sessions = SessionServiceServer::new(SessionApi::new(store.clone(), config.lifetimes()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(sessions);
+    let monitor = health::monitor(
+        store,
+        reporter,
+        Duration::from_millis(config.health_check_interval_ms),
+    );
+    Ok((router, Box::pin(monitor)))
+}
+
+/// Resolves on SIGTERM (orchestrators) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

@@ -1,0 +1,229 @@
+//! The gRPC handlers of `barazo.session.v1.SessionService`.
+//!
+//! Each handler checks its input, mints or hashes tokens, and makes at most one store
+//! call. Failures are logged once, here at the boundary, and turned into a `Status` by
+//! [`crate::error`].
+
+use crate::error::RequestError;
+use crate::proto::session_service_server::SessionService;
+use crate::proto::{
+    CreateSessionRequest, CreateSessionResponse, DeleteAllSessionsForDidRequest,
+    DeleteAllSessionsForDidResponse, DeleteSessionRequest, DeleteSessionResponse,
+    RefreshSessionRequest, RefreshSessionResponse, Session, ValidateAccessTokenRequest,
+    ValidateAccessTokenResponse,
+};
+use crate::session::{
+    SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex, validate_did,
+    validate_handle,
+};
+use crate::store::{Lifetimes, SessionStore, StoreError};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The `SessionService` implementation over any [`SessionStore`].
+pub struct SessionApi<S> {
+    store: Arc<S>,
+    lifetimes: Lifetimes,
+}
+
+impl<S: SessionStore> SessionApi<S> {
+    /// Serves sessions from `store`, minting access tokens and sessions that live as long
+    /// as `lifetimes` says.
+    pub fn new(store: Arc<S>, lifetimes: Lifetimes) -> Self {
+        Self { store, lifetimes }
+    }
+
+    fn access_ttl_ms(&self) -> i64 {
+        i64::try_from(self.lifetimes.access_token.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    async fn create(
+        &self,
+        req: CreateSessionRequest,
+    ) -> Result<CreateSessionResponse, RequestError> {
+        validate_did(&req.did)?;
+        validate_handle(&req.handle)?;
+        let sid = Token::generate().map_err(RequestError::Entropy)?;
+        let access = Token::generate().map_err(RequestError::Entropy)?;
+        let now = now_ms();
+        let record = SessionRecord {
+            sid: sid.expose().to_owned(),
+            did: req.did,
+            handle: req.handle,
+            access_token_hash: sha256_hex(access.expose()),
+            access_token_expires_at: now.saturating_add(self.access_ttl_ms()),
+            created_at: now,
+        };
+        self.store.create(&record, self.lifetimes).await?;
+        Ok(CreateSessionResponse {
+            session: Some(to_proto(&record)),
+            access_token: access.into_string(),
+            refresh_token: sid.into_string(),
+        })
+    }
+
+    async fn validate(
+        &self,
+        req: ValidateAccessTokenRequest,
+    ) -> Result<ValidateAccessTokenResponse, RequestError> {
+        const INVALID: ValidateAccessTokenResponse = ValidateAccessTokenResponse {
+            valid: false,
+            session: None,
+        };
+        if !is_well_formed_token(&req.access_token) {
+            return Ok(INVALID);
+        }
+        let hash = sha256_hex(&req.access_token);
+        match self.store.find_by_access_hash(&hash).await {
+            Ok(Some(record)) if record.accepts_access_hash(&hash, now_ms()) => {
+                Ok(ValidateAccessTokenResponse {
+                    valid: true,
+                    session: Some(to_proto(&record)),
+                })
+            }
+            Ok(_) => Ok(INVALID),
+            Err(err @ StoreError::CorruptSession { .. }) => {
+                // Fail closed: the token is refused, and an operator hears about the data.
+                tracing::error!(
+                    rpc.method = "ValidateAccessToken",
+                    access.key_prefix = log_prefix(&hash),
+                    error = %err,
+                    "refusing a token whose session data is unreadable"
+                );
+                Ok(INVALID)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn refresh(
+        &self,
+        req: RefreshSessionRequest,
+    ) -> Result<RefreshSessionResponse, RequestError> {
+        let sid = req.refresh_token;
+        if !is_well_formed_token(&sid) {
+            return Err(RequestError::SessionNotFound);
+        }
+        let access = Token::generate().map_err(RequestError::Entropy)?;
+        let expires_at = now_ms().saturating_add(self.access_ttl_ms());
+        let record = self
+            .store
+            .refresh(
+                &sid,
+                &sha256_hex(access.expose()),
+                expires_at,
+                self.lifetimes,
+            )
+            .await?
+            .ok_or(RequestError::SessionNotFound)?;
+        Ok(RefreshSessionResponse {
+            session: Some(to_proto(&record)),
+            access_token: access.into_string(),
+        })
+    }
+
+    async fn delete(&self, req: DeleteSessionRequest) -> Result<DeleteSessionResponse, RequestError> {
+        let sid = req.refresh_token;
+        // Logout is idempotent: a token that cannot name a session deletes nothing.
+        let deleted = is_well_formed_token(&sid) && self.store.delete(&sid).await?;
+        Ok(DeleteSessionResponse { deleted })
+    }
+
+    async fn delete_all(
+        &self,
+        req: DeleteAllSessionsForDidRequest,
+    ) -> Result<DeleteAllSessionsForDidResponse, RequestError> {
+        validate_did(&req.did)?;
+        let deleted_count = self.store.delete_all_for_did(&req.did).await?;
+        Ok(DeleteAllSessionsForDidResponse { deleted_count })
+    }
+}
+
+/// The public view of a stored session: no credential, the sid only as its hash.
+fn to_proto(record: &SessionRecord) -> Session {
+    Session {
+        did: record.did.clone(),
+        handle: record.handle.clone(),
+        created_at: Some(timestamp(record.created_at)),
+        access_token_expires_at: Some(timestamp(record.access_token_expires_at)),
+        session_key: sha256_hex(&record.sid),
+    }
+}
+
+fn timestamp(epoch_ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: epoch_ms.div_euclid(1000),
+        // rem_euclid(1000) is in 0..1000, so the product fits an i32.
+        nanos: i32::try_from(epoch_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// Logs a failed RPC once, with its cause chain, and converts the result for tonic.
+fn respond<T>(method: &'static str, result: Result<T, RequestError>) -> Result<Response<T>, Status> {
+    match result {
+        Ok(body) => Ok(Response::new(body)),
+        Err(err) => {
+            let code = err.code();
+            if err.is_server_fault() {
+                tracing::error!(rpc.method = method, rpc.grpc.status_code = ?code, error = %err.chain(), "rpc failed");
+            } else {
+                tracing::debug!(rpc.method = method, rpc.grpc.status_code = ?code, error = %err.chain(), "rpc refused");
+            }
+            Err(err.into())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: SessionStore> SessionService for SessionApi<S> {
+    async fn create_session(
+        &self,
+        request: Request<CreateSessionRequest>,
+    ) -> Result<Response<CreateSessionResponse>, Status> {
+        respond("CreateSession", self.create(request.into_inner()).await)
+    }
+
+    async fn validate_access_token(
+        &self,
+        request: Request<ValidateAccessTokenRequest>,
+    ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
+        respond("ValidateAccessToken", self.validate(request.into_inner()).await)
+    }
+
+    async fn refresh_session(
+        &self,
+        request: Request<RefreshSessionRequest>,
+    ) -> Result<Response<RefreshSessionResponse>, Status> {
+        respond("RefreshSession", self.refresh(request.into_inner()).await)
+    }
+
+    async fn delete_session(
+        &self,
+        request: Request<DeleteSessionRequest>,
+    ) -> Result<Response<DeleteSessionResponse>, Status> {
+        respond("DeleteSession", self.delete(request.into_inner()).await)
+    }
+
+    async fn delete_all_sessions_for_did(
+        &self,
+        request: Request<DeleteAllSessionsForDidRequest>,
+    ) -> Result<Response<DeleteAllSessionsForDidResponse>, Status> {
+        respond(
+            "DeleteAllSessionsForDid",
+            self.delete_all(request.into_inner()).await,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_keep_milliseconds() {
+        let t = timestamp(1_764_358_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_764_358_000, 123_000_000));
+        let t = timestamp(-1);
+        assert_eq!((t.seconds, t.nanos), (-1, 999_000_000));
+    }
+}

@@ -1,0 +1,375 @@
+//! Domain types of a session: identifiers, credentials, and the stored record.
+//!
+//! Everything here is pure (no I/O), so it is unit-tested beside the code. The stored
+//! record's JSON shape is shared byte for byte with the TypeScript AppView.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Length of a token (access token or refresh token / session id) in hex characters.
+pub const TOKEN_HEX_LEN: usize = 64;
+
+/// Longest DID accepted, as the AT Protocol's DID syntax allows.
+const MAX_DID_LEN: usize = 2048;
+/// Longest handle accepted (a DNS name).
+const MAX_HANDLE_LEN: usize = 253;
+/// Longest label of a handle (a DNS label).
+const MAX_LABEL_LEN: usize = 63;
+
+/// Why a DID or handle was refused; the message names the rule, never echoes a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyntaxError {
+    /// The DID does not follow `did:<lowercase method>:<id>`.
+    #[error("did is not a valid DID: {0}")]
+    Did(&'static str),
+    /// The handle is not a valid AT Protocol handle.
+    #[error("handle is not a valid handle: {0}")]
+    Handle(&'static str),
+}
+
+/// Checks AT Protocol DID syntax: `did:<method>:<id>`, method of lowercase letters, id of
+/// `[A-Za-z0-9._:%-]` not ending in `:` or `%`, at most 2048 characters.
+pub fn validate_did(did: &str) -> Result<(), SyntaxError> {
+    if did.is_empty() {
+        return Err(SyntaxError::Did("it is empty"));
+    }
+    if did.len() > MAX_DID_LEN {
+        return Err(SyntaxError::Did("it is longer than 2048 characters"));
+    }
+    let rest = did
+        .strip_prefix("did:")
+        .ok_or(SyntaxError::Did("it does not start with \"did:\""))?;
+    let (method, id) = rest
+        .split_once(':')
+        .ok_or(SyntaxError::Did("it has no method-specific identifier"))?;
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_lowercase()) {
+        return Err(SyntaxError::Did("the method must be lowercase letters"));
+    }
+    if id.is_empty() {
+        return Err(SyntaxError::Did("the identifier is empty"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'%' | b'-'))
+    {
+        return Err(SyntaxError::Did(
+            "the identifier may hold only letters, digits and . _ : % -",
+        ));
+    }
+    if id.ends_with(':') || id.ends_with('%') {
+        return Err(SyntaxError::Did("it must not end in ':' or '%'"));
+    }
+    Ok(())
+}
+
+/// Checks AT Protocol handle syntax: a DNS name of at least two labels, at most 253
+/// characters, labels of 1–63 letters/digits/hyphens not starting or ending with a hyphen,
+/// the last label not starting with a digit. `handle.invalid` passes, as it should.
+pub fn validate_handle(handle: &str) -> Result<(), SyntaxError> {
+    if handle.is_empty() {
+        return Err(SyntaxError::Handle("it is empty"));
+    }
+    if handle.len() > MAX_HANDLE_LEN {
+        return Err(SyntaxError::Handle("it is longer than 253 characters"));
+    }
+    let mut labels = 0;
+    let mut last = "";
+    for label in handle.split('.') {
+        if label.is_empty() || label.len() > MAX_LABEL_LEN {
+            return Err(SyntaxError::Handle("each label must be 1 to 63 characters"));
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(SyntaxError::Handle(
+                "labels may hold only letters, digits and hyphens",
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(SyntaxError::Handle(
+                "a label must not start or end with a hyphen",
+            ));
+        }
+        labels += 1;
+        last = label;
+    }
+    if labels < 2 {
+        return Err(SyntaxError::Handle("it needs at least two labels"));
+    }
+    if last.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(SyntaxError::Handle(
+            "the last label must not start with a digit",
+        ));
+    }
+    Ok(())
+}
+
+/// A freshly minted credential: 32 bytes from the OS CSPRNG as 64 lowercase hex chars.
+///
+/// Deliberately not `Debug`/`Display`, so it cannot end up in a log line by accident.
+pub struct Token(String);
+
+impl Token {
+    /// Mints a new token from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)?;
+        Ok(Self(hex::encode(bytes)))
+    }
+
+    /// The token itself, to hand to the caller once.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Gives the token up, to hand to the caller once.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// Whether `s` has the shape of a token this service mints: exactly 64 lowercase hex chars.
+///
+/// Anything else (including tokens over 128 bytes) is refused before any store round trip.
+pub fn is_well_formed_token(s: &str) -> bool {
+    s.len() == TOKEN_HEX_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Lowercase hex SHA-256 of a string: how access tokens are keyed in the store and how a
+/// session id becomes its non-secret `session_key`.
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The first 8 characters of a hash: the most of any credential-derived value that may
+/// appear in a log line or span.
+pub fn log_prefix(hash: &str) -> &str {
+    hash.get(..8).unwrap_or(hash)
+}
+
+/// Milliseconds since the Unix epoch, the unit the stored JSON uses.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        // A clock before 1970 is a broken host; 0 makes every token look expired (fail closed).
+        .unwrap_or(0)
+}
+
+/// A session as stored under `<prefix>data:<sid>`, shared with the TypeScript AppView.
+///
+/// Field order and names are the TypeScript object's, so `serde_json::to_string` writes
+/// the same bytes as its `JSON.stringify`. Timestamps are integer epoch milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecord {
+    /// The session id, which is also the refresh token (a credential).
+    pub sid: String,
+    /// The user's DID.
+    pub did: String,
+    /// The user's handle.
+    pub handle: String,
+    /// Lowercase hex SHA-256 of the current access token.
+    pub access_token_hash: String,
+    /// When the current access token expires (epoch ms).
+    pub access_token_expires_at: i64,
+    /// When the session was created (epoch ms).
+    pub created_at: i64,
+}
+
+impl SessionRecord {
+    /// Parses stored JSON. Any shape other than the six fields with the right types fails:
+    /// the caller treats that session as invalid (fail closed).
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    /// The JSON the TypeScript AppView would write for this record.
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings and integers into a String cannot fail.
+        serde_json::to_string(self).unwrap_or_default() // allow-unwrap: infallible, see above
+    }
+
+    /// Whether `access_hash` is this session's current, unexpired access token.
+    ///
+    /// The access key alone is not enough: a superseded or orphaned key still points at
+    /// the sid for a while, so the hash in the data is the authority.
+    pub fn accepts_access_hash(&self, access_hash: &str, now_ms: i64) -> bool {
+        constant_time_eq(self.access_token_hash.as_bytes(), access_hash.as_bytes())
+            && self.access_token_expires_at > now_ms
+    }
+}
+
+/// Compares two byte strings without an early exit on the first difference.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_real_dids() {
+        for did in [
+            "did:plc:z72i7hdynmk6r22z27h6tvur",
+            "did:web:example.com",
+            "did:web:localhost%3A1234",
+            "did:method:val:two",
+            "did:m:v",
+            "did:example:a-b_c.d%20",
+        ] {
+            assert_eq!(validate_did(did), Ok(()), "{did}");
+        }
+    }
+
+    #[test]
+    fn refuses_malformed_dids_naming_the_field() {
+        for did in [
+            "",
+            "did",
+            "did:",
+            "did:plc",
+            "did:plc:",
+            "DID:plc:abc",
+            "did:PLC:abc",
+            "did:pl4c:abc",
+            "did:plc:abc:",
+            "did:plc:abc%",
+            "did:plc:ab/c",
+            "did:plc:ab c",
+            "did:plc:ab#c",
+            "did:plc:ab?c",
+        ] {
+            let err = validate_did(did).expect_err(did);
+            assert!(err.to_string().starts_with("did "), "{err}");
+        }
+        let long = format!("did:plc:{}", "a".repeat(2041));
+        assert_eq!(long.len(), 2049);
+        assert!(validate_did(&long).is_err());
+        assert!(validate_did(&long[..2048]).is_ok());
+    }
+
+    #[test]
+    fn accepts_real_handles() {
+        for handle in [
+            "alice.bsky.social",
+            "handle.invalid",
+            "a.co",
+            "xn--ls8h.test",
+            "john.test",
+            "8.cn",
+            "a-b.c-d.example",
+            "UPPER.Example.COM",
+        ] {
+            assert_eq!(validate_handle(handle), Ok(()), "{handle}");
+        }
+        let label = "a".repeat(63);
+        let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(longest.len(), 253);
+        assert!(validate_handle(&longest).is_ok());
+    }
+
+    #[test]
+    fn refuses_malformed_handles_naming_the_field() {
+        let long_label = format!("{}.com", "a".repeat(64));
+        let label = "a".repeat(63);
+        let too_long = format!("{label}.{label}.{label}.{}", "b".repeat(62));
+        for handle in [
+            "",
+            "alice",
+            ".alice.com",
+            "alice.com.",
+            "alice..com",
+            "-alice.com",
+            "alice-.com",
+            "alice.1com",
+            "al_ice.com",
+            "alice.com/x",
+            "ali ce.com",
+            "älice.com",
+            long_label.as_str(),
+            too_long.as_str(),
+        ] {
+            let err = validate_handle(handle).expect_err(handle);
+            assert!(err.to_string().starts_with("handle "), "{err}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_64_lowercase_hex_and_differ() {
+        let a = Token::generate().expect("os rng");
+        let b = Token::generate().expect("os rng");
+        assert!(is_well_formed_token(a.expose()));
+        assert_ne!(a.expose(), b.expose());
+    }
+
+    #[test]
+    fn token_shape_check_refuses_everything_else() {
+        let good = "0123456789abcdef".repeat(4);
+        assert!(is_well_formed_token(&good));
+        assert!(!is_well_formed_token(&good.to_uppercase()));
+        assert!(!is_well_formed_token(&good[..63]));
+        assert!(!is_well_formed_token(&format!("{good}0")));
+        assert!(!is_well_formed_token(&"g".repeat(64)));
+        assert!(!is_well_formed_token(&"a".repeat(200)));
+        assert!(!is_well_formed_token(""));
+    }
+
+    #[test]
+    fn sha256_matches_node_crypto() {
+        // Node: createHash('sha256').update('abc').digest('hex')
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(log_prefix(&sha256_hex("abc")), "ba7816bf");
+    }
+
+    #[test]
+    fn record_json_has_the_typescript_shape() {
+        let record = SessionRecord {
+            sid: "s".into(),
+            did: "did:plc:abc".into(),
+            handle: "alice.test".into(),
+            access_token_hash: "h".into(),
+            access_token_expires_at: 1_764_358_000_000,
+            created_at: 1_764_357_100_000,
+        };
+        assert_eq!(
+            record.to_json(),
+            r#"{"sid":"s","did":"did:plc:abc","handle":"alice.test","accessTokenHash":"h","accessTokenExpiresAt":1764358000000,"createdAt":1764357100000}"#
+        );
+        assert_eq!(SessionRecord::from_json(&record.to_json()).unwrap(), record);
+    }
+
+    #[test]
+    fn record_json_refuses_wrong_shapes() {
+        for json in [
+            "",
+            "not json",
+            "[]",
+            r#"{"sid":"s"}"#,
+            r#"{"sid":"s","did":"d","handle":"h","accessTokenHash":"x","accessTokenExpiresAt":"soon","createdAt":1}"#,
+            r#"{"sid":"s","did":"d","handle":"h","accessTokenHash":"x","accessTokenExpiresAt":1.5,"createdAt":1}"#,
+            r#"{"sid":"s","did":null,"handle":"h","accessTokenHash":"x","accessTokenExpiresAt":1,"createdAt":1}"#,
+        ] {
+            assert!(SessionRecord::from_json(json).is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn record_accepts_only_its_current_unexpired_hash() {
+        let record = SessionRecord {
+            sid: "s".into(),
+            did: "did:plc:abc".into(),
+            handle: "alice.test".into(),
+            access_token_hash: sha256_hex("t"),
+            access_token_expires_at: 2_000,
+            created_at: 1_000,
+        };
+        assert!(record.accepts_access_hash(&sha256_hex("t"), 1_999));
+        assert!(!record.accepts_access_hash(&sha256_hex("t"), 2_000));
+        assert!(!record.accepts_access_hash(&sha256_hex("u"), 1_000));
+        assert!(!record.accepts_access_hash("", 1_000));
+    }
+}

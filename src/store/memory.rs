@@ -1,0 +1,193 @@
+//! The in-memory store: the same semantics as Valkey's (TTLs, sliding window, pruning), in
+//! one process, for development and the quick start. Nothing survives a restart.
+
+use super::{Lifetimes, SessionStore, StoreError};
+use crate::session::SessionRecord;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How often a create sweeps every expired entry out of memory. Lookups already ignore
+/// expired entries; the sweep only bounds memory for sessions nobody touches again.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A value with a deadline, like a Valkey key with a TTL.
+struct Expiring<T> {
+    value: T,
+    deadline: Instant,
+}
+
+impl<T> Expiring<T> {
+    fn new(value: T, ttl: Duration) -> Self {
+        Self {
+            value,
+            deadline: Instant::now() + ttl,
+        }
+    }
+
+    fn live(&self, now: Instant) -> bool {
+        self.deadline > now
+    }
+}
+
+/// The three keyspaces of the Valkey layout, as maps.
+#[derive(Default)]
+struct Keyspace {
+    data: HashMap<String, Expiring<SessionRecord>>,
+    access: HashMap<String, Expiring<String>>,
+    dids: HashMap<String, Expiring<HashSet<String>>>,
+    last_sweep: Option<Instant>,
+}
+
+impl Keyspace {
+    fn live_data(&self, sid: &str, now: Instant) -> Option<&SessionRecord> {
+        self.data
+            .get(sid)
+            .filter(|e| e.live(now))
+            .map(|e| &e.value)
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|t| now.duration_since(t) < SWEEP_INTERVAL)
+        {
+            return;
+        }
+        self.data.retain(|_, e| e.live(now));
+        self.access.retain(|_, e| e.live(now));
+        self.dids.retain(|_, e| e.live(now));
+        self.last_sweep = Some(now);
+    }
+
+    /// Adds `sid` to the DID's index and restarts the index TTL, like `SADD` + `PEXPIRE`.
+    /// Valkey prunes a random sample of dead members on create; here every member is at
+    /// hand, so every dead one is pruned.
+    fn index(&mut self, did: &str, sid: &str, ttl: Duration, now: Instant) {
+        let mut members = self
+            .dids
+            .remove(did)
+            .filter(|e| e.live(now))
+            .map(|e| e.value)
+            .unwrap_or_default();
+        members.retain(|member| self.data.get(member).is_some_and(|e| e.live(now)));
+        members.insert(sid.to_owned());
+        self.dids.insert(did.to_owned(), Expiring::new(members, ttl));
+    }
+
+    /// Removes a session's data and access key; returns its record if it was live.
+    fn remove_session(&mut self, sid: &str, now: Instant) -> Option<SessionRecord> {
+        let entry = self.data.remove(sid)?;
+        if !entry.live(now) {
+            return None;
+        }
+        self.access.remove(&entry.value.access_token_hash);
+        Some(entry.value)
+    }
+}
+
+/// Session storage in process memory, see the module docs.
+#[derive(Default)]
+pub struct MemoryStore {
+    keyspace: Mutex<Keyspace>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Keyspace> {
+        // No code path panics while holding the lock, so a poisoned lock still holds
+        // consistent maps: keep serving rather than failing every call.
+        self.keyspace.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl SessionStore for MemoryStore {
+    async fn create(&self, record: &SessionRecord, lifetimes: Lifetimes) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut ks = self.lock();
+        ks.sweep(now);
+        ks.data.insert(
+            record.sid.clone(),
+            Expiring::new(record.clone(), lifetimes.session),
+        );
+        ks.access.insert(
+            record.access_token_hash.clone(),
+            Expiring::new(record.sid.clone(), lifetimes.access_token),
+        );
+        ks.index(&record.did, &record.sid, lifetimes.session, now);
+        Ok(())
+    }
+
+    async fn find_by_access_hash(
+        &self,
+        access_hash: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let now = Instant::now();
+        let ks = self.lock();
+        let Some(sid) = ks.access.get(access_hash).filter(|e| e.live(now)) else {
+            return Ok(None);
+        };
+        Ok(ks.live_data(&sid.value, now).cloned())
+    }
+
+    async fn refresh(
+        &self,
+        sid: &str,
+        new_access_hash: &str,
+        access_expires_at_ms: i64,
+        lifetimes: Lifetimes,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let now = Instant::now();
+        let mut ks = self.lock();
+        let Some(mut record) = ks.live_data(sid, now).cloned() else {
+            return Ok(None);
+        };
+        ks.access.remove(&record.access_token_hash);
+        record.access_token_hash = new_access_hash.to_owned();
+        record.access_token_expires_at = access_expires_at_ms;
+        ks.access.insert(
+            new_access_hash.to_owned(),
+            Expiring::new(sid.to_owned(), lifetimes.access_token),
+        );
+        ks.data.insert(
+            sid.to_owned(),
+            Expiring::new(record.clone(), lifetimes.session),
+        );
+        ks.index(&record.did, sid, lifetimes.session, now);
+        Ok(Some(record))
+    }
+
+    async fn delete(&self, sid: &str) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut ks = self.lock();
+        let Some(record) = ks.remove_session(sid, now) else {
+            return Ok(false);
+        };
+        if let Some(index) = ks.dids.get_mut(&record.did) {
+            index.value.remove(sid);
+        }
+        Ok(true)
+    }
+
+    async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
+        let now = Instant::now();
+        let mut ks = self.lock();
+        let Some(index) = ks.dids.remove(did).filter(|e| e.live(now)) else {
+            return Ok(0);
+        };
+        let removed = index
+            .value
+            .iter()
+            .filter(|sid| ks.remove_session(sid, now).is_some())
+            .count();
+        Ok(u32::try_from(removed).unwrap_or(u32::MAX))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! Session storage: the [`SessionStore`] trait and its two implementations.
+//!
+//! - [`valkey::ValkeyStore`]: production, the key layout shared with the TypeScript AppView,
+//!   one atomic Lua round trip per operation.
+//! - [`memory::MemoryStore`]: development and the quick start, same semantics and TTLs.
+//!
+//! The layout (with the default prefix `barazo:session:`):
+//! - `data:<sid>` → the [`SessionRecord`] JSON; TTL = session TTL (sliding).
+//! - `access:<sha256hex(access token)>` → the sid; TTL = access token TTL.
+//! - `did:<did>` → SET of the DID's sids; TTL = session TTL.
+
+pub mod memory;
+pub mod valkey;
+
+use crate::session::SessionRecord;
+use std::future::Future;
+use std::time::Duration;
+
+/// Failures of the storage layer. Anything but [`StoreError::CorruptSession`] means the store
+/// could not answer, which callers must see as "unavailable", never as "no such session".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached, timed out, or refused the command.
+    #[error("session store unavailable")]
+    Unavailable(#[source] redis::RedisError),
+    /// The store answered with something this service does not understand (a script
+    /// returning an unexpected shape): a bug or a foreign writer, not an outage.
+    #[error("session store answered unexpectedly: {0}")]
+    Protocol(String),
+    /// A stored session could not be parsed. The session is treated as nonexistent (fail
+    /// closed); the error is logged so an operator can find the foreign writer.
+    #[error("stored session {key_prefix}… is corrupt: {reason}")]
+    CorruptSession {
+        /// First 8 hex chars of the SHA-256 of the sid (never the sid itself).
+        key_prefix: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+/// How long the parts of a session live, passed with each write so that the store and the
+/// record's `accessTokenExpiresAt` can never disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Session data and DID index lifetime; restarted by every refresh (sliding window).
+    pub session: Duration,
+    /// Access token lifetime.
+    pub access_token: Duration,
+}
+
+/// How many members of a DID index one create inspects for expired sessions. Bounded so
+/// a create costs the same for a user with years of logins; large enough that the index
+/// of a user who logs in daily stays near the number of live sessions.
+pub const PRUNE_SAMPLE: usize = 16;
+
+/// What the service needs from storage. Every method is atomic: a concurrent call sees
+/// either all of another call's effects or none.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Stores a new session, its access key, and adds it to its DID index (restarting the
+    /// index TTL). Prunes up to [`PRUNE_SAMPLE`] expired members from that index.
+    fn create(
+        &self,
+        record: &SessionRecord,
+        lifetimes: Lifetimes,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Looks up the session an access key points to. Returns the record as stored; the
+    /// caller decides whether `access_hash` is still its current token.
+    fn find_by_access_hash(
+        &self,
+        access_hash: &str,
+    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+
+    /// Replaces a session's access token: removes the old access key, stores the new hash
+    /// and expiry, restarts the session and DID index TTLs. `None` when no session has that
+    /// sid. `access_expires_at_ms` is written into the record.
+    fn refresh(
+        &self,
+        sid: &str,
+        new_access_hash: &str,
+        access_expires_at_ms: i64,
+        lifetimes: Lifetimes,
+    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+
+    /// Removes a session, its access key and its DID index entry. Returns whether a session
+    /// existed.
+    fn delete(&self, sid: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Removes every session in a DID's index and the index itself. Returns how many
+    /// sessions existed.
+    fn delete_all_for_did(&self, did: &str)
+    -> impl Future<Output = Result<u32, StoreError>> + Send;
+
+    /// Checks that the store answers; drives the health status.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

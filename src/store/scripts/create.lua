@@ -1,0 +1,19 @@
+-- Stores a new session atomically.
+-- KEYS[1] = <prefix>data:<sid>, KEYS[2] = <prefix>access:<hash>, KEYS[3] = <prefix>did:<did>
+-- ARGV[1] = session JSON, ARGV[2] = sid, ARGV[3] = session TTL (ms),
+-- ARGV[4] = access token TTL (ms), ARGV[5] = <prefix>data:, ARGV[6] = prune sample size
+--
+-- First prunes a bounded random sample of the DID index: members whose data expired are
+-- removed, so a user who logs in daily for years keeps an index the size of their live
+-- sessions (SRANDMEMBER with a positive count returns distinct members).
+local sample = redis.call('SRANDMEMBER', KEYS[3], tonumber(ARGV[6]))
+for _, member in ipairs(sample) do
+  if redis.call('EXISTS', ARGV[5] .. member) == 0 then
+    redis.call('SREM', KEYS[3], member)
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return 1
