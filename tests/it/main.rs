@@ -1,0 +1,7 @@
+//! Integration tests: the real server on `127.0.0.1:0`, a real `valkey-server` per test,
+//! and the generated client, the way callers use the service. One binary so the crate
+//! links once.
+
+mod behaviour;
+mod storage;
+mod support;

@@ -1,0 +1,399 @@
+//! The Valkey layout shared with the TypeScript AppView, byte for byte; atomicity that only
+//! Valkey can show (keys left behind); one round trip per RPC.
+
+use crate::support::monitor::Monitor;
+use crate::support::{TestApp, sha256_hex, unique_did};
+use barazo_session::config::StoreKind;
+use barazo_session::proto::{
+    CreateSessionRequest, DeleteAllSessionsForDidRequest, DeleteSessionRequest,
+};
+use redis::AsyncCommands;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tonic::Code;
+
+const PREFIX: &str = "barazo:session:";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// A hex token as the TypeScript code mints it (`randomBytes(32).toString('hex')`).
+fn ts_token(seed: u8) -> String {
+    sha256_hex(&format!("typescript-token-{seed}-{}", now_ms()))
+}
+
+/// Writes a session exactly as the TypeScript AppView does: `JSON.stringify` of its object,
+/// `SET ... EX`, the access key, and the DID index.
+async fn write_typescript_session(
+    conn: &mut redis::aio::MultiplexedConnection,
+    sid: &str,
+    access: &str,
+    did: &str,
+) -> String {
+    let now = now_ms();
+    let json = format!(
+        r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{now}}}"#,
+        sha256_hex(access),
+        now + 900_000
+    );
+    let _: () = redis::pipe()
+        .cmd("SET").arg(format!("{PREFIX}data:{sid}")).arg(&json).arg("EX").arg(604_800)
+        .cmd("SET").arg(format!("{PREFIX}access:{}", sha256_hex(access))).arg(sid).arg("EX").arg(900)
+        .cmd("SADD").arg(format!("{PREFIX}did:{did}")).arg(sid)
+        .cmd("EXPIRE").arg(format!("{PREFIX}did:{did}")).arg(604_800)
+        .query_async(conn)
+        .await
+        .expect("write TypeScript-shaped session");
+    json
+}
+
+async fn keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
+    // KEYS is fine on a test's private Valkey; the service itself never scans.
+    conn.keys(pattern).await.expect("KEYS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_sessions_are_stored_in_the_typescript_shape() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let did = unique_did();
+    let created = app.create(&did, "alice.test").await;
+    let sid = &created.refresh_token;
+    let mut conn = app.valkey().client().await;
+
+    let json: String = conn.get(format!("{PREFIX}data:{sid}")).await.expect("data");
+    let session = created.session.expect("session");
+    let created_at = session.created_at.expect("created").seconds * 1000
+        + i64::from(session.created_at.expect("created").nanos / 1_000_000);
+    assert_eq!(
+        json,
+        format!(
+            r#"{{"sid":"{sid}","did":"{did}","handle":"alice.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{created_at}}}"#,
+            sha256_hex(&created.access_token),
+            created_at + 900_000
+        )
+    );
+    let access_key = format!("{PREFIX}access:{}", sha256_hex(&created.access_token));
+    let pointed: String = conn.get(&access_key).await.expect("access key");
+    assert_eq!(&pointed, sid);
+    let members: Vec<String> = conn.smembers(format!("{PREFIX}did:{did}")).await.expect("index");
+    assert_eq!(members, vec![sid.clone()]);
+
+    let ttl = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            let ms: i64 = conn.pttl(key).await.expect("PTTL");
+            ms
+        }
+    };
+    assert!((604_790_000..=604_800_000).contains(&ttl(format!("{PREFIX}data:{sid}")).await));
+    assert!((890_000..=900_000).contains(&ttl(access_key).await));
+    assert!((604_790_000..=604_800_000).contains(&ttl(format!("{PREFIX}did:{did}")).await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sessions_validate_refresh_and_delete_here() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let (sid, access) = (ts_token(1), ts_token(2));
+    write_typescript_session(&mut conn, &sid, &access, &did).await;
+
+    let validated = app.validate(&access).await;
+    assert!(validated.valid);
+    let session = validated.session.expect("session");
+    assert_eq!((session.did.as_str(), session.handle.as_str()), (did.as_str(), "carol.test"));
+    assert_eq!(session.session_key, sha256_hex(&sid));
+
+    let refreshed = app.refresh(&sid).await.expect("refresh a TypeScript session");
+    assert!(!app.validate(&access).await.valid);
+    assert!(app.validate(&refreshed.access_token).await.valid);
+    // The rewritten JSON keeps the TypeScript shape and createdAt.
+    let json: String = conn.get(format!("{PREFIX}data:{sid}")).await.expect("data");
+    let refreshed_session = refreshed.session.expect("session");
+    let expires = refreshed_session.access_token_expires_at.expect("expiry");
+    let created = refreshed_session.created_at.expect("created");
+    assert_eq!(
+        json,
+        format!(
+            r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{}}}"#,
+            sha256_hex(&refreshed.access_token),
+            expires.seconds * 1000 + i64::from(expires.nanos / 1_000_000),
+            created.seconds * 1000 + i64::from(created.nanos / 1_000_000),
+        )
+    );
+    assert_eq!(created, session.created_at.expect("created"));
+
+    let deleted = app
+        .client
+        .clone()
+        .delete_session(DeleteSessionRequest { refresh_token: sid.clone() })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert!(deleted.deleted);
+    assert!(keys(&mut conn, &format!("{PREFIX}*")).await.is_empty(), "nothing left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sessions_are_revoked_by_delete_all() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let (sid, access) = (ts_token(3), ts_token(4));
+    write_typescript_session(&mut conn, &sid, &access, &did).await;
+    let ours = app.create(&did, "carol.test").await;
+
+    let count = app
+        .client
+        .clone()
+        .delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did })
+        .await
+        .expect("delete all")
+        .into_inner()
+        .deleted_count;
+    assert_eq!(count, 2);
+    assert!(!app.validate(&access).await.valid);
+    assert!(!app.validate(&ours.access_token).await.valid);
+    assert!(keys(&mut conn, &format!("{PREFIX}*")).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_written_here_parse_as_the_typescript_object() {
+    // The reverse direction: what this service writes is what the TypeScript code reads with
+    // JSON.parse — exactly six fields, integer milliseconds, no floats or exponents.
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    app.refresh(&created.refresh_token).await.expect("refresh");
+    let mut conn = app.valkey().client().await;
+    let json: String = conn
+        .get(format!("{PREFIX}data:{}", created.refresh_token))
+        .await
+        .expect("data");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let object = value.as_object().expect("object");
+    let names: Vec<&str> = object.keys().map(String::as_str).collect();
+    let mut expected = vec!["accessTokenExpiresAt", "accessTokenHash", "createdAt", "did", "handle", "sid"];
+    expected.sort_unstable();
+    let mut names_sorted = names.clone();
+    names_sorted.sort_unstable();
+    assert_eq!(names_sorted, expected);
+    for field in ["accessTokenExpiresAt", "createdAt"] {
+        assert!(object[field].is_u64(), "{field} is an integer in {json}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_session_json_fails_closed_without_crashing() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut conn = app.valkey().client().await;
+    for (i, garbage) in [
+        "not json",
+        "[]",
+        r#"{"sid":"x"}"#,
+        r#"{"did":"did:plc:a","handle":"h.test","accessTokenHash":"HASH","accessTokenExpiresAt":"later","createdAt":1}"#,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (sid, access) = (ts_token(10 + i as u8), ts_token(20 + i as u8));
+        let garbage = garbage.replace("HASH", &sha256_hex(&access));
+        let _: () = redis::pipe()
+            .set(format!("{PREFIX}data:{sid}"), &garbage)
+            .set(format!("{PREFIX}access:{}", sha256_hex(&access)), &sid)
+            .query_async(&mut conn)
+            .await
+            .expect("write garbage");
+
+        assert!(!app.validate(&access).await.valid, "{garbage}");
+        assert_eq!(app.refresh(&sid).await.expect_err("refused").code(), Code::NotFound);
+        let stored: String = conn.get(format!("{PREFIX}data:{sid}")).await.expect("kept");
+        assert_eq!(stored, garbage, "a refused refresh writes nothing");
+        let deleted = app
+            .client
+            .clone()
+            .delete_session(DeleteSessionRequest { refresh_token: sid.clone() })
+            .await
+            .expect("delete")
+            .into_inner();
+        assert!(deleted.deleted, "logout still removes it");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_or_orphaned_access_keys_do_not_validate() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut conn = app.valkey().client().await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    // An access key that points at a live session whose data names another hash.
+    let stale = ts_token(30);
+    let _: () = conn
+        .set(format!("{PREFIX}access:{}", sha256_hex(&stale)), &created.refresh_token)
+        .await
+        .expect("plant a stale key");
+    assert!(!app.validate(&stale).await.valid);
+    // An access key whose session data is gone.
+    let orphan = ts_token(31);
+    let _: () = conn
+        .set(format!("{PREFIX}access:{}", sha256_hex(&orphan)), ts_token(32))
+        .await
+        .expect("plant an orphan");
+    assert!(!app.validate(&orphan).await.valid);
+    assert!(app.validate(&created.access_token).await.valid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_create_writes_nothing() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let status = app
+        .client
+        .clone()
+        .create_session(CreateSessionRequest { did: "did:plc:ok".into(), handle: "nope".into() })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut conn = app.valkey().client().await;
+    assert!(keys(&mut conn, "*").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refreshes_leave_no_orphaned_access_key() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let app_client = app.client.clone();
+            let token = created.refresh_token.clone();
+            tokio::spawn(async move {
+                let mut client = app_client;
+                client
+                    .refresh_session(barazo_session::proto::RefreshSessionRequest { refresh_token: token })
+                    .await
+                    .expect("refresh")
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let mut conn = app.valkey().client().await;
+    let access_keys = keys(&mut conn, &format!("{PREFIX}access:*")).await;
+    assert_eq!(access_keys.len(), 1, "{access_keys:?}");
+    let pointed: String = conn.get(&access_keys[0]).await.expect("sid");
+    assert_eq!(pointed, created.refresh_token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_racing_delete_leaves_no_keys() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut conn = app.valkey().client().await;
+    for _ in 0..25 {
+        let did = unique_did();
+        let created = app.create(&did, "alice.test").await;
+        let (mut a, mut b) = (app.client.clone(), app.client.clone());
+        let sid = created.refresh_token.clone();
+        let _ = tokio::join!(
+            a.refresh_session(barazo_session::proto::RefreshSessionRequest { refresh_token: sid.clone() }),
+            b.delete_session(DeleteSessionRequest { refresh_token: sid }),
+        );
+        let left = keys(&mut conn, &format!("{PREFIX}*")).await;
+        // At most an empty-set index can remain; Valkey deletes empty sets itself.
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_did_index_is_pruned_of_expired_sessions() {
+    let app = TestApp::spawn_with(StoreKind::Valkey, &["--access-token-ttl", "1", "--session-ttl", "2"]).await;
+    let did = unique_did();
+    for _ in 0..40 {
+        app.create(&did, "alice.test").await;
+    }
+    let mut conn = app.valkey().client().await;
+    let index = format!("{PREFIX}did:{did}");
+    assert_eq!(conn.scard::<_, usize>(&index).await.expect("SCARD"), 40);
+    // One login at 1 s keeps the index alive (its TTL restarts) past the first 40 sessions'
+    // expiry at 2 s. Waiting out TTLs is the behaviour under test.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    app.create(&did, "alice.test").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+
+    // Now 40 members are dead and 1 is live. Each further login prunes a bounded sample,
+    // so the index shrinks to the live sessions within a few logins.
+    let mut live = 1;
+    let mut previous = conn.scard::<_, usize>(&index).await.expect("SCARD");
+    assert_eq!(previous, 41);
+    for _ in 0..10 {
+        app.create(&did, "alice.test").await;
+        live += 1;
+        let size: usize = conn.scard(&index).await.expect("SCARD");
+        assert!(size <= previous + 1, "grows by at most the new session");
+        previous = size;
+        if size == live {
+            return;
+        }
+    }
+    panic!("index still holds {previous} members for {live} live sessions after 10 logins");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rpc_is_exactly_one_round_trip() {
+    // No periodic health PING during the measurement: the first check runs at startup.
+    let app = TestApp::spawn_with(StoreKind::Valkey, &["--health-check-interval-ms", "3600000"]).await;
+    let did = unique_did();
+    // Warm up: the first call of each script loads it (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
+    let warm = app.create(&did, "alice.test").await;
+    app.validate(&warm.access_token).await;
+    app.refresh(&warm.refresh_token).await.expect("refresh");
+    let mut client = app.client.clone();
+    client
+        .delete_session(DeleteSessionRequest { refresh_token: warm.refresh_token.clone() })
+        .await
+        .expect("delete");
+    client
+        .delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did: did.clone() })
+        .await
+        .expect("delete all");
+
+    let mut monitor = Monitor::start(app.valkey()).await;
+    let (created, trips) = monitor.round_trips(app.create(&did, "alice.test")).await;
+    assert_eq!(trips, ["EVALSHA"], "CreateSession");
+    let (_, trips) = monitor.round_trips(app.validate(&created.access_token)).await;
+    assert_eq!(trips, ["EVALSHA"], "ValidateAccessToken");
+    let (_, trips) = monitor.round_trips(app.validate(&"0".repeat(64))).await;
+    assert_eq!(trips, ["EVALSHA"], "ValidateAccessToken, unknown token");
+    let (_, trips) = monitor.round_trips(app.validate("malformed")).await;
+    assert!(trips.is_empty(), "a malformed token costs no round trip: {trips:?}");
+    let (_, trips) = monitor.round_trips(app.refresh(&created.refresh_token)).await;
+    assert_eq!(trips, ["EVALSHA"], "RefreshSession");
+    let (_, trips) = monitor
+        .round_trips(client.delete_session(DeleteSessionRequest {
+            refresh_token: created.refresh_token.clone(),
+        }))
+        .await;
+    assert_eq!(trips, ["EVALSHA"], "DeleteSession");
+    let (_, trips) = monitor
+        .round_trips(client.delete_all_sessions_for_did(DeleteAllSessionsForDidRequest {
+            did: did.clone(),
+        }))
+        .await;
+    assert_eq!(trips, ["EVALSHA"], "DeleteAllSessionsForDid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_script_cache_is_reloaded_transparently() {
+    let app = TestApp::spawn_with(StoreKind::Valkey, &["--health-check-interval-ms", "3600000"]).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    assert!(app.validate(&created.access_token).await.valid);
+    let mut conn = app.valkey().client().await;
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.expect("flush");
+
+    let mut monitor = Monitor::start(app.valkey()).await;
+    let (answer, trips) = monitor.round_trips(app.validate(&created.access_token)).await;
+    assert!(answer.valid);
+    assert_eq!(trips, ["EVALSHA", "SCRIPT", "EVALSHA"], "NOSCRIPT fallback");
+    let (_, trips) = monitor.round_trips(app.validate(&created.access_token)).await;
+    assert_eq!(trips, ["EVALSHA"], "loaded again");
+}

@@ -1,0 +1,234 @@
+//! The test harness: a real server on `127.0.0.1:0`, a real Valkey, generated clients.
+
+pub mod monitor;
+pub mod valkey;
+
+use barazo_session::config::{Config, StoreKind};
+use barazo_session::proto::session_service_client::SessionServiceClient;
+use barazo_session::proto::{
+    CreateSessionRequest, CreateSessionResponse, RefreshSessionRequest, RefreshSessionResponse,
+    ValidateAccessTokenRequest, ValidateAccessTokenResponse,
+};
+use barazo_session::server::{Application, ServeError};
+use clap::Parser;
+use std::net::SocketAddr;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+pub use valkey::Valkey;
+
+/// A server under test, with its own Valkey when it uses the Valkey store.
+pub struct TestApp {
+    /// The generated client, connected the way callers connect.
+    pub client: SessionServiceClient<Channel>,
+    /// The standard health client.
+    pub health: HealthClient<Channel>,
+    /// The server's bound address.
+    pub addr: SocketAddr,
+    /// The Valkey behind the server, if any.
+    pub valkey: Option<Valkey>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+/// Builds the configuration the way the binary does, from flags.
+pub fn config(store: StoreKind, valkey_url: Option<&str>, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "barazo-session".to_owned(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--store".into(),
+        match store {
+            StoreKind::Valkey => "valkey".into(),
+            StoreKind::Memory => "memory".into(),
+        },
+    ];
+    if !extra.contains(&"--health-check-interval-ms") {
+        // Fast enough that tests see health changes quickly.
+        args.extend(["--health-check-interval-ms".into(), "100".into()]);
+    }
+    if let Some(url) = valkey_url {
+        args.extend(["--valkey-url".into(), url.to_owned()]);
+    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Config::try_parse_from(args)
+        .expect("test flags parse")
+        .validated()
+        .expect("test config is valid")
+}
+
+impl TestApp {
+    /// A server on `store` with default settings, serving once it reports `SERVING`.
+    pub async fn spawn(store: StoreKind) -> Self {
+        Self::spawn_with(store, &[]).await
+    }
+
+    /// A server on `store` with extra flags, serving once it reports `SERVING`.
+    pub async fn spawn_with(store: StoreKind, extra: &[&str]) -> Self {
+        let valkey = (store == StoreKind::Valkey).then(Valkey::start);
+        let app = Self::spawn_against(store, valkey, extra).await;
+        app.wait_for_health(ServingStatus::Serving).await;
+        app
+    }
+
+    /// A server with the given Valkey (or none, or one not yet started), not waiting for
+    /// it to be healthy.
+    pub async fn spawn_against(store: StoreKind, valkey: Option<Valkey>, extra: &[&str]) -> Self {
+        let url = valkey.as_ref().map(Valkey::url);
+        Self::spawn_config(config(store, url.as_deref(), extra), valkey).await
+    }
+
+    /// A server from a ready configuration.
+    pub async fn spawn_config(config: Config, valkey: Option<Valkey>) -> Self {
+        let app = Application::build(&config).await.expect("server builds");
+        let addr = app.local_addr();
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = shutdown_rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("valid uri")
+            .connect()
+            .await
+            .expect("connect to the server");
+        Self {
+            client: SessionServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
+            addr,
+            valkey,
+            shutdown: Some(shutdown_tx),
+            server: Some(server),
+        }
+    }
+
+    /// The Valkey behind the server.
+    pub fn valkey(&self) -> &Valkey {
+        self.valkey.as_ref().expect("this app runs on Valkey")
+    }
+
+    /// The Valkey behind the server, to kill or restart.
+    pub fn valkey_mut(&mut self) -> &mut Valkey {
+        self.valkey.as_mut().expect("this app runs on Valkey")
+    }
+
+    /// Waits, through the standard `Watch` stream, until the server reports `status`.
+    pub async fn wait_for_health(&self, status: ServingStatus) {
+        let mut stream = self
+            .health
+            .clone()
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health watch")
+            .into_inner();
+        let wait = async {
+            while let Some(update) = stream.next().await {
+                if update.expect("health update").status == status as i32 {
+                    return;
+                }
+            }
+            panic!("health stream ended before {status:?}");
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(15), wait)
+            .await
+            .unwrap_or_else(|_| panic!("server did not report {status:?} within 15 s"));
+    }
+
+    /// The current overall health status.
+    pub async fn health_status(&self) -> ServingStatus {
+        let response = self
+            .health
+            .clone()
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        ServingStatus::try_from(response.status).expect("known status")
+    }
+
+    /// Creates a session for a fresh DID, asserting success.
+    pub async fn create(&self, did: &str, handle: &str) -> CreateSessionResponse {
+        self.client
+            .clone()
+            .create_session(CreateSessionRequest {
+                did: did.into(),
+                handle: handle.into(),
+            })
+            .await
+            .expect("create succeeds")
+            .into_inner()
+    }
+
+    /// Validates a token, asserting the call itself succeeds.
+    pub async fn validate(&self, token: &str) -> ValidateAccessTokenResponse {
+        self.try_validate(token).await.expect("validate answers")
+    }
+
+    /// Validates a token, returning the status on failure.
+    pub async fn try_validate(
+        &self,
+        token: &str,
+    ) -> Result<ValidateAccessTokenResponse, tonic::Status> {
+        self.client
+            .clone()
+            .validate_access_token(ValidateAccessTokenRequest {
+                access_token: token.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Refreshes a session, returning the status on failure.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<RefreshSessionResponse, tonic::Status> {
+        self.client
+            .clone()
+            .refresh_session(RefreshSessionRequest {
+                refresh_token: refresh_token.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Asks the server to stop and waits for it, returning how serving ended.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.server
+            .take()
+            .expect("running")
+            .await
+            .expect("server task did not panic")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// A DID unique to the calling test.
+pub fn unique_did() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "did:plc:test{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Lowercase hex SHA-256, as the AppView computes it.
+pub fn sha256_hex(s: &str) -> String {
+    barazo_session::session::sha256_hex(s)
+}

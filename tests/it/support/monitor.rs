@@ -1,0 +1,86 @@
+//! Counts Valkey round trips with `MONITOR`.
+//!
+//! `MONITOR` prints every command a client sends; commands a Lua script runs are printed too,
+//! marked `[<db> lua]`, so leaving those out leaves exactly the round trips. (`INFO
+//! commandstats` counts a script's inner commands as well, so it cannot tell them apart.)
+
+use super::Valkey;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+
+/// A `MONITOR` connection plus a second connection that writes markers into its stream.
+pub struct Monitor {
+    lines: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    _writer: tokio::net::tcp::OwnedWriteHalf,
+    marker: redis::aio::MultiplexedConnection,
+    next: u64,
+}
+
+impl Monitor {
+    /// Starts monitoring `valkey`.
+    pub async fn start(valkey: &Valkey) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", valkey.port()))
+            .await
+            .expect("connect for MONITOR");
+        let (read, mut write) = stream.into_split();
+        write.write_all(b"MONITOR\r\n").await.expect("send MONITOR");
+        let mut lines = BufReader::new(read).lines();
+        let ok = lines.next_line().await.expect("read").expect("a reply");
+        assert_eq!(ok, "+OK", "MONITOR accepted");
+        Self {
+            lines,
+            _writer: write,
+            marker: valkey.client().await,
+            next: 0,
+        }
+    }
+
+    async fn mark(&mut self) -> String {
+        self.next += 1;
+        let marker = format!("round-trip-marker-{}", self.next);
+        let _: String = redis::cmd("ECHO")
+            .arg(&marker)
+            .query_async(&mut self.marker)
+            .await
+            .expect("echo marker");
+        marker
+    }
+
+    /// Runs `action` and returns its output with the names of the top-level commands
+    /// (round trips) Valkey received meanwhile, in order.
+    pub async fn round_trips<T>(&mut self, action: impl Future<Output = T>) -> (T, Vec<String>) {
+        let start = self.mark().await;
+        let output = action.await;
+        let end = self.mark().await;
+        let mut seen_start = false;
+        let mut commands = Vec::new();
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(10), self.lines.next_line())
+                .await
+                .expect("MONITOR output within 10 s")
+                .expect("read MONITOR")
+                .expect("MONITOR stream open");
+            if line.contains(&format!("\"{start}\"")) {
+                seen_start = true;
+                continue;
+            }
+            if line.contains(&format!("\"{end}\"")) {
+                assert!(seen_start, "end marker before start marker");
+                return (output, commands);
+            }
+            if !seen_start {
+                continue;
+            }
+            // `+<time> [<db> <client or lua>] "CMD" "arg" ...`
+            let Some((client, rest)) = line.split_once("] ") else {
+                continue;
+            };
+            if client.ends_with(" lua") {
+                continue;
+            }
+            let name = rest.split('"').nth(1).unwrap_or_default().to_uppercase();
+            commands.push(name);
+        }
+    }
+}
