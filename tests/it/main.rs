@@ -3,5 +3,8 @@
 //! links once.
 
 mod behaviour;
+mod cli;
+mod grpcurl;
+mod outage;
 mod storage;
 mod support;

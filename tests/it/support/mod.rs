@@ -232,3 +232,20 @@ pub fn unique_did() -> String {
 pub fn sha256_hex(s: &str) -> String {
     barazo_session::session::sha256_hex(s)
 }
+
+/// Finds an external program for the tests: `$<env_var>`, then each name on PATH, then in
+/// the git-ignored `.tools/bin` that `scripts/test.sh` fills.
+pub fn tool(env_var: &str, names: &[&str]) -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return path.into();
+    }
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<_> = std::env::split_paths(&path).chain([local]).collect();
+    for name in names {
+        if let Some(dir) = dirs.iter().find(|dir| dir.join(name).is_file()) {
+            return dir.join(name);
+        }
+    }
+    panic!("none of {names:?} found (nor ${env_var}): run the tests with scripts/test.sh, which installs them");
+}

