@@ -157,8 +157,14 @@ impl Config {
             problems.push(format!("--valkey-url / VALKEY_URL is not a valid URL: {e}"));
         }
         for (value, name) in [
-            (self.valkey_connect_timeout_ms, "--valkey-connect-timeout-ms"),
-            (self.valkey_command_timeout_ms, "--valkey-command-timeout-ms"),
+            (
+                self.valkey_connect_timeout_ms,
+                "--valkey-connect-timeout-ms",
+            ),
+            (
+                self.valkey_command_timeout_ms,
+                "--valkey-command-timeout-ms",
+            ),
             (self.health_check_interval_ms, "--health-check-interval-ms"),
         ] {
             if value == 0 {

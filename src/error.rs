@@ -43,10 +43,7 @@ impl RequestError {
     /// Whether the failure is the service's (logged at error level) rather than the
     /// caller's or an ordinary outcome such as an expired session.
     pub fn is_server_fault(&self) -> bool {
-        matches!(
-            self,
-            Self::Store(_) | Self::Entropy(_)
-        )
+        matches!(self, Self::Store(_) | Self::Entropy(_))
     }
 
     /// The whole `source()` chain, for the one log line at the boundary.

@@ -36,7 +36,9 @@ pub async fn monitor<S: SessionStore>(store: Arc<S>, reporter: HealthReporter, i
         if last != Some(status) {
             match &failure {
                 None => tracing::info!("session store answers: SERVING"),
-                Some(err) => tracing::warn!(error = %crate::error::chain(err), "session store does not answer: NOT_SERVING"),
+                Some(err) => {
+                    tracing::warn!(error = %crate::error::chain(err), "session store does not answer: NOT_SERVING")
+                }
             }
             publish(&reporter, status).await;
             last = Some(status);

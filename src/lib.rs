@@ -2,6 +2,8 @@
 //!
 //! See `ARCHITECTURE.md` for where things live and how a request flows.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
 pub mod health;

@@ -27,7 +27,8 @@ async fn main() -> ExitCode {
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let app = Application::build(&config).await?;
     tracing::info!(addr = %app.local_addr(), store = ?config.store, "listening");
-    app.run_until(barazo_session::server::shutdown_signal()).await?;
+    app.run_until(barazo_session::server::shutdown_signal())
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -5,16 +5,16 @@ use crate::config::{Config, StoreKind};
 use crate::health;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::service::SessionApi;
+use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{ValkeyOptions, ValkeyStore};
-use crate::store::SessionStore;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
 
 /// Largest request message accepted: every legitimate request is well under 3 KiB (a
@@ -138,7 +138,10 @@ impl Application {
 }
 
 /// Builds the gRPC routes over one store, and the task that keeps its health status.
-async fn routes<S: SessionStore>(store: S, config: &Config) -> Result<(Router, BoxFuture), StartupError> {
+async fn routes<S: SessionStore>(
+    store: S,
+    config: &Config,
+) -> Result<(Router, BoxFuture), StartupError> {
     let store = Arc::new(store);
     let (reporter, health_service) = tonic_health::server::health_reporter();
     // Until the first successful ping, nobody should route traffic here.

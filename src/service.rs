@@ -122,7 +122,10 @@ impl<S: SessionStore> SessionApi<S> {
         })
     }
 
-    async fn delete(&self, req: DeleteSessionRequest) -> Result<DeleteSessionResponse, RequestError> {
+    async fn delete(
+        &self,
+        req: DeleteSessionRequest,
+    ) -> Result<DeleteSessionResponse, RequestError> {
         let sid = req.refresh_token;
         // Logout is idempotent: a token that cannot name a session deletes nothing.
         let deleted = is_well_formed_token(&sid) && self.store.delete(&sid).await?;
@@ -159,7 +162,10 @@ fn timestamp(epoch_ms: i64) -> prost_types::Timestamp {
 }
 
 /// Logs a failed RPC once, with its cause chain, and converts the result for tonic.
-fn respond<T>(method: &'static str, result: Result<T, RequestError>) -> Result<Response<T>, Status> {
+fn respond<T>(
+    method: &'static str,
+    result: Result<T, RequestError>,
+) -> Result<Response<T>, Status> {
     match result {
         Ok(body) => Ok(Response::new(body)),
         Err(err) => {
@@ -187,7 +193,10 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         &self,
         request: Request<ValidateAccessTokenRequest>,
     ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
-        respond("ValidateAccessToken", self.validate(request.into_inner()).await)
+        respond(
+            "ValidateAccessToken",
+            self.validate(request.into_inner()).await,
+        )
     }
 
     async fn refresh_session(

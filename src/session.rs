@@ -79,7 +79,10 @@ pub fn validate_handle(handle: &str) -> Result<(), SyntaxError> {
         if label.is_empty() || label.len() > MAX_LABEL_LEN {
             return Err(SyntaxError::Handle("each label must be 1 to 63 characters"));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(SyntaxError::Handle(
                 "labels may hold only letters, digits and hyphens",
             ));

@@ -41,10 +41,7 @@ struct Keyspace {
 
 impl Keyspace {
     fn live_data(&self, sid: &str, now: Instant) -> Option<&SessionRecord> {
-        self.data
-            .get(sid)
-            .filter(|e| e.live(now))
-            .map(|e| &e.value)
+        self.data.get(sid).filter(|e| e.live(now)).map(|e| &e.value)
     }
 
     fn sweep(&mut self, now: Instant) {
@@ -72,7 +69,8 @@ impl Keyspace {
             .unwrap_or_default();
         members.retain(|member| self.data.get(member).is_some_and(|e| e.live(now)));
         members.insert(sid.to_owned());
-        self.dids.insert(did.to_owned(), Expiring::new(members, ttl));
+        self.dids
+            .insert(did.to_owned(), Expiring::new(members, ttl));
     }
 
     /// Removes a session's data and access key; returns its record if it was live.

@@ -67,7 +67,11 @@ async fn create_then_validate_returns_the_session(store: StoreKind) {
 
     for token in [&created.access_token, &created.refresh_token] {
         assert_eq!(token.len(), 64);
-        assert!(token.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
     }
     assert_ne!(created.access_token, created.refresh_token);
     let session = created.session.expect("session");
@@ -125,7 +129,14 @@ async fn malformed_and_unknown_tokens_are_invalid(store: StoreKind) {
     let upper = created.access_token.to_uppercase();
     let long = "a".repeat(200);
     let unknown = "0".repeat(64);
-    for token in ["", "abc", upper.as_str(), long.as_str(), &"g".repeat(64), unknown.as_str()] {
+    for token in [
+        "",
+        "abc",
+        upper.as_str(),
+        long.as_str(),
+        &"g".repeat(64),
+        unknown.as_str(),
+    ] {
         let answer = app.validate(token).await;
         assert!(!answer.valid, "{token}");
         assert_eq!(answer.session, None);
@@ -137,7 +148,10 @@ async fn refresh_rotates_the_access_token_and_keeps_the_session(store: StoreKind
     let created = app.create(&unique_did(), "alice.test").await;
     let first = created.session.expect("session");
 
-    let refreshed = app.refresh(&created.refresh_token).await.expect("refreshed");
+    let refreshed = app
+        .refresh(&created.refresh_token)
+        .await
+        .expect("refreshed");
     assert_ne!(refreshed.access_token, created.access_token);
     let session = refreshed.session.expect("session");
     assert_eq!(session.session_key, first.session_key);
@@ -146,7 +160,10 @@ async fn refresh_rotates_the_access_token_and_keeps_the_session(store: StoreKind
     assert_eq!(session.created_at, first.created_at);
     assert!(ms(&session.access_token_expires_at) >= ms(&first.access_token_expires_at));
 
-    assert!(!app.validate(&created.access_token).await.valid, "old token revoked at once");
+    assert!(
+        !app.validate(&created.access_token).await.valid,
+        "old token revoked at once"
+    );
     let validated = app.validate(&refreshed.access_token).await;
     assert!(validated.valid);
     assert_eq!(validated.session, Some(session));
@@ -176,7 +193,9 @@ async fn delete_revokes_and_is_idempotent(store: StoreKind) {
         let mut client = app.client.clone();
         async move {
             client
-                .delete_session(DeleteSessionRequest { refresh_token: token })
+                .delete_session(DeleteSessionRequest {
+                    refresh_token: token,
+                })
                 .await
                 .expect("delete answers")
                 .into_inner()
@@ -187,13 +206,22 @@ async fn delete_revokes_and_is_idempotent(store: StoreKind) {
     assert!(delete(created.refresh_token.clone()).await);
     assert!(!app.validate(&created.access_token).await.valid);
     assert_eq!(
-        app.refresh(&created.refresh_token).await.expect_err("gone").code(),
+        app.refresh(&created.refresh_token)
+            .await
+            .expect_err("gone")
+            .code(),
         Code::NotFound
     );
-    assert!(!delete(created.refresh_token.clone()).await, "second delete");
+    assert!(
+        !delete(created.refresh_token.clone()).await,
+        "second delete"
+    );
     assert!(!delete("not-a-token".into()).await);
     assert!(!delete(String::new()).await);
-    assert!(app.validate(&other.access_token).await.valid, "others untouched");
+    assert!(
+        app.validate(&other.access_token).await.valid,
+        "others untouched"
+    );
 }
 
 async fn delete_all_revokes_every_session_of_one_did_only(store: StoreKind) {
@@ -204,7 +232,10 @@ async fn delete_all_revokes_every_session_of_one_did_only(store: StoreKind) {
         sessions.push(app.create(&did, "alice.test").await);
     }
     // A refreshed session is still one session.
-    let refreshed = app.refresh(&sessions[0].refresh_token).await.expect("refresh");
+    let refreshed = app
+        .refresh(&sessions[0].refresh_token)
+        .await
+        .expect("refresh");
     let bystander = app.create(&unique_did(), "bob.test").await;
 
     let delete_all = |did: String| {
@@ -220,12 +251,21 @@ async fn delete_all_revokes_every_session_of_one_did_only(store: StoreKind) {
     assert!(!app.validate(&refreshed.access_token).await.valid);
     for s in &sessions {
         assert!(!app.validate(&s.access_token).await.valid);
-        assert_eq!(app.refresh(&s.refresh_token).await.expect_err("gone").code(), Code::NotFound);
+        assert_eq!(
+            app.refresh(&s.refresh_token)
+                .await
+                .expect_err("gone")
+                .code(),
+            Code::NotFound
+        );
     }
     assert!(app.validate(&bystander.access_token).await.valid);
     assert_eq!(delete_all(did).await.expect("idempotent"), 0);
     assert_eq!(
-        delete_all("not a did".into()).await.expect_err("refused").code(),
+        delete_all("not a did".into())
+            .await
+            .expect_err("refused")
+            .code(),
         Code::InvalidArgument
     );
 }
@@ -239,7 +279,10 @@ async fn access_tokens_expire_but_the_session_refreshes(store: StoreKind) {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert!(!app.validate(&created.access_token).await.valid, "expired");
 
-    let refreshed = app.refresh(&created.refresh_token).await.expect("session lives on");
+    let refreshed = app
+        .refresh(&created.refresh_token)
+        .await
+        .expect("session lives on");
     assert!(app.validate(&refreshed.access_token).await.valid);
 }
 
@@ -250,12 +293,17 @@ async fn sessions_slide_with_refreshes_and_expire_when_idle(store: StoreKind) {
     // Refreshing every 1.2 s keeps a 2 s session alive past its first 2 s.
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1_200)).await;
-        app.refresh(&created.refresh_token).await.expect("still alive");
+        app.refresh(&created.refresh_token)
+            .await
+            .expect("still alive");
     }
     // Left alone for longer than its TTL, it is gone.
     tokio::time::sleep(Duration::from_millis(2_200)).await;
     assert_eq!(
-        app.refresh(&created.refresh_token).await.expect_err("expired").code(),
+        app.refresh(&created.refresh_token)
+            .await
+            .expect_err("expired")
+            .code(),
         Code::NotFound
     );
 }
@@ -272,7 +320,10 @@ async fn oversized_requests_are_refused(store: StoreKind) {
         .await
         .expect_err("too large");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    let status = app.try_validate(&"a".repeat(20 * 1024)).await.expect_err("too large");
+    let status = app
+        .try_validate(&"a".repeat(20 * 1024))
+        .await
+        .expect_err("too large");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     // The connection stays usable.
     app.create(&unique_did(), "alice.test").await;
@@ -324,7 +375,11 @@ async fn refresh_racing_delete_never_leaves_a_valid_token(store: StoreKind) {
         );
         assert!(deleted.expect("delete answers").into_inner().deleted);
         if let Ok(refreshed) = refreshed {
-            assert!(!app.validate(&refreshed.into_inner().access_token).await.valid);
+            assert!(
+                !app.validate(&refreshed.into_inner().access_token)
+                    .await
+                    .valid
+            );
         } else {
             assert_eq!(refreshed.expect_err("lost the race").code(), Code::NotFound);
         }

@@ -111,7 +111,10 @@ async fn sigterm_stops_the_server_cleanly() {
     assert_eq!(code, Some(0), "{log:#?}");
     for line in &log {
         let event: serde_json::Value = serde_json::from_str(line).expect("every line is JSON");
-        assert!(event["level"].is_string() && event["message"].is_string(), "{line}");
+        assert!(
+            event["level"].is_string() && event["message"].is_string(),
+            "{line}"
+        );
     }
     assert!(log.iter().any(|l| l.contains("\"stopped\"")), "{log:#?}");
 }
@@ -131,7 +134,11 @@ async fn bad_configuration_is_one_clear_startup_error() {
     }
     assert!(!stderr.contains("hunter2"), "{stderr}");
 
-    let output = command().args(["--listen", "nowhere"]).output().await.expect("runs");
+    let output = command()
+        .args(["--listen", "nowhere"])
+        .output()
+        .await
+        .expect("runs");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--listen"));
 }
@@ -146,7 +153,10 @@ async fn help_never_shows_the_valkey_password() {
         .expect("runs");
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
-    assert!(help.contains("--valkey-url") && help.contains("VALKEY_URL"), "{help}");
+    assert!(
+        help.contains("--valkey-url") && help.contains("VALKEY_URL"),
+        "{help}"
+    );
     assert!(!help.contains("hunter2"), "{help}");
 }
 
@@ -214,6 +224,9 @@ async fn no_token_or_session_id_reaches_the_log_even_at_trace_level() {
     for secret in &secrets {
         assert!(!log.contains(secret.as_str()), "a token is in the log");
         // Nor its full hash, which is the access key in Valkey.
-        assert!(!log.contains(&sha256_hex(secret)), "a full token hash is in the log");
+        assert!(
+            !log.contains(&sha256_hex(secret)),
+            "a full token hash is in the log"
+        );
     }
 }

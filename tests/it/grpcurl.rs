@@ -28,7 +28,10 @@ async fn grpcurl_lists_calls_and_checks_health() {
 
     let services = grpcurl(&app, &[&addr, "list"]).await;
     for service in ["barazo.session.v1.SessionService", "grpc.health.v1.Health"] {
-        assert!(services.lines().any(|l| l == service), "{service} in {services}");
+        assert!(
+            services.lines().any(|l| l == service),
+            "{service} in {services}"
+        );
     }
     let methods = grpcurl(&app, &[&addr, "list", "barazo.session.v1.SessionService"]).await;
     assert_eq!(methods.lines().count(), 5, "{methods}");
@@ -49,7 +52,10 @@ async fn grpcurl_lists_calls_and_checks_health() {
     assert_eq!(access.len(), 64);
     assert_eq!(created["session"]["did"], "did:plc:grpcurl");
     assert_eq!(created["session"]["sessionKey"], sha256_hex(refresh));
-    assert!(app.validate(access).await.valid, "the session grpcurl made is real");
+    assert!(
+        app.validate(access).await.valid,
+        "the session grpcurl made is real"
+    );
 
     let health = grpcurl(&app, &[&addr, "grpc.health.v1.Health/Check"]).await;
     let health: serde_json::Value = serde_json::from_str(&health).expect("JSON answer");
@@ -59,10 +65,10 @@ async fn grpcurl_lists_calls_and_checks_health() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_speaks_v1_as_well_as_v1alpha() {
     // grpcurl 1.8 only speaks v1alpha; newer clients use v1. Ask v1 directly.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let app = TestApp::spawn(StoreKind::Memory).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
@@ -80,10 +86,17 @@ async fn reflection_speaks_v1_as_well_as_v1alpha() {
         .await
         .expect("v1 reflection")
         .into_inner();
-    let answer = answers.message().await.expect("answer").expect("one message");
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one message");
     let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
         panic!("unexpected answer {answer:?}");
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"barazo.session.v1.SessionService".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"barazo.session.v1.SessionService".to_owned()),
+        "{names:?}"
+    );
 }

@@ -17,7 +17,10 @@ async fn assert_every_rpc_unavailable(app: &TestApp) {
     let token = "ab".repeat(32);
     let mut client = app.client.clone();
     let started = Instant::now();
-    let status = app.try_validate(&token).await.expect_err("no answer without a store");
+    let status = app
+        .try_validate(&token)
+        .await
+        .expect_err("no answer without a store");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
     assert_eq!(status.message(), "session store unavailable");
@@ -25,12 +28,17 @@ async fn assert_every_rpc_unavailable(app: &TestApp) {
     let status = app.refresh(&token).await.expect_err("refresh");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let status = client
-        .create_session(CreateSessionRequest { did: unique_did(), handle: "a.test".into() })
+        .create_session(CreateSessionRequest {
+            did: unique_did(),
+            handle: "a.test".into(),
+        })
         .await
         .expect_err("create");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let status = client
-        .delete_session(DeleteSessionRequest { refresh_token: token })
+        .delete_session(DeleteSessionRequest {
+            refresh_token: token,
+        })
         .await
         .expect_err("delete");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -47,7 +55,10 @@ async fn valkey_killed_and_restarted_while_the_server_runs() {
     app.wait_for_health(ServingStatus::NotServing).await;
     // Still unavailable while down, never "invalid".
     assert_eq!(
-        app.try_validate(&before.access_token).await.expect_err("down").code(),
+        app.try_validate(&before.access_token)
+            .await
+            .expect_err("down")
+            .code(),
         Code::Unavailable
     );
 
@@ -57,7 +68,9 @@ async fn valkey_killed_and_restarted_while_the_server_runs() {
     app.wait_for_health(ServingStatus::Serving).await;
     let after = app.create(&unique_did(), "bob.test").await;
     assert!(app.validate(&after.access_token).await.valid);
-    app.refresh(&after.refresh_token).await.expect("refresh after recovery");
+    app.refresh(&after.refresh_token)
+        .await
+        .expect("refresh after recovery");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,20 +98,27 @@ async fn a_frozen_valkey_times_out_as_unavailable_instead_of_hanging() {
     // SIGSTOP: the socket stays open but nothing answers, like a host that stopped routing.
     app.valkey().signal("STOP");
     let started = Instant::now();
-    let status = app.try_validate(&created.access_token).await.expect_err("no answer");
+    let status = app
+        .try_validate(&created.access_token)
+        .await
+        .expect_err("no answer");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
     app.wait_for_health(ServingStatus::NotServing).await;
 
     app.valkey().signal("CONT");
     app.wait_for_health(ServingStatus::Serving).await;
-    assert!(app.validate(&created.access_token).await.valid, "data survived the freeze");
+    assert!(
+        app.validate(&created.access_token).await.valid,
+        "data survived the freeze"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_in_flight_calls_finish() {
     // A command timeout long enough that the frozen Valkey below holds the call in flight.
-    let mut app = TestApp::spawn_with(StoreKind::Valkey, &["--valkey-command-timeout-ms", "10000"]).await;
+    let mut app =
+        TestApp::spawn_with(StoreKind::Valkey, &["--valkey-command-timeout-ms", "10000"]).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let valkey = app.valkey.take().expect("valkey");
     let addr = app.addr;
@@ -123,13 +143,22 @@ async fn shutdown_lets_in_flight_calls_finish() {
     // Draining has begun once the listener refuses new connections.
     let deadline = Instant::now() + Duration::from_secs(5);
     while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(Instant::now() < deadline, "listener still accepting after shutdown");
+        assert!(
+            Instant::now() < deadline,
+            "listener still accepting after shutdown"
+        );
         tokio::task::yield_now().await;
     }
-    assert!(!in_flight.is_finished(), "the call is still waiting on Valkey");
+    assert!(
+        !in_flight.is_finished(),
+        "the call is still waiting on Valkey"
+    );
 
     valkey.signal("CONT");
-    let answer = in_flight.await.expect("task").expect("in-flight call answered");
+    let answer = in_flight
+        .await
+        .expect("task")
+        .expect("in-flight call answered");
     assert!(answer.into_inner().valid);
     stopped.await.expect("task").expect("clean shutdown");
 }

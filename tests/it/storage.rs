@@ -40,10 +40,22 @@ async fn write_typescript_session(
         now + 900_000
     );
     let _: () = redis::pipe()
-        .cmd("SET").arg(format!("{PREFIX}data:{sid}")).arg(&json).arg("EX").arg(604_800)
-        .cmd("SET").arg(format!("{PREFIX}access:{}", sha256_hex(access))).arg(sid).arg("EX").arg(900)
-        .cmd("SADD").arg(format!("{PREFIX}did:{did}")).arg(sid)
-        .cmd("EXPIRE").arg(format!("{PREFIX}did:{did}")).arg(604_800)
+        .cmd("SET")
+        .arg(format!("{PREFIX}data:{sid}"))
+        .arg(&json)
+        .arg("EX")
+        .arg(604_800)
+        .cmd("SET")
+        .arg(format!("{PREFIX}access:{}", sha256_hex(access)))
+        .arg(sid)
+        .arg("EX")
+        .arg(900)
+        .cmd("SADD")
+        .arg(format!("{PREFIX}did:{did}"))
+        .arg(sid)
+        .cmd("EXPIRE")
+        .arg(format!("{PREFIX}did:{did}"))
+        .arg(604_800)
         .query_async(conn)
         .await
         .expect("write TypeScript-shaped session");
@@ -78,7 +90,10 @@ async fn created_sessions_are_stored_in_the_typescript_shape() {
     let access_key = format!("{PREFIX}access:{}", sha256_hex(&created.access_token));
     let pointed: String = conn.get(&access_key).await.expect("access key");
     assert_eq!(&pointed, sid);
-    let members: Vec<String> = conn.smembers(format!("{PREFIX}did:{did}")).await.expect("index");
+    let members: Vec<String> = conn
+        .smembers(format!("{PREFIX}did:{did}"))
+        .await
+        .expect("index");
     assert_eq!(members, vec![sid.clone()]);
 
     let ttl = |key: String| {
@@ -104,10 +119,16 @@ async fn typescript_sessions_validate_refresh_and_delete_here() {
     let validated = app.validate(&access).await;
     assert!(validated.valid);
     let session = validated.session.expect("session");
-    assert_eq!((session.did.as_str(), session.handle.as_str()), (did.as_str(), "carol.test"));
+    assert_eq!(
+        (session.did.as_str(), session.handle.as_str()),
+        (did.as_str(), "carol.test")
+    );
     assert_eq!(session.session_key, sha256_hex(&sid));
 
-    let refreshed = app.refresh(&sid).await.expect("refresh a TypeScript session");
+    let refreshed = app
+        .refresh(&sid)
+        .await
+        .expect("refresh a TypeScript session");
     assert!(!app.validate(&access).await.valid);
     assert!(app.validate(&refreshed.access_token).await.valid);
     // The rewritten JSON keeps the TypeScript shape and createdAt.
@@ -129,12 +150,17 @@ async fn typescript_sessions_validate_refresh_and_delete_here() {
     let deleted = app
         .client
         .clone()
-        .delete_session(DeleteSessionRequest { refresh_token: sid.clone() })
+        .delete_session(DeleteSessionRequest {
+            refresh_token: sid.clone(),
+        })
         .await
         .expect("delete")
         .into_inner();
     assert!(deleted.deleted);
-    assert!(keys(&mut conn, &format!("{PREFIX}*")).await.is_empty(), "nothing left behind");
+    assert!(
+        keys(&mut conn, &format!("{PREFIX}*")).await.is_empty(),
+        "nothing left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +201,14 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
     let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
     let object = value.as_object().expect("object");
     let names: Vec<&str> = object.keys().map(String::as_str).collect();
-    let mut expected = vec!["accessTokenExpiresAt", "accessTokenHash", "createdAt", "did", "handle", "sid"];
+    let mut expected = vec![
+        "accessTokenExpiresAt",
+        "accessTokenHash",
+        "createdAt",
+        "did",
+        "handle",
+        "sid",
+    ];
     expected.sort_unstable();
     let mut names_sorted = names.clone();
     names_sorted.sort_unstable();
@@ -230,14 +263,20 @@ async fn superseded_or_orphaned_access_keys_do_not_validate() {
     // An access key that points at a live session whose data names another hash.
     let stale = ts_token(30);
     let _: () = conn
-        .set(format!("{PREFIX}access:{}", sha256_hex(&stale)), &created.refresh_token)
+        .set(
+            format!("{PREFIX}access:{}", sha256_hex(&stale)),
+            &created.refresh_token,
+        )
         .await
         .expect("plant a stale key");
     assert!(!app.validate(&stale).await.valid);
     // An access key whose session data is gone.
     let orphan = ts_token(31);
     let _: () = conn
-        .set(format!("{PREFIX}access:{}", sha256_hex(&orphan)), ts_token(32))
+        .set(
+            format!("{PREFIX}access:{}", sha256_hex(&orphan)),
+            ts_token(32),
+        )
         .await
         .expect("plant an orphan");
     assert!(!app.validate(&orphan).await.valid);
@@ -250,7 +289,10 @@ async fn invalid_create_writes_nothing() {
     let status = app
         .client
         .clone()
-        .create_session(CreateSessionRequest { did: "did:plc:ok".into(), handle: "nope".into() })
+        .create_session(CreateSessionRequest {
+            did: "did:plc:ok".into(),
+            handle: "nope".into(),
+        })
         .await
         .expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -269,7 +311,9 @@ async fn concurrent_refreshes_leave_no_orphaned_access_key() {
             tokio::spawn(async move {
                 let mut client = app_client;
                 client
-                    .refresh_session(barazo_session::proto::RefreshSessionRequest { refresh_token: token })
+                    .refresh_session(barazo_session::proto::RefreshSessionRequest {
+                        refresh_token: token,
+                    })
                     .await
                     .expect("refresh")
             })
@@ -295,7 +339,9 @@ async fn refresh_racing_delete_leaves_no_keys() {
         let (mut a, mut b) = (app.client.clone(), app.client.clone());
         let sid = created.refresh_token.clone();
         let _ = tokio::join!(
-            a.refresh_session(barazo_session::proto::RefreshSessionRequest { refresh_token: sid.clone() }),
+            a.refresh_session(barazo_session::proto::RefreshSessionRequest {
+                refresh_token: sid.clone()
+            }),
             b.delete_session(DeleteSessionRequest { refresh_token: sid }),
         );
         let left = keys(&mut conn, &format!("{PREFIX}*")).await;
@@ -306,7 +352,11 @@ async fn refresh_racing_delete_leaves_no_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_did_index_is_pruned_of_expired_sessions() {
-    let app = TestApp::spawn_with(StoreKind::Valkey, &["--access-token-ttl", "1", "--session-ttl", "2"]).await;
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &["--access-token-ttl", "1", "--session-ttl", "2"],
+    )
+    .await;
     let did = unique_did();
     for _ in 0..40 {
         app.create(&did, "alice.test").await;
@@ -341,7 +391,11 @@ async fn the_did_index_is_pruned_of_expired_sessions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rpc_is_exactly_one_round_trip() {
     // No periodic health PING during the measurement: the first check runs at startup.
-    let app = TestApp::spawn_with(StoreKind::Valkey, &["--health-check-interval-ms", "3600000"]).await;
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &["--health-check-interval-ms", "3600000"],
+    )
+    .await;
     let did = unique_did();
     // Warm up: the first call of each script loads it (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
     let warm = app.create(&did, "alice.test").await;
@@ -349,7 +403,9 @@ async fn each_rpc_is_exactly_one_round_trip() {
     app.refresh(&warm.refresh_token).await.expect("refresh");
     let mut client = app.client.clone();
     client
-        .delete_session(DeleteSessionRequest { refresh_token: warm.refresh_token.clone() })
+        .delete_session(DeleteSessionRequest {
+            refresh_token: warm.refresh_token.clone(),
+        })
         .await
         .expect("delete");
     client
@@ -360,13 +416,20 @@ async fn each_rpc_is_exactly_one_round_trip() {
     let mut monitor = Monitor::start(app.valkey()).await;
     let (created, trips) = monitor.round_trips(app.create(&did, "alice.test")).await;
     assert_eq!(trips, ["EVALSHA"], "CreateSession");
-    let (_, trips) = monitor.round_trips(app.validate(&created.access_token)).await;
+    let (_, trips) = monitor
+        .round_trips(app.validate(&created.access_token))
+        .await;
     assert_eq!(trips, ["EVALSHA"], "ValidateAccessToken");
     let (_, trips) = monitor.round_trips(app.validate(&"0".repeat(64))).await;
     assert_eq!(trips, ["EVALSHA"], "ValidateAccessToken, unknown token");
     let (_, trips) = monitor.round_trips(app.validate("malformed")).await;
-    assert!(trips.is_empty(), "a malformed token costs no round trip: {trips:?}");
-    let (_, trips) = monitor.round_trips(app.refresh(&created.refresh_token)).await;
+    assert!(
+        trips.is_empty(),
+        "a malformed token costs no round trip: {trips:?}"
+    );
+    let (_, trips) = monitor
+        .round_trips(app.refresh(&created.refresh_token))
+        .await;
     assert_eq!(trips, ["EVALSHA"], "RefreshSession");
     let (_, trips) = monitor
         .round_trips(client.delete_session(DeleteSessionRequest {
@@ -375,25 +438,37 @@ async fn each_rpc_is_exactly_one_round_trip() {
         .await;
     assert_eq!(trips, ["EVALSHA"], "DeleteSession");
     let (_, trips) = monitor
-        .round_trips(client.delete_all_sessions_for_did(DeleteAllSessionsForDidRequest {
-            did: did.clone(),
-        }))
+        .round_trips(
+            client.delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did: did.clone() }),
+        )
         .await;
     assert_eq!(trips, ["EVALSHA"], "DeleteAllSessionsForDid");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_script_cache_is_reloaded_transparently() {
-    let app = TestApp::spawn_with(StoreKind::Valkey, &["--health-check-interval-ms", "3600000"]).await;
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &["--health-check-interval-ms", "3600000"],
+    )
+    .await;
     let created = app.create(&unique_did(), "alice.test").await;
     assert!(app.validate(&created.access_token).await.valid);
     let mut conn = app.valkey().client().await;
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut conn).await.expect("flush");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("flush");
 
     let mut monitor = Monitor::start(app.valkey()).await;
-    let (answer, trips) = monitor.round_trips(app.validate(&created.access_token)).await;
+    let (answer, trips) = monitor
+        .round_trips(app.validate(&created.access_token))
+        .await;
     assert!(answer.valid);
     assert_eq!(trips, ["EVALSHA", "SCRIPT", "EVALSHA"], "NOSCRIPT fallback");
-    let (_, trips) = monitor.round_trips(app.validate(&created.access_token)).await;
+    let (_, trips) = monitor
+        .round_trips(app.validate(&created.access_token))
+        .await;
     assert_eq!(trips, ["EVALSHA"], "loaded again");
 }

@@ -16,9 +16,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 pub use valkey::Valkey;
 
 /// A server under test, with its own Valkey when it uses the Valkey store.
@@ -186,7 +186,10 @@ impl TestApp {
     }
 
     /// Refreshes a session, returning the status on failure.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<RefreshSessionResponse, tonic::Status> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+    ) -> Result<RefreshSessionResponse, tonic::Status> {
         self.client
             .clone()
             .refresh_session(RefreshSessionRequest {
@@ -247,5 +250,7 @@ pub fn tool(env_var: &str, names: &[&str]) -> std::path::PathBuf {
             return dir.join(name);
         }
     }
-    panic!("none of {names:?} found (nor ${env_var}): run the tests with scripts/test.sh, which installs them");
+    panic!(
+        "none of {names:?} found (nor ${env_var}): run the tests with scripts/test.sh, which installs them"
+    );
 }

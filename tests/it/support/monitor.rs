@@ -56,11 +56,12 @@ impl Monitor {
         let mut seen_start = false;
         let mut commands = Vec::new();
         loop {
-            let line = tokio::time::timeout(std::time::Duration::from_secs(10), self.lines.next_line())
-                .await
-                .expect("MONITOR output within 10 s")
-                .expect("read MONITOR")
-                .expect("MONITOR stream open");
+            let line =
+                tokio::time::timeout(std::time::Duration::from_secs(10), self.lines.next_line())
+                    .await
+                    .expect("MONITOR output within 10 s")
+                    .expect("read MONITOR")
+                    .expect("MONITOR stream open");
             if line.contains(&format!("\"{start}\"")) {
                 seen_start = true;
                 continue;

