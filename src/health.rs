@@ -21,6 +21,16 @@ pub async fn publish(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
+/// Says goodbye on shutdown: publishes `NOT_SERVING` so load balancers stop sending, then
+/// drops the statuses, which ends every open `Watch` stream. Without that, a client watching
+/// health would hold graceful shutdown open until the drain timeout.
+pub async fn withdraw(mut reporter: HealthReporter) {
+    publish(&reporter, ServingStatus::NotServing).await;
+    for service in SERVICES {
+        reporter.clear_service_status(service).await;
+    }
+}
+
 /// Pings the store every `interval` and publishes the result when it changes. Runs until
 /// the task is dropped.
 pub async fn monitor<S: SessionStore>(store: Arc<S>, reporter: HealthReporter, interval: Duration) {

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 /// Largest request message accepted: every legitimate request is well under 3 KiB (a
 /// 2048-char DID and a 253-char handle), so 16 KiB leaves room and refuses junk early.
@@ -59,6 +61,7 @@ pub struct Application {
     incoming: TcpIncoming,
     local_addr: SocketAddr,
     router: Router,
+    health: HealthReporter,
     health_monitor: BoxFuture,
     shutdown_timeout: Duration,
 }
@@ -76,6 +79,15 @@ impl Application {
             .with_nodelay(Some(true));
         let local_addr = incoming.local_addr().map_err(bind)?;
 
+        let health = HealthReporter::new();
+        let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
+        // Until the first successful ping, nobody should route traffic here.
+        health::publish(&health, ServingStatus::NotServing).await;
+        let parts = Parts {
+            config,
+            health: health.clone(),
+            health_service,
+        };
         let (router, health_monitor) = match config.store {
             StoreKind::Valkey => {
                 let store = ValkeyStore::new(&ValkeyOptions {
@@ -85,14 +97,15 @@ impl Application {
                     command_timeout: Duration::from_millis(config.valkey_command_timeout_ms),
                 })
                 .map_err(StartupError::ValkeyUrl)?;
-                routes(store, config).await?
+                routes(store, parts)?
             }
-            StoreKind::Memory => routes(MemoryStore::new(), config).await?,
+            StoreKind::Memory => routes(MemoryStore::new(), parts)?,
         };
         Ok(Self {
             incoming,
             local_addr,
             router,
+            health,
             health_monitor,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
         })
@@ -109,10 +122,14 @@ impl Application {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let health = tokio::spawn(self.health_monitor);
+        let monitor = tokio::spawn(self.health_monitor).abort_handle();
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let (health, stop_monitor) = (self.health, monitor.clone());
         let shutdown = async move {
             shutdown.await;
+            // Tell health-checking load balancers first, so new calls go elsewhere.
+            stop_monitor.abort();
+            health::withdraw(health).await;
             tracing::info!("shutdown requested: draining in-flight calls");
             let _ = signalled_tx.send(());
         };
@@ -132,21 +149,29 @@ impl Application {
             served = &mut serve => served.map_err(ServeError::from),
             () = drain_deadline => Err(ServeError::DrainTimeout(self.shutdown_timeout)),
         };
-        health.abort();
+        monitor.abort();
         result
     }
 }
 
-/// Builds the gRPC routes over one store, and the task that keeps its health status.
-async fn routes<S: SessionStore>(
-    store: S,
-    config: &Config,
-) -> Result<(Router, BoxFuture), StartupError> {
-    let store = Arc::new(store);
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    // Until the first successful ping, nobody should route traffic here.
-    health::publish(&reporter, ServingStatus::NotServing).await;
+/// What `routes` needs besides the store.
+struct Parts<'a> {
+    config: &'a Config,
+    health: HealthReporter,
+    health_service: HealthServer<HealthService>,
+}
 
+/// Builds the gRPC routes over one store, and the task that keeps its health status.
+fn routes<S: SessionStore>(
+    store: S,
+    parts: Parts<'_>,
+) -> Result<(Router, BoxFuture), StartupError> {
+    let Parts {
+        config,
+        health,
+        health_service,
+    } = parts;
+    let store = Arc::new(store);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -165,7 +190,7 @@ async fn routes<S: SessionStore>(
         .add_service(sessions);
     let monitor = health::monitor(
         store,
-        reporter,
+        health,
         Duration::from_millis(config.health_check_interval_ms),
     );
     Ok((router, Box::pin(monitor)))

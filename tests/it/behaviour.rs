@@ -3,9 +3,7 @@
 
 use crate::support::{TestApp, sha256_hex, unique_did};
 use barazo_session::config::StoreKind;
-use barazo_session::proto::{
-    CreateSessionRequest, DeleteAllSessionsForDidRequest, DeleteSessionRequest,
-};
+use barazo_session::proto::CreateSessionRequest;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Code;
 
@@ -189,21 +187,7 @@ async fn delete_revokes_and_is_idempotent(store: StoreKind) {
     let app = TestApp::spawn(store).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let other = app.create(&unique_did(), "bob.test").await;
-    let delete = |token: String| {
-        let mut client = app.client.clone();
-        async move {
-            client
-                .delete_session(DeleteSessionRequest {
-                    refresh_token: token,
-                })
-                .await
-                .expect("delete answers")
-                .into_inner()
-                .deleted
-        }
-    };
-
-    assert!(delete(created.refresh_token.clone()).await);
+    assert!(app.delete(&created.refresh_token).await.expect("deleted"));
     assert!(!app.validate(&created.access_token).await.valid);
     assert_eq!(
         app.refresh(&created.refresh_token)
@@ -213,11 +197,12 @@ async fn delete_revokes_and_is_idempotent(store: StoreKind) {
         Code::NotFound
     );
     assert!(
-        !delete(created.refresh_token.clone()).await,
-        "second delete"
+        !app.delete(&created.refresh_token)
+            .await
+            .expect("idempotent")
     );
-    assert!(!delete("not-a-token".into()).await);
-    assert!(!delete(String::new()).await);
+    assert!(!app.delete("not-a-token").await.expect("answered"));
+    assert!(!app.delete("").await.expect("answered"));
     assert!(
         app.validate(&other.access_token).await.valid,
         "others untouched"
@@ -238,16 +223,7 @@ async fn delete_all_revokes_every_session_of_one_did_only(store: StoreKind) {
         .expect("refresh");
     let bystander = app.create(&unique_did(), "bob.test").await;
 
-    let delete_all = |did: String| {
-        let mut client = app.client.clone();
-        async move {
-            client
-                .delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did })
-                .await
-                .map(|r| r.into_inner().deleted_count)
-        }
-    };
-    assert_eq!(delete_all(did.clone()).await.expect("deleted"), 3);
+    assert_eq!(app.delete_all(&did).await.expect("deleted"), 3);
     assert!(!app.validate(&refreshed.access_token).await.valid);
     for s in &sessions {
         assert!(!app.validate(&s.access_token).await.valid);
@@ -260,9 +236,9 @@ async fn delete_all_revokes_every_session_of_one_did_only(store: StoreKind) {
         );
     }
     assert!(app.validate(&bystander.access_token).await.valid);
-    assert_eq!(delete_all(did).await.expect("idempotent"), 0);
+    assert_eq!(app.delete_all(&did).await.expect("idempotent"), 0);
     assert_eq!(
-        delete_all("not a did".into())
+        app.delete_all("not a did")
             .await
             .expect_err("refused")
             .code(),
@@ -364,22 +340,13 @@ async fn refresh_racing_delete_never_leaves_a_valid_token(store: StoreKind) {
     let app = TestApp::spawn(store).await;
     for _ in 0..25 {
         let created = app.create(&unique_did(), "alice.test").await;
-        let mut refresher = app.client.clone();
-        let mut deleter = app.client.clone();
-        let sid = created.refresh_token.clone();
         let (refreshed, deleted) = tokio::join!(
-            refresher.refresh_session(barazo_session::proto::RefreshSessionRequest {
-                refresh_token: sid.clone(),
-            }),
-            deleter.delete_session(DeleteSessionRequest { refresh_token: sid }),
+            app.refresh(&created.refresh_token),
+            app.delete(&created.refresh_token),
         );
-        assert!(deleted.expect("delete answers").into_inner().deleted);
+        assert!(deleted.expect("delete answers"));
         if let Ok(refreshed) = refreshed {
-            assert!(
-                !app.validate(&refreshed.into_inner().access_token)
-                    .await
-                    .valid
-            );
+            assert!(!app.validate(&refreshed.access_token).await.valid);
         } else {
             assert_eq!(refreshed.expect_err("lost the race").code(), Code::NotFound);
         }

@@ -6,5 +6,6 @@ mod behaviour;
 mod cli;
 mod grpcurl;
 mod outage;
+mod shutdown;
 mod storage;
 mod support;

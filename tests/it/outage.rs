@@ -3,7 +3,7 @@
 
 use crate::support::{TestApp, Valkey, unique_did};
 use barazo_session::config::StoreKind;
-use barazo_session::proto::{CreateSessionRequest, DeleteSessionRequest};
+use barazo_session::proto::CreateSessionRequest;
 use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -35,12 +35,7 @@ async fn assert_every_rpc_unavailable(app: &TestApp) {
         .await
         .expect_err("create");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    let status = client
-        .delete_session(DeleteSessionRequest {
-            refresh_token: token,
-        })
-        .await
-        .expect_err("delete");
+    let status = app.delete(&token).await.expect_err("delete");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
 
@@ -112,53 +107,4 @@ async fn a_frozen_valkey_times_out_as_unavailable_instead_of_hanging() {
         app.validate(&created.access_token).await.valid,
         "data survived the freeze"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_in_flight_calls_finish() {
-    // A command timeout long enough that the frozen Valkey below holds the call in flight.
-    let mut app =
-        TestApp::spawn_with(StoreKind::Valkey, &["--valkey-command-timeout-ms", "10000"]).await;
-    let created = app.create(&unique_did(), "alice.test").await;
-    let valkey = app.valkey.take().expect("valkey");
-    let addr = app.addr;
-
-    valkey.signal("STOP");
-    let in_flight = {
-        let mut client = app.client.clone();
-        let token = created.access_token.clone();
-        tokio::spawn(async move {
-            client
-                .validate_access_token(barazo_session::proto::ValidateAccessTokenRequest {
-                    access_token: token,
-                })
-                .await
-        })
-    };
-    // Nothing observable marks "the request reached the server"; 200 ms on loopback is
-    // ample. Too short would fail the test (the call refused), not pass it wrongly.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let stopped = tokio::spawn(app.stop());
-
-    // Draining has begun once the listener refuses new connections.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "listener still accepting after shutdown"
-        );
-        tokio::task::yield_now().await;
-    }
-    assert!(
-        !in_flight.is_finished(),
-        "the call is still waiting on Valkey"
-    );
-
-    valkey.signal("CONT");
-    let answer = in_flight
-        .await
-        .expect("task")
-        .expect("in-flight call answered");
-    assert!(answer.into_inner().valid);
-    stopped.await.expect("task").expect("clean shutdown");
 }

@@ -4,9 +4,7 @@
 use crate::support::monitor::Monitor;
 use crate::support::{TestApp, sha256_hex, unique_did};
 use barazo_session::config::StoreKind;
-use barazo_session::proto::{
-    CreateSessionRequest, DeleteAllSessionsForDidRequest, DeleteSessionRequest,
-};
+use barazo_session::proto::CreateSessionRequest;
 use redis::AsyncCommands;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::Code;
@@ -147,16 +145,7 @@ async fn typescript_sessions_validate_refresh_and_delete_here() {
     );
     assert_eq!(created, session.created_at.expect("created"));
 
-    let deleted = app
-        .client
-        .clone()
-        .delete_session(DeleteSessionRequest {
-            refresh_token: sid.clone(),
-        })
-        .await
-        .expect("delete")
-        .into_inner();
-    assert!(deleted.deleted);
+    assert!(app.delete(&sid).await.expect("delete"));
     assert!(
         keys(&mut conn, &format!("{PREFIX}*")).await.is_empty(),
         "nothing left behind"
@@ -172,15 +161,7 @@ async fn typescript_sessions_are_revoked_by_delete_all() {
     write_typescript_session(&mut conn, &sid, &access, &did).await;
     let ours = app.create(&did, "carol.test").await;
 
-    let count = app
-        .client
-        .clone()
-        .delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did })
-        .await
-        .expect("delete all")
-        .into_inner()
-        .deleted_count;
-    assert_eq!(count, 2);
+    assert_eq!(app.delete_all(&did).await.expect("delete all"), 2);
     assert!(!app.validate(&access).await.valid);
     assert!(!app.validate(&ours.access_token).await.valid);
     assert!(keys(&mut conn, &format!("{PREFIX}*")).await.is_empty());
@@ -244,14 +225,7 @@ async fn corrupt_session_json_fails_closed_without_crashing() {
         assert_eq!(app.refresh(&sid).await.expect_err("refused").code(), Code::NotFound);
         let stored: String = conn.get(format!("{PREFIX}data:{sid}")).await.expect("kept");
         assert_eq!(stored, garbage, "a refused refresh writes nothing");
-        let deleted = app
-            .client
-            .clone()
-            .delete_session(DeleteSessionRequest { refresh_token: sid.clone() })
-            .await
-            .expect("delete")
-            .into_inner();
-        assert!(deleted.deleted, "logout still removes it");
+        assert!(app.delete(&sid).await.expect("delete"), "logout still removes it");
     }
 }
 
@@ -336,14 +310,8 @@ async fn refresh_racing_delete_leaves_no_keys() {
     for _ in 0..25 {
         let did = unique_did();
         let created = app.create(&did, "alice.test").await;
-        let (mut a, mut b) = (app.client.clone(), app.client.clone());
-        let sid = created.refresh_token.clone();
-        let _ = tokio::join!(
-            a.refresh_session(barazo_session::proto::RefreshSessionRequest {
-                refresh_token: sid.clone()
-            }),
-            b.delete_session(DeleteSessionRequest { refresh_token: sid }),
-        );
+        let sid = &created.refresh_token;
+        let _ = tokio::join!(app.refresh(sid), app.delete(sid));
         let left = keys(&mut conn, &format!("{PREFIX}*")).await;
         // At most an empty-set index can remain; Valkey deletes empty sets itself.
         assert!(left.is_empty(), "{left:?}");
@@ -401,17 +369,8 @@ async fn each_rpc_is_exactly_one_round_trip() {
     let warm = app.create(&did, "alice.test").await;
     app.validate(&warm.access_token).await;
     app.refresh(&warm.refresh_token).await.expect("refresh");
-    let mut client = app.client.clone();
-    client
-        .delete_session(DeleteSessionRequest {
-            refresh_token: warm.refresh_token.clone(),
-        })
-        .await
-        .expect("delete");
-    client
-        .delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did: did.clone() })
-        .await
-        .expect("delete all");
+    app.delete(&warm.refresh_token).await.expect("delete");
+    app.delete_all(&did).await.expect("delete all");
 
     let mut monitor = Monitor::start(app.valkey()).await;
     let (created, trips) = monitor.round_trips(app.create(&did, "alice.test")).await;
@@ -432,16 +391,10 @@ async fn each_rpc_is_exactly_one_round_trip() {
         .await;
     assert_eq!(trips, ["EVALSHA"], "RefreshSession");
     let (_, trips) = monitor
-        .round_trips(client.delete_session(DeleteSessionRequest {
-            refresh_token: created.refresh_token.clone(),
-        }))
+        .round_trips(app.delete(&created.refresh_token))
         .await;
     assert_eq!(trips, ["EVALSHA"], "DeleteSession");
-    let (_, trips) = monitor
-        .round_trips(
-            client.delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did: did.clone() }),
-        )
-        .await;
+    let (_, trips) = monitor.round_trips(app.delete_all(&did)).await;
     assert_eq!(trips, ["EVALSHA"], "DeleteAllSessionsForDid");
 }
 

@@ -6,7 +6,8 @@ pub mod valkey;
 use barazo_session::config::{Config, StoreKind};
 use barazo_session::proto::session_service_client::SessionServiceClient;
 use barazo_session::proto::{
-    CreateSessionRequest, CreateSessionResponse, RefreshSessionRequest, RefreshSessionResponse,
+    CreateSessionRequest, CreateSessionResponse, DeleteAllSessionsForDidRequest,
+    DeleteSessionRequest, RefreshSessionRequest, RefreshSessionResponse,
     ValidateAccessTokenRequest, ValidateAccessTokenResponse,
 };
 use barazo_session::server::{Application, ServeError};
@@ -197,6 +198,26 @@ impl TestApp {
             })
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// Deletes a session (logout), returning whether one existed.
+    pub async fn delete(&self, refresh_token: &str) -> Result<bool, tonic::Status> {
+        self.client
+            .clone()
+            .delete_session(DeleteSessionRequest {
+                refresh_token: refresh_token.into(),
+            })
+            .await
+            .map(|r| r.into_inner().deleted)
+    }
+
+    /// Deletes every session of a DID, returning how many existed.
+    pub async fn delete_all(&self, did: &str) -> Result<u32, tonic::Status> {
+        self.client
+            .clone()
+            .delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did: did.into() })
+            .await
+            .map(|r| r.into_inner().deleted_count)
     }
 
     /// Asks the server to stop and waits for it, returning how serving ended.
