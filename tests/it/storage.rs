@@ -425,3 +425,32 @@ async fn a_flushed_script_cache_is_reloaded_transparently() {
         .await;
     assert_eq!(trips, ["EVALSHA"], "loaded again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_restarts_the_session_and_index_lifetimes() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let did = unique_did();
+    let created = app.create(&did, "alice.test").await;
+    let data_key = format!("{PREFIX}data:{}", created.refresh_token);
+    let index_key = format!("{PREFIX}did:{did}");
+    let mut conn = app.valkey().client().await;
+    // Age the session as if six days had passed.
+    for key in [&data_key, &index_key] {
+        let _: () = conn.pexpire(key, 86_400_000).await.expect("PEXPIRE");
+    }
+
+    let refreshed = app.refresh(&created.refresh_token).await.expect("refresh");
+    for key in [&data_key, &index_key] {
+        let ttl: i64 = conn.pttl(key).await.expect("PTTL");
+        assert!((604_790_000..=604_800_000).contains(&ttl), "{key}: {ttl}");
+    }
+    let access_key = format!("{PREFIX}access:{}", sha256_hex(&refreshed.access_token));
+    let ttl: i64 = conn.pttl(&access_key).await.expect("PTTL");
+    assert!((890_000..=900_000).contains(&ttl), "{ttl}");
+    let old_key = format!("{PREFIX}access:{}", sha256_hex(&created.access_token));
+    let old_exists: bool = conn.exists(&old_key).await.expect("EXISTS");
+    assert!(
+        !old_exists,
+        "the old access key is removed, not left to expire"
+    );
+}
