@@ -14,14 +14,23 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
-    match run(config).await {
+    let telemetry = match telemetry::init(config.log_format) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("barazo-session: {}", barazo_session::error::chain(&err));
+            return ExitCode::from(2);
+        }
+    };
+    let code = match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %barazo_session::error::chain(err.as_ref()), "barazo-session stopped");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Spans still buffered are exported before the process ends.
+    telemetry.shutdown();
+    code
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {

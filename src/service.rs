@@ -5,6 +5,7 @@
 //! [`crate::error`].
 
 use crate::error::RequestError;
+use crate::proto::session_service_server::SERVICE_NAME;
 use crate::proto::session_service_server::SessionService;
 use crate::proto::{
     CreateSessionRequest, CreateSessionResponse, DeleteAllSessionsForDidRequest,
@@ -17,8 +18,10 @@ use crate::session::{
     validate_handle,
 };
 use crate::store::{Lifetimes, SessionStore, StoreError};
+use crate::telemetry;
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 /// The `SessionService` implementation over any [`SessionStore`].
 pub struct SessionApi<S> {
@@ -43,6 +46,7 @@ impl<S: SessionStore> SessionApi<S> {
     ) -> Result<CreateSessionResponse, RequestError> {
         validate_did(&req.did)?;
         validate_handle(&req.handle)?;
+        record_did(&req.did);
         let sid = Token::generate().map_err(RequestError::Entropy)?;
         let access = Token::generate().map_err(RequestError::Entropy)?;
         let now = now_ms();
@@ -66,6 +70,16 @@ impl<S: SessionStore> SessionApi<S> {
         &self,
         req: ValidateAccessTokenRequest,
     ) -> Result<ValidateAccessTokenResponse, RequestError> {
+        let answer = self.check_access_token(req).await?;
+        // Recorded once, at the end: a span keeps the first value recorded for a field.
+        tracing::Span::current().record("session.valid", answer.valid);
+        Ok(answer)
+    }
+
+    async fn check_access_token(
+        &self,
+        req: ValidateAccessTokenRequest,
+    ) -> Result<ValidateAccessTokenResponse, RequestError> {
         const INVALID: ValidateAccessTokenResponse = ValidateAccessTokenResponse {
             valid: false,
             session: None,
@@ -76,6 +90,7 @@ impl<S: SessionStore> SessionApi<S> {
         let hash = sha256_hex(&req.access_token);
         match self.store.find_by_access_hash(&hash).await {
             Ok(Some(record)) if record.accepts_access_hash(&hash, now_ms()) => {
+                record_did(&record.did);
                 Ok(ValidateAccessTokenResponse {
                     valid: true,
                     session: Some(to_proto(&record)),
@@ -116,6 +131,7 @@ impl<S: SessionStore> SessionApi<S> {
             )
             .await?
             .ok_or(RequestError::SessionNotFound)?;
+        record_did(&record.did);
         Ok(RefreshSessionResponse {
             session: Some(to_proto(&record)),
             access_token: access.into_string(),
@@ -137,9 +153,16 @@ impl<S: SessionStore> SessionApi<S> {
         req: DeleteAllSessionsForDidRequest,
     ) -> Result<DeleteAllSessionsForDidResponse, RequestError> {
         validate_did(&req.did)?;
+        record_did(&req.did);
         let deleted_count = self.store.delete_all_for_did(&req.did).await?;
         Ok(DeleteAllSessionsForDidResponse { deleted_count })
     }
+}
+
+/// Puts the user's DID on the current RPC span: public in the AT Protocol, and what an
+/// operator searches traces by.
+fn record_did(did: &str) {
+    tracing::Span::current().record("user.id", did);
 }
 
 /// The public view of a stored session: no credential, the sid only as its hash.
@@ -161,19 +184,78 @@ fn timestamp(epoch_ms: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Logs a failed RPC once, with its cause chain, and converts the result for tonic.
-fn respond<T>(
+/// Names of one RPC, for its span and log lines.
+struct Rpc {
+    /// The method, e.g. `ValidateAccessToken` (`rpc.method`).
     method: &'static str,
-    result: Result<T, RequestError>,
+    /// The span name, `barazo.session.v1.SessionService/<method>`.
+    span_name: &'static str,
+}
+
+macro_rules! rpc {
+    ($method:literal) => {
+        Rpc {
+            method: $method,
+            span_name: concat!("barazo.session.v1.SessionService/", $method),
+        }
+    };
+}
+
+const CREATE: Rpc = rpc!("CreateSession");
+const VALIDATE: Rpc = rpc!("ValidateAccessToken");
+const REFRESH: Rpc = rpc!("RefreshSession");
+const DELETE: Rpc = rpc!("DeleteSession");
+const DELETE_ALL: Rpc = rpc!("DeleteAllSessionsForDid");
+
+/// Whether a code means the service failed (span status error), as opposed to the caller's
+/// mistake or an ordinary outcome such as an unknown session.
+fn is_server_side(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Internal
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::DataLoss
+            | Code::Unimplemented
+    )
+}
+
+/// Runs one RPC inside its SERVER span (a child of the caller's span when the request
+/// carries `traceparent`), logs a failure once with its cause chain, and converts the
+/// result for tonic.
+async fn serve<T>(
+    rpc: &Rpc,
+    metadata: &tonic::metadata::MetadataMap,
+    handler: impl Future<Output = Result<T, RequestError>>,
 ) -> Result<Response<T>, Status> {
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = rpc.span_name,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = SERVICE_NAME,
+        rpc.method = rpc.method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        session.valid = tracing::field::Empty,
+        user.id = tracing::field::Empty,
+    );
+    telemetry::adopt_caller_context(&span, metadata);
+    let result = handler.instrument(span.clone()).await;
+    let _entered = span.enter();
+    let code = result.as_ref().err().map_or(Code::Ok, RequestError::code);
+    span.record("rpc.grpc.status_code", code as i32);
+    if is_server_side(code) {
+        span.record("otel.status_code", "error");
+    }
     match result {
         Ok(body) => Ok(Response::new(body)),
         Err(err) => {
-            let code = err.code();
             if err.is_server_fault() {
-                tracing::error!(rpc.method = method, rpc.grpc.status_code = ?code, error = %err.chain(), "rpc failed");
+                tracing::error!(rpc.method = rpc.method, rpc.grpc.status_code = ?code, error = %err.chain(), "rpc failed");
             } else {
-                tracing::debug!(rpc.method = method, rpc.grpc.status_code = ?code, error = %err.chain(), "rpc refused");
+                tracing::debug!(rpc.method = rpc.method, rpc.grpc.status_code = ?code, error = %err.chain(), "rpc refused");
             }
             Err(err.into())
         }
@@ -186,41 +268,40 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         &self,
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
-        respond("CreateSession", self.create(request.into_inner()).await)
+        let (metadata, _, body) = request.into_parts();
+        serve(&CREATE, &metadata, self.create(body)).await
     }
 
     async fn validate_access_token(
         &self,
         request: Request<ValidateAccessTokenRequest>,
     ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
-        respond(
-            "ValidateAccessToken",
-            self.validate(request.into_inner()).await,
-        )
+        let (metadata, _, body) = request.into_parts();
+        serve(&VALIDATE, &metadata, self.validate(body)).await
     }
 
     async fn refresh_session(
         &self,
         request: Request<RefreshSessionRequest>,
     ) -> Result<Response<RefreshSessionResponse>, Status> {
-        respond("RefreshSession", self.refresh(request.into_inner()).await)
+        let (metadata, _, body) = request.into_parts();
+        serve(&REFRESH, &metadata, self.refresh(body)).await
     }
 
     async fn delete_session(
         &self,
         request: Request<DeleteSessionRequest>,
     ) -> Result<Response<DeleteSessionResponse>, Status> {
-        respond("DeleteSession", self.delete(request.into_inner()).await)
+        let (metadata, _, body) = request.into_parts();
+        serve(&DELETE, &metadata, self.delete(body)).await
     }
 
     async fn delete_all_sessions_for_did(
         &self,
         request: Request<DeleteAllSessionsForDidRequest>,
     ) -> Result<Response<DeleteAllSessionsForDidResponse>, Status> {
-        respond(
-            "DeleteAllSessionsForDid",
-            self.delete_all(request.into_inner()).await,
-        )
+        let (metadata, _, body) = request.into_parts();
+        serve(&DELETE_ALL, &metadata, self.delete_all(body)).await
     }
 }
 

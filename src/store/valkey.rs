@@ -9,8 +9,9 @@
 use super::{Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
 use crate::session::{SessionRecord, log_prefix, sha256_hex};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script};
+use redis::{ConnectionAddr, ErrorKind, RedisError, Script};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// How to reach Valkey and how long to wait for it.
 #[derive(Clone)]
@@ -36,31 +37,58 @@ impl std::fmt::Debug for ValkeyOptions {
     }
 }
 
-/// The Lua scripts, hashed once at startup. `Script::invoke_async` sends `EVALSHA` and, on
-/// `NOSCRIPT` (a restarted or flushed Valkey), loads the script and retries once.
+/// One Lua script, hashed once at startup, with the names its client spans carry.
+/// `Script::invoke_async` sends `EVALSHA` and, on `NOSCRIPT` (a restarted or flushed Valkey),
+/// loads the script and retries once.
+struct LuaScript {
+    script: Script,
+    /// The script's name, e.g. `validate` (span attribute `db.stored_procedure.name`).
+    name: &'static str,
+    /// The client span's name, e.g. `EVALSHA validate`.
+    span_name: &'static str,
+}
+
+macro_rules! lua_script {
+    ($name:literal) => {
+        LuaScript {
+            script: Script::new(include_str!(concat!("scripts/", $name, ".lua"))),
+            name: $name,
+            span_name: concat!("EVALSHA ", $name),
+        }
+    };
+}
+
+/// The scripts, one per store operation.
 struct Scripts {
-    validate: Script,
-    create: Script,
-    refresh: Script,
-    delete: Script,
-    delete_all: Script,
+    validate: LuaScript,
+    create: LuaScript,
+    refresh: LuaScript,
+    delete: LuaScript,
+    delete_all: LuaScript,
 }
 
 impl Scripts {
     fn new() -> Self {
         Self {
-            validate: Script::new(include_str!("scripts/validate.lua")),
-            create: Script::new(include_str!("scripts/create.lua")),
-            refresh: Script::new(include_str!("scripts/refresh.lua")),
-            delete: Script::new(include_str!("scripts/delete.lua")),
-            delete_all: Script::new(include_str!("scripts/delete_all.lua")),
+            validate: lua_script!("validate"),
+            create: lua_script!("create"),
+            refresh: lua_script!("refresh"),
+            delete: lua_script!("delete"),
+            delete_all: lua_script!("delete_all"),
         }
     }
+}
+
+/// Where Valkey is, for the `server.address` / `server.port` span attributes.
+struct Peer {
+    address: String,
+    port: u16,
 }
 
 /// Session storage in Valkey (or Redis), see the module docs of [`crate::store`].
 pub struct ValkeyStore {
     conn: ConnectionManager,
+    peer: Peer,
     scripts: Scripts,
     prefix: String,
     data_prefix: String,
@@ -72,6 +100,17 @@ impl ValkeyStore {
     /// Must run inside a Tokio runtime (the connection manager spawns its reconnect task).
     pub fn new(options: &ValkeyOptions) -> Result<Self, RedisError> {
         let client = redis::Client::open(options.url.as_str())?;
+        let peer = match client.get_connection_info().addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => Peer {
+                address: host.clone(),
+                port: *port,
+            },
+            // A Unix socket or a future address kind: name it, without a port.
+            other => Peer {
+                address: other.to_string(),
+                port: 0,
+            },
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.command_timeout))
@@ -81,10 +120,39 @@ impl ValkeyStore {
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             conn,
+            peer,
             scripts: Scripts::new(),
             prefix: options.key_prefix.clone(),
             data_prefix: format!("{}data:", options.key_prefix),
         })
+    }
+
+    /// The CLIENT span of one round trip, after the OpenTelemetry database conventions.
+    fn span(&self, script: &LuaScript) -> tracing::Span {
+        tracing::info_span!(
+            "valkey",
+            otel.name = script.span_name,
+            otel.kind = "client",
+            db.system.name = "valkey",
+            db.operation.name = "EVALSHA",
+            db.stored_procedure.name = script.name,
+            server.address = %self.peer.address,
+            server.port = self.peer.port,
+        )
+    }
+
+    /// Runs one script invocation as one traced round trip.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &LuaScript,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        invocation
+            .invoke_async(&mut conn)
+            .instrument(self.span(script))
+            .await
+            .map_err(store_error)
     }
 
     fn data_key(&self, sid: &str) -> String {
@@ -127,10 +195,9 @@ fn millis(d: Duration) -> u64 {
 
 impl SessionStore for ValkeyStore {
     async fn create(&self, record: &SessionRecord, lifetimes: Lifetimes) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = self
-            .scripts
-            .create
+        let script = &self.scripts.create;
+        let mut invocation = script.script.prepare_invoke();
+        invocation
             .key(self.data_key(&record.sid))
             .key(self.access_key(&record.access_token_hash))
             .key(self.did_key(&record.did))
@@ -139,10 +206,8 @@ impl SessionStore for ValkeyStore {
             .arg(millis(lifetimes.session))
             .arg(millis(lifetimes.access_token))
             .arg(&self.data_prefix)
-            .arg(PRUNE_SAMPLE)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+            .arg(PRUNE_SAMPLE);
+        let _: i64 = self.invoke(script, &invocation).await?;
         Ok(())
     }
 
@@ -150,15 +215,12 @@ impl SessionStore for ValkeyStore {
         &self,
         access_hash: &str,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let mut conn = self.conn.clone();
-        let found: Option<(String, String)> = self
-            .scripts
-            .validate
+        let script = &self.scripts.validate;
+        let mut invocation = script.script.prepare_invoke();
+        invocation
             .key(self.access_key(access_hash))
-            .arg(&self.data_prefix)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+            .arg(&self.data_prefix);
+        let found: Option<(String, String)> = self.invoke(script, &invocation).await?;
         found
             .map(|(sid, json)| parse_record(&sid, &json))
             .transpose()
@@ -171,10 +233,9 @@ impl SessionStore for ValkeyStore {
         access_expires_at_ms: i64,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let mut conn = self.conn.clone();
-        let outcome: Option<(String, String)> = self
-            .scripts
-            .refresh
+        let script = &self.scripts.refresh;
+        let mut invocation = script.script.prepare_invoke();
+        invocation
             .key(self.data_key(sid))
             .key(self.access_key(new_access_hash))
             .arg(&self.prefix)
@@ -182,10 +243,8 @@ impl SessionStore for ValkeyStore {
             .arg(new_access_hash)
             .arg(access_expires_at_ms)
             .arg(millis(lifetimes.session))
-            .arg(millis(lifetimes.access_token))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+            .arg(millis(lifetimes.access_token));
+        let outcome: Option<(String, String)> = self.invoke(script, &invocation).await?;
         match outcome {
             None => Ok(None),
             Some((status, json)) if status == "ok" => parse_record(sid, &json).map(Some),
@@ -200,30 +259,21 @@ impl SessionStore for ValkeyStore {
     }
 
     async fn delete(&self, sid: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let existed: i64 = self
-            .scripts
-            .delete
+        let script = &self.scripts.delete;
+        let mut invocation = script.script.prepare_invoke();
+        invocation
             .key(self.data_key(sid))
             .arg(&self.prefix)
-            .arg(sid)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+            .arg(sid);
+        let existed: i64 = self.invoke(script, &invocation).await?;
         Ok(existed == 1)
     }
 
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
-        let mut conn = self.conn.clone();
-        let count: u32 = self
-            .scripts
-            .delete_all
-            .key(self.did_key(did))
-            .arg(&self.prefix)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        Ok(count)
+        let script = &self.scripts.delete_all;
+        let mut invocation = script.script.prepare_invoke();
+        invocation.key(self.did_key(did)).arg(&self.prefix);
+        self.invoke(script, &invocation).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

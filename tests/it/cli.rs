@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 const BINARY: &str = env!("CARGO_BIN_EXE_barazo-session");
 
 /// The binary with a clean environment for its own settings.
-fn command() -> Command {
+pub fn command() -> Command {
     let mut cmd = Command::new(BINARY);
     for var in [
         "LISTEN_ADDR",
@@ -25,6 +25,12 @@ fn command() -> Command {
         "SESSION_KEY_PREFIX",
         "LOG_FORMAT",
         "RUST_LOG",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
     ] {
         cmd.env_remove(var);
     }
@@ -33,13 +39,13 @@ fn command() -> Command {
 }
 
 /// A running binary whose stderr is collected; `addr` comes from its JSON "listening" line.
-struct Running {
+pub struct Running {
     child: Child,
-    addr: String,
+    pub addr: String,
     log: JoinHandle<Vec<String>>,
 }
 
-async fn start(mut cmd: Command) -> Running {
+pub async fn start(mut cmd: Command) -> Running {
     let mut child = cmd
         .env("LOG_FORMAT", "json")
         .args(["--listen", "127.0.0.1:0"])
@@ -71,14 +77,14 @@ async fn start(mut cmd: Command) -> Running {
 }
 
 impl Running {
-    async fn client(&self) -> SessionServiceClient<tonic::transport::Channel> {
+    pub async fn client(&self) -> SessionServiceClient<tonic::transport::Channel> {
         SessionServiceClient::connect(format!("http://{}", self.addr))
             .await
             .expect("connect")
     }
 
     /// Sends SIGTERM and returns the exit code and every log line.
-    async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+    pub async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
         let pid = self.child.id().expect("running").to_string();
         let sent = Command::new("kill")
             .args(["-TERM", &pid])

@@ -9,3 +9,4 @@ mod outage;
 mod shutdown;
 mod storage;
 mod support;
+mod traces;
