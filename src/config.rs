@@ -113,6 +113,10 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Longest session TTL accepted: a year is far beyond any sane session, and keeps every
+/// deadline computation far from overflow.
+pub const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
+
 /// Every problem found in a configuration, reported together.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
@@ -135,6 +139,11 @@ impl Config {
             problems.push(
                 "--access-token-ttl / OAUTH_ACCESS_TOKEN_TTL must be at least 1 second".into(),
             );
+        }
+        if self.session_ttl > MAX_TTL_SECONDS {
+            problems.push(format!(
+                "--session-ttl / OAUTH_SESSION_TTL must be at most {MAX_TTL_SECONDS} seconds (one year)"
+            ));
         }
         if self.access_token_ttl > self.session_ttl {
             problems.push(format!(
@@ -237,6 +246,9 @@ mod tests {
         assert!(parse(&["--listen", "not-an-address"]).is_err());
         assert!(parse(&["--store", "postgres"]).is_err());
         assert!(parse(&["--session-ttl", "-1"]).is_err());
+        assert!(parse(&["--session-ttl", "18446744073709551615"]).is_err());
+        assert!(parse(&["--session-ttl", "31536000"]).is_ok());
+        assert!(parse(&["--session-ttl", "31536001"]).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `grpc.health.v1` status: `SERVING` only while the store answers.
 //!
-//! A background task pings the store on an interval and publishes changes. Its PING also
+//! A background task probes the store on an interval and publishes changes. Its probe also
 //! wakes the Valkey connection after an outage, so the service recovers without traffic.
 
 use crate::proto::session_service_server::SERVICE_NAME;

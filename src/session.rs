@@ -154,15 +154,16 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        // A clock before 1970 is a broken host; 0 makes every token look expired (fail closed).
-        .unwrap_or(0)
+        // A clock before 1970 is a broken host; "the end of time" makes every token look
+        // expired (fail closed).
+        .unwrap_or(i64::MAX)
 }
 
 /// A session as stored under `<prefix>data:<sid>`, shared with the TypeScript AppView.
 ///
 /// Field order and names are the TypeScript object's, so `serde_json::to_string` writes
 /// the same bytes as its `JSON.stringify`. Timestamps are integer epoch milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRecord {
     /// The session id, which is also the refresh token (a credential).
@@ -177,6 +178,21 @@ pub struct SessionRecord {
     pub access_token_expires_at: i64,
     /// When the session was created (epoch ms).
     pub created_at: i64,
+}
+
+/// Prints the sid (a credential) and the access token hash (a storage key) only as 8-char
+/// prefixes of hashes, so a stray `{:?}` cannot leak them.
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("session_key", &log_prefix(&sha256_hex(&self.sid)))
+            .field("did", &self.did)
+            .field("handle", &self.handle)
+            .field("access_token_hash", &log_prefix(&self.access_token_hash))
+            .field("access_token_expires_at", &self.access_token_expires_at)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
 }
 
 impl SessionRecord {
@@ -343,6 +359,8 @@ mod tests {
             r#"{"sid":"s","did":"did:plc:abc","handle":"alice.test","accessTokenHash":"h","accessTokenExpiresAt":1764358000000,"createdAt":1764357100000}"#
         );
         assert_eq!(SessionRecord::from_json(&record.to_json()).unwrap(), record);
+        let debug = format!("{record:?}");
+        assert!(!debug.contains("\"s\""), "no sid in {debug}");
     }
 
     #[test]

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 /// expired entries; the sweep only bounds memory for sessions nobody touches again.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Fallback lifetime if a TTL would overflow the clock (ten years).
+const MAX_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// A value with a deadline, like a Valkey key with a TTL.
 struct Expiring<T> {
     value: T,
@@ -19,9 +22,11 @@ struct Expiring<T> {
 
 impl<T> Expiring<T> {
     fn new(value: T, ttl: Duration) -> Self {
+        let now = Instant::now();
         Self {
             value,
-            deadline: Instant::now() + ttl,
+            // The configuration caps TTLs far below any overflow; saturate anyway.
+            deadline: now.checked_add(ttl).unwrap_or(now + MAX_TTL),
         }
     }
 
@@ -57,20 +62,21 @@ impl Keyspace {
         self.last_sweep = Some(now);
     }
 
-    /// Adds `sid` to the DID's index and restarts the index TTL, like `SADD` + `PEXPIRE`.
+    /// Adds `sid` to the DID's index and extends the index TTL, like `SADD` + `PEXPIRE`.
     /// Valkey prunes a random sample of dead members on create; here every member is at
     /// hand, so every dead one is pruned.
     fn index(&mut self, did: &str, sid: &str, ttl: Duration, now: Instant) {
-        let mut members = self
+        let (mut members, previous_deadline) = self
             .dids
             .remove(did)
             .filter(|e| e.live(now))
-            .map(|e| e.value)
-            .unwrap_or_default();
+            .map_or((HashSet::new(), now), |e| (e.value, e.deadline));
         members.retain(|member| self.data.get(member).is_some_and(|e| e.live(now)));
         members.insert(sid.to_owned());
-        self.dids
-            .insert(did.to_owned(), Expiring::new(members, ttl));
+        let mut index = Expiring::new(members, ttl);
+        // Only ever extended, as in Valkey: the index must outlive every session it lists.
+        index.deadline = index.deadline.max(previous_deadline);
+        self.dids.insert(did.to_owned(), index);
     }
 
     /// Removes a session's data and access key; returns its record if it was live.

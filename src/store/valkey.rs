@@ -172,7 +172,8 @@ impl ValkeyStore {
 /// writer's), everything else means Valkey could not serve the call.
 fn store_error(err: RedisError) -> StoreError {
     match err.kind() {
-        ErrorKind::UnexpectedReturnType | ErrorKind::Parse => StoreError::Protocol(err.to_string()),
+        // `Parse` is left out: redis-rs also reports a broken wire stream that way, an outage.
+        ErrorKind::UnexpectedReturnType => StoreError::Protocol(err.to_string()),
         _ => StoreError::Unavailable(err),
     }
 }
@@ -277,9 +278,17 @@ impl SessionStore for ValkeyStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // The validate script on a key that cannot exist, rather than PING: it proves that
+        // this Valkey user may run scripts (ACLs), and after a Valkey restart it reloads the
+        // script before a caller's request needs it. Not traced: it is no caller's work.
         let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
+        let _: Option<(String, String)> = self
+            .scripts
+            .validate
+            .script
+            .key(format!("{}access:health-probe", self.prefix))
+            .arg(&self.data_prefix)
+            .invoke_async(&mut conn)
             .await
             .map_err(store_error)?;
         Ok(())

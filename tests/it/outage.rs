@@ -37,6 +37,8 @@ async fn assert_every_rpc_unavailable(app: &TestApp) {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let status = app.delete(&token).await.expect_err("delete");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = app.delete_all(&unique_did()).await.expect_err("delete all");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,12 +208,18 @@ async fn corrupt_session_json_fails_closed_without_crashing() {
         "[]",
         r#"{"sid":"x"}"#,
         r#"{"did":"did:plc:a","handle":"h.test","accessTokenHash":"HASH","accessTokenExpiresAt":"later","createdAt":1}"#,
+        // Everything right but one field: refresh must not revive what validate refuses.
+        r#"{"sid":"SID","did":"did:plc:a","handle":"h.test","accessTokenHash":"HASH","accessTokenExpiresAt":"later","createdAt":1}"#,
+        r#"{"sid":"SID","did":"did:plc:a","handle":"h.test","accessTokenHash":"HASH","accessTokenExpiresAt":1,"createdAt":1e21}"#,
+        r#"{"sid":"SID","did":"did:plc:a","handle":"h.test","accessTokenHash":7,"accessTokenExpiresAt":1,"createdAt":1}"#,
     ]
     .into_iter()
     .enumerate()
     {
         let (sid, access) = (ts_token(10 + i as u8), ts_token(20 + i as u8));
-        let garbage = garbage.replace("HASH", &sha256_hex(&access));
+        let garbage = garbage
+            .replace("HASH", &sha256_hex(&access))
+            .replace("SID", &sid);
         let _: () = redis::pipe()
             .set(format!("{PREFIX}data:{sid}"), &garbage)
             .set(format!("{PREFIX}access:{}", sha256_hex(&access)), &sid)
@@ -453,4 +459,29 @@ async fn refresh_restarts_the_session_and_index_lifetimes() {
         !old_exists,
         "the old access key is removed, not left to expire"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_did_index_ttl_is_extended_never_shortened() {
+    // This server's sessions live a minute; the index already lists a session that lives a
+    // week (written by the AppView, or under an earlier configuration).
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &["--session-ttl", "60", "--access-token-ttl", "30"],
+    )
+    .await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let (sid, access) = (ts_token(40), ts_token(41));
+    write_typescript_session(&mut conn, &sid, &access, &did).await;
+    let index = format!("{PREFIX}did:{did}");
+    let week = 604_790_000..=604_800_000;
+
+    let created = app.create(&did, "alice.test").await;
+    assert!(week.contains(&conn.pttl::<_, i64>(&index).await.expect("PTTL")));
+    app.refresh(&created.refresh_token).await.expect("refresh");
+    assert!(week.contains(&conn.pttl::<_, i64>(&index).await.expect("PTTL")));
+    // So account deletion still finds the week-long session.
+    assert_eq!(app.delete_all(&did).await.expect("delete all"), 2);
+    assert!(!app.validate(&access).await.valid);
 }

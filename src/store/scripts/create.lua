@@ -15,5 +15,9 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('PEXPIRE', KEYS[3], ARGV[3])
+-- Only ever extend the index TTL: it must outlive every session it lists, including ones
+-- written with a longer TTL (by an earlier configuration or by the TypeScript AppView).
+if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
 return 1
