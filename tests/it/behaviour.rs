@@ -308,24 +308,7 @@ async fn oversized_requests_are_refused(store: StoreKind) {
 async fn concurrent_refreshes_leave_exactly_one_valid_token(store: StoreKind) {
     let app = TestApp::spawn(store).await;
     let created = app.create(&unique_did(), "alice.test").await;
-    let refreshes = (0..20).map(|_| {
-        let mut client = app.client.clone();
-        let token = created.refresh_token.clone();
-        tokio::spawn(async move {
-            client
-                .refresh_session(barazo_session::proto::RefreshSessionRequest {
-                    refresh_token: token,
-                })
-                .await
-                .expect("every refresh succeeds")
-                .into_inner()
-                .access_token
-        })
-    });
-    let mut tokens = Vec::new();
-    for task in refreshes.collect::<Vec<_>>() {
-        tokens.push(task.await.expect("task"));
-    }
+    let mut tokens = app.refresh_concurrently(&created.refresh_token, 20).await;
     tokens.push(created.access_token);
     let mut valid = 0;
     for token in &tokens {

@@ -4,7 +4,6 @@ use crate::support::{TestApp, unique_did};
 use barazo_session::config::StoreKind;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,15 +58,7 @@ async fn shutdown_lets_in_flight_calls_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_health_watchers_and_does_not_wait_for_them() {
     let app = TestApp::spawn(StoreKind::Memory).await;
-    let mut watch = app
-        .health
-        .clone()
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut watch = app.watch_health().await;
     let first = watch.next().await.expect("an update").expect("ok");
     assert_eq!(first.status, ServingStatus::Serving as i32);
 

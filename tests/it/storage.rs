@@ -284,29 +284,26 @@ async fn invalid_create_writes_nothing() {
 async fn concurrent_refreshes_leave_no_orphaned_access_key() {
     let app = TestApp::spawn(StoreKind::Valkey).await;
     let created = app.create(&unique_did(), "alice.test").await;
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let app_client = app.client.clone();
-            let token = created.refresh_token.clone();
-            tokio::spawn(async move {
-                let mut client = app_client;
-                client
-                    .refresh_session(barazo_session::proto::RefreshSessionRequest {
-                        refresh_token: token,
-                    })
-                    .await
-                    .expect("refresh")
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("task");
-    }
+    let tokens = app.refresh_concurrently(&created.refresh_token, 20).await;
     let mut conn = app.valkey().client().await;
     let access_keys = keys(&mut conn, &format!("{PREFIX}access:*")).await;
     assert_eq!(access_keys.len(), 1, "{access_keys:?}");
     let pointed: String = conn.get(&access_keys[0]).await.expect("sid");
     assert_eq!(pointed, created.refresh_token);
+    // And it is the current token's key, the one the session data names.
+    let json: String = conn
+        .get(format!("{PREFIX}data:{}", created.refresh_token))
+        .await
+        .expect("data");
+    let hash = &access_keys[0][format!("{PREFIX}access:").len()..];
+    assert!(
+        json.contains(&format!(r#""accessTokenHash":"{hash}""#)),
+        "{json}"
+    );
+    assert!(
+        tokens.iter().any(|t| sha256_hex(t) == hash),
+        "one of the issued tokens"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,9 +17,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 pub use valkey::Valkey;
 
 /// A server under test, with its own Valkey when it uses the Valkey store.
@@ -116,17 +116,21 @@ impl TestApp {
         self.valkey.as_mut().expect("this app runs on Valkey")
     }
 
-    /// Waits, through the standard `Watch` stream, until the server reports `status`.
-    pub async fn wait_for_health(&self, status: ServingStatus) {
-        let mut stream = self
-            .health
+    /// Opens the standard health `Watch` stream for the whole server.
+    pub async fn watch_health(&self) -> tonic::Streaming<HealthCheckResponse> {
+        self.health
             .clone()
             .watch(HealthCheckRequest {
                 service: String::new(),
             })
             .await
             .expect("health watch")
-            .into_inner();
+            .into_inner()
+    }
+
+    /// Waits, through the standard `Watch` stream, until the server reports `status`.
+    pub async fn wait_for_health(&self, status: ServingStatus) {
+        let mut stream = self.watch_health().await;
         let wait = async {
             while let Some(update) = stream.next().await {
                 if update.expect("health update").status == status as i32 {
@@ -198,6 +202,29 @@ impl TestApp {
             })
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// Refreshes one session from `n` concurrent tasks; returns the new access tokens.
+    pub async fn refresh_concurrently(&self, refresh_token: &str, n: usize) -> Vec<String> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let mut client = self.client.clone();
+                let refresh_token = refresh_token.to_owned();
+                tokio::spawn(async move {
+                    client
+                        .refresh_session(RefreshSessionRequest { refresh_token })
+                        .await
+                        .expect("every refresh succeeds")
+                        .into_inner()
+                        .access_token
+                })
+            })
+            .collect();
+        let mut tokens = Vec::with_capacity(n);
+        for task in tasks {
+            tokens.push(task.await.expect("refresh task"));
+        }
+        tokens
     }
 
     /// Deletes a session (logout), returning whether one existed.
