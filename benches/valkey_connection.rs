@@ -50,12 +50,15 @@ where
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("VALKEY_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let store = Arc::new(ValkeyStore::new(&ValkeyOptions {
-        url: url.clone(),
-        key_prefix: PREFIX.into(),
-        connect_timeout: Duration::from_millis(500),
-        command_timeout: Duration::from_millis(500),
-    })?);
+    let store = Arc::new(ValkeyStore::new(
+        &ValkeyOptions {
+            url: url.clone(),
+            key_prefix: PREFIX.into(),
+            connect_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_millis(500),
+        },
+        Arc::new(barazo_session::metrics::Metrics::new()),
+    )?);
     let access_hash = sha256_hex("bench-access-token");
     let record = SessionRecord {
         sid: sha256_hex("bench-sid"),

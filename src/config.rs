@@ -108,6 +108,11 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 20)]
     pub shutdown_timeout: u64,
 
+    /// Address of the admin HTTP listener serving `/metrics`, `/livez` and `/readyz`, e.g.
+    /// `0.0.0.0:9090`. Off unless set: nothing listens that nobody asked for.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log line format on stderr: `human` or `json`. Filter with `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

@@ -3,6 +3,7 @@
 //! A background task probes the store on an interval and publishes changes. Its probe also
 //! wakes the Valkey connection after an outage, so the service recovers without traffic.
 
+use crate::metrics::Metrics;
 use crate::proto::session_service_server::SERVICE_NAME;
 use crate::store::SessionStore;
 use std::sync::Arc;
@@ -33,7 +34,12 @@ pub async fn withdraw(mut reporter: HealthReporter) {
 
 /// Pings the store every `interval` and publishes the result when it changes. Runs until
 /// the task is dropped.
-pub async fn monitor<S: SessionStore>(store: Arc<S>, reporter: HealthReporter, interval: Duration) {
+pub async fn monitor<S: SessionStore>(
+    store: Arc<S>,
+    reporter: HealthReporter,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = None;
@@ -43,6 +49,7 @@ pub async fn monitor<S: SessionStore>(store: Arc<S>, reporter: HealthReporter, i
             Ok(()) => (ServingStatus::Serving, None),
             Err(err) => (ServingStatus::NotServing, Some(err)),
         };
+        metrics.set_store_up(failure.is_none());
         if last != Some(status) {
             match &failure {
                 None => tracing::info!("session store answers: SERVING"),

@@ -4,9 +4,11 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod session;

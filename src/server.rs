@@ -1,8 +1,10 @@
 //! Wiring: binds the listener, builds the store, and serves the session service with
 //! health and reflection until a shutdown signal.
 
+use crate::admin;
 use crate::config::{Config, StoreKind};
 use crate::health;
+use crate::metrics::Metrics;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::service::SessionApi;
 use crate::store::SessionStore;
@@ -63,6 +65,8 @@ pub struct Application {
     router: Router,
     health: HealthReporter,
     health_monitor: BoxFuture,
+    metrics: Arc<Metrics>,
+    admin: Option<tokio::net::TcpListener>,
     shutdown_timeout: Duration,
 }
 
@@ -78,7 +82,16 @@ impl Application {
             .map_err(bind)?
             .with_nodelay(Some(true));
         let local_addr = incoming.local_addr().map_err(bind)?;
+        let admin = match config.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
 
+        let metrics = Arc::new(Metrics::new());
         let health = HealthReporter::new();
         let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
         // Until the first successful ping, nobody should route traffic here.
@@ -87,16 +100,18 @@ impl Application {
             config,
             health: health.clone(),
             health_service,
+            metrics: metrics.clone(),
         };
         let (router, health_monitor) = match config.store {
             StoreKind::Valkey => {
-                let store = ValkeyStore::new(&ValkeyOptions {
+                let options = ValkeyOptions {
                     url: config.valkey_url.expose().to_owned(),
                     key_prefix: config.key_prefix.clone(),
                     connect_timeout: Duration::from_millis(config.valkey_connect_timeout_ms),
                     command_timeout: Duration::from_millis(config.valkey_command_timeout_ms),
-                })
-                .map_err(StartupError::ValkeyUrl)?;
+                };
+                let store =
+                    ValkeyStore::new(&options, metrics.clone()).map_err(StartupError::ValkeyUrl)?;
                 routes(store, parts)?
             }
             StoreKind::Memory => routes(MemoryStore::new(), parts)?,
@@ -107,6 +122,8 @@ impl Application {
             router,
             health,
             health_monitor,
+            metrics,
+            admin,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
         })
     }
@@ -116,6 +133,11 @@ impl Application {
         self.local_addr
     }
 
+    /// The admin listener's address, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting connections and lets
     /// in-flight calls finish, for at most the configured shutdown timeout.
     pub async fn run_until<F>(self, shutdown: F) -> Result<(), ServeError>
@@ -123,12 +145,29 @@ impl Application {
         F: Future<Output = ()> + Send + 'static,
     {
         let monitor = tokio::spawn(self.health_monitor).abort_handle();
+        // The admin listener outlives the drain (readiness says 503 meanwhile) and stops after.
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = self.admin.map(|listener| {
+            let app = admin::router(self.metrics.clone());
+            tokio::spawn(async move {
+                let stopped = async {
+                    let _ = admin_stopped.await;
+                };
+                if let Err(err) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!(error = %err, "admin listener failed");
+                }
+            })
+        });
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-        let (health, stop_monitor) = (self.health, monitor.clone());
+        let (health, stop_monitor, metrics) = (self.health, monitor.clone(), self.metrics);
         let shutdown = async move {
             shutdown.await;
             // Tell health-checking load balancers first, so new calls go elsewhere.
             stop_monitor.abort();
+            metrics.set_store_up(false);
             health::withdraw(health).await;
             tracing::info!("shutdown requested: draining in-flight calls");
             let _ = signalled_tx.send(());
@@ -150,6 +189,10 @@ impl Application {
             () = drain_deadline => Err(ServeError::DrainTimeout(self.shutdown_timeout)),
         };
         monitor.abort();
+        let _ = admin_stop.send(());
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         result
     }
 }
@@ -159,6 +202,7 @@ struct Parts<'a> {
     config: &'a Config,
     health: HealthReporter,
     health_service: HealthServer<HealthService>,
+    metrics: Arc<Metrics>,
 }
 
 /// Builds the gRPC routes over one store, and the task that keeps its health status.
@@ -170,6 +214,7 @@ fn routes<S: SessionStore>(
         config,
         health,
         health_service,
+        metrics,
     } = parts;
     let store = Arc::new(store);
     let reflection = || {
@@ -181,8 +226,12 @@ fn routes<S: SessionStore>(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let sessions = SessionServiceServer::new(SessionApi::new(store.clone(), config.lifetimes()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let sessions = SessionServiceServer::new(SessionApi::new(
+        store.clone(),
+        config.lifetimes(),
+        metrics.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
     let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -191,6 +240,7 @@ fn routes<S: SessionStore>(
     let monitor = health::monitor(
         store,
         health,
+        metrics,
         Duration::from_millis(config.health_check_interval_ms),
     );
     Ok((router, Box::pin(monitor)))

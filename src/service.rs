@@ -5,6 +5,7 @@
 //! [`crate::error`].
 
 use crate::error::RequestError;
+use crate::metrics::{Metrics, RpcLabels};
 use crate::proto::session_service_server::SERVICE_NAME;
 use crate::proto::session_service_server::SessionService;
 use crate::proto::{
@@ -20,6 +21,7 @@ use crate::session::{
 use crate::store::{Lifetimes, SessionStore, StoreError};
 use crate::telemetry;
 use std::sync::Arc;
+use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
@@ -27,13 +29,18 @@ use tracing::Instrument;
 pub struct SessionApi<S> {
     store: Arc<S>,
     lifetimes: Lifetimes,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: SessionStore> SessionApi<S> {
     /// Serves sessions from `store`, minting access tokens and sessions that live as long
-    /// as `lifetimes` says.
-    pub fn new(store: Arc<S>, lifetimes: Lifetimes) -> Self {
-        Self { store, lifetimes }
+    /// as `lifetimes` says, and counting what it does in `metrics`.
+    pub fn new(store: Arc<S>, lifetimes: Lifetimes, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            lifetimes,
+            metrics,
+        }
     }
 
     fn access_ttl_ms(&self) -> i64 {
@@ -59,6 +66,7 @@ impl<S: SessionStore> SessionApi<S> {
             created_at: now,
         };
         self.store.create(&record, self.lifetimes).await?;
+        self.metrics.sessions("created", 1);
         Ok(CreateSessionResponse {
             session: Some(to_proto(&record)),
             access_token: access.into_string(),
@@ -70,10 +78,17 @@ impl<S: SessionStore> SessionApi<S> {
         &self,
         req: ValidateAccessTokenRequest,
     ) -> Result<ValidateAccessTokenResponse, RequestError> {
-        let answer = self.check_access_token(req).await?;
-        // Recorded once, at the end: a span keeps the first value recorded for a field.
-        tracing::Span::current().record("session.valid", answer.valid);
-        Ok(answer)
+        let answer = self.check_access_token(req).await;
+        let outcome = match &answer {
+            Ok(answer) => {
+                // Recorded once, at the end: a span keeps the first value recorded for a field.
+                tracing::Span::current().record("session.valid", answer.valid);
+                if answer.valid { "valid" } else { "invalid" }
+            }
+            Err(_) => "error",
+        };
+        self.metrics.validation(outcome);
+        answer
     }
 
     async fn check_access_token(
@@ -132,6 +147,7 @@ impl<S: SessionStore> SessionApi<S> {
             .await?
             .ok_or(RequestError::SessionNotFound)?;
         record_did(&record.did);
+        self.metrics.sessions("refreshed", 1);
         Ok(RefreshSessionResponse {
             session: Some(to_proto(&record)),
             access_token: access.into_string(),
@@ -145,6 +161,7 @@ impl<S: SessionStore> SessionApi<S> {
         let sid = req.refresh_token;
         // Logout is idempotent: a token that cannot name a session deletes nothing.
         let deleted = is_well_formed_token(&sid) && self.store.delete(&sid).await?;
+        self.metrics.sessions("deleted", u64::from(deleted));
         Ok(DeleteSessionResponse { deleted })
     }
 
@@ -155,6 +172,7 @@ impl<S: SessionStore> SessionApi<S> {
         validate_did(&req.did)?;
         record_did(&req.did);
         let deleted_count = self.store.delete_all_for_did(&req.did).await?;
+        self.metrics.sessions("deleted", u64::from(deleted_count));
         Ok(DeleteAllSessionsForDidResponse { deleted_count })
     }
 }
@@ -226,6 +244,7 @@ fn is_server_side(code: Code) -> bool {
 /// result for tonic.
 async fn serve<T>(
     rpc: &Rpc,
+    metrics: &Metrics,
     metadata: &tonic::metadata::MetadataMap,
     handler: impl Future<Output = Result<T, RequestError>>,
 ) -> Result<Response<T>, Status> {
@@ -242,9 +261,19 @@ async fn serve<T>(
         user.id = tracing::field::Empty,
     );
     telemetry::adopt_caller_context(&span, metadata);
+    let started = Instant::now();
     let result = handler.instrument(span.clone()).await;
     let _entered = span.enter();
     let code = result.as_ref().err().map_or(Code::Ok, RequestError::code);
+    metrics.rpc(
+        &RpcLabels {
+            rpc_system: "grpc",
+            rpc_service: SERVICE_NAME,
+            rpc_method: rpc.method,
+            rpc_grpc_status_code: code as i32,
+        },
+        started.elapsed(),
+    );
     span.record("rpc.grpc.status_code", code as i32);
     if is_server_side(code) {
         span.record("otel.status_code", "error");
@@ -269,7 +298,7 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(&CREATE, &metadata, self.create(body)).await
+        serve(&CREATE, &self.metrics, &metadata, self.create(body)).await
     }
 
     async fn validate_access_token(
@@ -277,7 +306,7 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<ValidateAccessTokenRequest>,
     ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(&VALIDATE, &metadata, self.validate(body)).await
+        serve(&VALIDATE, &self.metrics, &metadata, self.validate(body)).await
     }
 
     async fn refresh_session(
@@ -285,7 +314,7 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<RefreshSessionRequest>,
     ) -> Result<Response<RefreshSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(&REFRESH, &metadata, self.refresh(body)).await
+        serve(&REFRESH, &self.metrics, &metadata, self.refresh(body)).await
     }
 
     async fn delete_session(
@@ -293,7 +322,7 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<DeleteSessionRequest>,
     ) -> Result<Response<DeleteSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(&DELETE, &metadata, self.delete(body)).await
+        serve(&DELETE, &self.metrics, &metadata, self.delete(body)).await
     }
 
     async fn delete_all_sessions_for_did(
@@ -301,7 +330,7 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<DeleteAllSessionsForDidRequest>,
     ) -> Result<Response<DeleteAllSessionsForDidResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(&DELETE_ALL, &metadata, self.delete_all(body)).await
+        serve(&DELETE_ALL, &self.metrics, &metadata, self.delete_all(body)).await
     }
 }
 

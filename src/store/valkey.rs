@@ -7,9 +7,11 @@
 //! lazily, so the service starts while Valkey is down and recovers when it returns.
 
 use super::{Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use crate::metrics::Metrics;
 use crate::session::{SessionRecord, log_prefix, sha256_hex};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, ErrorKind, RedisError, Script};
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -88,6 +90,7 @@ struct Peer {
 /// Session storage in Valkey (or Redis), see the module docs of [`crate::store`].
 pub struct ValkeyStore {
     conn: ConnectionManager,
+    metrics: Arc<Metrics>,
     peer: Peer,
     scripts: Scripts,
     prefix: String,
@@ -98,7 +101,7 @@ impl ValkeyStore {
     /// Prepares a store without connecting; fails only on an unusable URL.
     ///
     /// Must run inside a Tokio runtime (the connection manager spawns its reconnect task).
-    pub fn new(options: &ValkeyOptions) -> Result<Self, RedisError> {
+    pub fn new(options: &ValkeyOptions, metrics: Arc<Metrics>) -> Result<Self, RedisError> {
         let client = redis::Client::open(options.url.as_str())?;
         let peer = match client.get_connection_info().addr() {
             ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => Peer {
@@ -120,6 +123,7 @@ impl ValkeyStore {
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             conn,
+            metrics,
             peer,
             scripts: Scripts::new(),
             prefix: options.key_prefix.clone(),
@@ -148,11 +152,14 @@ impl ValkeyStore {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
-        invocation
+        let round_trip = self.metrics.round_trip(script.name);
+        let answer = invocation
             .invoke_async(&mut conn)
             .instrument(self.span(script))
             .await
-            .map_err(store_error)
+            .map_err(store_error)?;
+        round_trip.succeeded();
+        Ok(answer)
     }
 
     fn data_key(&self, sid: &str) -> String {

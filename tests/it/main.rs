@@ -5,6 +5,7 @@
 mod behaviour;
 mod cli;
 mod grpcurl;
+mod metrics;
 mod outage;
 mod shutdown;
 mod storage;

@@ -30,6 +30,8 @@ pub struct TestApp {
     pub health: HealthClient<Channel>,
     /// The server's bound address.
     pub addr: SocketAddr,
+    /// The admin listener's address, when `--metrics-listen` was given.
+    pub metrics_addr: Option<SocketAddr>,
     /// The Valkey behind the server, if any.
     pub valkey: Option<Valkey>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -87,6 +89,7 @@ impl TestApp {
     pub async fn spawn_config(config: Config, valkey: Option<Valkey>) -> Self {
         let app = Application::build(&config).await.expect("server builds");
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
             let _ = shutdown_rx.await;
@@ -100,6 +103,7 @@ impl TestApp {
             client: SessionServiceClient::new(channel.clone()),
             health: HealthClient::new(channel),
             addr,
+            metrics_addr,
             valkey,
             shutdown: Some(shutdown_tx),
             server: Some(server),

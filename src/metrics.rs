@@ -1,0 +1,277 @@
+//! Prometheus metrics: what operators watch on a dashboard.
+//!
+//! Names follow the OpenTelemetry conventions translated to Prometheus (`rpc.server.call.duration`
+//! in seconds becomes `rpc_server_call_duration_seconds`). Labels never carry a token, a
+//! session id or a DID: only method names, status codes and outcomes, so cardinality stays fixed.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::time::Duration;
+
+/// Bucket bounds (seconds) for calls that take well under a millisecond when healthy and up to
+/// the 500 ms timeouts when not.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Labels of one RPC outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// Always `grpc`.
+    pub rpc_system: &'static str,
+    /// `barazo.session.v1.SessionService`.
+    pub rpc_service: &'static str,
+    /// The method, e.g. `ValidateAccessToken`.
+    pub rpc_method: &'static str,
+    /// The numeric gRPC status code (0 = OK, 5 = NOT_FOUND, 14 = UNAVAILABLE, …).
+    pub rpc_grpc_status_code: i32,
+}
+
+/// Labels of a validation outcome: `valid`, `invalid` or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What the validation answered.
+    pub outcome: &'static str,
+}
+
+/// Labels of a session lifecycle event: `created`, `refreshed` or `deleted`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// What happened to the sessions counted.
+    pub event: &'static str,
+}
+
+/// Labels of one Valkey round trip.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoundTripLabels {
+    /// `valkey`.
+    pub db_system_name: &'static str,
+    /// The script, e.g. `validate`.
+    pub db_operation_name: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// Labels of the build-info gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The crate version.
+    pub version: &'static str,
+}
+
+/// Every metric of the service, registered once at startup.
+pub struct Metrics {
+    registry: Registry,
+    rpc_duration: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    validations: Family<OutcomeLabels, Counter>,
+    sessions: Family<EventLabels, Counter>,
+    round_trips: Family<RoundTripLabels, Histogram, fn() -> Histogram>,
+    store_in_flight: Gauge,
+    store_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let rpc_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "rpc_server_call_duration",
+            "Duration of RPCs handled, by method and gRPC status code",
+            Unit::Seconds,
+            rpc_duration.clone(),
+        );
+        let validations = Family::default();
+        registry.register(
+            "barazo_session_validations",
+            "ValidateAccessToken answers: valid, invalid, or error (no answer)",
+            validations.clone(),
+        );
+        let sessions = Family::default();
+        registry.register(
+            "barazo_session_sessions",
+            "Sessions created, refreshed and deleted",
+            sessions.clone(),
+        );
+        let round_trips = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "barazo_session_valkey_round_trip_duration",
+            "Duration of Valkey round trips (one script each), by script and outcome",
+            Unit::Seconds,
+            round_trips.clone(),
+        );
+        let store_in_flight = Gauge::default();
+        registry.register(
+            "barazo_session_valkey_in_flight_commands",
+            "Valkey round trips currently waiting for an answer on the shared connection",
+            store_in_flight.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "barazo_session_store_up",
+            "1 while the session store answers health probes, else 0",
+            store_up.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "barazo_session_build_info",
+            "Always 1; the labels say which build runs",
+            build_info,
+        );
+        Self {
+            registry,
+            rpc_duration,
+            validations,
+            sessions,
+            round_trips,
+            store_in_flight,
+            store_up,
+        }
+    }
+
+    /// Records one finished RPC.
+    pub fn rpc(&self, labels: &RpcLabels, elapsed: Duration) {
+        self.rpc_duration
+            .get_or_create(labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one validation answer: `valid`, `invalid` or `error`.
+    pub fn validation(&self, outcome: &'static str) {
+        self.validations
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Counts `n` sessions that were `created`, `refreshed` or `deleted`.
+    pub fn sessions(&self, event: &'static str, n: u64) {
+        if n > 0 {
+            self.sessions
+                .get_or_create(&EventLabels { event })
+                .inc_by(n);
+        }
+    }
+
+    /// Marks a Valkey round trip as started; the guard records it when dropped or finished.
+    pub fn round_trip(&self, operation: &'static str) -> RoundTrip<'_> {
+        self.store_in_flight.inc();
+        RoundTrip {
+            metrics: self,
+            operation,
+            started: std::time::Instant::now(),
+            outcome: "error",
+        }
+    }
+
+    /// Publishes whether the store answers its health probes.
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
+    }
+
+    /// Whether the store answered its last health probe (readiness).
+    pub fn store_up(&self) -> bool {
+        self.store_up.get() == 1
+    }
+
+    /// The Prometheus/OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// One Valkey round trip in progress. Counted as an error unless [`RoundTrip::succeeded`] is
+/// called, so a cancelled call is not mistaken for a success.
+pub struct RoundTrip<'a> {
+    metrics: &'a Metrics,
+    operation: &'static str,
+    started: std::time::Instant,
+    outcome: &'static str,
+}
+
+impl RoundTrip<'_> {
+    /// Marks the round trip as answered.
+    pub fn succeeded(mut self) {
+        self.outcome = "ok";
+    }
+}
+
+impl Drop for RoundTrip<'_> {
+    fn drop(&mut self) {
+        self.metrics.store_in_flight.dec();
+        self.metrics
+            .round_trips
+            .get_or_create(&RoundTripLabels {
+                db_system_name: "valkey",
+                db_operation_name: self.operation,
+                outcome: self.outcome,
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_follow_the_conventions() {
+        let metrics = Metrics::new();
+        metrics.rpc(
+            &RpcLabels {
+                rpc_system: "grpc",
+                rpc_service: "s",
+                rpc_method: "ValidateAccessToken",
+                rpc_grpc_status_code: 0,
+            },
+            Duration::from_micros(300),
+        );
+        metrics.validation("valid");
+        metrics.sessions("created", 2);
+        metrics.round_trip("validate").succeeded();
+        metrics.set_store_up(true);
+        let text = metrics.encode();
+        for needle in [
+            "rpc_server_call_duration_seconds_bucket{le=\"0.0005\",rpc_system=\"grpc\",rpc_service=\"s\",rpc_method=\"ValidateAccessToken\",rpc_grpc_status_code=\"0\"} 1",
+            "barazo_session_validations_total{outcome=\"valid\"} 1",
+            "barazo_session_sessions_total{event=\"created\"} 2",
+            "barazo_session_valkey_round_trip_duration_seconds_count{db_system_name=\"valkey\",db_operation_name=\"validate\",outcome=\"ok\"} 1",
+            "barazo_session_valkey_in_flight_commands 0",
+            "barazo_session_store_up 1",
+            "barazo_session_build_info{version=\"",
+        ] {
+            assert!(text.contains(needle), "{needle} in\n{text}");
+        }
+        assert!(metrics.store_up());
+    }
+
+    #[test]
+    fn an_unfinished_round_trip_counts_as_an_error() {
+        let metrics = Metrics::new();
+        drop(metrics.round_trip("refresh"));
+        assert!(metrics.encode().contains(
+            "barazo_session_valkey_round_trip_duration_seconds_count{db_system_name=\"valkey\",db_operation_name=\"refresh\",outcome=\"error\"} 1"
+        ));
+    }
+}

@@ -1,0 +1,170 @@
+//! The admin listener: `/metrics` scraped and parsed after real calls, `/livez`, `/readyz`.
+
+use crate::support::{TestApp, unique_did};
+use barazo_session::config::StoreKind;
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// A plain HTTP/1.1 GET, as a Prometheus scraper or a kubelet probe sends it.
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status code");
+    (status, body.to_owned())
+}
+
+/// The value of one series (name with its labels, exactly as exposed).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+fn rpc(method: &str, code: u32) -> String {
+    format!(
+        "rpc_system=\"grpc\",rpc_service=\"barazo.session.v1.SessionService\",rpc_method=\"{method}\",rpc_grpc_status_code=\"{code}\""
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_outcomes_and_round_trips() {
+    let mut app =
+        TestApp::spawn_with(StoreKind::Valkey, &["--metrics-listen", "127.0.0.1:0"]).await;
+    let admin = app.metrics_addr.expect("admin listener");
+    let did = unique_did();
+    let first = app.create(&did, "alice.test").await;
+    let second = app.create(&did, "alice.test").await;
+    for _ in 0..3 {
+        assert!(app.validate(&first.access_token).await.valid);
+    }
+    assert!(!app.validate(&"0".repeat(64)).await.valid);
+    assert!(!app.validate("malformed").await.valid);
+    app.refresh(&second.refresh_token).await.expect("refresh");
+    assert!(app.delete(&first.refresh_token).await.expect("delete"));
+    assert_eq!(app.delete_all(&did).await.expect("delete all"), 1);
+
+    let (status, text) = get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(text.ends_with("# EOF\n"), "complete exposition");
+    assert_eq!(
+        sample(&text, "barazo_session_validations_total{outcome=\"valid\"}"),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "barazo_session_validations_total{outcome=\"invalid\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, "barazo_session_sessions_total{event=\"created\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, "barazo_session_sessions_total{event=\"refreshed\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "barazo_session_sessions_total{event=\"deleted\"}"),
+        2.0
+    );
+    assert_eq!(sample(&text, "barazo_session_store_up"), 1.0);
+    assert_eq!(
+        sample(&text, "barazo_session_valkey_in_flight_commands"),
+        0.0
+    );
+    assert!(text.contains("barazo_session_build_info{version=\""));
+
+    // The histogram: 5 validations answered OK, buckets cumulative and ending at the count.
+    let validate = rpc("ValidateAccessToken", 0);
+    let count = sample(
+        &text,
+        &format!("rpc_server_call_duration_seconds_count{{{validate}}}"),
+    );
+    assert_eq!(count, 5.0);
+    let buckets: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("rpc_server_call_duration_seconds_bucket{le=")
+                && l.contains(&format!(",{validate}}}"))
+        })
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("value")
+        })
+        .collect();
+    assert_eq!(buckets.len(), 15, "14 bounds and +Inf");
+    assert!(
+        buckets.windows(2).all(|w| w[0] <= w[1]),
+        "cumulative: {buckets:?}"
+    );
+    assert_eq!(buckets.last(), Some(&count));
+    assert!(
+        sample(
+            &text,
+            &format!("rpc_server_call_duration_seconds_sum{{{validate}}}")
+        ) > 0.0
+    );
+    // One round trip per validation that reached the store (the malformed one did not).
+    let round_trips = "db_system_name=\"valkey\",db_operation_name=\"validate\",outcome=\"ok\"";
+    assert_eq!(
+        sample(
+            &text,
+            &format!("barazo_session_valkey_round_trip_duration_seconds_count{{{round_trips}}}")
+        ),
+        4.0
+    );
+    for (method, n) in [
+        ("CreateSession", 2.0),
+        ("RefreshSession", 1.0),
+        ("DeleteSession", 1.0),
+        ("DeleteAllSessionsForDid", 1.0),
+    ] {
+        let series = format!(
+            "rpc_server_call_duration_seconds_count{{{}}}",
+            rpc(method, 0)
+        );
+        assert_eq!(sample(&text, &series), n, "{method}");
+    }
+
+    // An outage: errors are counted apart from invalid tokens, and readiness drops.
+    assert_eq!(get(admin, "/readyz").await.0, 200);
+    app.valkey_mut().kill();
+    let failed = app
+        .try_validate(&second.access_token)
+        .await
+        .expect_err("down");
+    assert_eq!(failed.code(), tonic::Code::Unavailable);
+    app.wait_for_health(ServingStatus::NotServing).await;
+    let (_, text) = get(admin, "/metrics").await;
+    assert_eq!(
+        sample(&text, "barazo_session_validations_total{outcome=\"error\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                "rpc_server_call_duration_seconds_count{{{}}}",
+                rpc("ValidateAccessToken", 14)
+            )
+        ),
+        1.0
+    );
+    assert_eq!(sample(&text, "barazo_session_store_up"), 0.0);
+    assert_eq!(get(admin, "/readyz").await.0, 503);
+    assert_eq!(get(admin, "/livez").await, (200, "ok\n".to_owned()));
+}
