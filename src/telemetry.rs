@@ -1,6 +1,7 @@
 //! Logs and traces.
 //!
-//! - Logs: `tracing` events on stderr, human-readable or JSON (`RUST_LOG` filters).
+//! - Logs: `tracing` events on stderr, human-readable or JSON (`RUST_LOG` filters); JSON lines
+//!   inside an exported span carry its `trace_id` and `span_id`.
 //! - Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is
 //!   set, `tracing` spans are exported over OTLP/gRPC through `tracing-opentelemetry`, and the
 //!   callers' W3C `traceparent`/`tracestate` make each RPC span a child of the caller's span.
@@ -11,13 +12,17 @@
 
 use crate::config::LogFormat;
 use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::io::IsTerminal;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::fmt::format::{Format, Json, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -80,7 +85,12 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
         .with_ansi(std::io::stderr().is_terminal());
     let fmt = match format {
         LogFormat::Human => fmt.boxed(),
-        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .event_format(JsonWithTraceIds(
+                tracing_subscriber::fmt::format().json().flatten_event(true),
+            ))
+            .boxed(),
     }
     .with_filter(filter);
 
@@ -116,6 +126,40 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
         .with(otel)
         .try_init();
     Ok(Telemetry { provider })
+}
+
+/// The JSON event format plus `trace_id` and `span_id` of the current span, so a log line
+/// and its trace join. Lines outside any exported span carry neither.
+struct JsonWithTraceIds(Format<Json>);
+
+impl<S, N> FormatEvent<S, N> for JsonWithTraceIds
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let context = tracing::Span::current().context();
+        let span = context.span();
+        let ids = span.span_context();
+        if !ids.is_valid() {
+            return self.0.format_event(ctx, writer, event);
+        }
+        // The inner format writes one object and a newline; reopen the object to add the ids.
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        let object = line.trim_end().strip_suffix('}').unwrap_or(&line);
+        writeln!(
+            writer,
+            "{object},\"trace_id\":\"{}\",\"span_id\":\"{}\"}}",
+            ids.trace_id(),
+            ids.span_id()
+        )
+    }
 }
 
 /// Reads W3C trace context from gRPC metadata.

@@ -261,6 +261,29 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         Some(did.clone())
     );
 
+    // The log line of the failed call carries the ids of its span, so logs and traces join.
+    let failed_span = spans
+        .iter()
+        .find(|s| s.trace_id == [7; 16] && s.kind == SpanKind::Server as i32)
+        .expect("failed validate span");
+    let failure: serde_json::Value = log
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["message"] == "rpc failed")
+        .expect("one JSON line for the failed RPC");
+    assert_eq!(failure["rpc.method"], "ValidateAccessToken");
+    assert_eq!(failure["trace_id"], hex(&[7; 16]));
+    assert_eq!(failure["span_id"], hex(&failed_span.span_id));
+    let outside_spans = log
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["message"] == "listening")
+        .expect("startup line");
+    assert!(
+        outside_spans.get("trace_id").is_none(),
+        "no ids outside a span"
+    );
+
     // No credential in any exported attribute, event or name, nor in the log.
     let exported = format!("{spans:?}");
     let log = log.join("\n");
