@@ -20,10 +20,10 @@ use crate::session::{
 };
 use crate::store::{Lifetimes, SessionStore, StoreError};
 use crate::telemetry;
+use opentelemetry::context::FutureExt as _;
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
-use tracing::Instrument;
 
 /// The `SessionService` implementation over any [`SessionStore`].
 pub struct SessionApi<S> {
@@ -82,7 +82,7 @@ impl<S: SessionStore> SessionApi<S> {
         let outcome = match &answer {
             Ok(answer) => {
                 // Recorded once, at the end: a span keeps the first value recorded for a field.
-                tracing::Span::current().record("session.valid", answer.valid);
+                telemetry::record("session.valid", || answer.valid);
                 if answer.valid { "valid" } else { "invalid" }
             }
             Err(_) => "error",
@@ -180,7 +180,7 @@ impl<S: SessionStore> SessionApi<S> {
 /// Puts the user's DID on the current RPC span: public in the AT Protocol, and what an
 /// operator searches traces by.
 fn record_did(did: &str) {
-    tracing::Span::current().record("user.id", did);
+    telemetry::record("user.id", || did.to_owned());
 }
 
 /// The public view of a stored session: no credential, the sid only as its hash.
@@ -248,22 +248,12 @@ async fn serve<T>(
     metadata: &tonic::metadata::MetadataMap,
     handler: impl Future<Output = Result<T, RequestError>>,
 ) -> Result<Response<T>, Status> {
-    let span = tracing::info_span!(
-        "rpc",
-        otel.name = rpc.span_name,
-        otel.kind = "server",
-        rpc.system = "grpc",
-        rpc.service = SERVICE_NAME,
-        rpc.method = rpc.method,
-        rpc.grpc.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        session.valid = tracing::field::Empty,
-        user.id = tracing::field::Empty,
-    );
-    telemetry::adopt_caller_context(&span, metadata);
+    let trace = telemetry::start_rpc_span(rpc.span_name, SERVICE_NAME, rpc.method, metadata);
     let started = Instant::now();
-    let result = handler.instrument(span.clone()).await;
-    let _entered = span.enter();
+    let result = match &trace {
+        Some(cx) => handler.with_context(cx.clone()).await,
+        None => handler.await,
+    };
     let code = result.as_ref().err().map_or(Code::Ok, RequestError::code);
     metrics.rpc(
         &RpcLabels {
@@ -274,11 +264,9 @@ async fn serve<T>(
         },
         started.elapsed(),
     );
-    span.record("rpc.grpc.status_code", code as i32);
-    if is_server_side(code) {
-        span.record("otel.status_code", "error");
-    }
-    match result {
+    // The failure's log line is written inside the span, so it carries the trace ids.
+    let _attached = trace.clone().map(opentelemetry::Context::attach);
+    let response = match result {
         Ok(body) => Ok(Response::new(body)),
         Err(err) => {
             if err.is_server_fault() {
@@ -288,7 +276,11 @@ async fn serve<T>(
             }
             Err(err.into())
         }
+    };
+    if let Some(cx) = &trace {
+        telemetry::end_rpc_span(cx, code, is_server_side(code));
     }
+    response
 }
 
 #[tonic::async_trait]

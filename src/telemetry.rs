@@ -3,22 +3,26 @@
 //! - Logs: `tracing` events on stderr, human-readable or JSON (`RUST_LOG` filters); JSON lines
 //!   inside an exported span carry its `trace_id` and `span_id`.
 //! - Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is
-//!   set, `tracing` spans are exported over OTLP/gRPC through `tracing-opentelemetry`, and the
-//!   callers' W3C `traceparent`/`tracestate` make each RPC span a child of the caller's span.
-//!   Without either variable no exporter runs.
+//!   set, OpenTelemetry spans are exported over OTLP/gRPC, and the callers' W3C
+//!   `traceparent`/`tracestate` make each RPC span a child of the caller's span. Without
+//!   either variable no exporter runs and no span is made.
+//!
+//! Spans are made with the OpenTelemetry API directly rather than bridged from `tracing`
+//! spans: the bridge cost about a quarter of `ValidateAccessToken` throughput, far over the
+//! 15% budget (see BENCHMARKS.md).
 //!
 //! Nothing secret is ever passed to a log macro or span field in this crate: tokens and session
 //! ids appear at most as the first 8 hex chars of their SHA-256 (see `session::log_prefix`).
 
 use crate::config::LogFormat;
-use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::TraceContextExt as _;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use std::io::IsTerminal;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use std::sync::OnceLock;
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -33,6 +37,9 @@ const DEFAULT_SERVICE_NAME: &str = "barazo-session";
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the OTLP trace exporter")]
 pub struct TelemetryError(#[from] opentelemetry_otlp::ExporterBuildError);
+
+/// The tracer, set once when traces are exported; `None` means tracing is off.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes it.
 pub struct Telemetry {
@@ -110,21 +117,13 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     } else {
         None
     };
-    let otel = provider.as_ref().map(|provider| {
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("barazo-session"))
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                // Only this crate's spans: the RPC spans and their Valkey children.
-                meta.is_span() && meta.target().starts_with("barazo_session")
-            }))
-    });
+    if let Some(provider) = &provider {
+        // A second init (tests, or an embedding program) keeps the first tracer.
+        let _ = TRACER.set(provider.tracer("barazo-session"));
+    }
 
-    // A second init (tests, or an embedding program) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
-        .try_init();
+    // A second init keeps the first subscriber too.
+    let _ = tracing_subscriber::registry().with(fmt).try_init();
     Ok(Telemetry { provider })
 }
 
@@ -143,9 +142,7 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let context = tracing::Span::current().context();
-        let span = context.span();
-        let ids = span.span_context();
+        let ids = Context::map_current(|cx| cx.span().span_context().clone());
         if !ids.is_valid() {
             return self.0.format_event(ctx, writer, event);
         }
@@ -181,15 +178,83 @@ impl Extractor for MetadataExtractor<'_> {
     }
 }
 
-/// Makes `span` a child of the caller's span when the request carries `traceparent`.
-/// A no-op unless tracing is exported (the global propagator is then a no-op one).
-pub fn adopt_caller_context(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
+/// The caller's trace context from `traceparent`/`tracestate`, or a fresh root context.
+fn caller_context(metadata: &tonic::metadata::MetadataMap) -> Context {
     if metadata.get("traceparent").is_none() {
-        return;
+        return Context::new();
     }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&MetadataExtractor(metadata))
+    TraceContextPropagator::new()
+        .extract_with_context(&Context::new(), &MetadataExtractor(metadata))
+}
+
+/// Starts the SERVER span of one RPC, a child of the caller's span when the request carries
+/// `traceparent`. `None` (and no cost) when tracing is off.
+pub fn start_rpc_span(
+    name: &'static str,
+    service: &'static str,
+    method: &'static str,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Option<Context> {
+    let tracer = TRACER.get()?;
+    let parent = caller_context(metadata);
+    let span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", service),
+            KeyValue::new("rpc.method", method),
+        ])
+        .start_with_context(tracer, &parent);
+    Some(parent.with_span(span))
+}
+
+/// Ends an RPC's span with its gRPC status code; `failed` marks it an error (server-side
+/// failures only, after the OpenTelemetry RPC conventions).
+pub fn end_rpc_span(cx: &Context, code: tonic::Code, failed: bool) {
+    let span = cx.span();
+    span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+    if failed {
+        span.set_status(opentelemetry::trace::Status::error(code.description()));
+    }
+    span.end();
+}
+
+/// Starts a CLIENT span under the current RPC span (none outside a traced RPC).
+pub fn start_client_span(
+    name: &'static str,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
+) -> Option<Context> {
+    let tracer = TRACER.get()?;
+    let parent = Context::current();
+    if !parent.has_active_span() {
+        return None;
+    }
+    let span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Client)
+        .with_attributes(attributes())
+        .start_with_context(tracer, &parent);
+    Some(parent.with_span(span))
+}
+
+/// Ends a CLIENT span, as an error when the round trip failed.
+pub fn end_client_span(cx: &Context, ok: bool) {
+    let span = cx.span();
+    if !ok {
+        span.set_status(opentelemetry::trace::Status::error(
+            "valkey round trip failed",
+        ));
+    }
+    span.end();
+}
+
+/// Sets an attribute on the current span when it is recorded; `value` is computed only then.
+pub fn record<V: Into<opentelemetry::Value>>(key: &'static str, value: impl FnOnce() -> V) {
+    Context::map_current(|cx| {
+        let span = cx.span();
+        if span.is_recording() {
+            span.set_attribute(KeyValue::new(key, value()));
+        }
     });
-    // Fails only when the span is disabled (not exported): nothing to link then.
-    let _ = span.set_parent(parent);
 }

@@ -9,11 +9,12 @@
 use super::{Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
 use crate::metrics::Metrics;
 use crate::session::{SessionRecord, log_prefix, sha256_hex};
+use crate::telemetry;
+use opentelemetry::KeyValue;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, ErrorKind, RedisError, Script};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::Instrument;
 
 /// How to reach Valkey and how long to wait for it.
 #[derive(Clone)]
@@ -81,9 +82,10 @@ impl Scripts {
     }
 }
 
-/// Where Valkey is, for the `server.address` / `server.port` span attributes.
+/// Where Valkey is, for the `server.address` / `server.port` span attributes (shared, so a
+/// span takes a reference count rather than a copy).
 struct Peer {
-    address: String,
+    address: opentelemetry::StringValue,
     port: u16,
 }
 
@@ -105,12 +107,12 @@ impl ValkeyStore {
         let client = redis::Client::open(options.url.as_str())?;
         let peer = match client.get_connection_info().addr() {
             ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => Peer {
-                address: host.clone(),
+                address: Arc::<str>::from(host.as_str()).into(),
                 port: *port,
             },
             // A Unix socket or a future address kind: name it, without a port.
             other => Peer {
-                address: other.to_string(),
+                address: Arc::<str>::from(other.to_string()).into(),
                 port: 0,
             },
         };
@@ -132,32 +134,32 @@ impl ValkeyStore {
     }
 
     /// The CLIENT span of one round trip, after the OpenTelemetry database conventions.
-    fn span(&self, script: &LuaScript) -> tracing::Span {
-        tracing::info_span!(
-            "valkey",
-            otel.name = script.span_name,
-            otel.kind = "client",
-            db.system.name = "valkey",
-            db.operation.name = "EVALSHA",
-            db.stored_procedure.name = script.name,
-            server.address = %self.peer.address,
-            server.port = self.peer.port,
-        )
+    fn span(&self, script: &LuaScript) -> Option<opentelemetry::Context> {
+        telemetry::start_client_span(script.span_name, || {
+            vec![
+                KeyValue::new("db.system.name", "valkey"),
+                KeyValue::new("db.operation.name", "EVALSHA"),
+                KeyValue::new("db.stored_procedure.name", script.name),
+                KeyValue::new("server.address", self.peer.address.clone()),
+                KeyValue::new("server.port", i64::from(self.peer.port)),
+            ]
+        })
     }
 
-    /// Runs one script invocation as one traced round trip.
+    /// Runs one script invocation as one traced, measured round trip.
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         script: &LuaScript,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
+        let span = self.span(script);
         let round_trip = self.metrics.round_trip(script.name);
-        let answer = invocation
-            .invoke_async(&mut conn)
-            .instrument(self.span(script))
-            .await
-            .map_err(store_error)?;
+        let answer = invocation.invoke_async(&mut conn).await;
+        if let Some(cx) = &span {
+            telemetry::end_client_span(cx, answer.is_ok());
+        }
+        let answer = answer.map_err(store_error)?;
         round_trip.succeeded();
         Ok(answer)
     }

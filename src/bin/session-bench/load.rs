@@ -1,0 +1,176 @@
+//! The load: callers spread over connections, each issuing one RPC after another for a
+//! fixed time, recording every latency.
+
+use crate::spawn::BoxError;
+use barazo_session::proto::session_service_client::SessionServiceClient;
+use barazo_session::proto::{
+    CreateSessionRequest, RefreshSessionRequest, ValidateAccessTokenRequest,
+};
+use hdrhistogram::Histogram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// What the callers do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// ValidateAccessToken on pre-created sessions (the hot path).
+    Validate,
+    /// CreateSession for fresh DIDs.
+    Create,
+    /// RefreshSession on pre-created sessions.
+    Refresh,
+    /// 90% validate, 7% refresh, 3% create, as a forum's traffic.
+    Mix,
+}
+
+/// Sessions created before a round, so validations and refreshes hit real data.
+pub struct Pool {
+    /// Access tokens that stay valid (never refreshed during the run).
+    pub access_tokens: Vec<String>,
+    /// Refresh tokens of other sessions, which the refresh share rotates.
+    pub refresh_tokens: Vec<String>,
+}
+
+impl Pool {
+    /// Creates `size` sessions to validate and `size` to refresh.
+    pub async fn create(
+        client: &mut SessionServiceClient<Channel>,
+        size: usize,
+    ) -> Result<Self, BoxError> {
+        let mut pool = Self {
+            access_tokens: Vec::with_capacity(size),
+            refresh_tokens: Vec::with_capacity(size),
+        };
+        for i in 0..size * 2 {
+            let created = client
+                .create_session(CreateSessionRequest {
+                    did: format!("did:plc:bench{i}"),
+                    handle: format!("bench{i}.test"),
+                })
+                .await?
+                .into_inner();
+            if i % 2 == 0 {
+                pool.access_tokens.push(created.access_token);
+            } else {
+                pool.refresh_tokens.push(created.refresh_token);
+            }
+        }
+        Ok(pool)
+    }
+}
+
+/// What one round measured.
+pub struct Outcome {
+    /// Calls answered (OK or not) per second.
+    pub throughput: f64,
+    /// Latencies in microseconds.
+    pub latency: Histogram<u64>,
+    /// Calls that failed with a gRPC error.
+    pub errors: u64,
+    /// Validations answered `valid=false` for a token that should be valid.
+    pub invalid: u64,
+    /// Calls made.
+    pub calls: u64,
+}
+
+/// Runs `callers` callers over `clients` for `duration`.
+pub async fn run(
+    scenario: Scenario,
+    clients: &[SessionServiceClient<Channel>],
+    callers: usize,
+    duration: Duration,
+    pool: Arc<Pool>,
+) -> Result<Outcome, BoxError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::with_capacity(callers);
+    for caller in 0..callers {
+        let mut client = clients[caller % clients.len()].clone();
+        let (stop, pool) = (stop.clone(), pool.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let (mut errors, mut invalid, mut calls) = (0u64, 0u64, 0u64);
+            let mut n = caller;
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let answer = one_call(scenario, &mut client, &pool, n, caller).await;
+                latency.saturating_record(started.elapsed().as_micros() as u64);
+                calls += 1;
+                match answer {
+                    Err(_) => errors += 1,
+                    Ok(false) => invalid += 1,
+                    Ok(true) => {}
+                }
+                n = n.wrapping_add(callers);
+            }
+            Ok::<_, BoxError>((latency, errors, invalid, calls))
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut outcome = Outcome {
+        throughput: 0.0,
+        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        errors: 0,
+        invalid: 0,
+        calls: 0,
+    };
+    for task in tasks {
+        let (latency, errors, invalid, calls) = task.await??;
+        outcome.latency.add(latency)?;
+        outcome.errors += errors;
+        outcome.invalid += invalid;
+        outcome.calls += calls;
+    }
+    outcome.throughput = outcome.calls as f64 / started.elapsed().as_secs_f64();
+    Ok(outcome)
+}
+
+/// One call of the scenario; `Ok(false)` when a validation unexpectedly says invalid.
+async fn one_call(
+    scenario: Scenario,
+    client: &mut SessionServiceClient<Channel>,
+    pool: &Pool,
+    n: usize,
+    caller: usize,
+) -> Result<bool, tonic::Status> {
+    let kind = match scenario {
+        Scenario::Mix => match n % 100 {
+            0..90 => Scenario::Validate,
+            90..97 => Scenario::Refresh,
+            _ => Scenario::Create,
+        },
+        other => other,
+    };
+    match kind {
+        Scenario::Validate => {
+            let token = &pool.access_tokens[n % pool.access_tokens.len()];
+            let answer = client
+                .validate_access_token(ValidateAccessTokenRequest {
+                    access_token: token.clone(),
+                })
+                .await?;
+            Ok(answer.into_inner().valid)
+        }
+        Scenario::Refresh => {
+            let token = &pool.refresh_tokens[n % pool.refresh_tokens.len()];
+            client
+                .refresh_session(RefreshSessionRequest {
+                    refresh_token: token.clone(),
+                })
+                .await?;
+            Ok(true)
+        }
+        Scenario::Create | Scenario::Mix => {
+            client
+                .create_session(CreateSessionRequest {
+                    did: format!("did:plc:load{caller}x{n}"),
+                    handle: "load.test".into(),
+                })
+                .await?;
+            Ok(true)
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! `session-bench`: load for `barazo-session`.
+//!
+//! Drives a running server (`--addr`) or starts servers itself, then prints throughput,
+//! latency percentiles, errors and invalid answers. `--compare` starts two servers and
+//! alternates rounds between them, so machine noise hits both alike. See BENCHMARKS.md.
+
+mod load;
+mod sink;
+mod spawn;
+
+use clap::{Parser, ValueEnum};
+use load::{Outcome, Pool, Scenario};
+use spawn::{BoxError, Server, ServerSpec};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which store the started servers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Store {
+    Memory,
+    Valkey,
+}
+
+/// What two started servers differ in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Compare {
+    /// The same store with tracing off, then on (100% sampling, exported over OTLP to a
+    /// receiver in this process).
+    Tracing,
+    /// The in-memory store, then the Valkey store.
+    Store,
+}
+
+/// Load for barazo-session.
+#[derive(Debug, Parser)]
+#[command(name = "session-bench")]
+struct Args {
+    /// A running server to load, `host:port`. Without it the tool starts servers itself
+    /// (the `barazo-session` binary built beside this one).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Store of a started server.
+    #[arg(long, value_enum, default_value_t = Store::Memory)]
+    store: Store,
+    /// Valkey for started servers on the Valkey store (its data is not flushed; keys are
+    /// under the default prefix).
+    #[arg(long, env = "VALKEY_URL", default_value = "redis://127.0.0.1:6379")]
+    valkey_url: String,
+    /// Start two servers and alternate rounds between them.
+    #[arg(long, value_enum)]
+    compare: Option<Compare>,
+    /// What the callers do.
+    #[arg(long, value_enum, default_value_t = Scenario::Validate)]
+    scenario: Scenario,
+    /// HTTP/2 connections per server.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Concurrent callers per server, spread over the connections.
+    #[arg(long, default_value_t = 64)]
+    callers: usize,
+    /// Seconds per measured round.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Measured rounds per server.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds of unmeasured load per server before the first round.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Sessions created per server before the load (validated, and refreshed).
+    #[arg(long, default_value_t = 1000)]
+    sessions: usize,
+}
+
+/// One server under load and what it measured.
+struct Target {
+    label: String,
+    server: Option<Server>,
+    clients: Vec<
+        barazo_session::proto::session_service_client::SessionServiceClient<
+            tonic::transport::Channel,
+        >,
+    >,
+    pool: Arc<Pool>,
+    rounds: Vec<Outcome>,
+}
+
+fn specs(args: &Args, otlp: Option<&str>) -> Vec<ServerSpec> {
+    let spec = |label: &str, store: Store, otlp: Option<&str>| ServerSpec {
+        label: label.to_owned(),
+        store: match store {
+            Store::Memory => "memory".into(),
+            Store::Valkey => "valkey".into(),
+        },
+        valkey_url: (store == Store::Valkey).then(|| args.valkey_url.clone()),
+        otlp_endpoint: otlp.map(str::to_owned),
+    };
+    let store_name = format!("{:?}", args.store).to_lowercase();
+    match args.compare {
+        None => vec![spec(&store_name, args.store, None)],
+        Some(Compare::Store) => vec![
+            spec("memory", Store::Memory, None),
+            spec("valkey", Store::Valkey, None),
+        ],
+        Some(Compare::Tracing) => vec![
+            spec(&format!("{store_name}, tracing off"), args.store, None),
+            spec(&format!("{store_name}, tracing on"), args.store, otlp),
+        ],
+    }
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+/// Peak resident memory of a process, from /proc (Linux), in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse();
+    let sink = if args.compare == Some(Compare::Tracing) {
+        Some(sink::Sink::start()?)
+    } else {
+        None
+    };
+    let mut targets = Vec::new();
+    if let Some(addr) = &args.addr {
+        targets.push((addr.clone(), addr.clone(), None));
+    } else {
+        for spec in specs(&args, sink.as_ref().map(|(_, endpoint)| endpoint.as_str())) {
+            let server = Server::start(spec.clone()).await?;
+            targets.push((spec.label, server.addr.clone(), Some(server)));
+        }
+    }
+    let mut loaded = Vec::new();
+    for (label, addr, server) in targets {
+        let mut clients = spawn::clients(&addr, args.connections.max(1)).await?;
+        let pool = Arc::new(Pool::create(&mut clients[0], args.sessions.max(1)).await?);
+        loaded.push(Target {
+            label,
+            server,
+            clients,
+            pool,
+            rounds: Vec::new(),
+        });
+    }
+    let callers = args.callers.max(1);
+    for target in &loaded {
+        load::run(
+            args.scenario,
+            &target.clients,
+            callers,
+            Duration::from_secs(args.warmup),
+            target.pool.clone(),
+        )
+        .await?;
+    }
+    for round in 0..args.rounds.max(1) {
+        for target in &mut loaded {
+            let outcome = load::run(
+                args.scenario,
+                &target.clients,
+                callers,
+                Duration::from_secs(args.duration),
+                target.pool.clone(),
+            )
+            .await?;
+            eprintln!(
+                "round {} {:<24} {:>9.0} calls/s  p99 {:.2} ms",
+                round + 1,
+                target.label,
+                outcome.throughput,
+                ms(outcome.latency.value_at_quantile(0.99))
+            );
+            target.rounds.push(outcome);
+        }
+    }
+
+    println!(
+        "scenario {:?}, {} connections x {} callers, {} rounds of {} s",
+        args.scenario, args.connections, callers, args.rounds, args.duration
+    );
+    println!(
+        "| server | calls/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | invalid | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut throughputs = Vec::new();
+    for target in &loaded {
+        let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let (mut errors, mut invalid) = (0, 0);
+        for outcome in &target.rounds {
+            latency.add(&outcome.latency)?;
+            errors += outcome.errors;
+            invalid += outcome.invalid;
+        }
+        let throughput =
+            target.rounds.iter().map(|o| o.throughput).sum::<f64>() / target.rounds.len() as f64;
+        throughputs.push(throughput);
+        let rss = target
+            .server
+            .as_ref()
+            .and_then(|s| peak_rss_mib(s.pid()))
+            .map_or("-".to_owned(), |mib| format!("{mib:.1}"));
+        println!(
+            "| {} | {throughput:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} | {invalid} | {rss} |",
+            target.label,
+            ms(latency.value_at_quantile(0.50)),
+            ms(latency.value_at_quantile(0.90)),
+            ms(latency.value_at_quantile(0.99)),
+            ms(latency.value_at_quantile(0.999)),
+        );
+    }
+    if let [first, second] = throughputs[..] {
+        println!("second / first throughput: {:.1}%", 100.0 * second / first);
+    }
+    if let Some((sink, _)) = &sink {
+        println!(
+            "export requests accepted by the OTLP receiver: {}",
+            sink.exports()
+        );
+    }
+    Ok(())
+}
