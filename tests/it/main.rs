@@ -3,6 +3,7 @@
 //! links once.
 
 mod behaviour;
+mod bench_tool;
 mod cli;
 mod grpcurl;
 mod metrics;
