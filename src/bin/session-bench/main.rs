@@ -83,6 +83,10 @@ struct Target {
     >,
     pool: Arc<Pool>,
     rounds: Vec<Outcome>,
+    /// Calls made while warming up (unmeasured).
+    warmup_calls: u64,
+    /// Calls made to create the session pool.
+    setup_calls: u64,
 }
 
 fn specs(args: &Args, otlp: Option<&str>) -> Vec<ServerSpec> {
@@ -154,11 +158,13 @@ async fn main() -> Result<(), BoxError> {
             clients,
             pool,
             rounds: Vec::new(),
+            warmup_calls: 0,
+            setup_calls: 2 * args.sessions.max(1) as u64,
         });
     }
     let callers = args.callers.max(1);
-    for target in &loaded {
-        load::run(
+    for target in &mut loaded {
+        let warmup = load::run(
             args.scenario,
             &target.clients,
             callers,
@@ -166,6 +172,7 @@ async fn main() -> Result<(), BoxError> {
             target.pool.clone(),
         )
         .await?;
+        target.warmup_calls = warmup.calls;
     }
     for round in 0..args.rounds.max(1) {
         for target in &mut loaded {
@@ -226,9 +233,15 @@ async fn main() -> Result<(), BoxError> {
         println!("second / first throughput: {:.1}%", 100.0 * second / first);
     }
     if let Some((sink, _)) = &sink {
+        // The traced server is the second; spans still buffered in it are not counted.
+        let traced_calls = loaded.last().map_or(0, |t| {
+            t.setup_calls + t.warmup_calls + t.rounds.iter().map(|o| o.calls).sum::<u64>()
+        });
         println!(
-            "export requests accepted by the OTLP receiver: {}",
-            sink.exports()
+            "export requests accepted by the OTLP receiver: {}; spans received: {} for {} calls to the traced server",
+            sink.exports(),
+            sink.spans(),
+            traced_calls,
         );
     }
     Ok(())

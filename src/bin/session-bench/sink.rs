@@ -15,14 +15,36 @@ use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-/// `ExportTraceServiceRequest` with every field skipped.
+/// `ExportTraceServiceRequest`, down to the spans.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Skipped {}
+struct Skipped {
+    #[prost(message, repeated, tag = "1")]
+    resource_spans: Vec<ResourceSpans>,
+}
 
-/// Counts the export requests it accepts.
+/// `ResourceSpans` with only `scope_spans` (field 2) read.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResourceSpans {
+    #[prost(message, repeated, tag = "2")]
+    scope_spans: Vec<ScopeSpans>,
+}
+
+/// `ScopeSpans` with only `spans` (field 2) read, each span left unparsed.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ScopeSpans {
+    #[prost(message, repeated, tag = "2")]
+    spans: Vec<Unparsed>,
+}
+
+/// Any message, its fields skipped.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Unparsed {}
+
+/// Counts the export requests and spans it accepts.
 #[derive(Clone, Default)]
 pub struct Sink {
     exports: Arc<AtomicU64>,
+    spans: Arc<AtomicU64>,
 }
 
 impl tonic::server::NamedService for Sink {
@@ -36,8 +58,16 @@ impl tonic::server::UnaryService<Skipped> for Export {
     type Response = ExportTraceServiceResponse;
     type Future = BoxFuture<Response<Self::Response>, Status>;
 
-    fn call(&mut self, _request: Request<Skipped>) -> Self::Future {
+    fn call(&mut self, request: Request<Skipped>) -> Self::Future {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
         self.0.exports.fetch_add(1, Ordering::Relaxed);
+        self.0.spans.fetch_add(spans as u64, Ordering::Relaxed);
         Box::pin(async {
             Ok(Response::new(ExportTraceServiceResponse {
                 partial_success: None,
@@ -88,5 +118,10 @@ impl Sink {
     /// Export requests accepted so far.
     pub fn exports(&self) -> u64 {
         self.exports.load(Ordering::Relaxed)
+    }
+
+    /// Spans received so far.
+    pub fn spans(&self) -> u64 {
+        self.spans.load(Ordering::Relaxed)
     }
 }
