@@ -53,6 +53,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(ValkeyStore::new(
         &ValkeyOptions {
             url: url.clone(),
+            password: None,
+            ca_pem: None,
             key_prefix: PREFIX.into(),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),

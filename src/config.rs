@@ -6,6 +6,7 @@
 
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Which session store backs the service.
@@ -113,6 +114,63 @@ pub struct Config {
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// PEM certificate chain for TLS on the gRPC listener. Off (plaintext) unless set, for
+    /// a loopback or sidecar-encrypted deployment; set it wherever the network is shared.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle for client certificates (mTLS): every client must present a
+    /// certificate from it; its SAN (URI or DNS) is the caller's identity in the policy.
+    #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// TOML file mapping callers (certificate identities, service-key digests) to the RPCs
+    /// they may call. Without one every caller may do everything (a warning says so).
+    #[arg(long, env = "AUTHZ_POLICY")]
+    pub authz_policy: Option<PathBuf>,
+
+    /// Serve gRPC reflection (grpcurl without proto files). With a policy, only callers
+    /// allowed `ServerReflection` get it.
+    #[arg(long, env = "REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
+
+    /// File holding the Valkey password (as Kubernetes and Compose mount secrets); used
+    /// when the URL has none. Never printed.
+    #[arg(long, env = "VALKEY_PASSWORD_FILE")]
+    pub valkey_password_file: Option<PathBuf>,
+
+    /// PEM CA bundle to verify Valkey's certificate with `rediss://` URLs (default: the
+    /// system's roots).
+    #[arg(long, env = "VALKEY_CA")]
+    pub valkey_ca: Option<PathBuf>,
+
+    /// Session RPCs handled at once, across all connections; beyond it calls are refused
+    /// at once with RESOURCE_EXHAUSTED instead of queueing without bound.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
+
+    /// Longest a call may take, in milliseconds; a caller's shorter `grpc-timeout` wins.
+    /// Far above a healthy call (under 1 ms) and the Valkey timeouts.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+
+    /// HTTP/2 streams one connection may have open at once, so one client cannot take the
+    /// whole concurrency limit.
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
+    /// Seconds between HTTP/2 keepalive pings to idle clients; dead peers are dropped.
+    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL", default_value_t = 30)]
+    pub http2_keepalive_interval: u64,
+
+    /// Seconds to wait for a keepalive ping's answer before closing the connection.
+    #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT", default_value_t = 10)]
+    pub http2_keepalive_timeout: u64,
+
     /// Log line format on stderr: `human` or `json`. Filter with `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -183,6 +241,23 @@ impl Config {
         ] {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        for (path, name) in [
+            (&self.tls_cert, "--tls-cert / TLS_CERT"),
+            (&self.tls_key, "--tls-key / TLS_KEY"),
+            (&self.tls_client_ca, "--tls-client-ca / TLS_CLIENT_CA"),
+            (&self.authz_policy, "--authz-policy / AUTHZ_POLICY"),
+            (
+                &self.valkey_password_file,
+                "--valkey-password-file / VALKEY_PASSWORD_FILE",
+            ),
+            (&self.valkey_ca, "--valkey-ca / VALKEY_CA"),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                problems.push(format!("{name}: {} is not a readable file", path.display()));
             }
         }
         if problems.is_empty() {

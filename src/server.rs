@@ -2,6 +2,7 @@
 //! health and reflection until a shutdown signal.
 
 use crate::admin;
+use crate::auth::{AuthLayer, Policy};
 use crate::config::{Config, StoreKind};
 use crate::health;
 use crate::metrics::Metrics;
@@ -15,11 +16,12 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Server;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
+use tonic::transport::{Certificate, Identity, Server};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
+use tower_layer::{Identity as NoLayer, Stack};
 
 /// Largest request message accepted: every legitimate request is well under 3 KiB (a
 /// 2048-char DID and a 253-char handle), so 16 KiB leaves room and refuses junk early.
@@ -43,6 +45,75 @@ pub enum StartupError {
     /// The reflection service could not load the descriptors (a build defect).
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A configured file (certificate, key, CA, password) could not be read.
+    #[error("cannot read {what} {path}")]
+    ReadFile {
+        /// What the file is for.
+        what: &'static str,
+        /// The configured path.
+        path: String,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS settings were refused (e.g. a malformed certificate or key).
+    #[error("cannot use the TLS settings")]
+    Tls(#[source] tonic::transport::Error),
+    /// The authorization policy could not be used.
+    #[error(transparent)]
+    Policy(#[from] crate::auth::PolicyError),
+}
+
+fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, StartupError> {
+    std::fs::read(path).map_err(|source| StartupError::ReadFile {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The TLS settings of the gRPC listener, if any.
+fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, StartupError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let identity = Identity::from_pem(
+        read_file("the TLS certificate", cert)?,
+        read_file("the TLS key", key)?,
+    );
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &config.tls_client_ca {
+        // A CA makes client certificates required (tonic's default), not optional.
+        tls = tls.client_ca_root(Certificate::from_pem(read_file("the client CA", ca)?));
+    }
+    Ok(Some(tls))
+}
+
+/// The authorization policy, if configured; without one, a warning that anyone may call.
+fn policy(config: &Config) -> Result<Option<Arc<Policy>>, StartupError> {
+    match &config.authz_policy {
+        Some(path) => Ok(Some(Arc::new(Policy::load(path)?))),
+        None => {
+            tracing::warn!(
+                "no authorization policy (--authz-policy): every caller that reaches the port may call every RPC, including CreateSession for any DID"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The server with its transport limits: a per-call timeout that caps the caller's
+/// `grpc-timeout`, bounded streams per connection, HTTP/2 keepalive, TLS when configured.
+fn server_builder(config: &Config) -> Result<Server, StartupError> {
+    let mut server = Server::builder()
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(Some(Duration::from_secs(config.http2_keepalive_interval)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(config.http2_keepalive_timeout)));
+    if let Some(tls) = tls_config(config)? {
+        server = server.tls_config(tls).map_err(StartupError::Tls)?;
+    }
+    Ok(server)
 }
 
 /// Why serving stopped with an error.
@@ -57,6 +128,9 @@ pub enum ServeError {
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The routes, behind the authorization layer.
+type Router = tonic::transport::server::Router<Stack<AuthLayer, NoLayer>>;
 
 /// A bound, ready-to-run server. Tests build it on `127.0.0.1:0` and ask for the port.
 pub struct Application {
@@ -104,8 +178,22 @@ impl Application {
         };
         let (router, health_monitor) = match config.store {
             StoreKind::Valkey => {
+                let password = match &config.valkey_password_file {
+                    Some(path) => {
+                        let bytes = read_file("the Valkey password file", path)?;
+                        // Mounted secrets often end in a newline that is not part of it.
+                        Some(String::from_utf8_lossy(&bytes).trim_end().to_owned())
+                    }
+                    None => None,
+                };
+                let ca_pem = match &config.valkey_ca {
+                    Some(path) => Some(read_file("the Valkey CA", path)?),
+                    None => None,
+                };
                 let options = ValkeyOptions {
                     url: config.valkey_url.expose().to_owned(),
+                    password,
+                    ca_pem,
                     key_prefix: config.key_prefix.clone(),
                     connect_timeout: Duration::from_millis(config.valkey_connect_timeout_ms),
                     command_timeout: Duration::from_millis(config.valkey_command_timeout_ms),
@@ -217,26 +305,28 @@ fn routes<S: SessionStore>(
         metrics,
     } = parts;
     let store = Arc::new(store);
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    // Both versions: grpcurl before 1.9 and many other tools only speak v1alpha.
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
     let sessions = SessionServiceServer::new(SessionApi::new(
         store.clone(),
         config.lifetimes(),
         metrics.clone(),
+        config.max_concurrent_requests,
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
-    let router = Server::builder()
+    let mut router = server_builder(config)?
+        .layer(AuthLayer::new(policy(config)?))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
         .add_service(sessions);
+    if config.reflection {
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        // Both versions: grpcurl before 1.9 and many other tools only speak v1alpha.
+        router = router
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
+    }
     let monitor = health::monitor(
         store,
         health,

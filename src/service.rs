@@ -23,6 +23,7 @@ use crate::telemetry;
 use opentelemetry::context::FutureExt as _;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::Semaphore;
 use tonic::{Code, Request, Response, Status};
 
 /// The `SessionService` implementation over any [`SessionStore`].
@@ -30,16 +31,25 @@ pub struct SessionApi<S> {
     store: Arc<S>,
     lifetimes: Lifetimes,
     metrics: Arc<Metrics>,
+    /// Permits for calls in progress; none left means shed the call (RESOURCE_EXHAUSTED).
+    in_progress: Semaphore,
 }
 
 impl<S: SessionStore> SessionApi<S> {
     /// Serves sessions from `store`, minting access tokens and sessions that live as long
-    /// as `lifetimes` says, and counting what it does in `metrics`.
-    pub fn new(store: Arc<S>, lifetimes: Lifetimes, metrics: Arc<Metrics>) -> Self {
+    /// as `lifetimes` says, counting what it does in `metrics`, and handling at most
+    /// `max_in_progress` calls at once.
+    pub fn new(
+        store: Arc<S>,
+        lifetimes: Lifetimes,
+        metrics: Arc<Metrics>,
+        max_in_progress: usize,
+    ) -> Self {
         Self {
             store,
             lifetimes,
             metrics,
+            in_progress: Semaphore::new(max_in_progress),
         }
     }
 
@@ -219,6 +229,18 @@ macro_rules! rpc {
     };
 }
 
+impl Rpc {
+    /// The metric labels of this RPC ending with `code`.
+    fn labels(&self, code: Code) -> RpcLabels {
+        RpcLabels {
+            rpc_system: "grpc",
+            rpc_service: SERVICE_NAME,
+            rpc_method: self.method,
+            rpc_grpc_status_code: code as i32,
+        }
+    }
+}
+
 const CREATE: Rpc = rpc!("CreateSession");
 const VALIDATE: Rpc = rpc!("ValidateAccessToken");
 const REFRESH: Rpc = rpc!("RefreshSession");
@@ -245,9 +267,25 @@ fn is_server_side(code: Code) -> bool {
 async fn serve<T>(
     rpc: &Rpc,
     metrics: &Metrics,
+    in_progress: &Semaphore,
     metadata: &tonic::metadata::MetadataMap,
     handler: impl Future<Output = Result<T, RequestError>>,
 ) -> Result<Response<T>, Status> {
+    // Load shedding: a saturated server refuses at once rather than queueing callers who
+    // are waiting on a user's HTTP request; they retry elsewhere or later.
+    let Ok(_permit) = in_progress.try_acquire() else {
+        metrics.rpc(
+            &rpc.labels(Code::ResourceExhausted),
+            std::time::Duration::ZERO,
+        );
+        tracing::debug!(
+            rpc.method = rpc.method,
+            "rpc shed: concurrency limit reached"
+        );
+        return Err(Status::resource_exhausted(
+            "the session service is at its concurrency limit; retry shortly",
+        ));
+    };
     let trace = telemetry::start_rpc_span(rpc.span_name, SERVICE_NAME, rpc.method, metadata);
     let started = Instant::now();
     let result = match &trace {
@@ -255,15 +293,7 @@ async fn serve<T>(
         None => handler.await,
     };
     let code = result.as_ref().err().map_or(Code::Ok, RequestError::code);
-    metrics.rpc(
-        &RpcLabels {
-            rpc_system: "grpc",
-            rpc_service: SERVICE_NAME,
-            rpc_method: rpc.method,
-            rpc_grpc_status_code: code as i32,
-        },
-        started.elapsed(),
-    );
+    metrics.rpc(&rpc.labels(code), started.elapsed());
     // The failure's log line is written inside the span, so it carries the trace ids.
     let _attached = trace.clone().map(opentelemetry::Context::attach);
     let response = match result {
@@ -290,7 +320,14 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(&CREATE, &self.metrics, &metadata, self.create(body)).await
+        serve(
+            &CREATE,
+            &self.metrics,
+            &self.in_progress,
+            &metadata,
+            self.create(body),
+        )
+        .await
     }
 
     async fn validate_access_token(
@@ -298,7 +335,14 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<ValidateAccessTokenRequest>,
     ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(&VALIDATE, &self.metrics, &metadata, self.validate(body)).await
+        serve(
+            &VALIDATE,
+            &self.metrics,
+            &self.in_progress,
+            &metadata,
+            self.validate(body),
+        )
+        .await
     }
 
     async fn refresh_session(
@@ -306,7 +350,14 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<RefreshSessionRequest>,
     ) -> Result<Response<RefreshSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(&REFRESH, &self.metrics, &metadata, self.refresh(body)).await
+        serve(
+            &REFRESH,
+            &self.metrics,
+            &self.in_progress,
+            &metadata,
+            self.refresh(body),
+        )
+        .await
     }
 
     async fn delete_session(
@@ -314,7 +365,14 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<DeleteSessionRequest>,
     ) -> Result<Response<DeleteSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(&DELETE, &self.metrics, &metadata, self.delete(body)).await
+        serve(
+            &DELETE,
+            &self.metrics,
+            &self.in_progress,
+            &metadata,
+            self.delete(body),
+        )
+        .await
     }
 
     async fn delete_all_sessions_for_did(
@@ -322,7 +380,14 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<DeleteAllSessionsForDidRequest>,
     ) -> Result<Response<DeleteAllSessionsForDidResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(&DELETE_ALL, &self.metrics, &metadata, self.delete_all(body)).await
+        serve(
+            &DELETE_ALL,
+            &self.metrics,
+            &self.in_progress,
+            &metadata,
+            self.delete_all(body),
+        )
+        .await
     }
 }
 

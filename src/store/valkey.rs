@@ -12,15 +12,20 @@ use crate::session::{SessionRecord, log_prefix, sha256_hex};
 use crate::telemetry;
 use opentelemetry::KeyValue;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionAddr, ErrorKind, RedisError, Script};
+use redis::{ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, Script};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How to reach Valkey and how long to wait for it.
 #[derive(Clone)]
 pub struct ValkeyOptions {
-    /// `redis://[user:password@]host:port[/db]`; may hold a password, so never logged.
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS; may hold a
+    /// password, so never logged.
     pub url: String,
+    /// A password for when the URL has none (from `VALKEY_PASSWORD_FILE`).
+    pub password: Option<String>,
+    /// PEM CA bundle that Valkey's TLS certificate must chain to (`rediss://` only).
+    pub ca_pem: Option<Vec<u8>>,
     /// Namespace of this service's keys, e.g. `barazo:session:`.
     pub key_prefix: String,
     /// Upper bound for establishing a connection.
@@ -33,6 +38,8 @@ impl std::fmt::Debug for ValkeyOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ValkeyOptions")
             .field("url", &"[redacted]")
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
@@ -104,7 +111,23 @@ impl ValkeyStore {
     ///
     /// Must run inside a Tokio runtime (the connection manager spawns its reconnect task).
     pub fn new(options: &ValkeyOptions, metrics: Arc<Metrics>) -> Result<Self, RedisError> {
-        let client = redis::Client::open(options.url.as_str())?;
+        let mut info = options.url.as_str().into_connection_info()?;
+        if let Some(password) = &options.password
+            && info.redis_settings().password().is_none()
+        {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        let client = match &options.ca_pem {
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?,
+            None => redis::Client::open(info)?,
+        };
         let peer = match client.get_connection_info().addr() {
             ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => Peer {
                 address: Arc::<str>::from(host.as_str()).into(),

@@ -1,0 +1,498 @@
+//! Who may call what: caller identities (mTLS certificate SANs, or service keys sent as
+//! `authorization: Bearer <key>`), and the policy file that maps them to RPCs.
+//!
+//! The policy only ever holds SHA-256 digests of service keys. When a policy is configured,
+//! everything it does not allow is denied: no credentials → `UNAUTHENTICATED`, a caller not
+//! allowed the RPC → `PERMISSION_DENIED`. Health checks stay open to everyone.
+
+use crate::session::sha256_hex;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::Status;
+use tonic::codegen::{BoxFuture, Service, http};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+/// The RPC names a policy may allow.
+pub const SESSION_RPCS: [&str; 5] = [
+    "CreateSession",
+    "ValidateAccessToken",
+    "RefreshSession",
+    "DeleteSession",
+    "DeleteAllSessionsForDid",
+];
+
+/// The name under which a policy allows gRPC server reflection.
+pub const REFLECTION: &str = "ServerReflection";
+
+/// Why a policy file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read the authorization policy {path}")]
+    Read {
+        /// The configured path.
+        path: String,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("the authorization policy is not valid: {0}")]
+    Parse(String),
+    /// A value in the file is wrong; the message says which.
+    #[error("the authorization policy is not valid: {0}")]
+    Invalid(String),
+}
+
+/// One caller as written in the policy file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallerEntry {
+    /// Certificate identities: SAN URIs (e.g. SPIFFE ids) or DNS names.
+    #[serde(default)]
+    identities: Vec<String>,
+    /// Lowercase hex SHA-256 digests of the caller's service keys (never the keys).
+    #[serde(default)]
+    keys_sha256: Vec<String>,
+    /// RPC names this caller may call, `ServerReflection`, or `*` for everything.
+    allow: Vec<String>,
+}
+
+/// The policy file: `[callers.<name>]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    callers: BTreeMap<String, CallerEntry>,
+}
+
+/// One caller of the policy.
+#[derive(Debug)]
+struct Caller {
+    name: String,
+    identities: Vec<String>,
+    key_digests: Vec<[u8; 32]>,
+    allow_all: bool,
+    allow: Vec<String>,
+}
+
+impl Caller {
+    fn may_call(&self, method: &str) -> bool {
+        self.allow_all || self.allow.iter().any(|m| m == method)
+    }
+}
+
+/// Who may call what. Built once from the policy file.
+#[derive(Debug)]
+pub struct Policy {
+    callers: Vec<Caller>,
+}
+
+/// Why a call was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No credential, or one nobody in the policy holds.
+    Unauthenticated(String),
+    /// A known caller without the right to this RPC.
+    PermissionDenied {
+        /// The caller's name in the policy.
+        caller: String,
+        /// The RPC refused.
+        method: String,
+    },
+}
+
+impl From<Denial> for Status {
+    fn from(denial: Denial) -> Self {
+        match denial {
+            Denial::Unauthenticated(why) => Status::unauthenticated(why),
+            Denial::PermissionDenied { caller, method } => {
+                Status::permission_denied(format!("caller {caller} may not call {method}"))
+            }
+        }
+    }
+}
+
+fn parse_digest(hex_digest: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(hex_digest).ok()?;
+    bytes.try_into().ok()
+}
+
+/// Compares two digests without an early exit.
+fn digest_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Policy {
+    /// Reads and checks a policy file; every problem names the caller and the value.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses policy TOML.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let mut callers = Vec::new();
+        for (name, entry) in file.callers {
+            if entry.identities.is_empty() && entry.keys_sha256.is_empty() {
+                return Err(PolicyError::Invalid(format!(
+                    "caller {name} has neither identities nor keys_sha256"
+                )));
+            }
+            let mut key_digests = Vec::new();
+            for digest in &entry.keys_sha256 {
+                let parsed = parse_digest(digest).ok_or_else(|| {
+                    PolicyError::Invalid(format!(
+                        "caller {name}: keys_sha256 entries must be 64 hex characters (a SHA-256 digest, not the key)"
+                    ))
+                })?;
+                key_digests.push(parsed);
+            }
+            for method in &entry.allow {
+                if method != "*" && method != REFLECTION && !SESSION_RPCS.contains(&method.as_str())
+                {
+                    return Err(PolicyError::Invalid(format!(
+                        "caller {name}: unknown RPC {method:?} in allow (known: {}, {REFLECTION}, *)",
+                        SESSION_RPCS.join(", ")
+                    )));
+                }
+            }
+            callers.push(Caller {
+                name,
+                identities: entry.identities,
+                key_digests,
+                allow_all: entry.allow.iter().any(|m| m == "*"),
+                allow: entry.allow,
+            });
+        }
+        Ok(Self { callers })
+    }
+
+    /// The caller holding this service key, comparing against every digest in full so
+    /// the time taken does not reveal which digest (or how much of one) matched.
+    fn caller_by_key(&self, key: &str) -> Option<&Caller> {
+        let digest = parse_digest(&sha256_hex(key))?;
+        let mut found = None;
+        for caller in &self.callers {
+            for known in &caller.key_digests {
+                if digest_eq(known, &digest) && found.is_none() {
+                    found = Some(caller);
+                }
+            }
+        }
+        found
+    }
+
+    fn caller_by_identity(&self, identities: &[String]) -> Option<&Caller> {
+        self.callers
+            .iter()
+            .find(|c| c.identities.iter().any(|i| identities.contains(i)))
+    }
+
+    /// Decides one call. A service key, when sent, must be valid (a wrong key is never
+    /// overridden by a certificate); otherwise the certificate identities decide.
+    pub fn authorize(
+        &self,
+        method: &str,
+        identities: &[String],
+        bearer: Option<&str>,
+    ) -> Result<String, Denial> {
+        let caller = match bearer {
+            Some(key) => self
+                .caller_by_key(key)
+                .ok_or_else(|| Denial::Unauthenticated("unknown service key".into()))?,
+            None => self.caller_by_identity(identities).ok_or_else(|| {
+                Denial::Unauthenticated(if identities.is_empty() {
+                    format!("{method} needs a client certificate or a service key")
+                } else {
+                    "the client certificate's identity is not in the policy".into()
+                })
+            })?,
+        };
+        if caller.may_call(method) {
+            Ok(caller.name.clone())
+        } else {
+            Err(Denial::PermissionDenied {
+                caller: caller.name.clone(),
+                method: method.to_owned(),
+            })
+        }
+    }
+}
+
+/// The identities (SAN URIs and DNS names) of a DER client certificate.
+pub fn certificate_identities(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a request path asks for: a session RPC, reflection, or something always open.
+fn method_of(path: &str) -> Option<&str> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    match service {
+        "barazo.session.v1.SessionService" => Some(method),
+        "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
+            Some(REFLECTION)
+        }
+        // Health (and anything unknown, which the router answers UNIMPLEMENTED) stays open.
+        _ => None,
+    }
+}
+
+/// Tower layer enforcing a [`Policy`] before any gRPC service sees the request; without a
+/// policy it lets everything through.
+#[derive(Clone)]
+pub struct AuthLayer {
+    policy: Option<Arc<Policy>>,
+}
+
+impl AuthLayer {
+    /// Enforces `policy`, or nothing when `None`.
+    pub fn new(policy: Option<Arc<Policy>>) -> Self {
+        Self { policy }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Authorized<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorized {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// A service behind an [`AuthLayer`].
+#[derive(Clone)]
+pub struct Authorized<S> {
+    inner: S,
+    policy: Option<Arc<Policy>>,
+}
+
+fn decide<B>(policy: &Policy, request: &http::Request<B>) -> Result<(), Status> {
+    let Some(method) = method_of(request.uri().path()) else {
+        return Ok(());
+    };
+    let identities: Vec<String> = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .and_then(|certs| certs.first().map(|leaf| certificate_identities(leaf)))
+        .unwrap_or_default();
+    let bearer = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match policy.authorize(method, &identities, bearer) {
+        Ok(_) => Ok(()),
+        Err(denial) => {
+            tracing::warn!(rpc.method = method, denial = ?denial_for_log(&denial), "call refused by the authorization policy");
+            Err(denial.into())
+        }
+    }
+}
+
+/// The denial without anything secret (there is nothing secret in it, but keep it explicit).
+fn denial_for_log(denial: &Denial) -> String {
+    match denial {
+        Denial::Unauthenticated(why) => format!("unauthenticated: {why}"),
+        Denial::PermissionDenied { caller, method } => format!("{caller} may not call {method}"),
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for Authorized<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let verdict = match &self.policy {
+            Some(policy) => decide(policy, &request),
+            None => Ok(()),
+        };
+        match verdict {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::parse(&format!(
+            r#"
+            [callers.appview-auth]
+            identities = ["spiffe://barazo/appview-auth"]
+            keys_sha256 = ["{}"]
+            allow = ["CreateSession", "RefreshSession", "DeleteSession", "DeleteAllSessionsForDid", "ValidateAccessToken"]
+
+            [callers.plugins]
+            keys_sha256 = ["{}"]
+            allow = ["ValidateAccessToken"]
+
+            [callers.operator]
+            identities = ["ops.barazo.internal"]
+            allow = ["*"]
+            "#,
+            sha256_hex("auth-key"),
+            sha256_hex("plugin-key")
+        ))
+        .expect("valid policy")
+    }
+
+    #[test]
+    fn callers_get_what_the_policy_allows() {
+        let p = policy();
+        let auth = vec!["spiffe://barazo/appview-auth".to_owned()];
+        assert_eq!(
+            p.authorize("CreateSession", &auth, None),
+            Ok("appview-auth".into())
+        );
+        assert_eq!(
+            p.authorize("CreateSession", &[], Some("auth-key")),
+            Ok("appview-auth".into())
+        );
+        assert_eq!(
+            p.authorize("ValidateAccessToken", &[], Some("plugin-key")),
+            Ok("plugins".into())
+        );
+        let ops = vec!["ops.barazo.internal".to_owned()];
+        assert_eq!(p.authorize(REFLECTION, &ops, None), Ok("operator".into()));
+    }
+
+    #[test]
+    fn everything_else_is_denied() {
+        let p = policy();
+        assert_eq!(
+            p.authorize("CreateSession", &[], Some("plugin-key")),
+            Err(Denial::PermissionDenied {
+                caller: "plugins".into(),
+                method: "CreateSession".into()
+            })
+        );
+        assert!(matches!(
+            p.authorize("CreateSession", &[], None),
+            Err(Denial::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            p.authorize("CreateSession", &[], Some("wrong")),
+            Err(Denial::Unauthenticated(_))
+        ));
+        // A wrong key is not rescued by a good certificate.
+        let auth = vec!["spiffe://barazo/appview-auth".to_owned()];
+        assert!(matches!(
+            p.authorize("CreateSession", &auth, Some("wrong")),
+            Err(Denial::Unauthenticated(_))
+        ));
+        let stranger = vec!["spiffe://elsewhere".to_owned()];
+        assert!(matches!(
+            p.authorize("ValidateAccessToken", &stranger, None),
+            Err(Denial::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            p.authorize(REFLECTION, &[], Some("plugin-key")),
+            Err(Denial::PermissionDenied { .. })
+        ));
+    }
+
+    #[test]
+    fn messages_name_the_rpc_not_the_secret() {
+        let status = Status::from(
+            policy()
+                .authorize("CreateSession", &[], Some("plugin-key"))
+                .expect_err("denied"),
+        );
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            status.message(),
+            "caller plugins may not call CreateSession"
+        );
+        let status = Status::from(
+            policy()
+                .authorize("CreateSession", &[], Some("s3cret"))
+                .expect_err("x"),
+        );
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(!status.message().contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_policies_are_refused_with_the_reason() {
+        for (text, needle) in [
+            (
+                "[callers.a]\nallow = [\"CreateSession\"]",
+                "neither identities nor keys",
+            ),
+            (
+                "[callers.a]\nkeys_sha256 = [\"plain-key\"]\nallow = [\"*\"]",
+                "64 hex",
+            ),
+            (
+                "[callers.a]\nidentities = [\"x\"]\nallow = [\"CreateSesion\"]",
+                "unknown RPC",
+            ),
+            (
+                "[callers.a]\nidentities = [\"x\"]\nallow = []\nextra = 1",
+                "unknown field",
+            ),
+            ("not toml", ""),
+        ] {
+            let err = Policy::parse(text).expect_err(text).to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn paths_map_to_rpcs() {
+        assert_eq!(
+            method_of("/barazo.session.v1.SessionService/CreateSession"),
+            Some("CreateSession")
+        );
+        assert_eq!(
+            method_of("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            Some(REFLECTION)
+        );
+        assert_eq!(method_of("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(method_of("garbage"), None);
+    }
+}
