@@ -8,6 +8,7 @@ mod cli;
 mod grpcurl;
 mod metrics;
 mod outage;
+mod security;
 mod shutdown;
 mod storage;
 mod support;

@@ -75,7 +75,7 @@ async fn the_server_starts_while_valkey_is_down_and_recovers() {
     let port = Valkey::reserve_port();
     let url = format!("redis://127.0.0.1:{port}");
     let config = crate::support::config(StoreKind::Valkey, Some(&url), &[]);
-    let app = TestApp::spawn_config(config, None).await;
+    let app = TestApp::spawn_config(config, None, None).await;
 
     assert_eq!(app.health_status().await, ServingStatus::NotServing);
     assert_every_rpc_unavailable(&app).await;

@@ -1,6 +1,7 @@
 //! The test harness: a real server on `127.0.0.1:0`, a real Valkey, generated clients.
 
 pub mod monitor;
+pub mod pki;
 pub mod valkey;
 
 use barazo_session::config::{Config, StoreKind};
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
@@ -82,11 +83,16 @@ impl TestApp {
     /// it to be healthy.
     pub async fn spawn_against(store: StoreKind, valkey: Option<Valkey>, extra: &[&str]) -> Self {
         let url = valkey.as_ref().map(Valkey::url);
-        Self::spawn_config(config(store, url.as_deref(), extra), valkey).await
+        Self::spawn_config(config(store, url.as_deref(), extra), valkey, None).await
     }
 
-    /// A server from a ready configuration.
-    pub async fn spawn_config(config: Config, valkey: Option<Valkey>) -> Self {
+    /// A server from a ready configuration; `tls` is how the test's own client connects
+    /// to a TLS listener.
+    pub async fn spawn_config(
+        config: Config,
+        valkey: Option<Valkey>,
+        tls: Option<ClientTlsConfig>,
+    ) -> Self {
         let app = Application::build(&config).await.expect("server builds");
         let addr = app.local_addr();
         let metrics_addr = app.metrics_addr();
@@ -94,11 +100,7 @@ impl TestApp {
         let server = tokio::spawn(app.run_until(async {
             let _ = shutdown_rx.await;
         }));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("valid uri")
-            .connect()
-            .await
-            .expect("connect to the server");
+        let channel = connect(addr, tls).await.expect("connect to the server");
         Self {
             client: SessionServiceClient::new(channel.clone()),
             health: HealthClient::new(channel),
@@ -261,6 +263,28 @@ impl TestApp {
             .expect("running")
             .await
             .expect("server task did not panic")
+    }
+}
+
+/// A connection to a server at `addr`, over TLS when `tls` is given.
+pub async fn connect(
+    addr: SocketAddr,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    match tls {
+        None => {
+            Channel::from_shared(format!("http://{addr}"))
+                .expect("valid uri")
+                .connect()
+                .await
+        }
+        Some(tls) => {
+            Channel::from_shared(format!("https://{addr}"))
+                .expect("valid uri")
+                .tls_config(tls)?
+                .connect()
+                .await
+        }
     }
 }
 

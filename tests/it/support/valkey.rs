@@ -24,19 +24,27 @@ fn free_port() -> u16 {
 pub struct Valkey {
     child: Option<Child>,
     port: u16,
+    extra: Vec<String>,
 }
 
 impl Valkey {
     /// Starts Valkey on a free ephemeral port and returns once it accepts connections.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Valkey::start`], with extra `valkey-server` flags (e.g. `--requirepass`).
+    pub fn start_with(extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         // Between probing a port and Valkey binding it another process may take it; then
         // Valkey exits and we try another.
         for _ in 0..5 {
             let port = free_port();
-            if let Some(child) = spawn(port) {
+            if let Some(child) = spawn(port, &extra) {
                 return Self {
                     child: Some(child),
                     port,
+                    extra,
                 };
             }
         }
@@ -50,10 +58,12 @@ impl Valkey {
 
     /// Starts Valkey on a given port (to bring back a killed one, or start a late one).
     pub fn start_on(port: u16) -> Self {
-        let child = spawn(port).unwrap_or_else(|| panic!("valkey-server did not start on {port}"));
+        let child =
+            spawn(port, &[]).unwrap_or_else(|| panic!("valkey-server did not start on {port}"));
         Self {
             child: Some(child),
             port,
+            extra: Vec::new(),
         }
     }
 
@@ -87,7 +97,7 @@ impl Valkey {
     /// Starts a fresh server on the same port after [`Valkey::kill`].
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "kill before restart");
-        self.child = Some(spawn(self.port).expect("valkey restarts on its port"));
+        self.child = Some(spawn(self.port, &self.extra).expect("valkey restarts on its port"));
     }
 
     /// Sends a signal to the process (`STOP` freezes it, `CONT` resumes it).
@@ -115,7 +125,7 @@ impl Drop for Valkey {
 
 /// Spawns Valkey and waits for its "Ready to accept connections" log line. `None` when it
 /// exits first (the port was taken).
-fn spawn(port: u16) -> Option<Child> {
+fn spawn(port: u16, extra: &[String]) -> Option<Child> {
     let mut child = Command::new(binary())
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
@@ -123,6 +133,7 @@ fn spawn(port: u16) -> Option<Child> {
         .args(["--appendonly", "no"])
         .args(["--enable-debug-command", "local"])
         .args(["--loglevel", "notice"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
