@@ -25,6 +25,9 @@ pub enum RequestError {
     /// The operating system's random number generator failed; no token can be minted.
     #[error("could not generate a token")]
     Entropy(#[source] getrandom::Error),
+    /// The call ran past the server's longest allowed time (`--request-timeout-ms`).
+    #[error("the call took longer than the server allows")]
+    TimedOut,
 }
 
 impl RequestError {
@@ -37,6 +40,7 @@ impl RequestError {
             Self::Store(StoreError::CorruptSession { .. }) => Code::NotFound,
             Self::Store(StoreError::Unavailable(_)) => Code::Unavailable,
             Self::Store(StoreError::Protocol(_)) | Self::Entropy(_) => Code::Internal,
+            Self::TimedOut => Code::DeadlineExceeded,
         }
     }
 
@@ -98,6 +102,7 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (RequestError::SessionNotFound, Code::NotFound),
+            (RequestError::TimedOut, Code::DeadlineExceeded),
             (
                 RequestError::Store(StoreError::Unavailable(io_error())),
                 Code::Unavailable,

@@ -7,7 +7,7 @@ use crate::config::{Config, StoreKind};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::proto::session_service_server::SessionServiceServer;
-use crate::service::SessionApi;
+use crate::service::{CallLimits, SessionApi};
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{ValkeyOptions, ValkeyStore};
@@ -102,11 +102,11 @@ fn policy(config: &Config) -> Result<Option<Arc<Policy>>, StartupError> {
     }
 }
 
-/// The server with its transport limits: a per-call timeout that caps the caller's
-/// `grpc-timeout`, bounded streams per connection, HTTP/2 keepalive, TLS when configured.
+/// The server with its transport limits: bounded streams per connection, HTTP/2 keepalive,
+/// TLS when configured. (The per-call time limit is the service's, so that it answers
+/// DEADLINE_EXCEEDED; tonic's own would answer CANCELLED.)
 fn server_builder(config: &Config) -> Result<Server, StartupError> {
     let mut server = Server::builder()
-        .timeout(Duration::from_millis(config.request_timeout_ms))
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(config.http2_keepalive_interval)))
         .http2_keepalive_timeout(Some(Duration::from_secs(config.http2_keepalive_timeout)));
@@ -309,7 +309,10 @@ fn routes<S: SessionStore>(
         store.clone(),
         config.lifetimes(),
         metrics.clone(),
-        config.max_concurrent_requests,
+        CallLimits {
+            max_in_progress: config.max_concurrent_requests,
+            time_limit: Duration::from_millis(config.request_timeout_ms),
+        },
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let mut router = server_builder(config)?

@@ -22,9 +22,18 @@ use crate::store::{Lifetimes, SessionStore, StoreError};
 use crate::telemetry;
 use opentelemetry::context::FutureExt as _;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tonic::{Code, Request, Response, Status};
+
+/// Abuse limits of the session service.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    /// Calls handled at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_in_progress: usize,
+    /// Longest a call may run.
+    pub time_limit: Duration,
+}
 
 /// The `SessionService` implementation over any [`SessionStore`].
 pub struct SessionApi<S> {
@@ -33,24 +42,44 @@ pub struct SessionApi<S> {
     metrics: Arc<Metrics>,
     /// Permits for calls in progress; none left means shed the call (RESOURCE_EXHAUSTED).
     in_progress: Semaphore,
+    /// The longest a call may run (`DEADLINE_EXCEEDED` after it).
+    time_limit: Duration,
 }
 
 impl<S: SessionStore> SessionApi<S> {
     /// Serves sessions from `store`, minting access tokens and sessions that live as long
     /// as `lifetimes` says, counting what it does in `metrics`, and handling at most
-    /// `max_in_progress` calls at once.
+    /// `limits.max_in_progress` calls at once, each for at most `limits.time_limit`.
     pub fn new(
         store: Arc<S>,
         lifetimes: Lifetimes,
         metrics: Arc<Metrics>,
-        max_in_progress: usize,
+        limits: CallLimits,
     ) -> Self {
         Self {
             store,
             lifetimes,
             metrics,
-            in_progress: Semaphore::new(max_in_progress),
+            in_progress: Semaphore::new(limits.max_in_progress),
+            time_limit: limits.time_limit,
         }
+    }
+
+    /// Runs one RPC within the service's limits and telemetry.
+    async fn serve<T>(
+        &self,
+        rpc: &Rpc,
+        metadata: &tonic::metadata::MetadataMap,
+        handler: impl Future<Output = Result<T, RequestError>>,
+    ) -> Result<Response<T>, Status> {
+        serve(rpc, &self.metrics, &self.in_progress, metadata, async {
+            // A caller's shorter grpc-timeout is enforced by tonic (and by the caller's own
+            // client); this caps everyone else, answering DEADLINE_EXCEEDED as gRPC expects.
+            tokio::time::timeout(self.time_limit, handler)
+                .await
+                .unwrap_or(Err(RequestError::TimedOut))
+        })
+        .await
     }
 
     fn access_ttl_ms(&self) -> i64 {
@@ -320,14 +349,7 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(
-            &CREATE,
-            &self.metrics,
-            &self.in_progress,
-            &metadata,
-            self.create(body),
-        )
-        .await
+        self.serve(&CREATE, &metadata, self.create(body)).await
     }
 
     async fn validate_access_token(
@@ -335,14 +357,7 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<ValidateAccessTokenRequest>,
     ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(
-            &VALIDATE,
-            &self.metrics,
-            &self.in_progress,
-            &metadata,
-            self.validate(body),
-        )
-        .await
+        self.serve(&VALIDATE, &metadata, self.validate(body)).await
     }
 
     async fn refresh_session(
@@ -350,14 +365,7 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<RefreshSessionRequest>,
     ) -> Result<Response<RefreshSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(
-            &REFRESH,
-            &self.metrics,
-            &self.in_progress,
-            &metadata,
-            self.refresh(body),
-        )
-        .await
+        self.serve(&REFRESH, &metadata, self.refresh(body)).await
     }
 
     async fn delete_session(
@@ -365,14 +373,7 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<DeleteSessionRequest>,
     ) -> Result<Response<DeleteSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(
-            &DELETE,
-            &self.metrics,
-            &self.in_progress,
-            &metadata,
-            self.delete(body),
-        )
-        .await
+        self.serve(&DELETE, &metadata, self.delete(body)).await
     }
 
     async fn delete_all_sessions_for_did(
@@ -380,14 +381,8 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<DeleteAllSessionsForDidRequest>,
     ) -> Result<Response<DeleteAllSessionsForDidResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        serve(
-            &DELETE_ALL,
-            &self.metrics,
-            &self.in_progress,
-            &metadata,
-            self.delete_all(body),
-        )
-        .await
+        self.serve(&DELETE_ALL, &metadata, self.delete_all(body))
+            .await
     }
 }
 
