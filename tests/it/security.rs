@@ -538,3 +538,51 @@ async fn a_wrong_valkey_password_is_unavailable_and_never_logged() {
         assert!(!log.contains(secret), "a Valkey password is in the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_valkeys_certificate_against_the_configured_ca() {
+    use crate::support::pki::tls_proxy;
+    let valkey = crate::support::Valkey::start_with(&["--requirepass", VALKEY_PASSWORD]);
+    let ca = Ca::new("valkey CA");
+    let port = tls_proxy(valkey.port(), &ca.issue(&["localhost"], None)).await;
+    let dir = TempDir::new();
+    let good_ca = dir.write("valkey-ca.pem", ca.pem());
+    let other_ca = dir.write("other-ca.pem", Ca::new("someone else").pem());
+    let url = format!("rediss://:{VALKEY_PASSWORD}@localhost:{port}");
+
+    let app = TestApp::spawn_config(
+        config(
+            StoreKind::Valkey,
+            Some(&url),
+            &["--valkey-ca", good_ca.to_str().expect("utf-8")],
+        ),
+        None,
+        None,
+    )
+    .await;
+    app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let token = app.create(&unique_did(), "alice.test").await.access_token;
+    assert!(app.validate(&token).await.valid);
+
+    // A certificate from a CA the service was not told to trust: no connection.
+    let app = TestApp::spawn_config(
+        config(
+            StoreKind::Valkey,
+            Some(&url),
+            &["--valkey-ca", other_ca.to_str().expect("utf-8")],
+        ),
+        None,
+        None,
+    )
+    .await;
+    let status = app
+        .try_validate(&token)
+        .await
+        .expect_err("untrusted Valkey");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        app.health_status().await,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing
+    );
+}

@@ -38,12 +38,16 @@ impl Drop for TempDir {
     }
 }
 
-/// A PEM certificate and its PEM private key.
+/// A certificate and its private key, PEM and DER.
 pub struct Pem {
     /// The certificate.
     pub cert: String,
     /// Its private key.
     pub key: String,
+    /// The certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// The private key, PKCS#8 DER.
+    pub key_der: Vec<u8>,
 }
 
 /// A certificate authority.
@@ -98,6 +102,44 @@ impl Ca {
         Pem {
             cert: cert.pem(),
             key: key.serialize_pem(),
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
         }
     }
+}
+
+/// A TLS-terminating proxy in front of a plaintext port, standing in for a Valkey built
+/// with TLS (the test machines' valkey-server has none). Returns the proxy's port.
+pub async fn tls_proxy(upstream: u16, server: &Pem) -> u16 {
+    use tokio_rustls::TlsAcceptor;
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(server.cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server.key_der.clone())),
+        )
+        .expect("server TLS config");
+    let acceptor = TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind proxy");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    port
 }
