@@ -103,10 +103,14 @@ fn policy(config: &Config) -> Result<Option<Arc<Policy>>, StartupError> {
 }
 
 /// The server with its transport limits: bounded streams per connection, HTTP/2 keepalive,
-/// TLS when configured. (The per-call time limit is the service's, so that it answers
-/// DEADLINE_EXCEEDED; tonic's own would answer CANCELLED.)
+/// TLS when configured. The per-call time limit is the service's (it answers
+/// DEADLINE_EXCEEDED, where tonic's would answer CANCELLED); tonic's timeout, a second
+/// later, is the backstop for what happens before the handler, such as a client that sends
+/// its request slowly to hold a stream.
 fn server_builder(config: &Config) -> Result<Server, StartupError> {
+    let backstop = Duration::from_millis(config.request_timeout_ms) + Duration::from_secs(1);
     let mut server = Server::builder()
+        .timeout(backstop)
         .max_concurrent_streams(config.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(config.http2_keepalive_interval)))
         .http2_keepalive_timeout(Some(Duration::from_secs(config.http2_keepalive_timeout)));
