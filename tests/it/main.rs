@@ -5,6 +5,7 @@
 mod behaviour;
 mod bench_tool;
 mod cli;
+mod faults;
 mod grpcurl;
 mod metrics;
 mod outage;

@@ -1,0 +1,173 @@
+//! Faults under load (scaled down from BENCHMARKS.md): callers keep calling while Valkey is
+//! killed and restarted, or while the server is told to stop.
+
+use crate::cli::{command, start};
+use crate::support::{TestApp, unique_did};
+use barazo_session::config::StoreKind;
+use barazo_session::proto::ValidateAccessTokenRequest;
+use barazo_session::proto::session_service_client::SessionServiceClient;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// One call as the load saw it.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    started: Instant,
+    took: Duration,
+    code: Code,
+}
+
+/// `callers` tasks validating `token` back to back until `stop`.
+fn load(
+    client: &SessionServiceClient<Channel>,
+    token: &str,
+    callers: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<Vec<Call>>> {
+    (0..callers)
+        .map(|_| {
+            let (mut client, token, stop) = (client.clone(), token.to_owned(), stop.clone());
+            tokio::spawn(async move {
+                let mut calls = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let result = client
+                        .validate_access_token(ValidateAccessTokenRequest {
+                            access_token: token.clone(),
+                        })
+                        .await;
+                    calls.push(Call {
+                        started,
+                        took: started.elapsed(),
+                        code: result.map_or_else(|s| s.code(), |_| Code::Ok),
+                    });
+                }
+                calls
+            })
+        })
+        .collect()
+}
+
+async fn collect(tasks: Vec<JoinHandle<Vec<Call>>>) -> Vec<Call> {
+    let mut calls = Vec::new();
+    for task in tasks {
+        calls.extend(task.await.expect("caller task"));
+    }
+    calls.sort_by_key(|c| c.started);
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valkey_killed_and_restarted_under_load() {
+    let mut app = TestApp::spawn(StoreKind::Valkey).await;
+    let token = app.create(&unique_did(), "alice.test").await.access_token;
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers = load(&app.client, &token, 8, &stop);
+
+    // Waiting out fixed phases is the scenario itself: load before, during and after.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let killed = Instant::now();
+    app.valkey_mut().kill();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let restarted = Instant::now();
+    app.valkey_mut().restart();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let calls = collect(callers).await;
+
+    let before: Vec<_> = calls
+        .iter()
+        .filter(|c| c.started + c.took < killed)
+        .collect();
+    assert!(
+        !before.is_empty() && before.iter().all(|c| c.code == Code::Ok),
+        "steady before"
+    );
+    // While Valkey is down, every failure is UNAVAILABLE (never "invalid", never INTERNAL)
+    // and comes within about a second.
+    let failures: Vec<_> = calls.iter().filter(|c| c.code != Code::Ok).collect();
+    assert!(!failures.is_empty(), "the outage was seen");
+    for call in &failures {
+        assert_eq!(call.code, Code::Unavailable, "{call:?}");
+        assert!(
+            call.took < Duration::from_millis(1_500),
+            "answered promptly: {call:?}"
+        );
+    }
+    // Throughput is back within 2 s of Valkey's return, without restarting the server.
+    let first_ok = calls
+        .iter()
+        .find(|c| c.started >= restarted && c.code == Code::Ok)
+        .expect("calls succeed again");
+    assert!(
+        first_ok.started + first_ok.took - restarted < Duration::from_secs(2),
+        "recovered {:?} after the restart",
+        first_ok.started + first_ok.took - restarted
+    );
+    let recovered_from = restarted + Duration::from_secs(2);
+    let after: Vec<_> = calls
+        .iter()
+        .filter(|c| c.started >= recovered_from)
+        .collect();
+    assert!(
+        !after.is_empty() && after.iter().all(|c| c.code == Code::Ok),
+        "steady after"
+    );
+    let rate = |calls: &[&Call], span: Duration| calls.len() as f64 / span.as_secs_f64();
+    assert!(
+        rate(&after, Duration::from_millis(500)) > 0.5 * rate(&before, Duration::from_millis(700)),
+        "throughput back to normal: {} calls before, {} after",
+        before.len(),
+        after.len()
+    );
+    app.stop()
+        .await
+        .expect("the server never stopped or panicked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_and_exits_zero() {
+    let mut cmd = command();
+    cmd.args(["--store", "memory", "--shutdown-timeout", "10"]);
+    let running = start(cmd).await;
+    let mut client = running.client().await;
+    let token = client
+        .create_session(barazo_session::proto::CreateSessionRequest {
+            did: unique_did(),
+            handle: "alice.test".into(),
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .access_token;
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers = load(&client, &token, 8, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let signalled = Instant::now();
+    let (code, log) = running.terminate().await;
+    assert_eq!(code, Some(0), "{log:#?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "within the drain timeout"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let calls = collect(callers).await;
+    assert!(
+        calls.iter().filter(|c| c.code == Code::Ok).count() > 100,
+        "the load ran"
+    );
+    // Calls that were in flight completed; later ones were refused as unavailable (the
+    // connection is gone), never cut off with another error.
+    for call in &calls {
+        assert!(
+            matches!(call.code, Code::Ok | Code::Unavailable),
+            "{call:?}"
+        );
+    }
+    assert!(log.iter().any(|l| l.contains("draining in-flight calls")));
+}
