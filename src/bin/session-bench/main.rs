@@ -7,6 +7,7 @@
 mod load;
 mod sink;
 mod spawn;
+mod valkey_commands;
 
 use clap::{Parser, ValueEnum};
 use load::{Outcome, Pool, Scenario};
@@ -87,6 +88,8 @@ struct Target {
     warmup_calls: u64,
     /// Calls made to create the session pool.
     setup_calls: u64,
+    /// Valkey top-level commands during the measured rounds (Valkey-backed servers only).
+    valkey_commands: Option<u64>,
 }
 
 fn specs(args: &Args, otlp: Option<&str>) -> Vec<ServerSpec> {
@@ -159,6 +162,7 @@ async fn main() -> Result<(), BoxError> {
             pool,
             rounds: Vec::new(),
             warmup_calls: 0,
+            valkey_commands: None,
             setup_calls: 2 * args.sessions.max(1) as u64,
         });
     }
@@ -174,8 +178,21 @@ async fn main() -> Result<(), BoxError> {
         .await?;
         target.warmup_calls = warmup.calls;
     }
+    // Count Valkey's commands whenever a started server uses it.
+    let mut counter = if args.addr.is_none()
+        && (args.store == Store::Valkey || args.compare == Some(Compare::Store))
+    {
+        Some(valkey_commands::CommandCounter::connect(&args.valkey_url).await?)
+    } else {
+        None
+    };
     for round in 0..args.rounds.max(1) {
         for target in &mut loaded {
+            let uses_valkey = target.label.starts_with("valkey");
+            let before = match (&mut counter, uses_valkey) {
+                (Some(counter), true) => Some(counter.top_level_commands().await?),
+                _ => None,
+            };
             let outcome = load::run(
                 args.scenario,
                 &target.clients,
@@ -184,6 +201,10 @@ async fn main() -> Result<(), BoxError> {
                 target.pool.clone(),
             )
             .await?;
+            if let (Some(counter), Some(before)) = (&mut counter, before) {
+                let during = counter.top_level_commands().await? - before;
+                *target.valkey_commands.get_or_insert(0) += during;
+            }
             eprintln!(
                 "round {} {:<24} {:>9.0} calls/s  p99 {:.2} ms",
                 round + 1,
@@ -228,6 +249,16 @@ async fn main() -> Result<(), BoxError> {
             ms(latency.value_at_quantile(0.99)),
             ms(latency.value_at_quantile(0.999)),
         );
+    }
+    for target in &loaded {
+        if let Some(commands) = target.valkey_commands {
+            let calls: u64 = target.rounds.iter().map(|o| o.calls).sum();
+            println!(
+                "{}: {commands} Valkey commands (top level, health probes included) for {calls} calls = {:.4} per call",
+                target.label,
+                commands as f64 / calls.max(1) as f64
+            );
+        }
     }
     if let [first, second] = throughputs[..] {
         println!("second / first throughput: {:.1}%", 100.0 * second / first);
