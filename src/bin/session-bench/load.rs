@@ -61,6 +61,22 @@ impl Pool {
     }
 }
 
+/// Width of one timeline slot.
+pub const SLOT: Duration = Duration::from_millis(250);
+
+/// Calls that started within one [`SLOT`] of a round.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slot {
+    /// Answered OK.
+    pub ok: u64,
+    /// Failed with UNAVAILABLE.
+    pub unavailable: u64,
+    /// Failed with any other code.
+    pub other: u64,
+    /// The longest a failed call took, in microseconds.
+    pub slowest_failure_us: u64,
+}
+
 /// What one round measured.
 pub struct Outcome {
     /// Calls answered (OK or not) per second.
@@ -73,6 +89,66 @@ pub struct Outcome {
     pub invalid: u64,
     /// Calls made.
     pub calls: u64,
+    /// Outcomes over time, one entry per [`SLOT`].
+    pub timeline: Vec<Slot>,
+}
+
+impl Outcome {
+    fn empty() -> Result<Self, BoxError> {
+        Ok(Self {
+            throughput: 0.0,
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            errors: 0,
+            invalid: 0,
+            calls: 0,
+            timeline: Vec::new(),
+        })
+    }
+
+    fn record(&mut self, offset: Duration, took: Duration, answer: &Result<bool, tonic::Status>) {
+        let micros = took.as_micros() as u64;
+        self.latency.saturating_record(micros);
+        self.calls += 1;
+        let index = (offset.as_micros() / SLOT.as_micros()) as usize;
+        if self.timeline.len() <= index {
+            self.timeline.resize(index + 1, Slot::default());
+        }
+        let slot = &mut self.timeline[index];
+        match answer {
+            Ok(valid) => {
+                slot.ok += 1;
+                if !valid {
+                    self.invalid += 1;
+                }
+            }
+            Err(status) => {
+                self.errors += 1;
+                if status.code() == tonic::Code::Unavailable {
+                    slot.unavailable += 1;
+                } else {
+                    slot.other += 1;
+                }
+                slot.slowest_failure_us = slot.slowest_failure_us.max(micros);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Outcome) -> Result<(), BoxError> {
+        self.latency.add(other.latency)?;
+        self.errors += other.errors;
+        self.invalid += other.invalid;
+        self.calls += other.calls;
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), Slot::default());
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(other.timeline) {
+            mine.ok += theirs.ok;
+            mine.unavailable += theirs.unavailable;
+            mine.other += theirs.other;
+            mine.slowest_failure_us = mine.slowest_failure_us.max(theirs.slowest_failure_us);
+        }
+        Ok(())
+    }
 }
 
 /// Runs `callers` callers over `clients` for `duration`.
@@ -84,47 +160,30 @@ pub async fn run(
     pool: Arc<Pool>,
 ) -> Result<Outcome, BoxError> {
     let stop = Arc::new(AtomicBool::new(false));
+    let round_started = Instant::now();
     let mut tasks = Vec::with_capacity(callers);
     for caller in 0..callers {
         let mut client = clients[caller % clients.len()].clone();
         let (stop, pool) = (stop.clone(), pool.clone());
         tasks.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let (mut errors, mut invalid, mut calls) = (0u64, 0u64, 0u64);
+            let mut tally = Outcome::empty()?;
             let mut n = caller;
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let answer = one_call(scenario, &mut client, &pool, n, caller).await;
-                latency.saturating_record(started.elapsed().as_micros() as u64);
-                calls += 1;
-                match answer {
-                    Err(_) => errors += 1,
-                    Ok(false) => invalid += 1,
-                    Ok(true) => {}
-                }
+                tally.record(started - round_started, started.elapsed(), &answer);
                 n = n.wrapping_add(callers);
             }
-            Ok::<_, BoxError>((latency, errors, invalid, calls))
+            Ok::<_, BoxError>(tally)
         }));
     }
-    let started = Instant::now();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    let mut outcome = Outcome {
-        throughput: 0.0,
-        latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
-        errors: 0,
-        invalid: 0,
-        calls: 0,
-    };
+    let mut outcome = Outcome::empty()?;
     for task in tasks {
-        let (latency, errors, invalid, calls) = task.await??;
-        outcome.latency.add(latency)?;
-        outcome.errors += errors;
-        outcome.invalid += invalid;
-        outcome.calls += calls;
+        outcome.merge(task.await??)?;
     }
-    outcome.throughput = outcome.calls as f64 / started.elapsed().as_secs_f64();
+    outcome.throughput = outcome.calls as f64 / round_started.elapsed().as_secs_f64();
     Ok(outcome)
 }
 

@@ -71,6 +71,10 @@ struct Args {
     /// Sessions created per server before the load (validated, and refreshed).
     #[arg(long, default_value_t = 1000)]
     sessions: usize,
+    /// Print each round's outcomes per 250 ms (OK, UNAVAILABLE, other errors, slowest
+    /// failure): for watching a fault, e.g. Valkey killed and restarted during the round.
+    #[arg(long)]
+    timeline: bool,
 }
 
 /// One server under load and what it measured.
@@ -90,6 +94,8 @@ struct Target {
     setup_calls: u64,
     /// Valkey top-level commands during the measured rounds (Valkey-backed servers only).
     valkey_commands: Option<u64>,
+    /// Calls made in the rounds whose Valkey commands were counted.
+    counted_calls: u64,
 }
 
 fn specs(args: &Args, otlp: Option<&str>) -> Vec<ServerSpec> {
@@ -113,6 +119,22 @@ fn specs(args: &Args, otlp: Option<&str>) -> Vec<ServerSpec> {
             spec(&format!("{store_name}, tracing off"), args.store, None),
             spec(&format!("{store_name}, tracing on"), args.store, otlp),
         ],
+    }
+}
+
+fn print_timeline(label: &str, round: usize, outcome: &Outcome) {
+    println!("timeline of round {round}, {label}:");
+    println!("| from s | ok | unavailable | other errors | slowest failure ms |");
+    println!("|---|---|---|---|---|");
+    for (i, slot) in outcome.timeline.iter().enumerate() {
+        println!(
+            "| {:.2} | {} | {} | {} | {:.1} |",
+            i as f64 * load::SLOT.as_secs_f64(),
+            slot.ok,
+            slot.unavailable,
+            slot.other,
+            ms(slot.slowest_failure_us)
+        );
     }
 }
 
@@ -163,6 +185,7 @@ async fn main() -> Result<(), BoxError> {
             rounds: Vec::new(),
             warmup_calls: 0,
             valkey_commands: None,
+            counted_calls: 0,
             setup_calls: 2 * args.sessions.max(1) as u64,
         });
     }
@@ -190,7 +213,7 @@ async fn main() -> Result<(), BoxError> {
         for target in &mut loaded {
             let uses_valkey = target.label.starts_with("valkey");
             let before = match (&mut counter, uses_valkey) {
-                (Some(counter), true) => Some(counter.top_level_commands().await?),
+                (Some(counter), true) => counter.top_level_commands().await.ok(),
                 _ => None,
             };
             let outcome = load::run(
@@ -202,8 +225,15 @@ async fn main() -> Result<(), BoxError> {
             )
             .await?;
             if let (Some(counter), Some(before)) = (&mut counter, before) {
-                let during = counter.top_level_commands().await? - before;
-                *target.valkey_commands.get_or_insert(0) += during;
+                // A Valkey restarted during the round (a fault test) resets its counters:
+                // such a round is left out of the count, and said so.
+                match counter.top_level_commands().await {
+                    Ok(after) if after >= before => {
+                        *target.valkey_commands.get_or_insert(0) += after - before;
+                        target.counted_calls += outcome.calls;
+                    }
+                    _ => eprintln!("round {}: Valkey's command count was lost", round + 1),
+                }
             }
             eprintln!(
                 "round {} {:<24} {:>9.0} calls/s  p99 {:.2} ms",
@@ -212,6 +242,9 @@ async fn main() -> Result<(), BoxError> {
                 outcome.throughput,
                 ms(outcome.latency.value_at_quantile(0.99))
             );
+            if args.timeline {
+                print_timeline(&target.label, round + 1, &outcome);
+            }
             target.rounds.push(outcome);
         }
     }
@@ -252,7 +285,7 @@ async fn main() -> Result<(), BoxError> {
     }
     for target in &loaded {
         if let Some(commands) = target.valkey_commands {
-            let calls: u64 = target.rounds.iter().map(|o| o.calls).sum();
+            let calls = target.counted_calls;
             println!(
                 "{}: {commands} Valkey commands (top level, health probes included) for {calls} calls = {:.4} per call",
                 target.label,

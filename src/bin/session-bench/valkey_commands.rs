@@ -5,7 +5,7 @@
 //! connection housekeeping. The service sends nothing else at top level.
 
 use crate::spawn::BoxError;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 
 /// Commands that are only ever sent by clients, never run by a script.
 const TOP_LEVEL: [&str; 14] = [
@@ -27,15 +27,14 @@ const TOP_LEVEL: [&str; 14] = [
 
 /// A connection for reading Valkey's command statistics.
 pub struct CommandCounter {
-    conn: MultiplexedConnection,
+    conn: ConnectionManager,
 }
 
 impl CommandCounter {
     /// Connects to the Valkey the servers use.
     pub async fn connect(url: &str) -> Result<Self, BoxError> {
-        let conn = redis::Client::open(url)?
-            .get_multiplexed_async_connection()
-            .await?;
+        // A connection manager, so a Valkey restarted mid-run is reconnected to.
+        let conn = redis::Client::open(url)?.get_connection_manager().await?;
         Ok(Self { conn })
     }
 
