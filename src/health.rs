@@ -15,6 +15,18 @@ use tonic_health::server::HealthReporter;
 /// service, which orchestrators and grpcurl may ask about by name.
 const SERVICES: [&str; 2] = ["", SERVICE_NAME];
 
+/// A health service name that reports `SERVING` for as long as the process runs, whatever
+/// the store does: for liveness probes over `grpc.health.v1`, which must not restart pods
+/// because Valkey is down.
+pub const LIVENESS: &str = "liveness";
+
+/// Marks the process alive (see [`LIVENESS`]).
+pub async fn publish_alive(reporter: &HealthReporter) {
+    reporter
+        .set_service_status(LIVENESS, ServingStatus::Serving)
+        .await;
+}
+
 /// Publishes `status` for every service name this server reports on.
 pub async fn publish(reporter: &HealthReporter, status: ServingStatus) {
     for service in SERVICES {
@@ -27,7 +39,7 @@ pub async fn publish(reporter: &HealthReporter, status: ServingStatus) {
 /// health would hold graceful shutdown open until the drain timeout.
 pub async fn withdraw(mut reporter: HealthReporter) {
     publish(&reporter, ServingStatus::NotServing).await;
-    for service in SERVICES {
+    for service in SERVICES.into_iter().chain([LIVENESS]) {
         reporter.clear_service_status(service).await;
     }
 }

@@ -174,6 +174,7 @@ impl Application {
         let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
         // Until the first successful ping, nobody should route traffic here.
         health::publish(&health, ServingStatus::NotServing).await;
+        health::publish_alive(&health).await;
         let parts = Parts {
             config,
             health: health.clone(),

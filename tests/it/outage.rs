@@ -78,6 +78,17 @@ async fn the_server_starts_while_valkey_is_down_and_recovers() {
     let app = TestApp::spawn_config(config, None, None).await;
 
     assert_eq!(app.health_status().await, ServingStatus::NotServing);
+    // The liveness service stays SERVING: a Valkey outage must not restart the process.
+    let alive = app
+        .health
+        .clone()
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: barazo_session::health::LIVENESS.into(),
+        })
+        .await
+        .expect("liveness answers")
+        .into_inner();
+    assert_eq!(alive.status, ServingStatus::Serving as i32);
     assert_every_rpc_unavailable(&app).await;
 
     let valkey = Valkey::start_on(port);

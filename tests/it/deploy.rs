@@ -1,0 +1,556 @@
+//! The deployment files in `deploy/` against README.md's "Configuration" table: every
+//! environment variable they set is documented there (spelled exactly as there), every
+//! value parses as the service's own configuration, and the Kubernetes files agree with
+//! each other (Secret files, probe ports, grace period). No YAML crate: the few shapes
+//! these files use are read with plain string handling, and `scripts/lint-deploy.sh`
+//! checks their syntax and schemas.
+
+use barazo_session::auth::Policy;
+use barazo_session::config::Config;
+use clap::Parser;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+fn repo_file(relative: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// The variables of README.md's configuration table.
+struct Documented {
+    /// Exact names, e.g. `LISTEN_ADDR`.
+    names: BTreeSet<String>,
+    /// Families written with a `*`, e.g. `OTEL_BSP_` for `OTEL_BSP_*`.
+    prefixes: Vec<String>,
+    /// The flag of each variable that has one, e.g. `LISTEN_ADDR` → `--listen`.
+    flags: BTreeMap<String, String>,
+}
+
+/// The words between backticks in a table cell.
+fn backticked(cell: &str) -> impl Iterator<Item = &str> {
+    cell.split('`').skip(1).step_by(2)
+}
+
+fn is_variable_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl Documented {
+    fn from_readme(readme: &str) -> Self {
+        let section = readme
+            .split_once("\n## Configuration\n")
+            .expect("README.md has a \"## Configuration\" section")
+            .1;
+        let rows: Vec<&str> = section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        let header: Vec<&str> = rows[0].split('|').map(str::trim).collect();
+        assert_eq!(
+            header.get(1..3),
+            Some(&["flag", "environment"][..]),
+            "the configuration table's first columns are flag and environment: {}",
+            rows[0]
+        );
+        let mut documented = Self {
+            names: BTreeSet::new(),
+            prefixes: Vec::new(),
+            flags: BTreeMap::new(),
+        };
+        // rows[1] is the |---| separator.
+        for row in &rows[2..] {
+            let cells: Vec<&str> = row.split('|').collect();
+            assert!(
+                cells.len() >= 4,
+                "a row without flag and environment: {row}"
+            );
+            let flags: Vec<&str> = backticked(cells[1])
+                .filter(|f| f.starts_with("--"))
+                .collect();
+            let mut names = Vec::new();
+            for word in backticked(cells[2]) {
+                if let Some(prefix) = word.strip_suffix('*') {
+                    assert!(
+                        is_variable_name(prefix),
+                        "not a variable family: {word} in {row}"
+                    );
+                    documented.prefixes.push(prefix.to_owned());
+                } else {
+                    assert!(is_variable_name(word), "not a variable: {word} in {row}");
+                    names.push(word.to_owned());
+                }
+            }
+            assert!(!names.is_empty(), "a row without a variable: {row}");
+            // "— " rows are standard variables without a flag; otherwise flags and
+            // variables pair up in order (`--tls-cert`, `--tls-key` / `TLS_CERT`, `TLS_KEY`).
+            if !flags.is_empty() {
+                assert_eq!(
+                    flags.len(),
+                    names.len(),
+                    "flags and variables do not pair up: {row}"
+                );
+                for (flag, name) in flags.iter().zip(&names) {
+                    documented.flags.insert(name.clone(), (*flag).to_owned());
+                }
+            }
+            documented.names.extend(names);
+        }
+        documented
+    }
+
+    fn load() -> Self {
+        Self::from_readme(&repo_file("README.md"))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name) || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+    }
+
+    /// Asserts that every name is documented, naming the file and the strays.
+    fn assert_all_documented<'a>(&self, file: &str, names: impl IntoIterator<Item = &'a str>) {
+        let undocumented: Vec<&str> = names.into_iter().filter(|n| !self.contains(n)).collect();
+        assert!(
+            undocumented.is_empty(),
+            "{file} sets {undocumented:?}, which README.md's configuration table does not \
+             document (spelling and case must match): document them or remove them"
+        );
+    }
+
+    /// The service's configuration from these variables, parsed the way the binary does
+    /// (as flags, so the test does not depend on the process environment); the checks
+    /// that need the files to exist (`validated`) are left out.
+    fn parse_config(&self, file: &str, env: &[(String, String)]) -> Config {
+        let mut argv = vec!["barazo-session".to_owned()];
+        for (name, value) in env {
+            if let Some(flag) = self.flags.get(name) {
+                argv.push(format!("{flag}={value}"));
+            }
+        }
+        Config::try_parse_from(&argv)
+            .unwrap_or_else(|e| panic!("{file}: the service refuses {argv:?}:\n{e}"))
+    }
+}
+
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    trimmed.is_empty() || trimmed.starts_with('#')
+}
+
+/// Every block under a `key:` line: the lines after it that are indented deeper (or are
+/// list items at its own indentation), comments and blank lines dropped (also inside block
+/// scalars, where they do not matter to the TOML read from one).
+fn blocks<'a>(lines: &[&'a str], key: &str) -> Vec<Vec<&'a str>> {
+    let header = format!("{key}:");
+    let mut found = Vec::new();
+    for (at, line) in lines.iter().enumerate() {
+        let code = line.split(" #").next().unwrap_or_default();
+        let item = code.trim().trim_start_matches("- ");
+        // `key:`, or a block scalar `key: |`.
+        let matches = item == header
+            || item
+                .strip_prefix(header.as_str())
+                .is_some_and(|rest| matches!(rest.trim(), "|" | "|-" | ">" | ">-"));
+        if is_blank_or_comment(line) || !matches {
+            continue;
+        }
+        let own = indent(line);
+        found.push(
+            lines[at + 1..]
+                .iter()
+                .take_while(|l| {
+                    is_blank_or_comment(l)
+                        || indent(l) > own
+                        || (indent(l) == own && l.trim_start().starts_with("- "))
+                })
+                .filter(|l| !is_blank_or_comment(l))
+                .copied()
+                .collect(),
+        );
+    }
+    found
+}
+
+fn block<'a>(lines: &[&'a str], key: &str) -> Vec<&'a str> {
+    let mut all = blocks(lines, key);
+    assert_eq!(all.len(), 1, "expected exactly one `{key}:` block");
+    all.remove(0)
+}
+
+/// The direct children of a block: its lines at the block's smallest indentation.
+fn children<'a>(block: &[&'a str]) -> Vec<&'a str> {
+    let Some(own) = block.iter().map(|l| indent(l)).min() else {
+        return Vec::new();
+    };
+    block
+        .iter()
+        .filter(|l| indent(l) == own)
+        .map(|l| l.trim())
+        .collect()
+}
+
+/// `key: value` → (key, value without quotes or a trailing comment).
+fn key_value(entry: &str) -> (String, String) {
+    let (key, value) = entry.split_once(':').unwrap_or((entry, ""));
+    let value = value.trim();
+    let value = if let Some(quoted) = value.strip_prefix('"') {
+        quoted.split('"').next().unwrap_or_default()
+    } else {
+        value.split(" #").next().unwrap_or_default().trim()
+    };
+    (key.trim().to_owned(), value.to_owned())
+}
+
+/// The ConfigMap's `data:` entries.
+fn configmap_env() -> Vec<(String, String)> {
+    let text = repo_file("deploy/kubernetes/configmap.yaml");
+    let lines: Vec<&str> = text.lines().collect();
+    let data = children(&block(&lines, "data"));
+    assert!(!data.is_empty(), "configmap.yaml has no data");
+    data.into_iter().map(key_value).collect()
+}
+
+/// The `env:` entries of every container of the Deployment (`- name:` with `value:`).
+fn deployment_env() -> Vec<(String, String)> {
+    let text = repo_file("deploy/kubernetes/deployment.yaml");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut env = Vec::new();
+    for block in blocks(&lines, "env") {
+        let mut current: Option<String> = None;
+        let item_indent = block.iter().map(|l| indent(l)).min().unwrap_or_default();
+        for line in block {
+            let trimmed = line.trim();
+            if indent(line) == item_indent {
+                let item = trimmed.strip_prefix("- ").unwrap_or_else(|| {
+                    panic!("deployment.yaml: env entry is not a list item: {line}")
+                });
+                let (key, name) = key_value(item);
+                assert_eq!(
+                    key, "name",
+                    "deployment.yaml: an env entry starts with name: {line}"
+                );
+                if let Some(previous) = current.replace(name) {
+                    env.push((previous, String::new()));
+                }
+            } else if let Some(value) = trimmed.strip_prefix("value:") {
+                let name = current.take().expect("value: after name:");
+                env.push((name, key_value(&format!("value:{value}")).1));
+            }
+        }
+        if let Some(name) = current {
+            // valueFrom: the value is not in this file.
+            env.push((name, String::new()));
+        }
+    }
+    env
+}
+
+/// The Kubernetes pod's environment: the ConfigMap (envFrom) plus the Deployment's env.
+fn pod_env() -> Vec<(String, String)> {
+    let mut env = configmap_env();
+    env.extend(deployment_env());
+    env
+}
+
+/// The `session` service's `environment:` in deploy/compose.yml (map or list form).
+fn compose_env() -> Vec<(String, String)> {
+    let text = repo_file("deploy/compose.yml");
+    let lines: Vec<&str> = text.lines().collect();
+    let services = block(&lines, "services");
+    let session = block(&services, "session");
+    children(&block(&session, "environment"))
+        .into_iter()
+        .map(|entry| match entry.strip_prefix("- ") {
+            Some(item) => {
+                let (name, value) = item.split_once('=').unwrap_or((item, ""));
+                (name.to_owned(), value.to_owned())
+            }
+            None => key_value(entry),
+        })
+        .collect()
+}
+
+/// The `ENV` instructions of deploy/Dockerfile, continuation lines joined.
+fn dockerfile_env() -> Vec<(String, String)> {
+    let text = repo_file("deploy/Dockerfile");
+    let joined = text.replace("\\\n", " ");
+    let mut env = Vec::new();
+    for line in joined.lines() {
+        let Some(rest) = line.trim().strip_prefix("ENV ") else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        if words.first().is_some_and(|w| !w.contains('=')) {
+            // Legacy `ENV NAME value`.
+            env.push((words[0].to_owned(), words[1..].join(" ")));
+        } else {
+            for word in words {
+                let (name, value) = word.split_once('=').unwrap_or((word, ""));
+                env.push((name.to_owned(), value.trim_matches('"').to_owned()));
+            }
+        }
+    }
+    env
+}
+
+fn names(env: &[(String, String)]) -> impl Iterator<Item = &str> {
+    env.iter().map(|(name, _)| name.as_str())
+}
+
+fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn readme_configuration_table_is_read() {
+    let documented = Documented::load();
+    for name in [
+        "LISTEN_ADDR",
+        "VALKEY_URL",
+        "VALKEY_PASSWORD_FILE",
+        "TLS_CERT",
+        "TLS_KEY",
+        "HTTP2_KEEPALIVE_TIMEOUT",
+        "METRICS_LISTEN",
+        "RUST_LOG",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+    ] {
+        assert!(
+            documented.names.contains(name),
+            "{name} not read from README.md"
+        );
+    }
+    assert!(
+        documented.contains("OTEL_BSP_SCHEDULE_DELAY"),
+        "OTEL_BSP_* not read"
+    );
+    assert_eq!(documented.flags["TLS_KEY"], "--tls-key");
+    assert_eq!(documented.flags["LISTEN_ADDR"], "--listen");
+    assert!(!documented.flags.contains_key("RUST_LOG"));
+    assert!(
+        !documented.contains("VALKEY_PASSWORD"),
+        "a prefix matched too much"
+    );
+    assert!(documented.names.len() >= 25, "{:?}", documented.names);
+}
+
+#[test]
+fn kubernetes_configmap_keys_are_documented_variables() {
+    let env = configmap_env();
+    for (name, _) in &env {
+        assert!(
+            is_variable_name(name),
+            "configmap.yaml: {name} is not a variable name"
+        );
+    }
+    Documented::load().assert_all_documented("deploy/kubernetes/configmap.yaml", names(&env));
+}
+
+#[test]
+fn kubernetes_deployment_env_is_documented() {
+    let env = deployment_env();
+    assert!(
+        lookup(&env, "VALKEY_PASSWORD_FILE").is_some(),
+        "deployment.yaml: no env entries read"
+    );
+    Documented::load().assert_all_documented("deploy/kubernetes/deployment.yaml", names(&env));
+}
+
+#[test]
+fn compose_session_environment_is_documented() {
+    let env = compose_env();
+    assert!(
+        lookup(&env, "VALKEY_URL").is_some(),
+        "compose.yml: no environment read"
+    );
+    Documented::load().assert_all_documented("deploy/compose.yml", names(&env));
+}
+
+#[test]
+fn dockerfile_env_is_documented() {
+    let env = dockerfile_env();
+    assert!(
+        lookup(&env, "LISTEN_ADDR").is_some(),
+        "Dockerfile: no ENV read"
+    );
+    Documented::load().assert_all_documented("deploy/Dockerfile", names(&env));
+}
+
+#[test]
+fn deployed_values_parse_as_the_service_configuration() {
+    let documented = Documented::load();
+    let pod = documented.parse_config("deploy/kubernetes", &pod_env());
+    let compose = documented.parse_config("deploy/compose.yml", &compose_env());
+    let image = documented.parse_config("deploy/Dockerfile", &dockerfile_env());
+    for (file, config) in [
+        ("kubernetes", &pod),
+        ("compose", &compose),
+        ("Dockerfile", &image),
+    ] {
+        // Reachable from other containers, metrics on, JSON logs.
+        assert!(
+            config.listen.ip().is_unspecified(),
+            "{file}: {}",
+            config.listen
+        );
+        assert!(
+            config
+                .metrics_listen
+                .is_some_and(|a| a.ip().is_unspecified()),
+            "{file}"
+        );
+        assert_eq!(
+            config.log_format,
+            barazo_session::config::LogFormat::Json,
+            "{file}"
+        );
+    }
+    for (file, config) in [("kubernetes", &pod), ("compose", &compose)] {
+        // The password comes from a file, never from the URL.
+        assert!(
+            !config.valkey_url.expose().contains('@'),
+            "{file}: a password in VALKEY_URL"
+        );
+        assert!(
+            config.valkey_password_file.is_some(),
+            "{file}: no VALKEY_PASSWORD_FILE"
+        );
+        assert_eq!(
+            config.store,
+            barazo_session::config::StoreKind::Valkey,
+            "{file}"
+        );
+    }
+    assert!(pod.authz_policy.is_some(), "kubernetes: no AUTHZ_POLICY");
+}
+
+#[test]
+fn kubernetes_secret_files_are_where_the_configuration_looks() {
+    let env = pod_env();
+    let secret = repo_file("deploy/kubernetes/secret.yaml");
+    let secret_lines: Vec<&str> = secret.lines().collect();
+    let string_data = block(&secret_lines, "stringData");
+    let keys: BTreeSet<String> = children(&string_data)
+        .into_iter()
+        .map(|entry| key_value(entry).0)
+        .collect();
+    let deployment = repo_file("deploy/kubernetes/deployment.yaml");
+    let mount_paths: Vec<String> = deployment
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("mountPath:"))
+        .map(|p| p.trim().to_owned())
+        .collect();
+    for name in ["VALKEY_PASSWORD_FILE", "AUTHZ_POLICY"] {
+        let path = Path::new(lookup(&env, name).unwrap_or_else(|| panic!("{name} not set")));
+        let directory = path.parent().and_then(Path::to_str).unwrap_or_default();
+        let file = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .unwrap_or_default();
+        assert!(
+            mount_paths.iter().any(|m| m == directory),
+            "{name}={}: no volume is mounted at {directory} ({mount_paths:?})",
+            path.display()
+        );
+        assert!(
+            keys.contains(file),
+            "{name}={}: secret.yaml has no key {file} ({keys:?})",
+            path.display()
+        );
+    }
+    // The placeholder policy is one the service accepts.
+    let policy_block = block(&string_data, "policy.toml");
+    let dedent = policy_block
+        .iter()
+        .map(|l| indent(l))
+        .min()
+        .unwrap_or_default();
+    let policy: String = policy_block
+        .iter()
+        .map(|l| format!("{}\n", &l[dedent..]))
+        .collect();
+    Policy::parse(&policy).unwrap_or_else(|e| panic!("secret.yaml policy.toml: {e}\n{policy}"));
+}
+
+#[test]
+fn kubernetes_probes_scrape_and_grace_period_match_the_configuration() {
+    let documented = Documented::load();
+    let config = documented.parse_config("deploy/kubernetes", &pod_env());
+    let deployment = repo_file("deploy/kubernetes/deployment.yaml");
+    let lines: Vec<&str> = deployment.lines().collect();
+    // The one `key: <number>` line anywhere in the block.
+    let number = |block: &[&str], key: &str| -> u64 {
+        let values: Vec<String> = block
+            .iter()
+            .map(|l| key_value(l.trim()))
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(
+            values.len(),
+            1,
+            "deployment.yaml: expected one {key}: {values:?}"
+        );
+        values[0]
+            .parse()
+            .unwrap_or_else(|e| panic!("deployment.yaml {key}: {e}"))
+    };
+
+    let readiness = block(&lines, "readinessProbe");
+    let grpc_port = number(&block(&readiness, "grpc"), "port");
+    assert_eq!(
+        grpc_port,
+        u64::from(config.listen.port()),
+        "readiness probe port vs LISTEN_ADDR"
+    );
+    // Liveness asks the health service that stays SERVING while Valkey is down.
+    let liveness = block(&lines, "livenessProbe");
+    let liveness_grpc = block(&liveness, "grpc");
+    assert_eq!(
+        number(&liveness_grpc, "port"),
+        u64::from(config.listen.port()),
+        "liveness probe port vs LISTEN_ADDR"
+    );
+    let service = liveness_grpc
+        .iter()
+        .map(|l| key_value(l.trim()))
+        .find(|(k, _)| k == "service")
+        .expect("liveness probe names a health service")
+        .1;
+    assert_eq!(service, barazo_session::health::LIVENESS);
+
+    let metrics: SocketAddr = config.metrics_listen.expect("METRICS_LISTEN set");
+    let annotations = block(&lines, "annotations");
+    let scrape_port = children(&annotations)
+        .into_iter()
+        .map(key_value)
+        .find(|(k, _)| k == "prometheus.io/port")
+        .expect("prometheus.io/port annotation")
+        .1;
+    assert_eq!(
+        scrape_port,
+        metrics.port().to_string(),
+        "scrape port vs METRICS_LISTEN"
+    );
+
+    // The kubelet must not kill a pod still draining: preStop sleep + SHUTDOWN_TIMEOUT
+    // stay below the grace period.
+    let grace = number(&lines, "terminationGracePeriodSeconds");
+    let pre_stop = blocks(&lines, "sleep")
+        .first()
+        .map_or(0, |sleep| number(sleep, "seconds"));
+    assert!(
+        pre_stop + config.shutdown_timeout < grace,
+        "terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + SHUTDOWN_TIMEOUT {}",
+        config.shutdown_timeout
+    );
+}
