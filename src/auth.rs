@@ -8,11 +8,13 @@
 use crate::session::sha256_hex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::Status;
-use tonic::codegen::{BoxFuture, Service, http};
+use tonic::codegen::{Service, http};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// The RPC names a policy may allow.
@@ -325,18 +327,45 @@ fn denial_for_log(denial: &Denial) -> String {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The inner service's future, or the refusal: no allocation on the allowed path.
+    /// (Fields: `inner`, the service's future; `response`, the refusal until polled. The
+    /// macro takes no doc comments on enum fields.)
+    #[project = AuthFutureProj]
+    #[allow(missing_docs)]
+    pub enum AuthFuture<F> {
+        /// The call was allowed.
+        Allowed { #[pin] inner: F },
+        /// The call was refused; the response is taken once.
+        Refused { response: Option<http::Response<tonic::body::Body>> },
+    }
+}
+
+impl<F, E> Future for AuthFuture<F>
+where
+    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthFutureProj::Allowed { inner } => inner.poll(cx),
+            AuthFutureProj::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                // Polled again after completion: a caller bug; answer as tonic would.
+                None => Poll::Ready(Ok(Status::internal("polled after completion").into_http())),
+            },
+        }
+    }
+}
+
 impl<S, B> Service<http::Request<B>> for Authorized<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
+    type Future = AuthFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -348,8 +377,12 @@ where
             None => Ok(()),
         };
         match verdict {
-            Ok(()) => Box::pin(self.inner.call(request)),
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Ok(()) => AuthFuture::Allowed {
+                inner: self.inner.call(request),
+            },
+            Err(status) => AuthFuture::Refused {
+                response: Some(status.into_http()),
+            },
         }
     }
 }
