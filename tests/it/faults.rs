@@ -161,13 +161,19 @@ async fn sigterm_under_load_drains_and_exits_zero() {
         calls.iter().filter(|c| c.code == Code::Ok).count() > 100,
         "the load ran"
     );
-    // Calls that were in flight completed; later ones were refused as unavailable (the
-    // connection is gone), never cut off with another error.
+    // Calls well under way when the signal came (started 50 ms before it, when a call
+    // takes about a millisecond) completed. Calls started around or after it may find the
+    // connection closing: refused as UNAVAILABLE, or CANCELLED by the client before being
+    // sent; never cut off with another error.
     for call in &calls {
-        assert!(
-            matches!(call.code, Code::Ok | Code::Unavailable),
-            "{call:?}"
-        );
+        if call.started + Duration::from_millis(50) < signalled {
+            assert_eq!(call.code, Code::Ok, "in flight before SIGTERM: {call:?}");
+        } else {
+            assert!(
+                matches!(call.code, Code::Ok | Code::Unavailable | Code::Cancelled),
+                "{call:?}"
+            );
+        }
     }
     assert!(log.iter().any(|l| l.contains("draining in-flight calls")));
 }
