@@ -47,7 +47,7 @@ impl RequestError {
     /// Whether the failure is the service's (logged at error level) rather than the
     /// caller's or an ordinary outcome such as an expired session.
     pub fn is_server_fault(&self) -> bool {
-        matches!(self, Self::Store(_) | Self::Entropy(_))
+        matches!(self, Self::Store(_) | Self::Entropy(_) | Self::TimedOut)
     }
 
     /// The whole `source()` chain, for the one log line at the boundary.

@@ -72,13 +72,14 @@ impl<S: SessionStore> SessionApi<S> {
         metadata: &tonic::metadata::MetadataMap,
         handler: impl Future<Output = Result<T, RequestError>>,
     ) -> Result<Response<T>, Status> {
-        serve(rpc, &self.metrics, &self.in_progress, metadata, async {
-            // A caller's shorter grpc-timeout is enforced by tonic (and by the caller's own
-            // client); this caps everyone else, answering DEADLINE_EXCEEDED as gRPC expects.
-            tokio::time::timeout(self.time_limit, handler)
-                .await
-                .unwrap_or(Err(RequestError::TimedOut))
-        })
+        serve(
+            rpc,
+            &self.metrics,
+            &self.in_progress,
+            self.time_limit,
+            metadata,
+            handler,
+        )
         .await
     }
 
@@ -117,17 +118,13 @@ impl<S: SessionStore> SessionApi<S> {
         &self,
         req: ValidateAccessTokenRequest,
     ) -> Result<ValidateAccessTokenResponse, RequestError> {
-        let answer = self.check_access_token(req).await;
-        let outcome = match &answer {
-            Ok(answer) => {
-                // Recorded once, at the end: a span keeps the first value recorded for a field.
-                telemetry::record("session.valid", || answer.valid);
-                if answer.valid { "valid" } else { "invalid" }
-            }
-            Err(_) => "error",
-        };
-        self.metrics.validation(outcome);
-        answer
+        let answer = self.check_access_token(req).await?;
+        // Recorded once, at the end: a span keeps the first value recorded for a field.
+        telemetry::record("session.valid", || answer.valid);
+        // Failures (errors, timeouts, cancellations) are counted by `serve`'s CallRecord.
+        self.metrics
+            .validation(if answer.valid { "valid" } else { "invalid" });
+        Ok(answer)
     }
 
     async fn check_access_token(
@@ -290,41 +287,117 @@ fn is_server_side(code: Code) -> bool {
     )
 }
 
+/// What one call leaves behind whichever way it ends: its duration metric, the validation
+/// outcome when it was a failed validation, and its span's end. Dropped before `finish`,
+/// the call was cancelled (the caller went away or its deadline passed in tonic).
+struct CallRecord<'a> {
+    rpc: &'a Rpc,
+    metrics: &'a Metrics,
+    started: Instant,
+    trace: Option<opentelemetry::Context>,
+    finished: bool,
+}
+
+impl CallRecord<'_> {
+    fn record(&self, code: Code) {
+        self.metrics
+            .rpc(&self.rpc.labels(code), self.started.elapsed());
+        if code != Code::Ok && self.rpc.method == VALIDATE.method {
+            // No answer at all: counted apart from valid and invalid tokens.
+            self.metrics.validation("error");
+        }
+        if let Some(cx) = &self.trace {
+            telemetry::end_rpc_span(cx, code, is_server_side(code));
+        }
+    }
+
+    fn finish(mut self, code: Code) {
+        self.finished = true;
+        self.record(code);
+    }
+}
+
+impl Drop for CallRecord<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record(Code::Cancelled);
+            tracing::debug!(
+                rpc.method = self.rpc.method,
+                "rpc cancelled before it finished"
+            );
+        }
+    }
+}
+
+/// How much earlier than the caller's own deadline the service gives up, so that it (and
+/// not tonic's timer for the same deadline) answers, with DEADLINE_EXCEEDED.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+
+/// The caller's `grpc-timeout` (`<digits><H|M|S|m|u|n>`), if it sent one.
+fn caller_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// Runs one RPC inside its SERVER span (a child of the caller's span when the request
-/// carries `traceparent`), logs a failure once with its cause chain, and converts the
-/// result for tonic.
+/// carries `traceparent`), within the concurrency limit and the time limit (the server's
+/// cap or the caller's shorter deadline), logs a failure once with its cause chain, and
+/// converts the result for tonic.
 async fn serve<T>(
     rpc: &Rpc,
     metrics: &Metrics,
     in_progress: &Semaphore,
+    time_limit: Duration,
     metadata: &tonic::metadata::MetadataMap,
     handler: impl Future<Output = Result<T, RequestError>>,
 ) -> Result<Response<T>, Status> {
+    let call = CallRecord {
+        rpc,
+        metrics,
+        started: Instant::now(),
+        trace: telemetry::start_rpc_span(rpc.span_name, SERVICE_NAME, rpc.method, metadata),
+        finished: false,
+    };
     // Load shedding: a saturated server refuses at once rather than queueing callers who
     // are waiting on a user's HTTP request; they retry elsewhere or later.
     let Ok(_permit) = in_progress.try_acquire() else {
-        metrics.rpc(
-            &rpc.labels(Code::ResourceExhausted),
-            std::time::Duration::ZERO,
-        );
         tracing::debug!(
             rpc.method = rpc.method,
             "rpc shed: concurrency limit reached"
         );
+        call.finish(Code::ResourceExhausted);
         return Err(Status::resource_exhausted(
             "the session service is at its concurrency limit; retry shortly",
         ));
     };
-    let trace = telemetry::start_rpc_span(rpc.span_name, SERVICE_NAME, rpc.method, metadata);
-    let started = Instant::now();
-    let result = match &trace {
-        Some(cx) => handler.with_context(cx.clone()).await,
-        None => handler.await,
+    let limit = caller_timeout(metadata).map_or(time_limit, |t| {
+        t.saturating_sub(DEADLINE_MARGIN).min(time_limit)
+    });
+    let limited = async {
+        tokio::time::timeout(limit, handler)
+            .await
+            .unwrap_or(Err(RequestError::TimedOut))
+    };
+    let result = match &call.trace {
+        Some(cx) => limited.with_context(cx.clone()).await,
+        None => limited.await,
     };
     let code = result.as_ref().err().map_or(Code::Ok, RequestError::code);
-    metrics.rpc(&rpc.labels(code), started.elapsed());
     // The failure's log line is written inside the span, so it carries the trace ids.
-    let _attached = trace.clone().map(opentelemetry::Context::attach);
+    let attached = call.trace.clone().map(opentelemetry::Context::attach);
     let response = match result {
         Ok(body) => Ok(Response::new(body)),
         Err(err) => {
@@ -336,9 +409,8 @@ async fn serve<T>(
             Err(err.into())
         }
     };
-    if let Some(cx) = &trace {
-        telemetry::end_rpc_span(cx, code, is_server_side(code));
-    }
+    drop(attached);
+    call.finish(code);
     response
 }
 
@@ -389,6 +461,23 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_spec_writes_them() {
+        let timeout = |v: &str| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("grpc-timeout", v.parse().expect("ascii"));
+            caller_timeout(&metadata)
+        };
+        assert_eq!(timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("5u"), Some(Duration::from_micros(5)));
+        for bad in ["", "m", "100", "100x", "123456789S", "-1S"] {
+            assert_eq!(timeout(bad), None, "{bad}");
+        }
+        assert_eq!(caller_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
 
     #[test]
     fn timestamps_keep_milliseconds() {

@@ -341,17 +341,7 @@ async fn reflection_follows_the_policy_or_is_off() {
 
 /// The value of a gauge from the admin listener.
 async fn gauge(admin: SocketAddr, name: &str) -> f64 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("read");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}"))
+    sample_or_zero(&metrics_text(admin).await, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,4 +575,84 @@ async fn rediss_verifies_valkeys_certificate_against_the_configured_ca() {
         app.health_status().await,
         tonic_health::pb::health_check_response::ServingStatus::NotServing
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_shorter_deadline_is_kept_and_recorded() {
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--request-timeout-ms",
+            "10000",
+            "--valkey-command-timeout-ms",
+            "10000",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let admin = app.metrics_addr.expect("admin");
+    let token = app.create(&unique_did(), "alice.test").await.access_token;
+    app.valkey().signal("STOP");
+    let mut request = tonic::Request::new(ValidateAccessTokenRequest {
+        access_token: token,
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = app
+        .client
+        .clone()
+        .validate_access_token(request)
+        .await
+        .expect_err("deadline passed");
+    // DEADLINE_EXCEEDED from the server, or CANCELLED "Timeout expired" from the client's
+    // own timer for the same deadline, whichever comes first.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    app.valkey().signal("CONT");
+    // The server gave up too, and counted it: as DEADLINE_EXCEEDED (its own answer, a
+    // little before the caller's deadline) or as CANCELLED (if tonic's timer won).
+    let series = |code: u32| {
+        format!(
+            "rpc_server_call_duration_seconds_count{{rpc_system=\"grpc\",rpc_service=\"barazo.session.v1.SessionService\",rpc_method=\"ValidateAccessToken\",rpc_grpc_status_code=\"{code}\"}}"
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics_text(admin).await;
+        let count = |code| sample_or_zero(&text, &series(code));
+        if count(4) + count(1) == 1.0 {
+            assert_eq!(
+                sample_or_zero(&text, "barazo_session_validations_total{outcome=\"error\"}"),
+                1.0
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the timed-out call was not recorded:\n{text}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn metrics_text(admin: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    text
+}
+
+fn sample_or_zero(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
