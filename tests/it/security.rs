@@ -18,9 +18,10 @@ const AUTH_ID: &str = "spiffe://barazo.test/appview-auth";
 const PLUGINS_ID: &str = "spiffe://barazo.test/plugins";
 const AUTH_KEY: &str = "auth-service-key-0123456789";
 const PLUGIN_KEY: &str = "plugin-service-key-0123456789";
+const OPERATOR_KEY: &str = "operator-service-key-0123456789";
 
 /// A policy: appview-auth may do everything on sessions (cert or key), plugins may only
-/// validate (cert or key), and nobody may use reflection.
+/// validate (cert or key), and only the operator (a key) may use reflection.
 fn policy_toml() -> String {
     format!(
         r#"
@@ -33,9 +34,14 @@ allow = ["CreateSession", "RefreshSession", "DeleteSession", "DeleteAllSessionsF
 identities = ["{PLUGINS_ID}"]
 keys_sha256 = ["{}"]
 allow = ["ValidateAccessToken"]
+
+[callers.operator]
+keys_sha256 = ["{}"]
+allow = ["ServerReflection"]
 "#,
         sha256_hex(AUTH_KEY),
-        sha256_hex(PLUGIN_KEY)
+        sha256_hex(PLUGIN_KEY),
+        sha256_hex(OPERATOR_KEY)
     )
 }
 
@@ -134,15 +140,15 @@ async fn mtls_callers_get_what_their_certificate_identity_allows() {
         "caller plugins may not call CreateSession"
     );
 
-    // A certificate from the right CA whose identity the policy does not know.
+    // A certificate from the right CA whose identity the policy does not know: verified,
+    // so authenticated, but allowed nothing.
     let stranger = ca.issue(&["stranger.local"], Some("spiffe://barazo.test/stranger"));
     let mut client = client_with(app.addr, client_tls(&ca, Some(&stranger)))
         .await
         .expect("handshake");
-    assert_eq!(
-        create(&mut client).await.expect_err("unknown").code(),
-        Code::Unauthenticated
-    );
+    let denied = create(&mut client).await.expect_err("unknown");
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(denied.message().contains("CreateSession"), "{denied:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,11 +330,25 @@ async fn reflection_follows_the_policy_or_is_off() {
     )
     .await;
     let channel = connect(app.addr, None).await.expect("connect");
-    let status = ServerReflectionClient::new(channel)
+    let mut reflection = ServerReflectionClient::new(channel);
+    let status = reflection
         .server_reflection_info(list())
         .await
-        .expect_err("not allowed");
+        .expect_err("no credential");
     assert_eq!(status.code(), Code::Unauthenticated);
+    let status = reflection
+        .server_reflection_info(with_key(list(), Some(PLUGIN_KEY)))
+        .await
+        .expect_err("not allowed reflection");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert!(status.message().contains("ServerReflection"), "{status:?}");
+    let mut answers = reflection
+        .server_reflection_info(with_key(list(), Some(OPERATOR_KEY)))
+        .await
+        .expect("the operator may reflect")
+        .into_inner();
+    let answer = answers.message().await.expect("answer").expect("a message");
+    assert!(format!("{answer:?}").contains("barazo.session.v1.SessionService"));
 
     let app = TestApp::spawn_with(StoreKind::Memory, &["--reflection=false"]).await;
     let channel = connect(app.addr, None).await.expect("connect");
