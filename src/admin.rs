@@ -31,9 +31,10 @@ async fn live() -> &'static str {
     "ok\n"
 }
 
-/// Ready while the store answers its health probes, like `grpc.health.v1`.
+/// Ready while the store answers its health probes, like `grpc.health.v1`, and not once
+/// shutdown has begun.
 async fn ready(State(metrics): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
-    if metrics.store_up() {
+    if metrics.ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (

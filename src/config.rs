@@ -180,6 +180,9 @@ pub struct Config {
 /// deadline computation far from overflow.
 pub const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
 
+/// Most calls in progress that may be configured; far beyond what one process can serve.
+pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
+
 /// Every problem found in a configuration, reported together.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
@@ -242,6 +245,30 @@ impl Config {
             if value == 0 {
                 problems.push(format!("{name} must be at least 1"));
             }
+        }
+        if self.store == StoreKind::Valkey {
+            let url = self.valkey_url.expose();
+            if self.valkey_ca.is_some() && !url.starts_with("rediss://") {
+                problems.push(
+                    "--valkey-ca / VALKEY_CA is set but VALKEY_URL is not rediss://: the connection \
+                     would not use TLS"
+                        .into(),
+                );
+            }
+            let url_has_password = redis::IntoConnectionInfo::into_connection_info(url)
+                .is_ok_and(|info| info.redis_settings().password().is_some());
+            if self.valkey_password_file.is_some() && url_has_password {
+                problems.push(
+                    "both VALKEY_URL and --valkey-password-file / VALKEY_PASSWORD_FILE carry a \
+                     password: keep one"
+                        .into(),
+                );
+            }
+        }
+        if self.max_concurrent_requests > MAX_CONCURRENT_REQUESTS {
+            problems.push(format!(
+                "--max-concurrent-requests / MAX_CONCURRENT_REQUESTS must be at most {MAX_CONCURRENT_REQUESTS}"
+            ));
         }
         for (path, name) in [
             (&self.tls_cert, "--tls-cert / TLS_CERT"),
@@ -329,6 +356,36 @@ mod tests {
         assert!(parse(&["--session-ttl", "18446744073709551615"]).is_err());
         assert!(parse(&["--session-ttl", "31536000"]).is_ok());
         assert!(parse(&["--session-ttl", "31536001"]).is_err());
+    }
+
+    #[test]
+    fn refuses_valkey_credentials_that_would_be_ignored() {
+        let dir = std::env::temp_dir().join(format!("barazo-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("ca.pem");
+        std::fs::write(&file, "x").expect("write");
+        let path = file.to_str().expect("utf-8");
+        let err = parse(&["--valkey-ca", path]).expect_err("CA without rediss");
+        assert!(err.to_string().contains("rediss://"), "{err}");
+        let err = parse(&[
+            "--valkey-url",
+            "redis://:pw@localhost:6379",
+            "--valkey-password-file",
+            path,
+        ])
+        .expect_err("two passwords");
+        assert!(err.to_string().contains("keep one"), "{err}");
+        assert!(
+            parse(&[
+                "--valkey-url",
+                "rediss://localhost:6380",
+                "--valkey-ca",
+                path
+            ])
+            .is_ok()
+        );
+        assert!(parse(&["--max-concurrent-requests", "1000001"]).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

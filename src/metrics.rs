@@ -76,6 +76,8 @@ pub struct Metrics {
     round_trips: Family<RoundTripLabels, Histogram, fn() -> Histogram>,
     store_in_flight: Gauge,
     store_up: Gauge,
+    /// Set at shutdown: from then on the service is not ready, whatever the store says.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Metrics {
@@ -145,6 +147,7 @@ impl Metrics {
             round_trips,
             store_in_flight,
             store_up,
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -187,9 +190,17 @@ impl Metrics {
         self.store_up.set(i64::from(up));
     }
 
-    /// Whether the store answered its last health probe (readiness).
-    pub fn store_up(&self) -> bool {
-        self.store_up.get() == 1
+    /// Marks the service as shutting down: not ready from now on, even if a health probe
+    /// that was already running reports the store up afterwards.
+    pub fn begin_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the service is ready: the store answered its last health probe and the
+    /// service is not shutting down.
+    pub fn ready(&self) -> bool {
+        !self.draining.load(std::sync::atomic::Ordering::SeqCst) && self.store_up.get() == 1
     }
 
     /// The Prometheus/OpenMetrics text exposition of every metric.
@@ -263,7 +274,10 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} in\n{text}");
         }
-        assert!(metrics.store_up());
+        assert!(metrics.ready());
+        metrics.begin_draining();
+        metrics.set_store_up(true);
+        assert!(!metrics.ready(), "draining wins over a late probe");
     }
 
     #[test]

@@ -27,6 +27,9 @@ use tower_layer::{Identity as NoLayer, Stack};
 /// 2048-char DID and a 253-char handle), so 16 KiB leaves room and refuses junk early.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
+/// Longest a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -81,7 +84,10 @@ fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, StartupError> 
         read_file("the TLS certificate", cert)?,
         read_file("the TLS key", key)?,
     );
-    let mut tls = ServerTlsConfig::new().identity(identity);
+    // A client that opens a connection and never finishes the handshake is dropped.
+    let mut tls = ServerTlsConfig::new()
+        .identity(identity)
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
     if let Some(ca) = &config.tls_client_ca {
         // A CA makes client certificates required (tonic's default), not optional.
         tls = tls.client_ca_root(Certificate::from_pem(read_file("the client CA", ca)?));
@@ -186,8 +192,19 @@ impl Application {
                 let password = match &config.valkey_password_file {
                     Some(path) => {
                         let bytes = read_file("the Valkey password file", path)?;
-                        // Mounted secrets often end in a newline that is not part of it.
-                        Some(String::from_utf8_lossy(&bytes).trim_end().to_owned())
+                        let text =
+                            String::from_utf8(bytes).map_err(|_| StartupError::ReadFile {
+                                what: "the Valkey password file (not UTF-8)",
+                                path: path.display().to_string(),
+                                source: std::io::Error::from(std::io::ErrorKind::InvalidData),
+                            })?;
+                        // Mounted secrets often end in one newline that is not part of the
+                        // password; nothing else is changed.
+                        let password = text
+                            .strip_suffix("\r\n")
+                            .or_else(|| text.strip_suffix('\n'))
+                            .unwrap_or(&text);
+                        Some(password.to_owned())
                     }
                     None => None,
                 };
@@ -260,7 +277,7 @@ impl Application {
             shutdown.await;
             // Tell health-checking load balancers first, so new calls go elsewhere.
             stop_monitor.abort();
-            metrics.set_store_up(false);
+            metrics.begin_draining();
             health::withdraw(health).await;
             tracing::info!("shutdown requested: draining in-flight calls");
             let _ = signalled_tx.send(());

@@ -215,7 +215,15 @@ fn parse_record(sid: &str, json: &str) -> Result<SessionRecord, StoreError> {
         key_prefix: log_prefix(&sha256_hex(sid)).to_owned(),
         reason,
     };
-    let record = SessionRecord::from_json(json).map_err(|e| corrupt(e.to_string()))?;
+    // Not the parser's message: it quotes the offending value, which may be a credential.
+    let record = SessionRecord::from_json(json).map_err(|e| {
+        corrupt(format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     if record.sid != sid {
         return Err(corrupt("its sid field does not match its key".to_owned()));
     }
