@@ -158,6 +158,12 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
     pub request_timeout_ms: u64,
 
+    /// Client connections open at once; past it new ones wait unserved until one closes.
+    /// Far above a fleet of AppView and plugin instances, far below the file-descriptor
+    /// limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// HTTP/2 streams one connection may have open at once, so one client cannot take the
     /// whole concurrency limit.
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 256)]
@@ -264,6 +270,11 @@ impl Config {
                         .into(),
                 );
             }
+        }
+        if self.max_connections > MAX_CONCURRENT_REQUESTS {
+            problems.push(format!(
+                "--max-connections / MAX_CONNECTIONS must be at most {MAX_CONCURRENT_REQUESTS}"
+            ));
         }
         if self.max_concurrent_requests > MAX_CONCURRENT_REQUESTS {
             problems.push(format!(

@@ -4,6 +4,7 @@
 use crate::admin;
 use crate::auth::{AuthLayer, Policy};
 use crate::config::{Config, StoreKind};
+use crate::connections;
 use crate::health;
 use crate::metrics::Metrics;
 use crate::proto::session_service_server::SessionServiceServer;
@@ -151,6 +152,7 @@ pub struct Application {
     health_monitor: BoxFuture,
     metrics: Arc<Metrics>,
     admin: Option<tokio::net::TcpListener>,
+    max_connections: usize,
     shutdown_timeout: Duration,
 }
 
@@ -234,6 +236,7 @@ impl Application {
             health_monitor,
             metrics,
             admin,
+            max_connections: config.max_connections,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
         })
     }
@@ -282,9 +285,8 @@ impl Application {
             tracing::info!("shutdown requested: draining in-flight calls");
             let _ = signalled_tx.send(());
         };
-        let serve = self
-            .router
-            .serve_with_incoming_shutdown(self.incoming, shutdown);
+        let incoming = connections::limit(self.incoming, self.max_connections);
+        let serve = self.router.serve_with_incoming_shutdown(incoming, shutdown);
         tokio::pin!(serve);
         let drain_deadline = async {
             // The sender is dropped without a send only when serving ended first.

@@ -676,3 +676,51 @@ fn sample_or_zero(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait_until_one_closes() {
+    let app = TestApp::spawn_with(StoreKind::Memory, &["--max-connections", "2"]).await;
+    let token = app.create(&unique_did(), "alice.test").await.access_token;
+    let validate = |channel: Channel, timeout: Duration| {
+        let token = token.clone();
+        async move {
+            let mut request = tonic::Request::new(ValidateAccessTokenRequest {
+                access_token: token,
+            });
+            request.set_timeout(timeout);
+            SessionServiceClient::new(channel)
+                .validate_access_token(request)
+                .await
+        }
+    };
+    // The test's own client holds one slot; a second connection takes the other.
+    let second = connect(app.addr, None).await.expect("second connection");
+    assert!(
+        validate(second.clone(), Duration::from_secs(5))
+            .await
+            .is_ok()
+    );
+
+    // A third waits unserved: its call does not complete.
+    let third = Channel::from_shared(format!("http://{}", app.addr))
+        .expect("uri")
+        .connect_lazy();
+    assert!(
+        validate(third.clone(), Duration::from_millis(300))
+            .await
+            .is_err(),
+        "a connection past the cap must not be served"
+    );
+    // Once the second closes, the third is served.
+    drop(second);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if validate(third.clone(), Duration::from_millis(500))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot went unused");
+    }
+}
