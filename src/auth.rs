@@ -5,6 +5,8 @@
 //! everything it does not allow is denied: no credentials → `UNAUTHENTICATED`, a caller not
 //! allowed the RPC → `PERMISSION_DENIED`. Health checks stay open to everyone.
 
+use crate::metrics::{Metrics, RpcLabels};
+use crate::proto::session_service_server::SERVICE_NAME;
 use crate::session::sha256_hex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -290,12 +292,13 @@ fn method_of(path: &str) -> Option<&str> {
 #[derive(Clone)]
 pub struct AuthLayer {
     policy: Option<Arc<Policy>>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
-    /// Enforces `policy`, or nothing when `None`.
-    pub fn new(policy: Option<Arc<Policy>>) -> Self {
-        Self { policy }
+    /// Enforces `policy`, or nothing when `None`; refusals are counted in `metrics`.
+    pub fn new(policy: Option<Arc<Policy>>, metrics: Arc<Metrics>) -> Self {
+        Self { policy, metrics }
     }
 }
 
@@ -306,6 +309,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
         Authorized {
             inner,
             policy: self.policy.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -315,9 +319,21 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
 pub struct Authorized<S> {
     inner: S,
     policy: Option<Arc<Policy>>,
+    metrics: Arc<Metrics>,
 }
 
-fn decide<B>(policy: &Policy, request: &http::Request<B>) -> Result<(), Status> {
+/// The static name of a method a policy knows, for metric labels (`unknown` otherwise, so
+/// that callers cannot create label values).
+fn metric_name(method: &str) -> &'static str {
+    SESSION_RPCS
+        .iter()
+        .chain([&REFLECTION])
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+fn decide<B>(policy: &Policy, metrics: &Metrics, request: &http::Request<B>) -> Result<(), Status> {
     let Some(method) = method_of(request.uri().path()) else {
         return Ok(());
     };
@@ -339,7 +355,21 @@ fn decide<B>(policy: &Policy, request: &http::Request<B>) -> Result<(), Status> 
             // Debug level: anyone who reaches the port can cause these, so they must not be
             // able to flood the log; the refusal counts are in the RPC metrics instead.
             tracing::debug!(rpc.method = method, denial = %denial_for_log(&denial), "call refused by the authorization policy");
-            Err(denial.into())
+            let status = Status::from(denial);
+            metrics.rpc(
+                &RpcLabels {
+                    rpc_system: "grpc",
+                    rpc_service: if method == REFLECTION {
+                        "grpc.reflection.ServerReflection"
+                    } else {
+                        SERVICE_NAME
+                    },
+                    rpc_method: metric_name(method),
+                    rpc_grpc_status_code: status.code() as i32,
+                },
+                std::time::Duration::ZERO,
+            );
+            Err(status)
         }
     }
 }
@@ -398,7 +428,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let verdict = match &self.policy {
-            Some(policy) => decide(policy, &request),
+            Some(policy) => decide(policy, &self.metrics, &request),
             None => Ok(()),
         };
         match verdict {

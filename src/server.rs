@@ -340,7 +340,7 @@ fn routes<S: SessionStore>(
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let mut router = server_builder(config)?
-        .layer(AuthLayer::new(policy(config)?))
+        .layer(AuthLayer::new(policy(config)?, metrics.clone()))
         .add_service(health_service)
         .add_service(sessions);
     if config.reflection {

@@ -249,7 +249,12 @@ async fn service_keys_authorize_without_mtls() {
     let policy = dir.write("policy.toml", policy_toml());
     let app = TestApp::spawn_with(
         StoreKind::Memory,
-        &["--authz-policy", policy.to_str().expect("utf-8")],
+        &[
+            "--authz-policy",
+            policy.to_str().expect("utf-8"),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
     )
     .await;
     let mut client = app.client.clone();
@@ -308,6 +313,18 @@ async fn service_keys_authorize_without_mtls() {
         })
         .await;
     assert!(health.is_ok());
+    // Refusals are counted, by RPC and code.
+    let text = metrics_text(app.metrics_addr.expect("admin")).await;
+    let count = |method: &str, code: u32| {
+        sample_or_zero(
+            &text,
+            &format!(
+                "rpc_server_call_duration_seconds_count{{rpc_system=\"grpc\",rpc_service=\"barazo.session.v1.SessionService\",rpc_method=\"{method}\",rpc_grpc_status_code=\"{code}\"}}"
+            ),
+        )
+    };
+    assert_eq!(count("CreateSession", 7), 1.0, "{text}");
+    assert_eq!(count("ValidateAccessToken", 16), 2.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
