@@ -66,7 +66,7 @@ impl<S: SessionStore> SessionApi<S> {
     }
 
     /// Runs one RPC within the service's limits and telemetry.
-    async fn serve<T>(
+    async fn serve<T: SpanFacts>(
         &self,
         rpc: &Rpc,
         metadata: &tonic::metadata::MetadataMap,
@@ -93,7 +93,6 @@ impl<S: SessionStore> SessionApi<S> {
     ) -> Result<CreateSessionResponse, RequestError> {
         validate_did(&req.did)?;
         validate_handle(&req.handle)?;
-        record_did(&req.did);
         let sid = Token::generate().map_err(RequestError::Entropy)?;
         let access = Token::generate().map_err(RequestError::Entropy)?;
         let now = now_ms();
@@ -119,8 +118,6 @@ impl<S: SessionStore> SessionApi<S> {
         req: ValidateAccessTokenRequest,
     ) -> Result<ValidateAccessTokenResponse, RequestError> {
         let answer = self.check_access_token(req).await?;
-        // Recorded once, at the end: a span keeps the first value recorded for a field.
-        telemetry::record("session.valid", || answer.valid);
         // Failures (errors, timeouts, cancellations) are counted by `serve`'s CallRecord.
         self.metrics
             .validation(if answer.valid { "valid" } else { "invalid" });
@@ -141,7 +138,6 @@ impl<S: SessionStore> SessionApi<S> {
         let hash = sha256_hex(&req.access_token);
         match self.store.find_by_access_hash(&hash).await {
             Ok(Some(record)) if record.accepts_access_hash(&hash, now_ms()) => {
-                record_did(&record.did);
                 Ok(ValidateAccessTokenResponse {
                     valid: true,
                     session: Some(to_proto(&record)),
@@ -182,7 +178,6 @@ impl<S: SessionStore> SessionApi<S> {
             )
             .await?
             .ok_or(RequestError::SessionNotFound)?;
-        record_did(&record.did);
         self.metrics.sessions("refreshed", 1);
         Ok(RefreshSessionResponse {
             session: Some(to_proto(&record)),
@@ -214,9 +209,52 @@ impl<S: SessionStore> SessionApi<S> {
 }
 
 /// Puts the user's DID on the current RPC span: public in the AT Protocol, and what an
-/// operator searches traces by.
+/// operator searches traces by. (Responses that carry a session add it when the span ends,
+/// see [`SpanFacts`]; this is for the others.)
 fn record_did(did: &str) {
     telemetry::record("user.id", || did.to_owned());
+}
+
+/// What a successful answer adds to its RPC's span when the span ends, all at once: the
+/// user's DID (`user.id`) and, for validation, `session.valid`.
+trait SpanFacts {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue>;
+}
+
+fn did_of(session: Option<&Session>) -> Option<opentelemetry::KeyValue> {
+    session.map(|s| opentelemetry::KeyValue::new("user.id", s.did.clone()))
+}
+
+impl SpanFacts for CreateSessionResponse {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        did_of(self.session.as_ref()).into_iter().collect()
+    }
+}
+
+impl SpanFacts for ValidateAccessTokenResponse {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        std::iter::once(opentelemetry::KeyValue::new("session.valid", self.valid))
+            .chain(did_of(self.session.as_ref()))
+            .collect()
+    }
+}
+
+impl SpanFacts for RefreshSessionResponse {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        did_of(self.session.as_ref()).into_iter().collect()
+    }
+}
+
+impl SpanFacts for DeleteSessionResponse {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        Vec::new()
+    }
+}
+
+impl SpanFacts for DeleteAllSessionsForDidResponse {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        Vec::new()
+    }
 }
 
 /// The public view of a stored session: no credential, the sid only as its hash.
@@ -299,7 +337,7 @@ struct CallRecord<'a> {
 }
 
 impl CallRecord<'_> {
-    fn record(&self, code: Code) {
+    fn record(&self, code: Code, facts: impl FnOnce() -> Vec<opentelemetry::KeyValue>) {
         self.metrics
             .rpc(&self.rpc.labels(code), self.started.elapsed());
         if code != Code::Ok && self.rpc.method == VALIDATE.method {
@@ -307,20 +345,20 @@ impl CallRecord<'_> {
             self.metrics.validation("error");
         }
         if let Some(cx) = &self.trace {
-            telemetry::end_rpc_span(cx, code, is_server_side(code));
+            telemetry::end_rpc_span(cx, code, is_server_side(code), facts());
         }
     }
 
-    fn finish(mut self, code: Code) {
+    fn finish(mut self, code: Code, facts: impl FnOnce() -> Vec<opentelemetry::KeyValue>) {
         self.finished = true;
-        self.record(code);
+        self.record(code, facts);
     }
 }
 
 impl Drop for CallRecord<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.record(Code::Cancelled);
+            self.record(Code::Cancelled, Vec::new);
             tracing::debug!(
                 rpc.method = self.rpc.method,
                 "rpc cancelled before it finished"
@@ -356,7 +394,7 @@ fn caller_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
 /// carries `traceparent`), within the concurrency limit and the time limit (the server's
 /// cap or the caller's shorter deadline), logs a failure once with its cause chain, and
 /// converts the result for tonic.
-async fn serve<T>(
+async fn serve<T: SpanFacts>(
     rpc: &Rpc,
     metrics: &Metrics,
     in_progress: &Semaphore,
@@ -378,7 +416,7 @@ async fn serve<T>(
             rpc.method = rpc.method,
             "rpc shed: concurrency limit reached"
         );
-        call.finish(Code::ResourceExhausted);
+        call.finish(Code::ResourceExhausted, Vec::new);
         return Err(Status::resource_exhausted(
             "the session service is at its concurrency limit; retry shortly",
         ));
@@ -410,7 +448,10 @@ async fn serve<T>(
         }
     };
     drop(attached);
-    call.finish(code);
+    call.finish(code, || match &response {
+        Ok(body) => body.get_ref().span_facts(),
+        Err(_) => Vec::new(),
+    });
     response
 }
 

@@ -227,11 +227,13 @@ pub fn start_rpc_span(
     Some(parent.with_span(span))
 }
 
-/// Ends an RPC's span with its gRPC status code; `failed` marks it an error (server-side
-/// failures only, after the OpenTelemetry RPC conventions).
-pub fn end_rpc_span(cx: &Context, code: tonic::Code, failed: bool) {
+/// Ends an RPC's span with its gRPC status code and the answer's `facts`; `failed` marks it
+/// an error (server-side failures only, after the OpenTelemetry RPC conventions).
+pub fn end_rpc_span(cx: &Context, code: tonic::Code, failed: bool, facts: Vec<KeyValue>) {
     let span = cx.span();
-    span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
+    span.set_attributes(
+        std::iter::once(KeyValue::new("rpc.grpc.status_code", code as i64)).chain(facts),
+    );
     if failed {
         span.set_status(opentelemetry::trace::Status::error(code.description()));
     }
