@@ -34,10 +34,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    // Signal handlers first, so a SIGTERM right after "listening" still drains.
+    let shutdown = barazo_session::server::shutdown_signal()?;
     let app = Application::build(&config).await?;
     tracing::info!(addr = %app.local_addr(), store = ?config.store, "listening");
-    app.run_until(barazo_session::server::shutdown_signal())
-        .await?;
+    app.run_until(shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
