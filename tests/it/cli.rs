@@ -123,6 +123,12 @@ async fn sigterm_stops_the_server_cleanly() {
         );
     }
     assert!(log.iter().any(|l| l.contains("\"stopped\"")), "{log:#?}");
+    // Without a policy, the operator is told that every caller may do everything.
+    assert!(
+        log.iter()
+            .any(|l| l.contains("WARN") && l.contains("no authorization policy")),
+        "{log:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
