@@ -18,6 +18,16 @@ pub enum StoreKind {
     Memory,
 }
 
+/// How Valkey is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValkeyMode {
+    /// One primary: every RPC is one atomic script, one round trip.
+    Standalone,
+    /// Valkey Cluster: `VALKEY_URL` lists seed nodes, comma-separated; each RPC is a few
+    /// single-key round trips in a revocation-safe order (README, "Valkey Cluster").
+    Cluster,
+}
+
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -74,6 +84,10 @@ pub struct Config {
         hide_default_value = true
     )]
     pub valkey_url: Secret,
+
+    /// Standalone Valkey or Valkey Cluster.
+    #[arg(long, env = "VALKEY_MODE", value_enum, default_value_t = ValkeyMode::Standalone)]
+    pub valkey_mode: ValkeyMode,
 
     /// Session lifetime in seconds, restarted by every refresh. The AppView's variable
     /// and default (7 days).
@@ -231,11 +245,13 @@ impl Config {
                     .into(),
             );
         }
-        if self.store == StoreKind::Valkey
-            && let Err(e) = redis::Client::open(self.valkey_url.expose())
-        {
-            // The URL itself is not echoed: it may hold a password.
-            problems.push(format!("--valkey-url / VALKEY_URL is not a valid URL: {e}"));
+        if self.store == StoreKind::Valkey {
+            for url in self.valkey_urls() {
+                if let Err(e) = redis::Client::open(url.as_str()) {
+                    // The URL itself is not echoed: it may hold a password.
+                    problems.push(format!("--valkey-url / VALKEY_URL is not a valid URL: {e}"));
+                }
+            }
         }
         for (value, name) in [
             (
@@ -271,6 +287,13 @@ impl Config {
                 );
             }
         }
+        if self.valkey_mode == ValkeyMode::Cluster && self.valkey_ca.is_some() {
+            problems.push(
+                "--valkey-ca / VALKEY_CA is not supported with --valkey-mode cluster yet (rediss:// \
+                 seeds use the system's roots)"
+                    .into(),
+            );
+        }
         if self.max_connections > MAX_CONCURRENT_REQUESTS {
             problems.push(format!(
                 "--max-connections / MAX_CONNECTIONS must be at most {MAX_CONCURRENT_REQUESTS}"
@@ -302,6 +325,20 @@ impl Config {
             Ok(self)
         } else {
             Err(ConfigError(problems))
+        }
+    }
+
+    /// The Valkey URLs: one in standalone mode, the comma-separated seeds in cluster mode.
+    pub fn valkey_urls(&self) -> Vec<String> {
+        match self.valkey_mode {
+            ValkeyMode::Standalone => vec![self.valkey_url.expose().to_owned()],
+            ValkeyMode::Cluster => self
+                .valkey_url
+                .expose()
+                .split(',')
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use crate::admin;
 use crate::auth::{AuthLayer, Policy};
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, StoreKind, ValkeyMode};
 use crate::connections;
 use crate::health;
 use crate::metrics::Metrics;
@@ -12,6 +12,7 @@ use crate::service::{CallLimits, SessionApi};
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{ValkeyOptions, ValkeyStore};
+use crate::store::valkey_cluster::ValkeyClusterStore;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -214,17 +215,34 @@ impl Application {
                     Some(path) => Some(read_file("the Valkey CA", path)?),
                     None => None,
                 };
-                let options = ValkeyOptions {
-                    url: config.valkey_url.expose().to_owned(),
-                    password,
-                    ca_pem,
-                    key_prefix: config.key_prefix.clone(),
-                    connect_timeout: Duration::from_millis(config.valkey_connect_timeout_ms),
-                    command_timeout: Duration::from_millis(config.valkey_command_timeout_ms),
-                };
-                let store =
-                    ValkeyStore::new(&options, metrics.clone()).map_err(StartupError::ValkeyUrl)?;
-                routes(store, parts)?
+                let connect_timeout = Duration::from_millis(config.valkey_connect_timeout_ms);
+                let command_timeout = Duration::from_millis(config.valkey_command_timeout_ms);
+                match config.valkey_mode {
+                    ValkeyMode::Standalone => {
+                        let options = ValkeyOptions {
+                            url: config.valkey_url.expose().to_owned(),
+                            password,
+                            ca_pem,
+                            key_prefix: config.key_prefix.clone(),
+                            connect_timeout,
+                            command_timeout,
+                        };
+                        let store = ValkeyStore::new(&options, metrics.clone())
+                            .map_err(StartupError::ValkeyUrl)?;
+                        routes(store, parts)?
+                    }
+                    ValkeyMode::Cluster => {
+                        let store = ValkeyClusterStore::new(
+                            &config.valkey_urls(),
+                            password.as_deref(),
+                            &config.key_prefix,
+                            connect_timeout,
+                            command_timeout,
+                        )
+                        .map_err(StartupError::ValkeyUrl)?;
+                        routes(store, parts)?
+                    }
+                }
             }
             StoreKind::Memory => routes(MemoryStore::new(), parts)?,
         };

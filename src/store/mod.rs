@@ -2,6 +2,8 @@
 //!
 //! - [`valkey::ValkeyStore`]: production, the key layout shared with the TypeScript AppView,
 //!   one atomic Lua round trip per operation.
+//! - [`valkey_cluster::ValkeyClusterStore`]: the same layout on Valkey Cluster, single-key
+//!   commands in a revocation-safe order.
 //! - [`memory::MemoryStore`]: development and the quick start, same semantics and TTLs.
 //!
 //! The layout (with the default prefix `barazo:session:`):
@@ -11,6 +13,7 @@
 
 pub mod memory;
 pub mod valkey;
+pub mod valkey_cluster;
 
 use crate::session::SessionRecord;
 use std::future::Future;

@@ -1,8 +1,7 @@
-//! The behaviour every store must have, run against both the Valkey and the in-memory store
-//! through the real gRPC server.
+//! The behaviour every store must have, run against the in-memory store, a standalone
+//! Valkey and a three-node Valkey Cluster through the real gRPC server.
 
-use crate::support::{TestApp, sha256_hex, unique_did};
-use barazo_session::config::StoreKind;
+use crate::support::{Backend, TestApp, sha256_hex, unique_did};
 use barazo_session::proto::CreateSessionRequest;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Code;
@@ -14,7 +13,7 @@ macro_rules! for_each_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    super::$test(barazo_session::config::StoreKind::Memory).await
+                    super::$test(crate::support::Backend::Memory).await
                 }
             )*
         }
@@ -22,7 +21,15 @@ macro_rules! for_each_store {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    super::$test(barazo_session::config::StoreKind::Valkey).await
+                    super::$test(crate::support::Backend::Valkey).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(crate::support::Backend::Cluster).await
                 }
             )*
         }
@@ -56,7 +63,7 @@ fn ms(ts: &Option<prost_types::Timestamp>) -> i64 {
     ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
 }
 
-async fn create_then_validate_returns_the_session(store: StoreKind) {
+async fn create_then_validate_returns_the_session(store: Backend) {
     let app = TestApp::spawn(store).await;
     let did = unique_did();
     let before = now_ms();
@@ -88,7 +95,7 @@ async fn create_then_validate_returns_the_session(store: StoreKind) {
     assert!(!app.validate(&created.refresh_token).await.valid);
 }
 
-async fn create_refuses_bad_dids_and_handles_naming_the_field(store: StoreKind) {
+async fn create_refuses_bad_dids_and_handles_naming_the_field(store: Backend) {
     let app = TestApp::spawn(store).await;
     let cases = [
         ("", "alice.test", "did"),
@@ -121,7 +128,7 @@ async fn create_refuses_bad_dids_and_handles_naming_the_field(store: StoreKind) 
     app.create(&unique_did(), "handle.invalid").await;
 }
 
-async fn malformed_and_unknown_tokens_are_invalid(store: StoreKind) {
+async fn malformed_and_unknown_tokens_are_invalid(store: Backend) {
     let app = TestApp::spawn(store).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let upper = created.access_token.to_uppercase();
@@ -141,7 +148,7 @@ async fn malformed_and_unknown_tokens_are_invalid(store: StoreKind) {
     }
 }
 
-async fn refresh_rotates_the_access_token_and_keeps_the_session(store: StoreKind) {
+async fn refresh_rotates_the_access_token_and_keeps_the_session(store: Backend) {
     let app = TestApp::spawn(store).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let first = created.session.expect("session");
@@ -167,7 +174,7 @@ async fn refresh_rotates_the_access_token_and_keeps_the_session(store: StoreKind
     assert_eq!(validated.session, Some(session));
 }
 
-async fn refresh_of_an_unknown_or_malformed_token_is_not_found(store: StoreKind) {
+async fn refresh_of_an_unknown_or_malformed_token_is_not_found(store: Backend) {
     let app = TestApp::spawn(store).await;
     let created = app.create(&unique_did(), "alice.test").await;
     for token in [
@@ -183,7 +190,7 @@ async fn refresh_of_an_unknown_or_malformed_token_is_not_found(store: StoreKind)
     }
 }
 
-async fn delete_revokes_and_is_idempotent(store: StoreKind) {
+async fn delete_revokes_and_is_idempotent(store: Backend) {
     let app = TestApp::spawn(store).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let other = app.create(&unique_did(), "bob.test").await;
@@ -209,7 +216,7 @@ async fn delete_revokes_and_is_idempotent(store: StoreKind) {
     );
 }
 
-async fn delete_all_revokes_every_session_of_one_did_only(store: StoreKind) {
+async fn delete_all_revokes_every_session_of_one_did_only(store: Backend) {
     let app = TestApp::spawn(store).await;
     let did = unique_did();
     let mut sessions = Vec::new();
@@ -246,7 +253,7 @@ async fn delete_all_revokes_every_session_of_one_did_only(store: StoreKind) {
     );
 }
 
-async fn access_tokens_expire_but_the_session_refreshes(store: StoreKind) {
+async fn access_tokens_expire_but_the_session_refreshes(store: Backend) {
     let app = TestApp::spawn_with(store, &["--access-token-ttl", "1", "--session-ttl", "30"]).await;
     let created = app.create(&unique_did(), "alice.test").await;
     assert!(app.validate(&created.access_token).await.valid);
@@ -262,7 +269,7 @@ async fn access_tokens_expire_but_the_session_refreshes(store: StoreKind) {
     assert!(app.validate(&refreshed.access_token).await.valid);
 }
 
-async fn sessions_slide_with_refreshes_and_expire_when_idle(store: StoreKind) {
+async fn sessions_slide_with_refreshes_and_expire_when_idle(store: Backend) {
     let app = TestApp::spawn_with(store, &["--access-token-ttl", "1", "--session-ttl", "2"]).await;
     let created = app.create(&unique_did(), "alice.test").await;
 
@@ -284,7 +291,7 @@ async fn sessions_slide_with_refreshes_and_expire_when_idle(store: StoreKind) {
     );
 }
 
-async fn oversized_requests_are_refused(store: StoreKind) {
+async fn oversized_requests_are_refused(store: Backend) {
     let app = TestApp::spawn(store).await;
     let status = app
         .client
@@ -305,7 +312,7 @@ async fn oversized_requests_are_refused(store: StoreKind) {
     app.create(&unique_did(), "alice.test").await;
 }
 
-async fn concurrent_refreshes_leave_exactly_one_valid_token(store: StoreKind) {
+async fn concurrent_refreshes_leave_exactly_one_valid_token(store: Backend) {
     let app = TestApp::spawn(store).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let mut tokens = app.refresh_concurrently(&created.refresh_token, 20).await;
@@ -319,7 +326,7 @@ async fn concurrent_refreshes_leave_exactly_one_valid_token(store: StoreKind) {
     assert_eq!(valid, 1, "exactly one of 21 tokens validates");
 }
 
-async fn refresh_racing_delete_never_leaves_a_valid_token(store: StoreKind) {
+async fn refresh_racing_delete_never_leaves_a_valid_token(store: Backend) {
     let app = TestApp::spawn(store).await;
     for _ in 0..25 {
         let created = app.create(&unique_did(), "alice.test").await;

@@ -5,6 +5,7 @@
 mod behaviour;
 mod bench_tool;
 mod cli;
+mod cluster;
 mod deploy;
 mod faults;
 mod grpcurl;

@@ -1,5 +1,6 @@
 //! The test harness: a real server on `127.0.0.1:0`, a real Valkey, generated clients.
 
+pub mod cluster;
 pub mod monitor;
 pub mod pki;
 pub mod valkey;
@@ -35,6 +36,8 @@ pub struct TestApp {
     pub metrics_addr: Option<SocketAddr>,
     /// The Valkey behind the server, if any.
     pub valkey: Option<Valkey>,
+    /// The Valkey Cluster behind the server, if any.
+    pub cluster: Option<cluster::ValkeyCluster>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -65,16 +68,51 @@ pub fn config(store: StoreKind, valkey_url: Option<&str>, extra: &[&str]) -> Con
         .expect("test config is valid")
 }
 
+/// What a test server stores sessions in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The in-memory store.
+    Memory,
+    /// A standalone Valkey.
+    Valkey,
+    /// A Valkey Cluster of three primaries.
+    Cluster,
+}
+
+impl From<StoreKind> for Backend {
+    fn from(store: StoreKind) -> Self {
+        match store {
+            StoreKind::Memory => Self::Memory,
+            StoreKind::Valkey => Self::Valkey,
+        }
+    }
+}
+
 impl TestApp {
-    /// A server on `store` with default settings, serving once it reports `SERVING`.
-    pub async fn spawn(store: StoreKind) -> Self {
-        Self::spawn_with(store, &[]).await
+    /// A server on `backend` with default settings, serving once it reports `SERVING`.
+    pub async fn spawn(backend: impl Into<Backend>) -> Self {
+        Self::spawn_with(backend, &[]).await
     }
 
-    /// A server on `store` with extra flags, serving once it reports `SERVING`.
-    pub async fn spawn_with(store: StoreKind, extra: &[&str]) -> Self {
-        let valkey = (store == StoreKind::Valkey).then(Valkey::start);
-        let app = Self::spawn_against(store, valkey, extra).await;
+    /// A server on `backend` with extra flags, serving once it reports `SERVING`.
+    pub async fn spawn_with(backend: impl Into<Backend>, extra: &[&str]) -> Self {
+        let app = match backend.into() {
+            Backend::Memory => Self::spawn_against(StoreKind::Memory, None, extra).await,
+            Backend::Valkey => {
+                Self::spawn_against(StoreKind::Valkey, Some(Valkey::start()), extra).await
+            }
+            Backend::Cluster => {
+                let cluster = cluster::ValkeyCluster::start().await;
+                let mut flags = vec!["--valkey-mode", "cluster"];
+                flags.extend_from_slice(extra);
+                let urls = cluster.urls();
+                let mut app =
+                    Self::spawn_config(config(StoreKind::Valkey, Some(&urls), &flags), None, None)
+                        .await;
+                app.cluster = Some(cluster);
+                app
+            }
+        };
         app.wait_for_health(ServingStatus::Serving).await;
         app
     }
@@ -107,6 +145,7 @@ impl TestApp {
             addr,
             metrics_addr,
             valkey,
+            cluster: None,
             shutdown: Some(shutdown_tx),
             server: Some(server),
         }

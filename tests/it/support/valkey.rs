@@ -56,6 +56,18 @@ impl Valkey {
         free_port()
     }
 
+    /// Starts Valkey on a given port with extra flags.
+    pub fn start_on_with(port: u16, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let child =
+            spawn(port, &extra).unwrap_or_else(|| panic!("valkey-server did not start on {port}"));
+        Self {
+            child: Some(child),
+            port,
+            extra,
+        }
+    }
+
     /// Starts Valkey on a given port (to bring back a killed one, or start a late one).
     pub fn start_on(port: u16) -> Self {
         let child =

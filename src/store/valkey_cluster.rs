@@ -1,0 +1,301 @@
+//! The Valkey Cluster store: the same key layout, spread over the cluster's slots.
+//!
+//! A session's three keys (data, access, DID index) hash to different slots, so no script
+//! may touch them together. Each operation is a sequence of single-key commands in an order
+//! that keeps revocation immediate and leaves, after a crash between steps, at worst an
+//! expiring orphan, never a valid token for a deleted session:
+//!
+//! - **Validate** (2 round trips): `GET access` → sid, `GET data:<sid>`; valid only if the
+//!   data names this token's hash, as in standalone mode.
+//! - **Create** (3–4): index first (`SADD` + TTL), then data, then the access key, so a
+//!   session is in its DID's index before it can be used. Pruning checks a sample of index
+//!   members with `EXISTS`, one command each, pipelined per node by the client.
+//! - **Refresh** (4): `GET data`, `DEL` the old access key (revoked first), `SET data … XX`
+//!   (only if the session still exists: a concurrent delete wins), then the new access key
+//!   and the index TTL. Two concurrent refreshes leave one valid token; the loser's access
+//!   key is an orphan that never validates and expires with the access TTL.
+//! - **Delete** (4): `GET data`, `DEL` its access key, `DEL` data, `SREM` from the index.
+//! - **DeleteAll** (1 + 3 per session + 1): `SMEMBERS`, then per session as in Delete,
+//!   then `DEL` the index.
+
+use super::{Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use crate::session::{SessionRecord, log_prefix, sha256_hex};
+use redis::AsyncCommands;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// Session storage in a Valkey Cluster.
+pub struct ValkeyClusterStore {
+    client: ClusterClient,
+    /// Connected on first use, so the service starts while the cluster is down.
+    conn: OnceCell<ClusterConnection>,
+    prefix: String,
+}
+
+fn store_error(err: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(err)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ValkeyClusterStore {
+    /// Prepares a store for the cluster reachable through `seeds`; connects lazily.
+    pub fn new(
+        seeds: &[String],
+        password: Option<&str>,
+        key_prefix: &str,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Self, redis::RedisError> {
+        let mut builder = ClusterClient::builder(seeds.to_vec())
+            .connection_timeout(connect_timeout)
+            .response_timeout(command_timeout)
+            // A failing call fails fast; the next call or health probe tries again.
+            .retries(1);
+        if let Some(password) = password {
+            builder = builder.password(password);
+        }
+        Ok(Self {
+            client: builder.build()?,
+            conn: OnceCell::new(),
+            prefix: key_prefix.to_owned(),
+        })
+    }
+
+    async fn conn(&self) -> Result<ClusterConnection, StoreError> {
+        self.conn
+            .get_or_try_init(|| async {
+                tokio::time::timeout(Duration::from_secs(2), self.client.get_async_connection())
+                    .await
+                    .map_err(|_| {
+                        StoreError::Unavailable(redis::RedisError::from(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "connecting to the cluster timed out",
+                        )))
+                    })?
+                    .map_err(store_error)
+            })
+            .await
+            .cloned()
+    }
+
+    fn data_key(&self, sid: &str) -> String {
+        format!("{}data:{sid}", self.prefix)
+    }
+
+    fn access_key(&self, hash: &str) -> String {
+        format!("{}access:{hash}", self.prefix)
+    }
+
+    fn did_key(&self, did: &str) -> String {
+        format!("{}did:{did}", self.prefix)
+    }
+
+    /// Adds a member to a DID index and extends (never shortens) its TTL.
+    async fn index(
+        &self,
+        conn: &mut ClusterConnection,
+        did: &str,
+        sid: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = self.did_key(did);
+        let _: i64 = conn.sadd(&key, sid).await.map_err(store_error)?;
+        let current: i64 = conn.pttl(&key).await.map_err(store_error)?;
+        let wanted = millis(ttl);
+        if current < i64::try_from(wanted).unwrap_or(i64::MAX) {
+            let _: bool = conn
+                .pexpire(&key, i64::try_from(wanted).unwrap_or(i64::MAX))
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        conn: &mut ClusterConnection,
+        sid: &str,
+    ) -> Result<Option<Result<SessionRecord, StoreError>>, StoreError> {
+        let json: Option<String> = conn.get(self.data_key(sid)).await.map_err(store_error)?;
+        Ok(json.map(|json| parse(sid, &json)))
+    }
+}
+
+fn parse(sid: &str, json: &str) -> Result<SessionRecord, StoreError> {
+    let corrupt = |reason: String| StoreError::CorruptSession {
+        key_prefix: log_prefix(&sha256_hex(sid)).to_owned(),
+        reason,
+    };
+    let record = SessionRecord::from_json(json).map_err(|e| {
+        corrupt(format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if record.sid != sid {
+        return Err(corrupt("its sid field does not match its key".to_owned()));
+    }
+    Ok(record)
+}
+
+impl SessionStore for ValkeyClusterStore {
+    async fn create(&self, record: &SessionRecord, lifetimes: Lifetimes) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let index = self.did_key(&record.did);
+        // Prune a bounded sample of members whose session expired.
+        let sample: Vec<String> = conn
+            .srandmember_multiple(&index, PRUNE_SAMPLE as isize)
+            .await
+            .map_err(store_error)?;
+        for member in sample {
+            let exists: bool = conn
+                .exists(self.data_key(&member))
+                .await
+                .map_err(store_error)?;
+            if !exists {
+                let _: i64 = conn.srem(&index, &member).await.map_err(store_error)?;
+            }
+        }
+        self.index(&mut conn, &record.did, &record.sid, lifetimes.session)
+            .await?;
+        let _: () = conn
+            .pset_ex(
+                self.data_key(&record.sid),
+                record.to_json(),
+                millis(lifetimes.session),
+            )
+            .await
+            .map_err(store_error)?;
+        let _: () = conn
+            .pset_ex(
+                self.access_key(&record.access_token_hash),
+                &record.sid,
+                millis(lifetimes.access_token),
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn find_by_access_hash(
+        &self,
+        access_hash: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let sid: Option<String> = conn
+            .get(self.access_key(access_hash))
+            .await
+            .map_err(store_error)?;
+        let Some(sid) = sid else {
+            return Ok(None);
+        };
+        self.read(&mut conn, &sid).await?.transpose()
+    }
+
+    async fn refresh(
+        &self,
+        sid: &str,
+        new_access_hash: &str,
+        access_expires_at_ms: i64,
+        lifetimes: Lifetimes,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let mut conn = self.conn().await?;
+        let Some(record) = self.read(&mut conn, sid).await? else {
+            return Ok(None);
+        };
+        let mut record = record?;
+        // Revoke the old token first: whatever happens next, it no longer validates.
+        let _: i64 = conn
+            .del(self.access_key(&record.access_token_hash))
+            .await
+            .map_err(store_error)?;
+        record.access_token_hash = new_access_hash.to_owned();
+        record.access_token_expires_at = access_expires_at_ms;
+        // XX: only while the session exists, so a concurrent delete is never undone.
+        let written: Option<String> = redis::cmd("SET")
+            .arg(self.data_key(sid))
+            .arg(record.to_json())
+            .arg("PX")
+            .arg(millis(lifetimes.session))
+            .arg("XX")
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        if written.is_none() {
+            return Ok(None);
+        }
+        let _: () = conn
+            .pset_ex(
+                self.access_key(new_access_hash),
+                sid,
+                millis(lifetimes.access_token),
+            )
+            .await
+            .map_err(store_error)?;
+        self.index(&mut conn, &record.did, sid, lifetimes.session)
+            .await?;
+        Ok(Some(record))
+    }
+
+    async fn delete(&self, sid: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let Some(record) = self.read(&mut conn, sid).await? else {
+            return Ok(false);
+        };
+        // Revoke the access token first, then the session; a corrupt record is removed all
+        // the same (its access key, unknown, expires on its own and never validates).
+        if let Ok(record) = &record {
+            let _: i64 = conn
+                .del(self.access_key(&record.access_token_hash))
+                .await
+                .map_err(store_error)?;
+        }
+        let _: i64 = conn.del(self.data_key(sid)).await.map_err(store_error)?;
+        if let Ok(record) = &record {
+            let _: i64 = conn
+                .srem(self.did_key(&record.did), sid)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(true)
+    }
+
+    async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
+        let mut conn = self.conn().await?;
+        let index = self.did_key(did);
+        let members: Vec<String> = conn.smembers(&index).await.map_err(store_error)?;
+        let mut deleted = 0u32;
+        for sid in members {
+            let Some(record) = self.read(&mut conn, &sid).await? else {
+                continue;
+            };
+            if let Ok(record) = &record {
+                let _: i64 = conn
+                    .del(self.access_key(&record.access_token_hash))
+                    .await
+                    .map_err(store_error)?;
+            }
+            let _: i64 = conn.del(self.data_key(&sid)).await.map_err(store_error)?;
+            deleted = deleted.saturating_add(1);
+        }
+        let _: i64 = conn.del(&index).await.map_err(store_error)?;
+        Ok(deleted)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        // A read on this service's own key space, as in standalone mode (routed to a node).
+        let _: Option<String> = conn
+            .get(format!("{}access:health-probe", self.prefix))
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
