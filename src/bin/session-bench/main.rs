@@ -47,6 +47,9 @@ struct Args {
     /// under the default prefix).
     #[arg(long, env = "VALKEY_URL", default_value = "redis://127.0.0.1:6379")]
     valkey_url: String,
+    /// `standalone`, or `cluster` (then `--valkey-url` lists seed nodes, comma-separated).
+    #[arg(long, env = "VALKEY_MODE", default_value = "standalone")]
+    valkey_mode: String,
     /// Start two servers and alternate rounds between them.
     #[arg(long, value_enum)]
     compare: Option<Compare>,
@@ -106,6 +109,7 @@ fn specs(args: &Args, otlp: Option<&str>) -> Vec<ServerSpec> {
             Store::Valkey => "valkey".into(),
         },
         valkey_url: (store == Store::Valkey).then(|| args.valkey_url.clone()),
+        valkey_mode: args.valkey_mode.clone(),
         otlp_endpoint: otlp.map(str::to_owned),
     };
     let store_name = format!("{:?}", args.store).to_lowercase();
@@ -202,7 +206,9 @@ async fn main() -> Result<(), BoxError> {
         target.warmup_calls = warmup.calls;
     }
     // Count Valkey's commands whenever a started server uses it.
+    // (Standalone only: a cluster's commands are spread over its nodes' statistics.)
     let mut counter = if args.addr.is_none()
+        && args.valkey_mode == "standalone"
         && (args.store == Store::Valkey || args.compare == Some(Compare::Store))
     {
         Some(valkey_commands::CommandCounter::connect(&args.valkey_url).await?)

@@ -22,6 +22,8 @@ pub struct ServerSpec {
     pub store: String,
     /// The Valkey URL, for the valkey store.
     pub valkey_url: Option<String>,
+    /// `standalone` or `cluster`.
+    pub valkey_mode: String,
     /// An OTLP endpoint to export every span to (100% sampling), or none for tracing off.
     pub otlp_endpoint: Option<String>,
 }
@@ -58,7 +60,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(url) = &spec.valkey_url {
-            cmd.args(["--valkey-url", url]);
+            cmd.args(["--valkey-url", url, "--valkey-mode", &spec.valkey_mode]);
         }
         if let Some(endpoint) = &spec.otlp_endpoint {
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
