@@ -191,6 +191,12 @@ pub struct Config {
     #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT", default_value_t = 10)]
     pub http2_keepalive_timeout: u64,
 
+    /// Do not serve: ask the server running with this configuration whether it is ready
+    /// (`/readyz` if METRICS_LISTEN is set, else grpc.health.v1) and exit 0 if so, 1 if
+    /// not. For container HEALTHCHECKs in an image without a shell.
+    #[arg(long)]
+    pub probe: bool,
+
     /// Log line format on stderr: `human` or `json`. Filter with `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod probe;
 pub mod server;
 pub mod service;
 pub mod session;

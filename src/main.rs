@@ -14,6 +14,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if config.probe {
+        return if barazo_session::probe::ready(&config).await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     let telemetry = match telemetry::init(config.log_format) {
         Ok(telemetry) => telemetry,
         Err(err) => {

@@ -242,3 +242,69 @@ async fn no_token_or_session_id_reaches_the_log_even_at_trace_level() {
         );
     }
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn probe(args: &[&str]) -> Option<i32> {
+    command()
+        .arg("--probe")
+        .args(args)
+        .output()
+        .await
+        .expect("probe runs")
+        .status
+        .code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reports_readiness_for_container_health_checks() {
+    let port = free_port().to_string();
+    let listen = format!("0.0.0.0:{port}");
+    // Nothing listens yet: not ready.
+    assert_eq!(
+        probe(&["--listen", &listen, "--store", "memory"]).await,
+        Some(1)
+    );
+
+    let mut child = command()
+        .args(["--store", "memory", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while probe(&["--listen", &listen, "--store", "memory"]).await != Some(0) {
+        assert!(std::time::Instant::now() < deadline, "never ready");
+    }
+    let _ = child.kill().await;
+
+    // With an admin listener the probe asks /readyz: a store that does not answer is 503.
+    let admin = format!("127.0.0.1:{}", free_port());
+    let dead_valkey = format!("redis://127.0.0.1:{}", free_port());
+    let mut child = command()
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", &admin])
+        .args(["--valkey-url", &dead_valkey])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let args = [
+        "--metrics-listen",
+        admin.as_str(),
+        "--valkey-url",
+        dead_valkey.as_str(),
+    ];
+    // Readiness signal for the listener itself: /livez answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(&admin).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin listener never up"
+        );
+    }
+    assert_eq!(probe(&args).await, Some(1), "Valkey is down: not ready");
+    let _ = child.kill().await;
+}
