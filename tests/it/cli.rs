@@ -272,7 +272,12 @@ async fn probe_reports_readiness_for_container_health_checks() {
     );
 
     let mut child = command()
-        .args(["--store", "memory", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--store",
+            "memory",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stderr(Stdio::null())
         .spawn()
         .expect("server starts");
