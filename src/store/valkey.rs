@@ -210,7 +210,9 @@ fn store_error(err: RedisError) -> StoreError {
     }
 }
 
-fn parse_record(sid: &str, json: &str) -> Result<SessionRecord, StoreError> {
+/// Parses a stored session read under `sid`: corrupt JSON, or JSON naming another sid, is
+/// [`StoreError::CorruptSession`] (fail closed). Shared with the cluster store.
+pub(super) fn parse_record(sid: &str, json: &str) -> Result<SessionRecord, StoreError> {
     let corrupt = |reason: String| StoreError::CorruptSession {
         key_prefix: log_prefix(&sha256_hex(sid)).to_owned(),
         reason,

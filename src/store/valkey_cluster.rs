@@ -18,8 +18,9 @@
 //! - **DeleteAll** (1 + 3 per session + 1): `SMEMBERS`, then per session as in Delete,
 //!   then `DEL` the index.
 
+use super::valkey::parse_record;
 use super::{Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
-use crate::session::{SessionRecord, log_prefix, sha256_hex};
+use crate::session::SessionRecord;
 use redis::AsyncCommands;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -122,27 +123,8 @@ impl ValkeyClusterStore {
         sid: &str,
     ) -> Result<Option<Result<SessionRecord, StoreError>>, StoreError> {
         let json: Option<String> = conn.get(self.data_key(sid)).await.map_err(store_error)?;
-        Ok(json.map(|json| parse(sid, &json)))
+        Ok(json.map(|json| parse_record(sid, &json)))
     }
-}
-
-fn parse(sid: &str, json: &str) -> Result<SessionRecord, StoreError> {
-    let corrupt = |reason: String| StoreError::CorruptSession {
-        key_prefix: log_prefix(&sha256_hex(sid)).to_owned(),
-        reason,
-    };
-    let record = SessionRecord::from_json(json).map_err(|e| {
-        corrupt(format!(
-            "{:?} error at line {} column {}",
-            e.classify(),
-            e.line(),
-            e.column()
-        ))
-    })?;
-    if record.sid != sid {
-        return Err(corrupt("its sid field does not match its key".to_owned()));
-    }
-    Ok(record)
 }
 
 impl SessionStore for ValkeyClusterStore {
