@@ -51,6 +51,53 @@ pub struct Lifetimes {
     pub access_token: Duration,
 }
 
+/// The key names of the shared layout under one prefix (both Valkey stores use it).
+#[derive(Debug, Clone)]
+pub struct KeyLayout {
+    prefix: String,
+    data_prefix: String,
+}
+
+impl KeyLayout {
+    /// The layout under `prefix`, e.g. `barazo:session:`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            data_prefix: format!("{prefix}data:"),
+        }
+    }
+
+    /// The prefix itself (scripts derive the keys they find from it).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>data:`, to which a sid is appended.
+    pub fn data_prefix(&self) -> &str {
+        &self.data_prefix
+    }
+
+    /// `<prefix>data:<sid>`: the session JSON.
+    pub fn data(&self, sid: &str) -> String {
+        format!("{}{sid}", self.data_prefix)
+    }
+
+    /// `<prefix>access:<sha256 of the access token>`: the sid.
+    pub fn access(&self, access_hash: &str) -> String {
+        format!("{}access:{access_hash}", self.prefix)
+    }
+
+    /// `<prefix>did:<did>`: the DID's set of sids.
+    pub fn did(&self, did: &str) -> String {
+        format!("{}did:{did}", self.prefix)
+    }
+
+    /// An access key no token can hash to (not hex), read by health probes.
+    pub fn health_probe(&self) -> String {
+        format!("{}access:health-probe", self.prefix)
+    }
+}
+
 /// How many members of a DID index one create inspects for expired sessions. Bounded so
 /// a create costs the same for a user with years of logins; large enough that the index
 /// of a user who logs in daily stays near the number of live sessions.

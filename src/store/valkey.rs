@@ -6,7 +6,7 @@
 //! health-check `PING` per checkout, so each RPC is exactly one round trip. It is created
 //! lazily, so the service starts while Valkey is down and recovers when it returns.
 
-use super::{Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use super::{KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
 use crate::metrics::Metrics;
 use crate::session::{SessionRecord, log_prefix, sha256_hex};
 use crate::telemetry;
@@ -102,8 +102,7 @@ pub struct ValkeyStore {
     metrics: Arc<Metrics>,
     peer: Peer,
     scripts: Scripts,
-    prefix: String,
-    data_prefix: String,
+    keys: KeyLayout,
 }
 
 impl ValkeyStore {
@@ -151,8 +150,7 @@ impl ValkeyStore {
             metrics,
             peer,
             scripts: Scripts::new(),
-            prefix: options.key_prefix.clone(),
-            data_prefix: format!("{}data:", options.key_prefix),
+            keys: KeyLayout::new(&options.key_prefix),
         })
     }
 
@@ -185,18 +183,6 @@ impl ValkeyStore {
         let answer = answer.map_err(store_error)?;
         round_trip.succeeded();
         Ok(answer)
-    }
-
-    fn data_key(&self, sid: &str) -> String {
-        format!("{}{sid}", self.data_prefix)
-    }
-
-    fn access_key(&self, access_hash: &str) -> String {
-        format!("{}access:{access_hash}", self.prefix)
-    }
-
-    fn did_key(&self, did: &str) -> String {
-        format!("{}did:{did}", self.prefix)
     }
 }
 
@@ -241,14 +227,14 @@ impl SessionStore for ValkeyStore {
         let script = &self.scripts.create;
         let mut invocation = script.script.prepare_invoke();
         invocation
-            .key(self.data_key(&record.sid))
-            .key(self.access_key(&record.access_token_hash))
-            .key(self.did_key(&record.did))
+            .key(self.keys.data(&record.sid))
+            .key(self.keys.access(&record.access_token_hash))
+            .key(self.keys.did(&record.did))
             .arg(record.to_json())
             .arg(&record.sid)
             .arg(millis(lifetimes.session))
             .arg(millis(lifetimes.access_token))
-            .arg(&self.data_prefix)
+            .arg(self.keys.data_prefix())
             .arg(PRUNE_SAMPLE);
         let _: i64 = self.invoke(script, &invocation).await?;
         Ok(())
@@ -261,8 +247,8 @@ impl SessionStore for ValkeyStore {
         let script = &self.scripts.validate;
         let mut invocation = script.script.prepare_invoke();
         invocation
-            .key(self.access_key(access_hash))
-            .arg(&self.data_prefix);
+            .key(self.keys.access(access_hash))
+            .arg(self.keys.data_prefix());
         let found: Option<(String, String)> = self.invoke(script, &invocation).await?;
         found
             .map(|(sid, json)| parse_record(&sid, &json))
@@ -279,9 +265,9 @@ impl SessionStore for ValkeyStore {
         let script = &self.scripts.refresh;
         let mut invocation = script.script.prepare_invoke();
         invocation
-            .key(self.data_key(sid))
-            .key(self.access_key(new_access_hash))
-            .arg(&self.prefix)
+            .key(self.keys.data(sid))
+            .key(self.keys.access(new_access_hash))
+            .arg(self.keys.prefix())
             .arg(sid)
             .arg(new_access_hash)
             .arg(access_expires_at_ms)
@@ -305,8 +291,8 @@ impl SessionStore for ValkeyStore {
         let script = &self.scripts.delete;
         let mut invocation = script.script.prepare_invoke();
         invocation
-            .key(self.data_key(sid))
-            .arg(&self.prefix)
+            .key(self.keys.data(sid))
+            .arg(self.keys.prefix())
             .arg(sid);
         let existed: i64 = self.invoke(script, &invocation).await?;
         Ok(existed == 1)
@@ -315,7 +301,7 @@ impl SessionStore for ValkeyStore {
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
         let script = &self.scripts.delete_all;
         let mut invocation = script.script.prepare_invoke();
-        invocation.key(self.did_key(did)).arg(&self.prefix);
+        invocation.key(self.keys.did(did)).arg(self.keys.prefix());
         self.invoke(script, &invocation).await
     }
 
@@ -328,8 +314,8 @@ impl SessionStore for ValkeyStore {
             .scripts
             .validate
             .script
-            .key(format!("{}access:health-probe", self.prefix))
-            .arg(&self.data_prefix)
+            .key(self.keys.health_probe())
+            .arg(self.keys.data_prefix())
             .invoke_async(&mut conn)
             .await
             .map_err(store_error)?;

@@ -19,7 +19,7 @@
 //!   then `DEL` the index.
 
 use super::valkey::parse_record;
-use super::{Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use super::{KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
 use crate::session::SessionRecord;
 use redis::AsyncCommands;
 use redis::cluster::ClusterClient;
@@ -32,7 +32,7 @@ pub struct ValkeyClusterStore {
     client: ClusterClient,
     /// Connected on first use, so the service starts while the cluster is down.
     conn: OnceCell<ClusterConnection>,
-    prefix: String,
+    keys: KeyLayout,
 }
 
 fn store_error(err: redis::RedisError) -> StoreError {
@@ -63,7 +63,7 @@ impl ValkeyClusterStore {
         Ok(Self {
             client: builder.build()?,
             conn: OnceCell::new(),
-            prefix: key_prefix.to_owned(),
+            keys: KeyLayout::new(key_prefix),
         })
     }
 
@@ -84,18 +84,6 @@ impl ValkeyClusterStore {
             .cloned()
     }
 
-    fn data_key(&self, sid: &str) -> String {
-        format!("{}data:{sid}", self.prefix)
-    }
-
-    fn access_key(&self, hash: &str) -> String {
-        format!("{}access:{hash}", self.prefix)
-    }
-
-    fn did_key(&self, did: &str) -> String {
-        format!("{}did:{did}", self.prefix)
-    }
-
     /// Adds a member to a DID index and extends (never shortens) its TTL.
     async fn index(
         &self,
@@ -104,7 +92,7 @@ impl ValkeyClusterStore {
         sid: &str,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let key = self.did_key(did);
+        let key = self.keys.did(did);
         let _: i64 = conn.sadd(&key, sid).await.map_err(store_error)?;
         let current: i64 = conn.pttl(&key).await.map_err(store_error)?;
         let wanted = millis(ttl);
@@ -122,7 +110,7 @@ impl ValkeyClusterStore {
         conn: &mut ClusterConnection,
         sid: &str,
     ) -> Result<Option<Result<SessionRecord, StoreError>>, StoreError> {
-        let json: Option<String> = conn.get(self.data_key(sid)).await.map_err(store_error)?;
+        let json: Option<String> = conn.get(self.keys.data(sid)).await.map_err(store_error)?;
         Ok(json.map(|json| parse_record(sid, &json)))
     }
 }
@@ -130,7 +118,7 @@ impl ValkeyClusterStore {
 impl SessionStore for ValkeyClusterStore {
     async fn create(&self, record: &SessionRecord, lifetimes: Lifetimes) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        let index = self.did_key(&record.did);
+        let index = self.keys.did(&record.did);
         // Prune a bounded sample of members whose session expired.
         let sample: Vec<String> = conn
             .srandmember_multiple(&index, PRUNE_SAMPLE as isize)
@@ -138,7 +126,7 @@ impl SessionStore for ValkeyClusterStore {
             .map_err(store_error)?;
         for member in sample {
             let exists: bool = conn
-                .exists(self.data_key(&member))
+                .exists(self.keys.data(&member))
                 .await
                 .map_err(store_error)?;
             if !exists {
@@ -149,7 +137,7 @@ impl SessionStore for ValkeyClusterStore {
             .await?;
         let _: () = conn
             .pset_ex(
-                self.data_key(&record.sid),
+                self.keys.data(&record.sid),
                 record.to_json(),
                 millis(lifetimes.session),
             )
@@ -157,7 +145,7 @@ impl SessionStore for ValkeyClusterStore {
             .map_err(store_error)?;
         let _: () = conn
             .pset_ex(
-                self.access_key(&record.access_token_hash),
+                self.keys.access(&record.access_token_hash),
                 &record.sid,
                 millis(lifetimes.access_token),
             )
@@ -172,7 +160,7 @@ impl SessionStore for ValkeyClusterStore {
     ) -> Result<Option<SessionRecord>, StoreError> {
         let mut conn = self.conn().await?;
         let sid: Option<String> = conn
-            .get(self.access_key(access_hash))
+            .get(self.keys.access(access_hash))
             .await
             .map_err(store_error)?;
         let Some(sid) = sid else {
@@ -195,14 +183,14 @@ impl SessionStore for ValkeyClusterStore {
         let mut record = record?;
         // Revoke the old token first: whatever happens next, it no longer validates.
         let _: i64 = conn
-            .del(self.access_key(&record.access_token_hash))
+            .del(self.keys.access(&record.access_token_hash))
             .await
             .map_err(store_error)?;
         record.access_token_hash = new_access_hash.to_owned();
         record.access_token_expires_at = access_expires_at_ms;
         // XX: only while the session exists, so a concurrent delete is never undone.
         let written: Option<String> = redis::cmd("SET")
-            .arg(self.data_key(sid))
+            .arg(self.keys.data(sid))
             .arg(record.to_json())
             .arg("PX")
             .arg(millis(lifetimes.session))
@@ -215,7 +203,7 @@ impl SessionStore for ValkeyClusterStore {
         }
         let _: () = conn
             .pset_ex(
-                self.access_key(new_access_hash),
+                self.keys.access(new_access_hash),
                 sid,
                 millis(lifetimes.access_token),
             )
@@ -235,14 +223,14 @@ impl SessionStore for ValkeyClusterStore {
         // the same (its access key, unknown, expires on its own and never validates).
         if let Ok(record) = &record {
             let _: i64 = conn
-                .del(self.access_key(&record.access_token_hash))
+                .del(self.keys.access(&record.access_token_hash))
                 .await
                 .map_err(store_error)?;
         }
-        let _: i64 = conn.del(self.data_key(sid)).await.map_err(store_error)?;
+        let _: i64 = conn.del(self.keys.data(sid)).await.map_err(store_error)?;
         if let Ok(record) = &record {
             let _: i64 = conn
-                .srem(self.did_key(&record.did), sid)
+                .srem(self.keys.did(&record.did), sid)
                 .await
                 .map_err(store_error)?;
         }
@@ -251,7 +239,7 @@ impl SessionStore for ValkeyClusterStore {
 
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
         let mut conn = self.conn().await?;
-        let index = self.did_key(did);
+        let index = self.keys.did(did);
         let members: Vec<String> = conn.smembers(&index).await.map_err(store_error)?;
         let mut deleted = 0u32;
         for sid in members {
@@ -260,11 +248,11 @@ impl SessionStore for ValkeyClusterStore {
             };
             if let Ok(record) = &record {
                 let _: i64 = conn
-                    .del(self.access_key(&record.access_token_hash))
+                    .del(self.keys.access(&record.access_token_hash))
                     .await
                     .map_err(store_error)?;
             }
-            let _: i64 = conn.del(self.data_key(&sid)).await.map_err(store_error)?;
+            let _: i64 = conn.del(self.keys.data(&sid)).await.map_err(store_error)?;
             deleted = deleted.saturating_add(1);
         }
         let _: i64 = conn.del(&index).await.map_err(store_error)?;
@@ -275,7 +263,7 @@ impl SessionStore for ValkeyClusterStore {
         let mut conn = self.conn().await?;
         // A read on this service's own key space, as in standalone mode (routed to a node).
         let _: Option<String> = conn
-            .get(format!("{}access:health-probe", self.prefix))
+            .get(self.keys.health_probe())
             .await
             .map_err(store_error)?;
         Ok(())
