@@ -17,6 +17,9 @@
 //! - **Delete** (4): `GET data`, `DEL` its access key, `DEL` data, `SREM` from the index.
 //! - **DeleteAll** (1 + 3 per session + 1): `SMEMBERS`, then per session as in Delete,
 //!   then `DEL` the index.
+//!
+//! Health: `PING` to every primary, then a read of this service's own key space; either
+//! failing means NOT_SERVING.
 
 use super::valkey::parse_record;
 use super::{KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
@@ -261,7 +264,14 @@ impl SessionStore for ValkeyClusterStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        // A read on this service's own key space, as in standalone mode (routed to a node).
+        // PING goes to every primary (redis-rs routes it so, and fails if any node fails): a
+        // dead node makes a third of the sessions unusable, so the service is not ready.
+        let _: () = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        // A read on this service's own key space, as in standalone mode: it also fails while
+        // the cluster reports itself down (CLUSTERDOWN), which PING does not show.
         let _: Option<String> = conn
             .get(self.keys.health_probe())
             .await

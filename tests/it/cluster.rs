@@ -1,7 +1,11 @@
 //! Valkey Cluster specifics (the behaviour suite runs against a cluster too): a session
-//! whose three keys live on three different nodes works end to end and leaves nothing.
+//! whose three keys live on three different nodes works end to end and leaves nothing, and
+//! a dead node answers UNAVAILABLE (never "invalid") until it is back.
 
 use crate::support::{Backend, TestApp, sha256_hex, unique_did};
+use std::time::{Duration, Instant};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const PREFIX: &str = "barazo:session:";
 
@@ -69,4 +73,49 @@ async fn a_session_spread_over_three_nodes_works_and_leaves_nothing() {
             .expect("DBSIZE");
         assert_eq!(keys, 0, "node {} still holds keys", node.port());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_answers_unavailable_never_invalid_and_the_cluster_heals() {
+    let mut app = TestApp::spawn(Backend::Cluster).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let access_key = format!("{PREFIX}access:{}", sha256_hex(&created.access_token));
+    let node = node_of(&app, &access_key).await;
+
+    app.cluster.as_mut().expect("cluster").node_mut(node).kill();
+    let started = Instant::now();
+    let status = app
+        .try_validate(&created.access_token)
+        .await
+        .expect_err("the node holding the token is down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The standalone outage tests' margin (connect and command timeouts are 500 ms).
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Readiness sees it: PING goes to every primary.
+    app.wait_for_health(ServingStatus::NotServing).await;
+    let status = app
+        .try_validate(&created.access_token)
+        .await
+        .expect_err("still down");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    // Back on its port with its cluster config (same id and slots) but empty: tests run
+    // without persistence, so that session's access key is gone.
+    let cluster = app.cluster.as_mut().expect("cluster");
+    cluster.node_mut(node).restart();
+    cluster.wait_until_ok().await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    assert!(
+        !app.validate(&created.access_token).await.valid,
+        "an answer again, and the lost key is not valid"
+    );
+    let again = app.create(&unique_did(), "bob.test").await;
+    assert!(app.validate(&again.access_token).await.valid);
+    app.refresh(&again.refresh_token)
+        .await
+        .expect("refresh after recovery");
 }

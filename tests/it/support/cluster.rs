@@ -104,4 +104,35 @@ impl ValkeyCluster {
     pub fn nodes(&self) -> &[Valkey] {
         &self.nodes
     }
+
+    /// One node, to kill and restart it (it keeps its cluster config file, so it rejoins
+    /// with its id and slots).
+    pub fn node_mut(&mut self, index: usize) -> &mut Valkey {
+        &mut self.nodes[index]
+    }
+
+    /// Waits until every running node reports `cluster_state:ok` again.
+    pub async fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ok = true;
+            for node in &self.nodes {
+                let mut conn = node.client().await;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("CLUSTER INFO");
+                ok &= info.contains("cluster_state:ok");
+            }
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not heal in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
