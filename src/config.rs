@@ -275,16 +275,23 @@ impl Config {
             }
         }
         if self.store == StoreKind::Valkey {
-            let url = self.valkey_url.expose();
-            if self.valkey_ca.is_some() && !url.starts_with("rediss://") {
+            // In cluster mode every seed must be rediss://: the nodes found through them are
+            // reached the same way.
+            let plain = self
+                .valkey_urls()
+                .iter()
+                .any(|url| !url.starts_with("rediss://"));
+            if self.valkey_ca.is_some() && plain {
                 problems.push(
                     "--valkey-ca / VALKEY_CA is set but VALKEY_URL is not rediss://: the connection \
                      would not use TLS"
                         .into(),
                 );
             }
-            let url_has_password = redis::IntoConnectionInfo::into_connection_info(url)
-                .is_ok_and(|info| info.redis_settings().password().is_some());
+            let url_has_password = self.valkey_urls().into_iter().any(|url| {
+                redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .is_ok_and(|info| info.redis_settings().password().is_some())
+            });
             if self.valkey_password_file.is_some() && url_has_password {
                 problems.push(
                     "both VALKEY_URL and --valkey-password-file / VALKEY_PASSWORD_FILE carry a \
@@ -292,13 +299,6 @@ impl Config {
                         .into(),
                 );
             }
-        }
-        if self.valkey_mode == ValkeyMode::Cluster && self.valkey_ca.is_some() {
-            problems.push(
-                "--valkey-ca / VALKEY_CA is not supported with --valkey-mode cluster yet (rediss:// \
-                 seeds use the system's roots)"
-                    .into(),
-            );
         }
         if self.max_connections > MAX_CONCURRENT_REQUESTS {
             problems.push(format!(
@@ -438,6 +438,30 @@ mod tests {
             ])
             .is_ok()
         );
+        // Cluster mode: every seed is checked, for TLS and for a password.
+        let seeds = |urls: &str| {
+            parse(&[
+                "--valkey-mode",
+                "cluster",
+                "--valkey-url",
+                urls,
+                "--valkey-ca",
+                path,
+            ])
+        };
+        assert!(seeds("rediss://a:6379,rediss://b:6379").is_ok());
+        let err = seeds("rediss://a:6379,redis://b:6379").expect_err("one plain seed");
+        assert!(err.to_string().contains("rediss://"), "{err}");
+        let err = parse(&[
+            "--valkey-mode",
+            "cluster",
+            "--valkey-url",
+            "redis://a:6379,redis://:pw@b:6379",
+            "--valkey-password-file",
+            path,
+        ])
+        .expect_err("two passwords in cluster mode");
+        assert!(err.to_string().contains("keep one"), "{err}");
         assert!(parse(&["--max-concurrent-requests", "1000001"]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -235,6 +235,7 @@ impl Application {
                         let store = ValkeyClusterStore::new(
                             &config.valkey_urls(),
                             password.as_deref(),
+                            ca_pem,
                             &config.key_prefix,
                             connect_timeout,
                             command_timeout,

@@ -48,9 +48,13 @@ fn millis(d: Duration) -> u64 {
 
 impl ValkeyClusterStore {
     /// Prepares a store for the cluster reachable through `seeds`; connects lazily.
+    ///
+    /// With `ca_pem`, nodes' certificates are verified against it (the seeds are `rediss://`,
+    /// and the nodes they lead to are reached with TLS too).
     pub fn new(
         seeds: &[String],
         password: Option<&str>,
+        ca_pem: Option<Vec<u8>>,
         key_prefix: &str,
         connect_timeout: Duration,
         command_timeout: Duration,
@@ -62,6 +66,12 @@ impl ValkeyClusterStore {
             .retries(1);
         if let Some(password) = password {
             builder = builder.password(password);
+        }
+        if let Some(ca) = ca_pem {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca),
+            });
         }
         Ok(Self {
             client: builder.build()?,

@@ -2,7 +2,10 @@
 //! whose three keys live on three different nodes works end to end and leaves nothing, and
 //! a dead node answers UNAVAILABLE (never "invalid") until it is back.
 
-use crate::support::{Backend, TestApp, sha256_hex, unique_did};
+use crate::support::cluster::ValkeyCluster;
+use crate::support::pki::{Ca, TempDir};
+use crate::support::{Backend, TestApp, config, sha256_hex, unique_did};
+use barazo_session::config::StoreKind;
 use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -10,8 +13,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 const PREFIX: &str = "barazo:session:";
 
 /// Which of the three nodes serves `key` (slots were assigned in thirds, in node order).
-async fn node_of(app: &TestApp, key: &str) -> usize {
-    let cluster = app.cluster.as_ref().expect("cluster");
+async fn node_of(cluster: &ValkeyCluster, key: &str) -> usize {
     let mut conn = cluster.nodes()[0].client().await;
     let slot: u16 = redis::cmd("CLUSTER")
         .arg("KEYSLOT")
@@ -36,13 +38,21 @@ async fn a_session_spread_over_three_nodes_works_and_leaves_nothing() {
         let did = unique_did();
         let created = app.create(&did, "alice.test").await;
         let nodes = [
-            node_of(&app, &format!("{PREFIX}data:{}", created.refresh_token)).await,
             node_of(
-                &app,
+                app.cluster.as_ref().expect("cluster"),
+                &format!("{PREFIX}data:{}", created.refresh_token),
+            )
+            .await,
+            node_of(
+                app.cluster.as_ref().expect("cluster"),
                 &format!("{PREFIX}access:{}", sha256_hex(&created.access_token)),
             )
             .await,
-            node_of(&app, &format!("{PREFIX}did:{did}")).await,
+            node_of(
+                app.cluster.as_ref().expect("cluster"),
+                &format!("{PREFIX}did:{did}"),
+            )
+            .await,
         ];
         if nodes[0] != nodes[1] && nodes[1] != nodes[2] && nodes[0] != nodes[2] {
             spread = Some((did, created));
@@ -80,7 +90,7 @@ async fn a_dead_node_answers_unavailable_never_invalid_and_the_cluster_heals() {
     let mut app = TestApp::spawn(Backend::Cluster).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let access_key = format!("{PREFIX}access:{}", sha256_hex(&created.access_token));
-    let node = node_of(&app, &access_key).await;
+    let node = node_of(app.cluster.as_ref().expect("cluster"), &access_key).await;
 
     app.cluster.as_mut().expect("cluster").node_mut(node).kill();
     let started = Instant::now();
@@ -118,4 +128,62 @@ async fn a_dead_node_answers_unavailable_never_invalid_and_the_cluster_heals() {
     app.refresh(&again.refresh_token)
         .await
         .expect("refresh after recovery");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_seeds_reach_every_node_with_tls_verified_against_the_configured_ca() {
+    let ca = Ca::new("valkey cluster CA");
+    let cluster = ValkeyCluster::start_behind_tls(&ca.issue(&["127.0.0.1"], None)).await;
+    let dir = TempDir::new();
+    let good_ca = dir.write("valkey-ca.pem", ca.pem());
+    let other_ca = dir.write("other-ca.pem", Ca::new("someone else").pem());
+    let urls = cluster.urls();
+    assert!(urls.starts_with("rediss://"), "{urls}");
+    // The topology clients discover names the TLS ports only, never a node's plain port.
+    let mut conn = cluster.nodes()[0].client().await;
+    let topology: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await
+        .expect("CLUSTER NODES");
+    for line in topology.lines() {
+        let address = line.split(' ').nth(1).expect("address field");
+        let port = address.split(['@', ',']).next().expect("ip:port");
+        assert!(
+            urls.contains(&format!("rediss://{port}")),
+            "{line} in {urls}"
+        );
+    }
+    let spawn = |ca: std::path::PathBuf| {
+        let urls = urls.clone();
+        async move {
+            let flags = [
+                "--valkey-mode",
+                "cluster",
+                "--valkey-ca",
+                ca.to_str().expect("utf-8"),
+            ];
+            TestApp::spawn_config(config(StoreKind::Valkey, Some(&urls), &flags), None, None).await
+        }
+    };
+
+    let app = spawn(good_ca).await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    // Sessions land on all three nodes, each reached through its TLS port.
+    let mut on_node = [false; 3];
+    for _ in 0..30 {
+        let created = app.create(&unique_did(), "alice.test").await;
+        assert!(app.validate(&created.access_token).await.valid);
+        on_node[node_of(&cluster, &format!("{PREFIX}data:{}", created.refresh_token)).await] = true;
+    }
+    assert_eq!(on_node, [true; 3], "sessions on every node");
+
+    // A CA the service was not told to trust: no connection, UNAVAILABLE.
+    let app = spawn(other_ca).await;
+    let status = app
+        .try_validate(&"ab".repeat(32))
+        .await
+        .expect_err("untrusted cluster");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(app.health_status().await, ServingStatus::NotServing);
 }

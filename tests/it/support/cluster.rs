@@ -2,7 +2,7 @@
 //! ephemeral ports, slots assigned with `CLUSTER ADDSLOTSRANGE`, nodes joined with
 //! `CLUSTER MEET`, ready once every node reports `cluster_state:ok`.
 
-use super::pki::TempDir;
+use super::pki::{Pem, TempDir, tls_proxy};
 use super::valkey::Valkey;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 /// Three primaries, killed on drop.
 pub struct ValkeyCluster {
     nodes: Vec<Valkey>,
+    /// How clients reach each node (the node itself, or a TLS proxy in front of it).
+    urls: Vec<String>,
     _dir: TempDir,
 }
 
@@ -27,23 +29,50 @@ fn cluster_port() -> u16 {
 impl ValkeyCluster {
     /// Starts and joins the cluster; returns once all slots are served.
     pub async fn start() -> Self {
+        Self::form(None).await
+    }
+
+    /// The same cluster reached only through TLS: each node sits behind a TLS proxy
+    /// presenting `server` and announces the proxy's port (`cluster-announce-port`), so
+    /// clients that discover the topology also connect through TLS.
+    pub async fn start_behind_tls(server: &Pem) -> Self {
+        Self::form(Some(server)).await
+    }
+
+    async fn form(tls: Option<&Pem>) -> Self {
         let dir = TempDir::new();
         let mut nodes = Vec::new();
+        let mut urls = Vec::new();
         for _ in 0..3 {
             let port = cluster_port();
             let conf = dir.write(&format!("nodes-{port}.conf"), "");
             std::fs::remove_file(&conf).expect("fresh cluster config");
-            nodes.push(Valkey::start_on_with(
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    conf.to_str().expect("utf-8"),
-                    "--cluster-node-timeout",
-                    "2000",
-                ],
-            ));
+            let mut args: Vec<String> = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                conf.to_str().expect("utf-8"),
+                "--cluster-node-timeout",
+                "2000",
+            ]
+            .map(str::to_owned)
+            .into();
+            match tls {
+                Some(server) => {
+                    let proxy = tls_proxy(port, server).await;
+                    args.extend([
+                        "--cluster-announce-port".to_owned(),
+                        proxy.to_string(),
+                        // The bus stays on the node's own port + 10000.
+                        "--cluster-announce-bus-port".to_owned(),
+                        (port + 10_000).to_string(),
+                    ]);
+                    urls.push(format!("rediss://127.0.0.1:{proxy}"));
+                }
+                None => urls.push(format!("redis://127.0.0.1:{port}")),
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(Valkey::start_on_with(port, &args));
         }
         let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
         let mut conns = Vec::new();
@@ -88,16 +117,16 @@ impl ValkeyCluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Self { nodes, _dir: dir }
+        Self {
+            nodes,
+            urls,
+            _dir: dir,
+        }
     }
 
     /// The seed URLs, comma-separated, as `VALKEY_URL` takes them in cluster mode.
     pub fn urls(&self) -> String {
-        self.nodes
-            .iter()
-            .map(Valkey::url)
-            .collect::<Vec<_>>()
-            .join(",")
+        self.urls.join(",")
     }
 
     /// The nodes, to inspect where keys live.
