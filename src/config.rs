@@ -191,6 +191,11 @@ pub struct Config {
     #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT", default_value_t = 10)]
     pub http2_keepalive_timeout: u64,
 
+    /// Threads that run calls. Default: the CPUs this process may use, container CPU
+    /// limits included; set it where the process cannot see its CPU share.
+    #[arg(long, env = "WORKER_THREADS")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+
     /// Do not serve: ask the server running with this configuration whether it is ready
     /// (`/readyz` if METRICS_LISTEN is set, else grpc.health.v1) and exit 0 if so, 1 if
     /// not. For container HEALTHCHECKs in an image without a shell.

@@ -5,8 +5,7 @@ use barazo_session::server::Application;
 use barazo_session::telemetry;
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = match Config::load() {
         Ok(config) => config,
         Err(err) => {
@@ -14,6 +13,22 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Built by hand rather than with #[tokio::main], so the worker count is configurable.
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads.get());
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(err) => {
+            eprintln!("barazo-session: cannot start the runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
     if config.probe {
         return if barazo_session::probe::ready(&config).await {
             ExitCode::SUCCESS

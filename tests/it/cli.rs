@@ -103,7 +103,8 @@ impl Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_server_cleanly() {
     let mut cmd = command();
-    cmd.args(["--store", "memory"]);
+    // One worker thread: the runtime the flag builds serves and drains like the default.
+    cmd.args(["--store", "memory", "--worker-threads", "1"]);
     let running = start(cmd).await;
     let mut client = running.client().await;
     client
@@ -153,6 +154,14 @@ async fn bad_configuration_is_one_clear_startup_error() {
         .expect("runs");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--listen"));
+
+    let output = command()
+        .args(["--worker-threads", "0"])
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--worker-threads"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,9 @@ struct Args {
     /// Sessions created per server before the load (validated, and refreshed).
     #[arg(long, default_value_t = 1000)]
     sessions: usize,
+    /// `--worker-threads` for every started server (default: the server's own default).
+    #[arg(long)]
+    server_worker_threads: Option<usize>,
     /// Print each round's outcomes per 250 ms (OK, UNAVAILABLE, other errors, slowest
     /// failure): for watching a fault, e.g. Valkey killed and restarted during the round.
     #[arg(long)]
@@ -111,6 +114,7 @@ fn specs(args: &Args, otlp: Option<&str>) -> Vec<ServerSpec> {
         valkey_url: (store == Store::Valkey).then(|| args.valkey_url.clone()),
         valkey_mode: args.valkey_mode.clone(),
         otlp_endpoint: otlp.map(str::to_owned),
+        worker_threads: args.server_worker_threads,
     };
     let store_name = format!("{:?}", args.store).to_lowercase();
     match args.compare {

@@ -26,6 +26,8 @@ pub struct ServerSpec {
     pub valkey_mode: String,
     /// An OTLP endpoint to export every span to (100% sampling), or none for tracing off.
     pub otlp_endpoint: Option<String>,
+    /// The server's `--worker-threads`, or its default.
+    pub worker_threads: Option<usize>,
 }
 
 /// A running server, killed on drop.
@@ -61,6 +63,9 @@ impl Server {
             .stderr(Stdio::piped());
         if let Some(url) = &spec.valkey_url {
             cmd.args(["--valkey-url", url, "--valkey-mode", &spec.valkey_mode]);
+        }
+        if let Some(threads) = spec.worker_threads {
+            cmd.args(["--worker-threads", &threads.to_string()]);
         }
         if let Some(endpoint) = &spec.otlp_endpoint {
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
