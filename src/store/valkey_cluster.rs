@@ -9,7 +9,7 @@
 //!   data names this token's hash, as in standalone mode.
 //! - **Create** (3–4): index first (`SADD` + TTL), then data, then the access key, so a
 //!   session is in its DID's index before it can be used. Pruning checks a sample of index
-//!   members with `EXISTS`, one command each, pipelined per node by the client.
+//!   members with `EXISTS`, one round trip each (a bounded sample, [`PRUNE_SAMPLE`]).
 //! - **Refresh** (4): `GET data`, `DEL` the old access key (revoked first), `SET data … XX`
 //!   (only if the session still exists: a concurrent delete wins), then the new access key
 //!   and the index TTL. Two concurrent refreshes leave one valid token; the loser's access
