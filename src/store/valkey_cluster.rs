@@ -27,7 +27,8 @@ use crate::session::SessionRecord;
 use redis::AsyncCommands;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 /// Session storage in a Valkey Cluster.
@@ -35,11 +36,26 @@ pub struct ValkeyClusterStore {
     client: ClusterClient,
     /// Connected on first use, so the service starts while the cluster is down.
     conn: OnceCell<ClusterConnection>,
+    /// When the last attempt at the first connection failed.
+    last_failure: Mutex<Option<Instant>>,
     keys: KeyLayout,
 }
 
 fn store_error(err: redis::RedisError) -> StoreError {
     StoreError::Unavailable(err)
+}
+
+/// Longest wait for the first connection to the cluster (topology discovery included).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After a failed first connection, calls in this window fail at once without a new attempt.
+const CONNECT_RETRY_AFTER: Duration = Duration::from_millis(500);
+
+fn unreachable(reason: &'static str) -> StoreError {
+    StoreError::Unavailable(redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        reason,
+    )))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -76,22 +92,38 @@ impl ValkeyClusterStore {
         Ok(Self {
             client: builder.build()?,
             conn: OnceCell::new(),
+            last_failure: Mutex::new(None),
             keys: KeyLayout::new(key_prefix),
         })
     }
 
     async fn conn(&self) -> Result<ClusterConnection, StoreError> {
+        if let Some(conn) = self.conn.get() {
+            return Ok(conn.clone());
+        }
         self.conn
             .get_or_try_init(|| async {
-                tokio::time::timeout(Duration::from_secs(2), self.client.get_async_connection())
-                    .await
-                    .map_err(|_| {
-                        StoreError::Unavailable(redis::RedisError::from(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "connecting to the cluster timed out",
-                        )))
-                    })?
-                    .map_err(store_error)
+                // Callers wait in line for the first connection; when an attempt has just
+                // failed, the rest fail at once instead of each making (and waiting out) its
+                // own attempt. The health task keeps trying on its interval.
+                if self
+                    .last_failure
+                    .lock()
+                    .is_ok_and(|failed| failed.is_some_and(|at| at.elapsed() < CONNECT_RETRY_AFTER))
+                {
+                    return Err(unreachable("the cluster was unreachable moments ago"));
+                }
+                let attempt =
+                    tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_connection())
+                        .await
+                        .map_err(|_| unreachable("connecting to the cluster timed out"))
+                        .and_then(|conn| conn.map_err(store_error));
+                if attempt.is_err()
+                    && let Ok(mut failed) = self.last_failure.lock()
+                {
+                    *failed = Some(Instant::now());
+                }
+                attempt
             })
             .await
             .cloned()

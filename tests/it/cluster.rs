@@ -6,6 +6,7 @@ use crate::support::cluster::ValkeyCluster;
 use crate::support::pki::{Ca, TempDir};
 use crate::support::{Backend, TestApp, config, sha256_hex, unique_did};
 use barazo_session::config::StoreKind;
+use barazo_session::proto::ValidateAccessTokenRequest;
 use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -186,4 +187,57 @@ async fn rediss_seeds_reach_every_node_with_tls_verified_against_the_configured_
         .expect_err("untrusted cluster");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(app.health_status().await, ServingStatus::NotServing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_while_the_cluster_hangs_all_answer_unavailable_promptly() {
+    // Seeds that accept TCP connections and never answer, like hosts that stopped routing:
+    // each connect attempt lasts until a timeout, so calls must not queue behind one
+    // attempt after another.
+    let mut seeds = Vec::new();
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        seeds.push(format!(
+            "redis://127.0.0.1:{}",
+            listener.local_addr().expect("addr").port()
+        ));
+        listeners.push(listener);
+    }
+    let urls = seeds.join(",");
+    let app = TestApp::spawn_config(
+        config(
+            StoreKind::Valkey,
+            Some(&urls),
+            &["--valkey-mode", "cluster"],
+        ),
+        None,
+        None,
+    )
+    .await;
+
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let mut client = app.client.clone();
+        calls.spawn(async move {
+            client
+                .validate_access_token(ValidateAccessTokenRequest {
+                    access_token: "ab".repeat(32),
+                })
+                .await
+        });
+    }
+    while let Some(answer) = calls.join_next().await {
+        let status = answer
+            .expect("call task")
+            .expect_err("no cluster to answer");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(4_000),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(listeners);
 }
