@@ -121,3 +121,38 @@ async fn a_frozen_valkey_times_out_as_unavailable_instead_of_hanging() {
         "data survived the freeze"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_while_valkey_hangs_at_startup_all_answer_unavailable_promptly() {
+    // A port that accepts connections and never answers (not even the handshake's HELLO).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "redis://127.0.0.1:{}",
+        listener.local_addr().expect("addr").port()
+    );
+    let app = TestApp::spawn_config(
+        crate::support::config(StoreKind::Valkey, Some(&url), &[]),
+        None,
+        None,
+    )
+    .await;
+
+    let started = Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let mut client = app.client.clone();
+        calls.spawn(async move {
+            client
+                .validate_access_token(barazo_session::proto::ValidateAccessTokenRequest {
+                    access_token: "ab".repeat(32),
+                })
+                .await
+        });
+    }
+    while let Some(answer) = calls.join_next().await {
+        let status = answer.expect("call task").expect_err("nothing answers");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
+    drop(listener);
+}
