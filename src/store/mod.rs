@@ -11,6 +11,7 @@
 //! - `access:<sha256hex(access token)>` → the sid; TTL = access token TTL.
 //! - `did:<did>` → SET of the DID's sids; TTL = session TTL.
 
+mod cluster_link;
 pub mod memory;
 pub mod valkey;
 pub mod valkey_cluster;

@@ -21,41 +21,25 @@
 //! Health: `PING` to every primary, then a read of this service's own key space; either
 //! failing means NOT_SERVING.
 
+use super::cluster_link::ClusterLink;
 use super::valkey::parse_record;
 use super::{KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
 use crate::session::SessionRecord;
 use redis::AsyncCommands;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
+use std::future::Future;
+use std::time::Duration;
 
 /// Session storage in a Valkey Cluster.
 pub struct ValkeyClusterStore {
-    client: ClusterClient,
     /// Connected on first use, so the service starts while the cluster is down.
-    conn: OnceCell<ClusterConnection>,
-    /// When the last attempt at the first connection failed.
-    last_failure: Mutex<Option<Instant>>,
+    link: ClusterLink,
     keys: KeyLayout,
 }
 
 fn store_error(err: redis::RedisError) -> StoreError {
     StoreError::Unavailable(err)
-}
-
-/// Longest wait for the first connection to the cluster (topology discovery included).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// After a failed first connection, calls in this window fail at once without a new attempt.
-const CONNECT_RETRY_AFTER: Duration = Duration::from_millis(500);
-
-fn unreachable(reason: &'static str) -> StoreError {
-    StoreError::Unavailable(redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        reason,
-    )))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -90,43 +74,22 @@ impl ValkeyClusterStore {
             });
         }
         Ok(Self {
-            client: builder.build()?,
-            conn: OnceCell::new(),
-            last_failure: Mutex::new(None),
+            link: ClusterLink::new(builder.build()?),
             keys: KeyLayout::new(key_prefix),
         })
     }
 
-    async fn conn(&self) -> Result<ClusterConnection, StoreError> {
-        if let Some(conn) = self.conn.get() {
-            return Ok(conn.clone());
-        }
-        self.conn
-            .get_or_try_init(|| async {
-                // Callers wait in line for the first connection; when an attempt has just
-                // failed, the rest fail at once instead of each making (and waiting out) its
-                // own attempt. The health task keeps trying on its interval.
-                if self
-                    .last_failure
-                    .lock()
-                    .is_ok_and(|failed| failed.is_some_and(|at| at.elapsed() < CONNECT_RETRY_AFTER))
-                {
-                    return Err(unreachable("the cluster was unreachable moments ago"));
-                }
-                let attempt =
-                    tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_connection())
-                        .await
-                        .map_err(|_| unreachable("connecting to the cluster timed out"))
-                        .and_then(|conn| conn.map_err(store_error));
-                if attempt.is_err()
-                    && let Ok(mut failed) = self.last_failure.lock()
-                {
-                    *failed = Some(Instant::now());
-                }
-                attempt
-            })
-            .await
-            .cloned()
+    /// Runs one store operation on the shared connection and tells the link how it went
+    /// (the link replaces a connection on which everything fails).
+    async fn on_link<T, F, Fut>(&self, operation: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ClusterConnection) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let conn = self.link.get().await?;
+        let outcome = operation(conn).await;
+        self.link.record(&outcome);
+        outcome
     }
 
     /// Adds a member to a DID index and extends (never shortens) its TTL.
@@ -162,56 +125,60 @@ impl ValkeyClusterStore {
 
 impl SessionStore for ValkeyClusterStore {
     async fn create(&self, record: &SessionRecord, lifetimes: Lifetimes) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let index = self.keys.did(&record.did);
-        // Prune a bounded sample of members whose session expired.
-        let sample: Vec<String> = conn
-            .srandmember_multiple(&index, PRUNE_SAMPLE as isize)
-            .await
-            .map_err(store_error)?;
-        for member in sample {
-            let exists: bool = conn
-                .exists(self.keys.data(&member))
+        self.on_link(|mut conn| async move {
+            let index = self.keys.did(&record.did);
+            // Prune a bounded sample of members whose session expired.
+            let sample: Vec<String> = conn
+                .srandmember_multiple(&index, PRUNE_SAMPLE as isize)
                 .await
                 .map_err(store_error)?;
-            if !exists {
-                let _: i64 = conn.srem(&index, &member).await.map_err(store_error)?;
+            for member in sample {
+                let exists: bool = conn
+                    .exists(self.keys.data(&member))
+                    .await
+                    .map_err(store_error)?;
+                if !exists {
+                    let _: i64 = conn.srem(&index, &member).await.map_err(store_error)?;
+                }
             }
-        }
-        self.index(&mut conn, &record.did, &record.sid, lifetimes.session)
-            .await?;
-        let _: () = conn
-            .pset_ex(
-                self.keys.data(&record.sid),
-                record.to_json(),
-                millis(lifetimes.session),
-            )
-            .await
-            .map_err(store_error)?;
-        let _: () = conn
-            .pset_ex(
-                self.keys.access(&record.access_token_hash),
-                &record.sid,
-                millis(lifetimes.access_token),
-            )
-            .await
-            .map_err(store_error)?;
-        Ok(())
+            self.index(&mut conn, &record.did, &record.sid, lifetimes.session)
+                .await?;
+            let _: () = conn
+                .pset_ex(
+                    self.keys.data(&record.sid),
+                    record.to_json(),
+                    millis(lifetimes.session),
+                )
+                .await
+                .map_err(store_error)?;
+            let _: () = conn
+                .pset_ex(
+                    self.keys.access(&record.access_token_hash),
+                    &record.sid,
+                    millis(lifetimes.access_token),
+                )
+                .await
+                .map_err(store_error)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn find_by_access_hash(
         &self,
         access_hash: &str,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let mut conn = self.conn().await?;
-        let sid: Option<String> = conn
-            .get(self.keys.access(access_hash))
-            .await
-            .map_err(store_error)?;
-        let Some(sid) = sid else {
-            return Ok(None);
-        };
-        self.read(&mut conn, &sid).await?.transpose()
+        self.on_link(|mut conn| async move {
+            let sid: Option<String> = conn
+                .get(self.keys.access(access_hash))
+                .await
+                .map_err(store_error)?;
+            let Some(sid) = sid else {
+                return Ok(None);
+            };
+            self.read(&mut conn, &sid).await?.transpose()
+        })
+        .await
     }
 
     async fn refresh(
@@ -221,103 +188,111 @@ impl SessionStore for ValkeyClusterStore {
         access_expires_at_ms: i64,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let mut conn = self.conn().await?;
-        let Some(record) = self.read(&mut conn, sid).await? else {
-            return Ok(None);
-        };
-        let mut record = record?;
-        // Revoke the old token first: whatever happens next, it no longer validates.
-        let _: i64 = conn
-            .del(self.keys.access(&record.access_token_hash))
-            .await
-            .map_err(store_error)?;
-        record.access_token_hash = new_access_hash.to_owned();
-        record.access_token_expires_at = access_expires_at_ms;
-        // XX: only while the session exists, so a concurrent delete is never undone.
-        let written: Option<String> = redis::cmd("SET")
-            .arg(self.keys.data(sid))
-            .arg(record.to_json())
-            .arg("PX")
-            .arg(millis(lifetimes.session))
-            .arg("XX")
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        if written.is_none() {
-            return Ok(None);
-        }
-        let _: () = conn
-            .pset_ex(
-                self.keys.access(new_access_hash),
-                sid,
-                millis(lifetimes.access_token),
-            )
-            .await
-            .map_err(store_error)?;
-        self.index(&mut conn, &record.did, sid, lifetimes.session)
-            .await?;
-        Ok(Some(record))
-    }
-
-    async fn delete(&self, sid: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let Some(record) = self.read(&mut conn, sid).await? else {
-            return Ok(false);
-        };
-        // Revoke the access token first, then the session; a corrupt record is removed all
-        // the same (its access key, unknown, expires on its own and never validates).
-        if let Ok(record) = &record {
+        self.on_link(|mut conn| async move {
+            let Some(record) = self.read(&mut conn, sid).await? else {
+                return Ok(None);
+            };
+            let mut record = record?;
+            // Revoke the old token first: whatever happens next, it no longer validates.
             let _: i64 = conn
                 .del(self.keys.access(&record.access_token_hash))
                 .await
                 .map_err(store_error)?;
-        }
-        let _: i64 = conn.del(self.keys.data(sid)).await.map_err(store_error)?;
-        if let Ok(record) = &record {
-            let _: i64 = conn
-                .srem(self.keys.did(&record.did), sid)
+            record.access_token_hash = new_access_hash.to_owned();
+            record.access_token_expires_at = access_expires_at_ms;
+            // XX: only while the session exists, so a concurrent delete is never undone.
+            let written: Option<String> = redis::cmd("SET")
+                .arg(self.keys.data(sid))
+                .arg(record.to_json())
+                .arg("PX")
+                .arg(millis(lifetimes.session))
+                .arg("XX")
+                .query_async(&mut conn)
                 .await
                 .map_err(store_error)?;
-        }
-        Ok(true)
+            if written.is_none() {
+                return Ok(None);
+            }
+            let _: () = conn
+                .pset_ex(
+                    self.keys.access(new_access_hash),
+                    sid,
+                    millis(lifetimes.access_token),
+                )
+                .await
+                .map_err(store_error)?;
+            self.index(&mut conn, &record.did, sid, lifetimes.session)
+                .await?;
+            Ok(Some(record))
+        })
+        .await
     }
 
-    async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
-        let mut conn = self.conn().await?;
-        let index = self.keys.did(did);
-        let members: Vec<String> = conn.smembers(&index).await.map_err(store_error)?;
-        let mut deleted = 0u32;
-        for sid in members {
-            let Some(record) = self.read(&mut conn, &sid).await? else {
-                continue;
+    async fn delete(&self, sid: &str) -> Result<bool, StoreError> {
+        self.on_link(|mut conn| async move {
+            let Some(record) = self.read(&mut conn, sid).await? else {
+                return Ok(false);
             };
+            // Revoke the access token first, then the session; a corrupt record is removed all
+            // the same (its access key, unknown, expires on its own and never validates).
             if let Ok(record) = &record {
                 let _: i64 = conn
                     .del(self.keys.access(&record.access_token_hash))
                     .await
                     .map_err(store_error)?;
             }
-            let _: i64 = conn.del(self.keys.data(&sid)).await.map_err(store_error)?;
-            deleted = deleted.saturating_add(1);
-        }
-        let _: i64 = conn.del(&index).await.map_err(store_error)?;
-        Ok(deleted)
+            let _: i64 = conn.del(self.keys.data(sid)).await.map_err(store_error)?;
+            if let Ok(record) = &record {
+                let _: i64 = conn
+                    .srem(self.keys.did(&record.did), sid)
+                    .await
+                    .map_err(store_error)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
+        self.on_link(|mut conn| async move {
+            let index = self.keys.did(did);
+            let members: Vec<String> = conn.smembers(&index).await.map_err(store_error)?;
+            let mut deleted = 0u32;
+            for sid in members {
+                let Some(record) = self.read(&mut conn, &sid).await? else {
+                    continue;
+                };
+                if let Ok(record) = &record {
+                    let _: i64 = conn
+                        .del(self.keys.access(&record.access_token_hash))
+                        .await
+                        .map_err(store_error)?;
+                }
+                let _: i64 = conn.del(self.keys.data(&sid)).await.map_err(store_error)?;
+                deleted = deleted.saturating_add(1);
+            }
+            let _: i64 = conn.del(&index).await.map_err(store_error)?;
+            Ok(deleted)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        // PING goes to every primary (redis-rs routes it so, and fails if any node fails): a
-        // dead node makes a third of the sessions unusable, so the service is not ready.
-        let _: () = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        // A read on this service's own key space, as in standalone mode: it also fails while
-        // the cluster reports itself down (CLUSTERDOWN), which PING does not show.
-        let _: Option<String> = conn
-            .get(self.keys.health_probe())
-            .await
-            .map_err(store_error)?;
-        Ok(())
+        self.on_link(|mut conn| async move {
+            // PING goes to every primary (redis-rs routes it so, and fails if any node fails): a
+            // dead node makes a third of the sessions unusable, so the service is not ready.
+            let _: () = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+            // A read on this service's own key space, as in standalone mode: it also fails while
+            // the cluster reports itself down (CLUSTERDOWN), which PING does not show.
+            let _: Option<String> = conn
+                .get(self.keys.health_probe())
+                .await
+                .map_err(store_error)?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -241,3 +241,99 @@ async fn concurrent_calls_while_the_cluster_hangs_all_answer_unavailable_promptl
     );
     drop(listeners);
 }
+
+/// What the callers of a load saw.
+#[derive(Default, Debug)]
+struct Tally {
+    ok: u64,
+    unavailable: u64,
+    other: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_and_restarted_under_load_heals_without_a_restart() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut app = TestApp::spawn(Backend::Cluster).await;
+    let token = app.create(&unique_did(), "alice.test").await.access_token;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (mut client, stop, tally, token) = (
+            app.client.clone(),
+            stop.clone(),
+            tally.clone(),
+            token.clone(),
+        );
+        load.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let answer = client
+                    .validate_access_token(ValidateAccessTokenRequest {
+                        access_token: token.clone(),
+                    })
+                    .await;
+                let mut tally = tally.lock().expect("tally");
+                match answer {
+                    Ok(_) => tally.ok += 1,
+                    Err(status) if status.code() == Code::Unavailable => tally.unavailable += 1,
+                    Err(status) => tally.other.push(format!("{status:?}")),
+                }
+            }
+        });
+    }
+    let count = |pick: fn(&Tally) -> u64| pick(&tally.lock().expect("tally"));
+    // The load is running: answers are coming in.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(|t| t.ok) < 500 {
+        assert!(Instant::now() < deadline, "no load: {tally:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    app.cluster.as_mut().expect("cluster").node_mut(1).kill();
+    while count(|t| t.unavailable) == 0 {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "the outage never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cluster = app.cluster.as_mut().expect("cluster");
+    cluster.node_mut(1).restart();
+    cluster.wait_until_ok().await;
+
+    // Healed while the load goes on: a new session can be created and validated.
+    let healed_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut client = app.client.clone();
+        let created = client
+            .create_session(barazo_session::proto::CreateSessionRequest {
+                did: unique_did(),
+                handle: "bob.test".into(),
+            })
+            .await;
+        if let Ok(created) = created
+            && app
+                .try_validate(&created.into_inner().access_token)
+                .await
+                .is_ok_and(|answer| answer.valid)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < healed_by,
+            "still failing 10 s after the node came back: {:?}",
+            tally.lock().expect("tally")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    while load.join_next().await.is_some() {}
+    let tally = tally.lock().expect("tally");
+    assert!(
+        tally.other.is_empty(),
+        "only OK or UNAVAILABLE: {:?}",
+        tally.other
+    );
+}
