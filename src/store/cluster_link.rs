@@ -41,10 +41,55 @@ pub struct ClusterLink {
     connecting: tokio::sync::Mutex<()>,
     /// When the last connection attempt failed.
     last_failure: Mutex<Option<Instant>>,
-    /// Start of the current run of failed calls, in ms since `epoch` plus one; 0 while
-    /// the last call succeeded. Atomic: every call touches it.
-    failing_since_ms: AtomicU64,
+    streak: FailureStreak,
+}
+
+/// How long every call has been failing. Lock-free: every call touches it.
+struct FailureStreak {
+    /// Start of the current run of failures, in ms since `epoch` plus one; 0 while the
+    /// last call succeeded.
+    since_ms: AtomicU64,
     epoch: Instant,
+}
+
+impl FailureStreak {
+    fn new() -> Self {
+        Self {
+            since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1)
+    }
+
+    fn succeeded(&self) {
+        if self.since_ms.load(Ordering::Relaxed) != 0 {
+            self.since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failure at `now_ms`; returns how long the run has lasted when it has
+    /// lasted `limit` or more (and starts counting afresh), else `None`.
+    fn failed(&self, now_ms: u64, limit: Duration) -> Option<u64> {
+        let since =
+            match self
+                .since_ms
+                .compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return None,
+                Err(since) => since,
+            };
+        let lasted = now_ms.saturating_sub(since);
+        if lasted < u64::try_from(limit.as_millis()).unwrap_or(u64::MAX) {
+            return None;
+        }
+        self.since_ms.store(0, Ordering::Relaxed);
+        Some(lasted)
+    }
 }
 
 impl ClusterLink {
@@ -55,8 +100,7 @@ impl ClusterLink {
             current: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(None),
-            failing_since_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            streak: FailureStreak::new(),
         }
     }
 
@@ -90,7 +134,7 @@ impl ClusterLink {
                 if let Ok(mut current) = self.current.write() {
                     *current = Some(conn.clone());
                 }
-                self.failing_since_ms.store(0, Ordering::Relaxed);
+                self.streak.succeeded();
             }
             Err(_) => {
                 if let Ok(mut failed) = self.last_failure.lock() {
@@ -105,43 +149,51 @@ impl ClusterLink {
     /// success, only [`StoreError::Unavailable`] as failure.
     pub fn record<T>(&self, outcome: &Result<T, StoreError>) {
         match outcome {
-            Err(StoreError::Unavailable(_)) => self.failed(),
-            _ => {
-                if self.failing_since_ms.load(Ordering::Relaxed) != 0 {
-                    self.failing_since_ms.store(0, Ordering::Relaxed);
+            Err(StoreError::Unavailable(_)) => {
+                let Some(lasted) = self.streak.failed(self.streak.now_ms(), WEDGED_AFTER) else {
+                    return;
+                };
+                let dropped = self
+                    .current
+                    .write()
+                    .ok()
+                    .and_then(|mut current| current.take());
+                if dropped.is_some() {
+                    tracing::warn!(
+                        failing_for_ms = lasted,
+                        "every Valkey Cluster call failed for a while: replacing the connection"
+                    );
                 }
             }
+            _ => self.streak.succeeded(),
         }
     }
+}
 
-    fn failed(&self) {
-        let now = u64::try_from(self.epoch.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let since = match self.failing_since_ms.compare_exchange(
-            0,
-            now,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => return,
-            Err(since) => since,
-        };
-        let wedged_after = u64::try_from(WEDGED_AFTER.as_millis()).unwrap_or(u64::MAX);
-        if now.saturating_sub(since) < wedged_after {
-            return;
-        }
-        self.failing_since_ms.store(0, Ordering::Relaxed);
-        let dropped = self
-            .current
-            .write()
-            .ok()
-            .and_then(|mut current| current.take());
-        if dropped.is_some() {
-            tracing::warn!(
-                failing_for_ms = now.saturating_sub(since),
-                "every Valkey Cluster call failed for a while: replacing the connection"
-            );
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_run_of_failures_counts_once_it_lasts_the_limit() {
+        let streak = FailureStreak::new();
+        assert_eq!(streak.failed(1_000, LIMIT), None, "starts the run");
+        assert_eq!(streak.failed(2_999, LIMIT), None, "1.999 s");
+        assert_eq!(streak.failed(3_000, LIMIT), Some(2_000));
+        // Counted once: the next failure starts a new run.
+        assert_eq!(streak.failed(3_001, LIMIT), None);
+        assert_eq!(streak.failed(5_001, LIMIT), Some(2_000));
+    }
+
+    #[test]
+    fn one_success_ends_the_run() {
+        let streak = FailureStreak::new();
+        assert_eq!(streak.failed(1_000, LIMIT), None);
+        streak.succeeded();
+        assert_eq!(streak.failed(2_500, LIMIT), None, "a new run from 2.5 s");
+        assert_eq!(streak.failed(4_000, LIMIT), None);
+        assert_eq!(streak.failed(4_500, LIMIT), Some(2_000));
     }
 }
