@@ -10,10 +10,12 @@
 //! - **Create** (3–4): index first (`SADD` + TTL), then data, then the access key, so a
 //!   session is in its DID's index before it can be used. Pruning checks a sample of index
 //!   members with `EXISTS`, one round trip each (a bounded sample, [`PRUNE_SAMPLE`]).
-//! - **Refresh** (4): `GET data`, `DEL` the old access key (revoked first), `SET data … XX`
-//!   (only if the session still exists: a concurrent delete wins), then the new access key
-//!   and the index TTL. Two concurrent refreshes leave one valid token; the loser's access
-//!   key is an orphan that never validates and expires with the access TTL.
+//! - **Refresh** (7–10): `GET data`, `DEL` the old access key (revoked first), `SET data …
+//!   XX GET` (only if the session still exists: a concurrent delete wins; it returns the
+//!   record it replaced), `DEL` that record's access key if a concurrent refresh wrote it,
+//!   the new access key, `GET data` again (and `DEL` the new key if a later refresh has
+//!   replaced it), then the index. Concurrent refreshes leave exactly one access key: the
+//!   winner's.
 //! - **Delete** (4): `GET data`, `DEL` its access key, `DEL` data, `SREM` from the index.
 //! - **DeleteAll** (1 + 3 per session + 1): `SMEMBERS`, then per session as in Delete,
 //!   then `DEL` the index.
@@ -193,25 +195,41 @@ impl SessionStore for ValkeyClusterStore {
                 return Ok(None);
             };
             let mut record = record?;
+            let read_hash =
+                std::mem::replace(&mut record.access_token_hash, new_access_hash.to_owned());
             // Revoke the old token first: whatever happens next, it no longer validates.
             let _: i64 = conn
-                .del(self.keys.access(&record.access_token_hash))
+                .del(self.keys.access(&read_hash))
                 .await
                 .map_err(store_error)?;
-            record.access_token_hash = new_access_hash.to_owned();
             record.access_token_expires_at = access_expires_at_ms;
             // XX: only while the session exists, so a concurrent delete is never undone.
-            let written: Option<String> = redis::cmd("SET")
+            // GET: the record this write replaced, to clean up after a concurrent refresh.
+            let replaced: Option<String> = redis::cmd("SET")
                 .arg(self.keys.data(sid))
                 .arg(record.to_json())
                 .arg("PX")
                 .arg(millis(lifetimes.session))
                 .arg("XX")
+                .arg("GET")
                 .query_async(&mut conn)
                 .await
                 .map_err(store_error)?;
-            if written.is_none() {
+            let Some(replaced) = replaced else {
                 return Ok(None);
+            };
+            // Concurrent refreshes of one session (several tabs) each read, revoke and write;
+            // the data's last writer wins. Each one then removes the access key of the
+            // refresh it replaced, and its own key if a later one replaced it in turn, so
+            // exactly the winner's key remains (no orphan until the access TTL).
+            if let Ok(previous) = parse_record(sid, &replaced)
+                && previous.access_token_hash != read_hash
+                && previous.access_token_hash != new_access_hash
+            {
+                let _: i64 = conn
+                    .del(self.keys.access(&previous.access_token_hash))
+                    .await
+                    .map_err(store_error)?;
             }
             let _: () = conn
                 .pset_ex(
@@ -221,6 +239,16 @@ impl SessionStore for ValkeyClusterStore {
                 )
                 .await
                 .map_err(store_error)?;
+            let still_ours = self
+                .read(&mut conn, sid)
+                .await?
+                .is_some_and(|now| now.is_ok_and(|now| now.access_token_hash == new_access_hash));
+            if !still_ours {
+                let _: i64 = conn
+                    .del(self.keys.access(new_access_hash))
+                    .await
+                    .map_err(store_error)?;
+            }
             self.index(&mut conn, &record.did, sid, lifetimes.session)
                 .await?;
             Ok(Some(record))

@@ -337,3 +337,36 @@ async fn a_node_killed_and_restarted_under_load_heals_without_a_restart() {
         tally.other
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refreshes_leave_no_orphaned_access_key_on_any_node() {
+    let app = TestApp::spawn(Backend::Cluster).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let tokens = app.refresh_concurrently(&created.refresh_token, 20).await;
+
+    let mut access_keys = Vec::new();
+    let mut data = None;
+    for node in app.cluster.as_ref().expect("cluster").nodes() {
+        let mut conn = node.client().await;
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{PREFIX}access:*"))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        access_keys.extend(found);
+        let json: Option<String> = redis::cmd("GET")
+            .arg(format!("{PREFIX}data:{}", created.refresh_token))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        data = data.or(json);
+    }
+    assert_eq!(access_keys.len(), 1, "{access_keys:?}");
+    let hash = &access_keys[0][format!("{PREFIX}access:").len()..];
+    let data = data.expect("the session's data");
+    assert!(
+        data.contains(&format!(r#""accessTokenHash":"{hash}""#)),
+        "the remaining key is the current token's: {data}"
+    );
+    assert!(tokens.iter().any(|t| sha256_hex(t) == hash));
+}
