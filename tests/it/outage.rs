@@ -138,19 +138,8 @@ async fn concurrent_calls_while_valkey_hangs_at_startup_all_answer_unavailable_p
     .await;
 
     let started = Instant::now();
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let mut client = app.client.clone();
-        calls.spawn(async move {
-            client
-                .validate_access_token(barazo_session::proto::ValidateAccessTokenRequest {
-                    access_token: "ab".repeat(32),
-                })
-                .await
-        });
-    }
-    while let Some(answer) = calls.join_next().await {
-        let status = answer.expect("call task").expect_err("nothing answers");
+    for answer in app.validate_concurrently(&"ab".repeat(32), 32).await {
+        let status = answer.expect_err("nothing answers");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
     assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());

@@ -272,6 +272,31 @@ impl TestApp {
         tokens
     }
 
+    /// Validates `token` from `n` concurrent tasks; returns every answer.
+    pub async fn validate_concurrently(
+        &self,
+        token: &str,
+        n: usize,
+    ) -> Vec<Result<ValidateAccessTokenResponse, tonic::Status>> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let mut client = self.client.clone();
+                let access_token = token.to_owned();
+                tokio::spawn(async move {
+                    client
+                        .validate_access_token(ValidateAccessTokenRequest { access_token })
+                        .await
+                        .map(tonic::Response::into_inner)
+                })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(n);
+        for task in tasks {
+            answers.push(task.await.expect("validate task"));
+        }
+        answers
+    }
+
     /// Deletes a session (logout), returning whether one existed.
     pub async fn delete(&self, refresh_token: &str) -> Result<bool, tonic::Status> {
         self.client
