@@ -2,8 +2,8 @@
 //! replaced when it has stopped answering.
 //!
 //! Why replace it: under load, redis-rs 1.8's cluster connection can wedge for good when a
-//! node dies. Its background repair of the dead node's connection and its slot refresh wait
-//! on each other, every call then times out, and that lasts after the node is back
+//! node dies. The slot refresh it starts never completes (its logs stop at "beginning slot
+//! refresh"), every call then times out, and that lasts after the node is back
 //! (reproduced by `a_node_killed_and_restarted_under_load_heals_without_a_restart` in
 //! `tests/it/cluster.rs`). So when every call has failed for [`WEDGED_AFTER`], the link drops
 //! the connection and the next call builds a new one from the seeds. During a real outage
@@ -23,7 +23,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECT_RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// A connection on which every call failed for this long is replaced.
-pub const WEDGED_AFTER: Duration = Duration::from_secs(2);
+const WEDGED_AFTER: Duration = Duration::from_secs(2);
 
 /// A [`StoreError::Unavailable`] that carries our own reason.
 fn unreachable(reason: &'static str) -> StoreError {
