@@ -89,9 +89,24 @@ async fn a_session_spread_over_three_nodes_works_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_answers_unavailable_never_invalid_and_the_cluster_heals() {
     let mut app = TestApp::spawn(Backend::Cluster).await;
-    let created = app.create(&unique_did(), "alice.test").await;
-    let access_key = format!("{PREFIX}access:{}", sha256_hex(&created.access_token));
-    let node = node_of(app.cluster.as_ref().expect("cluster"), &access_key).await;
+    // A session on a node other than the health probe's key, so that only the PING to
+    // every primary can tell readiness about it (2 in 3 sessions are; 30 tries suffice).
+    let cluster = app.cluster.as_ref().expect("cluster");
+    let probe_node = node_of(cluster, &format!("{PREFIX}access:health-probe")).await;
+    let mut chosen = None;
+    for _ in 0..30 {
+        let created = app.create(&unique_did(), "alice.test").await;
+        let access_key = format!("{PREFIX}access:{}", sha256_hex(&created.access_token));
+        let node = node_of(cluster, &access_key).await;
+        if node != probe_node {
+            chosen = Some((created, node));
+            break;
+        }
+    }
+    let (created, node) = chosen.expect("a session away from the probe key's node");
+    let survivor = app.cluster.as_ref().expect("cluster").nodes()[probe_node]
+        .client()
+        .await;
 
     app.cluster.as_mut().expect("cluster").node_mut(node).kill();
     let started = Instant::now();
@@ -106,8 +121,19 @@ async fn a_dead_node_answers_unavailable_never_invalid_and_the_cluster_heals() {
         "took {:?}",
         started.elapsed()
     );
-    // Readiness sees it: PING goes to every primary.
+    // Readiness sees it through the PING to every primary, before the cluster itself
+    // declares the node failed (2 s node timeout) and every read fails with CLUSTERDOWN.
     app.wait_for_health(ServingStatus::NotServing).await;
+    let mut survivor = survivor;
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(&mut survivor)
+        .await
+        .expect("CLUSTER INFO");
+    assert!(
+        info.contains("cluster_state:ok"),
+        "NOT_SERVING should come from the PING, not from the cluster's own failure: {info}"
+    );
     let status = app
         .try_validate(&created.access_token)
         .await
