@@ -90,7 +90,7 @@ async fn a_session_spread_over_three_nodes_works_and_leaves_nothing() {
 async fn a_dead_node_answers_unavailable_never_invalid_and_the_cluster_heals() {
     let mut app = TestApp::spawn(Backend::Cluster).await;
     // A session on a node other than the health probe's key, so that only the PING to
-    // every primary can tell readiness about it (2 in 3 sessions are; 30 tries suffice).
+    // each primary can tell readiness about it (2 in 3 sessions are; 30 tries suffice).
     let cluster = app.cluster.as_ref().expect("cluster");
     let probe_node = node_of(cluster, &format!("{PREFIX}access:health-probe")).await;
     let mut chosen = None;
@@ -121,7 +121,7 @@ async fn a_dead_node_answers_unavailable_never_invalid_and_the_cluster_heals() {
         "took {:?}",
         started.elapsed()
     );
-    // Readiness sees it through the PING to every primary, before the cluster itself
+    // Readiness sees it through the PING to each primary, before the cluster itself
     // declares the node failed (2 s node timeout) and every read fails with CLUSTERDOWN.
     app.wait_for_health(ServingStatus::NotServing).await;
     let mut survivor = survivor;
