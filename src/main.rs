@@ -1,6 +1,6 @@
 //! `barazo-session`: reads the configuration, starts the server, stops on SIGTERM/SIGINT.
 
-use barazo_session::config::Config;
+use barazo_session::config::{Config, LoadError};
 use barazo_session::server::Application;
 use barazo_session::telemetry;
 use std::process::ExitCode;
@@ -8,7 +8,9 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let config = match Config::load() {
         Ok(config) => config,
-        Err(err) => {
+        // --help and --version: printed by clap, exit 0.
+        Err(LoadError::Display(help)) => help.exit(),
+        Err(LoadError::Invalid(err)) => {
             eprintln!("barazo-session: {err}");
             return ExitCode::from(2);
         }
@@ -59,7 +61,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Signal handlers first, so a SIGTERM right after "listening" still drains.
     let shutdown = barazo_session::server::shutdown_signal()?;
     let app = Application::build(&config).await?;
-    tracing::info!(addr = %app.local_addr(), store = ?config.store, "listening");
+    app.announce(&config);
     app.run_until(shutdown).await?;
     tracing::info!("stopped");
     Ok(())

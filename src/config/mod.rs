@@ -4,6 +4,12 @@
 //! names the AppView already uses (`VALKEY_URL`, `OAUTH_SESSION_TTL`,
 //! `OAUTH_ACCESS_TOKEN_TTL`) are reused so both can read one environment.
 
+mod checks;
+mod load;
+
+pub use checks::{MAX_CONCURRENT_REQUESTS, MAX_CONNECTIONS, MAX_TTL_SECONDS};
+pub use load::{LoadError, Origins, load_from};
+
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,13 +81,12 @@ pub struct Config {
     pub store: StoreKind,
 
     /// Valkey URL, `redis://[user:password@]host:port[/db]`. The AppView's variable.
-    /// Its value is never printed (it may hold a password).
+    /// A configured value is never printed (it may hold a password); only the default is.
     #[arg(
         long,
         env = "VALKEY_URL",
         default_value = "redis://127.0.0.1:6379",
-        hide_env_values = true,
-        hide_default_value = true
+        hide_env_values = true
     )]
     pub valkey_url: Secret,
 
@@ -130,16 +135,16 @@ pub struct Config {
 
     /// PEM certificate chain for TLS on the gRPC listener. Off (plaintext) unless set, for
     /// a loopback or sidecar-encrypted deployment; set it wherever the network is shared.
-    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    #[arg(long, env = "TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key for `--tls-cert`.
-    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// PEM CA bundle for client certificates (mTLS): every client must present a
     /// certificate from it; its SAN (URI or DNS) is the caller's identity in the policy.
-    #[arg(long, env = "TLS_CLIENT_CA", requires = "tls_cert")]
+    #[arg(long, env = "TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
     /// TOML file mapping callers (certificate identities, service-key digests) to the RPCs
@@ -205,14 +210,11 @@ pub struct Config {
     /// Log line format on stderr: `human` or `json`. Filter with `RUST_LOG` (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+
+    /// Where each setting came from, for messages that name what the operator typed.
+    #[arg(skip)]
+    pub origins: Origins,
 }
-
-/// Longest session TTL accepted: a year is far beyond any sane session, and keeps every
-/// deadline computation far from overflow.
-pub const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
-
-/// Most calls in progress that may be configured; far beyond what one process can serve.
-pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
 
 /// Every problem found in a configuration, reported together.
 #[derive(Debug, thiserror::Error)]
@@ -220,123 +222,10 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
 pub struct ConfigError(pub Vec<String>);
 
 impl Config {
-    /// Parses flags and environment, then checks the values against each other. All
-    /// problems are reported at once so an operator fixes a config in one round.
-    pub fn load() -> Result<Self, ConfigError> {
-        Self::parse().validated()
-    }
-
-    /// Checks the values that clap's types cannot check on their own.
-    pub fn validated(self) -> Result<Self, ConfigError> {
-        let mut problems = Vec::new();
-        if self.session_ttl == 0 {
-            problems.push("--session-ttl / OAUTH_SESSION_TTL must be at least 1 second".into());
-        }
-        if self.access_token_ttl == 0 {
-            problems.push(
-                "--access-token-ttl / OAUTH_ACCESS_TOKEN_TTL must be at least 1 second".into(),
-            );
-        }
-        if self.session_ttl > MAX_TTL_SECONDS {
-            problems.push(format!(
-                "--session-ttl / OAUTH_SESSION_TTL must be at most {MAX_TTL_SECONDS} seconds (one year)"
-            ));
-        }
-        if self.access_token_ttl > self.session_ttl {
-            problems.push(format!(
-                "--access-token-ttl ({}s) must not exceed --session-ttl ({}s): an access token \
-                 must not outlive its session",
-                self.access_token_ttl, self.session_ttl
-            ));
-        }
-        if self.key_prefix.is_empty() || self.key_prefix.chars().any(char::is_whitespace) {
-            problems.push(
-                "--key-prefix / SESSION_KEY_PREFIX must be non-empty and without spaces \
-                 (it keeps this service's keys apart from the AppView's others)"
-                    .into(),
-            );
-        }
-        if self.store == StoreKind::Valkey {
-            for url in self.valkey_urls() {
-                if let Err(e) = redis::Client::open(url.as_str()) {
-                    // The URL itself is not echoed: it may hold a password.
-                    problems.push(format!("--valkey-url / VALKEY_URL is not a valid URL: {e}"));
-                }
-            }
-        }
-        for (value, name) in [
-            (
-                self.valkey_connect_timeout_ms,
-                "--valkey-connect-timeout-ms",
-            ),
-            (
-                self.valkey_command_timeout_ms,
-                "--valkey-command-timeout-ms",
-            ),
-            (self.health_check_interval_ms, "--health-check-interval-ms"),
-        ] {
-            if value == 0 {
-                problems.push(format!("{name} must be at least 1"));
-            }
-        }
-        if self.store == StoreKind::Valkey {
-            // In cluster mode every seed must be rediss://: the nodes found through them are
-            // reached the same way.
-            let plain = self
-                .valkey_urls()
-                .iter()
-                .any(|url| !url.starts_with("rediss://"));
-            if self.valkey_ca.is_some() && plain {
-                problems.push(
-                    "--valkey-ca / VALKEY_CA is set but VALKEY_URL is not rediss://: the connection \
-                     would not use TLS"
-                        .into(),
-                );
-            }
-            let url_has_password = self.valkey_urls().into_iter().any(|url| {
-                redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                    .is_ok_and(|info| info.redis_settings().password().is_some())
-            });
-            if self.valkey_password_file.is_some() && url_has_password {
-                problems.push(
-                    "both VALKEY_URL and --valkey-password-file / VALKEY_PASSWORD_FILE carry a \
-                     password: keep one"
-                        .into(),
-                );
-            }
-        }
-        if self.max_connections > MAX_CONCURRENT_REQUESTS {
-            problems.push(format!(
-                "--max-connections / MAX_CONNECTIONS must be at most {MAX_CONCURRENT_REQUESTS}"
-            ));
-        }
-        if self.max_concurrent_requests > MAX_CONCURRENT_REQUESTS {
-            problems.push(format!(
-                "--max-concurrent-requests / MAX_CONCURRENT_REQUESTS must be at most {MAX_CONCURRENT_REQUESTS}"
-            ));
-        }
-        for (path, name) in [
-            (&self.tls_cert, "--tls-cert / TLS_CERT"),
-            (&self.tls_key, "--tls-key / TLS_KEY"),
-            (&self.tls_client_ca, "--tls-client-ca / TLS_CLIENT_CA"),
-            (&self.authz_policy, "--authz-policy / AUTHZ_POLICY"),
-            (
-                &self.valkey_password_file,
-                "--valkey-password-file / VALKEY_PASSWORD_FILE",
-            ),
-            (&self.valkey_ca, "--valkey-ca / VALKEY_CA"),
-        ] {
-            if let Some(path) = path
-                && !path.is_file()
-            {
-                problems.push(format!("{name}: {} is not a readable file", path.display()));
-            }
-        }
-        if problems.is_empty() {
-            Ok(self)
-        } else {
-            Err(ConfigError(problems))
-        }
+    /// Parses the process's flags and environment, then checks the values against each
+    /// other. All problems are reported at once so an operator fixes a config in one round.
+    pub fn load() -> Result<Self, LoadError> {
+        load_from(std::env::args_os())
     }
 
     /// The Valkey URLs: one in standalone mode, the comma-separated seeds in cluster mode.
@@ -350,6 +239,38 @@ impl Config {
                 .map(|u| u.trim().to_owned())
                 .filter(|u| !u.is_empty())
                 .collect(),
+        }
+    }
+
+    /// The Valkey addresses for the startup log: scheme, host, port and database, with
+    /// user name and password removed.
+    pub fn valkey_addresses(&self) -> String {
+        self.valkey_urls()
+            .iter()
+            .map(|url| {
+                let scheme = if url.starts_with("rediss://") {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                match redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                    Ok(info) => match info.redis_settings().db() {
+                        0 => format!("{scheme}://{}", info.addr()),
+                        db => format!("{scheme}://{}/{db}", info.addr()),
+                    },
+                    Err(_) => "[unparsable]".to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// TLS on the gRPC listener: `off`, `tls`, or `mtls` (client certificates required).
+    pub fn tls_mode(&self) -> &'static str {
+        match (&self.tls_cert, &self.tls_client_ca) {
+            (None, _) => "off",
+            (Some(_), None) => "tls",
+            (Some(_), Some(_)) => "mtls",
         }
     }
 
@@ -469,6 +390,47 @@ mod tests {
         assert!(err.to_string().contains("keep one"), "{err}");
         assert!(parse(&["--max-concurrent-requests", "1000001"]).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Problems from `load_from` with these flags (the process environment holds none of
+    /// the service's variables under `cargo test`).
+    fn problems(args: &[&str]) -> Vec<String> {
+        let mut argv = vec!["barazo-session"];
+        argv.extend_from_slice(args);
+        match load_from(argv) {
+            Ok(_) => Vec::new(),
+            Err(LoadError::Invalid(err)) => err.0,
+            Err(LoadError::Display(help)) => panic!("unexpected help: {help}"),
+        }
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_once_under_its_own_name() {
+        let found = problems(&[
+            "--session-ttl",
+            "abc",
+            "--max-concurrent-requests",
+            "0",
+            "--listen=nowhere",
+            "--store",
+            "memory",
+            "--max-connections",
+            "7",
+        ]);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("--session-ttl: invalid value 'abc'"));
+        assert!(found[1].starts_with("--listen: invalid value 'nowhere'"));
+        // Values after a failed one still land in their own fields.
+        assert!(found[2].starts_with("--max-concurrent-requests must be"));
+        assert!(problems(&["--store", "memory", "--max-connections", "7"]).is_empty());
+    }
+
+    #[test]
+    fn unknown_flags_do_not_hide_the_rest() {
+        let found = problems(&["--bogus", "--http2-keepalive-timeout", "0"]);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("'--bogus'"), "{found:?}");
+        assert!(found[1].starts_with("--http2-keepalive-timeout must be at least 1"));
     }
 
     #[test]
