@@ -56,13 +56,18 @@ impl RequestError {
     }
 }
 
-/// An error and all its causes on one line, `outer: inner: innermost`.
+/// An error and all its causes on one line, `outer: inner: innermost`. A cause whose text
+/// the line already ends with is left out: many libraries repeat their source's message in
+/// their own (`Connection refused (os error 111): Connection refused (os error 111)`).
 pub fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !cause_text.is_empty() && !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -137,5 +142,27 @@ mod tests {
         let err = RequestError::Store(StoreError::Unavailable(io_error()));
         assert!(err.chain().starts_with("session store unavailable: "));
         assert!(err.chain().contains("refused"), "{}", err.chain());
+    }
+
+    #[test]
+    fn a_cause_chain_never_repeats_itself() {
+        /// An error that prints its source's text as its own, as redis-rs's does.
+        #[derive(Debug)]
+        struct Echo(std::io::Error);
+        impl std::fmt::Display for Echo {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "connecting: {}", self.0)
+            }
+        }
+        impl std::error::Error for Echo {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(chain(&Echo(refused())), "connecting: refused");
+        let outer = RequestError::Store(StoreError::Unavailable(io_error()));
+        let text = chain(&outer);
+        assert_eq!(text.matches("refused").count(), 1, "{text}");
     }
 }

@@ -85,6 +85,11 @@ async fn grpc_health(addr: SocketAddr) -> Result<(), String> {
     if status == ServingStatus::Serving as i32 {
         Ok(())
     } else {
-        Err(format!("health status {status}"))
+        // The name (`NOT_SERVING`), as grpcurl and the health protocol's docs spell it.
+        let name = ServingStatus::try_from(status).map_or_else(
+            |_| format!("unknown ({status})"),
+            |s| s.as_str_name().to_owned(),
+        );
+        Err(format!("health status {name}"))
     }
 }

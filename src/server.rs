@@ -265,6 +265,35 @@ impl Application {
         self.local_addr
     }
 
+    /// Logs the one startup line an operator looks for: what runs, against which store, on
+    /// which addresses (the ports actually bound), with which protections. No secret: the
+    /// Valkey addresses lose their credentials.
+    pub fn announce(&self, config: &Config) {
+        let store = match config.store {
+            StoreKind::Memory => "memory (development only: lost on restart)".to_owned(),
+            StoreKind::Valkey => {
+                let mode = match config.valkey_mode {
+                    ValkeyMode::Standalone => "standalone",
+                    ValkeyMode::Cluster => "cluster",
+                };
+                format!("valkey {mode} {}", config.valkey_addresses())
+            }
+        };
+        let admin = self
+            .metrics_addr()
+            .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            addr = %self.local_addr,
+            admin = %admin,
+            store = %store,
+            tls = config.tls_mode(),
+            policy = if config.authz_policy.is_some() { "on" } else { "off" },
+            reflection = config.reflection,
+            "listening"
+        );
+    }
+
     /// The admin listener's address, when `--metrics-listen` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
