@@ -15,15 +15,14 @@ const BINARY: &str = env!("CARGO_BIN_EXE_barazo-session");
 
 /// The binary with a clean environment for its own settings.
 pub fn command() -> Command {
+    use clap::CommandFactory;
     let mut cmd = Command::new(BINARY);
+    let settings = barazo_session::config::Config::command();
+    let own = settings.get_arguments().filter_map(|arg| arg.get_env());
+    for var in own {
+        cmd.env_remove(var);
+    }
     for var in [
-        "LISTEN_ADDR",
-        "SESSION_STORE",
-        "VALKEY_URL",
-        "OAUTH_SESSION_TTL",
-        "OAUTH_ACCESS_TOKEN_TTL",
-        "SESSION_KEY_PREFIX",
-        "LOG_FORMAT",
         "RUST_LOG",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -142,7 +141,7 @@ async fn bad_configuration_is_one_clear_startup_error() {
         .expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    for needle in ["OAUTH_SESSION_TTL", "SESSION_KEY_PREFIX", "VALKEY_URL"] {
+    for needle in ["--session-ttl", "--key-prefix", "--valkey-url"] {
         assert!(stderr.contains(needle), "{needle} in {stderr}");
     }
     assert!(!stderr.contains("hunter2"), "{stderr}");
@@ -162,6 +161,121 @@ async fn bad_configuration_is_one_clear_startup_error() {
         .expect("runs");
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--worker-threads"));
+}
+
+/// The problem lines of a refused start (exit code 2), after the "invalid configuration" head.
+async fn refused(cmd: &mut Command) -> Vec<String> {
+    let output = cmd.output().await.expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("Usage:"), "no usage dump: {stderr}");
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_errors_name_what_the_operator_typed() {
+    // From the environment: the variable is named, not the flag.
+    let problems = refused(command().env("SESSION_STORE", "bogus")).await;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("SESSION_STORE: "), "{problems:?}");
+    assert!(!problems[0].contains("--store"), "{problems:?}");
+    // From the command line: the flag.
+    let problems = refused(command().args(["--store", "bogus"])).await;
+    assert!(problems[0].starts_with("--store: "), "{problems:?}");
+
+    // Parse errors and semantic errors together, every one of them.
+    let problems = refused(
+        command()
+            .env("OAUTH_SESSION_TTL", "-1")
+            .env("LISTEN_ADDR", "x")
+            .env("VALKEY_URL", "garbage:hunter2")
+            .args(["--max-concurrent-requests", "0"]),
+    )
+    .await;
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    for name in [
+        "OAUTH_SESSION_TTL",
+        "LISTEN_ADDR",
+        "VALKEY_URL",
+        "--max-concurrent-requests",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(name)),
+            "{name} in {problems:?}"
+        );
+    }
+    assert!(!problems.concat().contains("hunter2"), "{problems:?}");
+
+    // A setting that did not parse does not cause a second, misleading message (its
+    // stand-in default of 900 s would "exceed" the 60 s session).
+    let problems = refused(
+        command()
+            .env("OAUTH_ACCESS_TOKEN_TTL", "15m")
+            .env("OAUTH_SESSION_TTL", "60"),
+    )
+    .await;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].starts_with("OAUTH_ACCESS_TOKEN_TTL: invalid value '15m'"));
+
+    // Half a TLS configuration: one clear line.
+    let problems = refused(command().args(["--tls-key", "/dev/null"])).await;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("--tls-key is set but --tls-cert")),
+        "{problems:?}"
+    );
+    let problems = refused(command().env("TLS_CLIENT_CA", "/dev/null")).await;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("TLS_CLIENT_CA is set but")),
+        "{problems:?}"
+    );
+    // Limits that would give a server which reports SERVING and serves nobody.
+    for flag in [
+        "--max-connections",
+        "--max-concurrent-streams",
+        "--request-timeout-ms",
+    ] {
+        let problems = refused(command().args([flag, "0"])).await;
+        assert!(problems[0].starts_with(flag), "{problems:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_says_what_runs_where() {
+    let valkey = Valkey::start_with(&["--requirepass", "hunter2"]);
+    let url = format!("redis://:hunter2@127.0.0.1:{}/2", valkey.port());
+    let mut cmd = command();
+    cmd.args(["--valkey-url", &url])
+        .args(["--metrics-listen", "127.0.0.1:0"]);
+    let running = start(cmd).await;
+    let (code, log) = running.terminate().await;
+    assert_eq!(code, Some(0));
+    let startup: serde_json::Value = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["message"] == "listening")
+        .expect("a listening line");
+    assert_eq!(startup["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        startup["store"],
+        format!("valkey standalone redis://127.0.0.1:{}/2", valkey.port())
+    );
+    assert_eq!(startup["tls"], "off");
+    assert_eq!(startup["policy"], "off");
+    // The admin port actually bound, not the 0 that was asked for.
+    let admin: std::net::SocketAddr = startup["admin"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("an admin address");
+    assert_ne!(admin.port(), 0);
+    assert!(!log.concat().contains("hunter2"), "{log:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,5 +434,30 @@ async fn probe_reports_readiness_for_container_health_checks() {
         );
     }
     assert_eq!(probe(&args).await, Some(1), "Valkey is down: not ready");
+    let _ = child.kill().await;
+
+    // Without an admin listener the probe asks grpc.health.v1 and names the status.
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = command()
+        .args(["--listen", &listen, "--valkey-url", &dead_valkey])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("server starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gRPC listener never up"
+        );
+    }
+    let output = command()
+        .args(["--probe", "--listen", &listen, "--valkey-url", &dead_valkey])
+        .output()
+        .await
+        .expect("probe runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr.contains("health status NOT_SERVING"), "{stderr}");
     let _ = child.kill().await;
 }

@@ -11,6 +11,7 @@ mod faults;
 mod grpcurl;
 mod metrics;
 mod outage;
+mod readme;
 mod security;
 mod shutdown;
 mod storage;

@@ -1,0 +1,391 @@
+//! README.md as a newcomer follows it: the quick start's commands and the grpcurl examples
+//! are taken from the README text and run as written, so README and reality cannot drift;
+//! the configuration table's defaults are the ones `--help` shows.
+
+use crate::support::{Valkey, tool};
+use barazo_session::proto::ValidateAccessTokenRequest;
+use barazo_session::proto::session_service_client::SessionServiceClient;
+use clap::CommandFactory;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Where the quick start says the service listens.
+const QUICK_START_ADDR: &str = "127.0.0.1:50051";
+
+/// `cargo run` may compile first (a cold debug build takes minutes on 2 cores).
+const STARTUP_LIMIT: Duration = Duration::from_secs(600);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn readme() -> String {
+    std::fs::read_to_string(repo().join("README.md")).expect("README.md")
+}
+
+/// The text of the `## <title>` section, up to the next `## `.
+fn section<'a>(readme: &'a str, title: &str) -> &'a str {
+    let start = readme
+        .find(&format!("\n## {title}\n"))
+        .unwrap_or_else(|| panic!("README.md has a \"## {title}\" section"));
+    let rest = &readme[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
+    &rest[..end]
+}
+
+/// The shell commands of every ```sh block of `text`, one per command: `\` continuations
+/// joined, comments and blank lines dropped.
+fn commands(text: &str) -> Vec<String> {
+    let mut commands = Vec::new();
+    let mut in_block = false;
+    let mut pending = String::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_block = line == "```sh";
+            continue;
+        }
+        if !in_block {
+            continue;
+        }
+        // A ` #` comment; no command in these blocks has a `#` inside quotes.
+        let code = line.split(" #").next().unwrap_or_default().trim_end();
+        if code.trim_start().starts_with('#') || code.trim().is_empty() {
+            continue;
+        }
+        match code.strip_suffix('\\') {
+            Some(head) => pending.push_str(head),
+            None => {
+                pending.push_str(code);
+                commands.push(pending.trim().to_owned());
+                pending.clear();
+            }
+        }
+    }
+    commands
+}
+
+/// A README command running in its own process group (so `cargo run` and the server it
+/// starts get the Ctrl-C together, as in a terminal), with its stderr collected.
+struct Terminal {
+    child: Child,
+    listening: tokio::sync::oneshot::Receiver<()>,
+    log: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Terminal {
+    fn open(command: &str) -> Self {
+        // No shell in between: in a terminal, Ctrl-C reaches the command, not the shell.
+        assert!(
+            !command.contains(['\'', '"', '$', '|', '&', ';', '<', '>']),
+            "a plain command: {command}"
+        );
+        let mut words = command.split_whitespace();
+        let mut process = Command::new(words.next().expect("a command"));
+        process.args(words).current_dir(repo());
+        // The service's own settings come from the command alone, as on a fresh machine.
+        for arg in barazo_session::config::Config::command().get_arguments() {
+            if let Some(env) = arg.get_env() {
+                process.env_remove(env);
+            }
+        }
+        for var in ["RUST_LOG", "LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT"] {
+            process.env_remove(var);
+        }
+        // Nor does the nested `cargo` see what `cargo test` set for this test binary
+        // (OUT_DIR, CARGO_PKG_*, …): build scripts that watch such variables (ring's
+        // watches OUT_DIR) would rebuild, unlike in a newcomer's terminal.
+        for (var, _) in std::env::vars_os() {
+            let name = var.to_string_lossy();
+            let for_this_test = name.starts_with("CARGO_") || name == "OUT_DIR";
+            if for_this_test && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR" {
+                process.env_remove(&var);
+            }
+        }
+        let mut child = process
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the command starts");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, listening) = tokio::sync::oneshot::channel();
+        let log = tokio::spawn(async move {
+            let mut tx = Some(tx);
+            let mut lines = BufReader::new(stderr).lines();
+            let mut all = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains(" listening ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+                all.push(line);
+            }
+            all
+        });
+        Self {
+            child,
+            listening,
+            log,
+        }
+    }
+
+    /// Waits for the "listening" line, then for `SERVING` on the quick-start address.
+    async fn wait_until_serving(&mut self) {
+        let listening = tokio::time::timeout(STARTUP_LIMIT, &mut self.listening).await;
+        if !matches!(listening, Ok(Ok(()))) {
+            let _ = self.child.start_kill();
+            let log = (&mut self.log).await.unwrap_or_default();
+            panic!("no \"listening\" line:\n{}", log.join("\n"));
+        }
+        let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051")
+            .connect()
+            .await
+            .expect("the quick-start address answers");
+        let mut health = HealthClient::new(channel);
+        let mut updates = health
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health watch")
+            .into_inner();
+        let serving = async {
+            while let Some(update) = updates.message().await.expect("health update") {
+                if update.status == ServingStatus::Serving as i32 {
+                    return;
+                }
+            }
+            panic!("the health stream ended before SERVING");
+        };
+        tokio::time::timeout(Duration::from_secs(15), serving)
+            .await
+            .expect("SERVING within 15 s");
+    }
+
+    /// Ctrl-C, as the README says; returns the exit code and the log.
+    async fn interrupt(mut self) -> (Option<i32>, Vec<String>) {
+        let group = format!("-{}", self.child.id().expect("running"));
+        let sent = Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .await
+            .expect("kill");
+        assert!(sent.success());
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("stops within 30 s of Ctrl-C")
+            .expect("wait");
+        (status.code(), (&mut self.log).await.expect("log reader"))
+    }
+}
+
+impl Drop for Terminal {
+    /// A failed test must not leave the server holding the quick-start port: the whole
+    /// group goes (`kill_on_drop` would reach only `sh`).
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+async fn client() -> SessionServiceClient<tonic::transport::Channel> {
+    SessionServiceClient::connect(format!("http://{QUICK_START_ADDR}"))
+        .await
+        .expect("connect")
+}
+
+/// The grpcurl section's block in a fresh shell: PATH as the test found it minus
+/// `.tools/bin` (the block's own `export` must put it there), the placeholders filled
+/// with a real session's tokens.
+async fn run_grpcurl_examples(readme: &str) -> String {
+    let created = client()
+        .await
+        .create_session(barazo_session::proto::CreateSessionRequest {
+            did: "did:plc:z72i7hdynmk6r22z27h6tvur".into(),
+            handle: "alice.bsky.social".into(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let script = commands(section(readme, "Calling it with grpcurl"))
+        .join("\n")
+        .replace("<accessToken>", &created.access_token)
+        .replace("<refreshToken>", &created.refresh_token);
+    assert!(
+        script.contains("export PATH=") && script.contains("grpcurl -plaintext"),
+        "the grpcurl section says how to reach grpcurl and uses it:\n{script}"
+    );
+    let tools = repo().join(".tools/bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(std::env::split_paths(&path).filter(|dir| *dir != tools))
+        .expect("PATH");
+    // grpcurl itself must be there already (the test command installed it); the block's
+    // `scripts/tools.sh` then only confirms it.
+    assert!(tool("GRPCURL", &["grpcurl"]).is_file());
+    let output = Command::new("sh")
+        .args(["-e", "-c", &script])
+        .current_dir(repo())
+        .env("PATH", path)
+        .output()
+        .await
+        .expect("sh runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "the README's grpcurl examples failed:\n{script}\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quick_start_runs_as_written() {
+    let readme = readme();
+    let quick_start = commands(section(&readme, "Quick start"));
+    let service = |needle: &str| {
+        quick_start
+            .iter()
+            .find(|c| c.starts_with("cargo run") && c.contains(needle))
+            .unwrap_or_else(|| panic!("a `cargo run … {needle}` in the quick start"))
+            .clone()
+    };
+    let (memory, valkey) = (service("--store memory"), service("--valkey-url"));
+    let others: Vec<&String> = quick_start
+        .iter()
+        .filter(|c| !c.starts_with("cargo run"))
+        .collect();
+    assert_eq!(others.len(), 1, "one test command: {others:?}");
+    // CI runs the README's test command, not a look-alike.
+    let ci = std::fs::read_to_string(repo().join(".ci/run")).expect(".ci/run");
+    assert!(
+        ci.lines().any(|line| line.trim() == others[0].as_str()),
+        ".ci/run runs `{}`:\n{ci}",
+        others[0]
+    );
+
+    // The in-memory quick start, then the grpcurl examples against it.
+    let mut terminal = Terminal::open(&memory);
+    terminal.wait_until_serving().await;
+    let answers = run_grpcurl_examples(&readme).await;
+    for expected in [
+        "\"valid\": true",
+        "\"deleted\": true",
+        "\"deletedCount\"",
+        "\"status\": \"SERVING\"",
+    ] {
+        assert!(answers.contains(expected), "{expected} in:\n{answers}");
+    }
+    let (code, log) = terminal.interrupt().await;
+    assert_eq!(code, Some(0), "{log:#?}");
+    let startup = log
+        .iter()
+        .find(|l| l.contains(" listening "))
+        .expect("line");
+    assert!(
+        startup.contains("store=memory") && startup.contains(QUICK_START_ADDR),
+        "{startup}"
+    );
+
+    // The Valkey variant, against a Valkey this test starts instead of the README's port.
+    let default_url = "redis://127.0.0.1:6379";
+    assert!(valkey.contains(default_url), "{valkey}");
+    let server = Valkey::start();
+    let mut terminal = Terminal::open(&valkey.replace(default_url, &server.url()));
+    terminal.wait_until_serving().await;
+    let created = client()
+        .await
+        .create_session(barazo_session::proto::CreateSessionRequest {
+            did: "did:plc:z72i7hdynmk6r22z27h6tvur".into(),
+            handle: "alice.bsky.social".into(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let valid = client()
+        .await
+        .validate_access_token(ValidateAccessTokenRequest {
+            access_token: created.access_token,
+        })
+        .await
+        .expect("validate")
+        .into_inner()
+        .valid;
+    assert!(valid);
+    let (code, log) = terminal.interrupt().await;
+    assert_eq!(code, Some(0), "{log:#?}");
+    let startup = log
+        .iter()
+        .find(|l| l.contains(" listening "))
+        .expect("line");
+    assert!(startup.contains(&server.url()), "{startup}");
+}
+
+/// The default column of README.md's configuration table, per flag.
+fn documented_defaults(readme: &str) -> Vec<(String, String)> {
+    let mut defaults = Vec::new();
+    for row in section(readme, "Configuration")
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+    {
+        let cells: Vec<&str> = row.split('|').collect();
+        let ticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let flags: Vec<String> = ticked(cells[1])
+            .into_iter()
+            .filter(|f| f.starts_with("--"))
+            .collect();
+        let values = ticked(cells[3]);
+        // "unset", "the CPUs …": no literal default to compare.
+        if values.len() == flags.len() {
+            defaults.extend(flags.into_iter().zip(values));
+        }
+    }
+    defaults
+}
+
+#[test]
+fn help_shows_every_default_the_readme_table_shows() {
+    let defaults = documented_defaults(&readme());
+    assert!(defaults.len() >= 15, "{defaults:?}");
+    let help = barazo_session::config::Config::command()
+        .render_long_help()
+        .to_string();
+    for (flag, value) in defaults {
+        // The flag's entry runs from its `--flag <VALUE>` line to the next flag's.
+        let start = help
+            .find(&format!("      {flag} "))
+            .or_else(|| help.find(&format!("      {flag}\n")))
+            .unwrap_or_else(|| panic!("{flag} in --help"));
+        let entry = &help[start..];
+        let end = entry[6..].find("\n  -").map_or(entry.len(), |i| i + 6);
+        assert!(
+            entry[..end].contains(&format!("[default: {value}]")),
+            "--help shows {flag}'s default {value}, as README.md does:\n{}",
+            &entry[..end]
+        );
+    }
+}
+
+#[test]
+fn readme_commands_are_read_the_way_a_shell_reads_them() {
+    let text = "```sh\nfoo --a 1   # comment\n# only a comment\n\nbar -d '{}' \\\n  baz\n```\n";
+    assert_eq!(commands(text), ["foo --a 1", "bar -d '{}'   baz"]);
+    assert!(Path::new(&repo()).join("scripts/tools.sh").is_file());
+}
