@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("VALKEY_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let store = Arc::new(ValkeyStore::new(
         &ValkeyOptions {
-            url: url.clone(),
+            urls: vec![url.clone()],
             password: None,
             ca_pem: None,
             key_prefix: PREFIX.into(),
@@ -77,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     store.create(&record, lifetimes).await?;
 
     let script = Arc::new(redis::Script::new(include_str!(
-        "../src/store/scripts/validate.lua"
+        "../src/store/valkey/scripts/validate.lua"
     )));
     let access_key = Arc::new(format!("{PREFIX}access:{access_hash}"));
     let data_prefix = Arc::new(format!("{PREFIX}data:"));

@@ -109,7 +109,7 @@ mod tests {
             (RequestError::SessionNotFound, Code::NotFound),
             (RequestError::TimedOut, Code::DeadlineExceeded),
             (
-                RequestError::Store(StoreError::Unavailable(io_error())),
+                RequestError::Store(StoreError::unavailable(io_error())),
                 Code::Unavailable,
             ),
             (
@@ -133,13 +133,13 @@ mod tests {
     fn messages_are_short_and_name_the_field() {
         let status = Status::from(RequestError::InvalidArgument(SyntaxError::Handle("bad")));
         assert_eq!(status.message(), "handle is not a valid handle: bad");
-        let status = Status::from(RequestError::Store(StoreError::Unavailable(io_error())));
+        let status = Status::from(RequestError::Store(StoreError::unavailable(io_error())));
         assert_eq!(status.message(), "session store unavailable");
     }
 
     #[test]
     fn the_log_chain_carries_the_cause() {
-        let err = RequestError::Store(StoreError::Unavailable(io_error()));
+        let err = RequestError::Store(StoreError::unavailable(io_error()));
         assert!(err.chain().starts_with("session store unavailable: "));
         assert!(err.chain().contains("refused"), "{}", err.chain());
     }
@@ -161,7 +161,7 @@ mod tests {
         }
         let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert_eq!(chain(&Echo(refused())), "connecting: refused");
-        let outer = RequestError::Store(StoreError::Unavailable(io_error()));
+        let outer = RequestError::Store(StoreError::unavailable(io_error()));
         let text = chain(&outer);
         assert_eq!(text.matches("refused").count(), 1, "{text}");
     }

@@ -11,8 +11,7 @@ use crate::proto::session_service_server::SessionServiceServer;
 use crate::service::{CallLimits, SessionApi};
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
-use crate::store::valkey::{ValkeyOptions, ValkeyStore};
-use crate::store::valkey_cluster::ValkeyClusterStore;
+use crate::store::valkey::{ValkeyClusterStore, ValkeyOptions, ValkeyStore};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -217,30 +216,23 @@ impl Application {
                 };
                 let connect_timeout = Duration::from_millis(config.valkey_connect_timeout_ms);
                 let command_timeout = Duration::from_millis(config.valkey_command_timeout_ms);
+                let options = ValkeyOptions {
+                    urls: config.valkey_urls(),
+                    password,
+                    ca_pem,
+                    key_prefix: config.key_prefix.clone(),
+                    connect_timeout,
+                    command_timeout,
+                };
                 match config.valkey_mode {
                     ValkeyMode::Standalone => {
-                        let options = ValkeyOptions {
-                            url: config.valkey_url.expose().to_owned(),
-                            password,
-                            ca_pem,
-                            key_prefix: config.key_prefix.clone(),
-                            connect_timeout,
-                            command_timeout,
-                        };
                         let store = ValkeyStore::new(&options, metrics.clone())
                             .map_err(StartupError::ValkeyUrl)?;
                         routes(store, parts)?
                     }
                     ValkeyMode::Cluster => {
-                        let store = ValkeyClusterStore::new(
-                            &config.valkey_urls(),
-                            password.as_deref(),
-                            ca_pem,
-                            &config.key_prefix,
-                            connect_timeout,
-                            command_timeout,
-                        )
-                        .map_err(StartupError::ValkeyUrl)?;
+                        let store = ValkeyClusterStore::new(&options, metrics.clone())
+                            .map_err(StartupError::ValkeyUrl)?;
                         routes(store, parts)?
                     }
                 }

@@ -2,7 +2,7 @@
 //!
 //! - [`valkey::ValkeyStore`]: production, the key layout shared with the TypeScript AppView,
 //!   one atomic Lua round trip per operation.
-//! - [`valkey_cluster::ValkeyClusterStore`]: the same layout on Valkey Cluster, single-key
+//! - [`valkey::ValkeyClusterStore`]: the same layout on Valkey Cluster, single-key
 //!   commands in a revocation-safe order.
 //! - [`memory::MemoryStore`]: development and the quick start, same semantics and TTLs.
 //!
@@ -11,10 +11,8 @@
 //! - `access:<sha256hex(access token)>` → the sid; TTL = access token TTL.
 //! - `did:<did>` → SET of the DID's sids; TTL = session TTL.
 
-mod cluster_link;
 pub mod memory;
 pub mod valkey;
-pub mod valkey_cluster;
 
 use crate::session::SessionRecord;
 use std::future::Future;
@@ -26,7 +24,7 @@ use std::time::Duration;
 pub enum StoreError {
     /// The store could not be reached, timed out, or refused the command.
     #[error("session store unavailable")]
-    Unavailable(#[source] redis::RedisError),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The store answered with something this service does not understand (a script
     /// returning an unexpected shape): a bug or a foreign writer, not an outage.
     #[error("session store answered unexpectedly: {0}")]
@@ -40,6 +38,13 @@ pub enum StoreError {
         /// What was wrong with it.
         reason: String,
     },
+}
+
+impl StoreError {
+    /// [`StoreError::Unavailable`] with its cause.
+    pub fn unavailable(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Unavailable(cause.into())
+    }
 }
 
 /// How long the parts of a session live, passed with each write so that the store and the

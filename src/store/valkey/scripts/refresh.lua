@@ -8,6 +8,39 @@ local raw = redis.call('GET', KEYS[1])
 if not raw then
   return false
 end
+-- Well-formed UTF-8, as the service needs to read the record back: checked before any
+-- write, so that an unreadable session is never rotated (a retry would rotate it again).
+local function utf8_valid(text)
+  if not string.find(text, '[\128-\255]') then
+    return true
+  end
+  local i, n = 1, #text
+  while i <= n do
+    local c = string.byte(text, i)
+    local len
+    if c < 0x80 then len = 1
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then len = 3
+    elseif c >= 0xF0 and c <= 0xF4 then len = 4
+    else return false end
+    if i + len - 1 > n then return false end
+    for k = i + 1, i + len - 1 do
+      local b = string.byte(text, k)
+      if b < 0x80 or b > 0xBF then return false end
+    end
+    local second = string.byte(text, i + 1)
+    -- Overlong forms and UTF-16 surrogates are not UTF-8 either.
+    if (c == 0xE0 and second < 0xA0) or (c == 0xED and second > 0x9F)
+        or (c == 0xF0 and second < 0x90) or (c == 0xF4 and second > 0x8F) then
+      return false
+    end
+    i = i + len
+  end
+  return true
+end
+if not utf8_valid(raw) then
+  return {'corrupt', 'not UTF-8'}
+end
 local ok, s = pcall(cjson.decode, raw)
 if not ok or type(s) ~= 'table' then
   return {'corrupt', 'not a JSON object'}

@@ -9,7 +9,7 @@
 //! the connection and the next call builds a new one from the seeds. During a real outage
 //! that only means a fresh attempt every [`WEDGED_AFTER`]; calls still answer UNAVAILABLE.
 
-use super::StoreError;
+use crate::store::StoreError;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,10 +27,7 @@ const WEDGED_AFTER: Duration = Duration::from_secs(2);
 
 /// A [`StoreError::Unavailable`] that carries our own reason.
 fn unreachable(reason: &'static str) -> StoreError {
-    StoreError::Unavailable(redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        reason,
-    )))
+    StoreError::unavailable(std::io::Error::new(std::io::ErrorKind::TimedOut, reason))
 }
 
 /// The cluster connection shared by every call.
@@ -128,7 +125,7 @@ impl ClusterLink {
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_connection())
             .await
             .map_err(|_| unreachable("connecting to the cluster timed out"))
-            .and_then(|conn| conn.map_err(StoreError::Unavailable));
+            .and_then(|conn| conn.map_err(StoreError::unavailable));
         match &attempt {
             Ok(conn) => {
                 if let Ok(mut current) = self.current.write() {

@@ -1,0 +1,611 @@
+//! The Valkey Cluster store: the same key layout, spread over the cluster's slots.
+//!
+//! A session's three keys (data, access, DID index) hash to different slots, so no script
+//! may touch them together. Each operation is a sequence of single-key commands (and
+//! single-key scripts) in an order chosen so that no interleaving of concurrent calls, and
+//! no call stopped between two steps, leaves (a) a session that validates but is missing
+//! from its DID index, (b) a key without a TTL, or (c) a valid access token for a deleted
+//! session. The rules that make it so:
+//!
+//! - **A sid enters its DID index only after its data exists** (create writes data, then
+//!   the index, then the access key; refresh extends the index only after reading the
+//!   data). So an index member without data is a session that expired or was deleted,
+//!   never one being created, and pruning it is always right.
+//! - **Nothing removes another call's index member except on that evidence**: delete-all
+//!   `SREM`s exactly the members it revoked instead of deleting the index, so a session
+//!   created meanwhile stays listed.
+//! - **Every write carries its TTL in the same command** (`SET … PX`, and a single-key
+//!   script that adds to the index and extends its TTL at once).
+//! - **Revocation removes the access key before the data**, and validation needs both
+//!   plus a matching hash, so a token of a deleted session never validates.
+//! - **A call runs to its end even when its caller goes away** (client cancel, request
+//!   timeout): each operation runs as its own task, so a cancellation cannot stop it
+//!   between two steps. Only a crash of the process can; what it leaves then still
+//!   expires on its own and never validates.
+//!
+//! Round trips: validate 2; create 3 + 1 `SRANDMEMBER` + 1 `EXISTS` per sampled member (+1
+//! `SREM` per expired one); refresh 7–8; delete 4; delete-all 1 + 4 per session.
+//!
+//! Expiry is decided on the clock of the process (cluster mode has no single Valkey clock
+//! for a session's keys; README, "Valkey Cluster").
+//!
+//! Health: `CLUSTER SLOTS`, a `PING` to each primary it lists, then a read of this
+//! service's own key space; any failing means NOT_SERVING.
+
+use super::link::ClusterLink;
+use super::{Operation, ValkeyOptions, millis, observe, parse_record};
+use crate::metrics::Metrics;
+use crate::session::SessionRecord;
+use crate::store::{KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use opentelemetry::context::FutureExt as _;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Adds a member to a DID index and extends (never shortens) the index's TTL, atomically:
+/// there is no moment when the set exists without an expiry.
+const INDEX_SCRIPT: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+";
+
+/// A point between two steps of an operation, where a test can hold the operation while
+/// others run ([`ValkeyClusterStore::with_step_hook`]), to force the interleavings that
+/// real races hit only now and then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// Create: the index sample is read, nothing pruned yet.
+    CreateSampled,
+    /// Create: the data is written, the index not yet.
+    CreateDataWritten,
+    /// Create: data and index are written, the access key not yet.
+    CreateIndexed,
+    /// Refresh: the data is read, nothing written yet.
+    RefreshRead,
+    /// Refresh: the new data is written, the new access key not yet.
+    RefreshDataWritten,
+    /// Delete-all: the index is listed, nothing revoked yet.
+    DeleteAllListed,
+    /// Delete: the data is read, nothing revoked yet.
+    DeleteRead,
+}
+
+/// Called at each [`Step`]; the operation waits for the future it returns.
+pub type StepHook = Arc<dyn Fn(Step) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Session storage in a Valkey Cluster.
+pub struct ValkeyClusterStore {
+    /// Connected on first use, so the service starts while the cluster is down.
+    link: ClusterLink,
+    shared: Arc<Shared>,
+}
+
+/// What every operation's task needs.
+struct Shared {
+    keys: KeyLayout,
+    metrics: Arc<Metrics>,
+    index_script: redis::Script,
+    hook: Option<StepHook>,
+}
+
+/// The primaries' addresses in a `CLUSTER SLOTS` answer: each entry is `[first slot, last
+/// slot, [host, port, id, …] of the primary, replicas…]`.
+fn primaries(slots: &redis::Value) -> Result<Vec<(String, u16)>, StoreError> {
+    use redis::Value;
+    let malformed = || StoreError::Protocol("unexpected CLUSTER SLOTS answer".to_owned());
+    let Value::Array(ranges) = slots else {
+        return Err(malformed());
+    };
+    let mut found = Vec::new();
+    for range in ranges {
+        let Value::Array(range) = range else {
+            return Err(malformed());
+        };
+        let Some(Value::Array(primary)) = range.get(2) else {
+            return Err(malformed());
+        };
+        let host = match primary.first() {
+            Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+            Some(Value::SimpleString(host)) => host.clone(),
+            _ => return Err(malformed()),
+        };
+        let port = match primary.get(1) {
+            Some(Value::Int(port)) => u16::try_from(*port).map_err(|_| malformed())?,
+            _ => return Err(malformed()),
+        };
+        if !found.contains(&(host.clone(), port)) {
+            found.push((host, port));
+        }
+    }
+    Ok(found)
+}
+
+/// The round trip names of the commands this store sends.
+macro_rules! command {
+    ($name:literal) => {
+        &Operation {
+            span_name: $name,
+            command: $name,
+            script: None,
+        }
+    };
+}
+
+impl ValkeyClusterStore {
+    /// Prepares a store for the cluster reachable through the seed URLs; connects lazily.
+    ///
+    /// With `ca_pem`, nodes' certificates are verified against it (the seeds are `rediss://`,
+    /// and the nodes they lead to are reached with TLS too).
+    pub fn new(options: &ValkeyOptions, metrics: Arc<Metrics>) -> Result<Self, redis::RedisError> {
+        let mut builder = ClusterClient::builder(options.urls.clone())
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.command_timeout)
+            // A failing call fails fast; the next call or health probe tries again.
+            .retries(1);
+        if let Some(password) = &options.password {
+            builder = builder.password(password.clone());
+        }
+        if let Some(ca) = &options.ca_pem {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            });
+        }
+        Ok(Self {
+            link: ClusterLink::new(builder.build()?),
+            shared: Arc::new(Shared {
+                keys: KeyLayout::new(&options.key_prefix),
+                metrics,
+                index_script: redis::Script::new(INDEX_SCRIPT),
+                hook: None,
+            }),
+        })
+    }
+
+    /// The same store, holding each operation at every [`Step`] until `hook`'s future
+    /// completes. For tests that force interleavings; production stores have none.
+    #[must_use]
+    pub fn with_step_hook(mut self, hook: StepHook) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.hook = Some(hook);
+        }
+        self
+    }
+
+    /// Runs one store operation on the shared connection as its own task, so that it runs
+    /// to its end even when the caller stops waiting, and tells the link how it went (the
+    /// link replaces a connection on which everything fails).
+    async fn on_link<T, F, Fut>(&self, operation: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>, ClusterConnection) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let conn = self.link.get().await?;
+        // The caller's trace context goes along, so the CLIENT spans stay its children.
+        let task =
+            operation(self.shared.clone(), conn).with_context(opentelemetry::Context::current());
+        let outcome = match tokio::spawn(task).await {
+            Ok(outcome) => outcome,
+            Err(stopped) => Err(StoreError::unavailable(stopped)),
+        };
+        self.link.record(&outcome);
+        outcome
+    }
+}
+
+impl Shared {
+    async fn step(&self, step: Step) {
+        if let Some(hook) = &self.hook {
+            hook(step).await;
+        }
+    }
+
+    /// One command as one measured, traced round trip.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut ClusterConnection,
+        operation: &Operation,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        observe(&self.metrics, operation, None, cmd.query_async(conn)).await
+    }
+
+    /// Adds `sid` to the DID index and extends the index's TTL, in one single-key script.
+    async fn index(
+        &self,
+        conn: &mut ClusterConnection,
+        did: &str,
+        sid: &str,
+        lifetimes: Lifetimes,
+    ) -> Result<(), StoreError> {
+        let mut invocation = self.index_script.prepare_invoke();
+        invocation
+            .key(self.keys.did(did))
+            .arg(sid)
+            .arg(millis(lifetimes.session));
+        let operation = &Operation {
+            span_name: "EVALSHA index",
+            command: "EVALSHA",
+            script: Some("index"),
+        };
+        let _: i64 = observe(
+            &self.metrics,
+            operation,
+            None,
+            invocation.invoke_async(conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The stored session under `sid`: `None` when there is none, `Some(Err)` when it
+    /// cannot be read.
+    async fn read(
+        &self,
+        conn: &mut ClusterConnection,
+        sid: &str,
+    ) -> Result<Option<Result<SessionRecord, StoreError>>, StoreError> {
+        let raw: Option<Vec<u8>> = self
+            .query(
+                conn,
+                command!("GET"),
+                redis::cmd("GET").arg(self.keys.data(sid)),
+            )
+            .await?;
+        Ok(raw.map(|raw| parse_record(sid, &raw)))
+    }
+
+    async fn del(&self, conn: &mut ClusterConnection, key: String) -> Result<(), StoreError> {
+        let _: i64 = self
+            .query(conn, command!("DEL"), redis::cmd("DEL").arg(key))
+            .await?;
+        Ok(())
+    }
+
+    async fn set_px(
+        &self,
+        conn: &mut ClusterConnection,
+        key: String,
+        value: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("PX").arg(millis(ttl));
+        let _: () = self.query(conn, command!("SET"), &cmd).await?;
+        Ok(())
+    }
+
+    async fn create(
+        self: Arc<Self>,
+        mut conn: ClusterConnection,
+        record: SessionRecord,
+        lifetimes: Lifetimes,
+    ) -> Result<(), StoreError> {
+        let index = self.keys.did(&record.did);
+        // Prune a bounded sample of members whose session is gone. Sound because a sid
+        // joins the index only after its data exists (below): a member without data
+        // expired or was deleted; it is never one that another create is writing.
+        let mut sample_cmd = redis::cmd("SRANDMEMBER");
+        sample_cmd.arg(&index).arg(PRUNE_SAMPLE);
+        let sample: Vec<String> = self
+            .query(&mut conn, command!("SRANDMEMBER"), &sample_cmd)
+            .await?;
+        self.step(Step::CreateSampled).await;
+        for member in sample {
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(self.keys.data(&member));
+            let exists: bool = self.query(&mut conn, command!("EXISTS"), &exists).await?;
+            if !exists {
+                let mut srem = redis::cmd("SREM");
+                srem.arg(&index).arg(&member);
+                let _: i64 = self.query(&mut conn, command!("SREM"), &srem).await?;
+            }
+        }
+        // Data first: unusable on its own (nobody holds the sid or a token yet), and the
+        // proof of life that pruning relies on.
+        self.set_px(
+            &mut conn,
+            self.keys.data(&record.sid),
+            &record.to_json(),
+            lifetimes.session,
+        )
+        .await?;
+        self.step(Step::CreateDataWritten).await;
+        // Then the index: listed before any token can validate.
+        self.index(&mut conn, &record.did, &record.sid, lifetimes)
+            .await?;
+        self.step(Step::CreateIndexed).await;
+        self.set_px(
+            &mut conn,
+            self.keys.access(&record.access_token_hash),
+            &record.sid,
+            lifetimes.access_token,
+        )
+        .await
+    }
+
+    async fn find_by_access_hash(
+        self: Arc<Self>,
+        mut conn: ClusterConnection,
+        access_hash: String,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let sid: Option<String> = self
+            .query(
+                &mut conn,
+                command!("GET"),
+                redis::cmd("GET").arg(self.keys.access(&access_hash)),
+            )
+            .await?;
+        let Some(sid) = sid else {
+            return Ok(None);
+        };
+        self.read(&mut conn, &sid).await?.transpose()
+    }
+
+    async fn refresh(
+        self: Arc<Self>,
+        mut conn: ClusterConnection,
+        sid: String,
+        new_access_hash: String,
+        access_expires_at_ms: i64,
+        lifetimes: Lifetimes,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let Some(record) = self.read(&mut conn, &sid).await? else {
+            return Ok(None);
+        };
+        // An unreadable session is refused before anything is written.
+        let mut record = record?;
+        self.step(Step::RefreshRead).await;
+        // The index first, so that it outlives the data the refresh is about to extend
+        // (stopping in between leaves an index that lives longer, never shorter). SADD
+        // heals an index that lost this member; the data existed a moment ago, so this is
+        // not a member pruning could take for one being created.
+        self.index(&mut conn, &record.did, &sid, lifetimes).await?;
+        let read_hash = std::mem::replace(&mut record.access_token_hash, new_access_hash.clone());
+        // Revoke the old token first: whatever happens next, it no longer validates.
+        self.del(&mut conn, self.keys.access(&read_hash)).await?;
+        record.access_token_expires_at = access_expires_at_ms;
+        // XX: only while the session exists, so a concurrent delete is never undone.
+        // GET: the record this write replaced, to clean up after a concurrent refresh.
+        let mut set = redis::cmd("SET");
+        set.arg(self.keys.data(&sid))
+            .arg(record.to_json())
+            .arg("PX")
+            .arg(millis(lifetimes.session))
+            .arg("XX")
+            .arg("GET");
+        let replaced: Option<Vec<u8>> = self.query(&mut conn, command!("SET"), &set).await?;
+        let Some(replaced) = replaced else {
+            return Ok(None);
+        };
+        self.step(Step::RefreshDataWritten).await;
+        // Concurrent refreshes of one session (several tabs) each read, revoke and write;
+        // the data's last writer wins. Each one then removes the access key of the
+        // refresh it replaced, and its own key if a later one replaced it in turn, so
+        // exactly the winner's key remains (no orphan until the access TTL).
+        if let Ok(previous) = parse_record(&sid, &replaced)
+            && previous.access_token_hash != read_hash
+            && previous.access_token_hash != new_access_hash
+        {
+            self.del(&mut conn, self.keys.access(&previous.access_token_hash))
+                .await?;
+        }
+        self.set_px(
+            &mut conn,
+            self.keys.access(&new_access_hash),
+            &sid,
+            lifetimes.access_token,
+        )
+        .await?;
+        // Still ours? A later refresh or a delete may have replaced or removed the data
+        // since; then the key just written must not stay behind.
+        let still_ours = self
+            .read(&mut conn, &sid)
+            .await?
+            .is_some_and(|now| now.is_ok_and(|now| now.access_token_hash == new_access_hash));
+        if !still_ours {
+            self.del(&mut conn, self.keys.access(&new_access_hash))
+                .await?;
+        }
+        Ok(Some(record))
+    }
+
+    /// Revokes one session: its access key first, then its data. Returns what was stored
+    /// (`None`: no session existed).
+    async fn revoke(
+        &self,
+        conn: &mut ClusterConnection,
+        sid: &str,
+    ) -> Result<Option<Result<SessionRecord, StoreError>>, StoreError> {
+        let Some(record) = self.read(conn, sid).await? else {
+            return Ok(None);
+        };
+        self.step(Step::DeleteRead).await;
+        // A corrupt record is removed all the same (its access key, unknown, expires on
+        // its own and never validates without the data).
+        if let Ok(record) = &record {
+            self.del(conn, self.keys.access(&record.access_token_hash))
+                .await?;
+        }
+        self.del(conn, self.keys.data(sid)).await?;
+        Ok(Some(record))
+    }
+
+    async fn delete(
+        self: Arc<Self>,
+        mut conn: ClusterConnection,
+        sid: String,
+    ) -> Result<bool, StoreError> {
+        let Some(record) = self.revoke(&mut conn, &sid).await? else {
+            return Ok(false);
+        };
+        if let Ok(record) = record {
+            let mut srem = redis::cmd("SREM");
+            srem.arg(self.keys.did(&record.did)).arg(&sid);
+            let _: i64 = self.query(&mut conn, command!("SREM"), &srem).await?;
+        }
+        Ok(true)
+    }
+
+    async fn delete_all_for_did(
+        self: Arc<Self>,
+        mut conn: ClusterConnection,
+        did: String,
+    ) -> Result<u32, StoreError> {
+        let index = self.keys.did(&did);
+        let mut smembers = redis::cmd("SMEMBERS");
+        smembers.arg(&index);
+        let members: Vec<String> = self
+            .query(&mut conn, command!("SMEMBERS"), &smembers)
+            .await?;
+        self.step(Step::DeleteAllListed).await;
+        let mut deleted = 0u32;
+        for sid in members {
+            if self.revoke(&mut conn, &sid).await?.is_some() {
+                deleted = deleted.saturating_add(1);
+            }
+            // Exactly the members handled here leave the index (not the whole key): a
+            // session created meanwhile stays listed for the next takedown to find.
+            let mut srem = redis::cmd("SREM");
+            srem.arg(&index).arg(&sid);
+            let _: i64 = self.query(&mut conn, command!("SREM"), &srem).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn ping(self: Arc<Self>, mut conn: ClusterConnection) -> Result<(), StoreError> {
+        // A PING to each primary the cluster lists, by address: a dead node makes its share
+        // of the sessions unusable, so the service is not ready. (Not one PING routed to
+        // all primaries: redis-rs skips nodes it has no connection to, and answers OK.)
+        let slots: redis::Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await
+            .map_err(super::store_error)?;
+        for (host, port) in primaries(&slots)? {
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+            conn.route_command(redis::cmd("PING"), routing)
+                .await
+                .map_err(super::store_error)?;
+        }
+        // A read on this service's own key space, as in standalone mode: it also fails while
+        // the cluster reports itself down (CLUSTERDOWN), which PING does not show.
+        let _: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.keys.health_probe())
+            .query_async(&mut conn)
+            .await
+            .map_err(super::store_error)?;
+        Ok(())
+    }
+}
+
+impl SessionStore for ValkeyClusterStore {
+    async fn create(&self, record: &SessionRecord, lifetimes: Lifetimes) -> Result<(), StoreError> {
+        let record = record.clone();
+        self.on_link(|shared, conn| shared.create(conn, record, lifetimes))
+            .await
+    }
+
+    async fn find_by_access_hash(
+        &self,
+        access_hash: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let access_hash = access_hash.to_owned();
+        self.on_link(|shared, conn| shared.find_by_access_hash(conn, access_hash))
+            .await
+    }
+
+    async fn refresh(
+        &self,
+        sid: &str,
+        new_access_hash: &str,
+        access_expires_at_ms: i64,
+        lifetimes: Lifetimes,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let (sid, new_access_hash) = (sid.to_owned(), new_access_hash.to_owned());
+        self.on_link(|shared, conn| {
+            shared.refresh(conn, sid, new_access_hash, access_expires_at_ms, lifetimes)
+        })
+        .await
+    }
+
+    async fn delete(&self, sid: &str) -> Result<bool, StoreError> {
+        let sid = sid.to_owned();
+        self.on_link(|shared, conn| shared.delete(conn, sid)).await
+    }
+
+    async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
+        let did = did.to_owned();
+        self.on_link(|shared, conn| shared.delete_all_for_did(conn, did))
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.on_link(|shared, conn| shared.ping(conn)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::primaries;
+    use redis::Value;
+
+    fn node(host: &str, port: i64) -> Value {
+        Value::Array(vec![
+            Value::BulkString(host.as_bytes().to_vec()),
+            Value::Int(port),
+            Value::BulkString(b"id".to_vec()),
+        ])
+    }
+
+    #[test]
+    fn primaries_are_read_from_cluster_slots_once_each() {
+        let slots = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(99),
+                node("10.0.0.1", 6379),
+                node("10.0.0.9", 6379),
+            ]),
+            Value::Array(vec![
+                Value::Int(100),
+                Value::Int(199),
+                node("10.0.0.2", 6380),
+            ]),
+            Value::Array(vec![
+                Value::Int(200),
+                Value::Int(299),
+                node("10.0.0.1", 6379),
+            ]),
+        ]);
+        let found = primaries(&slots).map_err(|e| e.to_string());
+        assert_eq!(
+            found,
+            Ok(vec![
+                ("10.0.0.1".to_owned(), 6379),
+                ("10.0.0.2".to_owned(), 6380)
+            ])
+        );
+    }
+
+    #[test]
+    fn a_malformed_answer_is_an_error_not_an_empty_list() {
+        assert!(primaries(&Value::Nil).is_err());
+        assert!(primaries(&Value::Array(vec![Value::Array(vec![Value::Int(0)])])).is_err());
+        assert!(
+            primaries(&Value::Array(vec![Value::Array(vec![
+                Value::Int(0),
+                Value::Int(1),
+                node("h", 70_000),
+            ])]))
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,201 @@
+//! The Valkey store, in two topologies over one key layout (the TypeScript AppView's):
+//!
+//! - [`standalone`]: one primary; every operation is one atomic Lua script (`EVALSHA`),
+//!   one round trip.
+//! - [`cluster`]: Valkey Cluster; a session's keys live in different slots, so each
+//!   operation is a sequence of single-key commands (and single-key scripts) in an order
+//!   that no interleaving or cancellation can turn into a lost or unrevocable session.
+//!
+//! Shared here: the connection options, the mapping of client errors to [`StoreError`],
+//! the parsing of stored records, and the instrumentation of each round trip (the
+//! `/metrics` histogram and the CLIENT span), so both topologies report alike.
+
+pub mod cluster;
+mod link;
+pub mod standalone;
+
+pub use cluster::ValkeyClusterStore;
+pub use standalone::ValkeyStore;
+
+use super::StoreError;
+use crate::metrics::Metrics;
+use crate::session::{SessionRecord, log_prefix, sha256_hex};
+use crate::telemetry;
+use opentelemetry::KeyValue;
+use redis::{ErrorKind, RedisError};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to reach Valkey and how long to wait for it.
+#[derive(Clone)]
+pub struct ValkeyOptions {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` for TLS: one URL in
+    /// standalone mode, the seed nodes in cluster mode. May hold a password, so never
+    /// logged.
+    pub urls: Vec<String>,
+    /// A password for when the URL has none (from `VALKEY_PASSWORD_FILE`).
+    pub password: Option<String>,
+    /// PEM CA bundle that Valkey's TLS certificate must chain to (`rediss://` only).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Namespace of this service's keys, e.g. `barazo:session:`.
+    pub key_prefix: String,
+    /// Upper bound for establishing a connection.
+    pub connect_timeout: Duration,
+    /// Upper bound for one command's answer.
+    pub command_timeout: Duration,
+}
+
+impl std::fmt::Debug for ValkeyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValkeyOptions")
+            .field("urls", &"[redacted]")
+            .field("password", &self.password.as_ref().map(|_| "[redacted]"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("key_prefix", &self.key_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .finish()
+    }
+}
+
+/// Classifies a client error: an answer of the wrong shape is our bug (or a foreign
+/// writer's), everything else means Valkey could not serve the call. The one mapping for
+/// both topologies.
+pub(crate) fn store_error(err: RedisError) -> StoreError {
+    match err.kind() {
+        // `Parse` is left out: redis-rs also reports a broken wire stream that way, an outage.
+        ErrorKind::UnexpectedReturnType => StoreError::Protocol(err.to_string()),
+        _ => StoreError::unavailable(err),
+    }
+}
+
+/// Parses a stored session read under `sid`, as raw bytes: bytes that are not UTF-8,
+/// corrupt JSON, or JSON naming another sid are [`StoreError::CorruptSession`] (fail
+/// closed). Read as bytes because redis-rs's own `String` conversion reports bad UTF-8 as
+/// a client error, which would read as an outage.
+pub(crate) fn parse_record(sid: &str, raw: &[u8]) -> Result<SessionRecord, StoreError> {
+    let corrupt = |reason: String| StoreError::CorruptSession {
+        key_prefix: log_prefix(&sha256_hex(sid)).to_owned(),
+        reason,
+    };
+    let json = std::str::from_utf8(raw).map_err(|e| {
+        corrupt(format!(
+            "not UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    // Not the parser's message: it quotes the offending value, which may be a credential.
+    let record = SessionRecord::from_json(json).map_err(|e| {
+        corrupt(format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if record.sid != sid {
+        return Err(corrupt("its sid field does not match its key".to_owned()));
+    }
+    Ok(record)
+}
+
+/// A duration in whole milliseconds, as `PX` and `PEXPIRE` take it.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Where a round trip goes, for the `server.address` / `server.port` span attributes
+/// (shared, so a span takes a reference count rather than a copy).
+#[derive(Clone)]
+pub(crate) struct Peer {
+    pub address: opentelemetry::StringValue,
+    pub port: u16,
+}
+
+impl Peer {
+    /// The peer of a connection address.
+    pub fn of(addr: &redis::ConnectionAddr) -> Self {
+        match addr {
+            redis::ConnectionAddr::Tcp(host, port)
+            | redis::ConnectionAddr::TcpTls { host, port, .. } => Self {
+                address: Arc::<str>::from(host.as_str()).into(),
+                port: *port,
+            },
+            // A Unix socket or a future address kind: name it, without a port.
+            other => Self {
+                address: Arc::<str>::from(other.to_string()).into(),
+                port: 0,
+            },
+        }
+    }
+}
+
+/// What one round trip is, for its metric label and CLIENT span.
+pub(crate) struct Operation {
+    /// The span's name, e.g. `EVALSHA validate` or `GET`.
+    pub span_name: &'static str,
+    /// `db.operation.name`, e.g. `EVALSHA` or `SET`.
+    pub command: &'static str,
+    /// The script's name in standalone mode (`db.stored_procedure.name`, and the metric's
+    /// operation label); `None` for a plain command, labelled by the command.
+    pub script: Option<&'static str>,
+}
+
+/// Runs one round trip inside its CLIENT span (when the call is traced) and the
+/// `barazo_session_valkey_round_trip_duration_seconds` histogram: the one place both
+/// topologies measure Valkey.
+pub(crate) async fn observe<T, F>(
+    metrics: &Metrics,
+    operation: &Operation,
+    peer: Option<&Peer>,
+    round_trip: F,
+) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, RedisError>>,
+{
+    let span = telemetry::start_client_span(operation.span_name, || {
+        let mut attributes = vec![
+            KeyValue::new("db.system.name", "valkey"),
+            KeyValue::new("db.operation.name", operation.command),
+        ];
+        if let Some(script) = operation.script {
+            attributes.push(KeyValue::new("db.stored_procedure.name", script));
+        }
+        if let Some(peer) = peer {
+            attributes.push(KeyValue::new("server.address", peer.address.clone()));
+            attributes.push(KeyValue::new("server.port", i64::from(peer.port)));
+        }
+        attributes
+    });
+    let timer = metrics.round_trip(operation.script.unwrap_or(operation.command));
+    let answer = round_trip.await;
+    if let Some(cx) = &span {
+        telemetry::end_client_span(cx, answer.is_ok());
+    }
+    let answer = answer.map_err(store_error)?;
+    timer.succeeded();
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_a_corrupt_session_not_an_outage() {
+        let err = parse_record("sid", b"{\"sid\":\"\xff\"}").expect_err("corrupt");
+        assert!(
+            matches!(&err, StoreError::CorruptSession { reason, .. } if reason.contains("UTF-8")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_shape_is_a_protocol_error_everywhere_else_unavailable() {
+        let wrong = RedisError::from((ErrorKind::UnexpectedReturnType, "shape"));
+        assert!(matches!(store_error(wrong), StoreError::Protocol(_)));
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(matches!(store_error(refused), StoreError::Unavailable(_)));
+    }
+}
