@@ -9,6 +9,7 @@ mod cluster;
 mod deploy;
 mod faults;
 mod grpcurl;
+mod interleavings;
 mod metrics;
 mod outage;
 mod readme;

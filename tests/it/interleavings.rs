@@ -1,0 +1,478 @@
+//! No interleaving and no cancellation leaves a session that validates outside its DID
+//! index, a key without a TTL, or a valid token for a deleted session.
+//!
+//! The cluster store runs each operation as a sequence of single-key commands. These tests
+//! hold one operation at each step between its commands (the store's step hook) while
+//! another runs to its end, which forces deterministically the interleavings that real
+//! races hit now and then; a stress test then runs many concurrent calls on every
+//! topology and checks every key's TTL afterwards. Stored values that are not UTF-8 are
+//! unreadable sessions, never outages.
+
+use crate::support::cluster::ValkeyCluster;
+use crate::support::{Backend, TestApp, sha256_hex, unique_did};
+use barazo_session::metrics::Metrics;
+use barazo_session::session::{SessionRecord, Token, now_ms};
+use barazo_session::store::valkey::cluster::{Step, StepHook};
+use barazo_session::store::valkey::{ValkeyClusterStore, ValkeyOptions};
+use barazo_session::store::{Lifetimes, SessionStore};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tonic::Code;
+
+const PREFIX: &str = "barazo:session:";
+
+const LIFETIMES: Lifetimes = Lifetimes {
+    session: Duration::from_secs(600),
+    access_token: Duration::from_secs(60),
+};
+
+/// Holds the first operation that reaches `step` until released.
+struct Gate {
+    step: Step,
+    armed: AtomicBool,
+    reached: Notify,
+    release: Semaphore,
+}
+
+impl Gate {
+    fn at(step: Step) -> Arc<Self> {
+        Arc::new(Self {
+            step,
+            armed: AtomicBool::new(true),
+            reached: Notify::new(),
+            release: Semaphore::new(0),
+        })
+    }
+
+    fn hook(self: &Arc<Self>) -> StepHook {
+        let gate = self.clone();
+        Arc::new(move |step| {
+            let gate = gate.clone();
+            Box::pin(async move {
+                if step == gate.step && gate.armed.swap(false, Ordering::SeqCst) {
+                    gate.reached.notify_one();
+                    if let Ok(permit) = gate.release.acquire().await {
+                        permit.forget();
+                    }
+                }
+            })
+        })
+    }
+
+    async fn wait_reached(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.reached.notified())
+            .await
+            .unwrap_or_else(|_| panic!("no operation reached {:?}", self.step));
+    }
+
+    fn release(&self) {
+        self.release.add_permits(1);
+    }
+}
+
+/// A cluster store of its own over `cluster`, held at `gate`'s step.
+fn store(cluster: &ValkeyCluster, gate: &Arc<Gate>) -> Arc<ValkeyClusterStore> {
+    let options = ValkeyOptions {
+        urls: cluster.urls().split(',').map(str::to_owned).collect(),
+        password: None,
+        ca_pem: None,
+        key_prefix: PREFIX.to_owned(),
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(2),
+    };
+    let store = ValkeyClusterStore::new(&options, Arc::new(Metrics::new()))
+        .expect("store")
+        .with_step_hook(gate.hook());
+    Arc::new(store)
+}
+
+/// A new session of `did` as the service makes one; returns it with its access token.
+fn session(did: &str) -> (SessionRecord, String) {
+    let sid = Token::generate().expect("random").into_string();
+    let access = Token::generate().expect("random").into_string();
+    let now = now_ms();
+    let record = SessionRecord {
+        sid,
+        did: did.to_owned(),
+        handle: "alice.test".into(),
+        access_token_hash: sha256_hex(&access),
+        access_token_expires_at: now + 60_000,
+        created_at: now,
+    };
+    (record, access)
+}
+
+/// Whether `access` validates, as the service decides it.
+async fn validates(store: &ValkeyClusterStore, access: &str) -> bool {
+    let hash = sha256_hex(access);
+    store
+        .find_by_access_hash(&hash)
+        .await
+        .expect("store answers")
+        .is_some_and(|record| record.accepts_access_hash(&hash, now_ms()))
+}
+
+/// Every key under the prefix on every node, with its PTTL.
+async fn keys_and_ttls(conns: &mut [redis::aio::MultiplexedConnection]) -> Vec<(String, i64)> {
+    let mut found = Vec::new();
+    for conn in conns {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{PREFIX}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await
+                .expect("SCAN");
+            for key in keys {
+                let ttl: i64 = redis::cmd("PTTL")
+                    .arg(&key)
+                    .query_async(conn)
+                    .await
+                    .expect("PTTL");
+                found.push((key, ttl));
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    found
+}
+
+async fn node_connections(cluster: &ValkeyCluster) -> Vec<redis::aio::MultiplexedConnection> {
+    let mut conns = Vec::new();
+    for node in cluster.nodes() {
+        conns.push(node.client().await);
+    }
+    conns
+}
+
+/// Every key has a TTL (-1 is "none"; -2, gone between SCAN and PTTL, is fine).
+async fn assert_every_key_expires(conns: &mut [redis::aio::MultiplexedConnection]) {
+    let forever: Vec<_> = keys_and_ttls(conns)
+        .await
+        .into_iter()
+        .filter(|(_, ttl)| *ttl == -1)
+        .collect();
+    assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
+}
+
+async fn is_indexed(cluster: &ValkeyCluster, did: &str, sid: &str) -> bool {
+    let client = redis::cluster::ClusterClient::new(
+        cluster
+            .urls()
+            .split(',')
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    )
+    .expect("client");
+    let mut conn = client.get_async_connection().await.expect("connect");
+    redis::cmd("SISMEMBER")
+        .arg(format!("{PREFIX}did:{did}"))
+        .arg(sid)
+        .query_async(&mut conn)
+        .await
+        .expect("SISMEMBER")
+}
+
+/// The review's finding 1: a create held at each of its steps while another create of the
+/// same DID runs (and prunes the index) to its end. Both sessions must stay indexed, so
+/// that delete-all revokes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_of_one_did_both_stay_in_its_index() {
+    let cluster = ValkeyCluster::start().await;
+    for step in [
+        Step::CreateSampled,
+        Step::CreateDataWritten,
+        Step::CreateIndexed,
+    ] {
+        let gate = Gate::at(step);
+        let store = store(&cluster, &gate);
+        let did = unique_did();
+        let ((held, held_access), (other, other_access)) = (session(&did), session(&did));
+        let first = tokio::spawn({
+            let store = store.clone();
+            async move { store.create(&held, LIFETIMES).await }
+        });
+        gate.wait_reached().await;
+        store.create(&other, LIFETIMES).await.expect("create");
+        gate.release();
+        first.await.expect("task").expect("create");
+
+        assert!(validates(&store, &held_access).await, "{step:?}");
+        assert!(validates(&store, &other_access).await, "{step:?}");
+        assert_eq!(
+            store.delete_all_for_did(&did).await.expect("delete-all"),
+            2,
+            "{step:?}"
+        );
+        assert!(
+            !validates(&store, &held_access).await,
+            "{step:?}: survived a takedown"
+        );
+        assert!(
+            !validates(&store, &other_access).await,
+            "{step:?}: survived a takedown"
+        );
+    }
+    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+}
+
+/// Finding 2: a delete-all held after listing the index while a create of the same DID
+/// runs. The new session may outlive this delete-all (it came after the listing), but it
+/// must stay in the index, so that the next one revokes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_during_delete_all_stays_reachable_from_its_index() {
+    let cluster = ValkeyCluster::start().await;
+    let gate = Gate::at(Step::DeleteAllListed);
+    let store = store(&cluster, &gate);
+    let did = unique_did();
+    let (old, old_access) = session(&did);
+    store.create(&old, LIFETIMES).await.expect("create");
+
+    let takedown = tokio::spawn({
+        let (store, did) = (store.clone(), did.clone());
+        async move { store.delete_all_for_did(&did).await }
+    });
+    gate.wait_reached().await;
+    let (new, new_access) = session(&did);
+    store.create(&new, LIFETIMES).await.expect("create");
+    gate.release();
+    assert_eq!(takedown.await.expect("task").expect("delete-all"), 1);
+
+    assert!(!validates(&store, &old_access).await);
+    assert!(validates(&store, &new_access).await);
+    assert!(
+        is_indexed(&cluster, &did, &new.sid).await,
+        "lost from the index"
+    );
+    assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);
+    assert!(!validates(&store, &new_access).await);
+    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+}
+
+/// A refresh held at each of its steps while a delete-all of its DID runs: afterwards no
+/// token of that session validates, whichever finished first, and nothing is left to
+/// live forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
+    let cluster = ValkeyCluster::start().await;
+    for step in [Step::RefreshRead, Step::RefreshDataWritten] {
+        let gate = Gate::at(step);
+        let store = store(&cluster, &gate);
+        let did = unique_did();
+        let (record, access) = session(&did);
+        store.create(&record, LIFETIMES).await.expect("create");
+        let new_access = Token::generate().expect("random").into_string();
+        let refresh = tokio::spawn({
+            let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
+            async move {
+                store
+                    .refresh(&sid, &hash, now_ms() + 60_000, LIFETIMES)
+                    .await
+            }
+        });
+        gate.wait_reached().await;
+        assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);
+        gate.release();
+        refresh.await.expect("task").expect("refresh answers");
+
+        assert!(!validates(&store, &access).await, "{step:?}");
+        assert!(
+            !validates(&store, &new_access).await,
+            "{step:?}: a deleted session's token"
+        );
+    }
+    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+}
+
+/// Finding 3: a create whose caller gives up between two steps (client cancel, request
+/// timeout) still completes: the index gets its member and its TTL together, and the
+/// session ends up whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_create_completes_and_leaves_no_key_without_a_ttl() {
+    let cluster = ValkeyCluster::start().await;
+    let gate = Gate::at(Step::CreateDataWritten);
+    let store = store(&cluster, &gate);
+    let did = unique_did();
+    let (record, access) = session(&did);
+    let caller = tokio::spawn({
+        let (store, record) = (store.clone(), record.clone());
+        async move { store.create(&record, LIFETIMES).await }
+    });
+    gate.wait_reached().await;
+    caller.abort();
+    assert!(caller.await.expect_err("cancelled").is_cancelled());
+    gate.release();
+    // The operation goes on without its caller; its last step is the access key.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !validates(&store, &access).await {
+        assert!(tokio::time::Instant::now() < deadline, "never completed");
+        tokio::task::yield_now().await;
+    }
+    assert!(is_indexed(&cluster, &did, &record.sid).await);
+    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+}
+
+/// Many concurrent creates and refreshes of one DID with a delete-all in the middle; a
+/// final delete-all leaves no token that validates, and no key without a TTL.
+async fn takedown_under_concurrent_logins(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let did = unique_did();
+    let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut logins = Vec::new();
+    for _ in 0..8 {
+        let (app_client, did, tokens) = (app.client.clone(), did.clone(), tokens.clone());
+        logins.push(tokio::spawn(async move {
+            let mut client = app_client;
+            for _ in 0..5 {
+                let created = client
+                    .create_session(barazo_session::proto::CreateSessionRequest {
+                        did: did.clone(),
+                        handle: "alice.test".into(),
+                    })
+                    .await
+                    .expect("create")
+                    .into_inner();
+                let mut mine = vec![created.access_token.clone()];
+                match client
+                    .refresh_session(barazo_session::proto::RefreshSessionRequest {
+                        refresh_token: created.refresh_token.clone(),
+                    })
+                    .await
+                {
+                    Ok(refreshed) => mine.push(refreshed.into_inner().access_token),
+                    // Deleted by the takedown in between: as it should be.
+                    Err(status) => assert_eq!(status.code(), Code::NotFound),
+                }
+                if let Ok(mut all) = tokens.lock() {
+                    all.extend(mine);
+                }
+            }
+        }));
+    }
+    // A takedown while the logins run.
+    tokio::task::yield_now().await;
+    app.delete_all(&did).await.expect("delete-all");
+    for login in logins {
+        login.await.expect("logins");
+    }
+    app.delete_all(&did).await.expect("delete-all");
+    let tokens = tokens.lock().map(|t| t.clone()).unwrap_or_default();
+    assert!(tokens.len() >= 40, "{}", tokens.len());
+    for token in &tokens {
+        assert!(
+            !app.validate(token).await.valid,
+            "a token survived the takedown"
+        );
+    }
+    let mut conns = match backend {
+        Backend::Memory => return,
+        Backend::Valkey => vec![app.valkey().client().await],
+        Backend::Cluster => node_connections(app.cluster.as_ref().expect("cluster")).await,
+    };
+    assert_every_key_expires(&mut conns).await;
+    let index = format!("{PREFIX}did:{did}");
+    let left: Vec<_> = keys_and_ttls(&mut conns)
+        .await
+        .into_iter()
+        .filter(|(key, _)| key.starts_with(&index))
+        .collect();
+    assert!(left.is_empty(), "the index still lists {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takedown_under_concurrent_logins_memory() {
+    takedown_under_concurrent_logins(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takedown_under_concurrent_logins_valkey() {
+    takedown_under_concurrent_logins(Backend::Valkey).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takedown_under_concurrent_logins_cluster() {
+    takedown_under_concurrent_logins(Backend::Cluster).await;
+}
+
+/// Finding 5: a stored session that is not UTF-8 is unreadable, not an outage: validate
+/// says invalid, refresh says NOT_FOUND without writing anything, delete removes it, and
+/// the service stays SERVING.
+async fn a_session_that_is_not_utf8_is_unreadable_not_an_outage(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let did = unique_did();
+    let created = app.create(&did, "alice.test").await;
+    let data_key = format!("{PREFIX}data:{}", created.refresh_token);
+    let garbage: Vec<u8> = [b"{\"sid\":\"".as_slice(), b"\xff\xfe", b"\"}"].concat();
+    let write = redis::cmd("SET")
+        .arg(&data_key)
+        .arg(&garbage)
+        .arg("PX")
+        .arg(600_000)
+        .clone();
+    let read = redis::cmd("GET").arg(&data_key).clone();
+    let stored = match backend {
+        Backend::Cluster => {
+            let cluster = app.cluster.as_ref().expect("cluster");
+            let client = redis::cluster::ClusterClient::new(
+                cluster
+                    .urls()
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            )
+            .expect("client");
+            let mut conn = client.get_async_connection().await.expect("connect");
+            let _: () = write.query_async(&mut conn).await.expect("write");
+            let access_before = app.validate(&created.access_token).await;
+            assert!(!access_before.valid);
+            let refused = app
+                .refresh(&created.refresh_token)
+                .await
+                .expect_err("refused");
+            assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+            let stored: Vec<u8> = read.query_async(&mut conn).await.expect("read");
+            stored
+        }
+        _ => {
+            let mut conn = app.valkey().client().await;
+            let _: () = write.query_async(&mut conn).await.expect("write");
+            assert!(!app.validate(&created.access_token).await.valid);
+            let refused = app
+                .refresh(&created.refresh_token)
+                .await
+                .expect_err("refused");
+            assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+            let stored: Vec<u8> = read.query_async(&mut conn).await.expect("read");
+            stored
+        }
+    };
+    assert_eq!(stored, garbage, "a refused refresh writes nothing");
+    assert!(app.delete(&created.refresh_token).await.expect("delete"));
+    assert!(
+        !app.delete(&created.refresh_token).await.expect("delete"),
+        "it is gone"
+    );
+    assert_eq!(
+        app.health_status().await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_is_not_utf8_is_unreadable_valkey() {
+    a_session_that_is_not_utf8_is_unreadable_not_an_outage(Backend::Valkey).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_is_not_utf8_is_unreadable_cluster() {
+    a_session_that_is_not_utf8_is_unreadable_not_an_outage(Backend::Cluster).await;
+}
