@@ -1,7 +1,7 @@
 //! The `session-bench` load tool works end to end (its figures are for BENCHMARKS.md; here
 //! only that it runs, loads real servers and reports no errors), and is safe to point at a
-//! real deployment: it reaches a server with TLS and a policy, and its sessions are its own
-//! and gone when it is done (also after Ctrl-C).
+//! real deployment: it reaches a server with TLS and a policy, its sessions are its own and
+//! gone when it is done (also after Ctrl-C), and it says when figures come from a debug build.
 
 use crate::support::pki::{Ca, TempDir};
 use crate::support::{TestApp, Valkey, config, sha256_hex};
@@ -486,8 +486,54 @@ async fn help_says_whose_sessions_it_creates_and_which_rpcs_it_needs() {
         "--tls-key",
         "SESSION_BENCH_SERVICE_KEY",
         "--delete-dids",
+        "debug build",
     ] {
         assert!(help.contains(needle), "{needle} in {help}");
     }
     assert!(!help.contains("s3cret"), "the key's value is never shown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_builds_are_warned_about() {
+    // The test harness builds the tool, its server and this test's server alike: all debug
+    // builds under `cargo test`, all release builds under `cargo test --release`.
+    let debug = cfg!(debug_assertions);
+    let tool = "session-bench is a debug build";
+    let server = "is a debug build (its answers say barazo-build-profile: debug)";
+
+    // A server the tool starts itself.
+    let (report, stderr) = bench(command(&["--duration", "0", "--sessions", "1"])).await;
+    assert_eq!(stderr.contains(tool), debug, "{stderr}");
+    assert_eq!(
+        stderr.contains(&format!(
+            "the server \"memory\" (started by this tool) {server}"
+        )),
+        debug,
+        "{stderr}"
+    );
+    // The report repeats them, for whoever reads a pasted copy.
+    assert_eq!(
+        report.contains(&format!("WARNING: {tool}")),
+        debug,
+        "{report}"
+    );
+    assert_eq!(report.contains(server), debug, "{report}");
+
+    // A running server at --addr.
+    let app = TestApp::spawn(StoreKind::Memory).await;
+    let addr = app.addr.to_string();
+    let (_, stderr) = bench(command(&[
+        "--addr",
+        &addr,
+        "--duration",
+        "0",
+        "--sessions",
+        "1",
+    ]))
+    .await;
+    assert_eq!(
+        stderr.contains(&format!("the server at {addr} {server}")),
+        debug,
+        "{stderr}"
+    );
 }

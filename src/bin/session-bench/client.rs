@@ -8,7 +8,7 @@ use crate::spawn::BoxError;
 use barazo_session::config::Secret;
 use barazo_session::proto::session_service_client::SessionServiceClient;
 use std::path::Path;
-use tonic::metadata::AsciiMetadataValue;
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -181,13 +181,23 @@ impl Connector {
     }
 }
 
+/// What a server's health check said.
+pub struct Health {
+    /// The whole server's status.
+    pub status: ServingStatus,
+    /// The answer's metadata (a debug build marks itself there).
+    pub metadata: MetadataMap,
+}
+
 /// Asks a server's standard health service about the whole server (always open, even
 /// under a policy).
-pub async fn health(channel: Channel) -> Result<ServingStatus, BoxError> {
+pub async fn health(channel: Channel) -> Result<Health, BoxError> {
     let answer = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),
         })
         .await?;
-    Ok(ServingStatus::try_from(answer.into_inner().status)?)
+    let metadata = answer.metadata().clone();
+    let status = ServingStatus::try_from(answer.into_inner().status)?;
+    Ok(Health { status, metadata })
 }

@@ -11,6 +11,7 @@ mod client;
 mod interrupt;
 mod load;
 mod namespace;
+mod profile;
 mod sink;
 mod spawn;
 mod valkey_commands;
@@ -60,6 +61,9 @@ enum Compare {
 /// client certificate) must be allowed CreateSession, ValidateAccessToken, RefreshSession
 /// and DeleteAllSessionsForDid. It checks DeleteAllSessionsForDid before creating anything
 /// and does not start without it.
+///
+/// Figures from a debug build mean nothing: it warns when it is one, and when a server it
+/// loads says it is one (debug builds of barazo-session mark their answers).
 #[derive(Debug, Parser)]
 #[command(name = "session-bench")]
 struct Args {
@@ -197,6 +201,23 @@ impl Target {
     }
 }
 
+/// Warnings worth repeating under the figures, where a reader of a pasted report sees them.
+#[derive(Default)]
+struct Warnings(Vec<String>);
+
+impl Warnings {
+    fn add(&mut self, warning: String) {
+        eprintln!("session-bench: WARNING: {warning}");
+        self.0.push(warning);
+    }
+
+    fn print(&self) {
+        for warning in &self.0 {
+            println!("WARNING: {warning}");
+        }
+    }
+}
+
 fn specs(args: &Args, otlp: Option<&str>) -> Vec<ServerSpec> {
     let spec = |label: &str, store: Store, otlp: Option<&str>| ServerSpec {
         label: label.to_owned(),
@@ -276,6 +297,10 @@ async fn main() -> ExitCode {
     if let Some(file) = &args.delete_dids {
         return delete_listed(&args, &connector, file).await;
     }
+    let mut warnings = Warnings::default();
+    if let Some(warning) = profile::own_warning() {
+        warnings.add(warning);
+    }
     let (run, stop) = match Run::new()
         .map_err(BoxError::from)
         .and_then(|run| Ok((run, interrupt::install()?)))
@@ -287,9 +312,9 @@ async fn main() -> ExitCode {
         }
     };
     tokio::select! {
-        code = bench(&args, &connector, &run, &stop) => code,
+        code = bench(&args, &connector, &run, &stop, &mut warnings) => code,
         signal = stop.second() => {
-            // Dropping the run stops the servers it started.
+            // The unfinished run is dropped here, and with it the servers it started.
             let prefix = run.did_prefix();
             eprintln!(
                 "session-bench: second {}: exiting at once; this run's sessions not yet deleted remain. Their DIDs start with {prefix}; they expire after the server's session TTL (OAUTH_SESSION_TTL, 7 days by default). With access to Valkey, valkey-cli --scan --pattern '<key prefix>did:{prefix}*' lists their DID indexes (key prefix barazo:session: by default); DeleteAllSessionsForDid for each DID deletes them.",
@@ -301,7 +326,13 @@ async fn main() -> ExitCode {
 }
 
 /// A whole run: start or reach the servers, load them, report, delete what was created.
-async fn bench(args: &Args, connector: &Connector, run: &Run, stop: &Stop) -> ExitCode {
+async fn bench(
+    args: &Args,
+    connector: &Connector,
+    run: &Run,
+    stop: &Stop,
+    warnings: &mut Warnings,
+) -> ExitCode {
     eprintln!(
         "session-bench {}: its sessions belong to DIDs starting with {}; it deletes them when done",
         run.id(),
@@ -320,7 +351,7 @@ async fn bench(args: &Args, connector: &Connector, run: &Run, stop: &Stop) -> Ex
     };
     let otlp = sink.as_ref().map(|(_, endpoint)| endpoint.as_str());
     // Nothing is created until every server has been reached and checked.
-    let mut targets = match prepare(args, connector, run, otlp).await {
+    let mut targets = match prepare(args, connector, run, otlp, warnings).await {
         Ok(targets) => targets,
         Err(err) => {
             eprintln!("session-bench: {}", chain(err.as_ref()));
@@ -340,6 +371,7 @@ async fn bench(args: &Args, connector: &Connector, run: &Run, stop: &Stop) -> Ex
             code = ExitCode::from(signal.exit_code());
         }
     }
+    warnings.print();
     if !clean_up(args, &targets, run).await {
         code = ExitCode::FAILURE;
     }
@@ -353,6 +385,7 @@ async fn prepare(
     connector: &Connector,
     run: &Run,
     otlp: Option<&str>,
+    warnings: &mut Warnings,
 ) -> Result<Vec<Target>, BoxError> {
     // Each with whether its sessions outlive the run: a started server on the memory store
     // takes them with it when it stops.
@@ -385,9 +418,13 @@ async fn prepare(
             Some(_) => format!("{label:?} (started by this tool)"),
             None => label.clone(),
         };
-        if health != ServingStatus::Serving {
+        if let Some(warning) = profile::server_warning(&described, &health.metadata) {
+            warnings.add(warning);
+        }
+        if health.status != ServingStatus::Serving {
             return Err(format!(
-                "the server {described} is not serving (health: {health:?}); is its store up?",
+                "the server {described} is not serving (health: {:?}); is its store up?",
+                health.status
             )
             .into());
         }
