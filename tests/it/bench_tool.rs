@@ -471,7 +471,9 @@ async fn bad_connection_flags_are_named_before_anything_runs() {
 async fn help_says_whose_sessions_it_creates_and_which_rpcs_it_needs() {
     let (out, help, _) = output({
         let mut cmd = Command::new(BENCH);
-        cmd.arg("--help").env("SESSION_BENCH_SERVICE_KEY", "s3cret");
+        cmd.arg("--help")
+            .env("SESSION_BENCH_SERVICE_KEY", "s3cret")
+            .env("VALKEY_URL", "redis://:hunter2@valkey:6379");
         cmd
     })
     .await;
@@ -491,6 +493,7 @@ async fn help_says_whose_sessions_it_creates_and_which_rpcs_it_needs() {
         assert!(help.contains(needle), "{needle} in {help}");
     }
     assert!(!help.contains("s3cret"), "the key's value is never shown");
+    assert!(!help.contains("hunter2"), "nor a Valkey password");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,8 +103,14 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Store::Memory)]
     store: Store,
     /// Valkey for started servers on the Valkey store (keys under the default prefix; the
-    /// tool deletes its sessions when done and flushes nothing).
-    #[arg(long, env = "VALKEY_URL", default_value = "redis://127.0.0.1:6379")]
+    /// tool deletes its sessions when done and flushes nothing). Its value is not shown
+    /// here: it may hold a password.
+    #[arg(
+        long,
+        env = "VALKEY_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     valkey_url: String,
     /// `standalone`, or `cluster` (then `--valkey-url` lists seed nodes, comma-separated).
     #[arg(long, env = "VALKEY_MODE", default_value = "standalone")]
