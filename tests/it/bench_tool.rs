@@ -283,11 +283,17 @@ async fn a_failed_cleanup_names_what_is_left_and_delete_dids_finishes_it() {
     let mut running = Running::start(cmd);
     running.wait_for("round 1 at").await;
     // Valkey frozen: every deletion answers UNAVAILABLE after the server's command timeout.
+    // SIGTERM (as an orchestrator sends) stops the load like Ctrl-C.
     app.valkey().signal("STOP");
-    running.signal("INT").await;
+    running.signal("TERM").await;
     let (code, report, stderr) = running.finish().await;
     app.valkey().signal("CONT");
-    assert_eq!(code, Some(1), "{report}\n{stderr}");
+    assert!(stderr.contains("SIGTERM: stopping the load"), "{stderr}");
+    assert_eq!(
+        code,
+        Some(1),
+        "a cleanup that failed is a failure: {report}\n{stderr}"
+    );
     assert!(
         stderr
             .contains("NOT EVERY SESSION WAS DELETED: DeleteAllSessionsForDid failed: Unavailable"),
