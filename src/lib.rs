@@ -12,6 +12,7 @@ pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod probe;
+pub mod profile;
 pub mod server;
 pub mod service;
 pub mod session;

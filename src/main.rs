@@ -61,6 +61,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     // Signal handlers first, so a SIGTERM right after "listening" still drains.
     let shutdown = barazo_session::server::shutdown_signal()?;
     let app = Application::build(&config).await?;
+    barazo_session::profile::warn_if_debug();
     app.announce(&config);
     app.run_until(shutdown).await?;
     tracing::info!("stopped");

@@ -65,6 +65,8 @@ pub struct RoundTripLabels {
 pub struct BuildLabels {
     /// The crate version.
     pub version: &'static str,
+    /// `debug` or `release`: a debug build is several times slower (see `profile`).
+    pub profile: &'static str,
 }
 
 /// Every metric of the service, registered once at startup.
@@ -132,6 +134,7 @@ impl Metrics {
         build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
+                profile: crate::profile::PROFILE,
             })
             .set(1);
         registry.register(
@@ -274,6 +277,12 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} in\n{text}");
         }
+        let build = format!(
+            "barazo_session_build_info{{version=\"{}\",profile=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            crate::profile::PROFILE
+        );
+        assert!(text.contains(&build), "{build} in\n{text}");
         assert!(metrics.ready());
         metrics.begin_draining();
         metrics.set_store_up(true);

@@ -7,6 +7,7 @@ use crate::config::{Config, StoreKind, ValkeyMode};
 use crate::connections;
 use crate::health;
 use crate::metrics::Metrics;
+use crate::profile::ProfileLayer;
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::service::{CallLimits, SessionApi};
 use crate::store::SessionStore;
@@ -140,8 +141,9 @@ pub enum ServeError {
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The routes, behind the authorization layer.
-type Router = tonic::transport::server::Router<Stack<AuthLayer, NoLayer>>;
+/// The routes, behind the authorization layer, behind the layer that marks a debug build's
+/// responses (outermost, so refusals are marked too).
+type Router = tonic::transport::server::Router<Stack<AuthLayer, Stack<ProfileLayer, NoLayer>>>;
 
 /// A bound, ready-to-run server. Tests build it on `127.0.0.1:0` and ask for the port.
 pub struct Application {
@@ -276,6 +278,7 @@ impl Application {
             .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
+            profile = crate::profile::PROFILE,
             addr = %self.local_addr,
             admin = %admin,
             store = %store,
@@ -380,6 +383,7 @@ fn routes<S: SessionStore>(
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let mut router = server_builder(config)?
+        .layer(ProfileLayer::new())
         .layer(AuthLayer::new(policy(config)?, metrics.clone()))
         .add_service(health_service)
         .add_service(sessions);

@@ -129,6 +129,13 @@ async fn sigterm_stops_the_server_cleanly() {
             .any(|l| l.contains("WARN") && l.contains("no authorization policy")),
         "{log:#?}"
     );
+    // A debug build says so, so that nobody measures or deploys one unawares.
+    assert_eq!(
+        log.iter()
+            .any(|l| l.contains("WARN") && l.contains("this is a debug build")),
+        cfg!(debug_assertions),
+        "{log:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

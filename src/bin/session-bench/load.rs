@@ -1,8 +1,10 @@
 //! The load: callers spread over connections, each issuing one RPC after another for a
 //! fixed time, recording every latency.
 
+use crate::client::Client;
+use crate::interrupt::Stop;
+use crate::namespace::{HANDLE, Ledger};
 use crate::spawn::BoxError;
-use barazo_session::proto::session_service_client::SessionServiceClient;
 use barazo_session::proto::{
     CreateSessionRequest, RefreshSessionRequest, ValidateAccessTokenRequest,
 };
@@ -10,14 +12,13 @@ use hdrhistogram::Histogram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// What the callers do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// ValidateAccessToken on pre-created sessions (the hot path).
     Validate,
-    /// CreateSession for fresh DIDs.
+    /// CreateSession, each for a fresh DID of the tool's own.
     Create,
     /// RefreshSession on pre-created sessions.
     Refresh,
@@ -34,20 +35,26 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Creates `size` sessions to validate and `size` to refresh.
+    /// Creates `size` sessions to validate and `size` to refresh, each under a DID from
+    /// `ledger`; stops early (with fewer) when the tool is asked to stop.
     pub async fn create(
-        client: &mut SessionServiceClient<Channel>,
+        client: &mut Client,
         size: usize,
+        ledger: &Ledger,
+        stop: &Stop,
     ) -> Result<Self, BoxError> {
         let mut pool = Self {
             access_tokens: Vec::with_capacity(size),
             refresh_tokens: Vec::with_capacity(size),
         };
         for i in 0..size * 2 {
+            if stop.requested().is_some() {
+                break;
+            }
             let created = client
                 .create_session(CreateSessionRequest {
-                    did: format!("did:plc:bench{i}"),
-                    handle: format!("bench{i}.test"),
+                    did: ledger.next(),
+                    handle: HANDLE.into(),
                 })
                 .await?
                 .into_inner();
@@ -151,34 +158,52 @@ impl Outcome {
     }
 }
 
-/// Runs `callers` callers over `clients` for `duration`.
-pub async fn run(
-    scenario: Scenario,
-    clients: &[SessionServiceClient<Channel>],
-    callers: usize,
-    duration: Duration,
-    pool: Arc<Pool>,
-) -> Result<Outcome, BoxError> {
-    let stop = Arc::new(AtomicBool::new(false));
+/// What the callers do, and with what.
+pub struct Load<'a> {
+    /// What the callers do.
+    pub scenario: Scenario,
+    /// The connections, shared out among the callers.
+    pub clients: &'a [Client],
+    /// Concurrent callers.
+    pub callers: usize,
+    /// The sessions to validate and refresh.
+    pub pool: Arc<Pool>,
+    /// Where created sessions get their DIDs.
+    pub ledger: Arc<Ledger>,
+}
+
+/// Runs the load for `duration`, or until the tool is asked to stop: then the callers
+/// finish their calls in flight and the outcome covers the time until then.
+pub async fn run(load: &Load<'_>, duration: Duration, stop: &Stop) -> Result<Outcome, BoxError> {
+    let Load {
+        scenario,
+        clients,
+        callers,
+        ..
+    } = *load;
+    let done = Arc::new(AtomicBool::new(false));
     let round_started = Instant::now();
     let mut tasks = Vec::with_capacity(callers);
     for caller in 0..callers {
         let mut client = clients[caller % clients.len()].clone();
-        let (stop, pool) = (stop.clone(), pool.clone());
+        let (done, pool, ledger) = (done.clone(), load.pool.clone(), load.ledger.clone());
         tasks.push(tokio::spawn(async move {
             let mut tally = Outcome::empty()?;
             let mut n = caller;
-            while !stop.load(Ordering::Relaxed) {
+            while !done.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let answer = one_call(scenario, &mut client, &pool, n, caller).await;
+                let answer = one_call(scenario, &mut client, &pool, &ledger, n).await;
                 tally.record(started - round_started, started.elapsed(), &answer);
                 n = n.wrapping_add(callers);
             }
             Ok::<_, BoxError>(tally)
         }));
     }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
+    tokio::select! {
+        () = tokio::time::sleep(duration) => {}
+        _ = stop.first() => {}
+    }
+    done.store(true, Ordering::Relaxed);
     let mut outcome = Outcome::empty()?;
     for task in tasks {
         outcome.merge(task.await??)?;
@@ -190,10 +215,10 @@ pub async fn run(
 /// One call of the scenario; `Ok(false)` when a validation unexpectedly says invalid.
 async fn one_call(
     scenario: Scenario,
-    client: &mut SessionServiceClient<Channel>,
+    client: &mut Client,
     pool: &Pool,
+    ledger: &Ledger,
     n: usize,
-    caller: usize,
 ) -> Result<bool, tonic::Status> {
     let kind = match scenario {
         Scenario::Mix => match n % 100 {
@@ -225,8 +250,8 @@ async fn one_call(
         Scenario::Create | Scenario::Mix => {
             client
                 .create_session(CreateSessionRequest {
-                    did: format!("did:plc:load{caller}x{n}"),
-                    handle: "load.test".into(),
+                    did: ledger.next(),
+                    handle: HANDLE.into(),
                 })
                 .await?;
             Ok(true)

@@ -1,6 +1,6 @@
 //! Starting `barazo-session` servers as child processes, the way they run in production.
 
-use barazo_session::proto::session_service_client::SessionServiceClient;
+use crate::client::Connector;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -61,6 +61,11 @@ impl Server {
             .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        // Its own process group: a Ctrl-C in the terminal goes to the whole foreground
+        // group, and the server must keep serving while this tool deletes its sessions
+        // (it is stopped when dropped).
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         if let Some(url) = &spec.valkey_url {
             cmd.args(["--valkey-url", url, "--valkey-mode", &spec.valkey_mode]);
         }
@@ -120,26 +125,6 @@ impl Server {
 
     /// A new HTTP/2 connection to the server.
     pub async fn channel(&self) -> Result<Channel, BoxError> {
-        connect(&self.addr).await
+        Connector::plaintext().channel(&self.addr).await
     }
-}
-
-/// A new HTTP/2 connection to `addr` (`host:port`).
-pub async fn connect(addr: &str) -> Result<Channel, BoxError> {
-    Ok(Channel::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?)
-}
-
-/// `connections` clients over distinct connections.
-pub async fn clients(
-    addr: &str,
-    connections: usize,
-) -> Result<Vec<SessionServiceClient<Channel>>, BoxError> {
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        clients.push(SessionServiceClient::new(connect(addr).await?));
-    }
-    Ok(clients)
 }

@@ -24,6 +24,11 @@ impl TempDir {
         Self(dir)
     }
 
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
     /// Writes `contents` to `name` inside the directory; returns its path.
     pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
         let path = self.0.join(name);
