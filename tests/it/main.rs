@@ -6,6 +6,7 @@ mod behaviour;
 mod bench_tool;
 mod cli;
 mod cluster;
+mod dashboard;
 mod deploy;
 mod faults;
 mod grpcurl;
