@@ -14,7 +14,13 @@
 #      that every secret, config, volume and depends_on it names is defined;
 #   4. hadolint on deploy/Dockerfile;
 #   5. the Dockerfile's build-stage COPY sources, staged alone: cargo can load the
-#      manifest from them (every declared target exists) and Cargo.lock is current.
+#      manifest from them (every declared target exists) and Cargo.lock is current;
+#   6. Grafana and Prometheus (scripts/lint-grafana.py): dashboards are JSON and mounted
+#      where the provider looks, scrape targets and the data source name Compose services;
+#      then promtool (from Debian's prometheus package, unpacked into .tools/promtool/:
+#      it is on no other registry reachable here) checks deploy/prometheus.yml and parses
+#      every dashboard query. Without root and apt-get the promtool checks are skipped, and
+#      say so. tests/it/dashboard.rs checks the queries' metrics against a live server.
 # Runs every check, then exits non-zero if any failed. Runnable from any directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -152,6 +158,34 @@ if command -v cargo >/dev/null; then
   run dockerfile-build-context stage_copy_check
 else
   echo "==> dockerfile-build-context: skipped (no cargo on PATH)"
+fi
+
+# 6. Grafana dashboards and the Prometheus config.
+run grafana python3 scripts/lint-grafana.py "$rendered/dashboard-rules.yml"
+# promtool is not on PyPI; Debian's prometheus package has it (not pinned: the archive
+# keeps only the current bookworm build). Unpacked, not installed: no service, no root
+# files outside .tools/.
+promtool="$root/.tools/promtool/usr/bin/promtool"
+install_promtool() (
+  download=$(mktemp -d)
+  trap 'rm -rf "$download"' EXIT
+  cd "$download"
+  # The lists may be missing or stale on a fresh machine: update once, then retry.
+  apt_download() { apt-get download -qq -o APT::Sandbox::User=root prometheus; }
+  apt_download 2>/dev/null || { apt-get update -qq && apt_download; }
+  rm -rf "$root/.tools/promtool"
+  dpkg-deb -x prometheus_*.deb "$root/.tools/promtool"
+)
+if [ ! -x "$promtool" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing promtool from Debian's prometheus package into .tools/promtool/" >&2
+  install_promtool || echo "promtool could not be installed" >&2
+fi
+if [ -x "$promtool" ]; then
+  echo "==> using $("$promtool" --version 2>&1 | head -n 1)"
+  run promtool-config "$promtool" check config deploy/prometheus.yml
+  run promtool-dashboard-queries "$promtool" check rules "$rendered/dashboard-rules.yml"
+else
+  echo "==> promtool: skipped (not installed; needs root and apt-get once)"
 fi
 
 if [ ${#failures[@]} -gt 0 ]; then

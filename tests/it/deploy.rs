@@ -185,6 +185,22 @@ fn block<'a>(lines: &[&'a str], key: &str) -> Vec<&'a str> {
     all.remove(0)
 }
 
+/// The block under the direct child `key:` of a block (not a `key:` deeper down, such as
+/// a `depends_on:` entry naming a service).
+fn child_block<'a>(block: &[&'a str], key: &str) -> Vec<&'a str> {
+    let own = block.iter().map(|l| indent(l)).min().unwrap_or_default();
+    let header = format!("{key}:");
+    let at = block
+        .iter()
+        .position(|l| indent(l) == own && l.trim() == header)
+        .unwrap_or_else(|| panic!("no direct child `{key}:`"));
+    block[at + 1..]
+        .iter()
+        .take_while(|l| indent(l) > own)
+        .copied()
+        .collect()
+}
+
 /// The direct children of a block: its lines at the block's smallest indentation.
 fn children<'a>(block: &[&'a str]) -> Vec<&'a str> {
     let Some(own) = block.iter().map(|l| indent(l)).min() else {
@@ -355,7 +371,7 @@ fn compose_env() -> Vec<(String, String)> {
     let text = repo_file("deploy/compose.yml");
     let lines: Vec<&str> = text.lines().collect();
     let services = block(&lines, "services");
-    let session = block(&services, "session");
+    let session = child_block(&services, "session");
     children(&block(&session, "environment"))
         .into_iter()
         .map(|entry| match entry.strip_prefix("- ") {
