@@ -9,7 +9,8 @@
 #      kubernetes-validate --strict (schemas ship in the package) on every rendered
 #      resource of Kubernetes' own APIs, against the oldest and newest Kubernetes versions
 #      supported; then what the schemas cannot see: one handler per probe, probe and
-#      Service ports, referenced ConfigMaps and Secrets, selectors;
+#      Service ports, referenced ConfigMaps and Secrets, selectors, image tags (never
+#      latest);
 #   3. check-jsonschema with its bundled compose-spec schema on deploy/compose.yml, and
 #      that every secret, config, volume and depends_on it names is defined;
 #   4. hadolint on deploy/Dockerfile;

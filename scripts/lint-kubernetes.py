@@ -13,7 +13,8 @@ mentions (enabled in a throw-away kustomization), and OUT/<variant>.core.yaml wi
 the resources of Kubernetes' own API groups, for kubernetes-validate. `check` reads the
 rendered variants: every probe has exactly one handler and names a port the container
 has, what a pod references (ConfigMaps, Secrets, ports) is rendered too, and selectors
-select the Deployment's pods. Exits non-zero on any problem.
+select the Deployment's pods, images carry a version tag or a digest (never latest).
+Exits non-zero on any problem.
 """
 
 import os
@@ -160,6 +161,12 @@ def check_variant(path):
                 problem(where, f"volume {volume['name']}: no ConfigMap {volume['configMap']['name']}")
         for container in pod["spec"]["containers"]:
             cwhere = f"{where} container {container['name']}"
+            # What runs must be a release: a version tag or a digest, never `latest`
+            # (which moves) or no tag at all (which means latest).
+            image = container["image"]
+            name_part, _, tag = image.split("@")[0].rpartition(":")
+            if "@sha256:" not in image and ("/" in tag or not name_part or tag == "latest"):
+                problem(cwhere, f"image {image}: give a version tag or a digest, never latest")
             ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
             for probe_name in PROBES:
                 probe = container.get(probe_name)
