@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod dashboard;
 mod deploy;
+mod durability;
 mod faults;
 mod grpcurl;
 mod metrics;
