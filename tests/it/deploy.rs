@@ -185,6 +185,22 @@ fn block<'a>(lines: &[&'a str], key: &str) -> Vec<&'a str> {
     all.remove(0)
 }
 
+/// The block under the direct child `key:` of a block (not a `key:` deeper down, such as
+/// a `depends_on:` entry naming a service).
+fn child_block<'a>(block: &[&'a str], key: &str) -> Vec<&'a str> {
+    let own = block.iter().map(|l| indent(l)).min().unwrap_or_default();
+    let header = format!("{key}:");
+    let at = block
+        .iter()
+        .position(|l| indent(l) == own && l.trim() == header)
+        .unwrap_or_else(|| panic!("no direct child `{key}:`"));
+    block[at + 1..]
+        .iter()
+        .take_while(|l| indent(l) > own)
+        .copied()
+        .collect()
+}
+
 /// The direct children of a block: its lines at the block's smallest indentation.
 fn children<'a>(block: &[&'a str]) -> Vec<&'a str> {
     let Some(own) = block.iter().map(|l| indent(l)).min() else {
@@ -209,18 +225,28 @@ fn key_value(entry: &str) -> (String, String) {
     (key.trim().to_owned(), value.to_owned())
 }
 
-/// The ConfigMap's `data:` entries.
-fn configmap_env() -> Vec<(String, String)> {
-    let text = repo_file("deploy/kubernetes/configmap.yaml");
+const BASE_CONFIGMAP: &str = "deploy/kubernetes/base/configmap.yaml";
+const BASE_DEPLOYMENT: &str = "deploy/kubernetes/base/deployment.yaml";
+const TLS_PATCH: &str = "deploy/kubernetes/overlays/tls/deployment-tls.yaml";
+
+/// A ConfigMap's `data:` entries.
+fn configmap_data(file: &str) -> Vec<(String, String)> {
+    let text = repo_file(file);
     let lines: Vec<&str> = text.lines().collect();
     let data = children(&block(&lines, "data"));
-    assert!(!data.is_empty(), "configmap.yaml has no data");
+    assert!(!data.is_empty(), "{file} has no data");
     data.into_iter().map(key_value).collect()
 }
 
-/// The `env:` entries of every container of the Deployment (`- name:` with `value:`).
-fn deployment_env() -> Vec<(String, String)> {
-    let text = repo_file("deploy/kubernetes/deployment.yaml");
+/// The base ConfigMap's `data:` entries (the pod's envFrom).
+fn configmap_env() -> Vec<(String, String)> {
+    configmap_data(BASE_CONFIGMAP)
+}
+
+/// The `env:` entries of every container in a Deployment or a patch of one (`- name:`
+/// with `value:`).
+fn env_entries(file: &str) -> Vec<(String, String)> {
+    let text = repo_file(file);
     let lines: Vec<&str> = text.lines().collect();
     let mut env = Vec::new();
     for block in blocks(&lines, "env") {
@@ -229,14 +255,11 @@ fn deployment_env() -> Vec<(String, String)> {
         for line in block {
             let trimmed = line.trim();
             if indent(line) == item_indent {
-                let item = trimmed.strip_prefix("- ").unwrap_or_else(|| {
-                    panic!("deployment.yaml: env entry is not a list item: {line}")
-                });
+                let item = trimmed
+                    .strip_prefix("- ")
+                    .unwrap_or_else(|| panic!("{file}: env entry is not a list item: {line}"));
                 let (key, name) = key_value(item);
-                assert_eq!(
-                    key, "name",
-                    "deployment.yaml: an env entry starts with name: {line}"
-                );
+                assert_eq!(key, "name", "{file}: an env entry starts with name: {line}");
                 if let Some(previous) = current.replace(name) {
                     env.push((previous, String::new()));
                 }
@@ -253,6 +276,36 @@ fn deployment_env() -> Vec<(String, String)> {
     env
 }
 
+/// The base Deployment's `env:` entries.
+fn deployment_env() -> Vec<(String, String)> {
+    env_entries(BASE_DEPLOYMENT)
+}
+
+/// Every YAML file under deploy/kubernetes (base, overlays, components), relative to the
+/// repository root, sorted.
+fn kubernetes_files() -> Vec<String> {
+    fn walk(dir: &Path, found: &mut Vec<String>) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+                let relative = path.strip_prefix(root).expect("under the repository");
+                found.push(relative.to_str().expect("UTF-8 path").to_owned());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes"),
+        &mut found,
+    );
+    found.sort();
+    found
+}
+
 /// The Kubernetes pod's environment: the ConfigMap (envFrom) plus the Deployment's env.
 fn pod_env() -> Vec<(String, String)> {
     let mut env = configmap_env();
@@ -260,12 +313,65 @@ fn pod_env() -> Vec<(String, String)> {
     env
 }
 
+/// The TLS overlay's pod environment: the base's, with the patch's entries added or
+/// replacing the base's of the same name, as the strategic merge does.
+fn tls_pod_env() -> Vec<(String, String)> {
+    let mut env = pod_env();
+    for (name, value) in env_entries(TLS_PATCH) {
+        env.retain(|(n, _)| *n != name);
+        env.push((name, value));
+    }
+    env
+}
+
+/// `- NAME=value` items of every `literals:` list (a kustomization's configMapGenerator).
+fn generator_literals(file: &str) -> Vec<(String, String)> {
+    let text = repo_file(file);
+    let lines: Vec<&str> = text.lines().collect();
+    blocks(&lines, "literals")
+        .iter()
+        .flat_map(|literals| children(literals))
+        .filter_map(|item| item.strip_prefix("- "))
+        .map(|item| {
+            let (name, value) = item.split_once('=').unwrap_or((item, ""));
+            (name.to_owned(), value.to_owned())
+        })
+        .collect()
+}
+
+/// The `containerPort` of the port called `name` in a Deployment's text.
+fn container_port(deployment: &str, name: &str) -> u64 {
+    let lines: Vec<&str> = deployment.lines().collect();
+    let ports = block(&lines, "ports");
+    let at = ports
+        .iter()
+        .position(|l| l.trim() == format!("- name: {name}"))
+        .unwrap_or_else(|| panic!("no container port named {name}"));
+    ports[at + 1..]
+        .iter()
+        .take_while(|l| !l.trim().starts_with("- "))
+        .map(|l| key_value(l.trim()))
+        .find(|(k, _)| k == "containerPort")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("port {name} has no containerPort"))
+}
+
+/// The values of every `key:` line of a text, comments left out.
+fn values_of(text: &str, key: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !is_blank_or_comment(l))
+        .map(|l| key_value(l.trim().trim_start_matches("- ")))
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .collect()
+}
+
 /// The `session` service's `environment:` in deploy/compose.yml (map or list form).
 fn compose_env() -> Vec<(String, String)> {
     let text = repo_file("deploy/compose.yml");
     let lines: Vec<&str> = text.lines().collect();
     let services = block(&lines, "services");
-    let session = block(&services, "session");
+    let session = child_block(&services, "session");
     children(&block(&session, "environment"))
         .into_iter()
         .map(|entry| match entry.strip_prefix("- ") {
@@ -352,7 +458,7 @@ fn kubernetes_configmap_keys_are_documented_variables() {
             "configmap.yaml: {name} is not a variable name"
         );
     }
-    Documented::load().assert_all_documented("deploy/kubernetes/configmap.yaml", names(&env));
+    Documented::load().assert_all_documented(BASE_CONFIGMAP, names(&env));
 }
 
 #[test]
@@ -362,7 +468,101 @@ fn kubernetes_deployment_env_is_documented() {
         lookup(&env, "VALKEY_PASSWORD_FILE").is_some(),
         "deployment.yaml: no env entries read"
     );
-    Documented::load().assert_all_documented("deploy/kubernetes/deployment.yaml", names(&env));
+    Documented::load().assert_all_documented(BASE_DEPLOYMENT, names(&env));
+}
+
+#[test]
+fn every_kubernetes_file_sets_only_documented_variables() {
+    let documented = Documented::load();
+    let mut read = BTreeSet::new();
+    for file in kubernetes_files() {
+        let text = repo_file(&file);
+        let mut env = env_entries(&file);
+        if text.lines().any(|l| l.trim() == "kind: ConfigMap") {
+            env.extend(configmap_data(&file));
+        }
+        env.extend(generator_literals(&file));
+        for (name, _) in &env {
+            assert!(
+                is_variable_name(name),
+                "{file}: {name} is not a variable name"
+            );
+        }
+        if !env.is_empty() {
+            read.insert(file.clone());
+        }
+        documented.assert_all_documented(&file, names(&env));
+    }
+    // The walk reached the base and the overlay (else this test checks nothing).
+    for file in [BASE_CONFIGMAP, BASE_DEPLOYMENT, TLS_PATCH] {
+        assert!(
+            read.contains(file),
+            "no variables read from {file}: {read:?}"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_tls_overlay_serves_tls_and_probes_the_admin_listener() {
+    let config = Documented::load().parse_config("deploy/kubernetes/overlays/tls", &tls_pod_env());
+    let patch = repo_file(TLS_PATCH);
+    let lines: Vec<&str> = patch.lines().collect();
+
+    // The certificate and key the service reads are the kubernetes.io/tls Secret's keys,
+    // in the directory the patch mounts that Secret at.
+    let mounts = values_of(&patch, "mountPath");
+    for (name, path, key) in [
+        ("TLS_CERT", &config.tls_cert, "tls.crt"),
+        ("TLS_KEY", &config.tls_key, "tls.key"),
+    ] {
+        let path = path
+            .as_deref()
+            .unwrap_or_else(|| panic!("overlays/tls does not set {name}"));
+        let directory = path.parent().and_then(Path::to_str).unwrap_or_default();
+        assert!(
+            mounts.iter().any(|m| m == directory),
+            "{name}={}: the patch mounts nothing at {directory} ({mounts:?})",
+            path.display()
+        );
+        assert_eq!(
+            path.file_name().and_then(|f| f.to_str()),
+            Some(key),
+            "{name}: not the kubernetes.io/tls key"
+        );
+    }
+    // The optional cert-manager Certificate writes the Secret the patch mounts.
+    let secret = values_of(&patch, "secretName");
+    let certificate = repo_file("deploy/kubernetes/components/cert-manager/certificate.yaml");
+    assert_eq!(secret.len(), 1, "one Secret mounted: {secret:?}");
+    assert_eq!(values_of(&certificate, "secretName"), secret);
+
+    // Both probes ask the admin listener over HTTP, replacing the base's gRPC probes
+    // (which speak plaintext and cannot reach a TLS-only port).
+    let metrics = config.metrics_listen.expect("METRICS_LISTEN set");
+    let base = repo_file(BASE_DEPLOYMENT);
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/livez")] {
+        let probe_block = block(&lines, probe);
+        assert!(
+            probe_block.iter().any(|l| l.trim() == "$patch: replace"),
+            "{probe}: must replace the base's probe (a merge keeps its grpc handler too)"
+        );
+        assert!(
+            blocks(&probe_block, "grpc").is_empty(),
+            "{probe}: a gRPC probe"
+        );
+        let http: BTreeMap<String, String> = children(&block(&probe_block, "httpGet"))
+            .into_iter()
+            .map(key_value)
+            .collect();
+        assert_eq!(http.get("path").map(String::as_str), Some(path), "{probe}");
+        let port = &http["port"];
+        let port = port.parse().unwrap_or_else(|_| container_port(&base, port));
+        assert_eq!(
+            port,
+            u64::from(metrics.port()),
+            "{probe} port vs METRICS_LISTEN"
+        );
+    }
 }
 
 #[test]
@@ -436,14 +636,14 @@ fn deployed_values_parse_as_the_service_configuration() {
 #[test]
 fn kubernetes_secret_files_are_where_the_configuration_looks() {
     let env = pod_env();
-    let secret = repo_file("deploy/kubernetes/secret.yaml");
+    let secret = repo_file("deploy/kubernetes/base/secret.yaml");
     let secret_lines: Vec<&str> = secret.lines().collect();
     let string_data = block(&secret_lines, "stringData");
     let keys: BTreeSet<String> = children(&string_data)
         .into_iter()
         .map(|entry| key_value(entry).0)
         .collect();
-    let deployment = repo_file("deploy/kubernetes/deployment.yaml");
+    let deployment = repo_file(BASE_DEPLOYMENT);
     let mount_paths: Vec<String> = deployment
         .lines()
         .filter_map(|l| l.trim().strip_prefix("mountPath:"))
@@ -485,7 +685,7 @@ fn kubernetes_secret_files_are_where_the_configuration_looks() {
 fn kubernetes_probes_scrape_and_grace_period_match_the_configuration() {
     let documented = Documented::load();
     let config = documented.parse_config("deploy/kubernetes", &pod_env());
-    let deployment = repo_file("deploy/kubernetes/deployment.yaml");
+    let deployment = repo_file(BASE_DEPLOYMENT);
     let lines: Vec<&str> = deployment.lines().collect();
     // The one `key: <number>` line anywhere in the block.
     let number = |block: &[&str], key: &str| -> u64 {

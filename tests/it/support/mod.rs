@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod monitor;
 pub mod pki;
+pub mod promql;
 pub mod valkey;
 
 use barazo_session::config::{Config, StoreKind};
