@@ -58,6 +58,13 @@ async fn serve(config: Config) -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    if config.test_clock_offset_ms != 0 {
+        tracing::warn!(
+            offset_ms = config.test_clock_offset_ms,
+            "--test-clock-offset-ms: this process's clock is moved (tests only)"
+        );
+        barazo_session::session::skew_clock_for_tests(config.test_clock_offset_ms);
+    }
     // Signal handlers first, so a SIGTERM right after "listening" still drains.
     let shutdown = barazo_session::server::shutdown_signal()?;
     let app = Application::build(&config).await?;

@@ -137,10 +137,11 @@ impl<S: SessionStore> SessionApi<S> {
         }
         let hash = sha256_hex(&req.access_token);
         match self.store.find_by_access_hash(&hash).await {
-            Ok(Some(record)) if record.accepts_access_hash(&hash, now_ms()) => {
+            // Expiry is judged on the store's clock, the same for every replica.
+            Ok(Some(found)) if found.record.accepts_access_hash(&hash, found.now_ms) => {
                 Ok(ValidateAccessTokenResponse {
                     valid: true,
-                    session: Some(to_proto(&record)),
+                    session: Some(to_proto(&found.record)),
                 })
             }
             Ok(_) => Ok(INVALID),

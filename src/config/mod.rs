@@ -211,6 +211,11 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 
+    /// Tests only: moves this process's clock by this many milliseconds, to play a replica
+    /// whose clock is wrong. Hidden from `--help`; no environment variable.
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    pub test_clock_offset_ms: i64,
+
     /// Where each setting came from, for messages that name what the operator typed.
     #[arg(skip)]
     pub origins: Origins,

@@ -1,7 +1,7 @@
 //! The in-memory store: the same semantics as Valkey's (TTLs, sliding window, pruning), in
 //! one process, for development and the quick start. Nothing survives a restart.
 
-use super::{Lifetimes, SessionStore, StoreError};
+use super::{Found, Lifetimes, SessionStore, StoreError};
 use crate::session::SessionRecord;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -126,16 +126,17 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn find_by_access_hash(
-        &self,
-        access_hash: &str,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
         let now = Instant::now();
         let ks = self.lock();
         let Some(sid) = ks.access.get(access_hash).filter(|e| e.live(now)) else {
             return Ok(None);
         };
-        Ok(ks.live_data(&sid.value, now).cloned())
+        // One process, one clock: the memory store's is the process's.
+        Ok(ks.live_data(&sid.value, now).cloned().map(|record| Found {
+            record,
+            now_ms: crate::session::now_ms(),
+        }))
     }
 
     async fn refresh(

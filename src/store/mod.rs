@@ -104,6 +104,16 @@ impl KeyLayout {
     }
 }
 
+/// A session read for validation, with the time to judge its expiry by.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The record as stored.
+    pub record: SessionRecord,
+    /// The store's clock when it read the record (epoch ms): Valkey's own `TIME`, so that
+    /// every replica of the service decides expiry on one clock, whatever its own says.
+    pub now_ms: i64,
+}
+
 /// How many members of a DID index one create inspects for expired sessions. Bounded so
 /// a create costs the same for a user with years of logins; large enough that the index
 /// of a user who logs in daily stays near the number of live sessions.
@@ -120,12 +130,13 @@ pub trait SessionStore: Send + Sync + 'static {
         lifetimes: Lifetimes,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Looks up the session an access key points to. Returns the record as stored; the
-    /// caller decides whether `access_hash` is still its current token.
+    /// Looks up the session an access key points to. Returns the record as stored and the
+    /// store's own clock; the caller decides whether `access_hash` is still its current,
+    /// unexpired token.
     fn find_by_access_hash(
         &self,
         access_hash: &str,
-    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<Found>, StoreError>> + Send;
 
     /// Replaces a session's access token: removes the old access key, stores the new hash
     /// and expiry, restarts the session and DID index TTLs. `None` when no session has that

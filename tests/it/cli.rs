@@ -285,6 +285,53 @@ async fn startup_says_what_runs_where() {
     assert!(!log.concat().contains("hunter2"), "{log:#?}");
 }
 
+/// Finding 6 of the store review: expiry is judged on Valkey's clock, so a replica whose
+/// own clock runs 20 minutes ahead (beyond the 15-minute access token) still accepts a
+/// token another replica has just issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_clock_runs_ahead_judges_expiry_like_the_others() {
+    let valkey = Valkey::start();
+    let mut on_time = command();
+    on_time.args(["--valkey-url", &valkey.url()]);
+    let on_time = start(on_time).await;
+    let mut ahead = command();
+    ahead
+        .args(["--valkey-url", &valkey.url()])
+        .args(["--test-clock-offset-ms", "1200000"]);
+    let ahead = start(ahead).await;
+
+    let created = on_time
+        .client()
+        .await
+        .create_session(CreateSessionRequest {
+            did: unique_did(),
+            handle: "alice.test".into(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let answer = ahead
+        .client()
+        .await
+        .validate_access_token(ValidateAccessTokenRequest {
+            access_token: created.access_token,
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(
+        answer.valid,
+        "a fresh token refused by a replica whose clock runs ahead"
+    );
+    let (code, log) = ahead.terminate().await;
+    assert_eq!(code, Some(0));
+    assert!(
+        log.iter().any(|l| l.contains("test-clock-offset-ms")),
+        "{log:#?}"
+    );
+    let _ = on_time.terminate().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_never_shows_the_valkey_password() {
     let output = command()

@@ -111,7 +111,7 @@ async fn validates(store: &ValkeyClusterStore, access: &str) -> bool {
         .find_by_access_hash(&hash)
         .await
         .expect("store answers")
-        .is_some_and(|record| record.accepts_access_hash(&hash, now_ms()))
+        .is_some_and(|found| found.record.accepts_access_hash(&hash, found.now_ms))
 }
 
 /// Every key under the prefix on every node, with its PTTL.

@@ -23,20 +23,20 @@
 //!   between two steps. Only a crash of the process can; what it leaves then still
 //!   expires on its own and never validates.
 //!
-//! Round trips: validate 2; create 3 + 1 `SRANDMEMBER` + 1 `EXISTS` per sampled member (+1
+//! Round trips: validate 2 (`GET` access, then a script reading data and `TIME`); create 3 + 1 `SRANDMEMBER` + 1 `EXISTS` per sampled member (+1
 //! `SREM` per expired one); refresh 7–8; delete 4; delete-all 1 + 4 per session.
 //!
-//! Expiry is decided on the clock of the process (cluster mode has no single Valkey clock
-//! for a session's keys; README, "Valkey Cluster").
+//! Expiry is judged on the clock of the node holding the session's data (read with it in
+//! one single-key script), not on the clock of whichever replica of the service asks.
 //!
 //! Health: `CLUSTER SLOTS`, a `PING` to each primary it lists, then a read of this
 //! service's own key space; any failing means NOT_SERVING.
 
 use super::link::ClusterLink;
-use super::{Operation, ValkeyOptions, millis, observe, parse_record};
+use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms};
 use crate::metrics::Metrics;
 use crate::session::SessionRecord;
-use crate::store::{KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
 use opentelemetry::context::FutureExt as _;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -53,6 +53,17 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 1
+";
+
+/// Reads a session's data with the clock of the node that holds it, so that expiry is
+/// judged on a Valkey clock, not on the clock of whichever replica of the service asks.
+const READ_SCRIPT: &str = r"
+local data = redis.call('GET', KEYS[1])
+if not data then
+  return false
+end
+local now = redis.call('TIME')
+return {data, now[1], now[2]}
 ";
 
 /// A point between two steps of an operation, where a test can hold the operation while
@@ -91,6 +102,7 @@ struct Shared {
     keys: KeyLayout,
     metrics: Arc<Metrics>,
     index_script: redis::Script,
+    read_script: redis::Script,
     hook: Option<StepHook>,
 }
 
@@ -163,6 +175,7 @@ impl ValkeyClusterStore {
                 keys: KeyLayout::new(&options.key_prefix),
                 metrics,
                 index_script: redis::Script::new(INDEX_SCRIPT),
+                read_script: redis::Script::new(READ_SCRIPT),
                 hook: None,
             }),
         })
@@ -335,7 +348,7 @@ impl Shared {
         self: Arc<Self>,
         mut conn: ClusterConnection,
         access_hash: String,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    ) -> Result<Option<Found>, StoreError> {
         let sid: Option<String> = self
             .query(
                 &mut conn,
@@ -346,7 +359,28 @@ impl Shared {
         let Some(sid) = sid else {
             return Ok(None);
         };
-        self.read(&mut conn, &sid).await?.transpose()
+        // The data and the clock of the node that holds it, in one single-key script.
+        let mut invocation = self.read_script.prepare_invoke();
+        invocation.key(self.keys.data(&sid));
+        let operation = &Operation {
+            span_name: "EVALSHA read",
+            command: "EVALSHA",
+            script: Some("read"),
+        };
+        let found: Option<(Vec<u8>, String, String)> = observe(
+            &self.metrics,
+            operation,
+            None,
+            invocation.invoke_async(&mut conn),
+        )
+        .await?;
+        let Some((raw, seconds, micros)) = found else {
+            return Ok(None);
+        };
+        Ok(Some(Found {
+            record: parse_record(&sid, &raw)?,
+            now_ms: time_ms(&seconds, &micros)?,
+        }))
     }
 
     async fn refresh(
@@ -513,10 +547,7 @@ impl SessionStore for ValkeyClusterStore {
             .await
     }
 
-    async fn find_by_access_hash(
-        &self,
-        access_hash: &str,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
         let access_hash = access_hash.to_owned();
         self.on_link(|shared, conn| shared.find_by_access_hash(conn, access_hash))
             .await

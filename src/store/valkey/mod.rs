@@ -100,6 +100,17 @@ pub(crate) fn parse_record(sid: &str, raw: &[u8]) -> Result<SessionRecord, Store
     Ok(record)
 }
 
+/// Valkey's `TIME` (seconds and microseconds, as strings) in epoch milliseconds.
+pub(crate) fn time_ms(seconds: &str, micros: &str) -> Result<i64, StoreError> {
+    let parse = |text: &str| text.parse::<i64>().ok();
+    match (parse(seconds), parse(micros)) {
+        (Some(s), Some(us)) => Ok(s.saturating_mul(1000).saturating_add(us / 1000)),
+        _ => Err(StoreError::Protocol(
+            "TIME answered something other than integers".into(),
+        )),
+    }
+}
+
 /// A duration in whole milliseconds, as `PX` and `PEXPIRE` take it.
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -189,6 +200,15 @@ mod tests {
             matches!(&err, StoreError::CorruptSession { reason, .. } if reason.contains("UTF-8")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn valkey_time_reads_as_epoch_milliseconds() {
+        assert_eq!(
+            time_ms("1700000000", "123456").ok(),
+            Some(1_700_000_000_123)
+        );
+        assert!(time_ms("x", "1").is_err());
     }
 
     #[test]

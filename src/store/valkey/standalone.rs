@@ -6,10 +6,10 @@
 //! health-check `PING` per checkout, so each RPC is exactly one round trip. It is created
 //! lazily, so the service starts while Valkey is down and recovers when it returns.
 
-use super::{Operation, Peer, ValkeyOptions, millis, observe, parse_record, store_error};
+use super::{Operation, Peer, ValkeyOptions, millis, observe, parse_record, store_error, time_ms};
 use crate::metrics::Metrics;
 use crate::session::{SessionRecord, log_prefix, sha256_hex};
-use crate::store::{KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, RedisError, Script};
 use std::sync::Arc;
@@ -140,10 +140,7 @@ impl SessionStore for ValkeyStore {
         Ok(())
     }
 
-    async fn find_by_access_hash(
-        &self,
-        access_hash: &str,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
         let script = &self.scripts.validate;
         let mut invocation = script.script.prepare_invoke();
         invocation
@@ -151,10 +148,15 @@ impl SessionStore for ValkeyStore {
             .arg(self.keys.data_prefix());
         // Bytes, not String: a stored value that is not UTF-8 is a corrupt session, not a
         // client error (which would read as an outage).
-        let found: Option<(String, Vec<u8>)> = self.invoke(script, &invocation).await?;
-        found
-            .map(|(sid, json)| parse_record(&sid, &json))
-            .transpose()
+        let found: Option<(String, Vec<u8>, String, String)> =
+            self.invoke(script, &invocation).await?;
+        let Some((sid, json, seconds, micros)) = found else {
+            return Ok(None);
+        };
+        Ok(Some(Found {
+            record: parse_record(&sid, &json)?,
+            now_ms: time_ms(&seconds, &micros)?,
+        }))
     }
 
     async fn refresh(
@@ -212,7 +214,7 @@ impl SessionStore for ValkeyStore {
         // this Valkey user may run scripts (ACLs), and after a Valkey restart it reloads the
         // script before a caller's request needs it. Not traced: it is no caller's work.
         let mut conn = self.conn.clone();
-        let _: Option<(String, Vec<u8>)> = self
+        let _: Option<(String, Vec<u8>, String, String)> = self
             .scripts
             .validate
             .script
