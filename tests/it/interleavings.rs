@@ -164,16 +164,15 @@ async fn assert_every_key_expires(conns: &mut [redis::aio::MultiplexedConnection
     assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
 }
 
+/// A test-side connection to the whole cluster (commands go to the key's node).
+async fn cluster_connection(cluster: &ValkeyCluster) -> redis::cluster_async::ClusterConnection {
+    let seeds: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
+    let client = redis::cluster::ClusterClient::new(seeds).expect("client");
+    client.get_async_connection().await.expect("connect")
+}
+
 async fn is_indexed(cluster: &ValkeyCluster, did: &str, sid: &str) -> bool {
-    let client = redis::cluster::ClusterClient::new(
-        cluster
-            .urls()
-            .split(',')
-            .map(str::to_owned)
-            .collect::<Vec<_>>(),
-    )
-    .expect("client");
-    let mut conn = client.get_async_connection().await.expect("connect");
+    let mut conn = cluster_connection(cluster).await;
     redis::cmd("SISMEMBER")
         .arg(format!("{PREFIX}did:{did}"))
         .arg(sid)
@@ -403,6 +402,36 @@ async fn takedown_under_concurrent_logins_cluster() {
     takedown_under_concurrent_logins(Backend::Cluster).await;
 }
 
+/// Writes `garbage` over a session's data, then checks that validate and refresh refuse it;
+/// returns what is stored afterwards.
+async fn refresh_unreadable(
+    app: &TestApp,
+    conn: &mut impl redis::aio::ConnectionLike,
+    created: &barazo_session::proto::CreateSessionResponse,
+    data_key: &str,
+    garbage: &[u8],
+) -> Vec<u8> {
+    let _: () = redis::cmd("SET")
+        .arg(data_key)
+        .arg(garbage)
+        .arg("PX")
+        .arg(600_000)
+        .query_async(conn)
+        .await
+        .expect("write");
+    assert!(!app.validate(&created.access_token).await.valid);
+    let refused = app
+        .refresh(&created.refresh_token)
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    redis::cmd("GET")
+        .arg(data_key)
+        .query_async(conn)
+        .await
+        .expect("read")
+}
+
 /// Finding 5: a stored session that is not UTF-8 is unreadable, not an outage: validate
 /// says invalid, refresh says NOT_FOUND without writing anything, delete removes it, and
 /// the service stays SERVING.
@@ -412,47 +441,15 @@ async fn a_session_that_is_not_utf8_is_unreadable_not_an_outage(backend: Backend
     let created = app.create(&did, "alice.test").await;
     let data_key = format!("{PREFIX}data:{}", created.refresh_token);
     let garbage: Vec<u8> = [b"{\"sid\":\"".as_slice(), b"\xff\xfe", b"\"}"].concat();
-    let write = redis::cmd("SET")
-        .arg(&data_key)
-        .arg(&garbage)
-        .arg("PX")
-        .arg(600_000)
-        .clone();
-    let read = redis::cmd("GET").arg(&data_key).clone();
     let stored = match backend {
         Backend::Cluster => {
             let cluster = app.cluster.as_ref().expect("cluster");
-            let client = redis::cluster::ClusterClient::new(
-                cluster
-                    .urls()
-                    .split(',')
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>(),
-            )
-            .expect("client");
-            let mut conn = client.get_async_connection().await.expect("connect");
-            let _: () = write.query_async(&mut conn).await.expect("write");
-            let access_before = app.validate(&created.access_token).await;
-            assert!(!access_before.valid);
-            let refused = app
-                .refresh(&created.refresh_token)
-                .await
-                .expect_err("refused");
-            assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
-            let stored: Vec<u8> = read.query_async(&mut conn).await.expect("read");
-            stored
+            let mut conn = cluster_connection(cluster).await;
+            refresh_unreadable(&app, &mut conn, &created, &data_key, &garbage).await
         }
         _ => {
             let mut conn = app.valkey().client().await;
-            let _: () = write.query_async(&mut conn).await.expect("write");
-            assert!(!app.validate(&created.access_token).await.valid);
-            let refused = app
-                .refresh(&created.refresh_token)
-                .await
-                .expect_err("refused");
-            assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
-            let stored: Vec<u8> = read.query_async(&mut conn).await.expect("read");
-            stored
+            refresh_unreadable(&app, &mut conn, &created, &data_key, &garbage).await
         }
     };
     assert_eq!(stored, garbage, "a refused refresh writes nothing");

@@ -206,11 +206,9 @@ async fn client() -> SessionServiceClient<tonic::transport::Channel> {
         .expect("connect")
 }
 
-/// The grpcurl section's block in a fresh shell: PATH as the test found it minus
-/// `.tools/bin` (the block's own `export` must put it there), the placeholders filled
-/// with a real session's tokens.
-async fn run_grpcurl_examples(readme: &str) -> String {
-    let created = client()
+/// A session for the README's example user, through the quick-start address.
+async fn create_alice() -> barazo_session::proto::CreateSessionResponse {
+    client()
         .await
         .create_session(barazo_session::proto::CreateSessionRequest {
             did: "did:plc:z72i7hdynmk6r22z27h6tvur".into(),
@@ -218,7 +216,14 @@ async fn run_grpcurl_examples(readme: &str) -> String {
         })
         .await
         .expect("create")
-        .into_inner();
+        .into_inner()
+}
+
+/// The grpcurl section's block in a fresh shell: PATH as the test found it minus
+/// `.tools/bin` (the block's own `export` must put it there), the placeholders filled
+/// with a real session's tokens.
+async fn run_grpcurl_examples(readme: &str) -> String {
+    let created = create_alice().await;
     let script = commands(section(readme, "Calling it with grpcurl"))
         .join("\n")
         .replace("<accessToken>", &created.access_token)
@@ -304,15 +309,7 @@ async fn the_quick_start_runs_as_written() {
     let server = Valkey::start();
     let mut terminal = Terminal::open(&valkey.replace(default_url, &server.url()));
     terminal.wait_until_serving().await;
-    let created = client()
-        .await
-        .create_session(barazo_session::proto::CreateSessionRequest {
-            did: "did:plc:z72i7hdynmk6r22z27h6tvur".into(),
-            handle: "alice.bsky.social".into(),
-        })
-        .await
-        .expect("create")
-        .into_inner();
+    let created = create_alice().await;
     let valid = client()
         .await
         .validate_access_token(ValidateAccessTokenRequest {
