@@ -18,4 +18,5 @@ cargo build --locked --bin barazo-session
 if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -q '^-'; then
   set -- -- "$@"
 fi
-cargo test --locked "$@"
+# With the load tool (feature bench-tool), which tests/it/bench_tool.rs runs.
+cargo test --locked --features bench-tool "$@"

@@ -3,6 +3,7 @@
 //! links once.
 
 mod behaviour;
+#[cfg(feature = "bench-tool")]
 mod bench_tool;
 mod cli;
 mod cluster;
