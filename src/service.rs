@@ -104,7 +104,8 @@ impl<S: SessionStore> SessionApi<S> {
             access_token_expires_at: now.saturating_add(self.access_ttl_ms()),
             created_at: now,
         };
-        self.store.create(&record, self.lifetimes).await?;
+        // The store stamps the times on its own clock (Valkey's); answer what it stored.
+        let record = self.store.create(&record, self.lifetimes).await?;
         self.metrics.sessions("created", 1);
         Ok(CreateSessionResponse {
             session: Some(to_proto(&record)),
@@ -168,15 +169,10 @@ impl<S: SessionStore> SessionApi<S> {
             return Err(RequestError::SessionNotFound);
         }
         let access = Token::generate().map_err(RequestError::Entropy)?;
-        let expires_at = now_ms().saturating_add(self.access_ttl_ms());
+        // The new token's expiry is the store's clock plus its TTL.
         let record = self
             .store
-            .refresh(
-                &sid,
-                &sha256_hex(access.expose()),
-                expires_at,
-                self.lifetimes,
-            )
+            .refresh(&sid, &sha256_hex(access.expose()), self.lifetimes)
             .await?
             .ok_or(RequestError::SessionNotFound)?;
         self.metrics.sessions("refreshed", 1);

@@ -110,7 +110,11 @@ impl MemoryStore {
 }
 
 impl SessionStore for MemoryStore {
-    async fn create(&self, record: &SessionRecord, lifetimes: Lifetimes) -> Result<(), StoreError> {
+    async fn create(
+        &self,
+        record: &SessionRecord,
+        lifetimes: Lifetimes,
+    ) -> Result<SessionRecord, StoreError> {
         let now = Instant::now();
         let mut ks = self.lock();
         ks.sweep(now);
@@ -123,7 +127,8 @@ impl SessionStore for MemoryStore {
             Expiring::new(record.sid.clone(), lifetimes.access_token),
         );
         ks.index(&record.did, &record.sid, lifetimes.session, now);
-        Ok(())
+        // One process, one clock: the record keeps the times it was given.
+        Ok(record.clone())
     }
 
     async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
@@ -143,10 +148,11 @@ impl SessionStore for MemoryStore {
         &self,
         sid: &str,
         new_access_hash: &str,
-        access_expires_at_ms: i64,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let now = Instant::now();
+        let access_ttl_ms = i64::try_from(lifetimes.access_token.as_millis()).unwrap_or(i64::MAX);
+        let access_expires_at_ms = crate::session::now_ms().saturating_add(access_ttl_ms);
         let mut ks = self.lock();
         let Some(mut record) = ks.live_data(sid, now).cloned() else {
             return Ok(None);

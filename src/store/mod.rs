@@ -123,12 +123,14 @@ pub const PRUNE_SAMPLE: usize = 16;
 /// either all of another call's effects or none.
 pub trait SessionStore: Send + Sync + 'static {
     /// Stores a new session, its access key, and adds it to its DID index (restarting the
-    /// index TTL). Prunes up to [`PRUNE_SAMPLE`] expired members from that index.
+    /// index TTL). Prunes up to [`PRUNE_SAMPLE`] expired members from that index. The
+    /// Valkey stores stamp `created_at` and `access_token_expires_at` on Valkey's clock
+    /// (one clock for every replica); returns the record as stored.
     fn create(
         &self,
         record: &SessionRecord,
         lifetimes: Lifetimes,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<SessionRecord, StoreError>> + Send;
 
     /// Looks up the session an access key points to. Returns the record as stored and the
     /// store's own clock; the caller decides whether `access_hash` is still its current,
@@ -138,14 +140,13 @@ pub trait SessionStore: Send + Sync + 'static {
         access_hash: &str,
     ) -> impl Future<Output = Result<Option<Found>, StoreError>> + Send;
 
-    /// Replaces a session's access token: removes the old access key, stores the new hash
-    /// and expiry, restarts the session and DID index TTLs. `None` when no session has that
-    /// sid. `access_expires_at_ms` is written into the record.
+    /// Replaces a session's access token: removes the old access key, stores the new hash,
+    /// whose expiry is the store's clock plus `lifetimes.access_token`, and restarts the
+    /// session and DID index TTLs. `None` when no session has that sid.
     fn refresh(
         &self,
         sid: &str,
         new_access_hash: &str,
-        access_expires_at_ms: i64,
         lifetimes: Lifetimes,
     ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
 

@@ -285,9 +285,9 @@ async fn startup_says_what_runs_where() {
     assert!(!log.concat().contains("hunter2"), "{log:#?}");
 }
 
-/// Finding 6 of the store review: expiry is judged on Valkey's clock, so a replica whose
-/// own clock runs 20 minutes ahead (beyond the 15-minute access token) still accepts a
-/// token another replica has just issued.
+/// Finding 6 of the store review: expiry is judged and written on Valkey's clock, so a
+/// replica whose own clock runs 20 minutes ahead (beyond the 15-minute access token) still
+/// accepts a token another replica has just issued, and issues tokens that live 15 minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_clock_runs_ahead_judges_expiry_like_the_others() {
     let valkey = Valkey::start();
@@ -322,6 +322,32 @@ async fn a_replica_whose_clock_runs_ahead_judges_expiry_like_the_others() {
     assert!(
         answer.valid,
         "a fresh token refused by a replica whose clock runs ahead"
+    );
+    // And what it writes is stamped on Valkey's clock too: a token it issues expires 15
+    // minutes from now, not 35.
+    let issued = ahead
+        .client()
+        .await
+        .create_session(CreateSessionRequest {
+            did: unique_did(),
+            handle: "alice.test".into(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let expires = issued
+        .session
+        .and_then(|s| s.access_token_expires_at)
+        .map(|t| t.seconds)
+        .expect("an expiry");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .expect("clock");
+    assert!(
+        (now + 840..=now + 960).contains(&expires),
+        "expires {}s from now",
+        expires - now
     );
     let (code, log) = ahead.terminate().await;
     assert_eq!(code, Some(0));

@@ -272,11 +272,7 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
         let new_access = Token::generate().expect("random").into_string();
         let refresh = tokio::spawn({
             let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
-            async move {
-                store
-                    .refresh(&sid, &hash, now_ms() + 60_000, LIFETIMES)
-                    .await
-            }
+            async move { store.refresh(&sid, &hash, LIFETIMES).await }
         });
         gate.wait_reached().await;
         assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);

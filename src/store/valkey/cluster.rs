@@ -45,27 +45,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// Adds a member to a DID index and extends (never shortens) the index's TTL, atomically:
-/// there is no moment when the set exists without an expiry.
-const INDEX_SCRIPT: &str = r"
-redis.call('SADD', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 1
-";
-
-/// Reads a session's data with the clock of the node that holds it, so that expiry is
-/// judged on a Valkey clock, not on the clock of whichever replica of the service asks.
-const READ_SCRIPT: &str = r"
-local data = redis.call('GET', KEYS[1])
-if not data then
-  return false
-end
-local now = redis.call('TIME')
-return {data, now[1], now[2]}
-";
-
 /// A point between two steps of an operation, where a test can hold the operation while
 /// others run ([`ValkeyClusterStore::with_step_hook`]), to force the interleavings that
 /// real races hit only now and then.
@@ -101,9 +80,42 @@ pub struct ValkeyClusterStore {
 struct Shared {
     keys: KeyLayout,
     metrics: Arc<Metrics>,
-    index_script: redis::Script,
-    read_script: redis::Script,
+    scripts: ClusterScripts,
     hook: Option<StepHook>,
+}
+
+/// The single-key scripts of cluster mode (`scripts/cluster_*.lua`).
+struct ClusterScripts {
+    index: redis::Script,
+    read: redis::Script,
+    create_data: redis::Script,
+    refresh_data: redis::Script,
+}
+
+impl ClusterScripts {
+    fn new() -> Self {
+        // The scripts that write a session start with the shared helpers.
+        let with_json = |body: &str| {
+            redis::Script::new(&[include_str!("scripts/session_json.lua"), body].concat())
+        };
+        Self {
+            index: redis::Script::new(include_str!("scripts/cluster_index.lua")),
+            read: redis::Script::new(include_str!("scripts/cluster_read.lua")),
+            create_data: with_json(include_str!("scripts/cluster_create_data.lua")),
+            refresh_data: with_json(include_str!("scripts/cluster_refresh_data.lua")),
+        }
+    }
+}
+
+/// A script's round trip, for its metric label and span.
+macro_rules! script {
+    ($name:literal) => {
+        &Operation {
+            span_name: concat!("EVALSHA ", $name),
+            command: "EVALSHA",
+            script: Some($name),
+        }
+    };
 }
 
 /// The primaries' addresses in a `CLUSTER SLOTS` answer: each entry is `[first slot, last
@@ -174,8 +186,7 @@ impl ValkeyClusterStore {
             shared: Arc::new(Shared {
                 keys: KeyLayout::new(&options.key_prefix),
                 metrics,
-                index_script: redis::Script::new(INDEX_SCRIPT),
-                read_script: redis::Script::new(READ_SCRIPT),
+                scripts: ClusterScripts::new(),
                 hook: None,
             }),
         })
@@ -238,7 +249,7 @@ impl Shared {
         sid: &str,
         lifetimes: Lifetimes,
     ) -> Result<(), StoreError> {
-        let mut invocation = self.index_script.prepare_invoke();
+        let mut invocation = self.scripts.index.prepare_invoke();
         invocation
             .key(self.keys.did(did))
             .arg(sid)
@@ -300,7 +311,7 @@ impl Shared {
         mut conn: ClusterConnection,
         record: SessionRecord,
         lifetimes: Lifetimes,
-    ) -> Result<(), StoreError> {
+    ) -> Result<SessionRecord, StoreError> {
         let index = self.keys.did(&record.did);
         // Prune a bounded sample of members whose session is gone. Sound because a sid
         // joins the index only after its data exists (below): a member without data
@@ -322,14 +333,24 @@ impl Shared {
             }
         }
         // Data first: unusable on its own (nobody holds the sid or a token yet), and the
-        // proof of life that pruning relies on.
-        self.set_px(
-            &mut conn,
-            self.keys.data(&record.sid),
-            &record.to_json(),
-            lifetimes.session,
+        // proof of life that pruning relies on. Stamped on its node's clock.
+        let mut invocation = self.scripts.create_data.prepare_invoke();
+        invocation
+            .key(self.keys.data(&record.sid))
+            .arg(&record.sid)
+            .arg(&record.did)
+            .arg(&record.handle)
+            .arg(&record.access_token_hash)
+            .arg(millis(lifetimes.session))
+            .arg(millis(lifetimes.access_token));
+        let json: Vec<u8> = observe(
+            &self.metrics,
+            script!("create_data"),
+            None,
+            invocation.invoke_async(&mut conn),
         )
         .await?;
+        let stored = parse_record(&record.sid, &json)?;
         self.step(Step::CreateDataWritten).await;
         // Then the index: listed before any token can validate.
         self.index(&mut conn, &record.did, &record.sid, lifetimes)
@@ -341,7 +362,8 @@ impl Shared {
             &record.sid,
             lifetimes.access_token,
         )
-        .await
+        .await?;
+        Ok(stored)
     }
 
     async fn find_by_access_hash(
@@ -360,7 +382,7 @@ impl Shared {
             return Ok(None);
         };
         // The data and the clock of the node that holds it, in one single-key script.
-        let mut invocation = self.read_script.prepare_invoke();
+        let mut invocation = self.scripts.read.prepare_invoke();
         invocation.key(self.keys.data(&sid));
         let operation = &Operation {
             span_name: "EVALSHA read",
@@ -388,37 +410,46 @@ impl Shared {
         mut conn: ClusterConnection,
         sid: String,
         new_access_hash: String,
-        access_expires_at_ms: i64,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let Some(record) = self.read(&mut conn, &sid).await? else {
             return Ok(None);
         };
         // An unreadable session is refused before anything is written.
-        let mut record = record?;
+        let record = record?;
         self.step(Step::RefreshRead).await;
         // The index first, so that it outlives the data the refresh is about to extend
         // (stopping in between leaves an index that lives longer, never shorter). SADD
         // heals an index that lost this member; the data existed a moment ago, so this is
         // not a member pruning could take for one being created.
         self.index(&mut conn, &record.did, &sid, lifetimes).await?;
-        let read_hash = std::mem::replace(&mut record.access_token_hash, new_access_hash.clone());
+        let read_hash = record.access_token_hash.clone();
         // Revoke the old token first: whatever happens next, it no longer validates.
         self.del(&mut conn, self.keys.access(&read_hash)).await?;
-        record.access_token_expires_at = access_expires_at_ms;
-        // XX: only while the session exists, so a concurrent delete is never undone.
-        // GET: the record this write replaced, to clean up after a concurrent refresh.
-        let mut set = redis::cmd("SET");
-        set.arg(self.keys.data(&sid))
-            .arg(record.to_json())
-            .arg("PX")
+        // Only while the session exists, so a concurrent delete is never undone; stamped
+        // on the data node's clock; answers the record it replaced, to clean up after a
+        // concurrent refresh.
+        let mut invocation = self.scripts.refresh_data.prepare_invoke();
+        invocation
+            .key(self.keys.data(&sid))
+            .arg(&sid)
+            .arg(&record.did)
+            .arg(&record.handle)
+            .arg(&new_access_hash)
+            .arg(record.created_at)
             .arg(millis(lifetimes.session))
-            .arg("XX")
-            .arg("GET");
-        let replaced: Option<Vec<u8>> = self.query(&mut conn, command!("SET"), &set).await?;
-        let Some(replaced) = replaced else {
+            .arg(millis(lifetimes.access_token));
+        let written: Option<(Vec<u8>, Vec<u8>)> = observe(
+            &self.metrics,
+            script!("refresh_data"),
+            None,
+            invocation.invoke_async(&mut conn),
+        )
+        .await?;
+        let Some((replaced, json)) = written else {
             return Ok(None);
         };
+        let record = parse_record(&sid, &json)?;
         self.step(Step::RefreshDataWritten).await;
         // Concurrent refreshes of one session (several tabs) each read, revoke and write;
         // the data's last writer wins. Each one then removes the access key of the
@@ -541,7 +572,11 @@ impl Shared {
 }
 
 impl SessionStore for ValkeyClusterStore {
-    async fn create(&self, record: &SessionRecord, lifetimes: Lifetimes) -> Result<(), StoreError> {
+    async fn create(
+        &self,
+        record: &SessionRecord,
+        lifetimes: Lifetimes,
+    ) -> Result<SessionRecord, StoreError> {
         let record = record.clone();
         self.on_link(|shared, conn| shared.create(conn, record, lifetimes))
             .await
@@ -557,14 +592,11 @@ impl SessionStore for ValkeyClusterStore {
         &self,
         sid: &str,
         new_access_hash: &str,
-        access_expires_at_ms: i64,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let (sid, new_access_hash) = (sid.to_owned(), new_access_hash.to_owned());
-        self.on_link(|shared, conn| {
-            shared.refresh(conn, sid, new_access_hash, access_expires_at_ms, lifetimes)
-        })
-        .await
+        self.on_link(|shared, conn| shared.refresh(conn, sid, new_access_hash, lifetimes))
+            .await
     }
 
     async fn delete(&self, sid: &str) -> Result<bool, StoreError> {

@@ -25,7 +25,11 @@ struct LuaScript {
 macro_rules! lua_script {
     ($name:literal) => {
         LuaScript {
-            script: Script::new(include_str!(concat!("scripts/", $name, ".lua"))),
+            // Every script starts with the shared helpers (session JSON, Valkey's clock).
+            script: Script::new(concat!(
+                include_str!("scripts/session_json.lua"),
+                include_str!(concat!("scripts/", $name, ".lua"))
+            )),
             operation: Operation {
                 span_name: concat!("EVALSHA ", $name),
                 command: "EVALSHA",
@@ -123,21 +127,27 @@ impl ValkeyStore {
 }
 
 impl SessionStore for ValkeyStore {
-    async fn create(&self, record: &SessionRecord, lifetimes: Lifetimes) -> Result<(), StoreError> {
+    async fn create(
+        &self,
+        record: &SessionRecord,
+        lifetimes: Lifetimes,
+    ) -> Result<SessionRecord, StoreError> {
         let script = &self.scripts.create;
         let mut invocation = script.script.prepare_invoke();
         invocation
             .key(self.keys.data(&record.sid))
             .key(self.keys.access(&record.access_token_hash))
             .key(self.keys.did(&record.did))
-            .arg(record.to_json())
+            .arg(&record.did)
             .arg(&record.sid)
             .arg(millis(lifetimes.session))
             .arg(millis(lifetimes.access_token))
             .arg(self.keys.data_prefix())
-            .arg(PRUNE_SAMPLE);
-        let _: i64 = self.invoke(script, &invocation).await?;
-        Ok(())
+            .arg(PRUNE_SAMPLE)
+            .arg(&record.handle)
+            .arg(&record.access_token_hash);
+        let json: Vec<u8> = self.invoke(script, &invocation).await?;
+        parse_record(&record.sid, &json)
     }
 
     async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
@@ -163,7 +173,6 @@ impl SessionStore for ValkeyStore {
         &self,
         sid: &str,
         new_access_hash: &str,
-        access_expires_at_ms: i64,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let script = &self.scripts.refresh;
@@ -174,7 +183,6 @@ impl SessionStore for ValkeyStore {
             .arg(self.keys.prefix())
             .arg(sid)
             .arg(new_access_hash)
-            .arg(access_expires_at_ms)
             .arg(millis(lifetimes.session))
             .arg(millis(lifetimes.access_token));
         let outcome: Option<(String, Vec<u8>)> = self.invoke(script, &invocation).await?;

@@ -1,7 +1,9 @@
 -- Stores a new session atomically.
 -- KEYS[1] = <prefix>data:<sid>, KEYS[2] = <prefix>access:<hash>, KEYS[3] = <prefix>did:<did>
--- ARGV[1] = session JSON, ARGV[2] = sid, ARGV[3] = session TTL (ms),
--- ARGV[4] = access token TTL (ms), ARGV[5] = <prefix>data:, ARGV[6] = prune sample size
+-- ARGV[1] = did, ARGV[2] = sid, ARGV[3] = session TTL (ms),
+-- ARGV[4] = access token TTL (ms), ARGV[5] = <prefix>data:, ARGV[6] = prune sample size,
+-- ARGV[7] = handle, ARGV[8] = access token hash
+-- Returns the session JSON written (createdAt and accessTokenExpiresAt on Valkey's clock).
 --
 -- First prunes a bounded random sample of the DID index: members whose data expired are
 -- removed, so a user who logs in daily for years keeps an index the size of their live
@@ -12,7 +14,9 @@ for _, member in ipairs(sample) do
     redis.call('SREM', KEYS[3], member)
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+local now = now_ms()
+local json = session_json(ARGV[2], ARGV[1], ARGV[7], ARGV[8], now + tonumber(ARGV[4]), now)
+redis.call('SET', KEYS[1], json, 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
 -- Only ever extend the index TTL: it must outlive every session it lists, including ones
@@ -20,4 +24,4 @@ redis.call('SADD', KEYS[3], ARGV[2])
 if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
-return 1
+return json

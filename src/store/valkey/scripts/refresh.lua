@@ -1,8 +1,8 @@
 -- Rotates a session's access token atomically.
 -- KEYS[1] = <prefix>data:<sid>, KEYS[2] = <prefix>access:<new hash>
 -- ARGV[1] = <prefix>, ARGV[2] = sid, ARGV[3] = new access token hash,
--- ARGV[4] = new access token expiry (epoch ms), ARGV[5] = session TTL (ms),
--- ARGV[6] = access token TTL (ms)
+-- ARGV[4] = session TTL (ms), ARGV[5] = access token TTL (ms)
+-- The new token's expiry is Valkey's clock plus its TTL.
 -- Returns nil (no session), {'corrupt', reason} (nothing written), or {'ok', new JSON}.
 local raw = redis.call('GET', KEYS[1])
 if not raw then
@@ -58,20 +58,15 @@ if s.sid ~= ARGV[2] or type(s.did) ~= 'string' or type(s.handle) ~= 'string'
 end
 -- The old token stops validating now, not when its key would have expired.
 redis.call('DEL', ARGV[1] .. 'access:' .. s.accessTokenHash)
--- Rebuilt in the TypeScript AppView's field order; integers printed without exponent.
-local json = '{"sid":' .. cjson.encode(s.sid)
-  .. ',"did":' .. cjson.encode(s.did)
-  .. ',"handle":' .. cjson.encode(s.handle)
-  .. ',"accessTokenHash":"' .. ARGV[3]
-  .. '","accessTokenExpiresAt":' .. ARGV[4]
-  .. ',"createdAt":' .. string.format('%.0f', s.createdAt) .. '}'
-redis.call('SET', KEYS[1], json, 'PX', ARGV[5])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[6])
+local json = session_json(s.sid, s.did, s.handle, ARGV[3], now_ms() + tonumber(ARGV[5]),
+  s.createdAt)
+redis.call('SET', KEYS[1], json, 'PX', ARGV[4])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
 -- Sliding window for the index too (only ever extended, as in create.lua); SADD heals an
 -- index that lost this member.
 local index = ARGV[1] .. 'did:' .. s.did
 redis.call('SADD', index, ARGV[2])
-if redis.call('PTTL', index) < tonumber(ARGV[5]) then
-  redis.call('PEXPIRE', index, ARGV[5])
+if redis.call('PTTL', index) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', index, ARGV[4])
 end
 return {'ok', json}
