@@ -8,8 +8,8 @@
 //!   either variable no exporter runs and no span is made.
 //!
 //! Spans are made with the OpenTelemetry API directly rather than bridged from `tracing`
-//! spans: the bridge cost about a quarter of `ValidateAccessToken` throughput, far over the
-//! 15% budget (see BENCHMARKS.md).
+//! spans: the bridge cost about a third of `ValidateAccessToken` throughput, far over the
+//! 15% budget; the API directly costs about 14% at 100% sampling (see BENCHMARKS.md).
 //!
 //! Nothing secret is ever passed to a log macro or span field in this crate: tokens and session
 //! ids appear at most as the first 8 hex chars of their SHA-256 (see `session::log_prefix`).
