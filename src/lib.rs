@@ -6,12 +6,14 @@
 
 pub mod admin;
 pub mod auth;
+pub mod call;
 pub mod config;
 pub mod connections;
 pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod probe;
+pub mod rpc;
 pub mod server;
 pub mod service;
 pub mod session;

@@ -3,12 +3,13 @@
 
 use crate::admin;
 use crate::auth::{AuthLayer, Policy};
+use crate::call::CallLimits;
 use crate::config::{Config, StoreKind, ValkeyMode};
 use crate::connections;
 use crate::health;
 use crate::metrics::Metrics;
 use crate::proto::session_service_server::SessionServiceServer;
-use crate::service::{CallLimits, SessionApi};
+use crate::service::SessionApi;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{ValkeyOptions, ValkeyStore};
