@@ -5,6 +5,7 @@
 //! everything it does not allow is denied: no credentials → `UNAUTHENTICATED`, a caller not
 //! allowed the RPC → `PERMISSION_DENIED`. Health checks stay open to everyone.
 
+use crate::connections::Peer;
 use crate::metrics::{Metrics, RpcLabels};
 use crate::proto::session_service_server::SERVICE_NAME;
 use crate::rpc::{REFLECTION, REFLECTION_SERVICE, Rpc, metric_name};
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::Status;
 use tonic::codegen::{Service, http};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::TlsConnectInfo;
 
 /// Why a policy file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +236,8 @@ impl Policy {
     }
 }
 
-/// The identities (SAN URIs and DNS names) of a DER client certificate.
+/// The identities (SAN URIs and DNS names) of a DER client certificate. Parsed once per
+/// connection (see [`caller_identities`]), not per call.
 pub fn certificate_identities(der: &[u8]) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
@@ -304,14 +306,18 @@ pub struct Authorized<S> {
 }
 
 /// The identities of the client certificate of the connection a request came on; none
-/// without TLS or without a client certificate.
-fn caller_identities<B>(request: &http::Request<B>) -> Vec<String> {
-    request
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(TlsConnectInfo::peer_certs)
-        .and_then(|certs| certs.first().map(|leaf| certificate_identities(leaf)))
-        .unwrap_or_default()
+/// without TLS or without a client certificate. The certificate is parsed on the
+/// connection's first call and kept with the connection ([`Peer`]): it cannot change
+/// while the connection lasts.
+fn caller_identities<B>(request: &http::Request<B>) -> &[String] {
+    let Some(tls) = request.extensions().get::<TlsConnectInfo<Peer>>() else {
+        return &[];
+    };
+    tls.get_ref().identities(|| {
+        tls.peer_certs()
+            .and_then(|certs| certs.first().map(|leaf| certificate_identities(leaf)))
+            .unwrap_or_default()
+    })
 }
 
 /// The service key a request presents: the value of `authorization: Bearer <key>`, spaces
@@ -331,7 +337,7 @@ fn decide<B>(policy: &Policy, metrics: &Metrics, request: &http::Request<B>) -> 
         return Ok(());
     };
     let identities = caller_identities(request);
-    match policy.authorize(method, &identities, bearer_key(request.headers())) {
+    match policy.authorize(method, identities, bearer_key(request.headers())) {
         Ok(_) => Ok(()),
         Err(denial) => {
             // Debug level: anyone who reaches the port can cause these, so they must not be
