@@ -5,8 +5,10 @@
 //! everything it does not allow is denied: no credentials → `UNAUTHENTICATED`, a caller not
 //! allowed the RPC → `PERMISSION_DENIED`. Health checks stay open to everyone.
 
+use crate::connections::Peer;
 use crate::metrics::{Metrics, RpcLabels};
 use crate::proto::session_service_server::SERVICE_NAME;
+use crate::rpc::{REFLECTION, REFLECTION_SERVICE, Rpc, metric_name};
 use crate::session::sha256_hex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -17,19 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::Status;
 use tonic::codegen::{Service, http};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-
-/// The RPC names a policy may allow.
-pub const SESSION_RPCS: [&str; 5] = [
-    "CreateSession",
-    "ValidateAccessToken",
-    "RefreshSession",
-    "DeleteSession",
-    "DeleteAllSessionsForDid",
-];
-
-/// The name under which a policy allows gRPC server reflection.
-pub const REFLECTION: &str = "ServerReflection";
+use tonic::transport::server::TlsConnectInfo;
 
 /// Why a policy file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -94,29 +84,21 @@ pub struct Policy {
     callers: Vec<Caller>,
 }
 
-/// Why a call was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a call was refused. Its `Display` is the log's wording; the caller's `Status` comes
+/// from [`crate::error`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denial {
     /// No credential, or one nobody in the policy holds.
+    #[error("unauthenticated: {0}")]
     Unauthenticated(String),
     /// A known caller without the right to this RPC.
+    #[error("{caller} may not call {method}")]
     PermissionDenied {
         /// The caller's name in the policy.
         caller: String,
         /// The RPC refused.
         method: String,
     },
-}
-
-impl From<Denial> for Status {
-    fn from(denial: Denial) -> Self {
-        match denial {
-            Denial::Unauthenticated(why) => Status::unauthenticated(why),
-            Denial::PermissionDenied { caller, method } => {
-                Status::permission_denied(format!("caller {caller} may not call {method}"))
-            }
-        }
-    }
 }
 
 fn parse_digest(hex_digest: &str) -> Option<[u8; 32]> {
@@ -176,11 +158,11 @@ impl Policy {
                 key_digests.push(parsed);
             }
             for method in &entry.allow {
-                if method != "*" && method != REFLECTION && !SESSION_RPCS.contains(&method.as_str())
-                {
+                if method != "*" && method != REFLECTION && Rpc::from_method(method).is_none() {
+                    let known: Vec<&str> = Rpc::ALL.iter().map(|rpc| rpc.method()).collect();
                     return Err(PolicyError::Invalid(format!(
                         "caller {name}: unknown RPC {method:?} in allow (known: {}, {REFLECTION}, *)",
-                        SESSION_RPCS.join(", ")
+                        known.join(", ")
                     )));
                 }
             }
@@ -254,7 +236,8 @@ impl Policy {
     }
 }
 
-/// The identities (SAN URIs and DNS names) of a DER client certificate.
+/// The identities (SAN URIs and DNS names) of a DER client certificate. Parsed once per
+/// connection (see [`caller_identities`]), not per call.
 pub fn certificate_identities(der: &[u8]) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
@@ -278,7 +261,7 @@ pub fn certificate_identities(der: &[u8]) -> Vec<String> {
 fn method_of(path: &str) -> Option<&str> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     match service {
-        "barazo.session.v1.SessionService" => Some(method),
+        SERVICE_NAME => Some(method),
         "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
             Some(REFLECTION)
         }
@@ -322,63 +305,57 @@ pub struct Authorized<S> {
     metrics: Arc<Metrics>,
 }
 
-/// The static name of a method a policy knows, for metric labels (`unknown` otherwise, so
-/// that callers cannot create label values).
-fn metric_name(method: &str) -> &'static str {
-    SESSION_RPCS
-        .iter()
-        .chain([&REFLECTION])
-        .find(|known| **known == method)
-        .copied()
-        .unwrap_or("unknown")
+/// The identities of the client certificate of the connection a request came on; none
+/// without TLS or without a client certificate. The certificate is parsed on the
+/// connection's first call and kept with the connection ([`Peer`]): it cannot change
+/// while the connection lasts.
+fn caller_identities<B>(request: &http::Request<B>) -> &[String] {
+    let Some(tls) = request.extensions().get::<TlsConnectInfo<Peer>>() else {
+        return &[];
+    };
+    tls.get_ref().identities(|| {
+        tls.peer_certs()
+            .and_then(|certs| certs.first().map(|leaf| certificate_identities(leaf)))
+            .unwrap_or_default()
+    })
+}
+
+/// The service key a request presents: the value of `authorization: Bearer <key>`, spaces
+/// around the key ignored. `None` when the header is absent, not visible ASCII, or not a
+/// bearer credential: the call then has no key (and a policy refuses it unless a client
+/// certificate speaks for it).
+pub fn bearer_key(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 fn decide<B>(policy: &Policy, metrics: &Metrics, request: &http::Request<B>) -> Result<(), Status> {
     let Some(method) = method_of(request.uri().path()) else {
         return Ok(());
     };
-    let identities: Vec<String> = request
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-        .and_then(TlsConnectInfo::peer_certs)
-        .and_then(|certs| certs.first().map(|leaf| certificate_identities(leaf)))
-        .unwrap_or_default();
-    let bearer = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match policy.authorize(method, &identities, bearer) {
+    let identities = caller_identities(request);
+    match policy.authorize(method, identities, bearer_key(request.headers())) {
         Ok(_) => Ok(()),
         Err(denial) => {
             // Debug level: anyone who reaches the port can cause these, so they must not be
             // able to flood the log; the refusal counts are in the RPC metrics instead.
-            tracing::debug!(rpc.method = method, denial = %denial_for_log(&denial), "call refused by the authorization policy");
+            // (Nothing secret is in a denial: the RPC and the caller's name in the policy.)
+            tracing::debug!(rpc.method = method, denial = %denial, "call refused by the authorization policy");
             let status = Status::from(denial);
+            let service = if method == REFLECTION {
+                REFLECTION_SERVICE
+            } else {
+                SERVICE_NAME
+            };
             metrics.rpc(
-                &RpcLabels {
-                    rpc_system: "grpc",
-                    rpc_service: if method == REFLECTION {
-                        "grpc.reflection.ServerReflection"
-                    } else {
-                        SERVICE_NAME
-                    },
-                    rpc_method: metric_name(method),
-                    rpc_grpc_status_code: status.code() as i32,
-                },
+                &RpcLabels::grpc(service, metric_name(method), status.code()),
                 std::time::Duration::ZERO,
             );
             Err(status)
         }
-    }
-}
-
-/// The denial without anything secret (there is nothing secret in it, but keep it explicit).
-fn denial_for_log(denial: &Denial) -> String {
-    match denial {
-        Denial::Unauthenticated(why) => format!("unauthenticated: {why}"),
-        Denial::PermissionDenied { caller, method } => format!("{caller} may not call {method}"),
     }
 }
 
@@ -408,7 +385,7 @@ where
             AuthFutureProj::Refused { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
                 // Polled again after completion: a caller bug; answer as tonic would.
-                None => Poll::Ready(Ok(Status::internal("polled after completion").into_http())),
+                None => Poll::Ready(Ok(crate::error::polled_after_completion().into_http())),
             },
         }
     }
@@ -572,6 +549,54 @@ mod tests {
             let err = Policy::parse(text).expect_err(text).to_string();
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn the_service_key_is_the_bearer_credential() {
+        let key = |value: &[u8]| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_bytes(value).expect("a header value"),
+            );
+            bearer_key(&headers).map(str::to_owned)
+        };
+        assert_eq!(key(b"Bearer plugin-key"), Some("plugin-key".into()));
+        assert_eq!(key(b"Bearer  plugin-key \t"), Some("plugin-key".into()));
+        assert_eq!(key(b"Bearer "), Some(String::new()));
+        for refused in [
+            &b"bearer plugin-key"[..],
+            b"Basic cGx1Z2lu",
+            b"plugin-key",
+            b"Bearer \xff",
+        ] {
+            assert_eq!(key(refused), None, "{refused:?}");
+        }
+        assert_eq!(bearer_key(&http::HeaderMap::new()), None);
+        // An empty key is a key, and nobody's.
+        assert!(matches!(
+            policy().authorize("ValidateAccessToken", &[], Some("")),
+            Err(Denial::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn a_certificate_names_its_san_uris_and_dns_names() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["ops.barazo.internal".to_owned()]).expect("params");
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://barazo/appview-auth".try_into().expect("ascii"),
+        ));
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
+        assert_eq!(
+            certificate_identities(cert.der()),
+            ["ops.barazo.internal", "spiffe://barazo/appview-auth"]
+        );
+        assert!(certificate_identities(b"not a certificate").is_empty());
     }
 
     #[test]

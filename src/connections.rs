@@ -1,10 +1,11 @@
-//! A cap on open client connections: past it the listener stops accepting until one closes,
-//! so clients that open many connections cannot exhaust memory or file descriptors (each
-//! connection may also hold at most `--max-concurrent-streams` streams).
+//! Client connections: a cap on how many are open (past it the listener stops accepting
+//! until one closes, so clients that open many connections cannot exhaust memory or file
+//! descriptors; each connection may also hold at most `--max-concurrent-streams` streams),
+//! and what the server keeps about each one for all of its calls ([`Peer`]).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -18,14 +19,49 @@ pin_project_lite::pin_project! {
         #[pin]
         stream: TcpStream,
         permit: OwnedSemaphorePermit,
+        peer: Peer,
+    }
+}
+
+/// What the server knows about the client of one connection; tonic puts it in the
+/// extensions of every request on the connection (inside `TlsConnectInfo` with TLS).
+///
+/// It replaces tonic's `TcpConnectInfo` there, so `tonic::Request::remote_addr` finds
+/// nothing: use [`Peer::tcp`].
+#[derive(Debug, Clone)]
+pub struct Peer {
+    tcp: TcpConnectInfo,
+    /// The caller's certificate identities, filled on the connection's first call; shared
+    /// by every clone made for the connection's requests.
+    identities: Arc<OnceLock<Vec<String>>>,
+}
+
+impl Peer {
+    /// A peer with nothing known yet about its identities.
+    pub fn new(tcp: TcpConnectInfo) -> Self {
+        Self {
+            tcp,
+            identities: Arc::default(),
+        }
+    }
+
+    /// The connection's addresses.
+    pub fn tcp(&self) -> &TcpConnectInfo {
+        &self.tcp
+    }
+
+    /// The caller's certificate identities: `parse` runs on the connection's first call
+    /// only, since the certificate cannot change while the connection lasts.
+    pub fn identities(&self, parse: impl FnOnce() -> Vec<String>) -> &[String] {
+        self.identities.get_or_init(parse)
     }
 }
 
 impl Connected for Limited {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.peer.clone()
     }
 }
 
@@ -85,7 +121,43 @@ pub fn limit(
                 .await
                 // The semaphore is never closed.
                 .map_err(|_| io::Error::other("connection slots closed"))?;
-            Ok(Limited { stream, permit })
+            let peer = Peer::new(stream.connect_info());
+            Ok(Limited {
+                stream,
+                permit,
+                peer,
+            })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn identities_are_parsed_once_per_connection() {
+        let parses = AtomicUsize::new(0);
+        let parse = || {
+            parses.fetch_add(1, Ordering::SeqCst);
+            vec!["spiffe://barazo/appview".to_owned()]
+        };
+        let tcp = TcpConnectInfo {
+            local_addr: None,
+            remote_addr: None,
+        };
+        let connection = Peer::new(tcp.clone());
+        // tonic clones the connection's info into each request on it.
+        let first_call = connection.clone();
+        let second_call = connection.clone();
+        assert_eq!(first_call.identities(parse), ["spiffe://barazo/appview"]);
+        assert_eq!(second_call.identities(parse), ["spiffe://barazo/appview"]);
+        assert_eq!(parses.load(Ordering::SeqCst), 1);
+        // Another connection parses its own certificate.
+        let other = Peer::new(tcp);
+        assert_eq!(other.identities(Vec::new), [] as [String; 0]);
+        assert_eq!(first_call.identities(Vec::new), ["spiffe://barazo/appview"]);
+        assert_eq!(parses.load(Ordering::SeqCst), 1);
+    }
 }

@@ -1,10 +1,12 @@
-//! Errors of the gRPC layer, and the one place where they become `tonic::Status`.
+//! Errors of the gRPC layer, and the one place where they become `tonic::Status`: a
+//! handler's [`RequestError`] (load shedding included) and a policy's [`Denial`].
 //!
 //! Callers act on the code (see the README's error table): `UNAVAILABLE` means "try again,
 //! do not log the user out"; `NOT_FOUND` on refresh means "session expired, clear the
 //! cookie"; `INVALID_ARGUMENT` is a bug in the caller. A refactor must not move a variant
-//! between these, so a unit test pins each one.
+//! between these, so a unit test pins each one, with its message.
 
+use crate::auth::Denial;
 use crate::session::SyntaxError;
 use crate::store::StoreError;
 use tonic::{Code, Status};
@@ -28,6 +30,10 @@ pub enum RequestError {
     /// The call ran past the server's longest allowed time (`--request-timeout-ms`).
     #[error("the call took longer than the server allows")]
     TimedOut,
+    /// The server already handles `--max-concurrent-requests` calls; this one was refused
+    /// at once, not queued.
+    #[error("the session service is at its concurrency limit; retry shortly")]
+    Overloaded,
 }
 
 impl RequestError {
@@ -41,6 +47,7 @@ impl RequestError {
             Self::Store(StoreError::Unavailable(_)) => Code::Unavailable,
             Self::Store(StoreError::Protocol(_)) | Self::Entropy(_) => Code::Internal,
             Self::TimedOut => Code::DeadlineExceeded,
+            Self::Overloaded => Code::ResourceExhausted,
         }
     }
 
@@ -88,6 +95,23 @@ impl From<RequestError> for Status {
     }
 }
 
+impl From<Denial> for Status {
+    fn from(denial: Denial) -> Self {
+        match denial {
+            Denial::Unauthenticated(why) => Status::unauthenticated(why),
+            Denial::PermissionDenied { caller, method } => {
+                Status::permission_denied(format!("caller {caller} may not call {method}"))
+            }
+        }
+    }
+}
+
+/// The answer of a response future polled again after it completed: a bug in whatever
+/// polls it, answered as a failed call rather than with a panic inside the server.
+pub fn polled_after_completion() -> Status {
+    Status::internal("polled after completion")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +151,72 @@ mod tests {
         for (err, code) in cases {
             assert_eq!(Status::from(err).code(), code);
         }
+    }
+
+    #[test]
+    fn every_status_the_server_makes_keeps_its_code_and_message() {
+        let cases = [
+            (
+                Status::from(RequestError::Overloaded),
+                Code::ResourceExhausted,
+                "the session service is at its concurrency limit; retry shortly",
+            ),
+            (
+                Status::from(RequestError::TimedOut),
+                Code::DeadlineExceeded,
+                "the call took longer than the server allows",
+            ),
+            (
+                Status::from(RequestError::SessionNotFound),
+                Code::NotFound,
+                "session not found",
+            ),
+            (
+                Status::from(RequestError::Store(StoreError::CorruptSession {
+                    key_prefix: "abcd1234".into(),
+                    reason: "x".into(),
+                })),
+                Code::NotFound,
+                "session not found",
+            ),
+            (
+                Status::from(RequestError::Store(StoreError::Protocol("x".into()))),
+                Code::Internal,
+                "session store error",
+            ),
+            (
+                Status::from(Denial::Unauthenticated(
+                    "CreateSession: unknown service key".into(),
+                )),
+                Code::Unauthenticated,
+                "CreateSession: unknown service key",
+            ),
+            (
+                Status::from(Denial::PermissionDenied {
+                    caller: "plugins".into(),
+                    method: "CreateSession".into(),
+                }),
+                Code::PermissionDenied,
+                "caller plugins may not call CreateSession",
+            ),
+            (
+                polled_after_completion(),
+                Code::Internal,
+                "polled after completion",
+            ),
+        ];
+        for (status, code, message) in cases {
+            assert_eq!((status.code(), status.message()), (code, message));
+        }
+    }
+
+    #[test]
+    fn only_the_servers_own_failures_are_faults() {
+        assert!(RequestError::TimedOut.is_server_fault());
+        assert!(RequestError::Store(StoreError::unavailable(io_error())).is_server_fault());
+        // Shedding is the server working as configured, and the caller's cue to retry.
+        assert!(!RequestError::Overloaded.is_server_fault());
+        assert!(!RequestError::SessionNotFound.is_server_fault());
     }
 
     #[test]

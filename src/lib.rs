@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod call;
 pub mod config;
 pub mod connections;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod health;
 pub mod metrics;
 pub mod probe;
 pub mod profile;
+pub mod rpc;
 pub mod server;
 pub mod service;
 pub mod session;

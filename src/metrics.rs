@@ -35,6 +35,18 @@ pub struct RpcLabels {
     pub rpc_grpc_status_code: i32,
 }
 
+impl RpcLabels {
+    /// The labels of a gRPC call to `service`/`method` that ended with `code`.
+    pub fn grpc(service: &'static str, method: &'static str, code: tonic::Code) -> Self {
+        Self {
+            rpc_system: "grpc",
+            rpc_service: service,
+            rpc_method: method,
+            rpc_grpc_status_code: code as i32,
+        }
+    }
+}
+
 /// Labels of a validation outcome: `valid`, `invalid` or `error`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {

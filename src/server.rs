@@ -3,13 +3,14 @@
 
 use crate::admin;
 use crate::auth::{AuthLayer, Policy};
+use crate::call::CallLimits;
 use crate::config::{Config, StoreKind, ValkeyMode};
 use crate::connections;
 use crate::health;
 use crate::metrics::Metrics;
 use crate::profile::ProfileLayer;
 use crate::proto::session_service_server::SessionServiceServer;
-use crate::service::{CallLimits, SessionApi};
+use crate::service::SessionApi;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{ValkeyClusterStore, ValkeyOptions, ValkeyStore};
@@ -50,7 +51,7 @@ pub enum StartupError {
     /// The reflection service could not load the descriptors (a build defect).
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// A configured file (certificate, key, CA, password) could not be read.
+    /// A configured file (certificate, key, CA) could not be read.
     #[error("cannot read {what} {path}")]
     ReadFile {
         /// What the file is for.
@@ -64,6 +65,9 @@ pub enum StartupError {
     /// The TLS settings were refused (e.g. a malformed certificate or key).
     #[error("cannot use the TLS settings")]
     Tls(#[source] tonic::transport::Error),
+    /// The Valkey password file could not be read.
+    #[error(transparent)]
+    ValkeyPassword(#[from] crate::config::SecretFileError),
     /// The authorization policy could not be used.
     #[error(transparent)]
     Policy(#[from] crate::auth::PolicyError),
@@ -116,12 +120,14 @@ fn policy(config: &Config) -> Result<Option<Arc<Policy>>, StartupError> {
 /// later, is the backstop for what happens before the handler, such as a client that sends
 /// its request slowly to hold a stream.
 fn server_builder(config: &Config) -> Result<Server, StartupError> {
-    let backstop = Duration::from_millis(config.request_timeout_ms) + Duration::from_secs(1);
+    let backstop = config
+        .request_timeout
+        .saturating_add(Duration::from_secs(1));
     let mut server = Server::builder()
         .timeout(backstop)
         .max_concurrent_streams(config.max_concurrent_streams)
-        .http2_keepalive_interval(Some(Duration::from_secs(config.http2_keepalive_interval)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(config.http2_keepalive_timeout)));
+        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout));
     if let Some(tls) = tls_config(config)? {
         server = server.tls_config(tls).map_err(StartupError::Tls)?;
     }
@@ -193,31 +199,15 @@ impl Application {
         };
         let (router, health_monitor) = match config.store {
             StoreKind::Valkey => {
-                let password = match &config.valkey_password_file {
-                    Some(path) => {
-                        let bytes = read_file("the Valkey password file", path)?;
-                        let text =
-                            String::from_utf8(bytes).map_err(|_| StartupError::ReadFile {
-                                what: "the Valkey password file (not UTF-8)",
-                                path: path.display().to_string(),
-                                source: std::io::Error::from(std::io::ErrorKind::InvalidData),
-                            })?;
-                        // Mounted secrets often end in one newline that is not part of the
-                        // password; nothing else is changed.
-                        let password = text
-                            .strip_suffix("\r\n")
-                            .or_else(|| text.strip_suffix('\n'))
-                            .unwrap_or(&text);
-                        Some(password.to_owned())
-                    }
-                    None => None,
-                };
+                let password = config
+                    .valkey_password()?
+                    .map(|secret| secret.expose().to_owned());
                 let ca_pem = match &config.valkey_ca {
                     Some(path) => Some(read_file("the Valkey CA", path)?),
                     None => None,
                 };
-                let connect_timeout = Duration::from_millis(config.valkey_connect_timeout_ms);
-                let command_timeout = Duration::from_millis(config.valkey_command_timeout_ms);
+                let connect_timeout = config.valkey_connect_timeout;
+                let command_timeout = config.valkey_command_timeout;
                 let options = ValkeyOptions {
                     urls: config.valkey_urls(),
                     password,
@@ -250,7 +240,7 @@ impl Application {
             metrics,
             admin,
             max_connections: config.max_connections,
-            shutdown_timeout: Duration::from_secs(config.shutdown_timeout),
+            shutdown_timeout: config.shutdown_timeout,
         })
     }
 
@@ -378,7 +368,7 @@ fn routes<S: SessionStore>(
         metrics.clone(),
         CallLimits {
             max_in_progress: config.max_concurrent_requests,
-            time_limit: Duration::from_millis(config.request_timeout_ms),
+            time_limit: config.request_timeout,
         },
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
@@ -398,12 +388,7 @@ fn routes<S: SessionStore>(
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
     }
-    let monitor = health::monitor(
-        store,
-        health,
-        metrics,
-        Duration::from_millis(config.health_check_interval_ms),
-    );
+    let monitor = health::monitor(store, health, metrics, config.health_check_interval);
     Ok((router, Box::pin(monitor)))
 }
 

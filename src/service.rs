@@ -1,12 +1,12 @@
 //! The gRPC handlers of `barazo.session.v1.SessionService`.
 //!
 //! Each handler checks its input, mints or hashes tokens, and makes at most one store
-//! call. Failures are logged once, here at the boundary, and turned into a `Status` by
-//! [`crate::error`].
+//! call. What surrounds every call (limits, span, metrics, the one log line of a failure)
+//! is [`crate::call`]'s; failures become a `Status` in [`crate::error`].
 
+use crate::call::{CallLimits, Calls, SpanFacts};
 use crate::error::RequestError;
-use crate::metrics::{Metrics, RpcLabels};
-use crate::proto::session_service_server::SERVICE_NAME;
+use crate::metrics::Metrics;
 use crate::proto::session_service_server::SessionService;
 use crate::proto::{
     CreateSessionRequest, CreateSessionResponse, DeleteAllSessionsForDidRequest,
@@ -14,36 +14,23 @@ use crate::proto::{
     RefreshSessionRequest, RefreshSessionResponse, Session, ValidateAccessTokenRequest,
     ValidateAccessTokenResponse,
 };
+use crate::rpc::Rpc;
 use crate::session::{
     SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex, validate_did,
     validate_handle,
 };
 use crate::store::{Lifetimes, SessionStore, StoreError};
 use crate::telemetry;
-use opentelemetry::context::FutureExt as _;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
-use tonic::{Code, Request, Response, Status};
-
-/// Abuse limits of the session service.
-#[derive(Debug, Clone, Copy)]
-pub struct CallLimits {
-    /// Calls handled at once; more are refused with RESOURCE_EXHAUSTED.
-    pub max_in_progress: usize,
-    /// Longest a call may run.
-    pub time_limit: Duration,
-}
+use tonic::{Request, Response, Status};
 
 /// The `SessionService` implementation over any [`SessionStore`].
 pub struct SessionApi<S> {
     store: Arc<S>,
     lifetimes: Lifetimes,
     metrics: Arc<Metrics>,
-    /// Permits for calls in progress; none left means shed the call (RESOURCE_EXHAUSTED).
-    in_progress: Semaphore,
-    /// The longest a call may run (`DEADLINE_EXCEEDED` after it).
-    time_limit: Duration,
+    /// Load shedding, time limits, spans, metrics and the log line around each call.
+    calls: Calls,
 }
 
 impl<S: SessionStore> SessionApi<S> {
@@ -59,28 +46,9 @@ impl<S: SessionStore> SessionApi<S> {
         Self {
             store,
             lifetimes,
+            calls: Calls::new(limits, metrics.clone()),
             metrics,
-            in_progress: Semaphore::new(limits.max_in_progress),
-            time_limit: limits.time_limit,
         }
-    }
-
-    /// Runs one RPC within the service's limits and telemetry.
-    async fn serve<T: SpanFacts>(
-        &self,
-        rpc: &Rpc,
-        metadata: &tonic::metadata::MetadataMap,
-        handler: impl Future<Output = Result<T, RequestError>>,
-    ) -> Result<Response<T>, Status> {
-        serve(
-            rpc,
-            &self.metrics,
-            &self.in_progress,
-            self.time_limit,
-            metadata,
-            handler,
-        )
-        .await
     }
 
     fn access_ttl_ms(&self) -> i64 {
@@ -119,7 +87,7 @@ impl<S: SessionStore> SessionApi<S> {
         req: ValidateAccessTokenRequest,
     ) -> Result<ValidateAccessTokenResponse, RequestError> {
         let answer = self.check_access_token(req).await?;
-        // Failures (errors, timeouts, cancellations) are counted by `serve`'s CallRecord.
+        // Failures (errors, timeouts, cancellations) are counted by the call layer.
         self.metrics
             .validation(if answer.valid { "valid" } else { "invalid" });
         Ok(answer)
@@ -149,7 +117,7 @@ impl<S: SessionStore> SessionApi<S> {
             Err(err @ StoreError::CorruptSession { .. }) => {
                 // Fail closed: the token is refused, and an operator hears about the data.
                 tracing::error!(
-                    rpc.method = "ValidateAccessToken",
+                    rpc.method = Rpc::ValidateAccessToken.method(),
                     access.key_prefix = log_prefix(&hash),
                     error = %err,
                     "refusing a token whose session data is unreadable"
@@ -212,12 +180,6 @@ fn record_did(did: &str) {
     telemetry::record("user.id", || did.to_owned());
 }
 
-/// What a successful answer adds to its RPC's span when the span ends, all at once: the
-/// user's DID (`user.id`) and, for validation, `session.valid`.
-trait SpanFacts {
-    fn span_facts(&self) -> Vec<opentelemetry::KeyValue>;
-}
-
 fn did_of(session: Option<&Session>) -> Option<opentelemetry::KeyValue> {
     session.map(|s| opentelemetry::KeyValue::new("user.id", s.did.clone()))
 }
@@ -273,185 +235,6 @@ fn timestamp(epoch_ms: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Names of one RPC, for its span and log lines.
-struct Rpc {
-    /// The method, e.g. `ValidateAccessToken` (`rpc.method`).
-    method: &'static str,
-    /// The span name, `barazo.session.v1.SessionService/<method>`.
-    span_name: &'static str,
-}
-
-macro_rules! rpc {
-    ($method:literal) => {
-        Rpc {
-            method: $method,
-            span_name: concat!("barazo.session.v1.SessionService/", $method),
-        }
-    };
-}
-
-impl Rpc {
-    /// The metric labels of this RPC ending with `code`.
-    fn labels(&self, code: Code) -> RpcLabels {
-        RpcLabels {
-            rpc_system: "grpc",
-            rpc_service: SERVICE_NAME,
-            rpc_method: self.method,
-            rpc_grpc_status_code: code as i32,
-        }
-    }
-}
-
-const CREATE: Rpc = rpc!("CreateSession");
-const VALIDATE: Rpc = rpc!("ValidateAccessToken");
-const REFRESH: Rpc = rpc!("RefreshSession");
-const DELETE: Rpc = rpc!("DeleteSession");
-const DELETE_ALL: Rpc = rpc!("DeleteAllSessionsForDid");
-
-/// Whether a code means the service failed (span status error), as opposed to the caller's
-/// mistake or an ordinary outcome such as an unknown session.
-fn is_server_side(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::Internal
-            | Code::DeadlineExceeded
-            | Code::Unknown
-            | Code::DataLoss
-            | Code::Unimplemented
-    )
-}
-
-/// What one call leaves behind whichever way it ends: its duration metric, the validation
-/// outcome when it was a failed validation, and its span's end. Dropped before `finish`,
-/// the call was cancelled (the caller went away or its deadline passed in tonic).
-struct CallRecord<'a> {
-    rpc: &'a Rpc,
-    metrics: &'a Metrics,
-    started: Instant,
-    trace: Option<opentelemetry::Context>,
-    finished: bool,
-}
-
-impl CallRecord<'_> {
-    fn record(&self, code: Code, facts: impl FnOnce() -> Vec<opentelemetry::KeyValue>) {
-        self.metrics
-            .rpc(&self.rpc.labels(code), self.started.elapsed());
-        if code != Code::Ok && self.rpc.method == VALIDATE.method {
-            // No answer at all: counted apart from valid and invalid tokens.
-            self.metrics.validation("error");
-        }
-        if let Some(cx) = &self.trace {
-            telemetry::end_rpc_span(cx, code, is_server_side(code), facts());
-        }
-    }
-
-    fn finish(mut self, code: Code, facts: impl FnOnce() -> Vec<opentelemetry::KeyValue>) {
-        self.finished = true;
-        self.record(code, facts);
-    }
-}
-
-impl Drop for CallRecord<'_> {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.record(Code::Cancelled, Vec::new);
-            tracing::debug!(
-                rpc.method = self.rpc.method,
-                "rpc cancelled before it finished"
-            );
-        }
-    }
-}
-
-/// How much earlier than the caller's own deadline the service gives up, so that it (and
-/// not tonic's timer for the same deadline) answers, with DEADLINE_EXCEEDED.
-const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
-
-/// The caller's `grpc-timeout` (`<digits><H|M|S|m|u|n>`), if it sent one.
-fn caller_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// Runs one RPC inside its SERVER span (a child of the caller's span when the request
-/// carries `traceparent`), within the concurrency limit and the time limit (the server's
-/// cap or the caller's shorter deadline), logs a failure once with its cause chain, and
-/// converts the result for tonic.
-async fn serve<T: SpanFacts>(
-    rpc: &Rpc,
-    metrics: &Metrics,
-    in_progress: &Semaphore,
-    time_limit: Duration,
-    metadata: &tonic::metadata::MetadataMap,
-    handler: impl Future<Output = Result<T, RequestError>>,
-) -> Result<Response<T>, Status> {
-    let call = CallRecord {
-        rpc,
-        metrics,
-        started: Instant::now(),
-        trace: telemetry::start_rpc_span(rpc.span_name, SERVICE_NAME, rpc.method, metadata),
-        finished: false,
-    };
-    // Load shedding: a saturated server refuses at once rather than queueing callers who
-    // are waiting on a user's HTTP request; they retry elsewhere or later.
-    let Ok(_permit) = in_progress.try_acquire() else {
-        tracing::debug!(
-            rpc.method = rpc.method,
-            "rpc shed: concurrency limit reached"
-        );
-        call.finish(Code::ResourceExhausted, Vec::new);
-        return Err(Status::resource_exhausted(
-            "the session service is at its concurrency limit; retry shortly",
-        ));
-    };
-    let limit = caller_timeout(metadata).map_or(time_limit, |t| {
-        t.saturating_sub(DEADLINE_MARGIN).min(time_limit)
-    });
-    let limited = async {
-        tokio::time::timeout(limit, handler)
-            .await
-            .unwrap_or(Err(RequestError::TimedOut))
-    };
-    let result = match &call.trace {
-        Some(cx) => limited.with_context(cx.clone()).await,
-        None => limited.await,
-    };
-    let code = result.as_ref().err().map_or(Code::Ok, RequestError::code);
-    // The failure's log line is written inside the span, so it carries the trace ids.
-    let attached = call.trace.clone().map(opentelemetry::Context::attach);
-    let response = match result {
-        Ok(body) => Ok(Response::new(body)),
-        Err(err) => {
-            if err.is_server_fault() {
-                tracing::error!(rpc.method = rpc.method, rpc.grpc.status_code = ?code, error = %err.chain(), "rpc failed");
-            } else {
-                tracing::debug!(rpc.method = rpc.method, rpc.grpc.status_code = ?code, error = %err.chain(), "rpc refused");
-            }
-            Err(err.into())
-        }
-    };
-    drop(attached);
-    call.finish(code, || match &response {
-        Ok(body) => body.get_ref().span_facts(),
-        Err(_) => Vec::new(),
-    });
-    response
-}
-
 #[tonic::async_trait]
 impl<S: SessionStore> SessionService for SessionApi<S> {
     async fn create_session(
@@ -459,7 +242,9 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        self.serve(&CREATE, &metadata, self.create(body)).await
+        self.calls
+            .serve(Rpc::CreateSession, &metadata, self.create(body))
+            .await
     }
 
     async fn validate_access_token(
@@ -467,7 +252,9 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<ValidateAccessTokenRequest>,
     ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        self.serve(&VALIDATE, &metadata, self.validate(body)).await
+        self.calls
+            .serve(Rpc::ValidateAccessToken, &metadata, self.validate(body))
+            .await
     }
 
     async fn refresh_session(
@@ -475,7 +262,9 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<RefreshSessionRequest>,
     ) -> Result<Response<RefreshSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        self.serve(&REFRESH, &metadata, self.refresh(body)).await
+        self.calls
+            .serve(Rpc::RefreshSession, &metadata, self.refresh(body))
+            .await
     }
 
     async fn delete_session(
@@ -483,7 +272,9 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<DeleteSessionRequest>,
     ) -> Result<Response<DeleteSessionResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        self.serve(&DELETE, &metadata, self.delete(body)).await
+        self.calls
+            .serve(Rpc::DeleteSession, &metadata, self.delete(body))
+            .await
     }
 
     async fn delete_all_sessions_for_did(
@@ -491,7 +282,12 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         request: Request<DeleteAllSessionsForDidRequest>,
     ) -> Result<Response<DeleteAllSessionsForDidResponse>, Status> {
         let (metadata, _, body) = request.into_parts();
-        self.serve(&DELETE_ALL, &metadata, self.delete_all(body))
+        self.calls
+            .serve(
+                Rpc::DeleteAllSessionsForDid,
+                &metadata,
+                self.delete_all(body),
+            )
             .await
     }
 }
@@ -499,23 +295,6 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse_as_the_spec_writes_them() {
-        let timeout = |v: &str| {
-            let mut metadata = tonic::metadata::MetadataMap::new();
-            metadata.insert("grpc-timeout", v.parse().expect("ascii"));
-            caller_timeout(&metadata)
-        };
-        assert_eq!(timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(timeout("5u"), Some(Duration::from_micros(5)));
-        for bad in ["", "m", "100", "100x", "123456789S", "-1S"] {
-            assert_eq!(timeout(bad), None, "{bad}");
-        }
-        assert_eq!(caller_timeout(&tonic::metadata::MetadataMap::new()), None);
-    }
 
     #[test]
     fn timestamps_keep_milliseconds() {

@@ -8,13 +8,12 @@
 //!   either variable no exporter runs and no span is made.
 //!
 //! Spans are made with the OpenTelemetry API directly rather than bridged from `tracing`
-//! spans: the bridge cost about a quarter of `ValidateAccessToken` throughput, far over the
-//! 15% budget (see BENCHMARKS.md).
+//! spans: the bridge cost about a third of `ValidateAccessToken` throughput, far over the
+//! 15% budget; the API directly costs about 14% at 100% sampling (see BENCHMARKS.md).
 //!
 //! Nothing secret is ever passed to a log macro or span field in this crate: tokens and session
 //! ids appear at most as the first 8 hex chars of their SHA-256 (see `session::log_prefix`).
 
-use crate::config::LogFormat;
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
@@ -31,6 +30,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+/// How log lines are written to stderr. Owned here, where it is used; the configuration
+/// only parses it (`--log-format`), so the configuration does not depend on what it sets up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
 
 /// Spans buffered for export unless `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise.
 const DEFAULT_SPAN_QUEUE: usize = 16_384;

@@ -67,12 +67,12 @@ fn lifetimes(p: &mut Problems<'_>) {
         ("session_ttl", c.session_ttl),
         ("access_token_ttl", c.access_token_ttl),
     ] {
-        if value == 0 {
+        if value.is_zero() {
             let message = format!("{} must be at least 1 second", p.name(id));
             p.add(&[id], message);
         }
     }
-    if c.session_ttl > MAX_TTL_SECONDS {
+    if c.session_ttl.as_secs() > MAX_TTL_SECONDS {
         let message = format!(
             "{} must be at most {MAX_TTL_SECONDS} seconds (one year)",
             p.name("session_ttl")
@@ -83,9 +83,9 @@ fn lifetimes(p: &mut Problems<'_>) {
         let message = format!(
             "{} ({}s) must not exceed {} ({}s): an access token must not outlive its session",
             p.name("access_token_ttl"),
-            c.access_token_ttl,
+            c.access_token_ttl.as_secs(),
             p.name("session_ttl"),
-            c.session_ttl
+            c.session_ttl.as_secs()
         );
         p.add(&["access_token_ttl", "session_ttl"], message);
     }
@@ -144,14 +144,14 @@ fn store(p: &mut Problems<'_>) {
 fn timeouts(p: &mut Problems<'_>) {
     let c = p.config;
     for (id, value) in [
-        ("valkey_connect_timeout_ms", c.valkey_connect_timeout_ms),
-        ("valkey_command_timeout_ms", c.valkey_command_timeout_ms),
-        ("health_check_interval_ms", c.health_check_interval_ms),
-        ("request_timeout_ms", c.request_timeout_ms),
+        ("valkey_connect_timeout", c.valkey_connect_timeout),
+        ("valkey_command_timeout", c.valkey_command_timeout),
+        ("health_check_interval", c.health_check_interval),
+        ("request_timeout", c.request_timeout),
         ("http2_keepalive_interval", c.http2_keepalive_interval),
         ("http2_keepalive_timeout", c.http2_keepalive_timeout),
     ] {
-        if value == 0 {
+        if value.is_zero() {
             let message = format!("{} must be at least 1", p.name(id));
             p.add(&[id], message);
         }

@@ -3,13 +3,20 @@
 //! Every setting has one name, one default and a reason for that default. The variable
 //! names the AppView already uses (`VALKEY_URL`, `OAUTH_SESSION_TTL`,
 //! `OAUTH_ACCESS_TOKEN_TTL`) are reused so both can read one environment.
+//!
+//! Durations are `Duration`s from the moment they are parsed (the flags keep their units:
+//! `--request-timeout-ms 5000`, `--session-ttl 900`), so no other module converts units.
 
 mod checks;
+mod durations;
 mod load;
+mod secrets;
 
 pub use checks::{MAX_CONCURRENT_REQUESTS, MAX_CONNECTIONS, MAX_TTL_SECONDS};
 pub use load::{LoadError, Origins, load_from};
+pub use secrets::{Secret, SecretFileError};
 
+use crate::telemetry::LogFormat;
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,39 +39,6 @@ pub enum ValkeyMode {
     /// Valkey Cluster: `VALKEY_URL` lists seed nodes, comma-separated; each RPC is a few
     /// single-key round trips in a revocation-safe order (README, "Valkey Cluster").
     Cluster,
-}
-
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Human,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
-
-/// A value that must not be printed: its `Debug` says `[redacted]`.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The value itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
 }
 
 /// The Barazo session authority: a gRPC SessionService backed by Valkey.
@@ -96,12 +70,12 @@ pub struct Config {
 
     /// Session lifetime in seconds, restarted by every refresh. The AppView's variable
     /// and default (7 days).
-    #[arg(long, env = "OAUTH_SESSION_TTL", default_value_t = 604_800)]
-    pub session_ttl: u64,
+    #[arg(long, env = "OAUTH_SESSION_TTL", default_value = "604800", value_parser = durations::seconds)]
+    pub session_ttl: Duration,
 
     /// Access token lifetime in seconds. The AppView's variable and default (15 minutes).
-    #[arg(long, env = "OAUTH_ACCESS_TOKEN_TTL", default_value_t = 900)]
-    pub access_token_ttl: u64,
+    #[arg(long, env = "OAUTH_ACCESS_TOKEN_TTL", default_value = "900", value_parser = durations::seconds)]
+    pub access_token_ttl: Duration,
 
     /// Prefix of every key this service touches; the AppView's layout uses
     /// `barazo:session:`. Change it only together with the AppView.
@@ -110,23 +84,41 @@ pub struct Config {
 
     /// Milliseconds to wait for a Valkey connection before answering UNAVAILABLE. Short,
     /// because callers are waiting on a user's HTTP request.
-    #[arg(long, env = "VALKEY_CONNECT_TIMEOUT_MS", default_value_t = 500)]
-    pub valkey_connect_timeout_ms: u64,
+    #[arg(
+        long = "valkey-connect-timeout-ms",
+        env = "VALKEY_CONNECT_TIMEOUT_MS",
+        value_name = "VALKEY_CONNECT_TIMEOUT_MS",
+        default_value = "500",
+        value_parser = durations::millis
+    )]
+    pub valkey_connect_timeout: Duration,
 
     /// Milliseconds to wait for one Valkey answer before answering UNAVAILABLE. Scripts take
     /// well under a millisecond; anything near this means Valkey is in trouble.
-    #[arg(long, env = "VALKEY_COMMAND_TIMEOUT_MS", default_value_t = 500)]
-    pub valkey_command_timeout_ms: u64,
+    #[arg(
+        long = "valkey-command-timeout-ms",
+        env = "VALKEY_COMMAND_TIMEOUT_MS",
+        value_name = "VALKEY_COMMAND_TIMEOUT_MS",
+        default_value = "500",
+        value_parser = durations::millis
+    )]
+    pub valkey_command_timeout: Duration,
 
-    /// Milliseconds between store health checks (`grpc.health.v1` status). One PING a
+    /// Milliseconds between store health checks (`grpc.health.v1` status). One check a
     /// second notices an outage quickly at no measurable cost.
-    #[arg(long, env = "HEALTH_CHECK_INTERVAL_MS", default_value_t = 1_000)]
-    pub health_check_interval_ms: u64,
+    #[arg(
+        long = "health-check-interval-ms",
+        env = "HEALTH_CHECK_INTERVAL_MS",
+        value_name = "HEALTH_CHECK_INTERVAL_MS",
+        default_value = "1000",
+        value_parser = durations::millis
+    )]
+    pub health_check_interval: Duration,
 
     /// Seconds to let in-flight calls finish after SIGTERM/SIGINT before exiting anyway.
     /// Below Kubernetes' default 30 s grace period.
-    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 20)]
-    pub shutdown_timeout: u64,
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "20", value_parser = durations::seconds)]
+    pub shutdown_timeout: Duration,
 
     /// Address of the admin HTTP listener serving `/metrics`, `/livez` and `/readyz`, e.g.
     /// `0.0.0.0:9090`. Off unless set: nothing listens that nobody asked for.
@@ -174,8 +166,14 @@ pub struct Config {
 
     /// Longest a call may take, in milliseconds; a caller's shorter `grpc-timeout` wins.
     /// Far above a healthy call (under 1 ms) and the Valkey timeouts.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 5_000)]
-    pub request_timeout_ms: u64,
+    #[arg(
+        long = "request-timeout-ms",
+        env = "REQUEST_TIMEOUT_MS",
+        value_name = "REQUEST_TIMEOUT_MS",
+        default_value = "5000",
+        value_parser = durations::millis
+    )]
+    pub request_timeout: Duration,
 
     /// Client connections open at once; past it new ones wait unserved until one closes.
     /// Far above a fleet of AppView and plugin instances, far below the file-descriptor
@@ -189,12 +187,12 @@ pub struct Config {
     pub max_concurrent_streams: u32,
 
     /// Seconds between HTTP/2 keepalive pings to idle clients; dead peers are dropped.
-    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL", default_value_t = 30)]
-    pub http2_keepalive_interval: u64,
+    #[arg(long, env = "HTTP2_KEEPALIVE_INTERVAL", default_value = "30", value_parser = durations::seconds)]
+    pub http2_keepalive_interval: Duration,
 
     /// Seconds to wait for a keepalive ping's answer before closing the connection.
-    #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT", default_value_t = 10)]
-    pub http2_keepalive_timeout: u64,
+    #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT", default_value = "10", value_parser = durations::seconds)]
+    pub http2_keepalive_timeout: Duration,
 
     /// Threads that run calls. Default: the CPUs this process may use, container CPU
     /// limits included; set it where the process cannot see its CPU share.
@@ -282,8 +280,8 @@ impl Config {
     /// Session and access token lifetimes as the store takes them.
     pub fn lifetimes(&self) -> crate::store::Lifetimes {
         crate::store::Lifetimes {
-            session: Duration::from_secs(self.session_ttl),
-            access_token: Duration::from_secs(self.access_token_ttl),
+            session: self.session_ttl,
+            access_token: self.access_token_ttl,
         }
     }
 }
@@ -306,8 +304,8 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(c.store, StoreKind::Valkey);
         assert_eq!(c.valkey_url.expose(), "redis://127.0.0.1:6379");
-        assert_eq!(c.session_ttl, 604_800);
-        assert_eq!(c.access_token_ttl, 900);
+        assert_eq!(c.session_ttl, Duration::from_secs(604_800));
+        assert_eq!(c.access_token_ttl, Duration::from_secs(900));
         assert_eq!(c.key_prefix, "barazo:session:");
         assert_eq!(c.log_format, LogFormat::Human);
     }

@@ -610,7 +610,7 @@ fn deployed_values_parse_as_the_service_configuration() {
         );
         assert_eq!(
             config.log_format,
-            barazo_session::config::LogFormat::Json,
+            barazo_session::telemetry::LogFormat::Json,
             "{file}"
         );
     }
@@ -749,8 +749,8 @@ fn kubernetes_probes_scrape_and_grace_period_match_the_configuration() {
         .first()
         .map_or(0, |sleep| number(sleep, "seconds"));
     assert!(
-        pre_stop + config.shutdown_timeout < grace,
+        pre_stop + config.shutdown_timeout.as_secs() < grace,
         "terminationGracePeriodSeconds {grace} <= preStop {pre_stop} + SHUTDOWN_TIMEOUT {}",
-        config.shutdown_timeout
+        config.shutdown_timeout.as_secs()
     );
 }

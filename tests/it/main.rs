@@ -2,6 +2,9 @@
 //! and the generated client, the way callers use the service. One binary so the crate
 //! links once.
 
+// Test code: a failed unwrap or expect is the test failing, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod behaviour;
 #[cfg(feature = "bench-tool")]
 mod bench_tool;

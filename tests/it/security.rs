@@ -151,6 +151,47 @@ async fn mtls_callers_get_what_their_certificate_identity_allows() {
     assert!(denied.message().contains("CreateSession"), "{denied:?}");
 }
 
+/// Identities are parsed once per connection and kept with it: calls interleaved over
+/// connections with different certificates each get their own certificate's rights, on
+/// every call, not the first connection's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_keeps_its_own_certificate_identity() {
+    let MtlsSetup { app, ca, dir: _dir } = mtls_server().await;
+    let plugin = ca.issue(&["plugins.local"], Some(PLUGINS_ID));
+    let mut plugins = client_with(app.addr, client_tls(&ca, Some(&plugin)))
+        .await
+        .expect("handshake");
+    let stranger = ca.issue(&["stranger.local"], Some("spiffe://barazo.test/stranger"));
+    let mut strangers = client_with(app.addr, client_tls(&ca, Some(&stranger)))
+        .await
+        .expect("handshake");
+    for round in 0..3 {
+        // The AppView's auth routes (the app's own client): everything.
+        let token = app.create(&unique_did(), "alice.test").await.access_token;
+        let valid = plugins
+            .validate_access_token(ValidateAccessTokenRequest {
+                access_token: token,
+            })
+            .await
+            .expect("plugins may validate");
+        assert!(valid.into_inner().valid, "round {round}");
+        let denied = create(&mut plugins)
+            .await
+            .expect_err("plugins may not create");
+        assert_eq!(
+            denied.message(),
+            "caller plugins may not call CreateSession",
+            "round {round}"
+        );
+        let denied = create(&mut strangers).await.expect_err("allowed nothing");
+        assert_eq!(
+            denied.message(),
+            "caller an unlisted certificate identity may not call CreateSession",
+            "round {round}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_refuses_missing_foreign_and_expired_certificates() {
     let MtlsSetup { app, ca, dir: _dir } = mtls_server().await;

@@ -124,8 +124,12 @@ pub async fn delete_all(clients: &[Client], dids: Dids, concurrency: usize) -> C
                     }
                     Err(status) => {
                         failed.store(true, Ordering::Relaxed);
-                        left.lock().expect("not poisoned").push(n);
-                        error.lock().expect("not poisoned").get_or_insert(status);
+                        // A poisoned lock still holds the list: keep using it.
+                        left.lock().unwrap_or_else(|p| p.into_inner()).push(n);
+                        error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(status);
                     }
                 }
             }
@@ -141,10 +145,10 @@ pub async fn delete_all(clients: &[Client], dids: Dids, concurrency: usize) -> C
     }
     // Every DID below `next` was taken by a worker, which finished it before looking at
     // `failed` again; the ones above were never tried.
-    let mut left_over = std::mem::take(&mut *left.lock().expect("not poisoned"));
+    let mut left_over = std::mem::take(&mut *left.lock().unwrap_or_else(|p| p.into_inner()));
     left_over.extend(next.load(Ordering::Relaxed).min(total)..total);
     left_over.sort_unstable();
-    let mut error = error.lock().expect("not poisoned").take();
+    let mut error = error.lock().unwrap_or_else(|p| p.into_inner()).take();
     if worker_lost.is_some() {
         // A task that died took its DID with it: the whole list is then suspect.
         error = error.or(worker_lost);

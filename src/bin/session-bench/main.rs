@@ -193,17 +193,19 @@ struct Target {
 }
 
 impl Target {
-    fn load(&self, args: &Args) -> Load<'_> {
-        Load {
+    /// The load against this target; an error before its session pool exists.
+    fn load(&self, args: &Args) -> Result<Load<'_>, BoxError> {
+        let pool = self
+            .pool
+            .clone()
+            .ok_or("the session pool is created before any load")?;
+        Ok(Load {
             scenario: args.scenario,
             clients: &self.clients,
             callers: args.callers(),
-            pool: self
-                .pool
-                .clone()
-                .expect("the pool is created before any load"),
+            pool,
             ledger: self.ledger.clone(),
-        }
+        })
     }
 }
 
@@ -472,7 +474,7 @@ async fn load_all(args: &Args, targets: &mut [Target], stop: &Stop) -> Result<()
     }
     for target in targets.iter_mut() {
         eprintln!("{}: warming up for {} s", target.label, args.warmup);
-        let warmup = load::run(&target.load(args), Duration::from_secs(args.warmup), stop).await?;
+        let warmup = load::run(&target.load(args)?, Duration::from_secs(args.warmup), stop).await?;
         target.warmup_calls = warmup.calls;
         if stop.requested().is_some() {
             return Ok(());
@@ -501,8 +503,12 @@ async fn load_all(args: &Args, targets: &mut [Target], stop: &Stop) -> Result<()
                 target.label,
                 args.duration
             );
-            let outcome =
-                load::run(&target.load(args), Duration::from_secs(args.duration), stop).await?;
+            let outcome = load::run(
+                &target.load(args)?,
+                Duration::from_secs(args.duration),
+                stop,
+            )
+            .await?;
             if stop.requested().is_some() {
                 return Ok(());
             }
@@ -596,7 +602,10 @@ async fn delete_listed(args: &Args, connector: &Connector, file: &Path) -> ExitC
             return ExitCode::from(2);
         }
     };
-    let addr = args.addr.as_deref().expect("clap requires --addr");
+    let Some(addr) = args.addr.as_deref() else {
+        eprintln!("session-bench: --delete-dids needs --addr");
+        return ExitCode::from(2);
+    };
     let clients = match connector.clients(addr, args.connections.max(1)).await {
         Ok(clients) => clients,
         Err(err) => {
@@ -644,13 +653,14 @@ fn report(args: &Args, targets: &[Target], sink: Option<&sink::Sink>) {
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut throughputs = Vec::new();
     for target in targets {
-        let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-            .expect("valid bounds");
+        let Ok(mut latency) = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        else {
+            continue;
+        };
         let (mut errors, mut invalid) = (0, 0);
         for outcome in &target.rounds {
-            latency
-                .add(&outcome.latency)
-                .expect("histograms of the same bounds");
+            // Histograms of the same bounds always add; a failure would only lose figures.
+            let _ = latency.add(&outcome.latency);
             errors += outcome.errors;
             invalid += outcome.invalid;
         }
