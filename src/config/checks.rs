@@ -112,7 +112,11 @@ fn store(p: &mut Problems<'_>) {
     for url in &urls {
         if let Err(e) = redis::Client::open(url.as_str()) {
             // The URL itself is not echoed: it may hold a password.
-            let message = format!("{} is not a valid Valkey URL: {e}", p.name("valkey_url"));
+            let message = format!(
+                "{} is not a valid Valkey URL ({e}); expected \
+                 redis://[user:password@]host:port[/db] or rediss://…",
+                p.name("valkey_url")
+            );
             p.add(&["valkey_url"], message);
         }
     }
@@ -217,11 +221,43 @@ fn files(p: &mut Problems<'_>) {
         ("valkey_password_file", &c.valkey_password_file),
         ("valkey_ca", &c.valkey_ca),
     ] {
-        if let Some(path) = path
-            && !path.is_file()
-        {
+        let Some(path) = path else { continue };
+        if !path.is_file() {
             let message = format!("{}: {} is not a readable file", p.name(id), path.display());
             p.add(&[id], message);
+            continue;
         }
+        if let Some(problem) = contents_problem(id, path) {
+            let message = format!("{}: {}: {problem}", p.name(id), path.display());
+            p.add(&[id], message);
+        }
+    }
+}
+
+/// What is wrong with the contents of a configured file, checked at startup so that a wrong
+/// file is named with its flag (the TLS library's own messages, later, name neither). Only
+/// the shape: whether a certificate and its key belong together is the TLS library's call.
+fn contents_problem(id: &str, path: &std::path::Path) -> Option<String> {
+    let pem = |marker: &str, what: &str| match std::fs::read(path) {
+        Err(err) => Some(format!("cannot be read: {err}")),
+        Ok(bytes) if !String::from_utf8_lossy(&bytes).contains(marker) => {
+            Some(format!("holds no PEM {what} (no \"{marker}\" line)"))
+        }
+        Ok(_) => None,
+    };
+    match id {
+        "tls_cert" => pem("-----BEGIN CERTIFICATE-----", "certificate"),
+        "tls_client_ca" | "valkey_ca" => pem("-----BEGIN CERTIFICATE-----", "CA certificate"),
+        "tls_key" => pem("PRIVATE KEY-----", "private key"),
+        // The TOML parser draws the spot over several lines; one line here.
+        "authz_policy" => crate::auth::Policy::load(path).err().map(|err| {
+            crate::error::chain(&err)
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('|') && !line.contains(" |"))
+                .collect::<Vec<_>>()
+                .join(": ")
+        }),
+        _ => None,
     }
 }

@@ -243,6 +243,24 @@ async fn configuration_errors_name_what_the_operator_typed() {
             .any(|p| p.starts_with("TLS_CLIENT_CA is set but")),
         "{problems:?}"
     );
+    // Files that exist but hold the wrong thing: named with their flag, all at once.
+    let dir = crate::support::pki::TempDir::new();
+    let junk = dir.write("junk.pem", "not a certificate\n[policy\n");
+    let junk = junk.to_str().expect("utf-8");
+    let problems = refused(command().args([
+        "--tls-cert",
+        junk,
+        "--tls-key",
+        junk,
+        "--authz-policy",
+        junk,
+    ]))
+    .await;
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].starts_with("--tls-cert: ") && problems[0].contains("no PEM certificate"));
+    assert!(problems[1].starts_with("--tls-key: ") && problems[1].contains("no PEM private key"));
+    assert!(problems[2].starts_with("--authz-policy: ") && problems[2].contains("not valid"));
+
     // Limits that would give a server which reports SERVING and serves nobody.
     for flag in [
         "--max-connections",

@@ -280,6 +280,15 @@ async fn the_quick_start_runs_as_written() {
         others[0]
     );
 
+    // The quick start's own address must be free: a newcomer's quick-start server, still
+    // running, would hold it.
+    if let Err(err) = std::net::TcpListener::bind(QUICK_START_ADDR) {
+        panic!(
+            "{QUICK_START_ADDR} is in use ({err}): stop the quick-start server (Ctrl-C) before \
+             running the tests; this test runs the quick start itself"
+        );
+    }
+
     // The in-memory quick start, then the grpcurl examples against it.
     let mut terminal = Terminal::open(&memory);
     terminal.wait_until_serving().await;

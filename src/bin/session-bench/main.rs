@@ -463,7 +463,11 @@ async fn prepare(
 async fn load_all(args: &Args, targets: &mut [Target], stop: &Stop) -> Result<(), BoxError> {
     let sessions = args.sessions.max(1);
     for target in targets.iter_mut() {
-        eprintln!("{}: creating {} sessions", target.label, 2 * sessions);
+        eprintln!(
+            "{}: creating {} sessions ({sessions} to validate, {sessions} to refresh)",
+            target.label,
+            2 * sessions
+        );
         let mut client = target.clients[0].clone();
         let pool = Pool::create(&mut client, sessions, &target.ledger, stop).await?;
         target.pool = Some(Arc::new(pool));
