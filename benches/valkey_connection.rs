@@ -72,6 +72,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         access_token_hash: access_hash.clone(),
         access_token_expires_at: now_ms() + 3_600_000,
         created_at: now_ms(),
+        ..Default::default()
     };
     let lifetimes = Lifetimes {
         session: Duration::from_secs(3600),

@@ -50,6 +50,12 @@ rpcs! {
     DeleteSession,
     /// Account deletion or takedown: every session of a DID ends.
     DeleteAllSessionsForDid,
+    /// "Your sessions": a DID's live sessions, without credentials.
+    ListSessions,
+    /// "Log out that device": one session of a DID ends, named by its session key.
+    RevokeSession,
+    /// "Log out everywhere else": every session of the caller's DID but its own ends.
+    RevokeOtherSessions,
 }
 
 /// The name under which a policy allows gRPC server reflection (v1 and v1alpha alike).

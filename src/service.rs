@@ -9,15 +9,16 @@ use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::proto::session_service_server::SessionService;
 use crate::proto::{
-    CreateSessionRequest, CreateSessionResponse, DeleteAllSessionsForDidRequest,
+    ClientInfo, CreateSessionRequest, CreateSessionResponse, DeleteAllSessionsForDidRequest,
     DeleteAllSessionsForDidResponse, DeleteSessionRequest, DeleteSessionResponse,
-    RefreshSessionRequest, RefreshSessionResponse, Session, ValidateAccessTokenRequest,
-    ValidateAccessTokenResponse,
+    ListSessionsRequest, ListSessionsResponse, RefreshSessionRequest, RefreshSessionResponse,
+    RevokeOtherSessionsRequest, RevokeOtherSessionsResponse, RevokeSessionRequest,
+    RevokeSessionResponse, Session, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
 };
 use crate::rpc::Rpc;
 use crate::session::{
-    SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex, validate_did,
-    validate_handle,
+    ClientFacts, SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex,
+    validate_did, validate_handle, validate_session_key,
 };
 use crate::store::{Lifetimes, SessionStore, StoreError};
 use crate::telemetry;
@@ -61,6 +62,7 @@ impl<S: SessionStore> SessionApi<S> {
     ) -> Result<CreateSessionResponse, RequestError> {
         validate_did(&req.did)?;
         validate_handle(&req.handle)?;
+        let client = client_facts(req.client.as_ref())?.unwrap_or_default();
         let sid = Token::generate().map_err(RequestError::Entropy)?;
         let access = Token::generate().map_err(RequestError::Entropy)?;
         let now = now_ms();
@@ -71,12 +73,15 @@ impl<S: SessionStore> SessionApi<S> {
             access_token_hash: sha256_hex(access.expose()),
             access_token_expires_at: now.saturating_add(self.access_ttl_ms()),
             created_at: now,
+            refreshed_at: Some(now),
+            user_agent: client.user_agent,
+            ip_address: client.ip_address,
         };
         // The store stamps the times on its own clock (Valkey's); answer what it stored.
         let record = self.store.create(&record, self.lifetimes).await?;
         self.metrics.sessions("created", 1);
         Ok(CreateSessionResponse {
-            session: Some(to_proto(&record)),
+            session: Some(self.to_proto(&record)),
             access_token: access.into_string(),
             refresh_token: sid.into_string(),
         })
@@ -110,7 +115,7 @@ impl<S: SessionStore> SessionApi<S> {
             Ok(Some(found)) if found.record.accepts_access_hash(&hash, found.now_ms) => {
                 Ok(ValidateAccessTokenResponse {
                     valid: true,
-                    session: Some(to_proto(&found.record)),
+                    session: Some(self.to_proto(&found.record)),
                 })
             }
             Ok(_) => Ok(INVALID),
@@ -133,6 +138,7 @@ impl<S: SessionStore> SessionApi<S> {
         req: RefreshSessionRequest,
     ) -> Result<RefreshSessionResponse, RequestError> {
         let sid = req.refresh_token;
+        let client = client_facts(req.client.as_ref())?;
         if !is_well_formed_token(&sid) {
             return Err(RequestError::SessionNotFound);
         }
@@ -140,12 +146,17 @@ impl<S: SessionStore> SessionApi<S> {
         // The new token's expiry is the store's clock plus its TTL.
         let record = self
             .store
-            .refresh(&sid, &sha256_hex(access.expose()), self.lifetimes)
+            .refresh(
+                &sid,
+                &sha256_hex(access.expose()),
+                client.as_ref(),
+                self.lifetimes,
+            )
             .await?
             .ok_or(RequestError::SessionNotFound)?;
         self.metrics.sessions("refreshed", 1);
         Ok(RefreshSessionResponse {
-            session: Some(to_proto(&record)),
+            session: Some(self.to_proto(&record)),
             access_token: access.into_string(),
         })
     }
@@ -171,6 +182,87 @@ impl<S: SessionStore> SessionApi<S> {
         self.metrics.sessions("deleted", u64::from(deleted_count));
         Ok(DeleteAllSessionsForDidResponse { deleted_count })
     }
+
+    async fn list(&self, req: ListSessionsRequest) -> Result<ListSessionsResponse, RequestError> {
+        validate_did(&req.did)?;
+        record_did(&req.did);
+        let mut records = self.store.list_for_did(&req.did).await?;
+        // Most recently refreshed first; the newest login breaks a tie.
+        records.sort_by_key(|r| std::cmp::Reverse((r.last_refreshed(), r.created_at)));
+        Ok(ListSessionsResponse {
+            sessions: records.iter().map(|r| self.to_proto(r)).collect(),
+        })
+    }
+
+    /// "Log out that device": the session key is looked up among the DID's own sessions
+    /// (the store holds sids, and Valkey's Lua has no SHA-256), then that sid is revoked
+    /// only if it is still that DID's. Two store calls; a key of another user's session is
+    /// never found, so it cannot be probed for.
+    async fn revoke(
+        &self,
+        req: RevokeSessionRequest,
+    ) -> Result<RevokeSessionResponse, RequestError> {
+        validate_did(&req.did)?;
+        validate_session_key(&req.session_key)?;
+        record_did(&req.did);
+        let sessions = self.store.list_for_did(&req.did).await?;
+        let Some(record) = sessions
+            .iter()
+            .find(|r| sha256_hex(&r.sid) == req.session_key)
+        else {
+            return Ok(RevokeSessionResponse { revoked: false });
+        };
+        let revoked = self.store.revoke_in_did(&req.did, &record.sid).await?;
+        self.metrics.sessions("deleted", u64::from(revoked));
+        Ok(RevokeSessionResponse { revoked })
+    }
+
+    async fn revoke_others(
+        &self,
+        req: RevokeOtherSessionsRequest,
+    ) -> Result<RevokeOtherSessionsResponse, RequestError> {
+        let sid = req.refresh_token;
+        if !is_well_formed_token(&sid) {
+            return Err(RequestError::SessionNotFound);
+        }
+        let revoked_count = self
+            .store
+            .revoke_others(&sid)
+            .await?
+            .ok_or(RequestError::SessionNotFound)?;
+        self.metrics.sessions("deleted", u64::from(revoked_count));
+        Ok(RevokeOtherSessionsResponse { revoked_count })
+    }
+
+    /// The public view of a stored session: no credential, the sid only as its hash.
+    fn to_proto(&self, record: &SessionRecord) -> Session {
+        let session_ttl_ms = i64::try_from(self.lifetimes.session.as_millis()).unwrap_or(i64::MAX);
+        let client = record.client();
+        Session {
+            did: record.did.clone(),
+            handle: record.handle.clone(),
+            created_at: Some(timestamp(record.created_at)),
+            access_token_expires_at: Some(timestamp(record.access_token_expires_at)),
+            session_key: sha256_hex(&record.sid),
+            refreshed_at: Some(timestamp(record.last_refreshed())),
+            // The sliding expiry: a refresh (or the data key's TTL) restarts it.
+            expires_at: Some(timestamp(
+                record.last_refreshed().saturating_add(session_ttl_ms),
+            )),
+            client: Some(ClientInfo {
+                user_agent: client.user_agent,
+                ip_address: client.ip_address,
+            }),
+        }
+    }
+}
+
+/// The device facts of a request, checked: `None` when the caller sent none.
+fn client_facts(client: Option<&ClientInfo>) -> Result<Option<ClientFacts>, RequestError> {
+    client
+        .map(|c| ClientFacts::new(&c.user_agent, &c.ip_address))
+        .transpose()
+        .map_err(RequestError::from)
 }
 
 /// Puts the user's DID on the current RPC span: public in the AT Protocol, and what an
@@ -216,14 +308,28 @@ impl SpanFacts for DeleteAllSessionsForDidResponse {
     }
 }
 
-/// The public view of a stored session: no credential, the sid only as its hash.
-fn to_proto(record: &SessionRecord) -> Session {
-    Session {
-        did: record.did.clone(),
-        handle: record.handle.clone(),
-        created_at: Some(timestamp(record.created_at)),
-        access_token_expires_at: Some(timestamp(record.access_token_expires_at)),
-        session_key: sha256_hex(&record.sid),
+impl SpanFacts for ListSessionsResponse {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        let count = i64::try_from(self.sessions.len()).unwrap_or(i64::MAX);
+        vec![opentelemetry::KeyValue::new("session.count", count)]
+    }
+}
+
+impl SpanFacts for RevokeSessionResponse {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        vec![opentelemetry::KeyValue::new(
+            "session.revoked",
+            self.revoked,
+        )]
+    }
+}
+
+impl SpanFacts for RevokeOtherSessionsResponse {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        vec![opentelemetry::KeyValue::new(
+            "session.revoked_count",
+            i64::from(self.revoked_count),
+        )]
     }
 }
 
@@ -287,6 +393,40 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
                 Rpc::DeleteAllSessionsForDid,
                 &metadata,
                 self.delete_all(body),
+            )
+            .await
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        self.calls
+            .serve(Rpc::ListSessions, &metadata, self.list(body))
+            .await
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeSessionRequest>,
+    ) -> Result<Response<RevokeSessionResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        self.calls
+            .serve(Rpc::RevokeSession, &metadata, self.revoke(body))
+            .await
+    }
+
+    async fn revoke_other_sessions(
+        &self,
+        request: Request<RevokeOtherSessionsRequest>,
+    ) -> Result<Response<RevokeOtherSessionsResponse>, Status> {
+        let (metadata, _, body) = request.into_parts();
+        self.calls
+            .serve(
+                Rpc::RevokeOtherSessions,
+                &metadata,
+                self.revoke_others(body),
             )
             .await
     }

@@ -26,6 +26,55 @@ pub enum SyntaxError {
     /// The handle is not a valid AT Protocol handle.
     #[error("handle is not a valid handle: {0}")]
     Handle(&'static str),
+    /// A session key is not 64 lowercase hex characters.
+    #[error("session_key is not a session key: it must be 64 lowercase hex characters")]
+    SessionKey,
+    /// A client's address is neither empty nor a textual IPv4 or IPv6 address.
+    #[error("client.ip_address is not an IP address: give a textual IPv4 or IPv6 address, or none")]
+    IpAddress,
+}
+
+/// Longest User-Agent stored, in bytes; longer ones are cut at a character boundary.
+pub const MAX_USER_AGENT_BYTES: usize = 512;
+
+/// Facts about the device a session was used from, as the AppView saw them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientFacts {
+    /// The browser's User-Agent, at most [`MAX_USER_AGENT_BYTES`]; empty when unknown.
+    pub user_agent: String,
+    /// A textual IP address in its canonical form; empty when unknown.
+    pub ip_address: String,
+}
+
+impl ClientFacts {
+    /// Checks and normalises what the caller sent: an over-long User-Agent is cut (never
+    /// refused), an address must parse as IPv4 or IPv6 (or be empty).
+    pub fn new(user_agent: &str, ip_address: &str) -> Result<Self, SyntaxError> {
+        let mut cut = user_agent.len().min(MAX_USER_AGENT_BYTES);
+        while !user_agent.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let ip_address = match ip_address {
+            "" => String::new(),
+            text => text
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| SyntaxError::IpAddress)?
+                .to_string(),
+        };
+        Ok(Self {
+            user_agent: user_agent[..cut].to_owned(),
+            ip_address,
+        })
+    }
+}
+
+/// Checks a session key: the lowercase hex SHA-256 of a session id.
+pub fn validate_session_key(key: &str) -> Result<(), SyntaxError> {
+    if is_well_formed_token(key) {
+        Ok(())
+    } else {
+        Err(SyntaxError::SessionKey)
+    }
 }
 
 /// Checks AT Protocol DID syntax: `did:<method>:<id>`, method of lowercase letters, id of
@@ -188,7 +237,10 @@ pub fn now_ms() -> i64 {
 ///
 /// Field order and names are the TypeScript object's, so `serde_json::to_string` writes
 /// the same bytes as its `JSON.stringify`. Timestamps are integer epoch milliseconds.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The facts this service adds (`refreshedAt`, `userAgent`, `ipAddress`) come after the
+/// six fields the TypeScript code knows; it drops them when it rewrites a session, so each
+/// is optional when read.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionRecord {
     /// The session id, which is also the refresh token (a credential).
@@ -203,6 +255,16 @@ pub struct SessionRecord {
     pub access_token_expires_at: i64,
     /// When the session was created (epoch ms).
     pub created_at: i64,
+    /// When the session was last refreshed (epoch ms); absent in sessions the TypeScript
+    /// AppView wrote, which count as refreshed when created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refreshed_at: Option<i64>,
+    /// The User-Agent of the device that last created or refreshed it; empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_agent: String,
+    /// The IP address of that device; empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ip_address: String,
 }
 
 /// Prints the sid (a credential) and the access token hash (a storage key) only as 8-char
@@ -221,6 +283,19 @@ impl std::fmt::Debug for SessionRecord {
 }
 
 impl SessionRecord {
+    /// When the session was last refreshed, or created if never.
+    pub fn last_refreshed(&self) -> i64 {
+        self.refreshed_at.unwrap_or(self.created_at)
+    }
+
+    /// The device facts stored with the session.
+    pub fn client(&self) -> ClientFacts {
+        ClientFacts {
+            user_agent: self.user_agent.clone(),
+            ip_address: self.ip_address.clone(),
+        }
+    }
+
     /// Parses stored JSON. Any shape other than the six fields with the right types fails:
     /// the caller treats that session as invalid (fail closed).
     pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
@@ -385,6 +460,7 @@ mod tests {
             access_token_hash: "h".into(),
             access_token_expires_at: 1_764_358_000_000,
             created_at: 1_764_357_100_000,
+            ..Default::default()
         };
         assert_eq!(
             record.to_json(),
@@ -419,10 +495,40 @@ mod tests {
             access_token_hash: sha256_hex("t"),
             access_token_expires_at: 2_000,
             created_at: 1_000,
+            ..Default::default()
         };
         assert!(record.accepts_access_hash(&sha256_hex("t"), 1_999));
         assert!(!record.accepts_access_hash(&sha256_hex("t"), 2_000));
         assert!(!record.accepts_access_hash(&sha256_hex("u"), 1_000));
         assert!(!record.accepts_access_hash("", 1_000));
+    }
+
+    #[test]
+    fn client_facts_cut_the_user_agent_and_refuse_bad_addresses() {
+        let long = "é".repeat(400); // 800 bytes, two per character
+        let facts = ClientFacts::new(&long, "2001:DB8::1").expect("valid");
+        assert_eq!(facts.user_agent.len(), 512);
+        assert_eq!(facts.ip_address, "2001:db8::1", "canonical form");
+        assert!(ClientFacts::new("x", "203.0.113.7").is_ok());
+        assert!(ClientFacts::new("x", "").is_ok());
+        for bad in ["localhost", "1.2.3", "203.0.113.7:80", " 1.2.3.4"] {
+            assert_eq!(
+                ClientFacts::new("x", bad),
+                Err(SyntaxError::IpAddress),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn records_without_the_new_fields_still_parse_and_write_only_what_they_hold() {
+        let six = r#"{"sid":"s","did":"did:plc:a","handle":"a.test","accessTokenHash":"h","accessTokenExpiresAt":2,"createdAt":1}"#;
+        let record = SessionRecord::from_json(six).expect("the TypeScript shape");
+        assert_eq!(record.last_refreshed(), 1);
+        assert_eq!(
+            record.to_json(),
+            six,
+            "nothing added to a TypeScript session"
+        );
     }
 }

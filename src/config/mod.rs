@@ -346,7 +346,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("barazo-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("ca.pem");
-        std::fs::write(&file, "x").expect("write");
+        // Shaped like a PEM CA: the contents are checked too.
+        std::fs::write(
+            &file,
+            "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
         let path = file.to_str().expect("utf-8");
         let err = parse(&["--valkey-ca", path]).expect_err("CA without rediss");
         assert!(err.to_string().contains("rediss://"), "{err}");

@@ -2,7 +2,7 @@
 //! one process, for development and the quick start. Nothing survives a restart.
 
 use super::{Found, Lifetimes, SessionStore, StoreError};
-use crate::session::SessionRecord;
+use crate::session::{ClientFacts, SessionRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -148,6 +148,7 @@ impl SessionStore for MemoryStore {
         &self,
         sid: &str,
         new_access_hash: &str,
+        client: Option<&ClientFacts>,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let now = Instant::now();
@@ -160,6 +161,11 @@ impl SessionStore for MemoryStore {
         ks.access.remove(&record.access_token_hash);
         record.access_token_hash = new_access_hash.to_owned();
         record.access_token_expires_at = access_expires_at_ms;
+        record.refreshed_at = Some(crate::session::now_ms());
+        if let Some(client) = client {
+            record.user_agent.clone_from(&client.user_agent);
+            record.ip_address.clone_from(&client.ip_address);
+        }
         ks.access.insert(
             new_access_hash.to_owned(),
             Expiring::new(sid.to_owned(), lifetimes.access_token),
@@ -170,6 +176,60 @@ impl SessionStore for MemoryStore {
         );
         ks.index(&record.did, sid, lifetimes.session, now);
         Ok(Some(record))
+    }
+
+    async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let now = Instant::now();
+        let ks = self.lock();
+        let Some(index) = ks.dids.get(did).filter(|e| e.live(now)) else {
+            return Ok(Vec::new());
+        };
+        Ok(index
+            .value
+            .iter()
+            .filter_map(|sid| ks.live_data(sid, now))
+            .filter(|record| record.did == did)
+            .cloned()
+            .collect())
+    }
+
+    async fn revoke_in_did(&self, did: &str, sid: &str) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut ks = self.lock();
+        if ks
+            .live_data(sid, now)
+            .is_none_or(|record| record.did != did)
+        {
+            return Ok(false);
+        }
+        ks.remove_session(sid, now);
+        if let Some(index) = ks.dids.get_mut(did) {
+            index.value.remove(sid);
+        }
+        Ok(true)
+    }
+
+    async fn revoke_others(&self, sid: &str) -> Result<Option<u32>, StoreError> {
+        let now = Instant::now();
+        let mut ks = self.lock();
+        let Some(did) = ks.live_data(sid, now).map(|record| record.did.clone()) else {
+            return Ok(None);
+        };
+        let others: Vec<String> = ks
+            .dids
+            .get(&did)
+            .map(|index| index.value.iter().filter(|m| *m != sid).cloned().collect())
+            .unwrap_or_default();
+        let mut revoked = 0u32;
+        for other in &others {
+            if ks.remove_session(other, now).is_some() {
+                revoked = revoked.saturating_add(1);
+            }
+            if let Some(index) = ks.dids.get_mut(&did) {
+                index.value.remove(other);
+            }
+        }
+        Ok(Some(revoked))
     }
 
     async fn delete(&self, sid: &str) -> Result<bool, StoreError> {

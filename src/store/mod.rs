@@ -14,7 +14,7 @@
 pub mod memory;
 pub mod valkey;
 
-use crate::session::SessionRecord;
+use crate::session::{ClientFacts, SessionRecord};
 use std::future::Future;
 use std::time::Duration;
 
@@ -143,10 +143,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Replaces a session's access token: removes the old access key, stores the new hash,
     /// whose expiry is the store's clock plus `lifetimes.access_token`, and restarts the
     /// session and DID index TTLs. `None` when no session has that sid.
+    /// `client`, when given, replaces the stored device facts; `refreshedAt` becomes now.
     fn refresh(
         &self,
         sid: &str,
         new_access_hash: &str,
+        client: Option<&ClientFacts>,
         lifetimes: Lifetimes,
     ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
 
@@ -158,6 +160,28 @@ pub trait SessionStore: Send + Sync + 'static {
     /// sessions existed.
     fn delete_all_for_did(&self, did: &str)
     -> impl Future<Output = Result<u32, StoreError>> + Send;
+
+    /// The live sessions in a DID's index whose record names that DID, in no particular
+    /// order. Unreadable records are left out.
+    fn list_for_did(
+        &self,
+        did: &str,
+    ) -> impl Future<Output = Result<Vec<SessionRecord>, StoreError>> + Send;
+
+    /// Revokes the session `sid` only if it is a live session of `did` (its access key,
+    /// data and index entry go, as in [`SessionStore::delete`]). Whether it did.
+    fn revoke_in_did(
+        &self,
+        did: &str,
+        sid: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Revokes every session of `sid`'s DID except `sid` itself. `None` when `sid` names
+    /// no live, readable session; else how many others were revoked.
+    fn revoke_others(
+        &self,
+        sid: &str,
+    ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send;
 
     /// Checks that the store answers; drives the health status.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

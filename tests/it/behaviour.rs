@@ -2,7 +2,10 @@
 //! Valkey and a three-node Valkey Cluster through the real gRPC server.
 
 use crate::support::{Backend, TestApp, sha256_hex, unique_did};
-use barazo_session::proto::CreateSessionRequest;
+use barazo_session::proto::{
+    ClientInfo, CreateSessionRequest, ListSessionsRequest, RefreshSessionRequest,
+    RevokeOtherSessionsRequest, RevokeSessionRequest, Session,
+};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Code;
 
@@ -49,6 +52,8 @@ for_each_store!(
     oversized_requests_are_refused,
     concurrent_refreshes_leave_exactly_one_valid_token,
     refresh_racing_delete_never_leaves_a_valid_token,
+    users_list_their_sessions_and_end_one_or_all_others,
+    session_listing_and_revocation_refuse_bad_input,
 );
 
 fn now_ms() -> i64 {
@@ -114,6 +119,7 @@ async fn create_refuses_bad_dids_and_handles_naming_the_field(store: Backend) {
             .create_session(CreateSessionRequest {
                 did: did.into(),
                 handle: handle.into(),
+                ..Default::default()
             })
             .await
             .expect_err("refused");
@@ -299,6 +305,7 @@ async fn oversized_requests_are_refused(store: Backend) {
         .create_session(CreateSessionRequest {
             did: unique_did(),
             handle: format!("{}.test", "a".repeat(17 * 1024)),
+            ..Default::default()
         })
         .await
         .expect_err("too large");
@@ -342,4 +349,200 @@ async fn refresh_racing_delete_never_leaves_a_valid_token(store: Backend) {
         }
         assert!(!app.validate(&created.access_token).await.valid);
     }
+}
+
+fn client(user_agent: &str, ip_address: &str) -> Option<ClientInfo> {
+    Some(ClientInfo {
+        user_agent: user_agent.into(),
+        ip_address: ip_address.into(),
+    })
+}
+
+async fn create_from(
+    app: &TestApp,
+    did: &str,
+    device: Option<ClientInfo>,
+) -> barazo_session::proto::CreateSessionResponse {
+    app.client
+        .clone()
+        .create_session(CreateSessionRequest {
+            did: did.into(),
+            handle: "alice.test".into(),
+            client: device,
+        })
+        .await
+        .expect("create")
+        .into_inner()
+}
+
+async fn list(app: &TestApp, did: &str) -> Result<Vec<Session>, tonic::Status> {
+    app.client
+        .clone()
+        .list_sessions(ListSessionsRequest { did: did.into() })
+        .await
+        .map(|r| r.into_inner().sessions)
+}
+
+async fn revoke(app: &TestApp, did: &str, key: &str) -> Result<bool, tonic::Status> {
+    app.client
+        .clone()
+        .revoke_session(RevokeSessionRequest {
+            did: did.into(),
+            session_key: key.into(),
+        })
+        .await
+        .map(|r| r.into_inner().revoked)
+}
+
+async fn revoke_others(app: &TestApp, refresh_token: &str) -> Result<u32, tonic::Status> {
+    app.client
+        .clone()
+        .revoke_other_sessions(RevokeOtherSessionsRequest {
+            refresh_token: refresh_token.into(),
+        })
+        .await
+        .map(|r| r.into_inner().revoked_count)
+}
+
+async fn users_list_their_sessions_and_end_one_or_all_others(store: Backend) {
+    let app = TestApp::spawn(store).await;
+    let (alice, bob) = (unique_did(), unique_did());
+    let laptop = create_from(&app, &alice, client("Firefox/140", "203.0.113.7")).await;
+    let phone = create_from(&app, &alice, client("Safari/26", "2001:db8::1")).await;
+    let tablet = create_from(&app, &alice, None).await;
+    let bobs = create_from(&app, &bob, None).await;
+    assert!(list(&app, &unique_did()).await.expect("list").is_empty());
+
+    // A refresh from a new place moves the laptop to the top and replaces its facts.
+    let refreshed = app
+        .client
+        .clone()
+        .refresh_session(RefreshSessionRequest {
+            refresh_token: laptop.refresh_token.clone(),
+            client: client("Firefox/141", "198.51.100.2"),
+        })
+        .await
+        .expect("refresh")
+        .into_inner();
+    let sessions = list(&app, &alice).await.expect("list");
+    let keys: Vec<&str> = sessions.iter().map(|s| s.session_key.as_str()).collect();
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    assert_eq!(keys[0], sha256_hex(&laptop.refresh_token));
+    let top = &sessions[0];
+    let device = top.client.clone().expect("client");
+    assert_eq!(
+        (device.user_agent.as_str(), device.ip_address.as_str()),
+        ("Firefox/141", "198.51.100.2")
+    );
+    assert!(ms(&top.refreshed_at) >= ms(&top.created_at));
+    assert_eq!(
+        ms(&top.access_token_expires_at),
+        ms(&refreshed.session.expect("session").access_token_expires_at)
+    );
+    assert!(ms(&top.expires_at) > ms(&top.access_token_expires_at));
+    let tablet_listed = sessions
+        .iter()
+        .find(|s| s.session_key == sha256_hex(&tablet.refresh_token))
+        .expect("the tablet is listed");
+    assert_eq!(
+        tablet_listed.client.clone().unwrap_or_default(),
+        ClientInfo::default()
+    );
+    // No credential anywhere in a listing.
+    let text = format!("{sessions:?}");
+    for secret in [
+        &laptop.refresh_token,
+        &phone.access_token,
+        &refreshed.access_token,
+    ] {
+        assert!(!text.contains(secret.as_str()));
+    }
+
+    // Log out the phone: its token stops at once; the others stay.
+    let phone_key = sha256_hex(&phone.refresh_token);
+    assert!(revoke(&app, &alice, &phone_key).await.expect("revoke"));
+    assert!(!app.validate(&phone.access_token).await.valid);
+    assert_eq!(
+        app.refresh(&phone.refresh_token)
+            .await
+            .expect_err("gone")
+            .code(),
+        Code::NotFound
+    );
+    assert!(
+        !revoke(&app, &alice, &phone_key).await.expect("again"),
+        "already gone"
+    );
+    // Another user's key changes nothing and says only "no".
+    let bobs_key = sha256_hex(&bobs.refresh_token);
+    assert!(!revoke(&app, &alice, &bobs_key).await.expect("foreign key"));
+    assert!(app.validate(&bobs.access_token).await.valid);
+
+    // Log out everywhere else, from the laptop.
+    assert_eq!(
+        revoke_others(&app, &laptop.refresh_token)
+            .await
+            .expect("others"),
+        1
+    );
+    assert!(!app.validate(&tablet.access_token).await.valid);
+    assert!(app.validate(&refreshed.access_token).await.valid);
+    assert!(
+        app.validate(&bobs.access_token).await.valid,
+        "another user's session"
+    );
+    let left = list(&app, &alice).await.expect("list");
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        revoke_others(&app, &laptop.refresh_token)
+            .await
+            .expect("none left"),
+        0
+    );
+    // A deleted session is gone from the listing too.
+    assert!(app.delete(&laptop.refresh_token).await.expect("logout"));
+    assert!(list(&app, &alice).await.expect("list").is_empty());
+}
+
+async fn session_listing_and_revocation_refuse_bad_input(store: Backend) {
+    let app = TestApp::spawn(store).await;
+    let did = unique_did();
+    let bad_did = list(&app, "not-a-did").await.expect_err("bad DID");
+    assert_eq!(bad_did.code(), Code::InvalidArgument);
+    assert!(bad_did.message().contains("did"), "{}", bad_did.message());
+    let bad_key = revoke(&app, &did, "ABC").await.expect_err("bad key");
+    assert_eq!(bad_key.code(), Code::InvalidArgument);
+    assert!(
+        bad_key.message().contains("session_key"),
+        "{}",
+        bad_key.message()
+    );
+    for token in ["", "nope", &"0".repeat(64)] {
+        let status = revoke_others(&app, token).await.expect_err("unknown");
+        assert_eq!(status.code(), Code::NotFound, "{token:?}");
+    }
+    // A bad address refuses the login and writes nothing; a long User-Agent is cut.
+    let refused = app
+        .client
+        .clone()
+        .create_session(CreateSessionRequest {
+            did: did.clone(),
+            handle: "alice.test".into(),
+            client: client("Firefox", "localhost"),
+        })
+        .await
+        .expect_err("bad address");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("ip_address"),
+        "{}",
+        refused.message()
+    );
+    assert!(list(&app, &did).await.expect("list").is_empty());
+    let long = "é".repeat(300);
+    create_from(&app, &did, client(&long, "")).await;
+    let stored = list(&app, &did).await.expect("list");
+    let agent = stored[0].client.clone().expect("client").user_agent;
+    assert_eq!(agent.len(), 512);
+    assert!(long.starts_with(&agent));
 }

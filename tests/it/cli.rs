@@ -110,6 +110,7 @@ async fn sigterm_stops_the_server_cleanly() {
         .create_session(CreateSessionRequest {
             did: unique_did(),
             handle: "alice.test".into(),
+            ..Default::default()
         })
         .await
         .expect("serves");
@@ -324,6 +325,7 @@ async fn a_replica_whose_clock_runs_ahead_judges_expiry_like_the_others() {
         .create_session(CreateSessionRequest {
             did: unique_did(),
             handle: "alice.test".into(),
+            ..Default::default()
         })
         .await
         .expect("create")
@@ -349,6 +351,7 @@ async fn a_replica_whose_clock_runs_ahead_judges_expiry_like_the_others() {
         .create_session(CreateSessionRequest {
             did: unique_did(),
             handle: "alice.test".into(),
+            ..Default::default()
         })
         .await
         .expect("create")
@@ -408,6 +411,7 @@ async fn no_token_or_session_id_reaches_the_log_even_at_trace_level() {
         .create_session(CreateSessionRequest {
             did: unique_did(),
             handle: "alice.test".into(),
+            ..Default::default()
         })
         .await
         .expect("create")
@@ -422,6 +426,7 @@ async fn no_token_or_session_id_reaches_the_log_even_at_trace_level() {
     let refreshed = client
         .refresh_session(RefreshSessionRequest {
             refresh_token: created.refresh_token.clone(),
+            ..Default::default()
         })
         .await
         .expect("refresh")
@@ -445,6 +450,7 @@ async fn no_token_or_session_id_reaches_the_log_even_at_trace_level() {
     let failed = client
         .refresh_session(RefreshSessionRequest {
             refresh_token: created.refresh_token.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("unavailable");

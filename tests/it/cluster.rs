@@ -324,6 +324,7 @@ async fn a_node_killed_and_restarted_under_load_heals_without_a_restart() {
             .create_session(barazo_session::proto::CreateSessionRequest {
                 did: unique_did(),
                 handle: "bob.test".into(),
+                ..Default::default()
             })
             .await;
         if let Ok(created) = created

@@ -174,6 +174,7 @@ async fn a_full_valkey_with_noeviction_refuses_only_new_sessions() {
         .create_session(barazo_session::proto::CreateSessionRequest {
             did: unique_did(),
             handle: "carol.test".into(),
+            ..Default::default()
         })
         .await
         .expect_err("no memory for a new session");

@@ -147,6 +147,7 @@ async fn sigterm_under_load_drains_and_exits_zero() {
         .create_session(barazo_session::proto::CreateSessionRequest {
             did: unique_did(),
             handle: "alice.test".into(),
+            ..Default::default()
         })
         .await
         .expect("create")

@@ -100,6 +100,7 @@ fn session(did: &str) -> (SessionRecord, String) {
         access_token_hash: sha256_hex(&access),
         access_token_expires_at: now + 60_000,
         created_at: now,
+        ..Default::default()
     };
     (record, access)
 }
@@ -272,7 +273,7 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
         let new_access = Token::generate().expect("random").into_string();
         let refresh = tokio::spawn({
             let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
-            async move { store.refresh(&sid, &hash, LIFETIMES).await }
+            async move { store.refresh(&sid, &hash, None, LIFETIMES).await }
         });
         gate.wait_reached().await;
         assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);
@@ -332,6 +333,7 @@ async fn takedown_under_concurrent_logins(backend: Backend) {
                     .create_session(barazo_session::proto::CreateSessionRequest {
                         did: did.clone(),
                         handle: "alice.test".into(),
+                        ..Default::default()
                     })
                     .await
                     .expect("create")
@@ -340,6 +342,7 @@ async fn takedown_under_concurrent_logins(backend: Backend) {
                 match client
                     .refresh_session(barazo_session::proto::RefreshSessionRequest {
                         refresh_token: created.refresh_token.clone(),
+                        ..Default::default()
                     })
                     .await
                 {

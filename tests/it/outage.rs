@@ -31,6 +31,7 @@ async fn assert_every_rpc_unavailable(app: &TestApp) {
         .create_session(CreateSessionRequest {
             did: unique_did(),
             handle: "a.test".into(),
+            ..Default::default()
         })
         .await
         .expect_err("create");

@@ -213,6 +213,7 @@ async fn create_alice() -> barazo_session::proto::CreateSessionResponse {
         .create_session(barazo_session::proto::CreateSessionRequest {
             did: "did:plc:z72i7hdynmk6r22z27h6tvur".into(),
             handle: "alice.bsky.social".into(),
+            ..Default::default()
         })
         .await
         .expect("create")
@@ -227,7 +228,11 @@ async fn run_grpcurl_examples(readme: &str) -> String {
     let script = commands(section(readme, "Calling it with grpcurl"))
         .join("\n")
         .replace("<accessToken>", &created.access_token)
-        .replace("<refreshToken>", &created.refresh_token);
+        .replace("<refreshToken>", &created.refresh_token)
+        .replace(
+            "<sessionKey>",
+            &crate::support::sha256_hex(&created.refresh_token),
+        );
     assert!(
         script.contains("export PATH=") && script.contains("grpcurl -plaintext"),
         "the grpcurl section says how to reach grpcurl and uses it:\n{script}"
@@ -295,7 +300,11 @@ async fn the_quick_start_runs_as_written() {
     let answers = run_grpcurl_examples(&readme).await;
     for expected in [
         "\"valid\": true",
-        "\"deleted\": true",
+        "\"sessions\": [",
+        "\"userAgent\": \"Firefox/141\"",
+        "\"revokedCount\"",
+        "\"revoked\": true",
+        "\"deleted\": false",
         "\"deletedCount\"",
         "\"status\": \"SERVING\"",
     ] {

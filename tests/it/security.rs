@@ -106,6 +106,7 @@ async fn create(client: &mut SessionServiceClient<Channel>) -> Result<String, to
         .create_session(CreateSessionRequest {
             did: unique_did(),
             handle: "alice.test".into(),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().access_token)
@@ -304,6 +305,7 @@ async fn service_keys_authorize_without_mtls() {
             CreateSessionRequest {
                 did: unique_did(),
                 handle: "alice.test".into(),
+                ..Default::default()
             },
             key,
         )

@@ -80,7 +80,8 @@ async fn created_sessions_are_stored_in_the_typescript_shape() {
     assert_eq!(
         json,
         format!(
-            r#"{{"sid":"{sid}","did":"{did}","handle":"alice.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{created_at}}}"#,
+            // The TypeScript object's six fields in its order, then this service's own.
+            r#"{{"sid":"{sid}","did":"{did}","handle":"alice.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{created_at},"refreshedAt":{created_at}}}"#,
             sha256_hex(&created.access_token),
             created_at + 900_000
         )
@@ -134,13 +135,16 @@ async fn typescript_sessions_validate_refresh_and_delete_here() {
     let refreshed_session = refreshed.session.expect("session");
     let expires = refreshed_session.access_token_expires_at.expect("expiry");
     let created = refreshed_session.created_at.expect("created");
+    let refreshed_at = refreshed_session.refreshed_at.expect("refreshed");
+    let ms = |t: prost_types::Timestamp| t.seconds * 1000 + i64::from(t.nanos / 1_000_000);
     assert_eq!(
         json,
         format!(
-            r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{}}}"#,
+            r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{},"refreshedAt":{}}}"#,
             sha256_hex(&refreshed.access_token),
-            expires.seconds * 1000 + i64::from(expires.nanos / 1_000_000),
-            created.seconds * 1000 + i64::from(created.nanos / 1_000_000),
+            ms(expires),
+            ms(created),
+            ms(refreshed_at),
         )
     );
     assert_eq!(created, session.created_at.expect("created"));
@@ -170,7 +174,8 @@ async fn typescript_sessions_are_revoked_by_delete_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_written_here_parse_as_the_typescript_object() {
     // The reverse direction: what this service writes is what the TypeScript code reads with
-    // JSON.parse — exactly six fields, integer milliseconds, no floats or exponents.
+    // JSON.parse — its six fields, integer milliseconds, no floats or exponents — plus this
+    // service's own facts, which the TypeScript code ignores.
     let app = TestApp::spawn(StoreKind::Valkey).await;
     let created = app.create(&unique_did(), "alice.test").await;
     app.refresh(&created.refresh_token).await.expect("refresh");
@@ -189,12 +194,13 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
         "did",
         "handle",
         "sid",
+        "refreshedAt",
     ];
     expected.sort_unstable();
     let mut names_sorted = names.clone();
     names_sorted.sort_unstable();
     assert_eq!(names_sorted, expected);
-    for field in ["accessTokenExpiresAt", "createdAt"] {
+    for field in ["accessTokenExpiresAt", "createdAt", "refreshedAt"] {
         assert!(object[field].is_u64(), "{field} is an integer in {json}");
     }
 }
@@ -272,6 +278,7 @@ async fn invalid_create_writes_nothing() {
         .create_session(CreateSessionRequest {
             did: "did:plc:ok".into(),
             handle: "nope".into(),
+            ..Default::default()
         })
         .await
         .expect_err("refused");
@@ -481,4 +488,124 @@ async fn the_did_index_ttl_is_extended_never_shortened() {
     // So account deletion still finds the week-long session.
     assert_eq!(app.delete_all(&did).await.expect("delete all"), 2);
     assert!(!app.validate(&access).await.valid);
+}
+
+/// "Your sessions" with the TypeScript layout, both ways: a session the TypeScript code
+/// wrote (none of this service's facts) is listed as refreshed when created and with no
+/// device, and revoked by its key; a session written here, then refreshed by the
+/// TypeScript code (which rewrites only its six fields), still validates, lists, refreshes
+/// and is revoked here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_listing_works_with_typescript_sessions_both_ways() {
+    use barazo_session::proto::{ListSessionsRequest, RevokeSessionRequest};
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let (sid, access) = (ts_token(30), ts_token(31));
+    write_typescript_session(&mut conn, &sid, &access, &did).await;
+    let listed = app
+        .client
+        .clone()
+        .list_sessions(ListSessionsRequest { did: did.clone() })
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].refreshed_at, listed[0].created_at);
+    assert_eq!(
+        listed[0].client.clone().unwrap_or_default(),
+        Default::default()
+    );
+    let revoked = app
+        .client
+        .clone()
+        .revoke_session(RevokeSessionRequest {
+            did: did.clone(),
+            session_key: sha256_hex(&sid),
+        })
+        .await
+        .expect("revoke")
+        .into_inner()
+        .revoked;
+    assert!(revoked);
+    assert!(!app.validate(&access).await.valid);
+
+    // Written here with device facts, then refreshed by the TypeScript code.
+    let created = app
+        .client
+        .clone()
+        .create_session(CreateSessionRequest {
+            did: did.clone(),
+            handle: "carol.test".into(),
+            client: Some(barazo_session::proto::ClientInfo {
+                user_agent: "Firefox/141".into(),
+                ip_address: "203.0.113.7".into(),
+            }),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let data_key = format!("{PREFIX}data:{}", created.refresh_token);
+    let json: String = conn.get(&data_key).await.expect("data");
+    assert!(
+        json.contains(r#""userAgent":"Firefox/141","ipAddress":"203.0.113.7""#),
+        "{json}"
+    );
+    let ts_access = ts_token(32);
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&json).expect("object");
+    // What the TypeScript refresh keeps: its six fields, new hash and expiry.
+    object.retain(|k, _| {
+        [
+            "sid",
+            "did",
+            "handle",
+            "accessTokenHash",
+            "accessTokenExpiresAt",
+            "createdAt",
+        ]
+        .contains(&k.as_str())
+    });
+    object.insert("accessTokenHash".into(), sha256_hex(&ts_access).into());
+    object.insert("accessTokenExpiresAt".into(), (now_ms() + 900_000).into());
+    let rewritten = serde_json::to_string(&object).expect("JSON");
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!(
+            "{PREFIX}access:{}",
+            sha256_hex(&created.access_token)
+        ))
+        .cmd("SET")
+        .arg(&data_key)
+        .arg(&rewritten)
+        .arg("EX")
+        .arg(604_800)
+        .cmd("SET")
+        .arg(format!("{PREFIX}access:{}", sha256_hex(&ts_access)))
+        .arg(&created.refresh_token)
+        .arg("EX")
+        .arg(900)
+        .query_async(&mut conn)
+        .await
+        .expect("TypeScript refresh");
+    assert!(app.validate(&ts_access).await.valid);
+    let listed = app
+        .client
+        .clone()
+        .list_sessions(ListSessionsRequest { did: did.clone() })
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0].client.clone().unwrap_or_default(),
+        Default::default()
+    );
+    let refreshed = app.refresh(&created.refresh_token).await.expect("refresh");
+    assert!(app.validate(&refreshed.access_token).await.valid);
+    assert!(!app.validate(&ts_access).await.valid);
+    assert_eq!(app.delete_all(&did).await.expect("delete all"), 1);
+    assert!(keys(&mut conn, &format!("{PREFIX}*")).await.is_empty());
 }

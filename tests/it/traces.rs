@@ -126,6 +126,7 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         .create_session(Caller::new(1).request(CreateSessionRequest {
             did: did.clone(),
             handle: "alice.test".into(),
+            ..Default::default()
         }))
         .await
         .expect("create")
@@ -139,6 +140,7 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
     let refreshed = client
         .refresh_session(Caller::new(3).request(RefreshSessionRequest {
             refresh_token: created.refresh_token.clone(),
+            ..Default::default()
         }))
         .await
         .expect("refresh")
@@ -158,6 +160,7 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
     let not_found = client
         .refresh_session(Caller::new(6).request(RefreshSessionRequest {
             refresh_token: created.refresh_token.clone(),
+            ..Default::default()
         }))
         .await
         .expect_err("deleted");

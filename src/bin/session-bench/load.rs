@@ -55,6 +55,7 @@ impl Pool {
                 .create_session(CreateSessionRequest {
                     did: ledger.next(),
                     handle: HANDLE.into(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();
@@ -243,6 +244,7 @@ async fn one_call(
             client
                 .refresh_session(RefreshSessionRequest {
                     refresh_token: token.clone(),
+                    ..Default::default()
                 })
                 .await?;
             Ok(true)
@@ -252,6 +254,7 @@ async fn one_call(
                 .create_session(CreateSessionRequest {
                     did: ledger.next(),
                     handle: HANDLE.into(),
+                    ..Default::default()
                 })
                 .await?;
             Ok(true)

@@ -35,7 +35,7 @@
 use super::link::ClusterLink;
 use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms};
 use crate::metrics::Metrics;
-use crate::session::SessionRecord;
+use crate::session::{ClientFacts, SessionRecord};
 use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
 use opentelemetry::context::FutureExt as _;
 use redis::cluster::ClusterClient;
@@ -342,7 +342,9 @@ impl Shared {
             .arg(&record.handle)
             .arg(&record.access_token_hash)
             .arg(millis(lifetimes.session))
-            .arg(millis(lifetimes.access_token));
+            .arg(millis(lifetimes.access_token))
+            .arg(&record.user_agent)
+            .arg(&record.ip_address);
         let json: Vec<u8> = observe(
             &self.metrics,
             script!("create_data"),
@@ -410,6 +412,7 @@ impl Shared {
         mut conn: ClusterConnection,
         sid: String,
         new_access_hash: String,
+        client: Option<ClientFacts>,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let Some(record) = self.read(&mut conn, &sid).await? else {
@@ -439,6 +442,9 @@ impl Shared {
             .arg(record.created_at)
             .arg(millis(lifetimes.session))
             .arg(millis(lifetimes.access_token));
+        // New device facts when given, else the stored ones.
+        let facts = client.unwrap_or_else(|| record.client());
+        invocation.arg(&facts.user_agent).arg(&facts.ip_address);
         let written: Option<(Vec<u8>, Vec<u8>)> = observe(
             &self.metrics,
             script!("refresh_data"),
@@ -519,6 +525,84 @@ impl Shared {
         Ok(true)
     }
 
+    /// The DID index's members.
+    async fn members(
+        &self,
+        conn: &mut ClusterConnection,
+        did: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut smembers = redis::cmd("SMEMBERS");
+        smembers.arg(self.keys.did(did));
+        self.query(conn, command!("SMEMBERS"), &smembers).await
+    }
+
+    async fn srem(
+        &self,
+        conn: &mut ClusterConnection,
+        did: &str,
+        sid: &str,
+    ) -> Result<(), StoreError> {
+        let mut srem = redis::cmd("SREM");
+        srem.arg(self.keys.did(did)).arg(sid);
+        let _: i64 = self.query(conn, command!("SREM"), &srem).await?;
+        Ok(())
+    }
+
+    async fn list_for_did(
+        self: Arc<Self>,
+        mut conn: ClusterConnection,
+        did: String,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut found = Vec::new();
+        for sid in self.members(&mut conn, &did).await? {
+            if let Some(Ok(record)) = self.read(&mut conn, &sid).await?
+                && record.did == did
+            {
+                found.push(record);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn revoke_in_did(
+        self: Arc<Self>,
+        mut conn: ClusterConnection,
+        did: String,
+        sid: String,
+    ) -> Result<bool, StoreError> {
+        let Some(Ok(record)) = self.read(&mut conn, &sid).await? else {
+            return Ok(false);
+        };
+        if record.did != did {
+            return Ok(false);
+        }
+        self.revoke(&mut conn, &sid).await?;
+        self.srem(&mut conn, &did, &sid).await?;
+        Ok(true)
+    }
+
+    async fn revoke_others(
+        self: Arc<Self>,
+        mut conn: ClusterConnection,
+        sid: String,
+    ) -> Result<Option<u32>, StoreError> {
+        let Some(Ok(own)) = self.read(&mut conn, &sid).await? else {
+            return Ok(None);
+        };
+        let mut revoked = 0u32;
+        for other in self.members(&mut conn, &own.did).await? {
+            if other == sid {
+                continue;
+            }
+            if self.revoke(&mut conn, &other).await?.is_some() {
+                revoked = revoked.saturating_add(1);
+            }
+            // As delete-all: exactly the members handled leave the index.
+            self.srem(&mut conn, &own.did, &other).await?;
+        }
+        Ok(Some(revoked))
+    }
+
     async fn delete_all_for_did(
         self: Arc<Self>,
         mut conn: ClusterConnection,
@@ -592,10 +676,30 @@ impl SessionStore for ValkeyClusterStore {
         &self,
         sid: &str,
         new_access_hash: &str,
+        client: Option<&ClientFacts>,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let (sid, new_access_hash) = (sid.to_owned(), new_access_hash.to_owned());
-        self.on_link(|shared, conn| shared.refresh(conn, sid, new_access_hash, lifetimes))
+        let client = client.cloned();
+        self.on_link(|shared, conn| shared.refresh(conn, sid, new_access_hash, client, lifetimes))
+            .await
+    }
+
+    async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let did = did.to_owned();
+        self.on_link(|shared, conn| shared.list_for_did(conn, did))
+            .await
+    }
+
+    async fn revoke_in_did(&self, did: &str, sid: &str) -> Result<bool, StoreError> {
+        let (did, sid) = (did.to_owned(), sid.to_owned());
+        self.on_link(|shared, conn| shared.revoke_in_did(conn, did, sid))
+            .await
+    }
+
+    async fn revoke_others(&self, sid: &str) -> Result<Option<u32>, StoreError> {
+        let sid = sid.to_owned();
+        self.on_link(|shared, conn| shared.revoke_others(conn, sid))
             .await
     }
 

@@ -100,6 +100,16 @@ pub(crate) fn parse_record(sid: &str, raw: &[u8]) -> Result<SessionRecord, Store
     Ok(record)
 }
 
+/// The records among `found` (a DID index's members and their data) that parse and belong to `did`;
+/// an unreadable or foreign one is left out of a listing, never an error.
+pub(crate) fn readable_of_did(did: &str, found: &[(String, Vec<u8>)]) -> Vec<SessionRecord> {
+    found
+        .iter()
+        .filter_map(|(sid, json)| parse_record(sid, json).ok())
+        .filter(|record| record.did == did)
+        .collect()
+}
+
 /// Valkey's `TIME` (seconds and microseconds, as strings) in epoch milliseconds.
 pub(crate) fn time_ms(seconds: &str, micros: &str) -> Result<i64, StoreError> {
     let parse = |text: &str| text.parse::<i64>().ok();

@@ -8,7 +8,7 @@
 
 use super::{Operation, Peer, ValkeyOptions, millis, observe, parse_record, store_error, time_ms};
 use crate::metrics::Metrics;
-use crate::session::{SessionRecord, log_prefix, sha256_hex};
+use crate::session::{ClientFacts, SessionRecord, log_prefix, sha256_hex};
 use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, RedisError, Script};
@@ -46,6 +46,8 @@ struct Scripts {
     refresh: LuaScript,
     delete: LuaScript,
     delete_all: LuaScript,
+    list: LuaScript,
+    revoke_others: LuaScript,
 }
 
 impl Scripts {
@@ -56,6 +58,8 @@ impl Scripts {
             refresh: lua_script!("refresh"),
             delete: lua_script!("delete"),
             delete_all: lua_script!("delete_all"),
+            list: lua_script!("list"),
+            revoke_others: lua_script!("revoke_others"),
         }
     }
 }
@@ -145,7 +149,9 @@ impl SessionStore for ValkeyStore {
             .arg(self.keys.data_prefix())
             .arg(PRUNE_SAMPLE)
             .arg(&record.handle)
-            .arg(&record.access_token_hash);
+            .arg(&record.access_token_hash)
+            .arg(&record.user_agent)
+            .arg(&record.ip_address);
         let json: Vec<u8> = self.invoke(script, &invocation).await?;
         parse_record(&record.sid, &json)
     }
@@ -173,6 +179,7 @@ impl SessionStore for ValkeyStore {
         &self,
         sid: &str,
         new_access_hash: &str,
+        client: Option<&ClientFacts>,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let script = &self.scripts.refresh;
@@ -184,7 +191,10 @@ impl SessionStore for ValkeyStore {
             .arg(sid)
             .arg(new_access_hash)
             .arg(millis(lifetimes.session))
-            .arg(millis(lifetimes.access_token));
+            .arg(millis(lifetimes.access_token))
+            .arg(if client.is_some() { "1" } else { "0" })
+            .arg(client.map_or("", |c| c.user_agent.as_str()))
+            .arg(client.map_or("", |c| c.ip_address.as_str()));
         let outcome: Option<(String, Vec<u8>)> = self.invoke(script, &invocation).await?;
         match outcome {
             None => Ok(None),
@@ -205,9 +215,52 @@ impl SessionStore for ValkeyStore {
         invocation
             .key(self.keys.data(sid))
             .arg(self.keys.prefix())
-            .arg(sid);
+            .arg(sid)
+            .arg("");
         let existed: i64 = self.invoke(script, &invocation).await?;
         Ok(existed == 1)
+    }
+
+    async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        let script = &self.scripts.list;
+        let mut invocation = script.script.prepare_invoke();
+        invocation
+            .key(self.keys.did(did))
+            .arg(self.keys.data_prefix());
+        let flat: Vec<Vec<u8>> = self.invoke(script, &invocation).await?;
+        let found: Vec<(String, Vec<u8>)> = flat
+            .chunks_exact(2)
+            .map(|pair| {
+                (
+                    String::from_utf8_lossy(&pair[0]).into_owned(),
+                    pair[1].clone(),
+                )
+            })
+            .collect();
+        Ok(super::readable_of_did(did, &found))
+    }
+
+    async fn revoke_in_did(&self, did: &str, sid: &str) -> Result<bool, StoreError> {
+        let script = &self.scripts.delete;
+        let mut invocation = script.script.prepare_invoke();
+        invocation
+            .key(self.keys.data(sid))
+            .arg(self.keys.prefix())
+            .arg(sid)
+            .arg(did);
+        let revoked: i64 = self.invoke(script, &invocation).await?;
+        Ok(revoked == 1)
+    }
+
+    async fn revoke_others(&self, sid: &str) -> Result<Option<u32>, StoreError> {
+        let script = &self.scripts.revoke_others;
+        let mut invocation = script.script.prepare_invoke();
+        invocation
+            .key(self.keys.data(sid))
+            .arg(self.keys.prefix())
+            .arg(sid);
+        let revoked: i64 = self.invoke(script, &invocation).await?;
+        Ok(u32::try_from(revoked).ok())
     }
 
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {

@@ -211,6 +211,7 @@ impl TestApp {
             .create_session(CreateSessionRequest {
                 did: did.into(),
                 handle: handle.into(),
+                ..Default::default()
             })
             .await
             .expect("create succeeds")
@@ -245,6 +246,7 @@ impl TestApp {
             .clone()
             .refresh_session(RefreshSessionRequest {
                 refresh_token: refresh_token.into(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -258,7 +260,10 @@ impl TestApp {
                 let refresh_token = refresh_token.to_owned();
                 tokio::spawn(async move {
                     client
-                        .refresh_session(RefreshSessionRequest { refresh_token })
+                        .refresh_session(RefreshSessionRequest {
+                            refresh_token,
+                            ..Default::default()
+                        })
                         .await
                         .expect("every refresh succeeds")
                         .into_inner()

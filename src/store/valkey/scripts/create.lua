@@ -2,7 +2,8 @@
 -- KEYS[1] = <prefix>data:<sid>, KEYS[2] = <prefix>access:<hash>, KEYS[3] = <prefix>did:<did>
 -- ARGV[1] = did, ARGV[2] = sid, ARGV[3] = session TTL (ms),
 -- ARGV[4] = access token TTL (ms), ARGV[5] = <prefix>data:, ARGV[6] = prune sample size,
--- ARGV[7] = handle, ARGV[8] = access token hash
+-- ARGV[7] = handle, ARGV[8] = access token hash, ARGV[9] = User-Agent, ARGV[10] = IP
+-- address (both may be empty)
 -- Returns the session JSON written (createdAt and accessTokenExpiresAt on Valkey's clock).
 --
 -- First prunes a bounded random sample of the DID index: members whose data expired are
@@ -15,7 +16,8 @@ for _, member in ipairs(sample) do
   end
 end
 local now = now_ms()
-local json = session_json(ARGV[2], ARGV[1], ARGV[7], ARGV[8], now + tonumber(ARGV[4]), now)
+local json = session_json(ARGV[2], ARGV[1], ARGV[7], ARGV[8], now + tonumber(ARGV[4]), now,
+  now, ARGV[9], ARGV[10])
 redis.call('SET', KEYS[1], json, 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])

@@ -1,7 +1,8 @@
 -- Rotates a session's access token atomically.
 -- KEYS[1] = <prefix>data:<sid>, KEYS[2] = <prefix>access:<new hash>
 -- ARGV[1] = <prefix>, ARGV[2] = sid, ARGV[3] = new access token hash,
--- ARGV[4] = session TTL (ms), ARGV[5] = access token TTL (ms)
+-- ARGV[4] = session TTL (ms), ARGV[5] = access token TTL (ms), ARGV[6] = '1' when the
+-- device facts are replaced by ARGV[7] (User-Agent) and ARGV[8] (IP address), else kept
 -- The new token's expiry is Valkey's clock plus its TTL.
 -- Returns nil (no session), {'corrupt', reason} (nothing written), or {'ok', new JSON}.
 local raw = redis.call('GET', KEYS[1])
@@ -53,13 +54,21 @@ local function epoch_ms(n)
 end
 if s.sid ~= ARGV[2] or type(s.did) ~= 'string' or type(s.handle) ~= 'string'
     or type(s.accessTokenHash) ~= 'string' or not epoch_ms(s.accessTokenExpiresAt)
-    or not epoch_ms(s.createdAt) then
+    or not epoch_ms(s.createdAt)
+    or (s.refreshedAt ~= nil and not epoch_ms(s.refreshedAt))
+    or (s.userAgent ~= nil and type(s.userAgent) ~= 'string')
+    or (s.ipAddress ~= nil and type(s.ipAddress) ~= 'string') then
   return {'corrupt', 'missing or mistyped fields'}
 end
 -- The old token stops validating now, not when its key would have expired.
 redis.call('DEL', ARGV[1] .. 'access:' .. s.accessTokenHash)
-local json = session_json(s.sid, s.did, s.handle, ARGV[3], now_ms() + tonumber(ARGV[5]),
-  s.createdAt)
+local user_agent, ip_address = s.userAgent, s.ipAddress
+if ARGV[6] == '1' then
+  user_agent, ip_address = ARGV[7], ARGV[8]
+end
+local now = now_ms()
+local json = session_json(s.sid, s.did, s.handle, ARGV[3], now + tonumber(ARGV[5]),
+  s.createdAt, now, user_agent, ip_address)
 redis.call('SET', KEYS[1], json, 'PX', ARGV[4])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
 -- Sliding window for the index too (only ever extended, as in create.lua); SADD heals an
