@@ -77,6 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lifetimes = Lifetimes {
         session: Duration::from_secs(3600),
         access_token: Duration::from_secs(3600),
+        max: None,
     };
     store.create(&record, lifetimes).await?;
 

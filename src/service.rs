@@ -52,10 +52,6 @@ impl<S: SessionStore> SessionApi<S> {
         }
     }
 
-    fn access_ttl_ms(&self) -> i64 {
-        i64::try_from(self.lifetimes.access_token.as_millis()).unwrap_or(i64::MAX)
-    }
-
     async fn create(
         &self,
         req: CreateSessionRequest,
@@ -66,19 +62,25 @@ impl<S: SessionStore> SessionApi<S> {
         let sid = Token::generate().map_err(RequestError::Entropy)?;
         let access = Token::generate().map_err(RequestError::Entropy)?;
         let now = now_ms();
+        // Neither the data nor the first token outlives the absolute lifetime.
+        let lifetimes = self
+            .lifetimes
+            .max
+            .map_or(self.lifetimes, |max| self.lifetimes.capped(max));
+        let access_ttl_ms = i64::try_from(lifetimes.access_token.as_millis()).unwrap_or(i64::MAX);
         let record = SessionRecord {
             sid: sid.expose().to_owned(),
             did: req.did,
             handle: req.handle,
             access_token_hash: sha256_hex(access.expose()),
-            access_token_expires_at: now.saturating_add(self.access_ttl_ms()),
+            access_token_expires_at: now.saturating_add(access_ttl_ms),
             created_at: now,
             refreshed_at: Some(now),
             user_agent: client.user_agent,
             ip_address: client.ip_address,
         };
         // The store stamps the times on its own clock (Valkey's); answer what it stored.
-        let record = self.store.create(&record, self.lifetimes).await?;
+        let record = self.store.create(&record, lifetimes).await?;
         self.metrics.sessions("created", 1);
         Ok(CreateSessionResponse {
             session: Some(self.to_proto(&record)),
@@ -112,7 +114,10 @@ impl<S: SessionStore> SessionApi<S> {
         let hash = sha256_hex(&req.access_token);
         match self.store.find_by_access_hash(&hash).await {
             // Expiry is judged on the store's clock, the same for every replica.
-            Ok(Some(found)) if found.record.accepts_access_hash(&hash, found.now_ms) => {
+            Ok(Some(found))
+                if found.record.accepts_access_hash(&hash, found.now_ms)
+                    && self.within_lifetime(&found.record, found.now_ms) =>
+            {
                 Ok(ValidateAccessTokenResponse {
                     valid: true,
                     session: Some(self.to_proto(&found.record)),
@@ -186,7 +191,10 @@ impl<S: SessionStore> SessionApi<S> {
     async fn list(&self, req: ListSessionsRequest) -> Result<ListSessionsResponse, RequestError> {
         validate_did(&req.did)?;
         record_did(&req.did);
+        let now = now_ms();
         let mut records = self.store.list_for_did(&req.did).await?;
+        // A session past its absolute deadline is over even if its data still slides.
+        records.retain(|r| self.within_lifetime(r, now));
         // Most recently refreshed first; the newest login breaks a tie.
         records.sort_by_key(|r| std::cmp::Reverse((r.last_refreshed(), r.created_at)));
         Ok(ListSessionsResponse {
@@ -234,9 +242,23 @@ impl<S: SessionStore> SessionApi<S> {
         Ok(RevokeOtherSessionsResponse { revoked_count })
     }
 
+    /// Whether `record` is before its absolute deadline at `now_ms` (always, without one).
+    /// Sessions the TypeScript AppView refreshes keep sliding in Valkey; this check ends
+    /// them all the same.
+    fn within_lifetime(&self, record: &SessionRecord, now_ms: i64) -> bool {
+        self.lifetimes
+            .deadline_ms(record.created_at)
+            .is_none_or(|deadline| now_ms < deadline)
+    }
+
     /// The public view of a stored session: no credential, the sid only as its hash.
     fn to_proto(&self, record: &SessionRecord) -> Session {
         let session_ttl_ms = i64::try_from(self.lifetimes.session.as_millis()).unwrap_or(i64::MAX);
+        let sliding = record.last_refreshed().saturating_add(session_ttl_ms);
+        let expires_at = self
+            .lifetimes
+            .deadline_ms(record.created_at)
+            .map_or(sliding, |deadline| sliding.min(deadline));
         let client = record.client();
         Session {
             did: record.did.clone(),
@@ -245,10 +267,8 @@ impl<S: SessionStore> SessionApi<S> {
             access_token_expires_at: Some(timestamp(record.access_token_expires_at)),
             session_key: sha256_hex(&record.sid),
             refreshed_at: Some(timestamp(record.last_refreshed())),
-            // The sliding expiry: a refresh (or the data key's TTL) restarts it.
-            expires_at: Some(timestamp(
-                record.last_refreshed().saturating_add(session_ttl_ms),
-            )),
+            // The earlier of the sliding expiry and the absolute deadline.
+            expires_at: Some(timestamp(expires_at)),
             client: Some(ClientInfo {
                 user_agent: client.user_agent,
                 ip_address: client.ip_address,

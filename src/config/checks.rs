@@ -3,6 +3,7 @@
 //! One function per area; each problem names the setting as the operator wrote it.
 
 use super::{Config, ConfigError, StoreKind};
+use std::time::Duration;
 
 /// Longest session TTL accepted: a year is far beyond any sane session, and keeps every
 /// deadline computation far from overflow.
@@ -88,6 +89,14 @@ fn lifetimes(p: &mut Problems<'_>) {
             c.session_ttl.as_secs()
         );
         p.add(&["access_token_ttl", "session_ttl"], message);
+    }
+    if c.session_max_lifetime > Duration::from_secs(10 * MAX_TTL_SECONDS) {
+        let message = format!(
+            "{} must be at most {} seconds (ten years), or 0 for none",
+            p.name("session_max_lifetime"),
+            10 * MAX_TTL_SECONDS
+        );
+        p.add(&["session_max_lifetime"], message);
     }
     if c.key_prefix.is_empty() || c.key_prefix.chars().any(char::is_whitespace) {
         let message = format!(

@@ -73,6 +73,12 @@ pub struct Config {
     #[arg(long, env = "OAUTH_SESSION_TTL", default_value = "604800", value_parser = durations::seconds)]
     pub session_ttl: Duration,
 
+    /// Longest a session may live since its creation, in seconds, however often it is
+    /// refreshed (an absolute deadline, as Discourse's `maximum_session_age` or Keycloak's
+    /// SSO Session Max); `0` turns it off. 60 days: a user signs in again every two months.
+    #[arg(long, env = "SESSION_MAX_LIFETIME", default_value = "5184000", value_parser = durations::seconds)]
+    pub session_max_lifetime: Duration,
+
     /// Access token lifetime in seconds. The AppView's variable and default (15 minutes).
     #[arg(long, env = "OAUTH_ACCESS_TOKEN_TTL", default_value = "900", value_parser = durations::seconds)]
     pub access_token_ttl: Duration,
@@ -282,6 +288,7 @@ impl Config {
         crate::store::Lifetimes {
             session: self.session_ttl,
             access_token: self.access_token_ttl,
+            max: (!self.session_max_lifetime.is_zero()).then_some(self.session_max_lifetime),
         }
     }
 }

@@ -152,16 +152,31 @@ impl SessionStore for MemoryStore {
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let now = Instant::now();
-        let access_ttl_ms = i64::try_from(lifetimes.access_token.as_millis()).unwrap_or(i64::MAX);
-        let access_expires_at_ms = crate::session::now_ms().saturating_add(access_ttl_ms);
+        let now_ms = crate::session::now_ms();
         let mut ks = self.lock();
         let Some(mut record) = ks.live_data(sid, now).cloned() else {
             return Ok(None);
         };
         ks.access.remove(&record.access_token_hash);
+        let lifetimes = match lifetimes.deadline_ms(record.created_at) {
+            // Past its absolute deadline: the session ends now.
+            Some(deadline) if deadline <= now_ms => {
+                ks.remove_session(sid, now);
+                if let Some(index) = ks.dids.get_mut(&record.did) {
+                    index.value.remove(sid);
+                }
+                return Ok(None);
+            }
+            Some(deadline) => {
+                let left = u64::try_from(deadline - now_ms).unwrap_or(0);
+                lifetimes.capped(Duration::from_millis(left))
+            }
+            None => lifetimes,
+        };
+        let access_ttl_ms = i64::try_from(lifetimes.access_token.as_millis()).unwrap_or(i64::MAX);
         record.access_token_hash = new_access_hash.to_owned();
-        record.access_token_expires_at = access_expires_at_ms;
-        record.refreshed_at = Some(crate::session::now_ms());
+        record.access_token_expires_at = now_ms.saturating_add(access_ttl_ms);
+        record.refreshed_at = Some(now_ms);
         if let Some(client) = client {
             record.user_agent.clone_from(&client.user_agent);
             record.ip_address.clone_from(&client.ip_address);

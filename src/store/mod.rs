@@ -55,6 +55,33 @@ pub struct Lifetimes {
     pub session: Duration,
     /// Access token lifetime.
     pub access_token: Duration,
+    /// Longest a session lives after its creation, refreshes or not; `None`: no limit.
+    pub max: Option<Duration>,
+}
+
+impl Lifetimes {
+    /// The absolute deadline of a session created at `created_at_ms`, if there is one.
+    pub fn deadline_ms(&self, created_at_ms: i64) -> Option<i64> {
+        self.max.map(|max| {
+            created_at_ms.saturating_add(i64::try_from(max.as_millis()).unwrap_or(i64::MAX))
+        })
+    }
+
+    /// The absolute lifetime in milliseconds for the scripts; 0 when there is none.
+    pub fn max_ms(&self) -> u64 {
+        self.max
+            .map_or(0, |max| u64::try_from(max.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// These lifetimes for a session that has `left` until its deadline: neither its data
+    /// nor a token outlives it.
+    pub fn capped(&self, left: Duration) -> Self {
+        Self {
+            session: self.session.min(left),
+            access_token: self.access_token.min(left),
+            max: self.max,
+        }
+    }
 }
 
 /// The key names of the shared layout under one prefix (both Valkey stores use it).

@@ -54,6 +54,7 @@ for_each_store!(
     refresh_racing_delete_never_leaves_a_valid_token,
     users_list_their_sessions_and_end_one_or_all_others,
     session_listing_and_revocation_refuse_bad_input,
+    sessions_end_at_their_absolute_lifetime,
 );
 
 fn now_ms() -> i64 {
@@ -545,4 +546,50 @@ async fn session_listing_and_revocation_refuse_bad_input(store: Backend) {
     let agent = stored[0].client.clone().expect("client").user_agent;
     assert_eq!(agent.len(), 512);
     assert!(long.starts_with(&agent));
+}
+
+async fn sessions_end_at_their_absolute_lifetime(store: Backend) {
+    // A sliding TTL of a minute, an absolute lifetime of 1.5 s: refreshes never carry the
+    // session, its data or a token past the deadline.
+    let app = TestApp::spawn_with(
+        store,
+        &[
+            "--session-ttl",
+            "60",
+            "--access-token-ttl",
+            "30",
+            "--session-max-lifetime",
+            "2",
+        ],
+    )
+    .await;
+    let did = unique_did();
+    let created = app.create(&did, "alice.test").await;
+    let session = created.session.expect("session");
+    let deadline = ms(&session.created_at) + 2_000;
+    assert!(ms(&session.access_token_expires_at) <= deadline);
+    assert!(ms(&session.expires_at) <= deadline);
+    let refreshed = app.refresh(&created.refresh_token).await.expect("refresh");
+    let session = refreshed.session.expect("session");
+    assert!(
+        ms(&session.access_token_expires_at) <= deadline,
+        "{session:?}"
+    );
+    assert_eq!(
+        ms(&session.expires_at),
+        deadline.min(ms(&session.expires_at))
+    );
+    assert!(app.validate(&refreshed.access_token).await.valid);
+    // Waiting is the point here: the deadline passes in real time.
+    let wait = u64::try_from(deadline + 50 - now_ms()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    assert!(!app.validate(&refreshed.access_token).await.valid);
+    assert_eq!(
+        app.refresh(&created.refresh_token)
+            .await
+            .expect_err("over")
+            .code(),
+        Code::NotFound
+    );
+    assert!(list(&app, &did).await.expect("list").is_empty());
 }

@@ -26,6 +26,7 @@ const PREFIX: &str = "barazo:session:";
 const LIFETIMES: Lifetimes = Lifetimes {
     session: Duration::from_secs(600),
     access_token: Duration::from_secs(60),
+    max: None,
 };
 
 /// Holds the first operation that reaches `step` until released.

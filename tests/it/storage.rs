@@ -609,3 +609,49 @@ async fn session_listing_works_with_typescript_sessions_both_ways() {
     assert_eq!(app.delete_all(&did).await.expect("delete all"), 1);
     assert!(keys(&mut conn, &format!("{PREFIX}*")).await.is_empty());
 }
+
+/// A session the TypeScript code keeps refreshing slides on in Valkey; past the absolute
+/// lifetime (60 days by default) this service still refuses its token, refuses to refresh
+/// it (and removes it), and does not list it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sessions_past_the_absolute_lifetime_are_over() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let (sid, access) = (ts_token(40), ts_token(41));
+    let json = write_typescript_session(&mut conn, &sid, &access, &did).await;
+    // Created 61 days ago, refreshed a moment ago by the TypeScript code.
+    let created = now_ms() - 61 * 24 * 3600 * 1000;
+    let old = json.replacen(
+        &format!(
+            r#""createdAt":{}"#,
+            &json[json.rfind(':').expect(":") + 1..json.len() - 1]
+        ),
+        &format!(r#""createdAt":{created}"#),
+        1,
+    );
+    assert_ne!(old, json);
+    let _: () = conn
+        .set(format!("{PREFIX}data:{sid}"), &old)
+        .await
+        .expect("write");
+    assert!(!app.validate(&access).await.valid, "past the deadline");
+    assert!(
+        app.client
+            .clone()
+            .list_sessions(barazo_session::proto::ListSessionsRequest { did: did.clone() })
+            .await
+            .expect("list")
+            .into_inner()
+            .sessions
+            .is_empty()
+    );
+    assert_eq!(
+        app.refresh(&sid).await.expect_err("over").code(),
+        tonic::Code::NotFound
+    );
+    assert!(
+        keys(&mut conn, &format!("{PREFIX}*")).await.is_empty(),
+        "the refusal removed it"
+    );
+}

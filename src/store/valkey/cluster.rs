@@ -444,17 +444,26 @@ impl Shared {
             .arg(millis(lifetimes.access_token));
         // New device facts when given, else the stored ones.
         let facts = client.unwrap_or_else(|| record.client());
-        invocation.arg(&facts.user_agent).arg(&facts.ip_address);
-        let written: Option<(Vec<u8>, Vec<u8>)> = observe(
+        invocation
+            .arg(&facts.user_agent)
+            .arg(&facts.ip_address)
+            .arg(lifetimes.max_ms());
+        let written: Option<(Vec<u8>, Vec<u8>, u64)> = observe(
             &self.metrics,
             script!("refresh_data"),
             None,
             invocation.invoke_async(&mut conn),
         )
         .await?;
-        let Some((replaced, json)) = written else {
+        let Some((replaced, json, access_ttl_ms)) = written else {
             return Ok(None);
         };
+        if access_ttl_ms == 0 {
+            // Past its absolute deadline: the session ends now (the old token is revoked).
+            self.revoke(&mut conn, &sid).await?;
+            self.srem(&mut conn, &record.did, &sid).await?;
+            return Ok(None);
+        }
         let record = parse_record(&sid, &json)?;
         self.step(Step::RefreshDataWritten).await;
         // Concurrent refreshes of one session (several tabs) each read, revoke and write;
@@ -468,11 +477,12 @@ impl Shared {
             self.del(&mut conn, self.keys.access(&previous.access_token_hash))
                 .await?;
         }
+        // The token lives no longer than the session's deadline (the script said how long).
         self.set_px(
             &mut conn,
             self.keys.access(&new_access_hash),
             &sid,
-            lifetimes.access_token,
+            std::time::Duration::from_millis(access_ttl_ms),
         )
         .await?;
         // Still ours? A later refresh or a delete may have replaced or removed the data

@@ -194,11 +194,14 @@ impl SessionStore for ValkeyStore {
             .arg(millis(lifetimes.access_token))
             .arg(if client.is_some() { "1" } else { "0" })
             .arg(client.map_or("", |c| c.user_agent.as_str()))
-            .arg(client.map_or("", |c| c.ip_address.as_str()));
+            .arg(client.map_or("", |c| c.ip_address.as_str()))
+            .arg(lifetimes.max_ms());
         let outcome: Option<(String, Vec<u8>)> = self.invoke(script, &invocation).await?;
         match outcome {
             None => Ok(None),
             Some((status, json)) if status == "ok" => parse_record(sid, &json).map(Some),
+            // Past its absolute lifetime: the script has removed it.
+            Some((status, _)) if status == "expired" => Ok(None),
             Some((status, reason)) if status == "corrupt" => Err(StoreError::CorruptSession {
                 key_prefix: log_prefix(&sha256_hex(sid)).to_owned(),
                 reason: String::from_utf8_lossy(&reason).into_owned(),

@@ -2,9 +2,11 @@
 -- KEYS[1] = <prefix>data:<sid>, KEYS[2] = <prefix>access:<new hash>
 -- ARGV[1] = <prefix>, ARGV[2] = sid, ARGV[3] = new access token hash,
 -- ARGV[4] = session TTL (ms), ARGV[5] = access token TTL (ms), ARGV[6] = '1' when the
--- device facts are replaced by ARGV[7] (User-Agent) and ARGV[8] (IP address), else kept
+-- device facts are replaced by ARGV[7] (User-Agent) and ARGV[8] (IP address), else kept,
+-- ARGV[9] = the absolute lifetime since createdAt (ms; 0: none)
 -- The new token's expiry is Valkey's clock plus its TTL.
--- Returns nil (no session), {'corrupt', reason} (nothing written), or {'ok', new JSON}.
+-- Returns nil (no session), {'corrupt', reason} (nothing written), {'expired', ''} (past
+-- its absolute deadline: the session is gone now), or {'ok', new JSON}.
 local raw = redis.call('GET', KEYS[1])
 if not raw then
   return false
@@ -62,15 +64,28 @@ if s.sid ~= ARGV[2] or type(s.did) ~= 'string' or type(s.handle) ~= 'string'
 end
 -- The old token stops validating now, not when its key would have expired.
 redis.call('DEL', ARGV[1] .. 'access:' .. s.accessTokenHash)
+local now = now_ms()
+local session_ttl, access_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local max = tonumber(ARGV[9])
+if max > 0 then
+  local left = s.createdAt + max - now
+  if left <= 0 then
+    -- Past its absolute deadline: the session ends now, whatever its sliding TTL says.
+    redis.call('DEL', KEYS[1])
+    redis.call('SREM', ARGV[1] .. 'did:' .. s.did, ARGV[2])
+    return {'expired', ''}
+  end
+  -- Neither the data nor the new token outlives the deadline.
+  session_ttl, access_ttl = math.min(session_ttl, left), math.min(access_ttl, left)
+end
 local user_agent, ip_address = s.userAgent, s.ipAddress
 if ARGV[6] == '1' then
   user_agent, ip_address = ARGV[7], ARGV[8]
 end
-local now = now_ms()
-local json = session_json(s.sid, s.did, s.handle, ARGV[3], now + tonumber(ARGV[5]),
+local json = session_json(s.sid, s.did, s.handle, ARGV[3], now + access_ttl,
   s.createdAt, now, user_agent, ip_address)
-redis.call('SET', KEYS[1], json, 'PX', ARGV[4])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[5])
+redis.call('SET', KEYS[1], json, 'PX', string.format('%.0f', session_ttl))
+redis.call('SET', KEYS[2], ARGV[2], 'PX', string.format('%.0f', access_ttl))
 -- Sliding window for the index too (only ever extended, as in create.lua); SADD heals an
 -- index that lost this member.
 local index = ARGV[1] .. 'did:' .. s.did
