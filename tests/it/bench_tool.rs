@@ -221,7 +221,12 @@ async fn the_mix_runs_against_a_started_server_without_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tracing_comparison_exports_spans() {
-    let (report, _) = bench(command(&["--compare", "tracing"])).await;
+    let mut cmd = command(&["--compare", "tracing"]);
+    // The servers the tool starts inherit this: the traced one exports every 100 ms, so a
+    // one-second round exports spans even on a loaded machine (the SDK's 5 s default can
+    // leave them all buffered when the report is printed).
+    cmd.env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let (report, _) = bench(cmd).await;
     let rows = rows(&report);
     let labels: Vec<_> = rows.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(
