@@ -20,6 +20,7 @@ pub mod service;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod undecodable;
 
 /// Code generated from `proto/barazo/session/v1/session.proto`.
 pub mod proto {

@@ -14,6 +14,7 @@ use crate::service::SessionApi;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{ValkeyClusterStore, ValkeyOptions, ValkeyStore};
+use crate::undecodable::UndecodableLayer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -147,9 +148,12 @@ pub enum ServeError {
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The routes, behind the authorization layer, behind the layer that marks a debug build's
-/// responses (outermost, so refusals are marked too).
-type Router = tonic::transport::server::Router<Stack<AuthLayer, Stack<ProfileLayer, NoLayer>>>;
+/// The routes, behind the layer that answers undecodable requests INVALID_ARGUMENT
+/// (innermost: it sees tonic's own answers), behind the authorization layer, behind the
+/// layer that marks a debug build's responses (outermost, so refusals are marked too).
+type Router = tonic::transport::server::Router<
+    Stack<UndecodableLayer, Stack<AuthLayer, Stack<ProfileLayer, NoLayer>>>,
+>;
 
 /// A bound, ready-to-run server. Tests build it on `127.0.0.1:0` and ask for the port.
 pub struct Application {
@@ -375,6 +379,7 @@ fn routes<S: SessionStore>(
     let mut router = server_builder(config)?
         .layer(ProfileLayer::new())
         .layer(AuthLayer::new(policy(config)?, metrics.clone()))
+        .layer(UndecodableLayer::new(metrics.clone()))
         .add_service(health_service)
         .add_service(sessions);
     if config.reflection {

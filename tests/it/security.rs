@@ -779,7 +779,7 @@ async fn a_callers_shorter_deadline_is_kept_and_recorded() {
     }
 }
 
-async fn metrics_text(admin: SocketAddr) -> String {
+pub(crate) async fn metrics_text(admin: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin");
     stream
@@ -791,7 +791,7 @@ async fn metrics_text(admin: SocketAddr) -> String {
     text
 }
 
-fn sample_or_zero(text: &str, series: &str) -> f64 {
+pub(crate) fn sample_or_zero(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
