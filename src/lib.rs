@@ -9,6 +9,7 @@ pub mod auth;
 pub mod call;
 pub mod config;
 pub mod connections;
+pub mod descriptors;
 pub mod error;
 pub mod health;
 pub mod metrics;

@@ -6,6 +6,7 @@ use crate::auth::{AuthLayer, Policy};
 use crate::call::CallLimits;
 use crate::config::{Config, StoreKind, ValkeyMode};
 use crate::connections;
+use crate::descriptors;
 use crate::health;
 use crate::metrics::Metrics;
 use crate::profile::ProfileLayer;
@@ -243,7 +244,10 @@ impl Application {
             health_monitor,
             metrics,
             admin,
-            max_connections: config.max_connections,
+            max_connections: descriptors::connections_within(
+                config.max_connections,
+                descriptors::raise_limit(),
+            ),
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -303,7 +307,9 @@ impl Application {
                 let stopped = async {
                     let _ = admin_stopped.await;
                 };
-                if let Err(err) = axum::serve(listener, app)
+                // Capped and time-limited: silent connections to the admin port must not take
+                // the descriptors the gRPC port needs.
+                if let Err(err) = axum::serve(admin::Limited::new(listener), app)
                     .with_graceful_shutdown(stopped)
                     .await
                 {
