@@ -1,5 +1,5 @@
 //! Who may call what: caller identities (mTLS certificate SANs, or service keys sent as
-//! `authorization: Bearer <key>`), and the policy file that maps them to RPCs.
+//! `authorization: Bearer <key>`, scheme in any case), and the policy file that maps them to RPCs.
 //!
 //! The policy only ever holds SHA-256 digests of service keys. When a policy is configured,
 //! everything it does not allow is denied: no credentials → `UNAUTHENTICATED`, a caller not
@@ -192,38 +192,56 @@ impl Policy {
         found
     }
 
-    fn caller_by_identity(&self, identities: &[String]) -> Option<&Caller> {
-        self.callers
+    /// The one caller a certificate speaks for. A certificate whose identities belong to
+    /// two callers is ambiguous and speaks for nobody: no caller is picked by file order.
+    fn caller_by_identity(&self, identities: &[String]) -> Result<Option<&Caller>, Ambiguous> {
+        let mut matching = self
+            .callers
             .iter()
-            .find(|c| c.identities.iter().any(|i| identities.contains(i)))
+            .filter(|c| c.identities.iter().any(|i| identities.contains(i)));
+        let first = matching.next();
+        match matching.next() {
+            Some(_) => Err(Ambiguous),
+            None => Ok(first),
+        }
     }
 
-    /// Decides one call. A service key, when sent, must be valid (a wrong key is never
-    /// overridden by a certificate); otherwise the certificate identities decide.
+    /// Decides one call. An `authorization` header, when sent, must carry a valid service
+    /// key (a wrong key, or a credential of another scheme, is never overridden by a
+    /// certificate); otherwise the certificate identities decide.
     pub fn authorize(
         &self,
         method: &str,
         identities: &[String],
-        bearer: Option<&str>,
+        presented: Presented<'_>,
     ) -> Result<String, Denial> {
-        let caller = match bearer {
-            Some(key) => self
+        let caller = match presented {
+            Presented::Key(key) => self
                 .caller_by_key(key)
                 .ok_or_else(|| Denial::Unauthenticated(format!("{method}: unknown service key")))?,
-            None if identities.is_empty() => {
+            Presented::NotAKey => {
+                return Err(Denial::Unauthenticated(format!(
+                    "{method}: the authorization header is not a service key (Bearer <key>)"
+                )));
+            }
+            Presented::Nothing if identities.is_empty() => {
                 return Err(Denial::Unauthenticated(format!(
                     "{method} needs a client certificate or a service key"
                 )));
             }
             // A certificate the TLS layer verified is a credential; an identity the policy
             // does not list is known but not allowed anything.
-            None => {
-                self.caller_by_identity(identities)
-                    .ok_or_else(|| Denial::PermissionDenied {
-                        caller: "an unlisted certificate identity".into(),
-                        method: method.to_owned(),
-                    })?
-            }
+            Presented::Nothing => self
+                .caller_by_identity(identities)
+                .map_err(|Ambiguous| {
+                    Denial::Unauthenticated(format!(
+                        "{method}: the client certificate names more than one caller of the policy"
+                    ))
+                })?
+                .ok_or_else(|| Denial::PermissionDenied {
+                    caller: "an unlisted certificate identity".into(),
+                    method: method.to_owned(),
+                })?,
         };
         if caller.may_call(method) {
             Ok(caller.name.clone())
@@ -234,6 +252,22 @@ impl Policy {
             })
         }
     }
+}
+
+/// A certificate whose identities belong to more than one caller.
+struct Ambiguous;
+
+/// What a request's `authorization` header presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// No `authorization` header: the certificate, if any, decides.
+    Nothing,
+    /// A `Bearer` credential: the service key, spaces around it removed.
+    Key(&'a str),
+    /// A header that is not a `Bearer` credential (another scheme, no scheme, bytes that are
+    /// not visible ASCII, or several headers): refused, whatever the certificate says,
+    /// since a caller that sends a credential means it to count.
+    NotAKey,
 }
 
 /// The identities (SAN URIs and DNS names) of a DER client certificate. Parsed once per
@@ -320,16 +354,26 @@ fn caller_identities<B>(request: &http::Request<B>) -> &[String] {
     })
 }
 
-/// The service key a request presents: the value of `authorization: Bearer <key>`, spaces
-/// around the key ignored. `None` when the header is absent, not visible ASCII, or not a
-/// bearer credential: the call then has no key (and a policy refuses it unless a client
-/// certificate speaks for it).
-pub fn bearer_key(headers: &http::HeaderMap) -> Option<&str> {
-    headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+/// What a request's `authorization` header presents. The scheme is matched
+/// case-insensitively (RFC 7235: `Bearer`, `bearer` and `BEARER` are one scheme), followed
+/// by at least one space; spaces around the key are ignored.
+pub fn presented_key(headers: &http::HeaderMap) -> Presented<'_> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Presented::Nothing;
+    };
+    if values.next().is_some() {
+        // Two credentials: which one counts would be a guess.
+        return Presented::NotAKey;
+    }
+    let Ok(text) = value.to_str() else {
+        return Presented::NotAKey;
+    };
+    const SCHEME: &str = "bearer ";
+    match text.split_at_checked(SCHEME.len()) {
+        Some((scheme, key)) if scheme.eq_ignore_ascii_case(SCHEME) => Presented::Key(key.trim()),
+        _ => Presented::NotAKey,
+    }
 }
 
 fn decide<B>(policy: &Policy, metrics: &Metrics, request: &http::Request<B>) -> Result<(), Status> {
@@ -337,7 +381,7 @@ fn decide<B>(policy: &Policy, metrics: &Metrics, request: &http::Request<B>) -> 
         return Ok(());
     };
     let identities = caller_identities(request);
-    match policy.authorize(method, identities, bearer_key(request.headers())) {
+    match policy.authorize(method, identities, presented_key(request.headers())) {
         Ok(_) => Ok(()),
         Err(denial) => {
             // Debug level: anyone who reaches the port can cause these, so they must not be
@@ -450,52 +494,55 @@ mod tests {
         let p = policy();
         let auth = vec!["spiffe://barazo/appview-auth".to_owned()];
         assert_eq!(
-            p.authorize("CreateSession", &auth, None),
+            p.authorize("CreateSession", &auth, Presented::Nothing),
             Ok("appview-auth".into())
         );
         assert_eq!(
-            p.authorize("CreateSession", &[], Some("auth-key")),
+            p.authorize("CreateSession", &[], Presented::Key("auth-key")),
             Ok("appview-auth".into())
         );
         assert_eq!(
-            p.authorize("ValidateAccessToken", &[], Some("plugin-key")),
+            p.authorize("ValidateAccessToken", &[], Presented::Key("plugin-key")),
             Ok("plugins".into())
         );
         let ops = vec!["ops.barazo.internal".to_owned()];
-        assert_eq!(p.authorize(REFLECTION, &ops, None), Ok("operator".into()));
+        assert_eq!(
+            p.authorize(REFLECTION, &ops, Presented::Nothing),
+            Ok("operator".into())
+        );
     }
 
     #[test]
     fn everything_else_is_denied() {
         let p = policy();
         assert_eq!(
-            p.authorize("CreateSession", &[], Some("plugin-key")),
+            p.authorize("CreateSession", &[], Presented::Key("plugin-key")),
             Err(Denial::PermissionDenied {
                 caller: "plugins".into(),
                 method: "CreateSession".into()
             })
         );
         assert!(matches!(
-            p.authorize("CreateSession", &[], None),
+            p.authorize("CreateSession", &[], Presented::Nothing),
             Err(Denial::Unauthenticated(_))
         ));
         assert!(matches!(
-            p.authorize("CreateSession", &[], Some("wrong")),
+            p.authorize("CreateSession", &[], Presented::Key("wrong")),
             Err(Denial::Unauthenticated(_))
         ));
         // A wrong key is not rescued by a good certificate.
         let auth = vec!["spiffe://barazo/appview-auth".to_owned()];
         assert!(matches!(
-            p.authorize("CreateSession", &auth, Some("wrong")),
+            p.authorize("CreateSession", &auth, Presented::Key("wrong")),
             Err(Denial::Unauthenticated(_))
         ));
         let stranger = vec!["spiffe://elsewhere".to_owned()];
         assert!(matches!(
-            p.authorize("ValidateAccessToken", &stranger, None),
+            p.authorize("ValidateAccessToken", &stranger, Presented::Nothing),
             Err(Denial::PermissionDenied { .. })
         ));
         assert!(matches!(
-            p.authorize(REFLECTION, &[], Some("plugin-key")),
+            p.authorize(REFLECTION, &[], Presented::Key("plugin-key")),
             Err(Denial::PermissionDenied { .. })
         ));
     }
@@ -504,7 +551,7 @@ mod tests {
     fn messages_name_the_rpc_not_the_secret() {
         let status = Status::from(
             policy()
-                .authorize("CreateSession", &[], Some("plugin-key"))
+                .authorize("CreateSession", &[], Presented::Key("plugin-key"))
                 .expect_err("denied"),
         );
         assert_eq!(status.code(), tonic::Code::PermissionDenied);
@@ -514,7 +561,7 @@ mod tests {
         );
         let status = Status::from(
             policy()
-                .authorize("CreateSession", &[], Some("s3cret"))
+                .authorize("CreateSession", &[], Presented::Key("s3cret"))
                 .expect_err("x"),
         );
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
@@ -552,32 +599,73 @@ mod tests {
     }
 
     #[test]
-    fn the_service_key_is_the_bearer_credential() {
-        let key = |value: &[u8]| {
+    fn the_service_key_is_the_bearer_credential_in_any_case() {
+        let presented = |values: &[&[u8]]| {
             let mut headers = http::HeaderMap::new();
-            headers.insert(
-                http::header::AUTHORIZATION,
-                http::HeaderValue::from_bytes(value).expect("a header value"),
-            );
-            bearer_key(&headers).map(str::to_owned)
+            for value in values {
+                headers.append(
+                    http::header::AUTHORIZATION,
+                    http::HeaderValue::from_bytes(value).expect("a header value"),
+                );
+            }
+            // Owned, since the headers go when the closure returns.
+            match presented_key(&headers) {
+                Presented::Key(key) => format!("key {key:?}"),
+                other => format!("{other:?}"),
+            }
         };
-        assert_eq!(key(b"Bearer plugin-key"), Some("plugin-key".into()));
-        assert_eq!(key(b"Bearer  plugin-key \t"), Some("plugin-key".into()));
-        assert_eq!(key(b"Bearer "), Some(String::new()));
+        let key = |k: &str| format!("key {k:?}");
+        assert_eq!(presented(&[b"Bearer plugin-key"]), key("plugin-key"));
+        assert_eq!(presented(&[b"bearer plugin-key"]), key("plugin-key"));
+        assert_eq!(presented(&[b"BEARER plugin-key"]), key("plugin-key"));
+        assert_eq!(presented(&[b"Bearer  plugin-key \t"]), key("plugin-key"));
+        assert_eq!(presented(&[b"Bearer "]), key(""));
         for refused in [
-            &b"bearer plugin-key"[..],
-            b"Basic cGx1Z2lu",
+            &b"Basic cGx1Z2lu"[..],
             b"plugin-key",
+            b"Bearer",
+            b"Bearerplugin-key",
             b"Bearer \xff",
+            b"",
         ] {
-            assert_eq!(key(refused), None, "{refused:?}");
+            assert_eq!(presented(&[refused]), "NotAKey", "{refused:?}");
         }
-        assert_eq!(bearer_key(&http::HeaderMap::new()), None);
+        assert_eq!(
+            presented(&[b"Bearer plugin-key", b"Bearer auth-key"]),
+            "NotAKey"
+        );
+        assert_eq!(presented(&[]), "Nothing");
         // An empty key is a key, and nobody's.
         assert!(matches!(
-            policy().authorize("ValidateAccessToken", &[], Some("")),
+            policy().authorize("ValidateAccessToken", &[], Presented::Key("")),
             Err(Denial::Unauthenticated(_))
         ));
+    }
+
+    #[test]
+    fn a_credential_that_is_not_a_key_is_not_rescued_by_a_certificate() {
+        let auth = vec!["spiffe://barazo/appview-auth".to_owned()];
+        let denied = policy()
+            .authorize("CreateSession", &auth, Presented::NotAKey)
+            .expect_err("refused");
+        assert!(matches!(denied, Denial::Unauthenticated(_)), "{denied:?}");
+        assert!(denied.to_string().contains("not a service key"), "{denied}");
+    }
+
+    #[test]
+    fn a_certificate_naming_two_callers_speaks_for_nobody() {
+        let both = vec![
+            "spiffe://barazo/appview-auth".to_owned(),
+            "ops.barazo.internal".to_owned(),
+        ];
+        let denied = policy()
+            .authorize("ValidateAccessToken", &both, Presented::Nothing)
+            .expect_err("ambiguous");
+        assert!(matches!(denied, Denial::Unauthenticated(_)), "{denied:?}");
+        assert!(
+            denied.to_string().contains("more than one caller"),
+            "{denied}"
+        );
     }
 
     #[test]

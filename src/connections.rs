@@ -5,8 +5,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -106,29 +107,118 @@ impl AsyncWrite for Limited {
 }
 
 /// The accepted connections of `incoming`, at most `max` open at once. When all slots are
-/// taken, the next accepted connection waits (unserved) for one to free.
+/// taken, the next accepted connection waits (unserved) for one to free. A failed accept
+/// (typically `EMFILE`, out of descriptors) is never handed on: it waits out a backoff
+/// before the next accept instead of retrying at once, which would spin a core.
 pub fn limit(
     incoming: TcpIncoming,
     max: usize,
 ) -> impl Stream<Item = io::Result<Limited>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(max));
-    incoming.then(move |accepted| {
-        let slots = slots.clone();
-        async move {
-            let stream = accepted?;
-            let permit = slots
-                .acquire_owned()
-                .await
-                // The semaphore is never closed.
-                .map_err(|_| io::Error::other("connection slots closed"))?;
-            let peer = Peer::new(stream.connect_info());
-            Ok(Limited {
-                stream,
-                permit,
-                peer,
-            })
+    let backoff = AcceptBackoff::new("grpc");
+    incoming
+        .then(move |accepted| {
+            let slots = slots.clone();
+            let backoff = backoff.clone();
+            async move {
+                let stream = match accepted {
+                    Ok(stream) => {
+                        backoff.succeeded();
+                        stream
+                    }
+                    Err(err) => {
+                        backoff.failed(&err).await;
+                        return None;
+                    }
+                };
+                // The semaphore is never closed, so this waits for a slot and never fails.
+                let permit = slots.acquire_owned().await.ok()?;
+                let peer = Peer::new(stream.connect_info());
+                Some(Ok(Limited {
+                    stream,
+                    permit,
+                    peer,
+                }))
+            }
+        })
+        .filter_map(|connection| connection)
+}
+
+/// First and longest pause after a failed accept: short enough that a brief shortage
+/// costs little, long enough that a lasting one costs no CPU (Go's net/http uses the same).
+const BACKOFF_FIRST: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one warning per listener this often while accepts keep failing.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// What a listener does after a failed accept: wait (doubling up to a second), and warn,
+/// at most once per [`WARN_EVERY`] with the count of failures since the last warning.
+#[derive(Clone)]
+pub struct AcceptBackoff {
+    listener: &'static str,
+    state: Arc<Mutex<BackoffState>>,
+}
+
+#[derive(Default)]
+struct BackoffState {
+    delay: Option<Duration>,
+    last_warning: Option<Instant>,
+    unreported: u64,
+}
+
+impl AcceptBackoff {
+    /// A backoff for the listener named `listener` in its warnings.
+    pub fn new(listener: &'static str) -> Self {
+        Self {
+            listener,
+            state: Arc::default(),
         }
-    })
+    }
+
+    /// An accept succeeded: the next failure starts from the shortest pause again.
+    pub fn succeeded(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .delay = None;
+    }
+
+    /// An accept failed with `err`: warns (rate-limited) and waits before the next one.
+    pub async fn failed(&self, err: &io::Error) {
+        let delay = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let delay = state
+                .delay
+                .map_or(BACKOFF_FIRST, |d| d.saturating_mul(2).min(BACKOFF_MAX));
+            state.delay = Some(delay);
+            state.unreported += 1;
+            let due = state
+                .last_warning
+                .is_none_or(|at| at.elapsed() >= WARN_EVERY);
+            if due {
+                tracing::warn!(
+                    listener = self.listener,
+                    error = %err,
+                    failures = state.unreported,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot accept connections (out of file descriptors?); backing off"
+                );
+                state.last_warning = Some(Instant::now());
+                state.unreported = 0;
+            }
+            delay
+        };
+        tokio::time::sleep(delay).await;
+    }
+
+    /// The pause the next failure would wait.
+    #[cfg(test)]
+    fn next_delay(&self) -> Duration {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state
+            .delay
+            .map_or(BACKOFF_FIRST, |d| d.saturating_mul(2).min(BACKOFF_MAX))
+    }
 }
 
 #[cfg(test)]
@@ -159,5 +249,20 @@ mod tests {
         assert_eq!(other.identities(Vec::new), [] as [String; 0]);
         assert_eq!(first_call.identities(Vec::new), ["spiffe://barazo/appview"]);
         assert_eq!(parses.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_accepts_back_off_instead_of_spinning() {
+        let backoff = AcceptBackoff::new("test");
+        let err = io::Error::from_raw_os_error(24);
+        let started = tokio::time::Instant::now();
+        for _ in 0..10 {
+            backoff.failed(&err).await;
+        }
+        // 5, 10, 20, ... ms, capped at 1 s: 5+10+20+40+80+160+320+640+1000+1000 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(3275));
+        assert_eq!(backoff.next_delay(), BACKOFF_MAX);
+        backoff.succeeded();
+        assert_eq!(backoff.next_delay(), BACKOFF_FIRST);
     }
 }

@@ -34,13 +34,17 @@ pub enum RequestError {
     /// at once, not queued.
     #[error("the session service is at its concurrency limit; retry shortly")]
     Overloaded,
+    /// The request could not be decoded (not protobuf, a wrong wire type, invalid UTF-8 in
+    /// a string field, a compressed flag without `grpc-encoding`): the caller's mistake.
+    #[error("the request could not be decoded")]
+    Undecodable,
 }
 
 impl RequestError {
     /// The gRPC code callers act on.
     pub fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::InvalidArgument(_) | Self::Undecodable => Code::InvalidArgument,
             Self::SessionNotFound => Code::NotFound,
             // Unreadable stored data is treated as no session at all: fail closed.
             Self::Store(StoreError::CorruptSession { .. }) => Code::NotFound,
@@ -132,6 +136,7 @@ mod tests {
             ),
             (RequestError::SessionNotFound, Code::NotFound),
             (RequestError::TimedOut, Code::DeadlineExceeded),
+            (RequestError::Undecodable, Code::InvalidArgument),
             (
                 RequestError::Store(StoreError::unavailable(io_error())),
                 Code::Unavailable,
@@ -200,6 +205,11 @@ mod tests {
                 "caller plugins may not call CreateSession",
             ),
             (
+                Status::from(RequestError::Undecodable),
+                Code::InvalidArgument,
+                "the request could not be decoded",
+            ),
+            (
                 polled_after_completion(),
                 Code::Internal,
                 "polled after completion",
@@ -217,6 +227,7 @@ mod tests {
         // Shedding is the server working as configured, and the caller's cue to retry.
         assert!(!RequestError::Overloaded.is_server_fault());
         assert!(!RequestError::SessionNotFound.is_server_fault());
+        assert!(!RequestError::Undecodable.is_server_fault());
     }
 
     #[test]

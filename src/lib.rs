@@ -9,6 +9,7 @@ pub mod auth;
 pub mod call;
 pub mod config;
 pub mod connections;
+pub mod descriptors;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod service;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod undecodable;
 
 /// Code generated from `proto/barazo/session/v1/session.proto`.
 pub mod proto {

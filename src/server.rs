@@ -6,6 +6,7 @@ use crate::auth::{AuthLayer, Policy};
 use crate::call::CallLimits;
 use crate::config::{Config, StoreKind, ValkeyMode};
 use crate::connections;
+use crate::descriptors;
 use crate::health;
 use crate::metrics::Metrics;
 use crate::profile::ProfileLayer;
@@ -14,6 +15,7 @@ use crate::service::SessionApi;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{ValkeyClusterStore, ValkeyOptions, ValkeyStore};
+use crate::undecodable::UndecodableLayer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -147,9 +149,12 @@ pub enum ServeError {
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The routes, behind the authorization layer, behind the layer that marks a debug build's
-/// responses (outermost, so refusals are marked too).
-type Router = tonic::transport::server::Router<Stack<AuthLayer, Stack<ProfileLayer, NoLayer>>>;
+/// The routes, behind the layer that answers undecodable requests INVALID_ARGUMENT
+/// (innermost: it sees tonic's own answers), behind the authorization layer, behind the
+/// layer that marks a debug build's responses (outermost, so refusals are marked too).
+type Router = tonic::transport::server::Router<
+    Stack<UndecodableLayer, Stack<AuthLayer, Stack<ProfileLayer, NoLayer>>>,
+>;
 
 /// A bound, ready-to-run server. Tests build it on `127.0.0.1:0` and ask for the port.
 pub struct Application {
@@ -239,7 +244,10 @@ impl Application {
             health_monitor,
             metrics,
             admin,
-            max_connections: config.max_connections,
+            max_connections: descriptors::connections_within(
+                config.max_connections,
+                descriptors::raise_limit(),
+            ),
             shutdown_timeout: config.shutdown_timeout,
         })
     }
@@ -299,7 +307,9 @@ impl Application {
                 let stopped = async {
                     let _ = admin_stopped.await;
                 };
-                if let Err(err) = axum::serve(listener, app)
+                // Capped and time-limited: silent connections to the admin port must not take
+                // the descriptors the gRPC port needs.
+                if let Err(err) = axum::serve(admin::Limited::new(listener), app)
                     .with_graceful_shutdown(stopped)
                     .await
                 {
@@ -375,6 +385,7 @@ fn routes<S: SessionStore>(
     let mut router = server_builder(config)?
         .layer(ProfileLayer::new())
         .layer(AuthLayer::new(policy(config)?, metrics.clone()))
+        .layer(UndecodableLayer::new(metrics.clone()))
         .add_service(health_service)
         .add_service(sessions);
     if config.reflection {

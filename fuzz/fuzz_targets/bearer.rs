@@ -1,10 +1,10 @@
-//! The service-key path: `authorization` header bytes → `bearer_key` → the policy's
-//! digest comparison. Never panics; a key is found only in a `Bearer ` credential, with
-//! no spaces around it; a call is allowed only with one of the policy's keys, as the
-//! caller that holds it, and with no key it is refused as unauthenticated.
+//! The service-key path: `authorization` header bytes → `presented_key` → the policy's
+//! digest comparison. Never panics; a key is found only in a `Bearer ` credential (scheme
+//! in any case), with no spaces around it; a call is allowed only with one of the policy's
+//! keys, as the caller that holds it, and anything else is refused as unauthenticated.
 #![no_main]
 
-use barazo_session::auth::{Denial, Policy, bearer_key};
+use barazo_session::auth::{Denial, Policy, Presented, presented_key};
 use barazo_session::session::sha256_hex;
 use http::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -36,15 +36,23 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut headers = HeaderMap::new();
     headers.insert(AUTHORIZATION, value);
-    let key = bearer_key(&headers);
+    let presented = presented_key(&headers);
+    let key = match presented {
+        Presented::Key(key) => Some(key),
+        Presented::Nothing => panic!("a header was sent"),
+        Presented::NotAKey => None,
+    };
     if let Some(key) = key {
         let text = std::str::from_utf8(data).expect("a found key comes from visible ASCII");
-        assert!(text.starts_with("Bearer "), "key {key:?} from {text:?}");
+        assert!(
+            text.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("bearer ")),
+            "key {key:?} from {text:?}"
+        );
         assert_eq!(key, key.trim(), "spaces around the key are not part of it");
         assert!(text.contains(key), "key {key:?} is not in {text:?}");
     }
     let holder = key.and_then(|key| KEYS.iter().find(|(_, known)| *known == key));
-    match (POLICY.authorize("ValidateAccessToken", &[], key), holder) {
+    match (POLICY.authorize("ValidateAccessToken", &[], presented), holder) {
         (Ok(caller), Some((expected, _))) => assert_eq!(caller, *expected),
         (Err(Denial::Unauthenticated(_)), None) => {}
         (verdict, holder) => panic!("key {key:?} (held by {holder:?}) answered {verdict:?}"),

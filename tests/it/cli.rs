@@ -41,6 +41,8 @@ pub fn command() -> Command {
 pub struct Running {
     child: Child,
     pub addr: String,
+    /// The admin listener's address ("off" without `--metrics-listen`).
+    pub admin: String,
     log: JoinHandle<Vec<String>>,
 }
 
@@ -62,17 +64,23 @@ pub async fn start(mut cmd: Command) -> Running {
                 && event["message"] == "listening"
                 && let Some(tx) = addr_tx.take()
             {
-                let _ = tx.send(event["addr"].as_str().unwrap_or_default().to_owned());
+                let field = |name: &str| event[name].as_str().unwrap_or_default().to_owned();
+                let _ = tx.send((field("addr"), field("admin")));
             }
             all.push(line);
         }
         all
     });
-    let addr = tokio::time::timeout(std::time::Duration::from_secs(15), addr_rx)
+    let (addr, admin) = tokio::time::timeout(std::time::Duration::from_secs(15), addr_rx)
         .await
         .expect("listening within 15 s")
         .expect("a listening line");
-    Running { child, addr, log }
+    Running {
+        child,
+        addr,
+        admin,
+        log,
+    }
 }
 
 impl Running {

@@ -15,6 +15,7 @@ mod deploy;
 mod durability;
 mod faults;
 mod grpcurl;
+mod hostile;
 mod interleavings;
 mod metrics;
 mod outage;

@@ -193,6 +193,68 @@ async fn each_connection_keeps_its_own_certificate_identity() {
     }
 }
 
+/// A request carrying `authorization: <value>` as given.
+fn with_authorization<T>(body: T, value: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    request
+        .metadata_mut()
+        .insert("authorization", value.parse().expect("ascii"));
+    request
+}
+
+/// An `authorization` header always counts: the `Bearer` scheme in any case carries the
+/// key (here a plugin's key on the AppView's certificate: the key decides), and anything
+/// else in it (a wrong key, another scheme) is refused although the certificate is good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_header_counts_whatever_the_certificate() {
+    let MtlsSetup { app, dir: _dir, .. } = mtls_server().await;
+    let mut client = app.client.clone();
+    let create = |value: &str| {
+        with_authorization(
+            CreateSessionRequest {
+                did: unique_did(),
+                handle: "alice.test".into(),
+            },
+            value,
+        )
+    };
+    // Without a header the certificate (appview-auth) decides: allowed.
+    client
+        .create_session(tonic::Request::new(CreateSessionRequest {
+            did: unique_did(),
+            handle: "alice.test".into(),
+        }))
+        .await
+        .expect("the certificate may create");
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let denied = client
+            .create_session(create(&format!("{scheme} {PLUGIN_KEY}")))
+            .await
+            .expect_err("the plugin key decides, not the certificate");
+        assert_eq!(
+            denied.code(),
+            Code::PermissionDenied,
+            "{scheme}: {denied:?}"
+        );
+        assert_eq!(
+            denied.message(),
+            "caller plugins may not call CreateSession"
+        );
+    }
+    for value in [
+        "bearer wrong-key",
+        "Basic YXBwdmlldzpzZWNyZXQ=",
+        "wrong-key",
+    ] {
+        let denied = client
+            .create_session(create(value))
+            .await
+            .expect_err("a credential that is not a valid key");
+        assert_eq!(denied.code(), Code::Unauthenticated, "{value}: {denied:?}");
+        assert!(!denied.message().contains("wrong-key"), "not echoed");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_refuses_missing_foreign_and_expired_certificates() {
     // Bounded: it once hung in a loaded full-suite run (not reproduced in 50 runs); a hang
@@ -732,7 +794,7 @@ async fn a_callers_shorter_deadline_is_kept_and_recorded() {
     }
 }
 
-async fn metrics_text(admin: SocketAddr) -> String {
+pub(crate) async fn metrics_text(admin: SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(admin).await.expect("admin");
     stream
@@ -744,7 +806,7 @@ async fn metrics_text(admin: SocketAddr) -> String {
     text
 }
 
-fn sample_or_zero(text: &str, series: &str) -> f64 {
+pub(crate) fn sample_or_zero(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod monitor;
 pub mod pki;
 pub mod promql;
+pub mod raw;
 pub mod valkey;
 
 use barazo_session::config::{Config, StoreKind};

@@ -1,0 +1,139 @@
+//! Hostile clients (issue 11): raw HTTP/2 from the test on 127.0.0.1, each attack bounded in
+//! time and count, against the real server.
+
+use crate::security::{metrics_text, sample_or_zero};
+use crate::support::TestApp;
+use crate::support::raw::{self, grpc_frame};
+use barazo_session::config::StoreKind;
+use barazo_session::proto::ValidateAccessTokenRequest;
+use std::time::Duration;
+
+const VALIDATE: &str = "/barazo.session.v1.SessionService/ValidateAccessToken";
+
+/// Junk is the caller's mistake: INVALID_ARGUMENT (not INTERNAL, a server fault), counted
+/// in the RPC metrics under its method and code, and the connection keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_is_invalid_argument_and_counted() {
+    let app = TestApp::spawn_with(StoreKind::Memory, &["--metrics-listen", "127.0.0.1:0"]).await;
+    let mut h2 = raw::connect(app.addr).await;
+    let junk = [
+        ("undecodable bytes", grpc_frame(false, &[0xff, 0xff, 0xff])),
+        // Field 1 (access_token, a string) sent as a varint.
+        ("a wrong wire type", grpc_frame(false, &[0x08, 0x01])),
+        (
+            "invalid UTF-8 in a string",
+            grpc_frame(false, &[0x0a, 0x02, 0xff, 0xfe]),
+        ),
+        (
+            "the compressed flag without grpc-encoding",
+            grpc_frame(true, &[]),
+        ),
+    ];
+    for (what, body) in &junk {
+        let (code, message) = raw::unary(&mut h2, VALIDATE, body.clone()).await;
+        assert_eq!(code, 3, "{what}: {message}");
+        assert_eq!(message, "the request could not be decoded", "{what}");
+    }
+    // The open health service answers junk the same way.
+    let (code, _) = raw::unary(
+        &mut h2,
+        "/grpc.health.v1.Health/Check",
+        grpc_frame(false, &[0xff]),
+    )
+    .await;
+    assert_eq!(code, 3, "health");
+    // A well-formed request on the same connection is answered (an unknown token).
+    let (code, message) = raw::unary(&mut h2, VALIDATE, grpc_frame(false, &[])).await;
+    assert_eq!(code, 0, "{message}");
+
+    let text = metrics_text(app.metrics_addr.expect("admin")).await;
+    let count = |code: u32| {
+        sample_or_zero(
+            &text,
+            &format!(
+                "rpc_server_call_duration_seconds_count{{rpc_system=\"grpc\",rpc_service=\"barazo.session.v1.SessionService\",rpc_method=\"ValidateAccessToken\",rpc_grpc_status_code=\"{code}\"}}"
+            ),
+        )
+    };
+    assert_eq!(count(3), junk.len() as f64, "{text}");
+    assert_eq!(count(13), 0.0, "{text}");
+}
+
+/// Descriptor exhaustion through the admin port: the binary under a soft limit of 64 and a
+/// hard limit of 256 descriptors raises the soft one (logged), clamps `--max-connections`
+/// to fit (warned), and 300 silent connections to the admin port take at most its small
+/// cap of descriptors, so a gRPC caller is still served promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_admin_connections_cannot_exhaust_descriptors() {
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args([
+        "-c",
+        "ulimit -Sn 64 && ulimit -Hn 256 && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_barazo-session"),
+        "--store",
+        "memory",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    for var in ["RUST_LOG", "MAX_CONNECTIONS", "OTEL_EXPORTER_OTLP_ENDPOINT"] {
+        cmd.env_remove(var);
+    }
+    cmd.kill_on_drop(true);
+    let server = crate::cli::start(cmd).await;
+
+    // Past the admin cap and the listen backlog, the kernel stops answering SYNs: those
+    // connects time out, which is the flood's own problem, not the service's.
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let admin = server.admin.clone();
+        connects.spawn(async move {
+            let connect = tokio::net::TcpStream::connect(admin);
+            tokio::time::timeout(Duration::from_secs(1), connect).await
+        });
+    }
+    let mut silent = Vec::new();
+    while let Some(connected) = connects.join_next().await {
+        if let Ok(Ok(stream)) = connected.expect("connect task") {
+            silent.push(stream);
+        }
+    }
+    assert!(
+        silent.len() > 100,
+        "more silent connections than the 64 descriptors the process started with: {}",
+        silent.len()
+    );
+    let call = async {
+        let mut client = server.client().await;
+        client
+            .validate_access_token(ValidateAccessTokenRequest {
+                access_token: "0".repeat(64),
+            })
+            .await
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(3), call)
+        .await
+        .expect("a gRPC caller is served while the admin port is flooded")
+        .expect("answered");
+    assert!(!answer.into_inner().valid);
+    drop(silent);
+
+    let (_, log) = server.terminate().await;
+    let events: Vec<serde_json::Value> = log
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let find = |needle: &str| {
+        events
+            .iter()
+            .find(|e| e["message"].as_str().is_some_and(|m| m.contains(needle)))
+            .unwrap_or_else(|| panic!("no {needle:?} line in {log:#?}"))
+    };
+    let raised = find("raised the soft file descriptor limit");
+    assert_eq!(
+        (raised["from"].as_u64(), raised["to"].as_u64()),
+        (Some(64), Some(256))
+    );
+    let clamped = find("--max-connections does not fit");
+    assert_eq!(clamped["level"], "WARN", "{clamped}");
+    assert_eq!(clamped["clamped_to"].as_u64(), Some(128));
+}
