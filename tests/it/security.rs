@@ -214,6 +214,7 @@ async fn an_authorization_header_counts_whatever_the_certificate() {
             CreateSessionRequest {
                 did: unique_did(),
                 handle: "alice.test".into(),
+                ..Default::default()
             },
             value,
         )
@@ -223,6 +224,7 @@ async fn an_authorization_header_counts_whatever_the_certificate() {
         .create_session(tonic::Request::new(CreateSessionRequest {
             did: unique_did(),
             handle: "alice.test".into(),
+            ..Default::default()
         }))
         .await
         .expect("the certificate may create");
