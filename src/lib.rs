@@ -11,6 +11,7 @@ pub mod config;
 pub mod connections;
 pub mod descriptors;
 pub mod error;
+pub mod handshake;
 pub mod health;
 pub mod metrics;
 pub mod probe;

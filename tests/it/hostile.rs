@@ -137,3 +137,136 @@ async fn silent_admin_connections_cannot_exhaust_descriptors() {
     assert_eq!(clamped["level"], "WARN", "{clamped}");
     assert_eq!(clamped["clamped_to"].as_u64(), Some(128));
 }
+
+const HEALTH: &str = "/grpc.health.v1.Health/Check";
+
+/// Silent connections lock nobody out: one that sends nothing, or only the preface, is
+/// closed once the handshake timeout has passed since accept, and the caller waiting for
+/// its slot is served; a real HTTP/2 connection outlives the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_the_handshake_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn_with(
+        StoreKind::Memory,
+        &["--max-connections", "3", "--handshake-timeout-ms", "300"],
+    )
+    .await;
+    // The test's own client holds one slot, a real raw connection the second.
+    let mut real = raw::connect(app.addr).await;
+    assert_eq!(
+        raw::unary(&mut real, HEALTH, grpc_frame(false, &[]))
+            .await
+            .0,
+        0
+    );
+    // The third: a silent connection; then a caller waits for a slot.
+    let mut silent = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let waiting = tokio::spawn(async move {
+        let mut late = raw::connect(app.addr).await;
+        raw::unary(&mut late, HEALTH, grpc_frame(false, &[]))
+            .await
+            .0
+    });
+    assert!(
+        raw::closed_within(&mut silent, Duration::from_secs(3)).await,
+        "a silent connection is closed"
+    );
+    let code = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the waiting caller is served once the slot frees")
+        .expect("task");
+    assert_eq!(code, 0);
+    // The preface without SETTINGS is not a handshake either (the late caller's slot is
+    // free again once its connection closes, so this one is accepted).
+    let mut preface_only = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    preface_only
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(raw::closed_within(&mut preface_only, Duration::from_secs(3)).await);
+    // The real connection, idle since long past the timeout, still answers.
+    assert_eq!(
+        raw::unary(&mut real, HEALTH, grpc_frame(false, &[]))
+            .await
+            .0,
+        0
+    );
+}
+
+/// With TLS the deadline covers the HTTP/2 handshake inside it too: a client that finishes
+/// TLS and then says nothing is closed, while real HTTP/2 clients over TLS 1.2 and 1.3
+/// keep their connection past the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_must_finish_http2_too() {
+    use crate::support::pki::{Ca, TempDir};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+    let ca = Ca::new("handshake CA");
+    let dir = TempDir::new();
+    let server = ca.issue(&["localhost"], None);
+    let cert = dir.write("server.pem", &server.cert);
+    let key = dir.write("server.key", &server.key);
+    let config = crate::support::config(
+        StoreKind::Memory,
+        None,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+            "--handshake-timeout-ms",
+            "300",
+        ],
+    );
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
+        .domain_name("localhost");
+    let app = TestApp::spawn_config(config, None, Some(tls)).await;
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().into()).expect("CA");
+    let connect = |versions: &'static [&'static rustls::SupportedProtocolVersion], h2: bool| {
+        let roots = roots.clone();
+        async move {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let mut client = ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            if h2 {
+                client.alpn_protocols = vec![b"h2".to_vec()];
+            }
+            let tcp = tokio::net::TcpStream::connect(app.addr)
+                .await
+                .expect("connect");
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+                .connect("localhost".try_into().expect("name"), tcp)
+                .await
+                .expect("TLS handshake")
+        }
+    };
+    let mut silent = connect(rustls::ALL_VERSIONS, false).await;
+    static TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    static TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    for versions in [TLS12, TLS13] {
+        let mut h2 = raw::over(connect(versions, true).await).await;
+        assert_eq!(
+            raw::unary(&mut h2, HEALTH, grpc_frame(false, &[])).await.0,
+            0
+        );
+        // Past the handshake timeout (no readiness signal exists for "time has passed").
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            raw::unary(&mut h2, HEALTH, grpc_frame(false, &[])).await.0,
+            0,
+            "{versions:?}: a real connection outlives the handshake timeout"
+        );
+    }
+    assert!(
+        raw::closed_within(&mut silent, Duration::from_secs(3)).await,
+        "silent after TLS is closed"
+    );
+}
