@@ -359,7 +359,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("barazo-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("ca.pem");
-        std::fs::write(&file, "x").expect("write");
+        // Shaped like a PEM certificate: the startup checks read a CA file for its marker.
+        std::fs::write(&file, "-----BEGIN CERTIFICATE-----\n").expect("write");
         let path = file.to_str().expect("utf-8");
         let err = parse(&["--valkey-ca", path]).expect_err("CA without rediss");
         assert!(err.to_string().contains("rediss://"), "{err}");
