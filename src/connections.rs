@@ -27,6 +27,8 @@ pin_project_lite::pin_project! {
         handshake: Handshake,
         // Until the handshake is done; then dropped.
         deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        // Whether the deadline passed (counted once).
+        timed_out: bool,
     }
 }
 
@@ -83,6 +85,10 @@ impl AsyncRead for Limited {
             return this.stream.poll_read(cx, buf);
         };
         if deadline.as_mut().poll(cx).is_ready() {
+            if !*this.timed_out {
+                *this.timed_out = true;
+                crate::abuse::record(crate::abuse::ConnectionEvent::HandshakeTimeout);
+            }
             // Anyone can open connections: debug level, so they cannot flood the log.
             tracing::debug!(
                 peer = ?this.peer.tcp.remote_addr,
@@ -174,6 +180,7 @@ pub fn limit(
                     handshake: Handshake::Start,
                     // Counted from accept: a slot was just taken.
                     deadline: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
+                    timed_out: false,
                 }))
             }
         })
@@ -228,6 +235,7 @@ impl AcceptBackoff {
                 .map_or(BACKOFF_FIRST, |d| d.saturating_mul(2).min(BACKOFF_MAX));
             state.delay = Some(delay);
             state.unreported += 1;
+            crate::abuse::record(crate::abuse::ConnectionEvent::AcceptFailed);
             let due = state
                 .last_warning
                 .is_none_or(|at| at.elapsed() >= WARN_EVERY);

@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod abuse;
 pub mod admin;
 pub mod auth;
 pub mod call;

@@ -270,3 +270,60 @@ async fn tls_connections_must_finish_http2_too() {
         "silent after TLS is closed"
     );
 }
+
+/// The value of `barazo_session_connection_events_total{event}` on the admin port.
+async fn connection_events(admin: &str, event: &str) -> f64 {
+    let text = metrics_text(admin.parse().expect("admin address")).await;
+    sample_or_zero(
+        &text,
+        &format!("barazo_session_connection_events_total{{event=\"{event}\"}}"),
+    )
+}
+
+/// An HTTP/2 rapid-reset flood (streams opened and reset at once, over several
+/// connections) is counted in /metrics, and writes no warning to the log at the default
+/// level: anyone can send it, so it must not flood the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_is_counted_not_logged() {
+    let mut cmd = crate::cli::command();
+    cmd.args(["--store", "memory", "--metrics-listen", "127.0.0.1:0"]);
+    let server = crate::cli::start(cmd).await;
+    let addr = server.addr.parse().expect("address");
+    let flood = async {
+        for _ in 0..5 {
+            let h2 = raw::connect(addr).await;
+            for _ in 0..500 {
+                let Ok(ready) = h2.clone().ready().await else {
+                    break; // The server sent GOAWAY: this connection is done.
+                };
+                let mut ready = ready;
+                let request = http::Request::post(format!("http://localhost{HEALTH}"))
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .expect("request");
+                let Ok((_, mut stream)) = ready.send_request(request, false) else {
+                    break;
+                };
+                stream.send_reset(h2::Reason::CANCEL);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), flood)
+        .await
+        .expect("the flood is sent within 5 s");
+    // The count is the readiness signal: poll it, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while connection_events(&server.admin, "reset_flood").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reset flood was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, log) = server.terminate().await;
+    let warnings: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("reached limit") || line.contains("\"h2"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}
