@@ -385,7 +385,11 @@ fn routes<S: SessionStore>(
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let mut router = server_builder(config)?
         .layer(ProfileLayer::new())
-        .layer(AuthLayer::new(policy(config)?, metrics.clone()))
+        .layer(AuthLayer::new(
+            policy(config)?,
+            metrics.clone(),
+            config.max_concurrent_requests,
+        ))
         .layer(UndecodableLayer::new(metrics.clone()))
         .add_service(health_service)
         .add_service(sessions);

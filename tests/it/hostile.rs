@@ -327,3 +327,92 @@ async fn a_rapid_reset_flood_is_counted_not_logged() {
         .collect();
     assert!(warnings.is_empty(), "{warnings:#?}");
 }
+
+/// Fair share: with a policy, one caller's calls in progress are limited by its own budget
+/// (`max_concurrent`, by default half of `--max-concurrent-requests`), so a plugin holding
+/// calls open gets RESOURCE_EXHAUSTED past its share while the AppView's calls succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_callers_flood_leaves_room_for_the_others() {
+    use crate::support::pki::TempDir;
+    use crate::support::sha256_hex;
+    let dir = TempDir::new();
+    let policy = dir.write(
+        "policy.toml",
+        format!(
+            "[callers.appview]\nkeys_sha256 = [\"{}\"]\nallow = [\"*\"]\n[callers.plugins]\nkeys_sha256 = [\"{}\"]\nallow = [\"ValidateAccessToken\"]\n",
+            sha256_hex("appview-key"),
+            sha256_hex("plugin-key")
+        ),
+    );
+    let app = TestApp::spawn_with(
+        StoreKind::Memory,
+        &[
+            "--authz-policy",
+            policy.to_str().expect("utf-8"),
+            "--max-concurrent-requests",
+            "4",
+        ],
+    )
+    .await;
+    let h2 = raw::connect(app.addr).await;
+    let request = |key: &str| {
+        http::Request::post(format!("http://localhost{VALIDATE}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {key}"))
+            .body(())
+            .expect("request")
+    };
+    // The plugin holds two calls open (their bodies never come): its whole default share.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut ready = h2.clone().ready().await.expect("ready");
+        held.push(
+            ready
+                .send_request(request("plugin-key"), false)
+                .expect("send"),
+        );
+    }
+    let answer = |key: &'static str| {
+        let h2 = h2.clone();
+        async move {
+            let mut ready = h2.ready().await.expect("ready");
+            let (response, mut stream) = ready.send_request(request(key), false).expect("send");
+            stream
+                .send_data(grpc_frame(false, &[]), true)
+                .expect("body");
+            let response = tokio::time::timeout(Duration::from_secs(3), response)
+                .await
+                .expect("answered within 3 s")
+                .expect("response");
+            let (parts, mut body) = response.into_parts();
+            let status = match parts.headers.get("grpc-status") {
+                Some(status) => status.clone(),
+                None => {
+                    while body.data().await.is_some() {}
+                    let trailers = body.trailers().await.expect("trailers").expect("some");
+                    trailers.get("grpc-status").expect("grpc-status").clone()
+                }
+            };
+            status
+                .to_str()
+                .expect("ascii")
+                .parse::<i32>()
+                .expect("code")
+        }
+    };
+    // The AppView's calls succeed meanwhile. (Answered on the same connection after the
+    // held calls' headers, they also show that the server has taken those.)
+    for _ in 0..3 {
+        assert_eq!(answer("appview-key").await, 0);
+    }
+    // A third call of the plugin's is refused at once: RESOURCE_EXHAUSTED (8).
+    assert_eq!(answer("plugin-key").await, 8);
+    // Once the plugin's held calls end, its budget is back.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while answer("plugin-key").await != 0 {
+        assert!(std::time::Instant::now() < deadline, "the budget came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
