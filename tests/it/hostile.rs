@@ -401,8 +401,9 @@ async fn one_callers_flood_leaves_room_for_the_others() {
                 .expect("code")
         }
     };
-    // The AppView's calls succeed meanwhile. (Answered on the same connection after the
-    // held calls' headers, they also show that the server has taken those.)
+    // The AppView's calls succeed meanwhile. (Each stream's call starts in its own task,
+    // spawned in arrival order: three round trips after the held calls' headers, their tasks
+    // have run and hold the plugin's budget; no other signal of that exists.)
     for _ in 0..3 {
         assert_eq!(answer("appview-key").await, 0);
     }
