@@ -17,6 +17,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::codegen::{Service, http};
 use tonic::transport::server::TlsConnectInfo;
@@ -53,6 +54,10 @@ struct CallerEntry {
     keys_sha256: Vec<String>,
     /// RPC names this caller may call, `ServerReflection`, or `*` for everything.
     allow: Vec<String>,
+    /// Calls this caller may have in progress at once (default: half of
+    /// `--max-concurrent-requests`), so that one caller's flood leaves room for the others.
+    #[serde(default)]
+    max_concurrent: Option<usize>,
 }
 
 /// The policy file: `[callers.<name>]` tables.
@@ -70,6 +75,7 @@ struct Caller {
     key_digests: Vec<[u8; 32]>,
     allow_all: bool,
     allow: Vec<String>,
+    max_concurrent: Option<usize>,
 }
 
 impl Caller {
@@ -91,6 +97,14 @@ pub enum Denial {
     /// No credential, or one nobody in the policy holds.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// A known caller with all of its concurrency budget in use.
+    #[error("{caller} is at its concurrency limit ({method})")]
+    OverBudget {
+        /// The caller's name in the policy.
+        caller: String,
+        /// The RPC refused.
+        method: String,
+    },
     /// A known caller without the right to this RPC.
     #[error("{caller} may not call {method}")]
     PermissionDenied {
@@ -166,15 +180,35 @@ impl Policy {
                     )));
                 }
             }
+            if entry.max_concurrent == Some(0) {
+                return Err(PolicyError::Invalid(format!(
+                    "caller {name}: max_concurrent must be at least 1"
+                )));
+            }
             callers.push(Caller {
                 name,
                 identities: entry.identities,
                 key_digests,
                 allow_all: entry.allow.iter().any(|m| m == "*"),
                 allow: entry.allow,
+                max_concurrent: entry.max_concurrent,
             });
         }
         Ok(Self { callers })
+    }
+
+    /// Each caller's concurrency budget: its `max_concurrent`, or by default half of
+    /// `global` (at least 1), so that a flood by one caller leaves the other half for the
+    /// others.
+    pub fn budgets(&self, global: usize) -> BTreeMap<String, Arc<Semaphore>> {
+        let share = (global / 2).max(1);
+        self.callers
+            .iter()
+            .map(|caller| {
+                let budget = caller.max_concurrent.unwrap_or(share);
+                (caller.name.clone(), Arc::new(Semaphore::new(budget)))
+            })
+            .collect()
     }
 
     /// The caller holding this service key, comparing against every digest in full so
@@ -310,12 +344,27 @@ fn method_of(path: &str) -> Option<&str> {
 pub struct AuthLayer {
     policy: Option<Arc<Policy>>,
     metrics: Arc<Metrics>,
+    budgets: Arc<BTreeMap<String, Arc<Semaphore>>>,
 }
 
 impl AuthLayer {
-    /// Enforces `policy`, or nothing when `None`; refusals are counted in `metrics`.
-    pub fn new(policy: Option<Arc<Policy>>, metrics: Arc<Metrics>) -> Self {
-        Self { policy, metrics }
+    /// Enforces `policy`, or nothing when `None`; refusals are counted in `metrics`. Each
+    /// caller's calls in progress are limited by its budget ([`Policy::budgets`] of
+    /// `max_concurrent_requests`).
+    pub fn new(
+        policy: Option<Arc<Policy>>,
+        metrics: Arc<Metrics>,
+        max_concurrent_requests: usize,
+    ) -> Self {
+        let budgets = policy
+            .as_ref()
+            .map(|p| p.budgets(max_concurrent_requests))
+            .unwrap_or_default();
+        Self {
+            policy,
+            metrics,
+            budgets: Arc::new(budgets),
+        }
     }
 }
 
@@ -327,6 +376,7 @@ impl<S> tower_layer::Layer<S> for AuthLayer {
             inner,
             policy: self.policy.clone(),
             metrics: self.metrics.clone(),
+            budgets: self.budgets.clone(),
         }
     }
 }
@@ -337,6 +387,7 @@ pub struct Authorized<S> {
     inner: S,
     policy: Option<Arc<Policy>>,
     metrics: Arc<Metrics>,
+    budgets: Arc<BTreeMap<String, Arc<Semaphore>>>,
 }
 
 /// The identities of the client certificate of the connection a request came on; none
@@ -376,13 +427,36 @@ pub fn presented_key(headers: &http::HeaderMap) -> Presented<'_> {
     }
 }
 
-fn decide<B>(policy: &Policy, metrics: &Metrics, request: &http::Request<B>) -> Result<(), Status> {
+/// Decides one call: `Ok(None)` for calls outside the policy (health), `Ok(Some(permit))`
+/// for an allowed call within its caller's budget (held until the call ends).
+fn decide<B>(
+    policy: &Policy,
+    metrics: &Metrics,
+    budgets: &BTreeMap<String, Arc<Semaphore>>,
+    request: &http::Request<B>,
+) -> Result<Option<OwnedSemaphorePermit>, Status> {
     let Some(method) = method_of(request.uri().path()) else {
-        return Ok(());
+        return Ok(None);
     };
     let identities = caller_identities(request);
-    match policy.authorize(method, identities, presented_key(request.headers())) {
-        Ok(_) => Ok(()),
+    let verdict = policy
+        .authorize(method, identities, presented_key(request.headers()))
+        .and_then(|caller| match budgets.get(&caller) {
+            // A full budget refuses at once, as the global limit does: no queue.
+            Some(budget) => {
+                budget
+                    .clone()
+                    .try_acquire_owned()
+                    .map(Some)
+                    .map_err(|_| Denial::OverBudget {
+                        caller,
+                        method: method.to_owned(),
+                    })
+            }
+            None => Ok(None),
+        });
+    match verdict {
+        Ok(permit) => Ok(permit),
         Err(denial) => {
             // Debug level: anyone who reaches the port can cause these, so they must not be
             // able to flood the log; the refusal counts are in the RPC metrics instead.
@@ -410,8 +484,8 @@ pin_project_lite::pin_project! {
     #[project = AuthFutureProj]
     #[allow(missing_docs)]
     pub enum AuthFuture<F> {
-        /// The call was allowed.
-        Allowed { #[pin] inner: F },
+        /// The call was allowed; the caller's budget permit, if any, is held until it ends.
+        Allowed { #[pin] inner: F, permit: Option<OwnedSemaphorePermit> },
         /// The call was refused; the response is taken once.
         Refused { response: Option<http::Response<tonic::body::Body>> },
     }
@@ -425,7 +499,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            AuthFutureProj::Allowed { inner } => inner.poll(cx),
+            AuthFutureProj::Allowed { inner, permit } => {
+                let polled = inner.poll(cx);
+                if polled.is_ready() {
+                    // The call is over: its budget slot frees at once.
+                    permit.take();
+                }
+                polled
+            }
             AuthFutureProj::Refused { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
                 // Polled again after completion: a caller bug; answer as tonic would.
@@ -449,12 +530,13 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let verdict = match &self.policy {
-            Some(policy) => decide(policy, &self.metrics, &request),
-            None => Ok(()),
+            Some(policy) => decide(policy, &self.metrics, &self.budgets, &request),
+            None => Ok(None),
         };
         match verdict {
-            Ok(()) => AuthFuture::Allowed {
+            Ok(permit) => AuthFuture::Allowed {
                 inner: self.inner.call(request),
+                permit,
             },
             Err(status) => AuthFuture::Refused {
                 response: Some(status.into_http()),
@@ -650,6 +732,23 @@ mod tests {
             .expect_err("refused");
         assert!(matches!(denied, Denial::Unauthenticated(_)), "{denied:?}");
         assert!(denied.to_string().contains("not a service key"), "{denied}");
+    }
+
+    #[test]
+    fn each_caller_has_a_budget_half_the_global_limit_by_default() {
+        let p = Policy::parse(&format!(
+            "[callers.a]\nidentities = [\"a\"]\nallow = [\"*\"]\nmax_concurrent = 7\n[callers.b]\nkeys_sha256 = [\"{}\"]\nallow = [\"*\"]",
+            sha256_hex("k")
+        ))
+        .expect("valid");
+        let budgets = p.budgets(1024);
+        assert_eq!(budgets["a"].available_permits(), 7);
+        assert_eq!(budgets["b"].available_permits(), 512);
+        assert_eq!(p.budgets(1)["b"].available_permits(), 1);
+        let err =
+            Policy::parse("[callers.a]\nidentities = [\"a\"]\nallow = []\nmax_concurrent = 0")
+                .expect_err("zero");
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 
     #[test]

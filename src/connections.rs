@@ -3,6 +3,8 @@
 //! descriptors; each connection may also hold at most `--max-concurrent-streams` streams),
 //! and what the server keeps about each one for all of its calls ([`Peer`]).
 
+use crate::handshake::Handshake;
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -15,12 +17,18 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
 pin_project_lite::pin_project! {
-    /// A client connection holding one of the limited connection slots until it closes.
+    /// A client connection holding one of the limited connection slots until it closes,
+    /// and closed (its reads fail) if it has not finished its handshake by the deadline.
     pub struct Limited {
         #[pin]
         stream: TcpStream,
         permit: OwnedSemaphorePermit,
         peer: Peer,
+        handshake: Handshake,
+        // Until the handshake is done; then dropped.
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        // Whether the deadline passed (counted once).
+        timed_out: bool,
     }
 }
 
@@ -72,7 +80,34 @@ impl AsyncRead for Limited {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.project().stream.poll_read(cx, buf)
+        let this = self.project();
+        let Some(deadline) = this.deadline.as_mut() else {
+            return this.stream.poll_read(cx, buf);
+        };
+        if deadline.as_mut().poll(cx).is_ready() {
+            if !*this.timed_out {
+                *this.timed_out = true;
+                crate::abuse::record(crate::abuse::ConnectionEvent::HandshakeTimeout);
+            }
+            // Anyone can open connections: debug level, so they cannot flood the log.
+            tracing::debug!(
+                peer = ?this.peer.tcp.remote_addr,
+                "connection closed: no HTTP/2 handshake within the handshake timeout"
+            );
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no handshake within the handshake timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let polled = this.stream.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let read = buf.filled().get(before..).unwrap_or_default();
+            if this.handshake.feed(read) {
+                *this.deadline = None;
+            }
+        }
+        polled
     }
 }
 
@@ -110,9 +145,13 @@ impl AsyncWrite for Limited {
 /// taken, the next accepted connection waits (unserved) for one to free. A failed accept
 /// (typically `EMFILE`, out of descriptors) is never handed on: it waits out a backoff
 /// before the next accept instead of retrying at once, which would spin a core.
+///
+/// Each connection must finish its handshake (see [`crate::handshake`]) within
+/// `handshake_timeout` of being accepted, or it is closed.
 pub fn limit(
     incoming: TcpIncoming,
     max: usize,
+    handshake_timeout: Duration,
 ) -> impl Stream<Item = io::Result<Limited>> + Send + 'static {
     let slots = Arc::new(Semaphore::new(max));
     let backoff = AcceptBackoff::new("grpc");
@@ -138,6 +177,10 @@ pub fn limit(
                     stream,
                     permit,
                     peer,
+                    handshake: Handshake::Start,
+                    // Counted from accept: a slot was just taken.
+                    deadline: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
+                    timed_out: false,
                 }))
             }
         })
@@ -192,6 +235,7 @@ impl AcceptBackoff {
                 .map_or(BACKOFF_FIRST, |d| d.saturating_mul(2).min(BACKOFF_MAX));
             state.delay = Some(delay);
             state.unreported += 1;
+            crate::abuse::record(crate::abuse::ConnectionEvent::AcceptFailed);
             let due = state
                 .last_warning
                 .is_none_or(|at| at.elapsed() >= WARN_EVERY);

@@ -106,6 +106,9 @@ impl From<Denial> for Status {
             Denial::PermissionDenied { caller, method } => {
                 Status::permission_denied(format!("caller {caller} may not call {method}"))
             }
+            Denial::OverBudget { caller, method } => Status::resource_exhausted(format!(
+                "{method}: caller {caller} is at its concurrency limit; retry shortly"
+            )),
         }
     }
 }
@@ -208,6 +211,14 @@ mod tests {
                 Status::from(RequestError::Undecodable),
                 Code::InvalidArgument,
                 "the request could not be decoded",
+            ),
+            (
+                Status::from(Denial::OverBudget {
+                    caller: "plugins".into(),
+                    method: "ValidateAccessToken".into(),
+                }),
+                Code::ResourceExhausted,
+                "ValidateAccessToken: caller plugins is at its concurrency limit; retry shortly",
             ),
             (
                 polled_after_completion(),

@@ -4,6 +4,7 @@
 
 #![warn(missing_docs)]
 
+pub mod abuse;
 pub mod admin;
 pub mod auth;
 pub mod call;
@@ -11,6 +12,7 @@ pub mod config;
 pub mod connections;
 pub mod descriptors;
 pub mod error;
+pub mod handshake;
 pub mod health;
 pub mod metrics;
 pub mod probe;

@@ -117,6 +117,11 @@ impl Metrics {
             "ValidateAccessToken answers: valid, invalid, or error (no answer)",
             validations.clone(),
         );
+        registry.register(
+            "barazo_session_connection_events",
+            "Connection-level abuse, counted instead of logged: handshake_timeout, reset_flood, protocol_error, accept_failed (process-wide)",
+            crate::abuse::CONNECTION_EVENTS.clone(),
+        );
         let sessions = Family::default();
         registry.register(
             "barazo_session_sessions",

@@ -32,9 +32,6 @@ use tower_layer::{Identity as NoLayer, Stack};
 /// 2048-char DID and a 253-char handle), so 16 KiB leaves room and refuses junk early.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
-/// Longest a client may take to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -92,10 +89,11 @@ fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, StartupError> 
         read_file("the TLS certificate", cert)?,
         read_file("the TLS key", key)?,
     );
-    // A client that opens a connection and never finishes the handshake is dropped.
+    // A client that opens a connection and never finishes the handshake is dropped (the
+    // connection's own deadline, in connections.rs, covers the HTTP/2 part too).
     let mut tls = ServerTlsConfig::new()
         .identity(identity)
-        .timeout(TLS_HANDSHAKE_TIMEOUT);
+        .timeout(config.handshake_timeout);
     if let Some(ca) = &config.tls_client_ca {
         // A CA makes client certificates required (tonic's default), not optional.
         tls = tls.client_ca_root(Certificate::from_pem(read_file("the client CA", ca)?));
@@ -167,6 +165,7 @@ pub struct Application {
     admin: Option<tokio::net::TcpListener>,
     max_connections: usize,
     shutdown_timeout: Duration,
+    handshake_timeout: Duration,
 }
 
 impl Application {
@@ -249,6 +248,7 @@ impl Application {
                 descriptors::raise_limit(),
             ),
             shutdown_timeout: config.shutdown_timeout,
+            handshake_timeout: config.handshake_timeout,
         })
     }
 
@@ -328,7 +328,8 @@ impl Application {
             tracing::info!("shutdown requested: draining in-flight calls");
             let _ = signalled_tx.send(());
         };
-        let incoming = connections::limit(self.incoming, self.max_connections);
+        let incoming =
+            connections::limit(self.incoming, self.max_connections, self.handshake_timeout);
         let serve = self.router.serve_with_incoming_shutdown(incoming, shutdown);
         tokio::pin!(serve);
         let drain_deadline = async {
@@ -384,7 +385,11 @@ fn routes<S: SessionStore>(
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let mut router = server_builder(config)?
         .layer(ProfileLayer::new())
-        .layer(AuthLayer::new(policy(config)?, metrics.clone()))
+        .layer(AuthLayer::new(
+            policy(config)?,
+            metrics.clone(),
+            config.max_concurrent_requests,
+        ))
         .layer(UndecodableLayer::new(metrics.clone()))
         .add_service(health_service)
         .add_service(sessions);

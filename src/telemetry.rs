@@ -100,6 +100,8 @@ fn resource() -> Resource {
 /// `RUST_LOG` filters logs (default `info`); spans are exported whatever the log filter.
 pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let http2_named = std::env::var("RUST_LOG")
+        .is_ok_and(|value| value.contains("h2") || value.contains("hyper"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never in files or log shippers.
@@ -113,7 +115,15 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
             ))
             .boxed(),
     }
-    .with_filter(filter);
+    .with_filter(filter)
+    // The HTTP/2 layer's warnings are counted (crate::abuse), not logged: anyone can cause
+    // them. Unless RUST_LOG names h2 or hyper, the operator asked for them.
+    .with_filter(tracing_subscriber::filter::filter_fn(move |metadata| {
+        http2_named || !crate::abuse::is_http2_warning(metadata)
+    }));
+    let http2_events = crate::abuse::Http2Events.with_filter(
+        tracing_subscriber::filter::filter_fn(crate::abuse::is_http2_warning),
+    );
 
     let provider = if otlp_configured() {
         // The exporter reads the endpoint, headers, timeout and TLS from the standard
@@ -146,7 +156,10 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     }
 
     // A second init keeps the first subscriber too.
-    let _ = tracing_subscriber::registry().with(fmt).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(http2_events)
+        .try_init();
     Ok(Telemetry { provider })
 }
 

@@ -161,6 +161,7 @@ fn timeouts(p: &mut Problems<'_>) {
         ("valkey_command_timeout", c.valkey_command_timeout),
         ("health_check_interval", c.health_check_interval),
         ("request_timeout", c.request_timeout),
+        ("handshake_timeout", c.handshake_timeout),
         ("http2_keepalive_interval", c.http2_keepalive_interval),
         ("http2_keepalive_timeout", c.http2_keepalive_timeout),
     ] {

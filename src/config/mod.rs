@@ -187,6 +187,19 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
 
+    /// Longest a new connection may take, from accept, to finish its handshake (TLS, then
+    /// the HTTP/2 preface and SETTINGS), in milliseconds; past it, it is closed. A client
+    /// does it in one or two round trips; 5 s leaves room for a slow network while silent
+    /// connections cannot hold the connection slots.
+    #[arg(
+        long = "handshake-timeout-ms",
+        env = "HANDSHAKE_TIMEOUT_MS",
+        value_name = "HANDSHAKE_TIMEOUT_MS",
+        default_value = "5000",
+        value_parser = durations::millis
+    )]
+    pub handshake_timeout: Duration,
+
     /// HTTP/2 streams one connection may have open at once, so one client cannot take the
     /// whole concurrency limit.
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 256)]

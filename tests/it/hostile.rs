@@ -137,3 +137,283 @@ async fn silent_admin_connections_cannot_exhaust_descriptors() {
     assert_eq!(clamped["level"], "WARN", "{clamped}");
     assert_eq!(clamped["clamped_to"].as_u64(), Some(128));
 }
+
+const HEALTH: &str = "/grpc.health.v1.Health/Check";
+
+/// Silent connections lock nobody out: one that sends nothing, or only the preface, is
+/// closed once the handshake timeout has passed since accept, and the caller waiting for
+/// its slot is served; a real HTTP/2 connection outlives the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_the_handshake_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn_with(
+        StoreKind::Memory,
+        &["--max-connections", "3", "--handshake-timeout-ms", "300"],
+    )
+    .await;
+    // The test's own client holds one slot, a real raw connection the second.
+    let mut real = raw::connect(app.addr).await;
+    assert_eq!(
+        raw::unary(&mut real, HEALTH, grpc_frame(false, &[]))
+            .await
+            .0,
+        0
+    );
+    // The third: a silent connection; then a caller waits for a slot.
+    let mut silent = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let waiting = tokio::spawn(async move {
+        let mut late = raw::connect(app.addr).await;
+        raw::unary(&mut late, HEALTH, grpc_frame(false, &[]))
+            .await
+            .0
+    });
+    assert!(
+        raw::closed_within(&mut silent, Duration::from_secs(3)).await,
+        "a silent connection is closed"
+    );
+    let code = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the waiting caller is served once the slot frees")
+        .expect("task");
+    assert_eq!(code, 0);
+    // The preface without SETTINGS is not a handshake either (the late caller's slot is
+    // free again once its connection closes, so this one is accepted).
+    let mut preface_only = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    preface_only
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(raw::closed_within(&mut preface_only, Duration::from_secs(3)).await);
+    // The real connection, idle since long past the timeout, still answers.
+    assert_eq!(
+        raw::unary(&mut real, HEALTH, grpc_frame(false, &[]))
+            .await
+            .0,
+        0
+    );
+}
+
+/// With TLS the deadline covers the HTTP/2 handshake inside it too: a client that finishes
+/// TLS and then says nothing is closed, while real HTTP/2 clients over TLS 1.2 and 1.3
+/// keep their connection past the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_must_finish_http2_too() {
+    use crate::support::pki::{Ca, TempDir};
+    use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+    let ca = Ca::new("handshake CA");
+    let dir = TempDir::new();
+    let server = ca.issue(&["localhost"], None);
+    let cert = dir.write("server.pem", &server.cert);
+    let key = dir.write("server.key", &server.key);
+    let config = crate::support::config(
+        StoreKind::Memory,
+        None,
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8"),
+            "--tls-key",
+            key.to_str().expect("utf-8"),
+            "--handshake-timeout-ms",
+            "300",
+        ],
+    );
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
+        .domain_name("localhost");
+    let app = TestApp::spawn_config(config, None, Some(tls)).await;
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().into()).expect("CA");
+    let connect = |versions: &'static [&'static rustls::SupportedProtocolVersion], h2: bool| {
+        let roots = roots.clone();
+        async move {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let mut client = ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            if h2 {
+                client.alpn_protocols = vec![b"h2".to_vec()];
+            }
+            let tcp = tokio::net::TcpStream::connect(app.addr)
+                .await
+                .expect("connect");
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+                .connect("localhost".try_into().expect("name"), tcp)
+                .await
+                .expect("TLS handshake")
+        }
+    };
+    let mut silent = connect(rustls::ALL_VERSIONS, false).await;
+    static TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    static TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    for versions in [TLS12, TLS13] {
+        let mut h2 = raw::over(connect(versions, true).await).await;
+        assert_eq!(
+            raw::unary(&mut h2, HEALTH, grpc_frame(false, &[])).await.0,
+            0
+        );
+        // Past the handshake timeout (no readiness signal exists for "time has passed").
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            raw::unary(&mut h2, HEALTH, grpc_frame(false, &[])).await.0,
+            0,
+            "{versions:?}: a real connection outlives the handshake timeout"
+        );
+    }
+    assert!(
+        raw::closed_within(&mut silent, Duration::from_secs(3)).await,
+        "silent after TLS is closed"
+    );
+}
+
+/// The value of `barazo_session_connection_events_total{event}` on the admin port.
+async fn connection_events(admin: &str, event: &str) -> f64 {
+    let text = metrics_text(admin.parse().expect("admin address")).await;
+    sample_or_zero(
+        &text,
+        &format!("barazo_session_connection_events_total{{event=\"{event}\"}}"),
+    )
+}
+
+/// An HTTP/2 rapid-reset flood (streams opened and reset at once, over several
+/// connections) is counted in /metrics, and writes no warning to the log at the default
+/// level: anyone can send it, so it must not flood the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_is_counted_not_logged() {
+    let mut cmd = crate::cli::command();
+    cmd.args(["--store", "memory", "--metrics-listen", "127.0.0.1:0"]);
+    let server = crate::cli::start(cmd).await;
+    let addr = server.addr.parse().expect("address");
+    let flood = async {
+        for _ in 0..5 {
+            let h2 = raw::connect(addr).await;
+            for _ in 0..500 {
+                let Ok(ready) = h2.clone().ready().await else {
+                    break; // The server sent GOAWAY: this connection is done.
+                };
+                let mut ready = ready;
+                let request = http::Request::post(format!("http://localhost{HEALTH}"))
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .expect("request");
+                let Ok((_, mut stream)) = ready.send_request(request, false) else {
+                    break;
+                };
+                stream.send_reset(h2::Reason::CANCEL);
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), flood)
+        .await
+        .expect("the flood is sent within 5 s");
+    // The count is the readiness signal: poll it, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while connection_events(&server.admin, "reset_flood").await < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reset flood was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, log) = server.terminate().await;
+    let warnings: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("reached limit") || line.contains("\"h2"))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}
+
+/// Fair share: with a policy, one caller's calls in progress are limited by its own budget
+/// (`max_concurrent`, by default half of `--max-concurrent-requests`), so a plugin holding
+/// calls open gets RESOURCE_EXHAUSTED past its share while the AppView's calls succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_callers_flood_leaves_room_for_the_others() {
+    use crate::support::pki::TempDir;
+    use crate::support::sha256_hex;
+    let dir = TempDir::new();
+    let policy = dir.write(
+        "policy.toml",
+        format!(
+            "[callers.appview]\nkeys_sha256 = [\"{}\"]\nallow = [\"*\"]\n[callers.plugins]\nkeys_sha256 = [\"{}\"]\nallow = [\"ValidateAccessToken\"]\n",
+            sha256_hex("appview-key"),
+            sha256_hex("plugin-key")
+        ),
+    );
+    let app = TestApp::spawn_with(
+        StoreKind::Memory,
+        &[
+            "--authz-policy",
+            policy.to_str().expect("utf-8"),
+            "--max-concurrent-requests",
+            "4",
+        ],
+    )
+    .await;
+    let h2 = raw::connect(app.addr).await;
+    let request = |key: &str| {
+        http::Request::post(format!("http://localhost{VALIDATE}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {key}"))
+            .body(())
+            .expect("request")
+    };
+    // The plugin holds two calls open (their bodies never come): its whole default share.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut ready = h2.clone().ready().await.expect("ready");
+        held.push(
+            ready
+                .send_request(request("plugin-key"), false)
+                .expect("send"),
+        );
+    }
+    let answer = |key: &'static str| {
+        let h2 = h2.clone();
+        async move {
+            let mut ready = h2.ready().await.expect("ready");
+            let (response, mut stream) = ready.send_request(request(key), false).expect("send");
+            stream
+                .send_data(grpc_frame(false, &[]), true)
+                .expect("body");
+            let response = tokio::time::timeout(Duration::from_secs(3), response)
+                .await
+                .expect("answered within 3 s")
+                .expect("response");
+            let (parts, mut body) = response.into_parts();
+            let status = match parts.headers.get("grpc-status") {
+                Some(status) => status.clone(),
+                None => {
+                    while body.data().await.is_some() {}
+                    let trailers = body.trailers().await.expect("trailers").expect("some");
+                    trailers.get("grpc-status").expect("grpc-status").clone()
+                }
+            };
+            status
+                .to_str()
+                .expect("ascii")
+                .parse::<i32>()
+                .expect("code")
+        }
+    };
+    // The AppView's calls succeed meanwhile. (Each stream's call starts in its own task,
+    // spawned in arrival order: three round trips after the held calls' headers, their tasks
+    // have run and hold the plugin's budget; no other signal of that exists.)
+    for _ in 0..3 {
+        assert_eq!(answer("appview-key").await, 0);
+    }
+    // A third call of the plugin's is refused at once: RESOURCE_EXHAUSTED (8).
+    assert_eq!(answer("plugin-key").await, 8);
+    // Once the plugin's held calls end, its budget is back.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while answer("plugin-key").await != 0 {
+        assert!(std::time::Instant::now() < deadline, "the budget came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -72,6 +72,11 @@ impl Ca {
         }
     }
 
+    /// The CA certificate, DER.
+    pub fn der(&self) -> Vec<u8> {
+        self.issuer.der().to_vec()
+    }
+
     /// The CA certificate, PEM.
     pub fn pem(&self) -> String {
         self.issuer.pem()

@@ -8,7 +8,15 @@ use std::time::Duration;
 /// An HTTP/2 connection driven by the test, with its connection task running.
 pub async fn connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (send, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    over(tcp).await
+}
+
+/// An HTTP/2 connection over `io` (e.g. a TLS stream), with its connection task running.
+pub async fn over<IO>(io: IO) -> h2::client::SendRequest<Bytes>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, connection) = h2::client::handshake(io).await.expect("HTTP/2 handshake");
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -88,4 +96,23 @@ fn percent_decoded(text: &str) -> String {
         }
     }
     String::from_utf8(bytes).expect("UTF-8")
+}
+
+/// Whether the server closes `stream` (end of stream or an error) within `within`, reading
+/// and discarding whatever it sends first (its SETTINGS).
+pub async fn closed_within<S>(stream: &mut S, within: Duration) -> bool
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let drained = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, drained).await.is_ok()
 }
