@@ -575,10 +575,7 @@ async fn sessions_end_at_their_absolute_lifetime(store: Backend) {
         ms(&session.access_token_expires_at) <= deadline,
         "{session:?}"
     );
-    assert_eq!(
-        ms(&session.expires_at),
-        deadline.min(ms(&session.expires_at))
-    );
+    assert!(ms(&session.expires_at) <= deadline, "{session:?}");
     assert!(app.validate(&refreshed.access_token).await.valid);
     // Waiting is the point here: the deadline passes in real time.
     let wait = u64::try_from(deadline + 50 - now_ms()).unwrap_or(0);
