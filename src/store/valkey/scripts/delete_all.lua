@@ -5,14 +5,7 @@
 -- SMEMBERS here is bounded too.
 local count = 0
 for _, sid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local data_key = ARGV[1] .. 'data:' .. sid
-  local raw = redis.call('GET', data_key)
-  if raw then
-    local ok, s = pcall(cjson.decode, raw)
-    if ok and type(s) == 'table' and type(s.accessTokenHash) == 'string' then
-      redis.call('DEL', ARGV[1] .. 'access:' .. s.accessTokenHash)
-    end
-    redis.call('DEL', data_key)
+  if revoke_session(ARGV[1], sid) then
     count = count + 1
   end
 end

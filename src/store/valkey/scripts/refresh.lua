@@ -71,8 +71,7 @@ if max > 0 then
   local left = s.createdAt + max - now
   if left <= 0 then
     -- Past its absolute deadline: the session ends now, whatever its sliding TTL says.
-    redis.call('DEL', KEYS[1])
-    redis.call('SREM', ARGV[1] .. 'did:' .. s.did, ARGV[2])
+    revoke_session(ARGV[1], ARGV[2])
     return {'expired', ''}
   end
   -- Neither the data nor the new token outlives the deadline.

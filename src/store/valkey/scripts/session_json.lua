@@ -1,6 +1,9 @@
--- Prepended to every script that writes a session: the stored JSON in the TypeScript
--- AppView's field order (integers printed without exponent), stamped on Valkey's own clock,
--- so that every replica of the service writes expiries on one clock, whatever theirs say.
+-- The shared prelude, prepended to every standalone script and to the cluster scripts that
+-- write a session: the stored JSON in the TypeScript AppView's field order (integers printed
+-- without exponent), stamped on Valkey's own clock, so that every replica of the service
+-- writes expiries on one clock, whatever theirs say; and revoke_session, the one place a
+-- session's keys are deleted (standalone scripts only: in cluster mode a session's keys live
+-- on different nodes, and ValkeyClusterStore's revoke does it command by command).
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -30,4 +33,35 @@ local function session_json(sid, did, handle, hash, expires_at, created_at, refr
     json = json .. ',"ipAddress":' .. str(ip_address)
   end
   return json .. '}'
+end
+-- A stored record decoded, or nil when it is not a JSON object (a corrupt or foreign value).
+local function decode_session(raw)
+  local ok, s = pcall(cjson.decode, raw)
+  if ok and type(s) == 'table' then
+    return s
+  end
+  return nil
+end
+-- Revokes one session: its access key (first: from then on no token of it validates), its
+-- entry in its DID index, and its data. The one place a script deletes a session's keys, so
+-- what a session owns is listed once. A record that cannot be read is removed all the same
+-- (its access key, unknown without the JSON, expires on its own and never validates without
+-- the data). Returns whether a session existed.
+local function revoke_session(prefix, sid)
+  local data_key = prefix .. 'data:' .. sid
+  local raw = redis.call('GET', data_key)
+  if not raw then
+    return false
+  end
+  local s = decode_session(raw)
+  if s then
+    if type(s.accessTokenHash) == 'string' then
+      redis.call('DEL', prefix .. 'access:' .. s.accessTokenHash)
+    end
+    if type(s.did) == 'string' then
+      redis.call('SREM', prefix .. 'did:' .. s.did, sid)
+    end
+  end
+  redis.call('DEL', data_key)
+  return true
 end
