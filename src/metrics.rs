@@ -61,6 +61,44 @@ pub struct EventLabels {
     pub event: &'static str,
 }
 
+/// Why sessions were revoked, the label of `barazo_session_revocations_total`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Revocation {
+    /// `RevokeSession`: the user ended one of their sessions.
+    User,
+    /// `RevokeOtherSessions`: "log out everywhere else".
+    Others,
+    /// `CreateSession` beyond `--max-sessions-per-did`: the least recently refreshed went.
+    Cap,
+    /// `RefreshSession` past `--session-max-lifetime`.
+    Lifetime,
+    /// `DeleteSession`: logout.
+    Logout,
+    /// `DeleteAllSessionsForDid`: account deletion, takedown.
+    AllForDid,
+}
+
+impl Revocation {
+    /// The label value (and span attribute value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Others => "others",
+            Self::Cap => "cap",
+            Self::Lifetime => "lifetime",
+            Self::Logout => "logout",
+            Self::AllForDid => "all-for-did",
+        }
+    }
+}
+
+/// Labels of revoked sessions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// [`Revocation::as_str`].
+    pub reason: &'static str,
+}
+
 /// Labels of one Valkey round trip.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoundTripLabels {
@@ -87,6 +125,7 @@ pub struct Metrics {
     rpc_duration: Family<RpcLabels, Histogram, fn() -> Histogram>,
     validations: Family<OutcomeLabels, Counter>,
     sessions: Family<EventLabels, Counter>,
+    revocations: Family<ReasonLabels, Counter>,
     round_trips: Family<RoundTripLabels, Histogram, fn() -> Histogram>,
     store_in_flight: Gauge,
     store_up: Gauge,
@@ -128,6 +167,12 @@ impl Metrics {
             "Sessions created, refreshed and deleted",
             sessions.clone(),
         );
+        let revocations = Family::default();
+        registry.register(
+            "barazo_session_revocations",
+            "Sessions revoked, by reason: user, others, cap, lifetime, logout, all-for-did",
+            revocations.clone(),
+        );
         let round_trips = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register_with_unit(
             "barazo_session_valkey_round_trip_duration",
@@ -164,6 +209,7 @@ impl Metrics {
             rpc_duration,
             validations,
             sessions,
+            revocations,
             round_trips,
             store_in_flight,
             store_up,
@@ -191,6 +237,18 @@ impl Metrics {
             self.sessions
                 .get_or_create(&EventLabels { event })
                 .inc_by(n);
+        }
+    }
+
+    /// Counts `n` sessions revoked for `reason` (also as `deleted` sessions).
+    pub fn revoked(&self, reason: Revocation, n: u64) {
+        if n > 0 {
+            self.revocations
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
+                .inc_by(n);
+            self.sessions("deleted", n);
         }
     }
 

@@ -6,7 +6,7 @@
 
 use crate::call::{CallLimits, Calls, SpanFacts};
 use crate::error::RequestError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Revocation};
 use crate::proto::session_service_server::SessionService;
 use crate::proto::{
     ClientInfo, CreateSessionRequest, CreateSessionResponse, DeleteAllSessionsForDidRequest,
@@ -20,7 +20,7 @@ use crate::session::{
     ClientFacts, SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex,
     validate_did, validate_handle, validate_session_key,
 };
-use crate::store::{Lifetimes, SessionStore, StoreError};
+use crate::store::{Lifetimes, Refreshed, SessionStore, StoreError};
 use crate::telemetry;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -80,8 +80,12 @@ impl<S: SessionStore> SessionApi<S> {
             ip_address: client.ip_address,
         };
         // The store stamps the times on its own clock (Valkey's); answer what it stored.
-        let record = self.store.create(&record, lifetimes).await?;
+        let created = self.store.create(&record, lifetimes).await?;
         self.metrics.sessions("created", 1);
+        if created.revoked > 0 {
+            self.revoked(Revocation::Cap, created.revoked);
+        }
+        let record = created.record;
         Ok(CreateSessionResponse {
             session: Some(self.to_proto(&record)),
             access_token: access.into_string(),
@@ -149,7 +153,7 @@ impl<S: SessionStore> SessionApi<S> {
         }
         let access = Token::generate().map_err(RequestError::Entropy)?;
         // The new token's expiry is the store's clock plus its TTL.
-        let record = self
+        let record = match self
             .store
             .refresh(
                 &sid,
@@ -158,7 +162,14 @@ impl<S: SessionStore> SessionApi<S> {
                 self.lifetimes,
             )
             .await?
-            .ok_or(RequestError::SessionNotFound)?;
+        {
+            Refreshed::Session(record) => record,
+            Refreshed::Missing => return Err(RequestError::SessionNotFound),
+            Refreshed::PastLifetime => {
+                self.revoked(Revocation::Lifetime, 1);
+                return Err(RequestError::SessionNotFound);
+            }
+        };
         self.metrics.sessions("refreshed", 1);
         Ok(RefreshSessionResponse {
             session: Some(self.to_proto(&record)),
@@ -173,7 +184,7 @@ impl<S: SessionStore> SessionApi<S> {
         let sid = req.refresh_token;
         // Logout is idempotent: a token that cannot name a session deletes nothing.
         let deleted = is_well_formed_token(&sid) && self.store.delete(&sid).await?;
-        self.metrics.sessions("deleted", u64::from(deleted));
+        self.revoked(Revocation::Logout, u32::from(deleted));
         Ok(DeleteSessionResponse { deleted })
     }
 
@@ -184,7 +195,7 @@ impl<S: SessionStore> SessionApi<S> {
         validate_did(&req.did)?;
         record_did(&req.did);
         let deleted_count = self.store.delete_all_for_did(&req.did).await?;
-        self.metrics.sessions("deleted", u64::from(deleted_count));
+        self.revoked(Revocation::AllForDid, deleted_count);
         Ok(DeleteAllSessionsForDidResponse { deleted_count })
     }
 
@@ -218,10 +229,11 @@ impl<S: SessionStore> SessionApi<S> {
             .iter()
             .find(|r| sha256_hex(&r.sid) == req.session_key)
         else {
+            self.revoked(Revocation::User, 0);
             return Ok(RevokeSessionResponse { revoked: false });
         };
         let revoked = self.store.revoke_in_did(&req.did, &record.sid).await?;
-        self.metrics.sessions("deleted", u64::from(revoked));
+        self.revoked(Revocation::User, u32::from(revoked));
         Ok(RevokeSessionResponse { revoked })
     }
 
@@ -238,8 +250,17 @@ impl<S: SessionStore> SessionApi<S> {
             .revoke_others(&sid)
             .await?
             .ok_or(RequestError::SessionNotFound)?;
-        self.metrics.sessions("deleted", u64::from(revoked_count));
+        self.revoked(Revocation::Others, revoked_count);
         Ok(RevokeOtherSessionsResponse { revoked_count })
+    }
+
+    /// Counts sessions revoked for `reason` in the metrics and puts the reason and the
+    /// count on the RPC's span (also when nothing was revoked: an operator sees that the
+    /// call found nothing to end). Never a token or a sid.
+    fn revoked(&self, reason: Revocation, count: u32) {
+        self.metrics.revoked(reason, u64::from(count));
+        telemetry::record("barazo.revocation_reason", || reason.as_str());
+        telemetry::record("barazo.revoked_count", || i64::from(count));
     }
 
     /// Whether `record` is before its absolute deadline at `now_ms` (always, without one).

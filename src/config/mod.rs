@@ -79,6 +79,13 @@ pub struct Config {
     #[arg(long, env = "SESSION_MAX_LIFETIME", default_value = "5184000", value_parser = durations::seconds)]
     pub session_max_lifetime: Duration,
 
+    /// Most live sessions one DID may hold; a login beyond it first revokes that DID's least
+    /// recently refreshed sessions (Keycloak's "terminate oldest"), so a login always
+    /// succeeds. `0`: no cap. 32: far more devices and browsers than one person uses, few
+    /// enough that a leaked-credential loop cannot pile up sessions.
+    #[arg(long, env = "MAX_SESSIONS_PER_DID", default_value_t = 32)]
+    pub max_sessions_per_did: u32,
+
     /// Access token lifetime in seconds. The AppView's variable and default (15 minutes).
     #[arg(long, env = "OAUTH_ACCESS_TOKEN_TTL", default_value = "900", value_parser = durations::seconds)]
     pub access_token_ttl: Duration,
@@ -296,12 +303,13 @@ impl Config {
         }
     }
 
-    /// Session and access token lifetimes as the store takes them.
+    /// Session and access token lifetimes and the cap per DID, as the store takes them.
     pub fn lifetimes(&self) -> crate::store::Lifetimes {
         crate::store::Lifetimes {
             session: self.session_ttl,
             access_token: self.access_token_ttl,
             max: (!self.session_max_lifetime.is_zero()).then_some(self.session_max_lifetime),
+            max_per_did: std::num::NonZeroU32::new(self.max_sessions_per_did),
         }
     }
 }

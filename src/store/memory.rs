@@ -1,7 +1,7 @@
 //! The in-memory store: the same semantics as Valkey's (TTLs, sliding window, pruning), in
 //! one process, for development and the quick start. Nothing survives a restart.
 
-use super::{Found, Lifetimes, SessionStore, StoreError};
+use super::{Created, Found, Lifetimes, Refreshed, SessionStore, StoreError};
 use crate::session::{ClientFacts, SessionRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -79,6 +79,37 @@ impl Keyspace {
         self.dids.insert(did.to_owned(), index);
     }
 
+    /// Revokes the least recently refreshed live sessions of `did` until `keep` are left
+    /// (the cap, before a new session is added). Returns how many it revoked.
+    fn cap(&mut self, did: &str, keep: usize, now: Instant) -> u32 {
+        let Some(index) = self.dids.get(did).filter(|e| e.live(now)) else {
+            return 0;
+        };
+        let mut live: Vec<(i64, String)> = index
+            .value
+            .iter()
+            .filter_map(|sid| self.live_data(sid, now))
+            .filter(|record| record.did == did)
+            .map(|record| (record.last_refreshed(), record.sid.clone()))
+            .collect();
+        if live.len() <= keep {
+            return 0;
+        }
+        // Oldest first; the sid breaks a tie, as in the Valkey stores.
+        live.sort();
+        let excess = live.len() - keep;
+        let mut revoked = 0u32;
+        for (_, sid) in live.into_iter().take(excess) {
+            if self.remove_session(&sid, now).is_some() {
+                revoked = revoked.saturating_add(1);
+            }
+            if let Some(index) = self.dids.get_mut(did) {
+                index.value.remove(&sid);
+            }
+        }
+        revoked
+    }
+
     /// Removes a session's data and access key; returns its record if it was live.
     fn remove_session(&mut self, sid: &str, now: Instant) -> Option<SessionRecord> {
         let entry = self.data.remove(sid)?;
@@ -114,10 +145,15 @@ impl SessionStore for MemoryStore {
         &self,
         record: &SessionRecord,
         lifetimes: Lifetimes,
-    ) -> Result<SessionRecord, StoreError> {
+    ) -> Result<Created, StoreError> {
         let now = Instant::now();
         let mut ks = self.lock();
         ks.sweep(now);
+        // Room for the new session first: at most the cap minus one others stay.
+        let revoked = lifetimes.max_per_did.map_or(0, |cap| {
+            let keep = usize::try_from(cap.get() - 1).unwrap_or(usize::MAX);
+            ks.cap(&record.did, keep, now)
+        });
         ks.data.insert(
             record.sid.clone(),
             Expiring::new(record.clone(), lifetimes.session),
@@ -128,7 +164,10 @@ impl SessionStore for MemoryStore {
         );
         ks.index(&record.did, &record.sid, lifetimes.session, now);
         // One process, one clock: the record keeps the times it was given.
-        Ok(record.clone())
+        Ok(Created {
+            record: record.clone(),
+            revoked,
+        })
     }
 
     async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
@@ -150,12 +189,12 @@ impl SessionStore for MemoryStore {
         new_access_hash: &str,
         client: Option<&ClientFacts>,
         lifetimes: Lifetimes,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    ) -> Result<Refreshed, StoreError> {
         let now = Instant::now();
         let now_ms = crate::session::now_ms();
         let mut ks = self.lock();
         let Some(mut record) = ks.live_data(sid, now).cloned() else {
-            return Ok(None);
+            return Ok(Refreshed::Missing);
         };
         ks.access.remove(&record.access_token_hash);
         let lifetimes = match lifetimes.deadline_ms(record.created_at) {
@@ -165,7 +204,7 @@ impl SessionStore for MemoryStore {
                 if let Some(index) = ks.dids.get_mut(&record.did) {
                     index.value.remove(sid);
                 }
-                return Ok(None);
+                return Ok(Refreshed::PastLifetime);
             }
             Some(deadline) => {
                 let left = u64::try_from(deadline - now_ms).unwrap_or(0);
@@ -190,7 +229,7 @@ impl SessionStore for MemoryStore {
             Expiring::new(record.clone(), lifetimes.session),
         );
         ks.index(&record.did, sid, lifetimes.session, now);
-        Ok(Some(record))
+        Ok(Refreshed::Session(record))
     }
 
     async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {

@@ -16,6 +16,7 @@ pub mod valkey;
 
 use crate::session::{ClientFacts, SessionRecord};
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 /// Failures of the storage layer. Anything but [`StoreError::CorruptSession`] means the store
@@ -47,8 +48,9 @@ impl StoreError {
     }
 }
 
-/// How long the parts of a session live, passed with each write so that the store and the
-/// record's `accessTokenExpiresAt` can never disagree.
+/// When sessions end: how long the parts of a session live, passed with each write so that
+/// the store and the record's `accessTokenExpiresAt` can never disagree, and how many one
+/// DID may hold at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lifetimes {
     /// Session data and DID index lifetime; restarted by every refresh (sliding window).
@@ -57,6 +59,9 @@ pub struct Lifetimes {
     pub access_token: Duration,
     /// Longest a session lives after its creation, refreshes or not; `None`: no limit.
     pub max: Option<Duration>,
+    /// Most live sessions one DID may hold: a create beyond it first revokes that DID's
+    /// least recently refreshed sessions (`refreshedAt`, else `createdAt`). `None`: no cap.
+    pub max_per_did: Option<NonZeroU32>,
 }
 
 impl Lifetimes {
@@ -79,9 +84,35 @@ impl Lifetimes {
         Self {
             session: self.session.min(left),
             access_token: self.access_token.min(left),
-            max: self.max,
+            ..*self
         }
     }
+
+    /// The cap on sessions per DID for the scripts; 0 when there is none.
+    pub fn max_per_did(&self) -> u32 {
+        self.max_per_did.map_or(0, NonZeroU32::get)
+    }
+}
+
+/// What a create stored, and how many older sessions of the DID it revoked to stay within
+/// the cap ([`Lifetimes::max_per_did`]).
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The record as stored (times on the store's clock).
+    pub record: SessionRecord,
+    /// Sessions of the same DID revoked for the cap.
+    pub revoked: u32,
+}
+
+/// What a refresh found.
+#[derive(Debug, Clone)]
+pub enum Refreshed {
+    /// The session, with its new access token.
+    Session(SessionRecord),
+    /// No session has that sid.
+    Missing,
+    /// The session was past its absolute lifetime: it has been revoked now.
+    PastLifetime,
 }
 
 /// The key names of the shared layout under one prefix (both Valkey stores use it).
@@ -150,14 +181,17 @@ pub const PRUNE_SAMPLE: usize = 16;
 /// either all of another call's effects or none.
 pub trait SessionStore: Send + Sync + 'static {
     /// Stores a new session, its access key, and adds it to its DID index (restarting the
-    /// index TTL). Prunes up to [`PRUNE_SAMPLE`] expired members from that index. The
+    /// index TTL). Prunes up to [`PRUNE_SAMPLE`] expired members from that index (with a
+    /// cap, every one). With [`Lifetimes::max_per_did`], revokes the DID's least recently
+    /// refreshed sessions (as [`SessionStore::delete`] does) so that, the new one included,
+    /// no more than the cap stay live; the new session itself is always stored. The
     /// Valkey stores stamp `created_at` and `access_token_expires_at` on Valkey's clock
     /// (one clock for every replica); returns the record as stored.
     fn create(
         &self,
         record: &SessionRecord,
         lifetimes: Lifetimes,
-    ) -> impl Future<Output = Result<SessionRecord, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Created, StoreError>> + Send;
 
     /// Looks up the session an access key points to. Returns the record as stored and the
     /// store's own clock; the caller decides whether `access_hash` is still its current,
@@ -169,7 +203,8 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Replaces a session's access token: removes the old access key, stores the new hash,
     /// whose expiry is the store's clock plus `lifetimes.access_token`, and restarts the
-    /// session and DID index TTLs. `None` when no session has that sid.
+    /// session and DID index TTLs. [`Refreshed::Missing`] when no session has that sid;
+    /// a session past its absolute lifetime is revoked ([`Refreshed::PastLifetime`]).
     /// `client`, when given, replaces the stored device facts; `refreshedAt` becomes now.
     fn refresh(
         &self,
@@ -177,7 +212,7 @@ pub trait SessionStore: Send + Sync + 'static {
         new_access_hash: &str,
         client: Option<&ClientFacts>,
         lifetimes: Lifetimes,
-    ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Refreshed, StoreError>> + Send;
 
     /// Removes a session, its access key and its DID index entry. Returns whether a session
     /// existed.

@@ -55,6 +55,7 @@ for_each_store!(
     users_list_their_sessions_and_end_one_or_all_others,
     session_listing_and_revocation_refuse_bad_input,
     sessions_end_at_their_absolute_lifetime,
+    logins_beyond_the_cap_revoke_the_least_recently_refreshed,
 );
 
 fn now_ms() -> i64 {
@@ -589,4 +590,70 @@ async fn sessions_end_at_their_absolute_lifetime(store: Backend) {
         Code::NotFound
     );
     assert!(list(&app, &did).await.expect("list").is_empty());
+}
+
+/// Waits until the clock has passed `ts`, so that the next session's `refreshedAt` differs
+/// from it (the cap ranks by it; a tie would fall to the random sids).
+async fn after(ts: &Option<prost_types::Timestamp>) {
+    let at = ms(ts);
+    while now_ms() <= at + 1 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn logins_beyond_the_cap_revoke_the_least_recently_refreshed(store: Backend) {
+    let app = TestApp::spawn_with(store, &["--max-sessions-per-did", "3"]).await;
+    let (did, other) = (unique_did(), unique_did());
+    let theirs = app.create(&other, "bob.test").await;
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let created = app.create(&did, "alice.test").await;
+        after(&created.session.as_ref().expect("session").refreshed_at).await;
+        sessions.push(created);
+    }
+    let (first, second, third) = (&sessions[0], &sessions[1], &sessions[2]);
+    assert_eq!(list(&app, &did).await.expect("list").len(), 3, "at the cap");
+    // The oldest login is refreshed: the second becomes the least recently refreshed.
+    let refreshed = app.refresh(&first.refresh_token).await.expect("refresh");
+    after(&refreshed.session.as_ref().expect("session").refreshed_at).await;
+
+    // A fourth login succeeds and ends the second, completely and at once.
+    let fourth = app.create(&did, "alice.test").await;
+    assert!(app.validate(&fourth.access_token).await.valid);
+    assert!(!app.validate(&second.access_token).await.valid, "revoked");
+    assert_eq!(
+        app.refresh(&second.refresh_token)
+            .await
+            .expect_err("revoked")
+            .code(),
+        Code::NotFound
+    );
+    let listed: Vec<String> = list(&app, &did)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|s| s.session_key)
+        .collect();
+    let key = |c: &barazo_session::proto::CreateSessionResponse| sha256_hex(&c.refresh_token);
+    assert_eq!(listed, [key(&fourth), key(first), key(third)]);
+    assert!(app.validate(&refreshed.access_token).await.valid);
+    assert!(app.validate(&third.access_token).await.valid);
+
+    // The next login ends the third; another DID's session is never touched.
+    after(&fourth.session.as_ref().expect("session").refreshed_at).await;
+    let fifth = app.create(&did, "alice.test").await;
+    assert!(!app.validate(&third.access_token).await.valid);
+    let listed = list(&app, &did).await.expect("list");
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0].session_key, key(&fifth));
+    assert!(app.validate(&theirs.access_token).await.valid);
+    assert_eq!(list(&app, &other).await.expect("list").len(), 1);
+
+    // Revoking brings the DID below the cap: the next login revokes nothing.
+    assert!(revoke(&app, &did, &key(&fourth)).await.expect("revoke"));
+    let sixth = app.create(&did, "alice.test").await;
+    assert!(app.validate(&sixth.access_token).await.valid);
+    assert!(app.validate(&refreshed.access_token).await.valid);
+    assert!(app.validate(&fifth.access_token).await.valid);
+    assert_eq!(list(&app, &did).await.expect("list").len(), 3);
 }

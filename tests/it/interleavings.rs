@@ -27,6 +27,7 @@ const LIFETIMES: Lifetimes = Lifetimes {
     session: Duration::from_secs(600),
     access_token: Duration::from_secs(60),
     max: None,
+    max_per_did: None,
 };
 
 /// Holds the first operation that reaches `step` until released.

@@ -332,7 +332,15 @@ async fn refresh_racing_delete_leaves_no_keys() {
 async fn the_did_index_is_pruned_of_expired_sessions() {
     let app = TestApp::spawn_with(
         StoreKind::Valkey,
-        &["--access-token-ttl", "1", "--session-ttl", "2"],
+        // Without a cap: with one, every create reads the whole index and prunes it all.
+        &[
+            "--access-token-ttl",
+            "1",
+            "--session-ttl",
+            "2",
+            "--max-sessions-per-did",
+            "0",
+        ],
     )
     .await;
     let did = unique_did();
@@ -653,5 +661,74 @@ async fn typescript_sessions_past_the_absolute_lifetime_are_over() {
     assert!(
         keys(&mut conn, &format!("{PREFIX}*")).await.is_empty(),
         "the refusal removed it"
+    );
+}
+
+/// The same session with another `createdAt` (the writer above stamps now).
+fn created_at(json: &str, created: i64) -> String {
+    let cut = json.rfind(r#""createdAt""#).expect("createdAt");
+    format!(r#"{}"createdAt":{created}}}"#, &json[..cut])
+}
+
+/// Sessions the TypeScript code wrote have no `refreshedAt`: the cap ranks them by their
+/// `createdAt`, revokes them completely (access key, data, index entry), and counts them
+/// towards the cap like its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sessions_are_capped_by_their_creation_time() {
+    let app = TestApp::spawn_with(StoreKind::Valkey, &["--max-sessions-per-did", "3"]).await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    // Written in the other order than they were created: the index's order does not count.
+    let (newer, newer_access) = (ts_token(50), ts_token(51));
+    let (older, older_access) = (ts_token(52), ts_token(53));
+    for (sid, access, age_ms) in [
+        (&newer, &newer_access, 3_600_000),
+        (&older, &older_access, 7_200_000),
+    ] {
+        let json = write_typescript_session(&mut conn, sid, access, &did).await;
+        let _: () = conn
+            .set_options(
+                format!("{PREFIX}data:{sid}"),
+                created_at(&json, now_ms() - age_ms),
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::EX(604_800)),
+            )
+            .await
+            .expect("write");
+    }
+    let ours = app.create(&did, "alice.test").await;
+    assert!(app.validate(&newer_access).await.valid);
+    assert!(app.validate(&older_access).await.valid);
+
+    // A fourth session: the one created two hours ago goes, whole.
+    let second = app.create(&did, "alice.test").await;
+    assert!(!app.validate(&older_access).await.valid);
+    assert!(app.validate(&newer_access).await.valid);
+    for key in [
+        format!("{PREFIX}data:{older}"),
+        format!("{PREFIX}access:{}", sha256_hex(&older_access)),
+    ] {
+        assert!(
+            !conn.exists::<_, bool>(&key).await.expect("EXISTS"),
+            "{key}"
+        );
+    }
+    let index = format!("{PREFIX}did:{did}");
+    assert!(
+        !conn
+            .sismember::<_, _, bool>(&index, &older)
+            .await
+            .expect("SISMEMBER")
+    );
+
+    // A fifth: then the other TypeScript session, older than both of ours.
+    let third = app.create(&did, "alice.test").await;
+    assert!(!app.validate(&newer_access).await.valid);
+    for created in [&ours, &second, &third] {
+        assert!(app.validate(&created.access_token).await.valid);
+    }
+    assert_eq!(conn.scard::<_, usize>(&index).await.expect("SCARD"), 3);
+    assert_eq!(
+        app.refresh(&newer).await.expect_err("revoked").code(),
+        Code::NotFound
     );
 }

@@ -18,13 +18,19 @@
 //!   script that adds to the index and extends its TTL at once).
 //! - **Revocation removes the access key before the data**, and validation needs both
 //!   plus a matching hash, so a token of a deleted session never validates.
+//! - **The cap is enforced after the new session is whole**: create lists the DID index
+//!   only after its own session is indexed, so of concurrent creates the last to list sees
+//!   every session of the DID, and each revokes the same least recently refreshed ones (one
+//!   order: `refreshedAt`, then the sid); after quiescence no more than the cap are live.
 //! - **A call runs to its end even when its caller goes away** (client cancel, request
 //!   timeout): each operation runs as its own task, so a cancellation cannot stop it
 //!   between two steps. Only a crash of the process can; what it leaves then still
 //!   expires on its own and never validates.
 //!
 //! Round trips: validate 2 (`GET` access, then a script reading data and `TIME`); create 3 + 1 `SRANDMEMBER` + 1 `EXISTS` per sampled member (+1
-//! `SREM` per expired one); refresh 7–8; delete 4; delete-all 1 + 4 per session.
+//! `SREM` per expired one), with a cap 3 + 1 `SMEMBERS` + 1 `GET` per member (+1 `SREM`
+//! per expired one, +4 per session revoked); refresh 7–8; delete 4; delete-all 1 + 4 per
+//! session.
 //!
 //! Expiry is judged on the clock of the node holding the session's data (read with it in
 //! one single-key script), not on the clock of whichever replica of the service asks.
@@ -36,7 +42,9 @@ use super::link::ClusterLink;
 use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms};
 use crate::metrics::Metrics;
 use crate::session::{ClientFacts, SessionRecord};
-use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use crate::store::{
+    Created, Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refreshed, SessionStore, StoreError,
+};
 use opentelemetry::context::FutureExt as _;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -56,6 +64,9 @@ pub enum Step {
     CreateDataWritten,
     /// Create: data and index are written, the access key not yet.
     CreateIndexed,
+    /// Create with a cap: the session is whole and the DID index listed for the cap,
+    /// nothing revoked yet.
+    CreateCapListed,
     /// Refresh: the data is read, nothing written yet.
     RefreshRead,
     /// Refresh: the new data is written, the new access key not yet.
@@ -311,26 +322,14 @@ impl Shared {
         mut conn: ClusterConnection,
         record: SessionRecord,
         lifetimes: Lifetimes,
-    ) -> Result<SessionRecord, StoreError> {
+    ) -> Result<Created, StoreError> {
         let index = self.keys.did(&record.did);
-        // Prune a bounded sample of members whose session is gone. Sound because a sid
-        // joins the index only after its data exists (below): a member without data
+        // Without a cap, prune a bounded sample of members whose session is gone (with
+        // one, the cap's pass below reads every member and prunes them all). Sound because
+        // a sid joins the index only after its data exists (below): a member without data
         // expired or was deleted; it is never one that another create is writing.
-        let mut sample_cmd = redis::cmd("SRANDMEMBER");
-        sample_cmd.arg(&index).arg(PRUNE_SAMPLE);
-        let sample: Vec<String> = self
-            .query(&mut conn, command!("SRANDMEMBER"), &sample_cmd)
-            .await?;
-        self.step(Step::CreateSampled).await;
-        for member in sample {
-            let mut exists = redis::cmd("EXISTS");
-            exists.arg(self.keys.data(&member));
-            let exists: bool = self.query(&mut conn, command!("EXISTS"), &exists).await?;
-            if !exists {
-                let mut srem = redis::cmd("SREM");
-                srem.arg(&index).arg(&member);
-                let _: i64 = self.query(&mut conn, command!("SREM"), &srem).await?;
-            }
+        if lifetimes.max_per_did.is_none() {
+            self.prune_sample(&mut conn, &index).await?;
         }
         // Data first: unusable on its own (nobody holds the sid or a token yet), and the
         // proof of life that pruning relies on. Stamped on its node's clock.
@@ -365,7 +364,83 @@ impl Shared {
             lifetimes.access_token,
         )
         .await?;
-        Ok(stored)
+        let revoked = match lifetimes.max_per_did {
+            Some(cap) => self.cap(&mut conn, &record.did, cap.get()).await?,
+            None => 0,
+        };
+        Ok(Created {
+            record: stored,
+            revoked,
+        })
+    }
+
+    /// Removes from a DID index up to [`PRUNE_SAMPLE`] random members whose data is gone.
+    async fn prune_sample(
+        &self,
+        conn: &mut ClusterConnection,
+        index: &str,
+    ) -> Result<(), StoreError> {
+        let mut sample_cmd = redis::cmd("SRANDMEMBER");
+        sample_cmd.arg(index).arg(PRUNE_SAMPLE);
+        let sample: Vec<String> = self
+            .query(conn, command!("SRANDMEMBER"), &sample_cmd)
+            .await?;
+        self.step(Step::CreateSampled).await;
+        for member in sample {
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(self.keys.data(&member));
+            let exists: bool = self.query(conn, command!("EXISTS"), &exists).await?;
+            if !exists {
+                let mut srem = redis::cmd("SREM");
+                srem.arg(index).arg(&member);
+                let _: i64 = self.query(conn, command!("SREM"), &srem).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The cap, after a create: reads every member of the DID index (pruning those whose
+    /// data is gone) and revokes the least recently refreshed live sessions beyond `cap`.
+    /// Every create of the DID lists the index after indexing its own session, so the last
+    /// of concurrent creates to list sees them all, and all of them rank sessions in one
+    /// order (`refreshedAt`, else `createdAt`; then the sid; an unreadable record first):
+    /// they revoke the same oldest ones, never a session another one keeps for the cap.
+    /// Returns how many this call revoked.
+    async fn cap(
+        &self,
+        conn: &mut ClusterConnection,
+        did: &str,
+        cap: u32,
+    ) -> Result<u32, StoreError> {
+        let members = self.members(conn, did).await?;
+        self.step(Step::CreateCapListed).await;
+        let mut live: Vec<(i64, String)> = Vec::with_capacity(members.len());
+        for member in members {
+            match self.read(conn, &member).await? {
+                // Gone: expired or revoked (a member is added only after its data exists).
+                None => self.srem(conn, did, &member).await?,
+                Some(Ok(record)) if record.did == did => {
+                    live.push((record.last_refreshed(), member));
+                }
+                // Unreadable, or a foreign writer's: never usable here, so it goes first.
+                Some(_) => live.push((i64::MIN, member)),
+            }
+        }
+        let keep = usize::try_from(cap).unwrap_or(usize::MAX);
+        if live.len() <= keep {
+            return Ok(0);
+        }
+        live.sort();
+        let excess = live.len() - keep;
+        let mut revoked = 0u32;
+        for (_, sid) in live.into_iter().take(excess) {
+            if self.revoke(conn, &sid).await?.is_some() {
+                revoked = revoked.saturating_add(1);
+            }
+            // As delete-all: exactly the members handled leave the index.
+            self.srem(conn, did, &sid).await?;
+        }
+        Ok(revoked)
     }
 
     async fn find_by_access_hash(
@@ -414,9 +489,9 @@ impl Shared {
         new_access_hash: String,
         client: Option<ClientFacts>,
         lifetimes: Lifetimes,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    ) -> Result<Refreshed, StoreError> {
         let Some(record) = self.read(&mut conn, &sid).await? else {
-            return Ok(None);
+            return Ok(Refreshed::Missing);
         };
         // An unreadable session is refused before anything is written.
         let record = record?;
@@ -456,13 +531,13 @@ impl Shared {
         )
         .await?;
         let Some((replaced, json, access_ttl_ms)) = written else {
-            return Ok(None);
+            return Ok(Refreshed::Missing);
         };
         if access_ttl_ms == 0 {
             // Past its absolute deadline: the session ends now (the old token is revoked).
             self.revoke(&mut conn, &sid).await?;
             self.srem(&mut conn, &record.did, &sid).await?;
-            return Ok(None);
+            return Ok(Refreshed::PastLifetime);
         }
         let record = parse_record(&sid, &json)?;
         self.step(Step::RefreshDataWritten).await;
@@ -495,7 +570,7 @@ impl Shared {
             self.del(&mut conn, self.keys.access(&new_access_hash))
                 .await?;
         }
-        Ok(Some(record))
+        Ok(Refreshed::Session(record))
     }
 
     /// Revokes one session: its access key first, then its data. Returns what was stored
@@ -670,7 +745,7 @@ impl SessionStore for ValkeyClusterStore {
         &self,
         record: &SessionRecord,
         lifetimes: Lifetimes,
-    ) -> Result<SessionRecord, StoreError> {
+    ) -> Result<Created, StoreError> {
         let record = record.clone();
         self.on_link(|shared, conn| shared.create(conn, record, lifetimes))
             .await
@@ -688,7 +763,7 @@ impl SessionStore for ValkeyClusterStore {
         new_access_hash: &str,
         client: Option<&ClientFacts>,
         lifetimes: Lifetimes,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    ) -> Result<Refreshed, StoreError> {
         let (sid, new_access_hash) = (sid.to_owned(), new_access_hash.to_owned());
         let client = client.cloned();
         self.on_link(|shared, conn| shared.refresh(conn, sid, new_access_hash, client, lifetimes))

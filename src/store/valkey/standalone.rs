@@ -9,7 +9,9 @@
 use super::{Operation, Peer, ValkeyOptions, millis, observe, parse_record, store_error, time_ms};
 use crate::metrics::Metrics;
 use crate::session::{ClientFacts, SessionRecord, log_prefix, sha256_hex};
-use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use crate::store::{
+    Created, Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refreshed, SessionStore, StoreError,
+};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, RedisError, Script};
 use std::sync::Arc;
@@ -135,7 +137,7 @@ impl SessionStore for ValkeyStore {
         &self,
         record: &SessionRecord,
         lifetimes: Lifetimes,
-    ) -> Result<SessionRecord, StoreError> {
+    ) -> Result<Created, StoreError> {
         let script = &self.scripts.create;
         let mut invocation = script.script.prepare_invoke();
         invocation
@@ -151,9 +153,14 @@ impl SessionStore for ValkeyStore {
             .arg(&record.handle)
             .arg(&record.access_token_hash)
             .arg(&record.user_agent)
-            .arg(&record.ip_address);
-        let json: Vec<u8> = self.invoke(script, &invocation).await?;
-        parse_record(&record.sid, &json)
+            .arg(&record.ip_address)
+            .arg(self.keys.prefix())
+            .arg(lifetimes.max_per_did());
+        let (json, revoked): (Vec<u8>, u32) = self.invoke(script, &invocation).await?;
+        Ok(Created {
+            record: parse_record(&record.sid, &json)?,
+            revoked,
+        })
     }
 
     async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
@@ -181,7 +188,7 @@ impl SessionStore for ValkeyStore {
         new_access_hash: &str,
         client: Option<&ClientFacts>,
         lifetimes: Lifetimes,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    ) -> Result<Refreshed, StoreError> {
         let script = &self.scripts.refresh;
         let mut invocation = script.script.prepare_invoke();
         invocation
@@ -198,10 +205,12 @@ impl SessionStore for ValkeyStore {
             .arg(lifetimes.max_ms());
         let outcome: Option<(String, Vec<u8>)> = self.invoke(script, &invocation).await?;
         match outcome {
-            None => Ok(None),
-            Some((status, json)) if status == "ok" => parse_record(sid, &json).map(Some),
-            // Past its absolute lifetime: the script has removed it.
-            Some((status, _)) if status == "expired" => Ok(None),
+            None => Ok(Refreshed::Missing),
+            Some((status, json)) if status == "ok" => {
+                parse_record(sid, &json).map(Refreshed::Session)
+            }
+            // Past its absolute lifetime: the script has revoked it.
+            Some((status, _)) if status == "expired" => Ok(Refreshed::PastLifetime),
             Some((status, reason)) if status == "corrupt" => Err(StoreError::CorruptSession {
                 key_prefix: log_prefix(&sha256_hex(sid)).to_owned(),
                 reason: String::from_utf8_lossy(&reason).into_owned(),

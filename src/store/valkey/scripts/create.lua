@@ -1,18 +1,62 @@
--- Stores a new session atomically.
+-- Stores a new session atomically; with a cap, first revokes the DID's least recently
+-- refreshed sessions so that no more than the cap stay live, the new one included.
 -- KEYS[1] = <prefix>data:<sid>, KEYS[2] = <prefix>access:<hash>, KEYS[3] = <prefix>did:<did>
 -- ARGV[1] = did, ARGV[2] = sid, ARGV[3] = session TTL (ms),
 -- ARGV[4] = access token TTL (ms), ARGV[5] = <prefix>data:, ARGV[6] = prune sample size,
 -- ARGV[7] = handle, ARGV[8] = access token hash, ARGV[9] = User-Agent, ARGV[10] = IP
--- address (both may be empty)
--- Returns the session JSON written (createdAt and accessTokenExpiresAt on Valkey's clock).
---
--- First prunes a bounded random sample of the DID index: members whose data expired are
--- removed, so a user who logs in daily for years keeps an index the size of their live
--- sessions (SRANDMEMBER with a positive count returns distinct members).
-local sample = redis.call('SRANDMEMBER', KEYS[3], tonumber(ARGV[6]))
-for _, member in ipairs(sample) do
-  if redis.call('EXISTS', ARGV[5] .. member) == 0 then
-    redis.call('SREM', KEYS[3], member)
+-- address (both may be empty), ARGV[11] = <prefix>, ARGV[12] = most sessions per DID (0: no cap)
+-- Returns {the session JSON written (createdAt and accessTokenExpiresAt on Valkey's clock),
+-- how many sessions the cap revoked}.
+local cap = tonumber(ARGV[12])
+local revoked = 0
+if cap > 0 then
+  -- The cap needs every member: each is read, the dead ones leave the index (a full
+  -- prune), and the least recently refreshed live ones are revoked until the new session
+  -- fits. Bounded: after each such create the index holds at most the cap.
+  local live = {}
+  for _, member in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    local raw = redis.call('GET', ARGV[5] .. member)
+    if not raw then
+      redis.call('SREM', KEYS[3], member)
+    else
+      local s = decode_session(raw)
+      -- Last refreshed, or created for a session the TypeScript code wrote (it has no
+      -- refreshedAt); an unreadable record can never be used again and goes first.
+      local at = -1
+      if s and type(s.refreshedAt) == 'number' then
+        at = s.refreshedAt
+      elseif s and type(s.createdAt) == 'number' then
+        at = s.createdAt
+      end
+      live[#live + 1] = {at, member}
+    end
+  end
+  local excess = #live - (cap - 1)
+  if excess > 0 then
+    -- Oldest first; the sid breaks a tie, as in the other stores.
+    table.sort(live, function(a, b)
+      if a[1] ~= b[1] then
+        return a[1] < b[1]
+      end
+      return a[2] < b[2]
+    end)
+    for i = 1, excess do
+      if revoke_session(ARGV[11], live[i][2]) then
+        revoked = revoked + 1
+      end
+      -- Also when its data named another DID (a foreign writer): it leaves this index.
+      redis.call('SREM', KEYS[3], live[i][2])
+    end
+  end
+else
+  -- Without a cap, a bounded random sample of the DID index is pruned: members whose data
+  -- expired are removed, so a user who logs in daily for years keeps an index the size of
+  -- their live sessions (SRANDMEMBER with a positive count returns distinct members).
+  local sample = redis.call('SRANDMEMBER', KEYS[3], tonumber(ARGV[6]))
+  for _, member in ipairs(sample) do
+    if redis.call('EXISTS', ARGV[5] .. member) == 0 then
+      redis.call('SREM', KEYS[3], member)
+    end
   end
 end
 local now = now_ms()
@@ -26,4 +70,4 @@ redis.call('SADD', KEYS[3], ARGV[2])
 if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
-return json
+return {json, revoked}
