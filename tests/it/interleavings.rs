@@ -403,6 +403,191 @@ async fn takedown_under_concurrent_logins_cluster() {
     takedown_under_concurrent_logins(Backend::Cluster).await;
 }
 
+const CAP: u32 = 3;
+
+/// [`LIFETIMES`] with a cap of [`CAP`] sessions per DID.
+const CAPPED: Lifetimes = Lifetimes {
+    max_per_did: std::num::NonZeroU32::new(CAP),
+    ..LIFETIMES
+};
+
+/// The DID index's members, each with whether its data exists.
+async fn index_members(cluster: &ValkeyCluster, did: &str) -> Vec<(String, bool)> {
+    let mut conn = cluster_connection(cluster).await;
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{PREFIX}did:{did}"))
+        .query_async(&mut conn)
+        .await
+        .expect("SMEMBERS");
+    let mut found = Vec::new();
+    for sid in members {
+        let live: bool = redis::cmd("EXISTS")
+            .arg(format!("{PREFIX}data:{sid}"))
+            .query_async(&mut conn)
+            .await
+            .expect("EXISTS");
+        found.push((sid, live));
+    }
+    found
+}
+
+/// Two logins of a DID at its cap, one held at each step of its create (the cap's listing
+/// and its revocations included) while the other runs to its end. Afterwards no more than
+/// the cap are live, exactly the newest sessions, every index member is live, every
+/// revoked session's token is refused, and every key has a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_over_the_cap_keep_exactly_the_newest() {
+    let cluster = ValkeyCluster::start().await;
+    for step in [
+        Step::CreateDataWritten,
+        Step::CreateIndexed,
+        Step::CreateCapListed,
+        // The cap's first revocation: the victim is read, not yet revoked.
+        Step::DeleteRead,
+    ] {
+        let gate = Gate::at(step);
+        let store = store(&cluster, &gate);
+        let did = unique_did();
+        // The DID at its cap, written through a second store whose gate no create reaches
+        // (a cap means no sampling step), one clock tick apart: the cap ranks by time.
+        let plain = self::store(&cluster, &Gate::at(Step::CreateSampled));
+        let mut sessions = Vec::new();
+        for _ in 0..CAP {
+            let (record, access) = session(&did);
+            let created = plain.create(&record, CAPPED).await.expect("create");
+            while now_ms() <= created.record.created_at + 1 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sessions.push((record, access));
+        }
+        let (held, held_access) = session(&did);
+        let (other, other_access) = session(&did);
+        let first = tokio::spawn({
+            let store = store.clone();
+            async move { store.create(&held, CAPPED).await }
+        });
+        gate.wait_reached().await;
+        store.create(&other, CAPPED).await.expect("create");
+        gate.release();
+        first.await.expect("task").expect("a login always succeeds");
+
+        let members = index_members(&cluster, &did).await;
+        assert!(
+            members.iter().all(|(_, live)| *live),
+            "{step:?}: dead index members {members:?}"
+        );
+        let live = store.list_for_did(&did).await.expect("list");
+        assert_eq!(live.len(), CAP as usize, "{step:?}: {live:?}");
+        assert_eq!(members.len(), live.len(), "{step:?}");
+        // The first two logins went, whole; the newest three stay.
+        for (_, access) in &sessions[..2] {
+            assert!(!validates(&store, access).await, "{step:?}: revoked");
+        }
+        for access in [&sessions[2].1, &held_access, &other_access] {
+            assert!(validates(&store, access).await, "{step:?}: kept");
+        }
+    }
+    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+}
+
+/// Many concurrent logins of one DID over the cap, on every topology: after quiescence the
+/// DID holds exactly the cap, every index member is live, every token of a revoked session
+/// is refused, and every key has a TTL.
+async fn concurrent_logins_over_the_cap(backend: Backend) {
+    let cap = CAP.to_string();
+    let app = TestApp::spawn_with(backend, &["--max-sessions-per-did", &cap]).await;
+    let did = unique_did();
+    let mut logins = Vec::new();
+    for _ in 0..6 {
+        let (mut client, did) = (app.client.clone(), did.clone());
+        logins.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..4 {
+                let created = client
+                    .create_session(barazo_session::proto::CreateSessionRequest {
+                        did: did.clone(),
+                        handle: "alice.test".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("a login always succeeds")
+                    .into_inner();
+                mine.push(created);
+            }
+            mine
+        }));
+    }
+    let mut created = Vec::new();
+    for login in logins {
+        created.extend(login.await.expect("logins"));
+    }
+    let live = app
+        .client
+        .clone()
+        .list_sessions(barazo_session::proto::ListSessionsRequest { did: did.clone() })
+        .await
+        .expect("list")
+        .into_inner()
+        .sessions;
+    assert_eq!(live.len(), CAP as usize, "{live:?}");
+    let kept: Vec<&str> = live.iter().map(|s| s.session_key.as_str()).collect();
+    for session in &created {
+        let listed = kept.contains(&sha256_hex(&session.refresh_token).as_str());
+        assert_eq!(
+            app.validate(&session.access_token).await.valid,
+            listed,
+            "only the listed sessions validate"
+        );
+    }
+    let mut conns = match backend {
+        Backend::Memory => return,
+        Backend::Valkey => vec![app.valkey().client().await],
+        Backend::Cluster => node_connections(app.cluster.as_ref().expect("cluster")).await,
+    };
+    assert_every_key_expires(&mut conns).await;
+    let keys = keys_and_ttls(&mut conns).await;
+    let data = |sid: &str| format!("{PREFIX}data:{sid}");
+    let index = format!("{PREFIX}did:{did}");
+    let data_left = created
+        .iter()
+        .filter(|c| keys.iter().any(|(k, _)| *k == data(&c.refresh_token)))
+        .count();
+    assert_eq!(data_left, CAP as usize, "revoked sessions' data is gone");
+    let mut members: Vec<String> = Vec::new();
+    for conn in &mut conns {
+        if keys.iter().any(|(k, _)| *k == index) {
+            let found: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(&index)
+                .query_async(conn)
+                .await
+                .unwrap_or_default();
+            members.extend(found);
+        }
+    }
+    assert_eq!(members.len(), CAP as usize, "index: {members:?}");
+    for member in &members {
+        assert!(
+            keys.iter().any(|(k, _)| *k == data(member)),
+            "dead index member"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_over_the_cap_memory() {
+    concurrent_logins_over_the_cap(Backend::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_over_the_cap_valkey() {
+    concurrent_logins_over_the_cap(Backend::Valkey).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_logins_over_the_cap_cluster() {
+    concurrent_logins_over_the_cap(Backend::Cluster).await;
+}
+
 /// Writes `garbage` over a session's data, then checks that validate and refresh refuse it;
 /// returns what is stored afterwards.
 async fn refresh_unreadable(
