@@ -182,6 +182,7 @@ async fn dashboard_queries_only_what_the_service_exports() {
     for metric in [
         "barazo_session_validations_total",
         "barazo_session_sessions_total",
+        "barazo_session_revocations_total",
         "rpc_server_call_duration_seconds_bucket",
         "rpc_server_call_duration_seconds_count",
         "barazo_session_valkey_round_trip_duration_seconds_bucket",

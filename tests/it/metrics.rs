@@ -168,3 +168,103 @@ async fn metrics_count_calls_outcomes_and_round_trips() {
     assert_eq!(get(admin, "/readyz").await.0, 503);
     assert_eq!(get(admin, "/livez").await, (200, "ok\n".to_owned()));
 }
+
+/// Revocations are counted by why, each RPC under its own reason, and also as `deleted`
+/// sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_are_counted_by_reason() {
+    use barazo_session::proto::{RevokeOtherSessionsRequest, RevokeSessionRequest};
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--max-sessions-per-did",
+            "2",
+        ],
+    )
+    .await;
+    let did = unique_did();
+    let mut created = Vec::new();
+    for _ in 0..4 {
+        // The third and the fourth login revoke one each (cap).
+        created.push(app.create(&did, "alice.test").await);
+    }
+    let others = app
+        .client
+        .clone()
+        .revoke_other_sessions(RevokeOtherSessionsRequest {
+            refresh_token: created[3].refresh_token.clone(),
+        })
+        .await
+        .expect("revoke others")
+        .into_inner();
+    assert_eq!(others.revoked_count, 1);
+    let fifth = app.create(&did, "alice.test").await;
+    let revoked = app
+        .client
+        .clone()
+        .revoke_session(RevokeSessionRequest {
+            did: did.clone(),
+            session_key: crate::support::sha256_hex(&fifth.refresh_token),
+        })
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert!(revoked.revoked);
+    assert!(app.delete(&created[3].refresh_token).await.expect("logout"));
+    app.create(&did, "alice.test").await;
+    app.create(&did, "alice.test").await;
+    assert_eq!(app.delete_all(&did).await.expect("delete all"), 2);
+
+    let (_, text) = get(app.metrics_addr.expect("admin listener"), "/metrics").await;
+    let reason = |r: &str| {
+        sample(
+            &text,
+            &format!("barazo_session_revocations_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(reason("cap"), 2.0);
+    assert_eq!(reason("others"), 1.0);
+    assert_eq!(reason("user"), 1.0);
+    assert_eq!(reason("logout"), 1.0);
+    assert_eq!(reason("all-for-did"), 2.0);
+    assert!(
+        !text.contains("reason=\"lifetime\""),
+        "none ended by lifetime"
+    );
+    assert_eq!(
+        sample(&text, "barazo_session_sessions_total{event=\"deleted\"}"),
+        7.0
+    );
+
+    // A refresh past the absolute lifetime ends the session: reason "lifetime". (This
+    // service never lets a session's data outlive its deadline; a session the TypeScript
+    // code keeps refreshing does: created 61 days ago, written a moment ago.)
+    let mut conn = app.valkey().client().await;
+    let sid = crate::support::sha256_hex(&format!("metrics-lifetime-{did}"));
+    let created_ms = 1_700_000_000_000i64;
+    let json = format!(
+        r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{created_ms}}}"#,
+        "0".repeat(64),
+        created_ms + 900_000
+    );
+    let _: () = redis::cmd("SET")
+        .arg(format!("barazo:session:data:{sid}"))
+        .arg(&json)
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut conn)
+        .await
+        .expect("write");
+    let over = app.refresh(&sid).await.expect_err("over");
+    assert_eq!(over.code(), tonic::Code::NotFound);
+    let (_, text) = get(app.metrics_addr.expect("admin listener"), "/metrics").await;
+    assert_eq!(
+        sample(
+            &text,
+            "barazo_session_revocations_total{reason=\"lifetime\"}"
+        ),
+        1.0
+    );
+}

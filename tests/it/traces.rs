@@ -6,7 +6,8 @@ use crate::cli::{command, start};
 use crate::support::{Valkey, sha256_hex, unique_did};
 use barazo_session::proto::{
     CreateSessionRequest, DeleteAllSessionsForDidRequest, DeleteSessionRequest,
-    RefreshSessionRequest, ValidateAccessTokenRequest,
+    RefreshSessionRequest, RevokeOtherSessionsRequest, RevokeSessionRequest,
+    ValidateAccessTokenRequest,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -305,5 +306,119 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
                 "a full token hash was exported or logged"
             );
         }
+    }
+}
+
+/// An RPC that revokes sessions says on its SERVER span why and how many
+/// (`barazo.revocation_reason`, `barazo.revoked_count`), never which: no sid, token or
+/// session key is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_carry_their_reason_and_count_on_the_rpc_span() {
+    let collector = Collector::default();
+    let incoming = TcpIncoming::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let collector_addr = incoming.local_addr().expect("addr");
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(incoming),
+    );
+    let valkey = Valkey::start();
+    let mut cmd = command();
+    cmd.env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://{collector_addr}"),
+    )
+    .args(["--valkey-url", &valkey.url(), "--max-sessions-per-did", "2"]);
+    let running = start(cmd).await;
+    let mut client = running.client().await;
+    let did = unique_did();
+    let create = |n: u8| {
+        Caller::new(n).request(CreateSessionRequest {
+            did: did.clone(),
+            handle: "alice.test".into(),
+            ..Default::default()
+        })
+    };
+    let mut created = Vec::new();
+    for n in [11, 12, 13, 14] {
+        // The third and the fourth login each revoke one for the cap of 2.
+        created.push(
+            client
+                .create_session(create(n))
+                .await
+                .expect("create")
+                .into_inner(),
+        );
+    }
+    let revoked_others = client
+        .revoke_other_sessions(Caller::new(15).request(RevokeOtherSessionsRequest {
+            refresh_token: created[3].refresh_token.clone(),
+        }))
+        .await
+        .expect("revoke others")
+        .into_inner();
+    assert_eq!(revoked_others.revoked_count, 1);
+    let fifth = client
+        .create_session(create(16))
+        .await
+        .expect("create")
+        .into_inner();
+    let revoked = client
+        .revoke_session(Caller::new(17).request(RevokeSessionRequest {
+            did: did.clone(),
+            session_key: sha256_hex(&fifth.refresh_token),
+        }))
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert!(revoked.revoked);
+    client
+        .delete_session(Caller::new(18).request(DeleteSessionRequest {
+            refresh_token: created[3].refresh_token.clone(),
+        }))
+        .await
+        .expect("logout");
+    client.create_session(create(19)).await.expect("create");
+    client
+        .delete_all_sessions_for_did(
+            Caller::new(20).request(DeleteAllSessionsForDidRequest { did: did.clone() }),
+        )
+        .await
+        .expect("delete all");
+
+    let (code, _) = running.terminate().await;
+    assert_eq!(code, Some(0));
+    serving.abort();
+    let spans = collector.spans.lock().expect("lock").clone();
+    for (n, reason, count) in [
+        (11, None, None),
+        (13, Some("cap"), Some("1")),
+        (14, Some("cap"), Some("1")),
+        (15, Some("others"), Some("1")),
+        (16, None, None),
+        (17, Some("user"), Some("1")),
+        (18, Some("logout"), Some("1")),
+        (20, Some("all-for-did"), Some("1")),
+    ] {
+        let server = spans
+            .iter()
+            .find(|s| s.trace_id == Caller::new(n).trace_id && s.kind == SpanKind::Server as i32)
+            .unwrap_or_else(|| panic!("no SERVER span in trace {n}"));
+        let attr = |key| attribute(&server.attributes, key);
+        assert_eq!(attr("barazo.revocation_reason").as_deref(), reason, "{n}");
+        assert_eq!(attr("barazo.revoked_count").as_deref(), count, "{n}");
+    }
+    let exported = format!("{spans:?}");
+    for session in created.iter().chain([&fifth]) {
+        for secret in [&session.refresh_token, &session.access_token] {
+            assert!(
+                !exported.contains(secret.as_str()),
+                "a credential was exported"
+            );
+        }
+        assert!(
+            !exported.contains(&sha256_hex(&session.refresh_token)),
+            "a session key was exported"
+        );
     }
 }
