@@ -181,8 +181,8 @@ pub const PRUNE_SAMPLE: usize = 16;
 /// either all of another call's effects or none.
 pub trait SessionStore: Send + Sync + 'static {
     /// Stores a new session, its access key, and adds it to its DID index (restarting the
-    /// index TTL). Prunes up to [`PRUNE_SAMPLE`] expired members from that index (with a
-    /// cap, every one). With [`Lifetimes::max_per_did`], revokes the DID's least recently
+    /// index TTL). Without a cap, prunes up to [`PRUNE_SAMPLE`] expired members from that
+    /// index; with one, every expired member once the index reaches the cap. With [`Lifetimes::max_per_did`], revokes the DID's least recently
     /// refreshed sessions (as [`SessionStore::delete`] does) so that, the new one included,
     /// no more than the cap stay live; the new session itself is always stored. The
     /// Valkey stores stamp `created_at` and `access_token_expires_at` on Valkey's clock

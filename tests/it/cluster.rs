@@ -3,6 +3,7 @@
 //! a dead node answers UNAVAILABLE (never "invalid") until it is back.
 
 use crate::support::cluster::ValkeyCluster;
+use crate::support::monitor::Monitor;
 use crate::support::pki::{Ca, TempDir};
 use crate::support::{Backend, TestApp, config, sha256_hex, unique_did};
 use barazo_session::config::StoreKind;
@@ -383,4 +384,134 @@ async fn concurrent_refreshes_leave_no_orphaned_access_key_on_any_node() {
         "the remaining key is the current token's: {data}"
     );
     assert!(tokens.iter().any(|t| sha256_hex(t) == hash));
+}
+
+/// Round trips per RPC in cluster mode, counted with `MONITOR` on every node (the README's
+/// table): the order of commands across nodes is lost, their number is not.
+struct ClusterMonitor(Vec<Monitor>);
+
+impl ClusterMonitor {
+    async fn start(cluster: &ValkeyCluster) -> Self {
+        let mut monitors = Vec::new();
+        for node in cluster.nodes() {
+            monitors.push(Monitor::start(node).await);
+        }
+        Self(monitors)
+    }
+
+    /// `action`'s output and each command name it sent to any node, sorted.
+    async fn round_trips<T>(&mut self, action: impl Future<Output = T>) -> (T, Vec<String>) {
+        let mut starts = Vec::new();
+        for monitor in &mut self.0 {
+            starts.push(monitor.begin().await);
+        }
+        let output = action.await;
+        let mut commands = Vec::new();
+        for (monitor, start) in self.0.iter_mut().zip(starts) {
+            commands.extend(monitor.finish(start).await);
+        }
+        commands.sort();
+        (output, commands)
+    }
+}
+
+fn counted(commands: &[&str]) -> Vec<String> {
+    let mut commands: Vec<String> = commands.iter().map(|c| (*c).to_owned()).collect();
+    commands.sort();
+    commands
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trips_per_rpc_in_cluster_mode() {
+    use barazo_session::proto::{
+        ListSessionsRequest, RevokeOtherSessionsRequest, RevokeSessionRequest,
+    };
+    let app = TestApp::spawn_with(
+        Backend::Cluster,
+        &[
+            "--health-check-interval-ms",
+            "3600000",
+            "--max-sessions-per-did",
+            "3",
+        ],
+    )
+    .await;
+    let cluster = app.cluster.as_ref().expect("cluster");
+    let did = unique_did();
+    let mut client = app.client.clone();
+    let list = |did: &str| ListSessionsRequest { did: did.into() };
+    // Warm up: scripts loaded and connections to every node made.
+    for _ in 0..3 {
+        let warm = app.create(&unique_did(), "alice.test").await;
+        app.validate(&warm.access_token).await;
+        app.refresh(&warm.refresh_token).await.expect("refresh");
+        app.delete(&warm.refresh_token).await.expect("delete");
+    }
+
+    let mut monitor = ClusterMonitor::start(cluster).await;
+    let (first, trips) = monitor.round_trips(app.create(&did, "alice.test")).await;
+    assert_eq!(
+        trips,
+        counted(&["EVALSHA", "EVALSHA", "SET", "SCARD"]),
+        "CreateSession within the cap: data, index, access key, SCARD for the cap"
+    );
+    let (_, trips) = monitor.round_trips(app.validate(&first.access_token)).await;
+    assert_eq!(trips, counted(&["GET", "EVALSHA"]), "ValidateAccessToken");
+    let (_, trips) = monitor.round_trips(app.delete(&first.refresh_token)).await;
+    assert_eq!(
+        trips,
+        counted(&["GET", "DEL", "DEL", "SREM"]),
+        "DeleteSession"
+    );
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        sessions.push(app.create(&did, "alice.test").await);
+    }
+    let (created, trips) = monitor.round_trips(app.create(&did, "alice.test")).await;
+    // Its own three writes, SCARD, SMEMBERS, a GET per member (4), and the oldest
+    // revoked: GET, DEL access, DEL data, SREM.
+    assert_eq!(
+        trips,
+        counted(&[
+            "EVALSHA", "EVALSHA", "SET", "SCARD", "SMEMBERS", "GET", "GET", "GET", "GET", "GET",
+            "DEL", "DEL", "SREM"
+        ]),
+        "CreateSession revoking one for the cap of 3"
+    );
+    assert!(
+        !app.validate(&sessions[0].access_token).await.valid,
+        "capped"
+    );
+    let (listed, trips) = monitor.round_trips(client.list_sessions(list(&did))).await;
+    assert_eq!(listed.expect("list").into_inner().sessions.len(), 3);
+    assert_eq!(
+        trips,
+        counted(&["SMEMBERS", "GET", "GET", "GET"]),
+        "ListSessions of 3 sessions: SMEMBERS, a GET each"
+    );
+    let revoke = RevokeSessionRequest {
+        did: did.clone(),
+        session_key: sha256_hex(&sessions[1].refresh_token),
+    };
+    let (revoked, trips) = monitor.round_trips(client.revoke_session(revoke)).await;
+    assert!(revoked.expect("revoke").into_inner().revoked);
+    assert_eq!(
+        trips,
+        counted(&[
+            "SMEMBERS", "GET", "GET", "GET", "GET", "GET", "DEL", "DEL", "SREM"
+        ]),
+        "RevokeSession of 3: the listing, then GET (the DID check), GET, DEL, DEL, SREM"
+    );
+    let others = RevokeOtherSessionsRequest {
+        refresh_token: created.refresh_token.clone(),
+    };
+    let (revoked, trips) = monitor
+        .round_trips(client.revoke_other_sessions(others))
+        .await;
+    assert_eq!(revoked.expect("others").into_inner().revoked_count, 1);
+    assert_eq!(
+        trips,
+        counted(&["GET", "SMEMBERS", "GET", "DEL", "DEL", "SREM"]),
+        "RevokeOtherSessions of 2: GET own, SMEMBERS, then per other GET, DEL, DEL, SREM"
+    );
 }

@@ -416,6 +416,72 @@ async fn each_rpc_is_exactly_one_round_trip() {
     assert_eq!(trips, ["EVALSHA"], "DeleteAllSessionsForDid");
 }
 
+/// The session-listing RPCs and a create that revokes for the cap, counted the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_revocation_and_the_cap_round_trips() {
+    use barazo_session::proto::{
+        ListSessionsRequest, RevokeOtherSessionsRequest, RevokeSessionRequest,
+    };
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--health-check-interval-ms",
+            "3600000",
+            "--max-sessions-per-did",
+            "3",
+        ],
+    )
+    .await;
+    let did = unique_did();
+    let mut client = app.client.clone();
+    let list = |did: &str| ListSessionsRequest { did: did.into() };
+    // Warm up: every script loaded once.
+    let warm = app.create(&did, "alice.test").await;
+    client.list_sessions(list(&did)).await.expect("list");
+    let others = RevokeOtherSessionsRequest {
+        refresh_token: warm.refresh_token.clone(),
+    };
+    client.revoke_other_sessions(others).await.expect("others");
+    app.delete(&warm.refresh_token).await.expect("delete");
+    app.delete_all(&did).await.expect("delete all");
+
+    let mut monitor = Monitor::start(app.valkey()).await;
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (created, trips) = monitor.round_trips(app.create(&did, "alice.test")).await;
+        assert_eq!(trips, ["EVALSHA"], "CreateSession under the cap");
+        sessions.push(created);
+    }
+    let (created, trips) = monitor.round_trips(app.create(&did, "alice.test")).await;
+    assert_eq!(trips, ["EVALSHA"], "CreateSession revoking for the cap");
+    assert!(
+        !app.validate(&sessions[0].access_token).await.valid,
+        "capped"
+    );
+    let (listed, trips) = monitor.round_trips(client.list_sessions(list(&did))).await;
+    assert_eq!(listed.expect("list").into_inner().sessions.len(), 3);
+    assert_eq!(trips, ["EVALSHA"], "ListSessions of 3 sessions");
+    let revoke = RevokeSessionRequest {
+        did: did.clone(),
+        session_key: sha256_hex(&sessions[1].refresh_token),
+    };
+    let (revoked, trips) = monitor.round_trips(client.revoke_session(revoke)).await;
+    assert!(revoked.expect("revoke").into_inner().revoked);
+    assert_eq!(
+        trips,
+        ["EVALSHA", "EVALSHA"],
+        "RevokeSession: list, then revoke"
+    );
+    let others = RevokeOtherSessionsRequest {
+        refresh_token: created.refresh_token.clone(),
+    };
+    let (revoked, trips) = monitor
+        .round_trips(client.revoke_other_sessions(others))
+        .await;
+    assert_eq!(revoked.expect("others").into_inner().revoked_count, 1);
+    assert_eq!(trips, ["EVALSHA"], "RevokeOtherSessions");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_script_cache_is_reloaded_transparently() {
     let app = TestApp::spawn_with(

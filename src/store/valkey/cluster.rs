@@ -28,9 +28,9 @@
 //!   expires on its own and never validates.
 //!
 //! Round trips: validate 2 (`GET` access, then a script reading data and `TIME`); create 3 + 1 `SRANDMEMBER` + 1 `EXISTS` per sampled member (+1
-//! `SREM` per expired one), with a cap 3 + 1 `SMEMBERS` + 1 `GET` per member (+1 `SREM`
-//! per expired one, +4 per session revoked); refresh 7–8; delete 4; delete-all 1 + 4 per
-//! session.
+//! `SREM` per expired one); with a cap 4 (the last an `SCARD`) while the index holds no
+//! more than the cap, else + 1 `SMEMBERS` + 1 `GET` per member (+1 `SREM` per expired one,
+//! +4 per session revoked); refresh 7–8; delete 4; delete-all 1 + 4 per session.
 //!
 //! Expiry is judged on the clock of the node holding the session's data (read with it in
 //! one single-key script), not on the clock of whichever replica of the service asks.
@@ -399,8 +399,11 @@ impl Shared {
         Ok(())
     }
 
-    /// The cap, after a create: reads every member of the DID index (pruning those whose
-    /// data is gone) and revokes the least recently refreshed live sessions beyond `cap`.
+    /// The cap, after a create: when the DID index holds more than `cap` members, reads
+    /// every one (pruning those whose data is gone) and revokes the least recently
+    /// refreshed live sessions beyond `cap`. (At most `cap` members: at most `cap` live
+    /// sessions, one `SCARD` and nothing else; the index then stays within the cap plus
+    /// concurrent logins, so no sampled pruning is needed.)
     /// Every create of the DID lists the index after indexing its own session, so the last
     /// of concurrent creates to list sees them all, and all of them rank sessions in one
     /// order (`refreshedAt`, else `createdAt`; then the sid; an unreadable record first):
@@ -412,6 +415,13 @@ impl Shared {
         did: &str,
         cap: u32,
     ) -> Result<u32, StoreError> {
+        let keep = usize::try_from(cap).unwrap_or(usize::MAX);
+        let mut scard = redis::cmd("SCARD");
+        scard.arg(self.keys.did(did));
+        let indexed: usize = self.query(conn, command!("SCARD"), &scard).await?;
+        if indexed <= keep {
+            return Ok(0);
+        }
         let members = self.members(conn, did).await?;
         self.step(Step::CreateCapListed).await;
         let mut live: Vec<(i64, String)> = Vec::with_capacity(members.len());
@@ -426,7 +436,6 @@ impl Shared {
                 Some(_) => live.push((i64::MIN, member)),
             }
         }
-        let keep = usize::try_from(cap).unwrap_or(usize::MAX);
         if live.len() <= keep {
             return Ok(0);
         }

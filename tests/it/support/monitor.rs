@@ -50,8 +50,19 @@ impl Monitor {
     /// Runs `action` and returns its output with the names of the top-level commands
     /// (round trips) Valkey received meanwhile, in order.
     pub async fn round_trips<T>(&mut self, action: impl Future<Output = T>) -> (T, Vec<String>) {
-        let start = self.mark().await;
+        let start = self.begin().await;
         let output = action.await;
+        (output, self.finish(start).await)
+    }
+
+    /// Starts a measurement: returns its start marker, for [`Monitor::finish`]. (For several
+    /// nodes at once, as in a cluster: begin on each, act, finish on each.)
+    pub async fn begin(&mut self) -> String {
+        self.mark().await
+    }
+
+    /// The names of the top-level commands (round trips) Valkey received since `start`.
+    pub async fn finish(&mut self, start: String) -> Vec<String> {
         let end = self.mark().await;
         let mut seen_start = false;
         let mut commands = Vec::new();
@@ -68,7 +79,7 @@ impl Monitor {
             }
             if line.contains(&format!("\"{end}\"")) {
                 assert!(seen_start, "end marker before start marker");
-                return (output, commands);
+                return commands;
             }
             if !seen_start {
                 continue;

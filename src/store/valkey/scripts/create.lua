@@ -9,10 +9,11 @@
 -- how many sessions the cap revoked}.
 local cap = tonumber(ARGV[12])
 local revoked = 0
-if cap > 0 then
-  -- The cap needs every member: each is read, the dead ones leave the index (a full
-  -- prune), and the least recently refreshed live ones are revoked until the new session
-  -- fits. Bounded: after each such create the index holds at most the cap.
+if cap > 0 and redis.call('SCARD', KEYS[3]) >= cap then
+  -- The new session may not fit: every member is read, the dead ones leave the index (a
+  -- full prune), and the least recently refreshed live ones are revoked until it fits.
+  -- (Below the cap nothing is read, and no sampled pruning is needed: the index never
+  -- grows past the cap before this pass prunes it.)
   local live = {}
   for _, member in ipairs(redis.call('SMEMBERS', KEYS[3])) do
     local raw = redis.call('GET', ARGV[5] .. member)
@@ -48,7 +49,7 @@ if cap > 0 then
       redis.call('SREM', KEYS[3], live[i][2])
     end
   end
-else
+elseif cap == 0 then
   -- Without a cap, a bounded random sample of the DID index is pruned: members whose data
   -- expired are removed, so a user who logs in daily for years keeps an index the size of
   -- their live sessions (SRANDMEMBER with a positive count returns distinct members).
