@@ -730,37 +730,57 @@ async fn typescript_sessions_past_the_absolute_lifetime_are_over() {
     );
 }
 
-/// The same session with another `createdAt` (the writer above stamps now).
-fn created_at(json: &str, created: i64) -> String {
-    let cut = json.rfind(r#""createdAt""#).expect("createdAt");
-    format!(r#"{}"createdAt":{created}}}"#, &json[..cut])
+/// A session as the TypeScript AppView writes it (see `write_typescript_session`), created
+/// `created` (epoch ms), one command at a time so that it works on a cluster too.
+async fn write_typescript_session_created(
+    conn: &mut impl redis::aio::ConnectionLike,
+    sid: &str,
+    access: &str,
+    did: &str,
+    created: i64,
+) {
+    let hash = sha256_hex(access);
+    let json = format!(
+        r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{hash}","accessTokenExpiresAt":{},"createdAt":{created}}}"#,
+        now_ms() + 900_000
+    );
+    let index = format!("{PREFIX}did:{did}");
+    for cmd in [
+        redis::cmd("SET")
+            .arg(format!("{PREFIX}data:{sid}"))
+            .arg(&json)
+            .arg("EX")
+            .arg(604_800)
+            .clone(),
+        redis::cmd("SET")
+            .arg(format!("{PREFIX}access:{hash}"))
+            .arg(sid)
+            .arg("EX")
+            .arg(900)
+            .clone(),
+        redis::cmd("SADD").arg(&index).arg(sid).clone(),
+        redis::cmd("EXPIRE").arg(&index).arg(604_800).clone(),
+    ] {
+        let _: redis::Value = cmd
+            .query_async(conn)
+            .await
+            .expect("write TypeScript-shaped session");
+    }
 }
 
 /// Sessions the TypeScript code wrote have no `refreshedAt`: the cap ranks them by their
 /// `createdAt`, revokes them completely (access key, data, index entry), and counts them
 /// towards the cap like its own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typescript_sessions_are_capped_by_their_creation_time() {
-    let app = TestApp::spawn_with(StoreKind::Valkey, &["--max-sessions-per-did", "3"]).await;
-    let mut conn = app.valkey().client().await;
+async fn typescript_sessions_are_capped_by_their_creation_time(
+    app: &TestApp,
+    conn: &mut impl redis::aio::ConnectionLike,
+) {
     let did = unique_did();
     // Written in the other order than they were created: the index's order does not count.
     let (newer, newer_access) = (ts_token(50), ts_token(51));
     let (older, older_access) = (ts_token(52), ts_token(53));
-    for (sid, access, age_ms) in [
-        (&newer, &newer_access, 3_600_000),
-        (&older, &older_access, 7_200_000),
-    ] {
-        let json = write_typescript_session(&mut conn, sid, access, &did).await;
-        let _: () = conn
-            .set_options(
-                format!("{PREFIX}data:{sid}"),
-                created_at(&json, now_ms() - age_ms),
-                redis::SetOptions::default().with_expiration(redis::SetExpiry::EX(604_800)),
-            )
-            .await
-            .expect("write");
-    }
+    write_typescript_session_created(conn, &newer, &newer_access, &did, now_ms() - 3_600_000).await;
+    write_typescript_session_created(conn, &older, &older_access, &did, now_ms() - 7_200_000).await;
     let ours = app.create(&did, "alice.test").await;
     assert!(app.validate(&newer_access).await.valid);
     assert!(app.validate(&older_access).await.valid);
@@ -773,18 +793,21 @@ async fn typescript_sessions_are_capped_by_their_creation_time() {
         format!("{PREFIX}data:{older}"),
         format!("{PREFIX}access:{}", sha256_hex(&older_access)),
     ] {
-        assert!(
-            !conn.exists::<_, bool>(&key).await.expect("EXISTS"),
-            "{key}"
-        );
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .expect("EXISTS");
+        assert!(!exists, "{key}");
     }
     let index = format!("{PREFIX}did:{did}");
-    assert!(
-        !conn
-            .sismember::<_, _, bool>(&index, &older)
-            .await
-            .expect("SISMEMBER")
-    );
+    let listed: bool = redis::cmd("SISMEMBER")
+        .arg(&index)
+        .arg(&older)
+        .query_async(conn)
+        .await
+        .expect("SISMEMBER");
+    assert!(!listed, "left its index");
 
     // A fifth: then the other TypeScript session, older than both of ours.
     let third = app.create(&did, "alice.test").await;
@@ -792,9 +815,41 @@ async fn typescript_sessions_are_capped_by_their_creation_time() {
     for created in [&ours, &second, &third] {
         assert!(app.validate(&created.access_token).await.valid);
     }
-    assert_eq!(conn.scard::<_, usize>(&index).await.expect("SCARD"), 3);
+    let size: usize = redis::cmd("SCARD")
+        .arg(&index)
+        .query_async(conn)
+        .await
+        .expect("SCARD");
+    assert_eq!(size, 3);
     assert_eq!(
         app.refresh(&newer).await.expect_err("revoked").code(),
         Code::NotFound
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sessions_are_capped_by_their_creation_time_valkey() {
+    let app = TestApp::spawn_with(StoreKind::Valkey, &["--max-sessions-per-did", "3"]).await;
+    let mut conn = app.valkey().client().await;
+    typescript_sessions_are_capped_by_their_creation_time(&app, &mut conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sessions_are_capped_by_their_creation_time_cluster() {
+    let app = TestApp::spawn_with(
+        crate::support::Backend::Cluster,
+        &["--max-sessions-per-did", "3"],
+    )
+    .await;
+    let seeds: Vec<String> = app
+        .cluster
+        .as_ref()
+        .expect("cluster")
+        .urls()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let client = redis::cluster::ClusterClient::new(seeds).expect("client");
+    let mut conn = client.get_async_connection().await.expect("connect");
+    typescript_sessions_are_capped_by_their_creation_time(&app, &mut conn).await;
 }
