@@ -490,6 +490,58 @@ async fn concurrent_logins_over_the_cap_keep_exactly_the_newest() {
     assert_every_key_expires(&mut node_connections(&cluster).await).await;
 }
 
+/// A refresh held at each of its steps while a login over the cap (of 1) revokes its
+/// session: afterwards neither of that session's tokens validates, the new login's does,
+/// only it is listed, and every key has a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_racing_the_cap_leaves_no_valid_token() {
+    let cluster = ValkeyCluster::start().await;
+    let one = Lifetimes {
+        max_per_did: std::num::NonZeroU32::new(1),
+        ..LIFETIMES
+    };
+    for step in [Step::RefreshRead, Step::RefreshDataWritten] {
+        let gate = Gate::at(step);
+        let store = store(&cluster, &gate);
+        let did = unique_did();
+        let (record, access) = session(&did);
+        let created = store.create(&record, one).await.expect("create");
+        while now_ms() <= created.record.created_at + 1 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let new_access = Token::generate().expect("random").into_string();
+        let refresh = tokio::spawn({
+            let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
+            async move { store.refresh(&sid, &hash, None, one).await }
+        });
+        gate.wait_reached().await;
+        // The login comes later than the held refresh's refreshedAt: it is the one to keep.
+        let held_at = now_ms();
+        while now_ms() <= held_at + 1 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (login, login_access) = session(&did);
+        let capped = store
+            .create(&login, one)
+            .await
+            .expect("a login always succeeds");
+        assert_eq!(capped.revoked, 1, "{step:?}");
+        gate.release();
+        refresh.await.expect("task").expect("refresh answers");
+
+        assert!(!validates(&store, &access).await, "{step:?}");
+        assert!(
+            !validates(&store, &new_access).await,
+            "{step:?}: a capped session's token"
+        );
+        assert!(validates(&store, &login_access).await, "{step:?}");
+        let listed = store.list_for_did(&did).await.expect("list");
+        assert_eq!(listed.len(), 1, "{step:?}");
+        assert_eq!(listed[0].sid, login.sid, "{step:?}");
+    }
+    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+}
+
 /// Many concurrent logins of one DID over the cap, on every topology: after quiescence the
 /// DID holds exactly the cap, every index member is live, every token of a revoked session
 /// is refused, and every key has a TTL.
