@@ -853,3 +853,28 @@ async fn typescript_sessions_are_capped_by_their_creation_time_cluster() {
     let mut conn = client.get_async_connection().await.expect("connect");
     typescript_sessions_are_capped_by_their_creation_time(&app, &mut conn).await;
 }
+
+/// An unreadable record in a DID's index at the cap is the first the cap removes (it can
+/// never be used again), before any live session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_removes_an_unreadable_session_first() {
+    let app = TestApp::spawn_with(StoreKind::Valkey, &["--max-sessions-per-did", "2"]).await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let first = app.create(&did, "alice.test").await;
+    let second = app.create(&did, "alice.test").await;
+    let data = format!("{PREFIX}data:{}", second.refresh_token);
+    let _: () = conn.set(&data, "not json").await.expect("corrupt");
+    let third = app.create(&did, "alice.test").await;
+    assert!(
+        !conn.exists::<_, bool>(&data).await.expect("EXISTS"),
+        "removed"
+    );
+    assert!(
+        app.validate(&first.access_token).await.valid,
+        "the live one stays"
+    );
+    assert!(app.validate(&third.access_token).await.valid);
+    let index = format!("{PREFIX}did:{did}");
+    assert_eq!(conn.scard::<_, usize>(&index).await.expect("SCARD"), 2);
+}

@@ -427,13 +427,14 @@ impl Shared {
         let mut live: Vec<(i64, String)> = Vec::with_capacity(members.len());
         for member in members {
             match self.read(conn, &member).await? {
-                // Gone: expired or revoked (a member is added only after its data exists).
-                None => self.srem(conn, did, &member).await?,
                 Some(Ok(record)) if record.did == did => {
                     live.push((record.last_refreshed(), member));
                 }
-                // Unreadable, or a foreign writer's: never usable here, so it goes first.
-                Some(_) => live.push((i64::MIN, member)),
+                // Gone: expired or revoked (a member is added only after its data exists);
+                // or another DID's (a foreign writer): it leaves this index, nothing else.
+                None | Some(Ok(_)) => self.srem(conn, did, &member).await?,
+                // Unreadable: never usable again, so it goes first.
+                Some(Err(_)) => live.push((i64::MIN, member)),
             }
         }
         if live.len() <= keep {

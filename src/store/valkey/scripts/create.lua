@@ -17,10 +17,11 @@ if cap > 0 and redis.call('SCARD', KEYS[3]) >= cap then
   local live = {}
   for _, member in ipairs(redis.call('SMEMBERS', KEYS[3])) do
     local raw = redis.call('GET', ARGV[5] .. member)
-    if not raw then
+    local s = raw and decode_session(raw)
+    if not raw or (s and s.did ~= ARGV[1]) then
+      -- Gone, or another DID's (a foreign writer): it leaves this index, nothing else.
       redis.call('SREM', KEYS[3], member)
     else
-      local s = decode_session(raw)
       -- Last refreshed, or created for a session the TypeScript code wrote (it has no
       -- refreshedAt); an unreadable record can never be used again and goes first.
       local at = -1
@@ -45,7 +46,7 @@ if cap > 0 and redis.call('SCARD', KEYS[3]) >= cap then
       if revoke_session(ARGV[11], live[i][2]) then
         revoked = revoked + 1
       end
-      -- Also when its data named another DID (a foreign writer): it leaves this index.
+      -- An unreadable record names no index for revoke_session: it leaves this one here.
       redis.call('SREM', KEYS[3], live[i][2])
     end
   end
