@@ -457,6 +457,14 @@ async fn round_trips_per_rpc_in_cluster_mode() {
     );
     let (_, trips) = monitor.round_trips(app.validate(&first.access_token)).await;
     assert_eq!(trips, counted(&["GET", "EVALSHA"]), "ValidateAccessToken");
+    let (refreshed, trips) = monitor.round_trips(app.refresh(&first.refresh_token)).await;
+    refreshed.expect("refresh");
+    assert_eq!(
+        trips,
+        counted(&["GET", "EVALSHA", "DEL", "EVALSHA", "SET", "GET"]),
+        "RefreshSession, no concurrent refresh: GET data, index, DEL old access key, \
+         refresh_data, SET new access key, GET data again"
+    );
     let (_, trips) = monitor.round_trips(app.delete(&first.refresh_token)).await;
     assert_eq!(
         trips,
@@ -513,5 +521,12 @@ async fn round_trips_per_rpc_in_cluster_mode() {
         trips,
         counted(&["GET", "SMEMBERS", "GET", "DEL", "DEL", "SREM"]),
         "RevokeOtherSessions of 2: GET own, SMEMBERS, then per other GET, DEL, DEL, SREM"
+    );
+    let (deleted, trips) = monitor.round_trips(app.delete_all(&did)).await;
+    assert_eq!(deleted.expect("delete all"), 1);
+    assert_eq!(
+        trips,
+        counted(&["SMEMBERS", "GET", "DEL", "DEL", "SREM"]),
+        "DeleteAllSessionsForDid of 1: SMEMBERS, then GET, DEL, DEL, SREM"
     );
 }

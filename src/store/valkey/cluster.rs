@@ -30,7 +30,9 @@
 //! Round trips: validate 2 (`GET` access, then a script reading data and `TIME`); create 3 + 1 `SRANDMEMBER` + 1 `EXISTS` per sampled member (+1
 //! `SREM` per expired one); with a cap 4 (the last an `SCARD`) while the index holds no
 //! more than the cap, else + 1 `SMEMBERS` + 1 `GET` per member (+1 `SREM` per expired one,
-//! +4 per session revoked); refresh 7–8; delete 4; delete-all 1 + 4 per session.
+//! +4 per session revoked); refresh 6 (7–8 after concurrent refreshes); delete 4; delete-all 1 + 4 per session;
+//! list 1 + 1 per member; revoke-in-DID 5; revoke-others 2 + 4 per other session (counted
+//! with `MONITOR` in `tests/it/cluster.rs`).
 //!
 //! Expiry is judged on the clock of the node holding the session's data (read with it in
 //! one single-key script), not on the clock of whichever replica of the service asks.
