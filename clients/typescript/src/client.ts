@@ -135,12 +135,15 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
     },
     tlsSettings(options),
   );
+  const tracing = options.tracing ?? true;
   const authorization = options.serviceKey === undefined ? undefined : `Bearer ${options.serviceKey}`;
   const headers: Interceptor = (next) => async (request) => {
     if (authorization !== undefined) {
       request.header.set("authorization", authorization);
     }
-    injectTraceContext(request.header);
+    if (tracing) {
+      injectTraceContext(request.header);
+    }
     return next(request);
   };
   const transport = createGrpcTransport({
@@ -149,7 +152,6 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
     interceptors: [headers],
   });
   const grpc = createClient(SessionService, transport);
-  const tracing = options.tracing ?? true;
   const retry = options.retry ?? {};
   let closed = false;
 

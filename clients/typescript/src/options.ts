@@ -62,7 +62,8 @@ export interface SessionClientOptions {
   keepalive?: KeepaliveOptions;
   /**
    * With `@opentelemetry/api` installed: a CLIENT span per call and W3C `traceparent` sent
-   * from the active context. Default true; without the package nothing is done.
+   * from the active context. Default true; `false`: neither. Without the package nothing is
+   * done.
    */
   tracing?: boolean;
 }

@@ -102,11 +102,11 @@ function serverEnv(env) {
 
 /**
  * The real barazo-session on 127.0.0.1:0; resolves once its JSON "listening" line gives the
- * bound address. `args` are extra flags, `env` extra environment.
+ * bound address. `args` are extra flags, `env` extra environment, `listen` another address.
  */
-export async function startServer({ args = [], env = {} } = {}) {
+export async function startServer({ args = [], env = {}, listen = "127.0.0.1:0" } = {}) {
   const child = track(
-    spawn(serverBinary, ["--listen", "127.0.0.1:0", ...args], {
+    spawn(serverBinary, ["--listen", listen, ...args], {
       env: serverEnv(env),
       stdio: ["ignore", "ignore", "pipe"],
     }),
@@ -144,9 +144,10 @@ export async function startStack({ args = [], env = {} } = {}) {
   return {
     valkey,
     server,
+    // Whatever `valkey` and `server` hold by then (a test may have replaced one).
     async stop() {
-      await server.kill();
-      await valkey.kill();
+      await this.server.kill();
+      await this.valkey.kill();
     },
   };
 }
@@ -176,9 +177,26 @@ export async function metrics(server) {
   return response.text();
 }
 
+/**
+ * Resolves once the server's /readyz says `ready` (true: 200, the store answers its health
+ * probe; false: 503), polling every 20 ms for at most 15 s. Needs `--metrics-listen`.
+ */
+export async function readiness(server, ready) {
+  const until = Date.now() + 15_000;
+  for (;;) {
+    const status = (await fetch(`http://${server.admin}/readyz`)).status;
+    if ((status === 200) === ready) return;
+    if (Date.now() > until) throw new Error(`/readyz still ${status} after 15 s`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 /** The value of one metric sample in Prometheus text, e.g. `name{a="b"}`; 0 when absent. */
-export function sample(text, name, labels) {
+export function sample(text, name, labels = {}) {
   for (const line of text.split("\n")) {
+    if (line.startsWith(`${name} `) && Object.keys(labels).length === 0) {
+      return Number(line.slice(name.length + 1));
+    }
     if (!line.startsWith(`${name}{`)) continue;
     const body = line.slice(name.length + 1, line.indexOf("}"));
     if (Object.entries(labels).every(([k, v]) => body.includes(`${k}="${v}"`))) {
