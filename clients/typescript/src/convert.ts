@@ -1,5 +1,6 @@
 // The generated wire messages turned into the plain objects callers get.
 import { timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Session as WireSession } from "./gen/barazo/session/v1/session_pb.js";
 
 /** The device a session was used from, as the AppView passed it. */
@@ -59,7 +60,7 @@ function ms(timestamp: Timestamp | undefined): number {
 export function toSession(wire: WireSession | undefined): Session {
   if (wire === undefined) {
     // The service always sets it on success; a missing one is a broken server.
-    throw new Error("the session service answered without a session");
+    throw new ConnectError("the session service answered without a session", Code.Internal);
   }
   return {
     did: wire.did,

@@ -92,10 +92,13 @@ export class SessionServiceInvalidArgumentError extends SessionServiceError {
 /** Codes that mean "the service could not answer now"; see SessionServiceUnavailableError. */
 const unavailableCodes = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted]);
 
-/** The status code of a failed call (a network error without one counts as UNAVAILABLE). */
+/**
+ * The status code of a failed call. The transport reports network failures as ConnectErrors
+ * (UNAVAILABLE and so on); anything else thrown is a bug on this side, INTERNAL, so it is
+ * neither retried nor mistaken for an outage.
+ */
 export function codeOf(error: unknown): Code {
-  const connect = ConnectError.from(error, Code.Unavailable);
-  return connect.code;
+  return ConnectError.from(error, Code.Internal).code;
 }
 
 /** Turns any failure of a call into the typed error the caller sees. */
@@ -103,7 +106,7 @@ export function toSessionServiceError(rpc: string, error: unknown): SessionServi
   if (error instanceof SessionServiceError) {
     return error;
   }
-  const connect = ConnectError.from(error, Code.Unavailable);
+  const connect = ConnectError.from(error, Code.Internal);
   const message = connect.rawMessage;
   if (connect.code === Code.InvalidArgument) {
     return new SessionServiceInvalidArgumentError(rpc, message, { cause: error });

@@ -33,10 +33,10 @@ test("every gRPC code maps to the error class and code name the README promises"
   }
 });
 
-test("a failure without a gRPC status (a network error) counts as UNAVAILABLE", () => {
-  const error = toSessionServiceError("CreateSession", new Error("socket hang up"));
-  assert.ok(error instanceof SessionServiceUnavailableError);
-  assert.equal(error.code, "unavailable");
+test("anything thrown that is not a gRPC status is INTERNAL: a bug here is not an outage", () => {
+  const error = toSessionServiceError("CreateSession", new TypeError("x is undefined"));
+  assert.equal(error.constructor, SessionServiceError);
+  assert.equal(error.code, "internal");
 });
 
 test("the invalid field is read from the service's message; none for an undecodable request", () => {
