@@ -62,7 +62,10 @@ export interface SessionClient {
    * how many. `undefined` when the refresh token names no live session (401).
    */
   revokeOtherSessions(refreshToken: string): Promise<number | undefined>;
-  /** Closes the shared connection; later calls fail. */
+  /**
+   * Closes the shared connection at once (calls still in flight fail); later calls throw a
+   * `SessionServiceError` with code `canceled` instead of opening a new connection.
+   */
   close(): void;
 }
 
