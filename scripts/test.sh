@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need into the git-ignored .tools/
 # first (scripts/tools.sh: valkey-server and grpcurl). Extra arguments go to `cargo test`
-# (bare words: test-name filters).
+# (bare words: test-name filters); `scripts/test.sh typescript` runs only the TypeScript
+# client's suite (clients/typescript, with Node.js and npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,28 @@ export PATH="$PWD/.tools/bin:$PATH"
 # service the way `cargo run` does first (without the tests' dev-dependency features), so
 # that test does not compile in the middle of timing-sensitive ones.
 cargo build --locked --bin barazo-session
+
+# The TypeScript client (clients/typescript) against that binary and a real Valkey: its
+# dependencies from the npm registry (lockfile as committed), the generated code checked
+# against proto/, the build, then `node --test`. Run without filters, or alone with
+# `typescript`.
+typescript_client() {
+  (
+    cd clients/typescript
+    # --prefer-offline: packages already in the npm cache are not fetched again (the lockfile's
+    # integrity hashes are checked either way).
+    npm ci --prefer-offline --no-audit --no-fund
+    npm run check-generated
+    npm run build
+    npm test
+  )
+}
+if [ $# -eq 0 ]; then
+  typescript_client
+elif [ "$*" = typescript ]; then
+  typescript_client
+  exit 0
+fi
 
 # Bare words are test-name filters, any number of them (`scripts/test.sh deploy dashboard`;
 # cargo test itself takes one); with any flag, the arguments go to cargo test as they are.

@@ -1,0 +1,119 @@
+// The errors a caller can act on, and the one mapping from gRPC status codes to them.
+import { Code, ConnectError } from "@connectrpc/connect";
+
+/** The gRPC status code names this client reports, as in the gRPC spec (lower case). */
+export type StatusCodeName =
+  | "canceled"
+  | "unknown"
+  | "invalid_argument"
+  | "deadline_exceeded"
+  | "not_found"
+  | "already_exists"
+  | "permission_denied"
+  | "resource_exhausted"
+  | "failed_precondition"
+  | "aborted"
+  | "out_of_range"
+  | "unimplemented"
+  | "internal"
+  | "unavailable"
+  | "data_loss"
+  | "unauthenticated";
+
+const codeNames: Record<Code, StatusCodeName> = {
+  [Code.Canceled]: "canceled",
+  [Code.Unknown]: "unknown",
+  [Code.InvalidArgument]: "invalid_argument",
+  [Code.DeadlineExceeded]: "deadline_exceeded",
+  [Code.NotFound]: "not_found",
+  [Code.AlreadyExists]: "already_exists",
+  [Code.PermissionDenied]: "permission_denied",
+  [Code.ResourceExhausted]: "resource_exhausted",
+  [Code.FailedPrecondition]: "failed_precondition",
+  [Code.Aborted]: "aborted",
+  [Code.OutOfRange]: "out_of_range",
+  [Code.Unimplemented]: "unimplemented",
+  [Code.Internal]: "internal",
+  [Code.Unavailable]: "unavailable",
+  [Code.DataLoss]: "data_loss",
+  [Code.Unauthenticated]: "unauthenticated",
+};
+
+/**
+ * Any failure of a call to the session service that is not an answer ("invalid token" and
+ * "session expired" are answers: `undefined`). Subclasses mark the cases a caller treats
+ * differently; anything else (`UNAUTHENTICATED`, `PERMISSION_DENIED`, `INTERNAL`, …) is a
+ * deployment error or a bug: log it, answer 500.
+ */
+export class SessionServiceError extends Error {
+  /** The gRPC status code. */
+  readonly code: StatusCodeName;
+  /** The RPC that failed, e.g. `ValidateAccessToken`. */
+  readonly rpc: string;
+
+  constructor(rpc: string, code: StatusCodeName, message: string, options?: ErrorOptions) {
+    super(`${rpc}: ${code}: ${message}`, options);
+    this.name = "SessionServiceError";
+    this.rpc = rpc;
+    this.code = code;
+  }
+}
+
+/**
+ * The service could not answer: it is unreachable or stopped (`UNAVAILABLE`), its store is
+ * down (`UNAVAILABLE`), the call ran out of time (`DEADLINE_EXCEEDED`) or was shed under load
+ * (`RESOURCE_EXHAUSTED`). Answer 502/503, never 401: an outage must not log users out.
+ */
+export class SessionServiceUnavailableError extends SessionServiceError {
+  constructor(rpc: string, code: StatusCodeName, message: string, options?: ErrorOptions) {
+    super(rpc, code, message, options);
+    this.name = "SessionServiceUnavailableError";
+  }
+}
+
+/**
+ * The service refused an argument (`INVALID_ARGUMENT`): a bug in the caller, e.g. a DID that
+ * is not valid AT Protocol syntax. `field` names the request field as the proto spells it
+ * (`did`, `handle`, `session_key`, `client.ip_address`), or is `undefined` when the whole
+ * request was refused (it could not be decoded).
+ */
+export class SessionServiceInvalidArgumentError extends SessionServiceError {
+  /** The refused request field, as the proto names it. */
+  readonly field: string | undefined;
+
+  constructor(rpc: string, message: string, options?: ErrorOptions) {
+    super(rpc, "invalid_argument", message, options);
+    this.name = "SessionServiceInvalidArgumentError";
+    // The service's messages start with the field: "handle is not a valid handle: …".
+    this.field = /^([a-z_]+(?:\.[a-z_]+)*) is not /.exec(message)?.[1];
+  }
+}
+
+/** Codes that mean "the service could not answer now"; see SessionServiceUnavailableError. */
+const unavailableCodes = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted]);
+
+/**
+ * The status code of a failed call. The transport reports network failures as ConnectErrors
+ * (UNAVAILABLE and so on); anything else thrown is a bug on this side, INTERNAL, so it is
+ * neither retried nor mistaken for an outage.
+ */
+export function codeOf(error: unknown): Code {
+  return ConnectError.from(error, Code.Internal).code;
+}
+
+/** Turns any failure of a call into the typed error the caller sees. */
+export function toSessionServiceError(rpc: string, error: unknown): SessionServiceError {
+  if (error instanceof SessionServiceError) {
+    return error;
+  }
+  const connect = ConnectError.from(error, Code.Internal);
+  const message = connect.rawMessage;
+  if (connect.code === Code.InvalidArgument) {
+    return new SessionServiceInvalidArgumentError(rpc, message, { cause: error });
+  }
+  const name = codeNames[connect.code];
+  if (unavailableCodes.has(connect.code)) {
+    return new SessionServiceUnavailableError(rpc, name, message, { cause: error });
+  }
+  return new SessionServiceError(rpc, name, message, { cause: error });
+}

@@ -1,0 +1,99 @@
+// What a caller can configure, with the defaults and why they are what they are.
+import type { RetryOptions } from "./retry.js";
+
+/** The RPCs of `barazo.session.v1.SessionService`, by their client method names. */
+export type SessionRpc =
+  | "createSession"
+  | "validateAccessToken"
+  | "refreshSession"
+  | "deleteSession"
+  | "deleteAllSessionsForDid"
+  | "listSessions"
+  | "revokeSession"
+  | "revokeOtherSessions";
+
+/** TLS to the service. PEM contents (not paths), as strings or buffers. */
+export interface TlsOptions {
+  /** CA bundle the service's certificate must chain to; default: Node's system roots. */
+  ca?: string | Buffer;
+  /** This caller's certificate chain, for mTLS (with `key`). */
+  cert?: string | Buffer;
+  /** The private key of `cert`. */
+  key?: string | Buffer;
+  /** The name the service's certificate must carry, when not the address's host. */
+  serverName?: string;
+}
+
+/** HTTP/2 keepalive of the shared connection. */
+export interface KeepaliveOptions {
+  /** PING after this long without data on a connection with calls in flight. Default 30 000 ms (the server's own interval). */
+  intervalMs?: number;
+  /** A PING not answered within this closes the connection; the next call opens a new one. Default 10 000 ms. */
+  timeoutMs?: number;
+  /** Close a connection no call has used for this long. Default 15 minutes. */
+  idleTimeoutMs?: number;
+}
+
+/** Options of `createSessionClient`. Only `address` is required. */
+export interface SessionClientOptions {
+  /**
+   * The service: `host:port` (plaintext, or TLS when `tls` is set), or a URL
+   * `http://host:port` / `https://host:port`.
+   */
+  address: string;
+  /** TLS (`true`: system roots, no client certificate) or mTLS settings. */
+  tls?: boolean | TlsOptions;
+  /** A service key, sent as `authorization: Bearer <key>` with every call. */
+  serviceKey?: string;
+  /**
+   * Deadline of each call, in milliseconds, covering every retry. Defaults:
+   * `validateAccessToken` 200 ms (it runs on every authenticated request; the service answers
+   * in about a millisecond, and its own store timeout is 500 ms), every other call 2000 ms
+   * (cluster-mode writes take several store round trips).
+   */
+  timeoutMs?: Partial<Record<SessionRpc, number>>;
+  /**
+   * Retries of calls that are safe to repeat (reads and revocations; never `createSession`
+   * or `refreshSession`) after `UNAVAILABLE` or `RESOURCE_EXHAUSTED`, with full-jitter
+   * exponential backoff, inside the call's deadline. `false` turns them off.
+   */
+  retry?: RetryOptions | false;
+  /** HTTP/2 keepalive of the one shared connection. */
+  keepalive?: KeepaliveOptions;
+  /**
+   * With `@opentelemetry/api` installed: a CLIENT span per call and W3C `traceparent` sent
+   * from the active context. Default true; `false`: neither. Without the package nothing is
+   * done.
+   */
+  tracing?: boolean;
+}
+
+/** Default deadlines (see `SessionClientOptions.timeoutMs`). */
+export const defaultTimeoutMs: Record<SessionRpc, number> = {
+  createSession: 2000,
+  validateAccessToken: 200,
+  refreshSession: 2000,
+  deleteSession: 2000,
+  deleteAllSessionsForDid: 2000,
+  listSessions: 2000,
+  revokeSession: 2000,
+  revokeOtherSessions: 2000,
+};
+
+/**
+ * Which calls are retried. Reads are safe. Revocations are idempotent: repeating one ends
+ * the same sessions (only the count or flag of the answer may then be lower, since the lost
+ * first attempt already did the work). Create and refresh are not: each attempt mints a new
+ * credential, so a retry after a lost answer leaves a session or token nobody holds, and
+ * with refresh-token rotation a repeated refresh can look like a stolen cookie.
+ */
+export const retrySafe: Record<SessionRpc, boolean> = {
+  createSession: false,
+  validateAccessToken: true,
+  refreshSession: false,
+  deleteSession: true,
+  deleteAllSessionsForDid: true,
+  listSessions: true,
+  revokeSession: true,
+  revokeOtherSessions: true,
+};
