@@ -228,6 +228,31 @@ async fn missing_malformed_and_invalid_tokens_are_denied_401() {
     denied(&answer);
 }
 
+/// A CheckRequest carries the user's headers, so it may be larger than a session RPC's
+/// 16 KiB: Envoy's default 60 KiB of headers passes, more than 128 KiB is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_header_sets_pass_up_to_the_checks_own_limit() {
+    let app = TestApp::spawn(StoreKind::Memory).await;
+    let session = app.create(&unique_did(), "alice.test").await;
+    let bearer = format!("Bearer {}", session.access_token);
+    let cookie = "c".repeat(60 * 1024);
+    let answer = check(
+        &app,
+        request(&[("authorization", &bearer), ("cookie", &cookie)]),
+    )
+    .await
+    .expect("60 KiB of headers is an ordinary request");
+    allowed(&answer);
+    let cookie = "c".repeat(129 * 1024);
+    let refused = check(
+        &app,
+        request(&[("authorization", &bearer), ("cookie", &cookie)]),
+    )
+    .await
+    .expect_err("over the limit");
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_is_a_grpc_error_never_a_denial() {
     let mut app = TestApp::spawn(StoreKind::Valkey).await;
