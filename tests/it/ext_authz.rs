@@ -18,6 +18,8 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const CHECK: &str = "/envoy.service.auth.v3.Authorization/Check";
 
@@ -264,7 +266,32 @@ async fn a_store_outage_is_a_grpc_error_never_a_denial() {
             .expect("answers"),
     );
 
+    // The health service reports the ext_authz service by name (an Envoy cluster's
+    // grpc_health_check asks for it), with the store.
+    let mut health = app
+        .health
+        .clone()
+        .watch(HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = health.message().await.expect("update").expect("a status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
     app.valkey_mut().kill();
+    let not_serving = async {
+        while let Some(update) = health.message().await.expect("update") {
+            if update.status == ServingStatus::NotServing as i32 {
+                return;
+            }
+        }
+        panic!("the watch ended");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(15), not_serving)
+        .await
+        .expect("NOT_SERVING while Valkey is down");
     // Envoy with failure_mode_allow: false turns this into status_on_error (503): the user
     // is neither let through nor told their token is bad.
     let status = check(&app, request(&[("authorization", &bearer)]))
