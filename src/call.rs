@@ -1,11 +1,10 @@
-//! What happens around every session RPC, whichever it is: load shedding, the time limit
+//! What happens around every RPC (the session RPCs and ext_authz `Check`), whichever it is: load shedding, the time limit
 //! (the server's cap or the caller's shorter `grpc-timeout`), the SERVER span, the duration
 //! metric, and the one log line of a failed call. The handlers in [`crate::service`] only
 //! do their RPC's own work.
 
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use crate::proto::session_service_server::SERVICE_NAME;
 use crate::rpc::Rpc;
 use crate::telemetry;
 use opentelemetry::context::FutureExt as _;
@@ -33,7 +32,8 @@ pub trait SpanFacts {
     fn span_facts(&self) -> Vec<opentelemetry::KeyValue>;
 }
 
-/// The per-call machinery shared by every RPC of one service.
+/// The per-call machinery shared by every RPC the listener serves (one instance, so one
+/// concurrency limit, for the session service and ext_authz alike).
 pub struct Calls {
     metrics: Arc<Metrics>,
     /// Permits for calls in progress; none left means shed the call (RESOURCE_EXHAUSTED).
@@ -67,7 +67,12 @@ impl Calls {
             rpc,
             metrics: &self.metrics,
             started: Instant::now(),
-            trace: telemetry::start_rpc_span(rpc.span_name(), SERVICE_NAME, rpc.method(), metadata),
+            trace: telemetry::start_rpc_span(
+                rpc.span_name(),
+                rpc.service(),
+                rpc.method(),
+                metadata,
+            ),
             finished: false,
         };
         // Load shedding: a saturated server refuses at once rather than queueing callers who
@@ -145,7 +150,7 @@ impl CallRecord<'_> {
     fn record(&self, code: Code, facts: impl FnOnce() -> Vec<opentelemetry::KeyValue>) {
         self.metrics
             .rpc(&self.rpc.labels(code), self.started.elapsed());
-        if code != Code::Ok && self.rpc == Rpc::ValidateAccessToken {
+        if code != Code::Ok && self.rpc.validates() {
             // No answer at all: counted apart from valid and invalid tokens.
             self.metrics.validation("error");
         }
@@ -221,7 +226,8 @@ mod tests {
     /// The count of calls of `rpc` that ended with `code`, from the exposition.
     fn count(metrics: &Metrics, rpc: Rpc, code: Code) -> u64 {
         let prefix = format!(
-            "rpc_server_call_duration_seconds_count{{rpc_system=\"grpc\",rpc_service=\"{SERVICE_NAME}\",rpc_method=\"{}\",rpc_grpc_status_code=\"{}\"}} ",
+            "rpc_server_call_duration_seconds_count{{rpc_system=\"grpc\",rpc_service=\"{}\",rpc_method=\"{}\",rpc_grpc_status_code=\"{}\"}} ",
+            rpc.service(),
             rpc.method(),
             code as i32
         );

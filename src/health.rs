@@ -5,15 +5,17 @@
 
 use crate::metrics::Metrics;
 use crate::proto::session_service_server::SERVICE_NAME;
+use crate::rpc::EXT_AUTHZ_SERVICE;
 use crate::store::SessionStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-/// Service names whose status is published: the server as a whole ("") and the session
-/// service, which orchestrators and grpcurl may ask about by name.
-const SERVICES: [&str; 2] = ["", SERVICE_NAME];
+/// Service names whose status is published: the server as a whole (""), the session
+/// service and the ext_authz service (an Envoy cluster's `grpc_health_check` may name it),
+/// which orchestrators and grpcurl may ask about by name. Both need the store.
+const SERVICES: [&str; 3] = ["", SERVICE_NAME, EXT_AUTHZ_SERVICE];
 
 /// A health service name that reports `SERVING` for as long as the process runs, whatever
 /// the store does: for liveness probes over `grpc.health.v1`, which must not restart pods

@@ -12,6 +12,7 @@ pub mod config;
 pub mod connections;
 pub mod descriptors;
 pub mod error;
+pub mod ext_authz;
 pub mod handshake;
 pub mod health;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod undecodable;
+pub mod validation;
 
 /// Code generated from `proto/barazo/session/v1/session.proto`.
 pub mod proto {
@@ -33,4 +35,9 @@ pub mod proto {
     /// The encoded descriptors of the proto files, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("session_descriptor");
+
+    /// The encoded descriptors of Envoy's `envoy.service.auth.v3.Authorization` and its
+    /// imports, for reflection (the code is `envoy-types`'; see `third_party/envoy-api`).
+    pub const EXT_AUTHZ_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("ext_authz_descriptor");
 }

@@ -1,38 +1,51 @@
 //! The one table of RPC names: what the handlers, the authorization policy, the spans and
-//! the metrics call each method of `barazo.session.v1.SessionService`.
+//! the metrics call each method the service answers: those of
+//! `barazo.session.v1.SessionService`, and Envoy's `envoy.service.auth.v3.Authorization/Check`
+//! (the ext_authz gateway call, [`crate::ext_authz`]).
 //!
-//! A name typed anywhere else could drift from the proto; a unit test checks this table
-//! against the compiled proto's service, both ways.
+//! A name typed anywhere else could drift from the proto; unit tests check this table
+//! against the compiled protos' services, both ways.
 
 use crate::metrics::RpcLabels;
-use crate::proto::session_service_server::SERVICE_NAME;
 use tonic::Code;
 
-/// Declares [`Rpc`] with each method's name written once.
+/// The gRPC service of Envoy's external authorization call.
+pub const EXT_AUTHZ_SERVICE: &str =
+    envoy_types::pb::envoy::service::auth::v3::authorization_server::SERVICE_NAME;
+
+/// Declares [`Rpc`] with each method's name written once, grouped by the service that has it.
 macro_rules! rpcs {
-    ($($(#[$doc:meta])* $method:ident),* $(,)?) => {
-        /// A method of `barazo.session.v1.SessionService`.
+    ($($service:literal => { $($(#[$doc:meta])* $method:ident),* $(,)? })*) => {
+        /// A method the service answers: a session RPC or the ext_authz `Check`.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum Rpc {
-            $($(#[$doc])* $method,)*
+            $($($(#[$doc])* $method,)*)*
         }
 
         impl Rpc {
-            /// Every session RPC, in the proto's order (policy messages list them so).
-            pub const ALL: &[Rpc] = &[$(Rpc::$method),*];
+            /// Every RPC, in the protos' order (policy messages list them so).
+            pub const ALL: &[Rpc] = &[$($(Rpc::$method),*),*];
 
             /// The method name, e.g. `ValidateAccessToken`: `rpc.method` on spans, log
-            /// lines and metrics, and the name a policy's `allow` uses.
+            /// lines and metrics, and the name a policy's `allow` uses (unique across
+            /// services, which a unit test checks).
             pub const fn method(self) -> &'static str {
                 match self {
-                    $(Rpc::$method => stringify!($method),)*
+                    $($(Rpc::$method => stringify!($method),)*)*
                 }
             }
 
-            /// The span name, `barazo.session.v1.SessionService/<method>`.
+            /// The gRPC service that has the method: `rpc.service` on spans and metrics.
+            pub const fn service(self) -> &'static str {
+                match self {
+                    $($(Rpc::$method => $service,)*)*
+                }
+            }
+
+            /// The span name, `<service>/<method>`.
             pub const fn span_name(self) -> &'static str {
                 match self {
-                    $(Rpc::$method => concat!("barazo.session.v1.SessionService/", stringify!($method)),)*
+                    $($(Rpc::$method => concat!($service, "/", stringify!($method)),)*)*
                 }
             }
         }
@@ -40,22 +53,28 @@ macro_rules! rpcs {
 }
 
 rpcs! {
-    /// The OAuth callback: a new session for a DID.
-    CreateSession,
-    /// `requireAuth`: whether an access token is valid, and whose it is.
-    ValidateAccessToken,
-    /// A new access token for the session named by a refresh token.
-    RefreshSession,
-    /// Logout: the session named by a refresh token ends.
-    DeleteSession,
-    /// Account deletion or takedown: every session of a DID ends.
-    DeleteAllSessionsForDid,
-    /// "Your sessions": a DID's live sessions, without credentials.
-    ListSessions,
-    /// "Log out that device": one session of a DID ends, named by its session key.
-    RevokeSession,
-    /// "Log out everywhere else": every session of the caller's DID but its own ends.
-    RevokeOtherSessions,
+    "barazo.session.v1.SessionService" => {
+        /// The OAuth callback: a new session for a DID.
+        CreateSession,
+        /// `requireAuth`: whether an access token is valid, and whose it is.
+        ValidateAccessToken,
+        /// A new access token for the session named by a refresh token.
+        RefreshSession,
+        /// Logout: the session named by a refresh token ends.
+        DeleteSession,
+        /// Account deletion or takedown: every session of a DID ends.
+        DeleteAllSessionsForDid,
+        /// "Your sessions": a DID's live sessions, without credentials.
+        ListSessions,
+        /// "Log out that device": one session of a DID ends, named by its session key.
+        RevokeSession,
+        /// "Log out everywhere else": every session of the caller's DID but its own ends.
+        RevokeOtherSessions,
+    }
+    "envoy.service.auth.v3.Authorization" => {
+        /// A gateway's ext_authz question: may this HTTP request through, as whom.
+        Check,
+    }
 }
 
 /// The name under which a policy allows gRPC server reflection (v1 and v1alpha alike).
@@ -65,14 +84,26 @@ pub const REFLECTION: &str = "ServerReflection";
 pub const REFLECTION_SERVICE: &str = "grpc.reflection.ServerReflection";
 
 impl Rpc {
-    /// The session RPC named `method`, if there is one.
+    /// The RPC named `method` (as a policy names it), if there is one.
     pub fn from_method(method: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|rpc| rpc.method() == method)
     }
 
+    /// The RPC a request path (`/<service>/<method>`) calls, if the service has it.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        Self::from_method(method).filter(|rpc| rpc.service() == service)
+    }
+
+    /// Whether the RPC validates an access token (`ValidateAccessToken` and `Check` share
+    /// one path, [`crate::validation`], and its outcome counter).
+    pub const fn validates(self) -> bool {
+        matches!(self, Rpc::ValidateAccessToken | Rpc::Check)
+    }
+
     /// The metric labels of this RPC ending with `code`.
     pub fn labels(self, code: Code) -> RpcLabels {
-        RpcLabels::grpc(SERVICE_NAME, self.method(), code)
+        RpcLabels::grpc(self.service(), self.method(), code)
     }
 }
 
@@ -89,13 +120,14 @@ pub fn metric_name(method: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::session_service_server::SERVICE_NAME;
     use prost::Message as _;
 
-    /// The methods of `SessionService` as the compiled proto declares them.
-    fn proto_methods() -> Vec<String> {
-        let set = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
+    /// The methods of `full_name` (`package.Service`) as the compiled descriptors declare them.
+    fn proto_methods(descriptors: &[u8], full_name: &str) -> Vec<String> {
+        let set = prost_types::FileDescriptorSet::decode(descriptors)
             .expect("the build's descriptor set decodes");
-        let (package, service) = SERVICE_NAME.rsplit_once('.').expect("a package");
+        let (package, service) = full_name.rsplit_once('.').expect("a package");
         set.file
             .iter()
             .filter(|file| file.package() == package)
@@ -106,16 +138,40 @@ mod tests {
             .collect()
     }
 
+    /// The table's methods of `service`.
+    fn table(service: &str) -> Vec<&'static str> {
+        Rpc::ALL
+            .iter()
+            .filter(|rpc| rpc.service() == service)
+            .map(|rpc| rpc.method())
+            .collect()
+    }
+
     #[test]
-    fn the_table_is_the_protos_service() {
-        let table: Vec<&str> = Rpc::ALL.iter().map(|rpc| rpc.method()).collect();
-        assert_eq!(proto_methods(), table);
+    fn the_table_is_the_protos_services() {
+        assert_eq!(
+            proto_methods(crate::proto::FILE_DESCRIPTOR_SET, SERVICE_NAME),
+            table(SERVICE_NAME)
+        );
+        assert_eq!(
+            proto_methods(crate::proto::EXT_AUTHZ_DESCRIPTOR_SET, EXT_AUTHZ_SERVICE),
+            table(EXT_AUTHZ_SERVICE)
+        );
+        // No other service: every RPC is one of the two.
+        assert_eq!(
+            table(SERVICE_NAME).len() + table(EXT_AUTHZ_SERVICE).len(),
+            Rpc::ALL.len()
+        );
     }
 
     #[test]
     fn names_are_derived_from_one_spelling() {
         for &rpc in Rpc::ALL {
-            assert_eq!(rpc.span_name(), format!("{SERVICE_NAME}/{}", rpc.method()));
+            assert_eq!(
+                rpc.span_name(),
+                format!("{}/{}", rpc.service(), rpc.method())
+            );
+            assert_eq!(Rpc::from_path(&format!("/{}", rpc.span_name())), Some(rpc));
             assert_eq!(Rpc::from_method(rpc.method()), Some(rpc));
             assert_eq!(metric_name(rpc.method()), rpc.method());
             assert_eq!(rpc.labels(Code::Ok).rpc_method, rpc.method());
@@ -125,9 +181,28 @@ mod tests {
     #[test]
     fn unknown_names_never_become_label_values() {
         assert_eq!(metric_name(REFLECTION), REFLECTION);
-        for stranger in ["", "createsession", "CreateSession ", "Check", "*"] {
+        for stranger in ["", "createsession", "CreateSession ", "check", "*"] {
             assert_eq!(Rpc::from_method(stranger), None, "{stranger:?}");
             assert_eq!(metric_name(stranger), "unknown", "{stranger:?}");
         }
+    }
+
+    #[test]
+    fn a_method_belongs_to_its_own_service_only() {
+        assert_eq!(
+            Rpc::from_path("/envoy.service.auth.v3.Authorization/Check"),
+            Some(Rpc::Check)
+        );
+        for stranger in [
+            "/barazo.session.v1.SessionService/Check",
+            "/envoy.service.auth.v3.Authorization/ValidateAccessToken",
+            "/grpc.health.v1.Health/Check",
+            "envoy.service.auth.v3.Authorization/Check",
+            "/envoy.service.auth.v3.Authorization",
+        ] {
+            assert_eq!(Rpc::from_path(stranger), None, "{stranger}");
+        }
+        assert!(Rpc::Check.validates() && Rpc::ValidateAccessToken.validates());
+        assert!(!Rpc::RefreshSession.validates());
     }
 }

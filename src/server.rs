@@ -3,10 +3,11 @@
 
 use crate::admin;
 use crate::auth::{AuthLayer, Policy};
-use crate::call::CallLimits;
+use crate::call::{CallLimits, Calls};
 use crate::config::{Config, StoreKind, ValkeyMode};
 use crate::connections;
 use crate::descriptors;
+use crate::ext_authz::ExtAuthz;
 use crate::health;
 use crate::metrics::Metrics;
 use crate::profile::ProfileLayer;
@@ -16,6 +17,7 @@ use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{ValkeyClusterStore, ValkeyOptions, ValkeyStore};
 use crate::undecodable::UndecodableLayer;
+use crate::validation::AccessTokens;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -373,16 +375,28 @@ fn routes<S: SessionStore>(
         metrics,
     } = parts;
     let store = Arc::new(store);
-    let sessions = SessionServiceServer::new(SessionApi::new(
+    // One validation path and one per-call layer (one concurrency limit) for both services.
+    let tokens = Arc::new(AccessTokens::new(
         store.clone(),
         config.lifetimes(),
         metrics.clone(),
+    ));
+    let calls = Arc::new(Calls::new(
         CallLimits {
             max_in_progress: config.max_concurrent_requests,
             time_limit: config.request_timeout,
         },
+        metrics.clone(),
+    ));
+    let sessions = SessionServiceServer::new(SessionApi::new(
+        store.clone(),
+        tokens.clone(),
+        config.lifetimes(),
+        metrics.clone(),
+        calls.clone(),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let ext_authz = ExtAuthz::new(tokens, calls).into_server();
     let mut router = server_builder(config)?
         .layer(ProfileLayer::new())
         .layer(AuthLayer::new(
@@ -392,12 +406,14 @@ fn routes<S: SessionStore>(
         ))
         .layer(UndecodableLayer::new(metrics.clone()))
         .add_service(health_service)
-        .add_service(sessions);
+        .add_service(sessions)
+        .add_service(ext_authz);
     if config.reflection {
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(crate::proto::EXT_AUTHZ_DESCRIPTOR_SET)
         };
         // Both versions: grpcurl before 1.9 and many other tools only speak v1alpha.
         router = router

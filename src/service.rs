@@ -4,7 +4,7 @@
 //! call. What surrounds every call (limits, span, metrics, the one log line of a failure)
 //! is [`crate::call`]'s; failures become a `Status` in [`crate::error`].
 
-use crate::call::{CallLimits, Calls, SpanFacts};
+use crate::call::{Calls, SpanFacts};
 use crate::error::RequestError;
 use crate::metrics::{Metrics, Revocation};
 use crate::proto::session_service_server::SessionService;
@@ -17,38 +17,44 @@ use crate::proto::{
 };
 use crate::rpc::Rpc;
 use crate::session::{
-    ClientFacts, SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex,
-    validate_did, validate_handle, validate_session_key,
+    ClientFacts, SessionRecord, Token, is_well_formed_token, now_ms, sha256_hex, validate_did,
+    validate_handle, validate_session_key,
 };
-use crate::store::{Lifetimes, Refreshed, SessionStore, StoreError};
+use crate::store::{Lifetimes, Refreshed, SessionStore};
 use crate::telemetry;
+use crate::validation::{AccessTokens, within_lifetime};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// The `SessionService` implementation over any [`SessionStore`].
 pub struct SessionApi<S> {
     store: Arc<S>,
+    /// The validation path `ValidateAccessToken` shares with ext_authz `Check`.
+    tokens: Arc<AccessTokens<S>>,
     lifetimes: Lifetimes,
     metrics: Arc<Metrics>,
-    /// Load shedding, time limits, spans, metrics and the log line around each call.
-    calls: Calls,
+    /// Load shedding, time limits, spans, metrics and the log line around each call
+    /// (shared with ext_authz, so that the concurrency limit is one for the listener).
+    calls: Arc<Calls>,
 }
 
 impl<S: SessionStore> SessionApi<S> {
-    /// Serves sessions from `store`, minting access tokens and sessions that live as long
-    /// as `lifetimes` says, counting what it does in `metrics`, and handling at most
-    /// `limits.max_in_progress` calls at once, each for at most `limits.time_limit`.
+    /// Serves sessions from `store`, validating access tokens with `tokens`, minting
+    /// access tokens and sessions that live as long as `lifetimes` says, counting what it
+    /// does in `metrics`, and running each call through `calls`.
     pub fn new(
         store: Arc<S>,
+        tokens: Arc<AccessTokens<S>>,
         lifetimes: Lifetimes,
         metrics: Arc<Metrics>,
-        limits: CallLimits,
+        calls: Arc<Calls>,
     ) -> Self {
         Self {
             store,
+            tokens,
             lifetimes,
-            calls: Calls::new(limits, metrics.clone()),
             metrics,
+            calls,
         }
     }
 
@@ -93,53 +99,19 @@ impl<S: SessionStore> SessionApi<S> {
         })
     }
 
+    /// The shared validation path ([`AccessTokens`], also behind ext_authz `Check`).
     async fn validate(
         &self,
         req: ValidateAccessTokenRequest,
     ) -> Result<ValidateAccessTokenResponse, RequestError> {
-        let answer = self.check_access_token(req).await?;
-        // Failures (errors, timeouts, cancellations) are counted by the call layer.
-        self.metrics
-            .validation(if answer.valid { "valid" } else { "invalid" });
-        Ok(answer)
-    }
-
-    async fn check_access_token(
-        &self,
-        req: ValidateAccessTokenRequest,
-    ) -> Result<ValidateAccessTokenResponse, RequestError> {
-        const INVALID: ValidateAccessTokenResponse = ValidateAccessTokenResponse {
-            valid: false,
-            session: None,
-        };
-        if !is_well_formed_token(&req.access_token) {
-            return Ok(INVALID);
-        }
-        let hash = sha256_hex(&req.access_token);
-        match self.store.find_by_access_hash(&hash).await {
-            // Expiry is judged on the store's clock, the same for every replica.
-            Ok(Some(found))
-                if found.record.accepts_access_hash(&hash, found.now_ms)
-                    && self.within_lifetime(&found.record, found.now_ms) =>
-            {
-                Ok(ValidateAccessTokenResponse {
-                    valid: true,
-                    session: Some(self.to_proto(&found.record)),
-                })
-            }
-            Ok(_) => Ok(INVALID),
-            Err(err @ StoreError::CorruptSession { .. }) => {
-                // Fail closed: the token is refused, and an operator hears about the data.
-                tracing::error!(
-                    rpc.method = Rpc::ValidateAccessToken.method(),
-                    access.key_prefix = log_prefix(&hash),
-                    error = %err,
-                    "refusing a token whose session data is unreadable"
-                );
-                Ok(INVALID)
-            }
-            Err(err) => Err(err.into()),
-        }
+        let found = self
+            .tokens
+            .validate(Rpc::ValidateAccessToken, &req.access_token)
+            .await?;
+        Ok(ValidateAccessTokenResponse {
+            valid: found.is_some(),
+            session: found.map(|record| self.to_proto(&record)),
+        })
     }
 
     async fn refresh(
@@ -264,12 +236,8 @@ impl<S: SessionStore> SessionApi<S> {
     }
 
     /// Whether `record` is before its absolute deadline at `now_ms` (always, without one).
-    /// Sessions the TypeScript AppView refreshes keep sliding in Valkey; this check ends
-    /// them all the same.
     fn within_lifetime(&self, record: &SessionRecord, now_ms: i64) -> bool {
-        self.lifetimes
-            .deadline_ms(record.created_at)
-            .is_none_or(|deadline| now_ms < deadline)
+        within_lifetime(&self.lifetimes, record, now_ms)
     }
 
     /// The public view of a stored session: no credential, the sid only as its hash.

@@ -10,7 +10,6 @@
 
 use crate::error::RequestError;
 use crate::metrics::Metrics;
-use crate::proto::session_service_server::SERVICE_NAME;
 use crate::rpc::Rpc;
 use std::future::Future;
 use std::pin::Pin;
@@ -73,13 +72,10 @@ pub struct Undecodable<S> {
     metrics: Arc<Metrics>,
 }
 
-/// The session RPC a request path names, if any (other services are not in the RPC
-/// metrics, so only their code is corrected).
+/// The RPC a request path names, if any (a session RPC or ext_authz `Check`; other
+/// services are not in the RPC metrics, so only their code is corrected).
 fn rpc_of(path: &str) -> Option<Rpc> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    (service == SERVICE_NAME)
-        .then(|| Rpc::from_method(method))
-        .flatten()
+    Rpc::from_path(path)
 }
 
 pin_project_lite::pin_project! {
@@ -121,7 +117,7 @@ where
         if let Some(rpc) = this.rpc {
             this.metrics
                 .rpc(&rpc.labels(refused.code()), this.started.elapsed());
-            if *rpc == Rpc::ValidateAccessToken {
+            if rpc.validates() {
                 // No answer at all, as call.rs counts a failed validation.
                 this.metrics.validation("error");
             }
@@ -179,12 +175,16 @@ mod tests {
     }
 
     #[test]
-    fn only_session_rpcs_are_counted() {
+    fn only_the_services_rpcs_are_counted() {
         assert_eq!(
             rpc_of("/barazo.session.v1.SessionService/ValidateAccessToken"),
             Some(Rpc::ValidateAccessToken)
         );
         assert_eq!(rpc_of("/grpc.health.v1.Health/Check"), None);
         assert_eq!(rpc_of("/barazo.session.v1.SessionService/Nope"), None);
+        assert_eq!(
+            rpc_of("/envoy.service.auth.v3.Authorization/Check"),
+            Some(Rpc::Check)
+        );
     }
 }

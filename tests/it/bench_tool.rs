@@ -219,6 +219,24 @@ async fn the_mix_runs_against_a_started_server_without_errors() {
     );
 }
 
+/// The ext_authz scenario: every Check of a live token is allowed (a denial would count as
+/// an invalid answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_check_scenario_allows_every_live_token() {
+    let (report, _) = bench(command(&["--scenario", "check"])).await;
+    let rows = rows(&report);
+    assert_eq!(rows.len(), 1, "{report}");
+    assert!(
+        rows[0][1].parse::<f64>().expect("calls/s") > 0.0,
+        "{report}"
+    );
+    assert_eq!(
+        (rows[0][6].as_str(), rows[0][7].as_str()),
+        ("0", "0"),
+        "no errors or denials: {report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tracing_comparison_exports_spans() {
     let mut cmd = command(&["--compare", "tracing"]);

@@ -4,7 +4,8 @@
 use crate::support::{TestApp, sha256_hex, tool};
 use barazo_session::config::StoreKind;
 
-async fn grpcurl(app: &TestApp, args: &[&str]) -> String {
+/// Runs grpcurl over plaintext against `app`, asserting it succeeds; its stdout.
+pub(crate) async fn grpcurl(app: &TestApp, args: &[&str]) -> String {
     let output = tokio::process::Command::new(tool("GRPCURL", &["grpcurl"]))
         .arg("-plaintext")
         .args(args)

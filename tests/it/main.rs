@@ -13,6 +13,7 @@ mod cluster;
 mod dashboard;
 mod deploy;
 mod durability;
+mod ext_authz;
 mod faults;
 mod grpcurl;
 mod hostile;

@@ -9,6 +9,8 @@ use barazo_session::proto::{
     RefreshSessionRequest, RevokeOtherSessionsRequest, RevokeSessionRequest,
     ValidateAccessTokenRequest,
 };
+use envoy_types::ext_authz::v3::pb::CheckRequest;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -97,6 +99,24 @@ impl Caller {
     }
 }
 
+/// An ext_authz request as Envoy sends it, with the user's `authorization` header.
+fn envoy_check_request(authorization: &str) -> CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    headers: [("authorization".to_owned(), authorization.to_owned())].into(),
+                    ..HttpRequest::default()
+                }),
+                ..Request::default()
+            }),
+            ..AttributeContext::default()
+        }),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -146,6 +166,18 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         .await
         .expect("refresh")
         .into_inner();
+    // A gateway's ext_authz check of the refreshed token: its own span, the same path below.
+    let bearer = format!("Bearer {}", refreshed.access_token);
+    let check = envoy_check_request(&bearer);
+    let mut gateway = AuthorizationClient::connect(format!("http://{}", running.addr))
+        .await
+        .expect("connect");
+    let checked = gateway
+        .check(Caller::new(8).request(check))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(checked.status.map(|s| s.code), Some(0), "allowed");
     client
         .delete_session(Caller::new(4).request(DeleteSessionRequest {
             refresh_token: created.refresh_token.clone(),
@@ -198,10 +230,16 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         (5, "DeleteAllSessionsForDid", 0),
         (6, "RefreshSession", 5),
         (7, "ValidateAccessToken", 14),
+        (8, "Check", 0),
     ];
     for (n, method, code) in cases {
         let caller = Caller::new(n);
-        let name = format!("barazo.session.v1.SessionService/{method}");
+        let service = if method == "Check" {
+            "envoy.service.auth.v3.Authorization"
+        } else {
+            "barazo.session.v1.SessionService"
+        };
+        let name = format!("{service}/{method}");
         let server = spans
             .iter()
             .find(|s| s.trace_id == caller.trace_id && s.name == name)
@@ -214,10 +252,7 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         assert_eq!(server.trace_state, "barazo=test", "{name}: tracestate kept");
         let attr = |key| attribute(&server.attributes, key);
         assert_eq!(attr("rpc.system").as_deref(), Some("grpc"));
-        assert_eq!(
-            attr("rpc.service").as_deref(),
-            Some("barazo.session.v1.SessionService")
-        );
+        assert_eq!(attr("rpc.service").as_deref(), Some(service));
         assert_eq!(attr("rpc.method").as_deref(), Some(method));
         assert_eq!(
             attr("rpc.grpc.status_code"),
@@ -264,6 +299,15 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         attribute(&validate.attributes, "user.id"),
         Some(did.clone())
     );
+    let check = spans
+        .iter()
+        .find(|s| s.trace_id == [8; 16] && s.kind == SpanKind::Server as i32)
+        .expect("check span");
+    assert_eq!(
+        attribute(&check.attributes, "session.valid").as_deref(),
+        Some("true")
+    );
+    assert_eq!(attribute(&check.attributes, "user.id"), Some(did.clone()));
 
     // The log line of the failed call carries the ids of its span, so logs and traces join.
     let failed_span = spans

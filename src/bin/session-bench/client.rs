@@ -7,6 +7,7 @@
 use crate::spawn::BoxError;
 use barazo_session::config::Secret;
 use barazo_session::proto::session_service_client::SessionServiceClient;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use std::path::Path;
 use tonic::metadata::{AsciiMetadataValue, MetadataMap};
 use tonic::service::Interceptor;
@@ -16,8 +17,32 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// A session client that sends the caller's credentials with every call.
-pub type Client = SessionServiceClient<InterceptedService<Channel, Credentials>>;
+/// The session service's generated client, sending the caller's credentials.
+type Sessions = SessionServiceClient<InterceptedService<Channel, Credentials>>;
+
+/// A client of both services on one connection, sending the caller's credentials with
+/// every call: the session RPCs (through `Deref`), and ext_authz `Check` (`authz`), as a
+/// gateway calls it.
+#[derive(Clone)]
+pub struct Client {
+    sessions: Sessions,
+    /// Envoy's `envoy.service.auth.v3.Authorization`.
+    pub authz: AuthorizationClient<InterceptedService<Channel, Credentials>>,
+}
+
+impl std::ops::Deref for Client {
+    type Target = Sessions;
+
+    fn deref(&self) -> &Sessions {
+        &self.sessions
+    }
+}
+
+impl std::ops::DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut Sessions {
+        &mut self.sessions
+    }
+}
 
 /// The `authorization: Bearer <key>` metadata of a service key, or nothing.
 #[derive(Clone, Default)]
@@ -166,9 +191,15 @@ impl Connector {
         Ok(endpoint.tcp_nodelay(true).connect().await?)
     }
 
-    /// A session client over `channel`, sending the credentials.
+    /// A client over `channel`, sending the credentials.
     pub fn client(&self, channel: Channel) -> Client {
-        SessionServiceClient::with_interceptor(channel, self.credentials.clone())
+        Client {
+            sessions: SessionServiceClient::with_interceptor(
+                channel.clone(),
+                self.credentials.clone(),
+            ),
+            authz: AuthorizationClient::with_interceptor(channel, self.credentials.clone()),
+        }
     }
 
     /// `connections` session clients over distinct connections.

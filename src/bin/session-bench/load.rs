@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 pub enum Scenario {
     /// ValidateAccessToken on pre-created sessions (the hot path).
     Validate,
+    /// Envoy ext_authz `Check` of the same tokens, as a gateway sends it (a few request
+    /// headers besides `authorization`).
+    Check,
     /// CreateSession, each for a fresh DID of the tool's own.
     Create,
     /// RefreshSession on pre-created sessions.
@@ -239,6 +242,11 @@ async fn one_call(
                 .await?;
             Ok(answer.into_inner().valid)
         }
+        Scenario::Check => {
+            let token = &pool.access_tokens[n % pool.access_tokens.len()];
+            let answer = client.authz.check(check_request(token)).await?;
+            Ok(answer.into_inner().status.is_some_and(|s| s.code == 0))
+        }
         Scenario::Refresh => {
             let token = &pool.refresh_tokens[n % pool.refresh_tokens.len()];
             client
@@ -259,5 +267,39 @@ async fn one_call(
                 .await?;
             Ok(true)
         }
+    }
+}
+
+/// A `CheckRequest` for `token` with the headers a browser's API call through Envoy has.
+fn check_request(token: &str) -> envoy_types::ext_authz::v3::pb::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    let headers = [
+        (":method", "GET".to_owned()),
+        (":path", "/api/plugins/polls".to_owned()),
+        (":authority", "forum.example".to_owned()),
+        ("accept", "application/json".to_owned()),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/141.0".to_owned(),
+        ),
+        ("authorization", format!("Bearer {token}")),
+    ];
+    envoy_types::ext_authz::v3::pb::CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/api/plugins/polls".into(),
+                    headers: headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect(),
+                    ..HttpRequest::default()
+                }),
+                ..Request::default()
+            }),
+            ..AttributeContext::default()
+        }),
     }
 }

@@ -59,8 +59,8 @@ enum Compare {
 ///
 /// Permissions: against a server with an authorization policy, its caller (service key or
 /// client certificate) must be allowed CreateSession, ValidateAccessToken, RefreshSession
-/// and DeleteAllSessionsForDid. It checks DeleteAllSessionsForDid before creating anything
-/// and does not start without it.
+/// and DeleteAllSessionsForDid (and Check for --scenario check). It checks
+/// DeleteAllSessionsForDid before creating anything and does not start without it.
 ///
 /// Figures from a debug build mean nothing: it warns when it is one, and when a server it
 /// loads says it is one (debug builds of barazo-session mark their answers).
