@@ -78,6 +78,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         session: Duration::from_secs(3600),
         access_token: Duration::from_secs(3600),
         max: None,
+        tokens: barazo_session::store::TokenRules::DEFAULT,
     };
     store.create(&record, lifetimes).await?;
 

@@ -20,7 +20,7 @@ use crate::session::{
     ClientFacts, SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex,
     validate_did, validate_handle, validate_session_key,
 };
-use crate::store::{Lifetimes, SessionStore, StoreError};
+use crate::store::{Lifetimes, Refresh, SessionStore, StoreError};
 use crate::telemetry;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -78,6 +78,7 @@ impl<S: SessionStore> SessionApi<S> {
             refreshed_at: Some(now),
             user_agent: client.user_agent,
             ip_address: client.ip_address,
+            access_tokens: Vec::new(),
         };
         // The store stamps the times on its own clock (Valkey's); answer what it stored.
         let record = self.store.create(&record, lifetimes).await?;
@@ -148,21 +149,27 @@ impl<S: SessionStore> SessionApi<S> {
             return Err(RequestError::SessionNotFound);
         }
         let access = Token::generate().map_err(RequestError::Entropy)?;
+        // The tab's own token, when it sent one: revoked if it is a live token of this
+        // session; anything else is ignored, never an error.
+        let previous = is_well_formed_token(&req.previous_access_token)
+            .then(|| sha256_hex(&req.previous_access_token));
+        let new_access_hash = sha256_hex(access.expose());
+        let refresh = Refresh {
+            new_access_hash: &new_access_hash,
+            previous_access_hash: previous.as_deref(),
+            client: client.as_ref(),
+        };
         // The new token's expiry is the store's clock plus its TTL.
         let record = self
             .store
-            .refresh(
-                &sid,
-                &sha256_hex(access.expose()),
-                client.as_ref(),
-                self.lifetimes,
-            )
+            .refresh(&sid, &refresh, self.lifetimes)
             .await?
             .ok_or(RequestError::SessionNotFound)?;
         self.metrics.sessions("refreshed", 1);
         Ok(RefreshSessionResponse {
             session: Some(self.to_proto(&record)),
             access_token: access.into_string(),
+            refresh_token: String::new(),
         })
     }
 

@@ -83,6 +83,13 @@ pub struct Config {
     #[arg(long, env = "OAUTH_ACCESS_TOKEN_TTL", default_value = "900", value_parser = durations::seconds)]
     pub access_token_ttl: Duration,
 
+    /// Most live access tokens one session holds: each browser tab keeps its own, so a
+    /// refresh in one tab does not log the others out. Past it a refresh revokes the
+    /// oldest. 8 covers the tabs people keep open; 1 restores "each refresh revokes the
+    /// previous token". 1 to 64.
+    #[arg(long, env = "MAX_ACCESS_TOKENS_PER_SESSION", default_value_t = 8)]
+    pub max_access_tokens_per_session: usize,
+
     /// Prefix of every key this service touches; the AppView's layout uses
     /// `barazo:session:`. Change it only together with the AppView.
     #[arg(long, env = "SESSION_KEY_PREFIX", default_value = "barazo:session:")]
@@ -302,6 +309,9 @@ impl Config {
             session: self.session_ttl,
             access_token: self.access_token_ttl,
             max: (!self.session_max_lifetime.is_zero()).then_some(self.session_max_lifetime),
+            tokens: crate::store::TokenRules {
+                max_access_tokens: self.max_access_tokens_per_session,
+            },
         }
     }
 }

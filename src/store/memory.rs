@@ -1,8 +1,8 @@
 //! The in-memory store: the same semantics as Valkey's (TTLs, sliding window, pruning), in
 //! one process, for development and the quick start. Nothing survives a restart.
 
-use super::{Found, Lifetimes, SessionStore, StoreError};
-use crate::session::{ClientFacts, SessionRecord};
+use super::{Found, Lifetimes, Refresh, SessionStore, StoreError};
+use crate::session::SessionRecord;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -79,13 +79,16 @@ impl Keyspace {
         self.dids.insert(did.to_owned(), index);
     }
 
-    /// Removes a session's data and access key; returns its record if it was live.
+    /// Removes a session's data and every access key it names; returns its record if it
+    /// was live.
     fn remove_session(&mut self, sid: &str, now: Instant) -> Option<SessionRecord> {
         let entry = self.data.remove(sid)?;
         if !entry.live(now) {
             return None;
         }
-        self.access.remove(&entry.value.access_token_hash);
+        for (hash, _) in entry.value.live_tokens() {
+            self.access.remove(hash);
+        }
         Some(entry.value)
     }
 }
@@ -147,8 +150,7 @@ impl SessionStore for MemoryStore {
     async fn refresh(
         &self,
         sid: &str,
-        new_access_hash: &str,
-        client: Option<&ClientFacts>,
+        refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let now = Instant::now();
@@ -157,7 +159,6 @@ impl SessionStore for MemoryStore {
         let Some(mut record) = ks.live_data(sid, now).cloned() else {
             return Ok(None);
         };
-        ks.access.remove(&record.access_token_hash);
         let lifetimes = match lifetimes.deadline_ms(record.created_at) {
             // Past its absolute deadline: the session ends now.
             Some(deadline) if deadline <= now_ms => {
@@ -174,15 +175,23 @@ impl SessionStore for MemoryStore {
             None => lifetimes,
         };
         let access_ttl_ms = i64::try_from(lifetimes.access_token.as_millis()).unwrap_or(i64::MAX);
-        record.access_token_hash = new_access_hash.to_owned();
-        record.access_token_expires_at = now_ms.saturating_add(access_ttl_ms);
+        let removed = record.add_access_token(
+            refresh.new_access_hash,
+            now_ms.saturating_add(access_ttl_ms),
+            refresh.previous_access_hash,
+            lifetimes.tokens.max_access_tokens,
+            now_ms,
+        );
+        for hash in &removed {
+            ks.access.remove(hash);
+        }
         record.refreshed_at = Some(now_ms);
-        if let Some(client) = client {
+        if let Some(client) = refresh.client {
             record.user_agent.clone_from(&client.user_agent);
             record.ip_address.clone_from(&client.ip_address);
         }
         ks.access.insert(
-            new_access_hash.to_owned(),
+            refresh.new_access_hash.to_owned(),
             Expiring::new(sid.to_owned(), lifetimes.access_token),
         );
         ks.data.insert(

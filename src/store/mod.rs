@@ -8,7 +8,8 @@
 //!
 //! The layout (with the default prefix `barazo:session:`):
 //! - `data:<sid>` → the [`SessionRecord`] JSON; TTL = session TTL (sliding).
-//! - `access:<sha256hex(access token)>` → the sid; TTL = access token TTL.
+//! - `access:<sha256hex(access token)>` → the sid; TTL = access token TTL. A session holds
+//!   up to `--max-access-tokens-per-session` of them (one per tab), each named in its data.
 //! - `did:<did>` → SET of the DID's sids; TTL = session TTL.
 
 pub mod memory;
@@ -57,6 +58,23 @@ pub struct Lifetimes {
     pub access_token: Duration,
     /// Longest a session lives after its creation, refreshes or not; `None`: no limit.
     pub max: Option<Duration>,
+    /// How many access tokens a session holds and how its refresh token rotates.
+    pub tokens: TokenRules,
+}
+
+/// The rules for a session's credentials, passed with each write like its lifetimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRules {
+    /// Most live access tokens per session (one per browser tab); past it a refresh
+    /// revokes the oldest. At least 1 (1: each refresh revokes the previous token).
+    pub max_access_tokens: usize,
+}
+
+impl TokenRules {
+    /// The defaults of the configuration: 8 tokens per session.
+    pub const DEFAULT: Self = Self {
+        max_access_tokens: 8,
+    };
 }
 
 impl Lifetimes {
@@ -80,6 +98,7 @@ impl Lifetimes {
             session: self.session.min(left),
             access_token: self.access_token.min(left),
             max: self.max,
+            tokens: self.tokens,
         }
     }
 }
@@ -141,6 +160,18 @@ pub struct Found {
     pub now_ms: i64,
 }
 
+/// What a refresh writes besides the new lifetimes.
+#[derive(Debug, Clone, Copy)]
+pub struct Refresh<'a> {
+    /// SHA-256 of the new access token.
+    pub new_access_hash: &'a str,
+    /// SHA-256 of the refreshing tab's own current token, when it sent a well-formed one:
+    /// revoked if it is a live token of this session, ignored otherwise.
+    pub previous_access_hash: Option<&'a str>,
+    /// New device facts, when the caller sent them.
+    pub client: Option<&'a ClientFacts>,
+}
+
 /// How many members of a DID index one create inspects for expired sessions. Bounded so
 /// a create costs the same for a user with years of logins; large enough that the index
 /// of a user who logs in daily stays near the number of live sessions.
@@ -167,15 +198,16 @@ pub trait SessionStore: Send + Sync + 'static {
         access_hash: &str,
     ) -> impl Future<Output = Result<Option<Found>, StoreError>> + Send;
 
-    /// Replaces a session's access token: removes the old access key, stores the new hash,
-    /// whose expiry is the store's clock plus `lifetimes.access_token`, and restarts the
-    /// session and DID index TTLs. `None` when no session has that sid.
+    /// Adds an access token to a session (see [`SessionRecord::add_access_token`]): the new
+    /// hash, whose expiry is the store's clock plus `lifetimes.access_token`, becomes the
+    /// newest; `refresh.previous_access_hash`, when it is a live token of this session, is
+    /// revoked at once, as are the oldest past `lifetimes.tokens.max_access_tokens`; the
+    /// session and DID index TTLs restart. `None` when no session has that sid.
     /// `client`, when given, replaces the stored device facts; `refreshedAt` becomes now.
     fn refresh(
         &self,
         sid: &str,
-        new_access_hash: &str,
-        client: Option<&ClientFacts>,
+        refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
     ) -> impl Future<Output = Result<Option<SessionRecord>, StoreError>> + Send;
 

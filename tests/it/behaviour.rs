@@ -50,7 +50,8 @@ for_each_store!(
     access_tokens_expire_but_the_session_refreshes,
     sessions_slide_with_refreshes_and_expire_when_idle,
     oversized_requests_are_refused,
-    concurrent_refreshes_leave_exactly_one_valid_token,
+    concurrent_refreshes_leave_exactly_the_newest_tokens_valid,
+    tabs_keep_their_own_access_tokens,
     refresh_racing_delete_never_leaves_a_valid_token,
     users_list_their_sessions_and_end_one_or_all_others,
     session_listing_and_revocation_refuse_bad_input,
@@ -161,10 +162,11 @@ async fn refresh_rotates_the_access_token_and_keeps_the_session(store: Backend) 
     let first = created.session.expect("session");
 
     let refreshed = app
-        .refresh(&created.refresh_token)
+        .refresh_tab(&created.refresh_token, &created.access_token)
         .await
         .expect("refreshed");
     assert_ne!(refreshed.access_token, created.access_token);
+    assert!(refreshed.refresh_token.is_empty(), "no rotation by default");
     let session = refreshed.session.expect("session");
     assert_eq!(session.session_key, first.session_key);
     assert_eq!(session.did, first.did);
@@ -174,11 +176,71 @@ async fn refresh_rotates_the_access_token_and_keeps_the_session(store: Backend) 
 
     assert!(
         !app.validate(&created.access_token).await.valid,
-        "old token revoked at once"
+        "the tab's previous token is revoked at once"
     );
     let validated = app.validate(&refreshed.access_token).await;
     assert!(validated.valid);
     assert_eq!(validated.session, Some(session));
+}
+
+/// Issue 13's three tabs: refreshes from several tabs at once all succeed and every
+/// token they got validates; a tab passing its own token revokes only that one; past the
+/// cap the oldest token is revoked; every revocation revokes every token.
+async fn tabs_keep_their_own_access_tokens(store: Backend) {
+    let app = TestApp::spawn_with(store, &["--max-access-tokens-per-session", "3"]).await;
+    let did = unique_did();
+    let created = app.create(&did, "alice.test").await;
+    let cookie = created.refresh_token.clone();
+    // Three tabs load at once, each refreshing with the same cookie and no token yet.
+    let tabs = app.refresh_concurrently(&cookie, 3).await;
+    // The login's own token was the oldest of four: revoked past the cap of 3.
+    assert!(
+        !app.validate(&created.access_token).await.valid,
+        "oldest revoked"
+    );
+    for token in &tabs {
+        assert!(
+            app.validate(token).await.valid,
+            "every tab's token validates"
+        );
+    }
+    // Tab A refreshes with its own token: only A's old token goes.
+    let a = app.refresh_tab(&cookie, &tabs[0]).await.expect("refresh A");
+    assert!(!app.validate(&tabs[0]).await.valid, "A's old token");
+    for token in [&tabs[1], &tabs[2], &a.access_token] {
+        assert!(app.validate(token).await.valid, "B, C and A's new token");
+    }
+    // A token of another session, an unknown and a malformed one revoke nothing.
+    let other = app.create(&did, "alice.test").await;
+    for previous in [other.access_token.as_str(), &"0".repeat(64), "malformed"] {
+        let r = app.refresh_tab(&cookie, previous).await.expect("ignored");
+        assert!(app.validate(&other.access_token).await.valid);
+        // Each of these refreshes adds a token; the cap keeps the newest three.
+        assert!(app.validate(&r.access_token).await.valid);
+    }
+    // A fourth token past the cap: the oldest (B's, then C's, then A's new) went in turn.
+    for token in [&tabs[1], &tabs[2], &a.access_token] {
+        assert!(!app.validate(token).await.valid, "revoked past the cap");
+    }
+    // Logout revokes every token of the session at once.
+    let tokens = app.refresh_concurrently(&cookie, 3).await;
+    assert!(app.delete(&cookie).await.expect("logout"));
+    for token in &tokens {
+        assert!(!app.validate(token).await.valid, "all revoked by logout");
+    }
+    // So does a takedown.
+    let fresh = app.create(&did, "alice.test").await;
+    let tokens = app.refresh_concurrently(&fresh.refresh_token, 2).await;
+    assert_eq!(app.delete_all(&did).await.expect("takedown"), 2);
+    for token in tokens
+        .iter()
+        .chain([&fresh.access_token, &other.access_token])
+    {
+        assert!(
+            !app.validate(token).await.valid,
+            "all revoked by a takedown"
+        );
+    }
 }
 
 async fn refresh_of_an_unknown_or_malformed_token_is_not_found(store: Backend) {
@@ -320,7 +382,7 @@ async fn oversized_requests_are_refused(store: Backend) {
     app.create(&unique_did(), "alice.test").await;
 }
 
-async fn concurrent_refreshes_leave_exactly_one_valid_token(store: Backend) {
+async fn concurrent_refreshes_leave_exactly_the_newest_tokens_valid(store: Backend) {
     let app = TestApp::spawn(store).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let mut tokens = app.refresh_concurrently(&created.refresh_token, 20).await;
@@ -331,7 +393,7 @@ async fn concurrent_refreshes_leave_exactly_one_valid_token(store: Backend) {
             valid += 1;
         }
     }
-    assert_eq!(valid, 1, "exactly one of 21 tokens validates");
+    assert_eq!(valid, 8, "the cap's 8 of 21 tokens validate");
 }
 
 async fn refresh_racing_delete_never_leaves_a_valid_token(store: Backend) {
@@ -421,6 +483,7 @@ async fn users_list_their_sessions_and_end_one_or_all_others(store: Backend) {
         .refresh_session(RefreshSessionRequest {
             refresh_token: laptop.refresh_token.clone(),
             client: client("Firefox/141", "198.51.100.2"),
+            ..Default::default()
         })
         .await
         .expect("refresh")

@@ -14,7 +14,7 @@ use barazo_session::metrics::Metrics;
 use barazo_session::session::{SessionRecord, Token, now_ms};
 use barazo_session::store::valkey::cluster::{Step, StepHook};
 use barazo_session::store::valkey::{ValkeyClusterStore, ValkeyOptions};
-use barazo_session::store::{Lifetimes, SessionStore};
+use barazo_session::store::{Lifetimes, Refresh, SessionStore, TokenRules};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,6 +27,7 @@ const LIFETIMES: Lifetimes = Lifetimes {
     session: Duration::from_secs(600),
     access_token: Duration::from_secs(60),
     max: None,
+    tokens: TokenRules::DEFAULT,
 };
 
 /// Holds the first operation that reaches `step` until released.
@@ -274,7 +275,14 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
         let new_access = Token::generate().expect("random").into_string();
         let refresh = tokio::spawn({
             let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
-            async move { store.refresh(&sid, &hash, None, LIFETIMES).await }
+            async move {
+                let refresh = Refresh {
+                    new_access_hash: &hash,
+                    previous_access_hash: None,
+                    client: None,
+                };
+                store.refresh(&sid, &refresh, LIFETIMES).await
+            }
         });
         gate.wait_reached().await;
         assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);

@@ -125,7 +125,7 @@ async fn typescript_sessions_validate_refresh_and_delete_here() {
     assert_eq!(session.session_key, sha256_hex(&sid));
 
     let refreshed = app
-        .refresh(&sid)
+        .refresh_tab(&sid, &access)
         .await
         .expect("refresh a TypeScript session");
     assert!(!app.validate(&access).await.valid);
@@ -178,6 +178,7 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
     // service's own facts, which the TypeScript code ignores.
     let app = TestApp::spawn(StoreKind::Valkey).await;
     let created = app.create(&unique_did(), "alice.test").await;
+    // A second tab: the session then lists its other token too.
     app.refresh(&created.refresh_token).await.expect("refresh");
     let mut conn = app.valkey().client().await;
     let json: String = conn
@@ -195,6 +196,7 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
         "handle",
         "sid",
         "refreshedAt",
+        "accessTokens",
     ];
     expected.sort_unstable();
     let mut names_sorted = names.clone();
@@ -203,6 +205,28 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
     for field in ["accessTokenExpiresAt", "createdAt", "refreshedAt"] {
         assert!(object[field].is_u64(), "{field} is an integer in {json}");
     }
+    // The TypeScript fields first, in its order; this service's own after them.
+    let positions: Vec<usize> = [
+        "sid",
+        "did",
+        "handle",
+        "accessTokenHash",
+        "accessTokenExpiresAt",
+        "createdAt",
+        "refreshedAt",
+        "accessTokens",
+    ]
+    .iter()
+    .map(|name| json.find(&format!(r#""{name}":"#)).expect(name))
+    .collect();
+    assert!(positions.is_sorted(), "{json}");
+    let tokens = object["accessTokens"].as_array().expect("a list");
+    assert_eq!(tokens.len(), 1, "the login's token, now the other tab's");
+    assert_eq!(
+        tokens[0]["hash"],
+        sha256_hex(&created.access_token).as_str()
+    );
+    assert!(tokens[0]["expiresAt"].is_u64());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,23 +318,23 @@ async fn concurrent_refreshes_leave_no_orphaned_access_key() {
     let tokens = app.refresh_concurrently(&created.refresh_token, 20).await;
     let mut conn = app.valkey().client().await;
     let access_keys = keys(&mut conn, &format!("{PREFIX}access:*")).await;
-    assert_eq!(access_keys.len(), 1, "{access_keys:?}");
-    let pointed: String = conn.get(&access_keys[0]).await.expect("sid");
-    assert_eq!(pointed, created.refresh_token);
-    // And it is the current token's key, the one the session data names.
+    // The cap's 8 tokens, each with its key and each named in the session data; the 13
+    // tokens dropped past the cap have no key left.
+    assert_eq!(access_keys.len(), 8, "{access_keys:?}");
     let json: String = conn
         .get(format!("{PREFIX}data:{}", created.refresh_token))
         .await
         .expect("data");
-    let hash = &access_keys[0][format!("{PREFIX}access:").len()..];
-    assert!(
-        json.contains(&format!(r#""accessTokenHash":"{hash}""#)),
-        "{json}"
-    );
-    assert!(
-        tokens.iter().any(|t| sha256_hex(t) == hash),
-        "one of the issued tokens"
-    );
+    for key in &access_keys {
+        let pointed: String = conn.get(key).await.expect("sid");
+        assert_eq!(pointed, created.refresh_token);
+        let hash = &key[format!("{PREFIX}access:").len()..];
+        assert!(json.contains(&format!(r#""{hash}""#)), "{json}");
+        assert!(
+            tokens.iter().any(|t| sha256_hex(t) == hash),
+            "one of the issued tokens"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,7 +473,10 @@ async fn refresh_restarts_the_session_and_index_lifetimes() {
         let _: () = conn.pexpire(key, 86_400_000).await.expect("PEXPIRE");
     }
 
-    let refreshed = app.refresh(&created.refresh_token).await.expect("refresh");
+    let refreshed = app
+        .refresh_tab(&created.refresh_token, &created.access_token)
+        .await
+        .expect("refresh");
     for key in [&data_key, &index_key] {
         let ttl: i64 = conn.pttl(key).await.expect("PTTL");
         assert!((604_790_000..=604_800_000).contains(&ttl), "{key}: {ttl}");
@@ -603,7 +630,10 @@ async fn session_listing_works_with_typescript_sessions_both_ways() {
         listed[0].client.clone().unwrap_or_default(),
         Default::default()
     );
-    let refreshed = app.refresh(&created.refresh_token).await.expect("refresh");
+    let refreshed = app
+        .refresh_tab(&created.refresh_token, &ts_access)
+        .await
+        .expect("refresh");
     assert!(app.validate(&refreshed.access_token).await.valid);
     assert!(!app.validate(&ts_access).await.valid);
     assert_eq!(app.delete_all(&did).await.expect("delete all"), 1);
@@ -653,5 +683,114 @@ async fn typescript_sessions_past_the_absolute_lifetime_are_over() {
     assert!(
         keys(&mut conn, &format!("{PREFIX}*")).await.is_empty(),
         "the refusal removed it"
+    );
+}
+
+/// Per-tab access tokens with the TypeScript layout, both ways. This service keeps
+/// `accessTokenHash`/`accessTokenExpiresAt` as the newest token's (what the TypeScript code
+/// reads) and lists the others after its own fields. When the TypeScript code rewrites
+/// such a session (its refresh keeps only its six fields), the other tokens stop
+/// validating here and their keys expire on their own TTL, never later; its logout leaves
+/// nothing that validates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tab_tokens_and_the_typescript_code_both_ways() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let created = app.create(&did, "carol.test").await;
+    let sid = created.refresh_token.clone();
+    let data_key = format!("{PREFIX}data:{sid}");
+    let tab_b = app.refresh(&sid).await.expect("tab B").access_token;
+    let tab_c = app.refresh(&sid).await.expect("tab C").access_token;
+
+    // What the TypeScript requireAuth reads: the newest token is the record's own.
+    let json: String = conn.get(&data_key).await.expect("data");
+    let object: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(object["accessTokenHash"], sha256_hex(&tab_c).as_str());
+    let pointed: String = conn
+        .get(format!("{PREFIX}access:{}", sha256_hex(&tab_c)))
+        .await
+        .expect("the newest token's key");
+    assert_eq!(pointed, sid);
+    assert_eq!(
+        object["accessTokens"]
+            .as_array()
+            .expect("others")
+            .iter()
+            .map(|t| t["hash"].as_str().expect("hash").to_owned())
+            .collect::<Vec<_>>(),
+        [sha256_hex(&created.access_token), sha256_hex(&tab_b)],
+        "the others, oldest first"
+    );
+
+    // The TypeScript refresh rewrites the record without the list.
+    let ts_access = ts_token(50);
+    let mut rewritten: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&json).expect("object");
+    rewritten.retain(|k, _| {
+        [
+            "sid",
+            "did",
+            "handle",
+            "accessTokenHash",
+            "accessTokenExpiresAt",
+            "createdAt",
+        ]
+        .contains(&k.as_str())
+    });
+    rewritten.insert("accessTokenHash".into(), sha256_hex(&ts_access).into());
+    rewritten.insert("accessTokenExpiresAt".into(), (now_ms() + 900_000).into());
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!("{PREFIX}access:{}", sha256_hex(&tab_c)))
+        .cmd("SET")
+        .arg(&data_key)
+        .arg(serde_json::to_string(&rewritten).expect("JSON"))
+        .arg("EX")
+        .arg(604_800)
+        .cmd("SET")
+        .arg(format!("{PREFIX}access:{}", sha256_hex(&ts_access)))
+        .arg(&sid)
+        .arg("EX")
+        .arg(900)
+        .query_async(&mut conn)
+        .await
+        .expect("TypeScript refresh");
+    assert!(app.validate(&ts_access).await.valid);
+    for token in [&created.access_token, &tab_b, &tab_c] {
+        assert!(!app.validate(token).await.valid, "not named by the data");
+    }
+    // Their keys are left to their own TTL, no longer than an access token lives.
+    for token in [&created.access_token, &tab_b] {
+        let ttl: i64 = conn
+            .pttl(format!("{PREFIX}access:{}", sha256_hex(token)))
+            .await
+            .expect("PTTL");
+        assert!((1..=900_000).contains(&ttl), "{ttl}");
+    }
+    // This service refreshes the rewritten record and lists tabs again.
+    let tab_d = app.refresh(&sid).await.expect("tab D").access_token;
+    assert!(app.validate(&ts_access).await.valid);
+    assert!(app.validate(&tab_d).await.valid);
+
+    // The TypeScript logout deletes the newest token's key and the data: nothing of the
+    // session validates any more.
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!("{PREFIX}access:{}", sha256_hex(&tab_d)))
+        .cmd("DEL")
+        .arg(&data_key)
+        .cmd("SREM")
+        .arg(format!("{PREFIX}did:{did}"))
+        .arg(&sid)
+        .query_async(&mut conn)
+        .await
+        .expect("TypeScript logout");
+    for token in [&ts_access, &tab_d] {
+        assert!(!app.validate(token).await.valid);
+    }
+    assert_eq!(
+        app.refresh(&sid).await.expect_err("gone").code(),
+        Code::NotFound
     );
 }

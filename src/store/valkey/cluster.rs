@@ -24,7 +24,8 @@
 //!   expires on its own and never validates.
 //!
 //! Round trips: validate 2 (`GET` access, then a script reading data and `TIME`); create 3 + 1 `SRANDMEMBER` + 1 `EXISTS` per sampled member (+1
-//! `SREM` per expired one); refresh 7–8; delete 4; delete-all 1 + 4 per session.
+//! `SREM` per expired one); refresh 5 + 1 per token dropped; delete 3 + 1 per access token;
+//! delete-all 1 + 3 per session + 1 per access token.
 //!
 //! Expiry is judged on the clock of the node holding the session's data (read with it in
 //! one single-key script), not on the clock of whichever replica of the service asks.
@@ -35,8 +36,8 @@
 use super::link::ClusterLink;
 use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms};
 use crate::metrics::Metrics;
-use crate::session::{ClientFacts, SessionRecord};
-use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use crate::session::{ClientFacts, SessionRecord, log_prefix, sha256_hex};
+use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, SessionStore, StoreError};
 use opentelemetry::context::FutureExt as _;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -58,12 +59,20 @@ pub enum Step {
     CreateIndexed,
     /// Refresh: the data is read, nothing written yet.
     RefreshRead,
-    /// Refresh: the new data is written, the new access key not yet.
+    /// Refresh: the new data is written (and the dropped tokens' keys deleted), the new
+    /// access key not yet.
     RefreshDataWritten,
     /// Delete-all: the index is listed, nothing revoked yet.
     DeleteAllListed,
     /// Delete: the data is read, nothing revoked yet.
     DeleteRead,
+}
+
+/// A [`Refresh`] the operation's own task can own.
+struct OwnedRefresh {
+    new_access_hash: String,
+    previous_access_hash: Option<String>,
+    client: Option<ClientFacts>,
 }
 
 /// Called at each [`Step`]; the operation waits for the future it returns.
@@ -411,8 +420,7 @@ impl Shared {
         self: Arc<Self>,
         mut conn: ClusterConnection,
         sid: String,
-        new_access_hash: String,
-        client: Option<ClientFacts>,
+        refresh: OwnedRefresh,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let Some(record) = self.read(&mut conn, &sid).await? else {
@@ -426,73 +434,92 @@ impl Shared {
         // heals an index that lost this member; the data existed a moment ago, so this is
         // not a member pruning could take for one being created.
         self.index(&mut conn, &record.did, &sid, lifetimes).await?;
-        let read_hash = record.access_token_hash.clone();
-        // Revoke the old token first: whatever happens next, it no longer validates.
-        self.del(&mut conn, self.keys.access(&read_hash)).await?;
         // Only while the session exists, so a concurrent delete is never undone; stamped
-        // on the data node's clock; answers the record it replaced, to clean up after a
-        // concurrent refresh.
+        // on the data node's clock; the token list is computed there from the data as it
+        // is at that moment, so concurrent refreshes keep each other's tokens. The tokens it
+        // drops (the tab's previous one, expired ones, the oldest past the cap) stop
+        // validating with that write: the data no longer names them.
+        let client = refresh.client.as_ref();
         let mut invocation = self.scripts.refresh_data.prepare_invoke();
         invocation
             .key(self.keys.data(&sid))
             .arg(&sid)
-            .arg(&record.did)
-            .arg(&record.handle)
-            .arg(&new_access_hash)
-            .arg(record.created_at)
+            .arg(&refresh.new_access_hash)
             .arg(millis(lifetimes.session))
-            .arg(millis(lifetimes.access_token));
-        // New device facts when given, else the stored ones.
-        let facts = client.unwrap_or_else(|| record.client());
-        invocation
-            .arg(&facts.user_agent)
-            .arg(&facts.ip_address)
-            .arg(lifetimes.max_ms());
-        let written: Option<(Vec<u8>, Vec<u8>, u64)> = observe(
+            .arg(millis(lifetimes.access_token))
+            .arg(if client.is_some() { "1" } else { "0" })
+            .arg(client.map_or("", |c| c.user_agent.as_str()))
+            .arg(client.map_or("", |c| c.ip_address.as_str()))
+            .arg(lifetimes.max_ms())
+            .arg(refresh.previous_access_hash.as_deref().unwrap_or(""))
+            .arg(lifetimes.tokens.max_access_tokens);
+        let written: Option<Vec<Vec<u8>>> = observe(
             &self.metrics,
             script!("refresh_data"),
             None,
             invocation.invoke_async(&mut conn),
         )
         .await?;
-        let Some((replaced, json, access_ttl_ms)) = written else {
+        let Some(written) = written else {
             return Ok(None);
         };
-        if access_ttl_ms == 0 {
-            // Past its absolute deadline: the session ends now (the old token is revoked).
-            self.revoke(&mut conn, &sid).await?;
-            self.srem(&mut conn, &record.did, &sid).await?;
-            return Ok(None);
-        }
-        let record = parse_record(&sid, &json)?;
-        self.step(Step::RefreshDataWritten).await;
-        // Concurrent refreshes of one session (several tabs) each read, revoke and write;
-        // the data's last writer wins. Each one then removes the access key of the
-        // refresh it replaced, and its own key if a later one replaced it in turn, so
-        // exactly the winner's key remains (no orphan until the access TTL).
-        if let Ok(previous) = parse_record(&sid, &replaced)
-            && previous.access_token_hash != read_hash
-            && previous.access_token_hash != new_access_hash
-        {
-            self.del(&mut conn, self.keys.access(&previous.access_token_hash))
+        let (json, access_ttl_ms, removed) = match written.as_slice() {
+            [status, json, ttl, removed @ ..] if status == b"ok" => {
+                let ttl = std::str::from_utf8(ttl)
+                    .ok()
+                    .and_then(|ttl| ttl.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        StoreError::Protocol(
+                            "refresh_data answered a TTL that is not a number".into(),
+                        )
+                    })?;
+                (json, ttl, removed)
+            }
+            [status] if status == b"expired" => {
+                // Past its absolute deadline: the session ends now, every token with it.
+                self.revoke(&mut conn, &sid).await?;
+                self.srem(&mut conn, &record.did, &sid).await?;
+                return Ok(None);
+            }
+            [status] if status == b"corrupt" => {
+                // Replaced by something unreadable since it was read: nothing was written.
+                return Err(StoreError::CorruptSession {
+                    key_prefix: log_prefix(&sha256_hex(&sid)).to_owned(),
+                    reason: "unreadable when rewritten".to_owned(),
+                });
+            }
+            _ => {
+                return Err(StoreError::Protocol(
+                    "refresh_data answered an unexpected shape".into(),
+                ));
+            }
+        };
+        let record = parse_record(&sid, json)?;
+        // The dropped tokens' keys go now rather than at their TTL.
+        for hash in removed {
+            self.del(&mut conn, self.keys.access(&String::from_utf8_lossy(hash)))
                 .await?;
         }
+        self.step(Step::RefreshDataWritten).await;
         // The token lives no longer than the session's deadline (the script said how long).
         self.set_px(
             &mut conn,
-            self.keys.access(&new_access_hash),
+            self.keys.access(&refresh.new_access_hash),
             &sid,
             std::time::Duration::from_millis(access_ttl_ms),
         )
         .await?;
-        // Still ours? A later refresh or a delete may have replaced or removed the data
-        // since; then the key just written must not stay behind.
-        let still_ours = self
-            .read(&mut conn, &sid)
-            .await?
-            .is_some_and(|now| now.is_ok_and(|now| now.access_token_hash == new_access_hash));
-        if !still_ours {
-            self.del(&mut conn, self.keys.access(&new_access_hash))
+        // Still listed? A delete may have removed the data since, or a later refresh
+        // dropped this token past the cap (deleting a key that was not written yet); then
+        // the key just written must not stay behind.
+        let still_listed = self.read(&mut conn, &sid).await?.is_some_and(|now| {
+            now.is_ok_and(|now| {
+                now.live_tokens()
+                    .any(|(hash, _)| hash == refresh.new_access_hash)
+            })
+        });
+        if !still_listed {
+            self.del(&mut conn, self.keys.access(&refresh.new_access_hash))
                 .await?;
         }
         Ok(Some(record))
@@ -509,11 +536,13 @@ impl Shared {
             return Ok(None);
         };
         self.step(Step::DeleteRead).await;
-        // A corrupt record is removed all the same (its access key, unknown, expires on
-        // its own and never validates without the data).
+        // Every access token of the session goes, then its data. A corrupt record is
+        // removed all the same (its access keys, unknown, expire on their own and never
+        // validate without the data).
         if let Ok(record) = &record {
-            self.del(conn, self.keys.access(&record.access_token_hash))
-                .await?;
+            for (hash, _) in record.live_tokens() {
+                self.del(conn, self.keys.access(hash)).await?;
+            }
         }
         self.del(conn, self.keys.data(sid)).await?;
         Ok(Some(record))
@@ -685,13 +714,16 @@ impl SessionStore for ValkeyClusterStore {
     async fn refresh(
         &self,
         sid: &str,
-        new_access_hash: &str,
-        client: Option<&ClientFacts>,
+        refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let (sid, new_access_hash) = (sid.to_owned(), new_access_hash.to_owned());
-        let client = client.cloned();
-        self.on_link(|shared, conn| shared.refresh(conn, sid, new_access_hash, client, lifetimes))
+        let sid = sid.to_owned();
+        let refresh = OwnedRefresh {
+            new_access_hash: refresh.new_access_hash.to_owned(),
+            previous_access_hash: refresh.previous_access_hash.map(str::to_owned),
+            client: refresh.client.cloned(),
+        };
+        self.on_link(|shared, conn| shared.refresh(conn, sid, refresh, lifetimes))
             .await
     }
 

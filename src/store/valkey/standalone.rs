@@ -8,8 +8,8 @@
 
 use super::{Operation, Peer, ValkeyOptions, millis, observe, parse_record, store_error, time_ms};
 use crate::metrics::Metrics;
-use crate::session::{ClientFacts, SessionRecord, log_prefix, sha256_hex};
-use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, SessionStore, StoreError};
+use crate::session::{SessionRecord, log_prefix, sha256_hex};
+use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, SessionStore, StoreError};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, RedisError, Script};
 use std::sync::Arc;
@@ -178,24 +178,26 @@ impl SessionStore for ValkeyStore {
     async fn refresh(
         &self,
         sid: &str,
-        new_access_hash: &str,
-        client: Option<&ClientFacts>,
+        refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let script = &self.scripts.refresh;
+        let client = refresh.client;
         let mut invocation = script.script.prepare_invoke();
         invocation
             .key(self.keys.data(sid))
-            .key(self.keys.access(new_access_hash))
+            .key(self.keys.access(refresh.new_access_hash))
             .arg(self.keys.prefix())
             .arg(sid)
-            .arg(new_access_hash)
+            .arg(refresh.new_access_hash)
             .arg(millis(lifetimes.session))
             .arg(millis(lifetimes.access_token))
             .arg(if client.is_some() { "1" } else { "0" })
             .arg(client.map_or("", |c| c.user_agent.as_str()))
             .arg(client.map_or("", |c| c.ip_address.as_str()))
-            .arg(lifetimes.max_ms());
+            .arg(lifetimes.max_ms())
+            .arg(refresh.previous_access_hash.unwrap_or(""))
+            .arg(lifetimes.tokens.max_access_tokens);
         let outcome: Option<(String, Vec<u8>)> = self.invoke(script, &invocation).await?;
         match outcome {
             None => Ok(None),

@@ -1,9 +1,10 @@
--- Rotates a session's access token atomically.
+-- Adds an access token to a session atomically (one per tab, see next_tokens).
 -- KEYS[1] = <prefix>data:<sid>, KEYS[2] = <prefix>access:<new hash>
 -- ARGV[1] = <prefix>, ARGV[2] = sid, ARGV[3] = new access token hash,
 -- ARGV[4] = session TTL (ms), ARGV[5] = access token TTL (ms), ARGV[6] = '1' when the
 -- device facts are replaced by ARGV[7] (User-Agent) and ARGV[8] (IP address), else kept,
--- ARGV[9] = the absolute lifetime since createdAt (ms; 0: none)
+-- ARGV[9] = the absolute lifetime since createdAt (ms; 0: none), ARGV[10] = the refreshing
+-- tab's previous access token hash ('' when none), ARGV[11] = most access tokens per session
 -- The new token's expiry is Valkey's clock plus its TTL.
 -- Returns nil (no session), {'corrupt', reason} (nothing written), {'expired', ''} (past
 -- its absolute deadline: the session is gone now), or {'ok', new JSON}.
@@ -59,11 +60,17 @@ if s.sid ~= ARGV[2] or type(s.did) ~= 'string' or type(s.handle) ~= 'string'
     or not epoch_ms(s.createdAt)
     or (s.refreshedAt ~= nil and not epoch_ms(s.refreshedAt))
     or (s.userAgent ~= nil and type(s.userAgent) ~= 'string')
-    or (s.ipAddress ~= nil and type(s.ipAddress) ~= 'string') then
+    or (s.ipAddress ~= nil and type(s.ipAddress) ~= 'string')
+    or not tokens_readable(s.accessTokens) then
   return {'corrupt', 'missing or mistyped fields'}
 end
--- The old token stops validating now, not when its key would have expired.
-redis.call('DEL', ARGV[1] .. 'access:' .. s.accessTokenHash)
+if s.accessTokens ~= nil then
+  for _, t in ipairs(s.accessTokens) do
+    if not epoch_ms(t.expiresAt) then
+      return {'corrupt', 'missing or mistyped fields'}
+    end
+  end
+end
 local now = now_ms()
 local session_ttl, access_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local max = tonumber(ARGV[9])
@@ -81,8 +88,14 @@ local user_agent, ip_address = s.userAgent, s.ipAddress
 if ARGV[6] == '1' then
   user_agent, ip_address = ARGV[7], ARGV[8]
 end
+-- The tab's previous token, expired ones and any past the cap stop validating now, not
+-- when their keys would have expired; the session's other tokens stay.
+local tokens, removed = next_tokens(s, ARGV[10], tonumber(ARGV[11]), now)
+for _, hash in ipairs(removed) do
+  redis.call('DEL', ARGV[1] .. 'access:' .. hash)
+end
 local json = session_json(s.sid, s.did, s.handle, ARGV[3], now + access_ttl,
-  s.createdAt, now, user_agent, ip_address)
+  s.createdAt, now, user_agent, ip_address, tokens)
 redis.call('SET', KEYS[1], json, 'PX', string.format('%.0f', session_ttl))
 redis.call('SET', KEYS[2], ARGV[2], 'PX', string.format('%.0f', access_ttl))
 -- Sliding window for the index too (only ever extended, as in create.lua); SADD heals an

@@ -15,10 +15,11 @@ end
 local function str(value)
   return (string.gsub(cjson.encode(value), '\\/', '/'))
 end
--- The three facts after the six TypeScript fields are this service's own: the TypeScript
--- code drops them when it rewrites a session.
+-- The facts after the six TypeScript fields are this service's own: the TypeScript code
+-- drops them when it rewrites a session. `tokens` (may be nil) are the session's other live
+-- access tokens, oldest first, as {hash = ..., expiresAt = ...}.
 local function session_json(sid, did, handle, hash, expires_at, created_at, refreshed_at,
-    user_agent, ip_address)
+    user_agent, ip_address, tokens)
   local json = '{"sid":' .. str(sid)
     .. ',"did":' .. str(did)
     .. ',"handle":' .. str(handle)
@@ -32,7 +33,77 @@ local function session_json(sid, did, handle, hash, expires_at, created_at, refr
   if ip_address ~= nil and ip_address ~= '' then
     json = json .. ',"ipAddress":' .. str(ip_address)
   end
+  if tokens ~= nil and #tokens > 0 then
+    local parts = {}
+    for i, t in ipairs(tokens) do
+      parts[i] = '{"hash":' .. str(t.hash) .. ',"expiresAt":' .. string.format('%.0f', t.expiresAt)
+        .. '}'
+    end
+    json = json .. ',"accessTokens":[' .. table.concat(parts, ',') .. ']'
+  end
   return json .. '}'
+end
+-- Every access token a decoded session names: the newest (accessTokenHash) and the others
+-- (accessTokens), as hashes. What a revocation deletes.
+local function token_hashes(s)
+  local hashes = {}
+  if type(s) ~= 'table' then
+    return hashes
+  end
+  if type(s.accessTokens) == 'table' then
+    for _, t in ipairs(s.accessTokens) do
+      if type(t) == 'table' and type(t.hash) == 'string' then
+        hashes[#hashes + 1] = t.hash
+      end
+    end
+  end
+  if type(s.accessTokenHash) == 'string' then
+    hashes[#hashes + 1] = s.accessTokenHash
+  end
+  return hashes
+end
+-- Whether a decoded `accessTokens` is absent or a list of {hash, expiresAt} as the service
+-- reads it (checked before any write, like the other fields).
+local function tokens_readable(tokens)
+  if tokens == nil then
+    return true
+  end
+  if type(tokens) ~= 'table' then
+    return false
+  end
+  for _, t in ipairs(tokens) do
+    if type(t) ~= 'table' or type(t.hash) ~= 'string' or type(t.expiresAt) ~= 'number' then
+      return false
+    end
+  end
+  return true
+end
+-- The session's other live tokens once `new` becomes its newest, and the hashes to revoke:
+-- `previous` (the refreshing tab's own token) when live, expired ones, and past
+-- `max_tokens` the oldest. The rules of SessionRecord::add_access_token.
+local function next_tokens(s, previous, max_tokens, now)
+  local all = {}
+  if type(s.accessTokens) == 'table' then
+    for _, t in ipairs(s.accessTokens) do
+      all[#all + 1] = t
+    end
+  end
+  all[#all + 1] = {hash = s.accessTokenHash, expiresAt = s.accessTokenExpiresAt}
+  local keep, removed = {}, {}
+  for _, t in ipairs(all) do
+    if t.hash ~= '' then
+      if t.expiresAt <= now or t.hash == previous then
+        removed[#removed + 1] = t.hash
+      else
+        keep[#keep + 1] = {hash = t.hash, expiresAt = t.expiresAt}
+      end
+    end
+  end
+  local room = math.max(max_tokens, 1) - 1
+  while #keep > room do
+    removed[#removed + 1] = table.remove(keep, 1).hash
+  end
+  return keep, removed
 end
 -- A stored record decoded, or nil when it is not a JSON object (a corrupt or foreign value).
 local function decode_session(raw)
@@ -42,11 +113,11 @@ local function decode_session(raw)
   end
   return nil
 end
--- Revokes one session: its access key (first: from then on no token of it validates), its
--- entry in its DID index, and its data. The one place a script deletes a session's keys, so
--- what a session owns is listed once. A record that cannot be read is removed all the same
--- (its access key, unknown without the JSON, expires on its own and never validates without
--- the data). Returns whether a session existed.
+-- Revokes one session: every access key it names (first: from then on none of its tokens
+-- validates), its entry in its DID index, and its data. The one place a script deletes a
+-- session's keys, so what a session owns is listed once. A record that cannot be read is
+-- removed all the same (its access keys, unknown without the JSON, expire on their own and
+-- never validate without the data). Returns whether a session existed.
 local function revoke_session(prefix, sid)
   local data_key = prefix .. 'data:' .. sid
   local raw = redis.call('GET', data_key)
@@ -55,8 +126,8 @@ local function revoke_session(prefix, sid)
   end
   local s = decode_session(raw)
   if s then
-    if type(s.accessTokenHash) == 'string' then
-      redis.call('DEL', prefix .. 'access:' .. s.accessTokenHash)
+    for _, hash in ipairs(token_hashes(s)) do
+      redis.call('DEL', prefix .. 'access:' .. hash)
     end
     if type(s.did) == 'string' then
       redis.call('SREM', prefix .. 'did:' .. s.did, sid)
