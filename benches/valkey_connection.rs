@@ -131,6 +131,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (m, p) = (manager_total / ROUNDS as f64, pool_total / ROUNDS as f64);
         println!("| {concurrency} | {m:.0} | {p:.0} | {:.2} |", m / p);
     }
-    store.delete(&record.sid).await?;
+    if let Some(presented) = barazo_session::rotation::Presented::parse(&record.sid) {
+        let _ = store.delete(&presented, Duration::ZERO).await?;
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! Everything here is pure (no I/O), so it is unit-tested beside the code. The stored
 //! record's JSON shape is shared byte for byte with the TypeScript AppView.
 
+use crate::rotation::{Candidate, Lookup, Presented};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -270,6 +271,36 @@ pub struct SessionRecord {
     /// rewrote: then only the newest token validates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_tokens: Vec<AccessTokenEntry>,
+    /// Refresh-token rotation state; absent until the session's refresh token is rotated
+    /// (sessions whose refresh token is still their sid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_family: Option<String>,
+    /// SHA-256 of the current refresh token (rotated sessions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_hash: Option<String>,
+    /// SHA-256 of the refresh token the current one replaced, honoured within the grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_refresh_token_hash: Option<String>,
+    /// When the current refresh token replaced the previous one (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<i64>,
+    /// The nonce the current refresh token was derived with from the previous one, so a
+    /// concurrent use of the previous one within the grace gets the same successor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_nonce: Option<String>,
+}
+
+/// What a presented refresh token is to the session it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The session's current refresh token.
+    Current,
+    /// The previous one, within the grace after its rotation: concurrent use (tabs).
+    Grace,
+    /// An older one, or the previous one after the grace: theft; the session is revoked.
+    Reuse,
+    /// Not a token of this session (its record was rewritten by the TypeScript code).
+    Foreign,
 }
 
 /// One of a session's older live access tokens, as stored in `accessTokens`.
@@ -294,6 +325,7 @@ impl std::fmt::Debug for SessionRecord {
             .field("access_token_expires_at", &self.access_token_expires_at)
             .field("created_at", &self.created_at)
             .field("other_access_tokens", &self.access_tokens.len())
+            .field("rotated", &self.refresh_token_hash.is_some())
             .finish()
     }
 }
@@ -335,6 +367,53 @@ impl SessionRecord {
             let matches = constant_time_eq(hash.as_bytes(), access_hash.as_bytes());
             found | (matches & (expires_at > now_ms))
         })
+    }
+
+    /// What the presented refresh token is to this session (its data, found by the
+    /// token's lookup), judged at `now_ms` with a grace of `grace_ms` for the previous one.
+    /// The rules of `session_json.lua`'s `refresh_role`.
+    pub fn role_of(&self, presented: &Presented, now_ms: i64, grace_ms: i64) -> Role {
+        let Some(current) = &self.refresh_token_hash else {
+            // Never rotated: the sid is the refresh token. A family token finding such a
+            // record means a writer that does not know rotation (the TypeScript code)
+            // rewrote it: not this session's any more.
+            return match &presented.lookup {
+                Lookup::Sid(sid) if *sid == self.sid => Role::Current,
+                _ => Role::Foreign,
+            };
+        };
+        if let Lookup::Family(family) = &presented.lookup
+            && self.refresh_family.as_ref() != Some(family)
+        {
+            return Role::Foreign;
+        }
+        if constant_time_eq(current.as_bytes(), presented.token_hash.as_bytes()) {
+            return Role::Current;
+        }
+        let previous = self.previous_refresh_token_hash.as_deref().unwrap_or("");
+        let rotated_at = self.rotated_at.unwrap_or(i64::MIN);
+        if constant_time_eq(previous.as_bytes(), presented.token_hash.as_bytes())
+            && now_ms.saturating_sub(rotated_at) < grace_ms
+        {
+            Role::Grace
+        } else {
+            Role::Reuse
+        }
+    }
+
+    /// Moves the session to `candidate`'s successor of the current refresh token
+    /// (`presented_hash`) at `now_ms`. Returns whether the session had no family yet (its
+    /// `refresh:` key is to be written).
+    pub fn rotate(&mut self, presented_hash: &str, candidate: &Candidate, now_ms: i64) -> bool {
+        let new_family = self.refresh_family.is_none();
+        if new_family {
+            self.refresh_family = Some(candidate.family_hash.clone());
+        }
+        self.previous_refresh_token_hash = Some(presented_hash.to_owned());
+        self.refresh_token_hash = Some(candidate.successor_hash.clone());
+        self.rotated_at = Some(now_ms);
+        self.rotation_nonce = Some(candidate.nonce.clone());
+        new_family
     }
 
     /// Every access token the record names, oldest first, the newest last: the hash and

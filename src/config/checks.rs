@@ -13,6 +13,10 @@ pub const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
 /// data, which every validation reads.
 pub const MAX_ACCESS_TOKENS: usize = 64;
 
+/// Longest reuse grace that may be configured: requests in flight take seconds, not
+/// minutes.
+pub const MAX_REUSE_GRACE: Duration = Duration::from_secs(300);
+
 /// Most calls in progress that may be configured; far beyond what one process can serve.
 pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
 
@@ -108,6 +112,15 @@ fn lifetimes(p: &mut Problems<'_>) {
             p.name("max_access_tokens_per_session")
         );
         p.add(&["max_access_tokens_per_session"], message);
+    }
+    if c.refresh_reuse_grace > MAX_REUSE_GRACE {
+        let message = format!(
+            "{} must be at most {} seconds: the previous refresh token is a live credential \
+             for that long",
+            p.name("refresh_reuse_grace"),
+            MAX_REUSE_GRACE.as_secs()
+        );
+        p.add(&["refresh_reuse_grace"], message);
     }
     if c.key_prefix.is_empty() || c.key_prefix.chars().any(char::is_whitespace) {
         let message = format!(

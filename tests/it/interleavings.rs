@@ -11,6 +11,7 @@
 use crate::support::cluster::ValkeyCluster;
 use crate::support::{Backend, TestApp, sha256_hex, unique_did};
 use barazo_session::metrics::Metrics;
+use barazo_session::rotation::Presented;
 use barazo_session::session::{SessionRecord, Token, now_ms};
 use barazo_session::store::valkey::cluster::{Step, StepHook};
 use barazo_session::store::valkey::{ValkeyClusterStore, ValkeyOptions};
@@ -280,8 +281,13 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
                     new_access_hash: &hash,
                     previous_access_hash: None,
                     client: None,
+                    rotation: None,
                 };
-                store.refresh(&sid, &refresh, LIFETIMES).await
+                let presented = Presented::parse(&sid).expect("a sid");
+                store
+                    .refresh(&presented, &refresh, LIFETIMES)
+                    .await
+                    .map(|_| ())
             }
         });
         gate.wait_reached().await;

@@ -794,3 +794,185 @@ async fn tab_tokens_and_the_typescript_code_both_ways() {
         Code::NotFound
     );
 }
+
+/// Every key under the prefix and every value (strings; set members), as a Valkey dump
+/// would show them.
+async fn dump(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    let mut text = String::new();
+    for key in keys(conn, &format!("{PREFIX}*")).await {
+        text.push_str(&key);
+        text.push('\n');
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .expect("TYPE");
+        if kind == "set" {
+            let members: Vec<String> = conn.smembers(&key).await.expect("SMEMBERS");
+            text.push_str(&members.join("\n"));
+        } else {
+            let value: String = conn.get(&key).await.expect("GET");
+            text.push_str(&value);
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// Rotation on, a session the TypeScript code created (its cookie is the session id): the
+/// first refresh moves it to rotated tokens; the session id then works as the previous
+/// token within the grace, and is reuse once older. Neither a dump nor MONITOR ever shows
+/// a rotated refresh token; what the TypeScript code wrote keeps its shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typescript_session_moves_to_rotated_refresh_tokens_on_its_first_refresh() {
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--refresh-token-rotation",
+            "on",
+            "--health-check-interval-ms",
+            "3600000",
+        ],
+    )
+    .await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let (sid, access) = (ts_token(60), ts_token(61));
+    write_typescript_session(&mut conn, &sid, &access, &did).await;
+
+    let mut monitor = Monitor::start(app.valkey()).await;
+    let (first, lines) = monitor.lines(app.refresh(&sid)).await;
+    let first = first.expect("the first refresh migrates");
+    let r1 = first.refresh_token.clone();
+    assert!(!r1.is_empty() && r1 != sid);
+    assert!(lines.iter().all(|l| !l.contains(&r1)), "{lines:?}");
+    let json: String = conn.get(format!("{PREFIX}data:{sid}")).await.expect("data");
+    assert!(
+        json.starts_with(&format!(
+            r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{}""#,
+            sha256_hex(&first.access_token)
+        )),
+        "the TypeScript fields first, the newest token's: {json}"
+    );
+    let record = barazo_session::session::SessionRecord::from_json(&json).expect("readable");
+    let family = record.refresh_family.clone().expect("a family");
+    assert_eq!(record.refresh_token_hash, Some(sha256_hex(&r1)));
+    assert_eq!(record.previous_refresh_token_hash, Some(sha256_hex(&sid)));
+    let family_key = format!("{PREFIX}refresh:{family}");
+    let pointed: String = conn.get(&family_key).await.expect("family key");
+    assert_eq!(pointed, sid);
+    let ttl: i64 = conn.pttl(&family_key).await.expect("PTTL");
+    assert!((604_790_000..=604_800_000).contains(&ttl), "{ttl}");
+
+    // Another tab sent the old cookie at the same moment: the same successor.
+    let again = app.refresh(&sid).await.expect("within the grace");
+    assert_eq!(again.refresh_token, r1);
+    let (second, lines) = monitor.lines(app.refresh(&r1)).await;
+    let second = second.expect("refresh with the rotated cookie");
+    let r2 = second.refresh_token.clone();
+    for token in [&r1, &r2] {
+        assert!(
+            lines.iter().all(|l| !l.contains(token.as_str())),
+            "MONITOR: {lines:?}"
+        );
+    }
+    assert!(
+        !dump(&mut conn).await.contains(&r2),
+        "a dump holds no live refresh token"
+    );
+    // Logout and revoke-others send only digests of a rotated token too.
+    let (others, lines) = monitor
+        .lines(app.client.clone().revoke_other_sessions(
+            barazo_session::proto::RevokeOtherSessionsRequest {
+                refresh_token: r2.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(others.expect("revoke others").into_inner().revoked_count, 0);
+    assert!(lines.iter().all(|l| !l.contains(&r2)), "{lines:?}");
+
+    // The session id is now two rotations old: reuse, the session is revoked, nothing is
+    // left behind.
+    assert_eq!(
+        app.refresh(&sid).await.expect_err("reuse").code(),
+        Code::NotFound
+    );
+    assert!(!app.validate(&second.access_token).await.valid);
+    assert!(
+        keys(&mut conn, &format!("{PREFIX}*")).await.is_empty(),
+        "{:?}",
+        keys(&mut conn, &format!("{PREFIX}*")).await
+    );
+}
+
+/// Rotation on: which TypeScript paths stop working, and that this service corrupts
+/// nothing they write. The TypeScript refresh and logout look the cookie up as a session
+/// id, so a rotated cookie finds nothing there (refresh answers 401; logout leaves the
+/// session alive until its TTL). Its requireAuth still accepts the newest access token.
+/// If the TypeScript code refreshes a migrated session through an old session-id cookie
+/// (rewriting the record without the rotation fields), the rotated cookie no longer
+/// finds it here (NOT_FOUND) and its record is left exactly as it wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rotation_on_the_typescript_paths_that_stop_working_are_left_intact() {
+    let app = TestApp::spawn_with(StoreKind::Valkey, &["--refresh-token-rotation", "on"]).await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let (sid, access) = (ts_token(70), ts_token(71));
+    write_typescript_session(&mut conn, &sid, &access, &did).await;
+    let rotated = app.refresh(&sid).await.expect("migrates");
+    let r1 = rotated.refresh_token.clone();
+
+    // The TypeScript code looks a cookie up as `data:<cookie>`: nothing for a rotated one.
+    let found: Option<String> = conn.get(format!("{PREFIX}data:{r1}")).await.expect("GET");
+    assert!(
+        found.is_none(),
+        "TypeScript refresh and logout find no session"
+    );
+    // Its requireAuth reads accessTokenHash: the newest token's.
+    let data_key = format!("{PREFIX}data:{sid}");
+    let json: String = conn.get(&data_key).await.expect("data");
+    let object: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        object["accessTokenHash"],
+        sha256_hex(&rotated.access_token).as_str()
+    );
+
+    // The TypeScript refresh through the old session-id cookie rewrites the record.
+    let ts_access = ts_token(72);
+    let rewritten = format!(
+        r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{}}}"#,
+        sha256_hex(&ts_access),
+        now_ms() + 900_000,
+        object["createdAt"]
+    );
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(&data_key)
+        .arg(&rewritten)
+        .arg("EX")
+        .arg(604_800)
+        .cmd("SET")
+        .arg(format!("{PREFIX}access:{}", sha256_hex(&ts_access)))
+        .arg(&sid)
+        .arg("EX")
+        .arg(900)
+        .query_async(&mut conn)
+        .await
+        .expect("TypeScript refresh");
+    assert_eq!(
+        app.refresh(&r1)
+            .await
+            .expect_err("not this session's any more")
+            .code(),
+        Code::NotFound
+    );
+    assert!(!app.delete(&r1).await.expect("logout answers"));
+    let kept: String = conn.get(&data_key).await.expect("data");
+    assert_eq!(
+        kept, rewritten,
+        "what the TypeScript code wrote is untouched"
+    );
+    assert!(app.validate(&ts_access).await.valid);
+    // The session id is the refresh token of that record again.
+    assert!(app.refresh(&sid).await.is_ok());
+}

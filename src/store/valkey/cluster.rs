@@ -36,8 +36,12 @@
 use super::link::ClusterLink;
 use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms};
 use crate::metrics::Metrics;
-use crate::session::{ClientFacts, SessionRecord, log_prefix, sha256_hex};
-use crate::store::{Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, SessionStore, StoreError};
+use crate::rotation::{Candidate, Lookup, Presented};
+use crate::session::{ClientFacts, Role, SessionRecord, log_prefix, now_ms, sha256_hex};
+use crate::store::{
+    ByRefresh, Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, Refreshed, SessionStore,
+    StoreError,
+};
 use opentelemetry::context::FutureExt as _;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -45,6 +49,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A point between two steps of an operation, where a test can hold the operation while
 /// others run ([`ValkeyClusterStore::with_step_hook`]), to force the interleavings that
@@ -73,6 +78,15 @@ struct OwnedRefresh {
     new_access_hash: String,
     previous_access_hash: Option<String>,
     client: Option<ClientFacts>,
+    rotation: Option<Candidate>,
+}
+
+/// The family hash of a rotated token, '' for a sid (the scripts' convention).
+fn family_of(presented: &Presented) -> &str {
+    match &presented.lookup {
+        Lookup::Sid(_) => "",
+        Lookup::Family(family) => family,
+    }
 }
 
 /// Called at each [`Step`]; the operation waits for the future it returns.
@@ -353,7 +367,9 @@ impl Shared {
             .arg(millis(lifetimes.session))
             .arg(millis(lifetimes.access_token))
             .arg(&record.user_agent)
-            .arg(&record.ip_address);
+            .arg(&record.ip_address)
+            .arg(record.refresh_family.as_deref().unwrap_or(""))
+            .arg(record.refresh_token_hash.as_deref().unwrap_or(""));
         let json: Vec<u8> = observe(
             &self.metrics,
             script!("create_data"),
@@ -367,6 +383,16 @@ impl Shared {
         self.index(&mut conn, &record.did, &record.sid, lifetimes)
             .await?;
         self.step(Step::CreateIndexed).await;
+        // The refresh token's family key, before the caller can hold the token.
+        if let Some(family) = &record.refresh_family {
+            self.set_px(
+                &mut conn,
+                self.keys.refresh(family),
+                &record.sid,
+                lifetimes.session,
+            )
+            .await?;
+        }
         self.set_px(
             &mut conn,
             self.keys.access(&record.access_token_hash),
@@ -419,21 +445,50 @@ impl Shared {
     async fn refresh(
         self: Arc<Self>,
         mut conn: ClusterConnection,
-        sid: String,
+        presented: Presented,
         refresh: OwnedRefresh,
         lifetimes: Lifetimes,
-    ) -> Result<Option<SessionRecord>, StoreError> {
+    ) -> Result<ByRefresh<Refreshed>, StoreError> {
+        let Some(sid) = self.find_sid(&mut conn, &presented).await? else {
+            return Ok(ByRefresh::NotFound);
+        };
         let Some(record) = self.read(&mut conn, &sid).await? else {
-            return Ok(None);
+            return Ok(ByRefresh::NotFound);
         };
         // An unreadable session is refused before anything is written.
         let record = record?;
+        // A first look at the token's role (the script decides again, atomically): an old
+        // token revokes the session without writing anything first.
+        match record.role_of(&presented, now_ms(), lifetimes.tokens.grace_ms()) {
+            Role::Foreign => return Ok(ByRefresh::NotFound),
+            Role::Reuse => return self.revoke_reused(&mut conn, &record).await,
+            Role::Current | Role::Grace => {}
+        }
         self.step(Step::RefreshRead).await;
         // The index first, so that it outlives the data the refresh is about to extend
         // (stopping in between leaves an index that lives longer, never shorter). SADD
         // heals an index that lost this member; the data existed a moment ago, so this is
         // not a member pruning could take for one being created.
         self.index(&mut conn, &record.did, &sid, lifetimes).await?;
+        // The family key too, for the same reason: the family the session has, or the one
+        // a session id moves to if this token is still its current one (if the script
+        // then decides otherwise, that key names a family no token of the session has: it
+        // finds nothing and expires).
+        let family = record.refresh_family.clone().or_else(|| {
+            refresh
+                .rotation
+                .as_ref()
+                .map(|candidate| candidate.family_hash.clone())
+        });
+        if let Some(family) = &family {
+            self.set_px(
+                &mut conn,
+                self.keys.refresh(family),
+                &sid,
+                lifetimes.session,
+            )
+            .await?;
+        }
         // Only while the session exists, so a concurrent delete is never undone; stamped
         // on the data node's clock; the token list is computed there from the data as it
         // is at that moment, so concurrent refreshes keep each other's tokens. The tokens it
@@ -452,7 +507,15 @@ impl Shared {
             .arg(client.map_or("", |c| c.ip_address.as_str()))
             .arg(lifetimes.max_ms())
             .arg(refresh.previous_access_hash.as_deref().unwrap_or(""))
-            .arg(lifetimes.tokens.max_access_tokens);
+            .arg(lifetimes.tokens.max_access_tokens)
+            .arg(family_of(&presented))
+            .arg(&presented.token_hash)
+            .arg(lifetimes.tokens.grace_ms());
+        let candidate = refresh.rotation.as_ref();
+        invocation
+            .arg(candidate.map_or("", |c| c.nonce.as_str()))
+            .arg(candidate.map_or("", |c| c.successor_hash.as_str()))
+            .arg(candidate.map_or("", |c| c.family_hash.as_str()));
         let written: Option<Vec<Vec<u8>>> = observe(
             &self.metrics,
             script!("refresh_data"),
@@ -461,10 +524,10 @@ impl Shared {
         )
         .await?;
         let Some(written) = written else {
-            return Ok(None);
+            return Ok(ByRefresh::NotFound);
         };
-        let (json, access_ttl_ms, removed) = match written.as_slice() {
-            [status, json, ttl, removed @ ..] if status == b"ok" => {
+        let (json, access_ttl_ms, nonce, removed) = match written.as_slice() {
+            [status, json, ttl, nonce, removed @ ..] if status == b"ok" => {
                 let ttl = std::str::from_utf8(ttl)
                     .ok()
                     .and_then(|ttl| ttl.parse::<u64>().ok())
@@ -473,13 +536,17 @@ impl Shared {
                             "refresh_data answered a TTL that is not a number".into(),
                         )
                     })?;
-                (json, ttl, removed)
+                (json, ttl, nonce, removed)
             }
             [status] if status == b"expired" => {
                 // Past its absolute deadline: the session ends now, every token with it.
                 self.revoke(&mut conn, &sid).await?;
                 self.srem(&mut conn, &record.did, &sid).await?;
-                return Ok(None);
+                return Ok(ByRefresh::NotFound);
+            }
+            [status] if status == b"reuse" => {
+                // Rotated past this token since it was read: an old token after all.
+                return self.revoke_reused(&mut conn, &record).await;
             }
             [status] if status == b"corrupt" => {
                 // Replaced by something unreadable since it was read: nothing was written.
@@ -522,7 +589,71 @@ impl Shared {
             self.del(&mut conn, self.keys.access(&refresh.new_access_hash))
                 .await?;
         }
-        Ok(Some(record))
+        Ok(ByRefresh::Found(Refreshed {
+            record,
+            successor_nonce: (!nonce.is_empty())
+                .then(|| String::from_utf8_lossy(nonce).into_owned()),
+        }))
+    }
+
+    /// The sid a presented refresh token names: itself, or its family key's value.
+    async fn find_sid(
+        &self,
+        conn: &mut ClusterConnection,
+        presented: &Presented,
+    ) -> Result<Option<String>, StoreError> {
+        match &presented.lookup {
+            Lookup::Sid(sid) => Ok(Some(sid.clone())),
+            Lookup::Family(family) => {
+                self.query(
+                    conn,
+                    command!("GET"),
+                    redis::cmd("GET").arg(self.keys.refresh(family)),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Revokes a session whose old refresh token was presented (reuse).
+    async fn revoke_reused<T>(
+        &self,
+        conn: &mut ClusterConnection,
+        record: &SessionRecord,
+    ) -> Result<ByRefresh<T>, StoreError> {
+        self.revoke(conn, &record.sid).await?;
+        self.srem(conn, &record.did, &record.sid).await?;
+        Ok(ByRefresh::Reused {
+            sid: record.sid.clone(),
+        })
+    }
+
+    /// The live session a presented refresh token names (as for refresh, but judged here,
+    /// not in a script: delete and revoke-others only remove). Reuse revokes it.
+    async fn by_refresh(
+        &self,
+        conn: &mut ClusterConnection,
+        presented: &Presented,
+        grace_ms: i64,
+    ) -> Result<ByRefresh<Result<SessionRecord, StoreError>>, StoreError> {
+        let Some(sid) = self.find_sid(conn, presented).await? else {
+            return Ok(ByRefresh::NotFound);
+        };
+        let Some(record) = self.read(conn, &sid).await? else {
+            return Ok(ByRefresh::NotFound);
+        };
+        let Ok(record) = record else {
+            // Unreadable: found (a logout still removes it), for a session id only.
+            return Ok(match presented.lookup {
+                Lookup::Sid(_) => ByRefresh::Found(record),
+                Lookup::Family(_) => ByRefresh::NotFound,
+            });
+        };
+        Ok(match record.role_of(presented, now_ms(), grace_ms) {
+            Role::Foreign => ByRefresh::NotFound,
+            Role::Reuse => self.revoke_reused(conn, &record).await?,
+            Role::Current | Role::Grace => ByRefresh::Found(Ok(record)),
+        })
     }
 
     /// Revokes one session: its access key first, then its data. Returns what was stored
@@ -543,6 +674,9 @@ impl Shared {
             for (hash, _) in record.live_tokens() {
                 self.del(conn, self.keys.access(hash)).await?;
             }
+            if let Some(family) = &record.refresh_family {
+                self.del(conn, self.keys.refresh(family)).await?;
+            }
         }
         self.del(conn, self.keys.data(sid)).await?;
         Ok(Some(record))
@@ -551,17 +685,24 @@ impl Shared {
     async fn delete(
         self: Arc<Self>,
         mut conn: ClusterConnection,
-        sid: String,
-    ) -> Result<bool, StoreError> {
+        presented: Presented,
+        grace_ms: i64,
+    ) -> Result<ByRefresh<()>, StoreError> {
+        let record = match self.by_refresh(&mut conn, &presented, grace_ms).await? {
+            ByRefresh::Found(record) => record,
+            other => return Ok(other.map_found(|_| ())),
+        };
+        let sid = match &record {
+            Ok(record) => record.sid.clone(),
+            Err(_) => presented.sid().unwrap_or_default().to_owned(),
+        };
         let Some(record) = self.revoke(&mut conn, &sid).await? else {
-            return Ok(false);
+            return Ok(ByRefresh::NotFound);
         };
         if let Ok(record) = record {
-            let mut srem = redis::cmd("SREM");
-            srem.arg(self.keys.did(&record.did)).arg(&sid);
-            let _: i64 = self.query(&mut conn, command!("SREM"), &srem).await?;
+            self.srem(&mut conn, &record.did, &sid).await?;
         }
-        Ok(true)
+        Ok(ByRefresh::Found(()))
     }
 
     /// The DID index's members.
@@ -623,14 +764,17 @@ impl Shared {
     async fn revoke_others(
         self: Arc<Self>,
         mut conn: ClusterConnection,
-        sid: String,
-    ) -> Result<Option<u32>, StoreError> {
-        let Some(Ok(own)) = self.read(&mut conn, &sid).await? else {
-            return Ok(None);
+        presented: Presented,
+        grace_ms: i64,
+    ) -> Result<ByRefresh<u32>, StoreError> {
+        let own = match self.by_refresh(&mut conn, &presented, grace_ms).await? {
+            ByRefresh::Found(Ok(own)) => own,
+            ByRefresh::Found(Err(_)) | ByRefresh::NotFound => return Ok(ByRefresh::NotFound),
+            ByRefresh::Reused { sid } => return Ok(ByRefresh::Reused { sid }),
         };
         let mut revoked = 0u32;
         for other in self.members(&mut conn, &own.did).await? {
-            if other == sid {
+            if other == own.sid {
                 continue;
             }
             if self.revoke(&mut conn, &other).await?.is_some() {
@@ -639,7 +783,7 @@ impl Shared {
             // As delete-all: exactly the members handled leave the index.
             self.srem(&mut conn, &own.did, &other).await?;
         }
-        Ok(Some(revoked))
+        Ok(ByRefresh::Found(revoked))
     }
 
     async fn delete_all_for_did(
@@ -713,17 +857,18 @@ impl SessionStore for ValkeyClusterStore {
 
     async fn refresh(
         &self,
-        sid: &str,
+        presented: &Presented,
         refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
-    ) -> Result<Option<SessionRecord>, StoreError> {
-        let sid = sid.to_owned();
+    ) -> Result<ByRefresh<Refreshed>, StoreError> {
+        let presented = presented.clone();
         let refresh = OwnedRefresh {
             new_access_hash: refresh.new_access_hash.to_owned(),
             previous_access_hash: refresh.previous_access_hash.map(str::to_owned),
             client: refresh.client.cloned(),
+            rotation: refresh.rotation.cloned(),
         };
-        self.on_link(|shared, conn| shared.refresh(conn, sid, refresh, lifetimes))
+        self.on_link(|shared, conn| shared.refresh(conn, presented, refresh, lifetimes))
             .await
     }
 
@@ -739,15 +884,26 @@ impl SessionStore for ValkeyClusterStore {
             .await
     }
 
-    async fn revoke_others(&self, sid: &str) -> Result<Option<u32>, StoreError> {
-        let sid = sid.to_owned();
-        self.on_link(|shared, conn| shared.revoke_others(conn, sid))
+    async fn revoke_others(
+        &self,
+        presented: &Presented,
+        grace: Duration,
+    ) -> Result<ByRefresh<u32>, StoreError> {
+        let presented = presented.clone();
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self.on_link(|shared, conn| shared.revoke_others(conn, presented, grace_ms))
             .await
     }
 
-    async fn delete(&self, sid: &str) -> Result<bool, StoreError> {
-        let sid = sid.to_owned();
-        self.on_link(|shared, conn| shared.delete(conn, sid)).await
+    async fn delete(
+        &self,
+        presented: &Presented,
+        grace: Duration,
+    ) -> Result<ByRefresh<()>, StoreError> {
+        let presented = presented.clone();
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self.on_link(|shared, conn| shared.delete(conn, presented, grace_ms))
+            .await
     }
 
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {

@@ -50,6 +50,24 @@ impl Monitor {
     /// Runs `action` and returns its output with the names of the top-level commands
     /// (round trips) Valkey received meanwhile, in order.
     pub async fn round_trips<T>(&mut self, action: impl Future<Output = T>) -> (T, Vec<String>) {
+        let (output, lines) = self.lines(action).await;
+        let names = lines
+            .iter()
+            .filter_map(|line| {
+                // `+<time> [<db> <client or lua>] "CMD" "arg" ...`
+                let (client, rest) = line.split_once("] ")?;
+                if client.ends_with(" lua") {
+                    return None;
+                }
+                Some(rest.split('"').nth(1).unwrap_or_default().to_uppercase())
+            })
+            .collect();
+        (output, names)
+    }
+
+    /// Runs `action` and returns its output with every line `MONITOR` printed meanwhile
+    /// (the commands a script runs included), to search for what must never be sent.
+    pub async fn lines<T>(&mut self, action: impl Future<Output = T>) -> (T, Vec<String>) {
         let start = self.mark().await;
         let output = action.await;
         let end = self.mark().await;
@@ -73,15 +91,7 @@ impl Monitor {
             if !seen_start {
                 continue;
             }
-            // `+<time> [<db> <client or lua>] "CMD" "arg" ...`
-            let Some((client, rest)) = line.split_once("] ") else {
-                continue;
-            };
-            if client.ends_with(" lua") {
-                continue;
-            }
-            let name = rest.split('"').nth(1).unwrap_or_default().to_uppercase();
-            commands.push(name);
+            commands.push(line);
         }
     }
 }

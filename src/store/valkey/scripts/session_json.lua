@@ -17,9 +17,11 @@ local function str(value)
 end
 -- The facts after the six TypeScript fields are this service's own: the TypeScript code
 -- drops them when it rewrites a session. `tokens` (may be nil) are the session's other live
--- access tokens, oldest first, as {hash = ..., expiresAt = ...}.
+-- access tokens, oldest first, as {hash = ..., expiresAt = ...}; `rotation` (may be nil)
+-- its refresh-token rotation state, {family, hash, previous, rotatedAt, nonce} (only family
+-- and hash before the first rotation).
 local function session_json(sid, did, handle, hash, expires_at, created_at, refreshed_at,
-    user_agent, ip_address, tokens)
+    user_agent, ip_address, tokens, rotation)
   local json = '{"sid":' .. str(sid)
     .. ',"did":' .. str(did)
     .. ',"handle":' .. str(handle)
@@ -41,7 +43,79 @@ local function session_json(sid, did, handle, hash, expires_at, created_at, refr
     end
     json = json .. ',"accessTokens":[' .. table.concat(parts, ',') .. ']'
   end
+  if rotation ~= nil then
+    json = json .. ',"refreshFamily":' .. str(rotation.family)
+      .. ',"refreshTokenHash":' .. str(rotation.hash)
+    if rotation.previous ~= nil then
+      json = json .. ',"previousRefreshTokenHash":' .. str(rotation.previous)
+        .. ',"rotatedAt":' .. string.format('%.0f', rotation.rotatedAt)
+        .. ',"rotationNonce":' .. str(rotation.nonce)
+    end
+  end
   return json .. '}'
+end
+-- The rotation state of a decoded session (see session_json), or nil when its refresh
+-- token never rotated (it is its sid).
+local function rotation_of(s)
+  if type(s.refreshTokenHash) ~= 'string' or type(s.refreshFamily) ~= 'string' then
+    return nil
+  end
+  local rotation = {family = s.refreshFamily, hash = s.refreshTokenHash}
+  if type(s.previousRefreshTokenHash) == 'string' and type(s.rotatedAt) == 'number'
+      and type(s.rotationNonce) == 'string' then
+    rotation.previous = s.previousRefreshTokenHash
+    rotation.rotatedAt = s.rotatedAt
+    rotation.nonce = s.rotationNonce
+  end
+  return rotation
+end
+-- Whether the rotation fields of a decoded session are absent or of the types the service
+-- reads (checked before any write).
+local function rotation_readable(s)
+  for _, field in ipairs({'refreshFamily', 'refreshTokenHash', 'previousRefreshTokenHash',
+      'rotationNonce'}) do
+    if s[field] ~= nil and type(s[field]) ~= 'string' then
+      return false
+    end
+  end
+  return s.rotatedAt == nil or type(s.rotatedAt) == 'number'
+end
+-- What a presented refresh token (its SHA-256 `token_hash`; `family` is the digest of its
+-- family, or '' when it was presented as a sid and found the data under it) is to the
+-- session `s`: 'current', 'grace' (the previous one less than `grace` ms after its rotation),
+-- 'reuse' (older, or the previous one after the grace) or 'foreign' (not this session's:
+-- a family token whose record was rewritten by a writer that does not know rotation).
+-- The rules of SessionRecord::role_of.
+local function refresh_role(s, family, token_hash, now, grace)
+  if type(s.refreshTokenHash) ~= 'string' then
+    if family == '' then
+      return 'current'
+    end
+    return 'foreign'
+  end
+  if family ~= '' and s.refreshFamily ~= family then
+    return 'foreign'
+  end
+  if s.refreshTokenHash == token_hash then
+    return 'current'
+  end
+  if s.previousRefreshTokenHash == token_hash and type(s.rotatedAt) == 'number'
+      and now - s.rotatedAt < grace then
+    return 'grace'
+  end
+  return 'reuse'
+end
+-- The sid a presented refresh token names: its family's `refresh:` key's value, or the
+-- token itself when it is a sid (`family` empty). nil when there is none.
+local function find_sid(prefix, family, sid)
+  if family == '' then
+    return sid
+  end
+  local found = redis.call('GET', prefix .. 'refresh:' .. family)
+  if not found then
+    return nil
+  end
+  return found
 end
 -- Every access token a decoded session names: the newest (accessTokenHash) and the others
 -- (accessTokens), as hashes. What a revocation deletes.
@@ -114,7 +188,7 @@ local function decode_session(raw)
   return nil
 end
 -- Revokes one session: every access key it names (first: from then on none of its tokens
--- validates), its entry in its DID index, and its data. The one place a script deletes a
+-- validates), its refresh-token family key, its entry in its DID index, and its data. The one place a script deletes a
 -- session's keys, so what a session owns is listed once. A record that cannot be read is
 -- removed all the same (its access keys, unknown without the JSON, expire on their own and
 -- never validate without the data). Returns whether a session existed.
@@ -128,6 +202,9 @@ local function revoke_session(prefix, sid)
   if s then
     for _, hash in ipairs(token_hashes(s)) do
       redis.call('DEL', prefix .. 'access:' .. hash)
+    end
+    if type(s.refreshFamily) == 'string' then
+      redis.call('DEL', prefix .. 'refresh:' .. s.refreshFamily)
     end
     if type(s.did) == 'string' then
       redis.call('SREM', prefix .. 'did:' .. s.did, sid)
