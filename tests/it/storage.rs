@@ -976,3 +976,68 @@ async fn with_rotation_on_the_typescript_paths_that_stop_working_are_left_intact
     // The session id is the refresh token of that record again.
     assert!(app.refresh(&sid).await.is_ok());
 }
+
+/// With rotation on and several tabs, every RPC is still one script: validate finds any
+/// tab's token through its access key and the data, and a rotated cookie finds its
+/// session through its family key inside the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rpc_is_one_round_trip_with_tabs_and_rotation() {
+    use barazo_session::proto::RevokeOtherSessionsRequest;
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--refresh-token-rotation",
+            "on",
+            "--health-check-interval-ms",
+            "3600000",
+        ],
+    )
+    .await;
+    let did = unique_did();
+    // Warm up every script (the first call of each loads it).
+    let warm = app.create(&did, "alice.test").await;
+    let warm = app.refresh(&warm.refresh_token).await.expect("refresh");
+    app.validate(&warm.access_token).await;
+    app.delete(&warm.refresh_token).await.expect("delete");
+    let other = app.create(&did, "alice.test").await;
+    let _ = app
+        .client
+        .clone()
+        .revoke_other_sessions(RevokeOtherSessionsRequest {
+            refresh_token: other.refresh_token.clone(),
+        })
+        .await;
+
+    let mut monitor = Monitor::start(app.valkey()).await;
+    let (created, trips) = monitor.round_trips(app.create(&did, "alice.test")).await;
+    assert_eq!(trips, ["EVALSHA"], "CreateSession");
+    let (tab_a, trips) = monitor
+        .round_trips(app.refresh(&created.refresh_token))
+        .await;
+    assert_eq!(trips, ["EVALSHA"], "RefreshSession");
+    let tab_a = tab_a.expect("refresh");
+    let (tab_b, trips) = monitor
+        .round_trips(app.refresh_tab(&tab_a.refresh_token, &tab_a.access_token))
+        .await;
+    assert_eq!(trips, ["EVALSHA"], "RefreshSession with the rotated cookie");
+    let tab_b = tab_b.expect("refresh");
+    for token in [&created.access_token, &tab_b.access_token] {
+        let (answer, trips) = monitor.round_trips(app.validate(token)).await;
+        assert!(answer.valid);
+        assert_eq!(trips, ["EVALSHA"], "ValidateAccessToken");
+    }
+    let (answer, trips) = monitor
+        .round_trips(
+            app.client
+                .clone()
+                .revoke_other_sessions(RevokeOtherSessionsRequest {
+                    refresh_token: tab_b.refresh_token.clone(),
+                }),
+        )
+        .await;
+    answer.expect("revoke others");
+    assert_eq!(trips, ["EVALSHA"], "RevokeOtherSessions");
+    let (deleted, trips) = monitor.round_trips(app.delete(&tab_b.refresh_token)).await;
+    assert!(deleted.expect("delete"));
+    assert_eq!(trips, ["EVALSHA"], "DeleteSession");
+}

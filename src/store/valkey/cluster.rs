@@ -18,6 +18,12 @@
 //!   script that adds to the index and extends its TTL at once).
 //! - **Revocation removes the access key before the data**, and validation needs both
 //!   plus a matching hash, so a token of a deleted session never validates.
+//! - **A refresh token's role is decided where it rotates**: in the single-key script on
+//!   the data (with the new access token), so concurrent refreshes with one cookie
+//!   converge on one successor and no interleaving leaves two; the family key
+//!   (`refresh:<digest>` → sid) is written before the data, like the index, and finds a
+//!   session only through data that names the token. Checks before the script (on the
+//!   data node's clock) only save work.
 //! - **A call runs to its end even when its caller goes away** (client cancel, request
 //!   timeout): each operation runs as its own task, so a cancellation cannot stop it
 //!   between two steps. Only a crash of the process can; what it leaves then still
@@ -37,7 +43,7 @@ use super::link::ClusterLink;
 use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms};
 use crate::metrics::Metrics;
 use crate::rotation::{Candidate, Lookup, Presented};
-use crate::session::{ClientFacts, Role, SessionRecord, log_prefix, now_ms, sha256_hex};
+use crate::session::{ClientFacts, Role, SessionRecord, log_prefix, sha256_hex};
 use crate::store::{
     ByRefresh, Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, Refreshed, SessionStore,
     StoreError,
@@ -452,14 +458,14 @@ impl Shared {
         let Some(sid) = self.find_sid(&mut conn, &presented).await? else {
             return Ok(ByRefresh::NotFound);
         };
-        let Some(record) = self.read(&mut conn, &sid).await? else {
+        let Some((record, now)) = self.read_on_clock(&mut conn, &sid).await? else {
             return Ok(ByRefresh::NotFound);
         };
         // An unreadable session is refused before anything is written.
         let record = record?;
-        // A first look at the token's role (the script decides again, atomically): an old
-        // token revokes the session without writing anything first.
-        match record.role_of(&presented, now_ms(), lifetimes.tokens.grace_ms()) {
+        // A first look at the token's role, on the data node's clock (the script decides
+        // again, atomically): an old token revokes the session without writing first.
+        match record.role_of(&presented, now, lifetimes.tokens.grace_ms()) {
             Role::Foreign => return Ok(ByRefresh::NotFound),
             Role::Reuse => return self.revoke_reused(&mut conn, &record).await,
             Role::Current | Role::Grace => {}
@@ -596,6 +602,28 @@ impl Shared {
         }))
     }
 
+    /// The stored session under `sid` (as [`Shared::read`]) and the clock of the node that
+    /// holds it, in one single-key script.
+    async fn read_on_clock(
+        &self,
+        conn: &mut ClusterConnection,
+        sid: &str,
+    ) -> Result<Option<(Result<SessionRecord, StoreError>, i64)>, StoreError> {
+        let mut invocation = self.scripts.read.prepare_invoke();
+        invocation.key(self.keys.data(sid));
+        let found: Option<(Vec<u8>, String, String)> = observe(
+            &self.metrics,
+            script!("read"),
+            None,
+            invocation.invoke_async(conn),
+        )
+        .await?;
+        let Some((raw, seconds, micros)) = found else {
+            return Ok(None);
+        };
+        Ok(Some((parse_record(sid, &raw), time_ms(&seconds, &micros)?)))
+    }
+
     /// The sid a presented refresh token names: itself, or its family key's value.
     async fn find_sid(
         &self,
@@ -639,7 +667,7 @@ impl Shared {
         let Some(sid) = self.find_sid(conn, presented).await? else {
             return Ok(ByRefresh::NotFound);
         };
-        let Some(record) = self.read(conn, &sid).await? else {
+        let Some((record, now)) = self.read_on_clock(conn, &sid).await? else {
             return Ok(ByRefresh::NotFound);
         };
         let Ok(record) = record else {
@@ -649,7 +677,8 @@ impl Shared {
                 Lookup::Family(_) => ByRefresh::NotFound,
             });
         };
-        Ok(match record.role_of(presented, now_ms(), grace_ms) {
+        // The grace is judged on the data node's clock, whatever this replica's says.
+        Ok(match record.role_of(presented, now, grace_ms) {
             Role::Foreign => ByRefresh::NotFound,
             Role::Reuse => self.revoke_reused(conn, &record).await?,
             Role::Current | Role::Grace => ByRefresh::Found(Ok(record)),
