@@ -186,8 +186,10 @@ impl<S: SessionStore> SessionApi<S> {
             Some(nonce) => {
                 let successor = rotation::successor(&req.refresh_token, nonce);
                 if refreshed.record.refresh_token_hash.as_deref() != Some(&sha256_hex(&successor)) {
-                    // The session rotated again since (a later refresh within the grace):
-                    // this token's successor is not its current token any more.
+                    // By construction the successor of the presented token under the nonce
+                    // the store answered is the session's current token; only a foreign
+                    // writer changing the rotation fields breaks that. Hand out no cookie
+                    // that would not work (the token just added expires unused).
                     return Err(RequestError::SessionNotFound);
                 }
                 successor
