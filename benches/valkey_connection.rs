@@ -79,6 +79,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         access_token: Duration::from_secs(3600),
         max: None,
         max_per_did: None,
+        tokens: barazo_session::store::TokenRules::DEFAULT,
     };
     store.create(&record, lifetimes).await?;
 
@@ -131,6 +132,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (m, p) = (manager_total / ROUNDS as f64, pool_total / ROUNDS as f64);
         println!("| {concurrency} | {m:.0} | {p:.0} | {:.2} |", m / p);
     }
-    store.delete(&record.sid).await?;
+    if let Some(presented) = barazo_session::rotation::Presented::parse(&record.sid) {
+        let _ = store.delete(&presented, Duration::ZERO).await?;
+    }
     Ok(())
 }

@@ -18,6 +18,7 @@ pub mod health;
 pub mod metrics;
 pub mod probe;
 pub mod profile;
+pub mod rotation;
 pub mod rpc;
 pub mod server;
 pub mod service;

@@ -76,6 +76,9 @@ pub enum Revocation {
     Logout,
     /// `DeleteAllSessionsForDid`: account deletion, takedown.
     AllForDid,
+    /// An old refresh token presented again (with rotation on): the whole session goes,
+    /// whichever RPC presented it.
+    Reuse,
 }
 
 impl Revocation {
@@ -88,6 +91,7 @@ impl Revocation {
             Self::Lifetime => "lifetime",
             Self::Logout => "logout",
             Self::AllForDid => "all-for-did",
+            Self::Reuse => "reuse",
         }
     }
 }

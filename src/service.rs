@@ -15,12 +15,13 @@ use crate::proto::{
     RevokeOtherSessionsRequest, RevokeOtherSessionsResponse, RevokeSessionRequest,
     RevokeSessionResponse, Session, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
 };
+use crate::rotation::{self, Candidate, Presented};
 use crate::rpc::Rpc;
 use crate::session::{
-    ClientFacts, SessionRecord, Token, is_well_formed_token, now_ms, sha256_hex, validate_did,
-    validate_handle, validate_session_key,
+    ClientFacts, SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex,
+    validate_did, validate_handle, validate_session_key,
 };
-use crate::store::{Lifetimes, Refreshed, SessionStore};
+use crate::store::{ByRefresh, Lifetimes, Refresh, SessionStore};
 use crate::telemetry;
 use crate::validation::{AccessTokens, within_lifetime};
 use std::sync::Arc;
@@ -67,6 +68,13 @@ impl<S: SessionStore> SessionApi<S> {
         let client = client_facts(req.client.as_ref())?.unwrap_or_default();
         let sid = Token::generate().map_err(RequestError::Entropy)?;
         let access = Token::generate().map_err(RequestError::Entropy)?;
+        // With rotation on the refresh token is not the sid but the first of a family, known
+        // to the store only by digests; without, it is the sid (the TypeScript layout).
+        let first_refresh = if self.lifetimes.tokens.rotation {
+            Some(rotation::first_token().map_err(RequestError::Entropy)?)
+        } else {
+            None
+        };
         let now = now_ms();
         // Neither the data nor the first token outlives the absolute lifetime.
         let lifetimes = self
@@ -84,6 +92,10 @@ impl<S: SessionStore> SessionApi<S> {
             refreshed_at: Some(now),
             user_agent: client.user_agent,
             ip_address: client.ip_address,
+            access_tokens: Vec::new(),
+            refresh_family: first_refresh.as_deref().map(rotation::family_hash),
+            refresh_token_hash: first_refresh.as_deref().map(sha256_hex),
+            ..Default::default()
         };
         // The store stamps the times on its own clock (Valkey's); answer what it stored.
         let created = self.store.create(&record, lifetimes).await?;
@@ -95,7 +107,7 @@ impl<S: SessionStore> SessionApi<S> {
         Ok(CreateSessionResponse {
             session: Some(self.to_proto(&record)),
             access_token: access.into_string(),
-            refresh_token: sid.into_string(),
+            refresh_token: first_refresh.unwrap_or_else(|| sid.into_string()),
         })
     }
 
@@ -118,44 +130,95 @@ impl<S: SessionStore> SessionApi<S> {
         &self,
         req: RefreshSessionRequest,
     ) -> Result<RefreshSessionResponse, RequestError> {
-        let sid = req.refresh_token;
         let client = client_facts(req.client.as_ref())?;
-        if !is_well_formed_token(&sid) {
-            return Err(RequestError::SessionNotFound);
-        }
+        let presented =
+            Presented::parse(&req.refresh_token).ok_or(RequestError::SessionNotFound)?;
         let access = Token::generate().map_err(RequestError::Entropy)?;
+        // The tab's own token, when it sent one: revoked if it is a live token of this
+        // session; anything else is ignored, never an error.
+        let previous = is_well_formed_token(&req.previous_access_token)
+            .then(|| sha256_hex(&req.previous_access_token));
+        let candidate = if self.lifetimes.tokens.rotation {
+            Some(Candidate::new(&req.refresh_token).map_err(RequestError::Entropy)?)
+        } else {
+            None
+        };
+        let new_access_hash = sha256_hex(access.expose());
+        let refresh = Refresh {
+            new_access_hash: &new_access_hash,
+            previous_access_hash: previous.as_deref(),
+            client: client.as_ref(),
+            rotation: candidate.as_ref(),
+        };
         // The new token's expiry is the store's clock plus its TTL.
-        let record = match self
+        let outcome = self
             .store
-            .refresh(
-                &sid,
-                &sha256_hex(access.expose()),
-                client.as_ref(),
-                self.lifetimes,
-            )
-            .await?
-        {
-            Refreshed::Session(record) => record,
-            Refreshed::Missing => return Err(RequestError::SessionNotFound),
-            Refreshed::PastLifetime => {
-                self.revoked(Revocation::Lifetime, 1);
-                return Err(RequestError::SessionNotFound);
+            .refresh(&presented, &refresh, self.lifetimes)
+            .await?;
+        let refreshed = self.found(outcome, Rpc::RefreshSession)?;
+        // The successor the session now has for this token (rotated now, or by a
+        // concurrent refresh within the grace): derived, never stored.
+        let refresh_token = match &refreshed.successor_nonce {
+            Some(nonce) => {
+                let successor = rotation::successor(&req.refresh_token, nonce);
+                if refreshed.record.refresh_token_hash.as_deref() != Some(&sha256_hex(&successor)) {
+                    // By construction the successor of the presented token under the nonce
+                    // the store answered is the session's current token; only a foreign
+                    // writer changing the rotation fields breaks that. Hand out no cookie
+                    // that would not work (the token just added expires unused).
+                    return Err(RequestError::SessionNotFound);
+                }
+                successor
             }
+            None => String::new(),
         };
         self.metrics.sessions("refreshed", 1);
         Ok(RefreshSessionResponse {
-            session: Some(self.to_proto(&record)),
+            session: Some(self.to_proto(&refreshed.record)),
             access_token: access.into_string(),
+            refresh_token,
         })
+    }
+
+    /// The value of a call that named its session by a refresh token; reuse of an old
+    /// refresh token (the store revoked the session) is counted, logged at warn level and
+    /// answered NOT_FOUND, like an unknown token.
+    fn found<T>(&self, outcome: ByRefresh<T>, rpc: Rpc) -> Result<T, RequestError> {
+        match outcome {
+            ByRefresh::Found(value) => Ok(value),
+            ByRefresh::NotFound => Err(RequestError::SessionNotFound),
+            ByRefresh::Reused { sid } => {
+                self.metrics.sessions("refresh_token_reused", 1);
+                tracing::warn!(
+                    rpc.method = rpc.method(),
+                    session.key_prefix = log_prefix(&sha256_hex(&sid)),
+                    "an old refresh token was presented again: the session is revoked"
+                );
+                self.revoked(Revocation::Reuse, 1);
+                Err(RequestError::SessionNotFound)
+            }
+            ByRefresh::PastLifetime => {
+                self.revoked(Revocation::Lifetime, 1);
+                Err(RequestError::SessionNotFound)
+            }
+        }
     }
 
     async fn delete(
         &self,
         req: DeleteSessionRequest,
     ) -> Result<DeleteSessionResponse, RequestError> {
-        let sid = req.refresh_token;
         // Logout is idempotent: a token that cannot name a session deletes nothing.
-        let deleted = is_well_formed_token(&sid) && self.store.delete(&sid).await?;
+        let Some(presented) = Presented::parse(&req.refresh_token) else {
+            return Ok(DeleteSessionResponse { deleted: false });
+        };
+        let outcome = self
+            .store
+            .delete(&presented, self.lifetimes.tokens.reuse_grace)
+            .await?;
+        // Reuse revoked the session too; it is counted and logged, and answered as "no
+        // session of yours".
+        let deleted = self.found(outcome, Rpc::DeleteSession).is_ok();
         self.revoked(Revocation::Logout, u32::from(deleted));
         Ok(DeleteSessionResponse { deleted })
     }
@@ -213,15 +276,13 @@ impl<S: SessionStore> SessionApi<S> {
         &self,
         req: RevokeOtherSessionsRequest,
     ) -> Result<RevokeOtherSessionsResponse, RequestError> {
-        let sid = req.refresh_token;
-        if !is_well_formed_token(&sid) {
-            return Err(RequestError::SessionNotFound);
-        }
-        let revoked_count = self
+        let presented =
+            Presented::parse(&req.refresh_token).ok_or(RequestError::SessionNotFound)?;
+        let outcome = self
             .store
-            .revoke_others(&sid)
-            .await?
-            .ok_or(RequestError::SessionNotFound)?;
+            .revoke_others(&presented, self.lifetimes.tokens.reuse_grace)
+            .await?;
+        let revoked_count = self.found(outcome, Rpc::RevokeOtherSessions)?;
         self.revoked(Revocation::Others, revoked_count);
         Ok(RevokeOtherSessionsResponse { revoked_count })
     }

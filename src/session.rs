@@ -3,6 +3,7 @@
 //! Everything here is pure (no I/O), so it is unit-tested beside the code. The stored
 //! record's JSON shape is shared byte for byte with the TypeScript AppView.
 
+use crate::rotation::{Candidate, Lookup, Presented};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -265,6 +266,51 @@ pub struct SessionRecord {
     /// The IP address of that device; empty when unknown.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ip_address: String,
+    /// The session's other live access tokens (one per browser tab), oldest first; the
+    /// newest is `access_token_hash`. Absent in sessions the TypeScript AppView wrote or
+    /// rewrote: then only the newest token validates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_tokens: Vec<AccessTokenEntry>,
+    /// Refresh-token rotation state; absent until the session's refresh token is rotated
+    /// (sessions whose refresh token is still their sid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_family: Option<String>,
+    /// SHA-256 of the current refresh token (rotated sessions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_hash: Option<String>,
+    /// SHA-256 of the refresh token the current one replaced, honoured within the grace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_refresh_token_hash: Option<String>,
+    /// When the current refresh token replaced the previous one (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<i64>,
+    /// The nonce the current refresh token was derived with from the previous one, so a
+    /// concurrent use of the previous one within the grace gets the same successor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_nonce: Option<String>,
+}
+
+/// What a presented refresh token is to the session it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The session's current refresh token.
+    Current,
+    /// The previous one, within the grace after its rotation: concurrent use (tabs).
+    Grace,
+    /// An older one, or the previous one after the grace: theft; the session is revoked.
+    Reuse,
+    /// Not a token of this session (its record was rewritten by the TypeScript code).
+    Foreign,
+}
+
+/// One of a session's older live access tokens, as stored in `accessTokens`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessTokenEntry {
+    /// Lowercase hex SHA-256 of the token.
+    pub hash: String,
+    /// When it expires (epoch ms).
+    pub expires_at: i64,
 }
 
 /// Prints the sid (a credential) and the access token hash (a storage key) only as 8-char
@@ -278,6 +324,8 @@ impl std::fmt::Debug for SessionRecord {
             .field("access_token_hash", &log_prefix(&self.access_token_hash))
             .field("access_token_expires_at", &self.access_token_expires_at)
             .field("created_at", &self.created_at)
+            .field("other_access_tokens", &self.access_tokens.len())
+            .field("rotated", &self.refresh_token_hash.is_some())
             .finish()
     }
 }
@@ -308,13 +356,117 @@ impl SessionRecord {
         serde_json::to_string(self).unwrap_or_default() // allow-unwrap: infallible, see above
     }
 
-    /// Whether `access_hash` is this session's current, unexpired access token.
+    /// Whether `access_hash` is one of this session's live, unexpired access tokens (the
+    /// newest or one of the others).
     ///
-    /// The access key alone is not enough: a superseded or orphaned key still points at
-    /// the sid for a while, so the hash in the data is the authority.
+    /// The access key alone is not enough: a revoked or orphaned key still points at the
+    /// sid for a while, so the hashes in the data are the authority. Every entry is
+    /// compared, without an early exit.
     pub fn accepts_access_hash(&self, access_hash: &str, now_ms: i64) -> bool {
-        constant_time_eq(self.access_token_hash.as_bytes(), access_hash.as_bytes())
-            && self.access_token_expires_at > now_ms
+        self.live_tokens().fold(false, |found, (hash, expires_at)| {
+            let matches = constant_time_eq(hash.as_bytes(), access_hash.as_bytes());
+            found | (matches & (expires_at > now_ms))
+        })
+    }
+
+    /// What the presented refresh token is to this session (its data, found by the
+    /// token's lookup), judged at `now_ms` with a grace of `grace_ms` for the previous one.
+    /// The rules of `session_json.lua`'s `refresh_role`.
+    pub fn role_of(&self, presented: &Presented, now_ms: i64, grace_ms: i64) -> Role {
+        let Some(current) = &self.refresh_token_hash else {
+            // Never rotated: the sid is the refresh token. A family token finding such a
+            // record means a writer that does not know rotation (the TypeScript code)
+            // rewrote it: not this session's any more.
+            return match &presented.lookup {
+                Lookup::Sid(sid) if *sid == self.sid => Role::Current,
+                _ => Role::Foreign,
+            };
+        };
+        if let Lookup::Family(family) = &presented.lookup
+            && self.refresh_family.as_ref() != Some(family)
+        {
+            return Role::Foreign;
+        }
+        if constant_time_eq(current.as_bytes(), presented.token_hash.as_bytes()) {
+            return Role::Current;
+        }
+        let previous = self.previous_refresh_token_hash.as_deref().unwrap_or("");
+        let rotated_at = self.rotated_at.unwrap_or(i64::MIN);
+        if constant_time_eq(previous.as_bytes(), presented.token_hash.as_bytes())
+            && now_ms.saturating_sub(rotated_at) < grace_ms
+        {
+            Role::Grace
+        } else {
+            Role::Reuse
+        }
+    }
+
+    /// Moves the session to `candidate`'s successor of the current refresh token
+    /// (`presented_hash`) at `now_ms`. Returns whether the session had no family yet (its
+    /// `refresh:` key is to be written).
+    pub fn rotate(&mut self, presented_hash: &str, candidate: &Candidate, now_ms: i64) -> bool {
+        let new_family = self.refresh_family.is_none();
+        if new_family {
+            self.refresh_family = Some(candidate.family_hash.clone());
+        }
+        self.previous_refresh_token_hash = Some(presented_hash.to_owned());
+        self.refresh_token_hash = Some(candidate.successor_hash.clone());
+        self.rotated_at = Some(now_ms);
+        self.rotation_nonce = Some(candidate.nonce.clone());
+        new_family
+    }
+
+    /// Every access token the record names, oldest first, the newest last: the hash and
+    /// its expiry (expired ones included).
+    pub fn live_tokens(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.access_tokens
+            .iter()
+            .map(|e| (e.hash.as_str(), e.expires_at))
+            .chain(std::iter::once((
+                self.access_token_hash.as_str(),
+                self.access_token_expires_at,
+            )))
+    }
+
+    /// Makes `new_hash` (expiring at `expires_at`) the newest access token: the previous
+    /// newest joins the others; `previous`, when it is one of them, is dropped, as are
+    /// expired ones and, past `max_tokens`, the oldest. Returns the hashes dropped (their
+    /// access keys are to be deleted). The rules of `session_json.lua`'s `next_tokens`.
+    pub fn add_access_token(
+        &mut self,
+        new_hash: &str,
+        expires_at: i64,
+        previous: Option<&str>,
+        max_tokens: usize,
+        now_ms: i64,
+    ) -> Vec<String> {
+        let mut removed = Vec::new();
+        let mut keep = Vec::new();
+        let newest = AccessTokenEntry {
+            hash: std::mem::take(&mut self.access_token_hash),
+            expires_at: self.access_token_expires_at,
+        };
+        for entry in std::mem::take(&mut self.access_tokens)
+            .into_iter()
+            .chain(std::iter::once(newest))
+        {
+            if entry.hash.is_empty() {
+                continue;
+            }
+            if entry.expires_at <= now_ms || Some(entry.hash.as_str()) == previous {
+                removed.push(entry.hash);
+            } else {
+                keep.push(entry);
+            }
+        }
+        let room = max_tokens.max(1) - 1;
+        if keep.len() > room {
+            removed.extend(keep.drain(..keep.len() - room).map(|e| e.hash));
+        }
+        self.access_tokens = keep;
+        self.access_token_hash = new_hash.to_owned();
+        self.access_token_expires_at = expires_at;
+        removed
     }
 }
 
@@ -501,6 +653,43 @@ mod tests {
         assert!(!record.accepts_access_hash(&sha256_hex("t"), 2_000));
         assert!(!record.accepts_access_hash(&sha256_hex("u"), 1_000));
         assert!(!record.accepts_access_hash("", 1_000));
+    }
+
+    #[test]
+    fn tabs_add_tokens_up_to_the_cap_and_revoke_only_their_own() {
+        let mut record = SessionRecord {
+            sid: "s".into(),
+            access_token_hash: "a".into(),
+            access_token_expires_at: 100,
+            ..Default::default()
+        };
+        assert!(record.add_access_token("b", 110, None, 3, 50).is_empty());
+        assert!(
+            record
+                .add_access_token("c", 120, Some("unknown"), 3, 50)
+                .is_empty()
+        );
+        assert!(!record.accepts_access_hash("", 0));
+        assert!(record.accepts_access_hash("a", 99) && record.accepts_access_hash("c", 99));
+        assert!(
+            !record.accepts_access_hash("a", 100),
+            "each token expires on its own"
+        );
+        // Past the cap the oldest goes; a tab's own previous token goes at once.
+        assert_eq!(record.add_access_token("d", 130, None, 3, 50), ["a"]);
+        assert_eq!(record.add_access_token("e", 140, Some("c"), 3, 50), ["c"]);
+        let hashes: Vec<&str> = record.live_tokens().map(|(h, _)| h).collect();
+        assert_eq!(hashes, ["b", "d", "e"], "oldest first, the newest last");
+        assert_eq!(record.access_token_hash, "e");
+        // Expired ones are dropped; a cap of 1 is "each refresh revokes the previous".
+        assert_eq!(record.add_access_token("f", 150, None, 3, 115), ["b"]);
+        assert_eq!(
+            record.add_access_token("g", 160, None, 1, 115),
+            ["d", "e", "f"]
+        );
+        assert!(record.access_tokens.is_empty());
+        let json = record.to_json();
+        assert!(!json.contains("accessTokens"), "{json}");
     }
 
     #[test]

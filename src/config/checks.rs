@@ -9,6 +9,14 @@ use std::time::Duration;
 /// deadline computation far from overflow.
 pub const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
 
+/// Most access tokens per session that may be configured: each is listed in the session's
+/// data, which every validation reads.
+pub const MAX_ACCESS_TOKENS: usize = 64;
+
+/// Longest reuse grace that may be configured: requests in flight take seconds, not
+/// minutes.
+pub const MAX_REUSE_GRACE: Duration = Duration::from_secs(300);
+
 /// Most calls in progress that may be configured; far beyond what one process can serve.
 pub const MAX_CONCURRENT_REQUESTS: usize = 1_000_000;
 
@@ -97,6 +105,22 @@ fn lifetimes(p: &mut Problems<'_>) {
             10 * MAX_TTL_SECONDS
         );
         p.add(&["session_max_lifetime"], message);
+    }
+    if !(1..=MAX_ACCESS_TOKENS).contains(&c.max_access_tokens_per_session) {
+        let message = format!(
+            "{} must be 1 to {MAX_ACCESS_TOKENS}",
+            p.name("max_access_tokens_per_session")
+        );
+        p.add(&["max_access_tokens_per_session"], message);
+    }
+    if c.refresh_reuse_grace > MAX_REUSE_GRACE {
+        let message = format!(
+            "{} must be at most {} seconds: the previous refresh token is a live credential \
+             for that long",
+            p.name("refresh_reuse_grace"),
+            MAX_REUSE_GRACE.as_secs()
+        );
+        p.add(&["refresh_reuse_grace"], message);
     }
     if c.key_prefix.is_empty() || c.key_prefix.chars().any(char::is_whitespace) {
         let message = format!(

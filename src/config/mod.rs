@@ -31,6 +31,15 @@ pub enum StoreKind {
     Memory,
 }
 
+/// A feature that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
 /// How Valkey is deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ValkeyMode {
@@ -89,6 +98,27 @@ pub struct Config {
     /// Access token lifetime in seconds. The AppView's variable and default (15 minutes).
     #[arg(long, env = "OAUTH_ACCESS_TOKEN_TTL", default_value = "900", value_parser = durations::seconds)]
     pub access_token_ttl: Duration,
+
+    /// Most live access tokens one session holds: each browser tab keeps its own, so a
+    /// refresh in one tab does not log the others out. Past it a refresh revokes the
+    /// oldest. 8 covers the tabs people keep open; 1 restores "each refresh revokes the
+    /// previous token". 1 to 64.
+    #[arg(long, env = "MAX_ACCESS_TOKENS_PER_SESSION", default_value_t = 8)]
+    pub max_access_tokens_per_session: usize,
+
+    /// Rotate refresh tokens: each RefreshSession returns a new one and stores only
+    /// digests; reuse of an old one revokes the session. `off` while the TypeScript AppView
+    /// may still answer `/api/auth/refresh` (its cookie must stay the session id); turn it
+    /// on once every refresh and logout goes through this service (README, "Refresh in the
+    /// AppView").
+    #[arg(long, env = "REFRESH_TOKEN_ROTATION", value_enum, default_value_t = Switch::Off)]
+    pub refresh_token_rotation: Switch,
+
+    /// Seconds after a rotation during which the previous refresh token is concurrent use
+    /// (tabs that sent the same cookie at once get the same successor) rather than reuse
+    /// (theft: the session is revoked). 10 s covers requests in flight; `0`: none.
+    #[arg(long, env = "REFRESH_REUSE_GRACE", default_value = "10", value_parser = durations::seconds)]
+    pub refresh_reuse_grace: Duration,
 
     /// Prefix of every key this service touches; the AppView's layout uses
     /// `barazo:session:`. Change it only together with the AppView.
@@ -310,6 +340,11 @@ impl Config {
             access_token: self.access_token_ttl,
             max: (!self.session_max_lifetime.is_zero()).then_some(self.session_max_lifetime),
             max_per_did: std::num::NonZeroU32::new(self.max_sessions_per_did),
+            tokens: crate::store::TokenRules {
+                max_access_tokens: self.max_access_tokens_per_session,
+                rotation: self.refresh_token_rotation == Switch::On,
+                reuse_grace: self.refresh_reuse_grace,
+            },
         }
     }
 }
@@ -334,6 +369,13 @@ mod tests {
         assert_eq!(c.valkey_url.expose(), "redis://127.0.0.1:6379");
         assert_eq!(c.session_ttl, Duration::from_secs(604_800));
         assert_eq!(c.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(c.max_access_tokens_per_session, 8);
+        assert_eq!(
+            c.refresh_token_rotation,
+            Switch::Off,
+            "the TypeScript cookie works"
+        );
+        assert_eq!(c.refresh_reuse_grace, Duration::from_secs(10));
         assert_eq!(c.key_prefix, "barazo:session:");
         assert_eq!(c.log_format, LogFormat::Human);
     }

@@ -1,8 +1,9 @@
 //! The in-memory store: the same semantics as Valkey's (TTLs, sliding window, pruning), in
 //! one process, for development and the quick start. Nothing survives a restart.
 
-use super::{Created, Found, Lifetimes, Refreshed, SessionStore, StoreError};
-use crate::session::{ClientFacts, SessionRecord};
+use super::{ByRefresh, Created, Found, Lifetimes, Refresh, Refreshed, SessionStore, StoreError};
+use crate::rotation::{Lookup, Presented};
+use crate::session::{Role, SessionRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ struct Keyspace {
     data: HashMap<String, Expiring<SessionRecord>>,
     access: HashMap<String, Expiring<String>>,
     dids: HashMap<String, Expiring<HashSet<String>>>,
+    /// `refresh:<family hash>` → sid, for sessions whose refresh token rotates.
+    families: HashMap<String, Expiring<String>>,
     last_sweep: Option<Instant>,
 }
 
@@ -59,6 +62,7 @@ impl Keyspace {
         self.data.retain(|_, e| e.live(now));
         self.access.retain(|_, e| e.live(now));
         self.dids.retain(|_, e| e.live(now));
+        self.families.retain(|_, e| e.live(now));
         self.last_sweep = Some(now);
     }
 
@@ -110,14 +114,58 @@ impl Keyspace {
         revoked
     }
 
-    /// Removes a session's data and access key; returns its record if it was live.
+    /// Removes a session's data and every access key it names; returns its record if it
+    /// was live.
     fn remove_session(&mut self, sid: &str, now: Instant) -> Option<SessionRecord> {
         let entry = self.data.remove(sid)?;
         if !entry.live(now) {
             return None;
         }
-        self.access.remove(&entry.value.access_token_hash);
+        for (hash, _) in entry.value.live_tokens() {
+            self.access.remove(hash);
+        }
+        if let Some(family) = &entry.value.refresh_family {
+            self.families.remove(family);
+        }
         Some(entry.value)
+    }
+
+    /// Revokes a session and takes it out of its DID index.
+    fn revoke(&mut self, sid: &str, now: Instant) -> Option<SessionRecord> {
+        let record = self.remove_session(sid, now)?;
+        if let Some(index) = self.dids.get_mut(&record.did) {
+            index.value.remove(sid);
+        }
+        Some(record)
+    }
+
+    /// The live session a presented refresh token names, and what the token is to it.
+    /// Reuse revokes the session here and now; a foreign token finds nothing.
+    fn by_refresh(
+        &mut self,
+        presented: &Presented,
+        grace_ms: i64,
+        now: Instant,
+    ) -> ByRefresh<(SessionRecord, Role)> {
+        let sid = match &presented.lookup {
+            Lookup::Sid(sid) => Some(sid.clone()),
+            Lookup::Family(family) => self
+                .families
+                .get(family)
+                .filter(|e| e.live(now))
+                .map(|e| e.value.clone()),
+        };
+        let Some(record) = sid.and_then(|sid| self.live_data(&sid, now).cloned()) else {
+            return ByRefresh::NotFound;
+        };
+        match record.role_of(presented, crate::session::now_ms(), grace_ms) {
+            Role::Foreign => ByRefresh::NotFound,
+            Role::Reuse => {
+                self.revoke(&record.sid, now);
+                ByRefresh::Reused { sid: record.sid }
+            }
+            role => ByRefresh::Found((record, role)),
+        }
     }
 }
 
@@ -162,6 +210,12 @@ impl SessionStore for MemoryStore {
             record.access_token_hash.clone(),
             Expiring::new(record.sid.clone(), lifetimes.access_token),
         );
+        if let Some(family) = &record.refresh_family {
+            ks.families.insert(
+                family.clone(),
+                Expiring::new(record.sid.clone(), lifetimes.session),
+            );
+        }
         ks.index(&record.did, &record.sid, lifetimes.session, now);
         // One process, one clock: the record keeps the times it was given.
         Ok(Created {
@@ -185,26 +239,26 @@ impl SessionStore for MemoryStore {
 
     async fn refresh(
         &self,
-        sid: &str,
-        new_access_hash: &str,
-        client: Option<&ClientFacts>,
+        presented: &Presented,
+        refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
-    ) -> Result<Refreshed, StoreError> {
+    ) -> Result<ByRefresh<Refreshed>, StoreError> {
         let now = Instant::now();
         let now_ms = crate::session::now_ms();
         let mut ks = self.lock();
-        let Some(mut record) = ks.live_data(sid, now).cloned() else {
-            return Ok(Refreshed::Missing);
+        let (mut record, role) = match ks.by_refresh(presented, lifetimes.tokens.grace_ms(), now) {
+            ByRefresh::Found(found) => found,
+            ByRefresh::NotFound => return Ok(ByRefresh::NotFound),
+            ByRefresh::Reused { sid } => return Ok(ByRefresh::Reused { sid }),
+            ByRefresh::PastLifetime => return Ok(ByRefresh::PastLifetime),
         };
-        ks.access.remove(&record.access_token_hash);
+        let sid = record.sid.clone();
+        let sid = sid.as_str();
         let lifetimes = match lifetimes.deadline_ms(record.created_at) {
             // Past its absolute deadline: the session ends now.
             Some(deadline) if deadline <= now_ms => {
-                ks.remove_session(sid, now);
-                if let Some(index) = ks.dids.get_mut(&record.did) {
-                    index.value.remove(sid);
-                }
-                return Ok(Refreshed::PastLifetime);
+                ks.revoke(sid, now);
+                return Ok(ByRefresh::PastLifetime);
             }
             Some(deadline) => {
                 let left = u64::try_from(deadline - now_ms).unwrap_or(0);
@@ -213,23 +267,49 @@ impl SessionStore for MemoryStore {
             None => lifetimes,
         };
         let access_ttl_ms = i64::try_from(lifetimes.access_token.as_millis()).unwrap_or(i64::MAX);
-        record.access_token_hash = new_access_hash.to_owned();
-        record.access_token_expires_at = now_ms.saturating_add(access_ttl_ms);
+        let removed = record.add_access_token(
+            refresh.new_access_hash,
+            now_ms.saturating_add(access_ttl_ms),
+            refresh.previous_access_hash,
+            lifetimes.tokens.max_access_tokens,
+            now_ms,
+        );
+        for hash in &removed {
+            ks.access.remove(hash);
+        }
         record.refreshed_at = Some(now_ms);
-        if let Some(client) = client {
+        if let Some(client) = refresh.client {
             record.user_agent.clone_from(&client.user_agent);
             record.ip_address.clone_from(&client.ip_address);
         }
         ks.access.insert(
-            new_access_hash.to_owned(),
+            refresh.new_access_hash.to_owned(),
             Expiring::new(sid.to_owned(), lifetimes.access_token),
         );
+        let successor_nonce = match (role, refresh.rotation) {
+            (Role::Current, Some(candidate)) => {
+                record.rotate(&presented.token_hash, candidate, now_ms);
+                Some(candidate.nonce.clone())
+            }
+            // Concurrent use of the previous token: the successor it already has.
+            (Role::Grace, _) => record.rotation_nonce.clone(),
+            _ => None,
+        };
+        if let Some(family) = &record.refresh_family {
+            ks.families.insert(
+                family.clone(),
+                Expiring::new(sid.to_owned(), lifetimes.session),
+            );
+        }
         ks.data.insert(
             sid.to_owned(),
             Expiring::new(record.clone(), lifetimes.session),
         );
         ks.index(&record.did, sid, lifetimes.session, now);
-        Ok(Refreshed::Session(record))
+        Ok(ByRefresh::Found(Refreshed {
+            record,
+            successor_nonce,
+        }))
     }
 
     async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {
@@ -263,39 +343,59 @@ impl SessionStore for MemoryStore {
         Ok(true)
     }
 
-    async fn revoke_others(&self, sid: &str) -> Result<Option<u32>, StoreError> {
+    async fn revoke_others(
+        &self,
+        presented: &Presented,
+        grace: Duration,
+    ) -> Result<ByRefresh<u32>, StoreError> {
         let now = Instant::now();
         let mut ks = self.lock();
-        let Some(did) = ks.live_data(sid, now).map(|record| record.did.clone()) else {
-            return Ok(None);
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let own = match ks.by_refresh(presented, grace_ms, now) {
+            ByRefresh::Found((own, _)) => own,
+            ByRefresh::NotFound => return Ok(ByRefresh::NotFound),
+            ByRefresh::Reused { sid } => return Ok(ByRefresh::Reused { sid }),
+            ByRefresh::PastLifetime => return Ok(ByRefresh::PastLifetime),
         };
         let others: Vec<String> = ks
             .dids
-            .get(&did)
-            .map(|index| index.value.iter().filter(|m| *m != sid).cloned().collect())
+            .get(&own.did)
+            .map(|index| {
+                index
+                    .value
+                    .iter()
+                    .filter(|m| **m != own.sid)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         let mut revoked = 0u32;
         for other in &others {
             if ks.remove_session(other, now).is_some() {
                 revoked = revoked.saturating_add(1);
             }
-            if let Some(index) = ks.dids.get_mut(&did) {
+            if let Some(index) = ks.dids.get_mut(&own.did) {
                 index.value.remove(other);
             }
         }
-        Ok(Some(revoked))
+        Ok(ByRefresh::Found(revoked))
     }
 
-    async fn delete(&self, sid: &str) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        presented: &Presented,
+        grace: Duration,
+    ) -> Result<ByRefresh<()>, StoreError> {
         let now = Instant::now();
         let mut ks = self.lock();
-        let Some(record) = ks.remove_session(sid, now) else {
-            return Ok(false);
-        };
-        if let Some(index) = ks.dids.get_mut(&record.did) {
-            index.value.remove(sid);
-        }
-        Ok(true)
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        Ok(match ks.by_refresh(presented, grace_ms, now) {
+            ByRefresh::Found((record, _)) => {
+                ks.revoke(&record.sid, now);
+                ByRefresh::Found(())
+            }
+            other => other.map_found(|_| ()),
+        })
     }
 
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {

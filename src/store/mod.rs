@@ -8,12 +8,16 @@
 //!
 //! The layout (with the default prefix `barazo:session:`):
 //! - `data:<sid>` → the [`SessionRecord`] JSON; TTL = session TTL (sliding).
-//! - `access:<sha256hex(access token)>` → the sid; TTL = access token TTL.
+//! - `access:<sha256hex(access token)>` → the sid; TTL = access token TTL. A session holds
+//!   up to `--max-access-tokens-per-session` of them (one per tab), each named in its data.
 //! - `did:<did>` → SET of the DID's sids; TTL = session TTL.
+//! - `refresh:<sha256hex(refresh token family)>` → the sid, for sessions whose refresh
+//!   token rotates (see [`crate::rotation`]); TTL = session TTL.
 
 pub mod memory;
 pub mod valkey;
 
+use crate::rotation::{Candidate, Presented};
 use crate::session::{ClientFacts, SessionRecord};
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -48,6 +52,18 @@ impl StoreError {
     }
 }
 
+impl<T> ByRefresh<T> {
+    /// The same outcome with the found value mapped.
+    pub fn map_found<U>(self, f: impl FnOnce(T) -> U) -> ByRefresh<U> {
+        match self {
+            Self::Found(value) => ByRefresh::Found(f(value)),
+            Self::NotFound => ByRefresh::NotFound,
+            Self::Reused { sid } => ByRefresh::Reused { sid },
+            Self::PastLifetime => ByRefresh::PastLifetime,
+        }
+    }
+}
+
 /// When sessions end: how long the parts of a session live, passed with each write so that
 /// the store and the record's `accessTokenExpiresAt` can never disagree, and how many one
 /// DID may hold at once.
@@ -62,6 +78,53 @@ pub struct Lifetimes {
     /// Most live sessions one DID may hold: a create beyond it first revokes that DID's
     /// least recently refreshed sessions (`refreshedAt`, else `createdAt`). `None`: no cap.
     pub max_per_did: Option<NonZeroU32>,
+    /// How many access tokens a session holds and how its refresh token rotates.
+    pub tokens: TokenRules,
+}
+
+/// The rules for a session's credentials, passed with each write like its lifetimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenRules {
+    /// Most live access tokens per session (one per browser tab); past it a refresh
+    /// revokes the oldest. At least 1 (1: each refresh revokes the previous token).
+    pub max_access_tokens: usize,
+    /// Whether refresh tokens rotate (each refresh issues a new one).
+    pub rotation: bool,
+    /// How long after a rotation the previous refresh token still counts as concurrent
+    /// use (it gets the same successor) rather than reuse (the session is revoked).
+    pub reuse_grace: Duration,
+}
+
+impl TokenRules {
+    /// The defaults of the configuration: 8 tokens per session, no rotation, 10 s grace.
+    pub const DEFAULT: Self = Self {
+        max_access_tokens: 8,
+        rotation: false,
+        reuse_grace: Duration::from_secs(10),
+    };
+
+    /// The grace in milliseconds, as the scripts take it.
+    pub fn grace_ms(&self) -> i64 {
+        i64::try_from(self.reuse_grace.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// What a call naming a session by a refresh token found. Not `Debug`: `sid` may be a live
+/// refresh token.
+pub enum ByRefresh<T> {
+    /// The token is the session's current one (or the previous one within the grace).
+    Found(T),
+    /// No live session has that token (unknown, expired, or rewritten by a writer that
+    /// does not know rotation).
+    NotFound,
+    /// An older refresh token of a live session: reuse, so the whole session was revoked
+    /// now. `sid` names it for the warning (as its key's prefix).
+    Reused {
+        /// The revoked session's id.
+        sid: String,
+    },
+    /// The session was past its absolute lifetime: it has been revoked now.
+    PastLifetime,
 }
 
 impl Lifetimes {
@@ -104,17 +167,6 @@ pub struct Created {
     pub revoked: u32,
 }
 
-/// What a refresh found.
-#[derive(Debug, Clone)]
-pub enum Refreshed {
-    /// The session, with its new access token.
-    Session(SessionRecord),
-    /// No session has that sid.
-    Missing,
-    /// The session was past its absolute lifetime: it has been revoked now.
-    PastLifetime,
-}
-
 /// The key names of the shared layout under one prefix (both Valkey stores use it).
 #[derive(Debug, Clone)]
 pub struct KeyLayout {
@@ -151,6 +203,11 @@ impl KeyLayout {
         format!("{}access:{access_hash}", self.prefix)
     }
 
+    /// `<prefix>refresh:<sha256 of a rotated refresh token's family>`: the sid.
+    pub fn refresh(&self, family_hash: &str) -> String {
+        format!("{}refresh:{family_hash}", self.prefix)
+    }
+
     /// `<prefix>did:<did>`: the DID's set of sids.
     pub fn did(&self, did: &str) -> String {
         format!("{}did:{did}", self.prefix)
@@ -172,6 +229,30 @@ pub struct Found {
     pub now_ms: i64,
 }
 
+/// What a refresh writes besides the new lifetimes.
+#[derive(Clone, Copy)]
+pub struct Refresh<'a> {
+    /// SHA-256 of the new access token.
+    pub new_access_hash: &'a str,
+    /// SHA-256 of the refreshing tab's own current token, when it sent a well-formed one:
+    /// revoked if it is a live token of this session, ignored otherwise.
+    pub previous_access_hash: Option<&'a str>,
+    /// New device facts, when the caller sent them.
+    pub client: Option<&'a ClientFacts>,
+    /// With rotation on: the successor the session moves to when the presented token is
+    /// its current one.
+    pub rotation: Option<&'a Candidate>,
+}
+
+/// A refresh's result: the session as written and, when the presented refresh token has a
+/// successor (rotated now, or earlier within the grace), the nonce it is derived with.
+pub struct Refreshed {
+    /// The session with its new access token.
+    pub record: SessionRecord,
+    /// The successor's nonce (see [`crate::rotation::successor`]); `None`: no rotation.
+    pub successor_nonce: Option<String>,
+}
+
 /// How many members of a DID index one create inspects for expired sessions. Bounded so
 /// a create costs the same for a user with years of logins; large enough that the index
 /// of a user who logs in daily stays near the number of live sessions.
@@ -180,11 +261,13 @@ pub const PRUNE_SAMPLE: usize = 16;
 /// What the service needs from storage. Every method is atomic: a concurrent call sees
 /// either all of another call's effects or none.
 pub trait SessionStore: Send + Sync + 'static {
-    /// Stores a new session, its access key, and adds it to its DID index (restarting the
+    /// Stores a new session, its access key (and, when its record has a
+    /// `refresh_family`, its `refresh:` key), and adds it to its DID index (restarting the
     /// index TTL). Without a cap, prunes up to [`PRUNE_SAMPLE`] expired members from that
-    /// index; with one, every expired member once the index reaches the cap. With [`Lifetimes::max_per_did`], revokes the DID's least recently
-    /// refreshed sessions (as [`SessionStore::delete`] does) so that, the new one included,
-    /// no more than the cap stay live; the new session itself is always stored. The
+    /// index; with one, every expired member once the index reaches the cap. With
+    /// [`Lifetimes::max_per_did`], revokes the DID's least recently refreshed sessions (as
+    /// [`SessionStore::delete`] does) so that, the new one included, no more than the cap
+    /// stay live; the new session itself is always stored. The
     /// Valkey stores stamp `created_at` and `access_token_expires_at` on Valkey's clock
     /// (one clock for every replica); returns the record as stored.
     fn create(
@@ -201,22 +284,33 @@ pub trait SessionStore: Send + Sync + 'static {
         access_hash: &str,
     ) -> impl Future<Output = Result<Option<Found>, StoreError>> + Send;
 
-    /// Replaces a session's access token: removes the old access key, stores the new hash,
-    /// whose expiry is the store's clock plus `lifetimes.access_token`, and restarts the
-    /// session and DID index TTLs. [`Refreshed::Missing`] when no session has that sid;
-    /// a session past its absolute lifetime is revoked ([`Refreshed::PastLifetime`]).
+    /// Adds an access token to a session (see [`SessionRecord::add_access_token`]): the new
+    /// hash, whose expiry is the store's clock plus `lifetimes.access_token`, becomes the
+    /// newest; `refresh.previous_access_hash`, when it is a live token of this session, is
+    /// revoked at once, as are the oldest past `lifetimes.tokens.max_access_tokens`; the
+    /// session and DID index TTLs restart. [`ByRefresh::NotFound`] when no session has that
+    /// token; a session past its absolute lifetime is revoked ([`ByRefresh::PastLifetime`]).
     /// `client`, when given, replaces the stored device facts; `refreshedAt` becomes now.
+    ///
+    /// The session is the one `presented` names, judged by [`SessionRecord::role_of`]: the
+    /// current token (rotated to `refresh.rotation` when given) or the previous one within
+    /// `lifetimes.tokens.reuse_grace` (no new rotation; its successor's nonce comes back)
+    /// refresh it; an older one revokes the whole session ([`ByRefresh::Reused`]).
     fn refresh(
         &self,
-        sid: &str,
-        new_access_hash: &str,
-        client: Option<&ClientFacts>,
+        presented: &Presented,
+        refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
-    ) -> impl Future<Output = Result<Refreshed, StoreError>> + Send;
+    ) -> impl Future<Output = Result<ByRefresh<Refreshed>, StoreError>> + Send;
 
-    /// Removes a session, its access key and its DID index entry. Returns whether a session
-    /// existed.
-    fn delete(&self, sid: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Removes the session `presented` names (its current refresh token, or the previous
+    /// one within `grace`), every access key, its refresh key and its DID index entry.
+    /// An older token revokes it all the same, as reuse.
+    fn delete(
+        &self,
+        presented: &Presented,
+        grace: Duration,
+    ) -> impl Future<Output = Result<ByRefresh<()>, StoreError>> + Send;
 
     /// Removes every session in a DID's index and the index itself. Returns how many
     /// sessions existed.
@@ -238,12 +332,14 @@ pub trait SessionStore: Send + Sync + 'static {
         sid: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Revokes every session of `sid`'s DID except `sid` itself. `None` when `sid` names
-    /// no live, readable session; else how many others were revoked.
+    /// Revokes every session of the DID of the session `presented` names (as for
+    /// [`SessionStore::delete`]) except that one; how many others were revoked. An older
+    /// refresh token revokes that session instead, as reuse.
     fn revoke_others(
         &self,
-        sid: &str,
-    ) -> impl Future<Output = Result<Option<u32>, StoreError>> + Send;
+        presented: &Presented,
+        grace: Duration,
+    ) -> impl Future<Output = Result<ByRefresh<u32>, StoreError>> + Send;
 
     /// Checks that the store answers; drives the health status.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

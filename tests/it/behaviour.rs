@@ -50,7 +50,13 @@ for_each_store!(
     access_tokens_expire_but_the_session_refreshes,
     sessions_slide_with_refreshes_and_expire_when_idle,
     oversized_requests_are_refused,
-    concurrent_refreshes_leave_exactly_one_valid_token,
+    concurrent_refreshes_leave_exactly_the_newest_tokens_valid,
+    tabs_keep_their_own_access_tokens,
+    rotation_issues_a_new_refresh_token_on_every_refresh,
+    concurrent_refreshes_with_one_cookie_converge_on_one_successor,
+    the_previous_cookie_within_the_grace_gets_the_same_successor,
+    an_old_cookie_after_the_grace_revokes_the_session,
+    a_stolen_cookie_ends_the_session_for_both,
     refresh_racing_delete_never_leaves_a_valid_token,
     users_list_their_sessions_and_end_one_or_all_others,
     session_listing_and_revocation_refuse_bad_input,
@@ -162,10 +168,11 @@ async fn refresh_rotates_the_access_token_and_keeps_the_session(store: Backend) 
     let first = created.session.expect("session");
 
     let refreshed = app
-        .refresh(&created.refresh_token)
+        .refresh_tab(&created.refresh_token, &created.access_token)
         .await
         .expect("refreshed");
     assert_ne!(refreshed.access_token, created.access_token);
+    assert!(refreshed.refresh_token.is_empty(), "no rotation by default");
     let session = refreshed.session.expect("session");
     assert_eq!(session.session_key, first.session_key);
     assert_eq!(session.did, first.did);
@@ -175,11 +182,71 @@ async fn refresh_rotates_the_access_token_and_keeps_the_session(store: Backend) 
 
     assert!(
         !app.validate(&created.access_token).await.valid,
-        "old token revoked at once"
+        "the tab's previous token is revoked at once"
     );
     let validated = app.validate(&refreshed.access_token).await;
     assert!(validated.valid);
     assert_eq!(validated.session, Some(session));
+}
+
+/// Issue 13's three tabs: refreshes from several tabs at once all succeed and every
+/// token they got validates; a tab passing its own token revokes only that one; past the
+/// cap the oldest token is revoked; every revocation revokes every token.
+async fn tabs_keep_their_own_access_tokens(store: Backend) {
+    let app = TestApp::spawn_with(store, &["--max-access-tokens-per-session", "3"]).await;
+    let did = unique_did();
+    let created = app.create(&did, "alice.test").await;
+    let cookie = created.refresh_token.clone();
+    // Three tabs load at once, each refreshing with the same cookie and no token yet.
+    let tabs = app.refresh_concurrently(&cookie, 3).await;
+    // The login's own token was the oldest of four: revoked past the cap of 3.
+    assert!(
+        !app.validate(&created.access_token).await.valid,
+        "oldest revoked"
+    );
+    for token in &tabs {
+        assert!(
+            app.validate(token).await.valid,
+            "every tab's token validates"
+        );
+    }
+    // Tab A refreshes with its own token: only A's old token goes.
+    let a = app.refresh_tab(&cookie, &tabs[0]).await.expect("refresh A");
+    assert!(!app.validate(&tabs[0]).await.valid, "A's old token");
+    for token in [&tabs[1], &tabs[2], &a.access_token] {
+        assert!(app.validate(token).await.valid, "B, C and A's new token");
+    }
+    // A token of another session, an unknown and a malformed one revoke nothing.
+    let other = app.create(&did, "alice.test").await;
+    for previous in [other.access_token.as_str(), &"0".repeat(64), "malformed"] {
+        let r = app.refresh_tab(&cookie, previous).await.expect("ignored");
+        assert!(app.validate(&other.access_token).await.valid);
+        // Each of these refreshes adds a token; the cap keeps the newest three.
+        assert!(app.validate(&r.access_token).await.valid);
+    }
+    // A fourth token past the cap: the oldest (B's, then C's, then A's new) went in turn.
+    for token in [&tabs[1], &tabs[2], &a.access_token] {
+        assert!(!app.validate(token).await.valid, "revoked past the cap");
+    }
+    // Logout revokes every token of the session at once.
+    let tokens = app.refresh_concurrently(&cookie, 3).await;
+    assert!(app.delete(&cookie).await.expect("logout"));
+    for token in &tokens {
+        assert!(!app.validate(token).await.valid, "all revoked by logout");
+    }
+    // So does a takedown.
+    let fresh = app.create(&did, "alice.test").await;
+    let tokens = app.refresh_concurrently(&fresh.refresh_token, 2).await;
+    assert_eq!(app.delete_all(&did).await.expect("takedown"), 2);
+    for token in tokens
+        .iter()
+        .chain([&fresh.access_token, &other.access_token])
+    {
+        assert!(
+            !app.validate(token).await.valid,
+            "all revoked by a takedown"
+        );
+    }
 }
 
 async fn refresh_of_an_unknown_or_malformed_token_is_not_found(store: Backend) {
@@ -321,7 +388,7 @@ async fn oversized_requests_are_refused(store: Backend) {
     app.create(&unique_did(), "alice.test").await;
 }
 
-async fn concurrent_refreshes_leave_exactly_one_valid_token(store: Backend) {
+async fn concurrent_refreshes_leave_exactly_the_newest_tokens_valid(store: Backend) {
     let app = TestApp::spawn(store).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let mut tokens = app.refresh_concurrently(&created.refresh_token, 20).await;
@@ -332,7 +399,7 @@ async fn concurrent_refreshes_leave_exactly_one_valid_token(store: Backend) {
             valid += 1;
         }
     }
-    assert_eq!(valid, 1, "exactly one of 21 tokens validates");
+    assert_eq!(valid, 8, "the cap's 8 of 21 tokens validate");
 }
 
 async fn refresh_racing_delete_never_leaves_a_valid_token(store: Backend) {
@@ -422,6 +489,7 @@ async fn users_list_their_sessions_and_end_one_or_all_others(store: Backend) {
         .refresh_session(RefreshSessionRequest {
             refresh_token: laptop.refresh_token.clone(),
             client: client("Firefox/141", "198.51.100.2"),
+            ..Default::default()
         })
         .await
         .expect("refresh")
@@ -656,4 +724,218 @@ async fn logins_beyond_the_cap_revoke_the_least_recently_refreshed(store: Backen
     assert!(app.validate(&refreshed.access_token).await.valid);
     assert!(app.validate(&fifth.access_token).await.valid);
     assert_eq!(list(&app, &did).await.expect("list").len(), 3);
+}
+
+/// Refreshes `cookie` from `n` concurrent tasks; every one must succeed. Returns each
+/// answer's access token and refresh token.
+async fn refresh_all(app: &TestApp, cookie: &str, n: usize) -> Vec<(String, String)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let mut client = app.client.clone();
+            let refresh_token = cookie.to_owned();
+            tokio::spawn(async move {
+                let answer = client
+                    .refresh_session(RefreshSessionRequest {
+                        refresh_token,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("every concurrent refresh succeeds")
+                    .into_inner();
+                (answer.access_token, answer.refresh_token)
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for task in tasks {
+        answers.push(task.await.expect("refresh task"));
+    }
+    answers
+}
+
+const ROTATION: &[&str] = &["--refresh-token-rotation", "on"];
+const ROTATION_NO_GRACE: &[&str] = &[
+    "--refresh-token-rotation",
+    "on",
+    "--refresh-reuse-grace",
+    "0",
+];
+
+/// With rotation on every refresh returns a new refresh token; the session is the same
+/// (its `session_key` is not the SHA-256 of any cookie), and logout takes the newest.
+async fn rotation_issues_a_new_refresh_token_on_every_refresh(store: Backend) {
+    let app = TestApp::spawn_with(store, ROTATION).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let r0 = created.refresh_token.clone();
+    let key = created.session.expect("session").session_key;
+    assert_ne!(key, sha256_hex(&r0), "the cookie is not the session id");
+    let first = app.refresh(&r0).await.expect("refresh");
+    let r1 = first.refresh_token.clone();
+    assert!(!r1.is_empty() && r1 != r0);
+    assert_eq!(first.session.expect("session").session_key, key);
+    let second = app.refresh(&r1).await.expect("refresh with the new cookie");
+    let r2 = second.refresh_token.clone();
+    assert!(!r2.is_empty() && r2 != r1 && r2 != r0);
+    for token in [
+        &created.access_token,
+        &first.access_token,
+        &second.access_token,
+    ] {
+        assert!(app.validate(token).await.valid, "tabs keep their tokens");
+    }
+    assert!(app.delete(&r2).await.expect("logout"));
+    for token in [
+        &created.access_token,
+        &first.access_token,
+        &second.access_token,
+    ] {
+        assert!(!app.validate(token).await.valid, "all revoked");
+    }
+    assert_eq!(
+        app.refresh(&r2).await.expect_err("gone").code(),
+        Code::NotFound
+    );
+}
+
+/// 20 tabs refresh with one cookie at once: every one succeeds, they all get the same
+/// successor, and that successor refreshes; three tabs' access tokens all validate.
+async fn concurrent_refreshes_with_one_cookie_converge_on_one_successor(store: Backend) {
+    let app = TestApp::spawn_with(store, ROTATION).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let answers = refresh_all(&app, &created.refresh_token, 20).await;
+    let successors: std::collections::HashSet<&str> =
+        answers.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(successors.len(), 1, "exactly one successor: {successors:?}");
+    let successor = answers[0].1.clone();
+    assert!(!successor.is_empty() && successor != created.refresh_token);
+
+    let tabs = refresh_all(&app, &successor, 3).await;
+    for (access, _) in &tabs {
+        assert!(
+            app.validate(access).await.valid,
+            "every tab's token validates"
+        );
+    }
+    let next = &tabs[0].1;
+    assert!(
+        tabs.iter().all(|(_, r)| r == next),
+        "three tabs converge too"
+    );
+    app.refresh(next).await.expect("the successor refreshes");
+}
+
+/// The previous cookie within the grace gets the same successor (tabs that sent it at
+/// once); an older one is reuse: the session ends, every access token with it.
+async fn the_previous_cookie_within_the_grace_gets_the_same_successor(store: Backend) {
+    let app = TestApp::spawn_with(store, ROTATION).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let r0 = created.refresh_token.clone();
+    let first = app.refresh(&r0).await.expect("refresh");
+    let again = app.refresh(&r0).await.expect("within the grace");
+    assert_eq!(
+        again.refresh_token, first.refresh_token,
+        "the same successor"
+    );
+    assert!(app.validate(&again.access_token).await.valid);
+    // Logout and "log out everywhere else" accept it within the grace too.
+    assert_eq!(revoke_others(&app, &r0).await.expect("previous cookie"), 0);
+    let second = app.refresh(&first.refresh_token).await.expect("refresh");
+    // r0 is now two rotations old: reuse.
+    let status = app.refresh(&r0).await.expect_err("reuse");
+    assert_eq!(status.code(), Code::NotFound);
+    for token in [
+        &created.access_token,
+        &first.access_token,
+        &second.access_token,
+    ] {
+        assert!(
+            !app.validate(token).await.valid,
+            "the whole session is revoked"
+        );
+    }
+    assert_eq!(
+        app.refresh(&second.refresh_token)
+            .await
+            .expect_err("revoked")
+            .code(),
+        Code::NotFound
+    );
+}
+
+/// Without a grace the old cookie is reuse at once: the session is revoked (every access
+/// token invalid, NOT_FOUND for every cookie), also through logout and revoke-others.
+async fn an_old_cookie_after_the_grace_revokes_the_session(store: Backend) {
+    let app = TestApp::spawn_with(store, ROTATION_NO_GRACE).await;
+    let did = unique_did();
+    let created = app.create(&did, "alice.test").await;
+    let first = app.refresh(&created.refresh_token).await.expect("refresh");
+    let status = app
+        .refresh(&created.refresh_token)
+        .await
+        .expect_err("old cookie");
+    assert_eq!(status.code(), Code::NotFound);
+    for token in [&created.access_token, &first.access_token] {
+        assert!(!app.validate(token).await.valid);
+    }
+    assert_eq!(
+        app.refresh(&first.refresh_token)
+            .await
+            .expect_err("revoked")
+            .code(),
+        Code::NotFound
+    );
+    assert!(list(&app, &did).await.expect("list").is_empty());
+
+    // An old cookie at logout ends the session too, and answers "not yours".
+    let other = app.create(&did, "alice.test").await;
+    let next = app.refresh(&other.refresh_token).await.expect("refresh");
+    assert!(
+        !app.delete(&other.refresh_token)
+            .await
+            .expect("logout answers")
+    );
+    assert!(!app.validate(&next.access_token).await.valid);
+    // And at "log out everywhere else": NOT_FOUND, that session revoked, no other touched.
+    let kept = app.create(&did, "alice.test").await;
+    let third = app.create(&did, "alice.test").await;
+    let moved = app.refresh(&third.refresh_token).await.expect("refresh");
+    let status = revoke_others(&app, &third.refresh_token)
+        .await
+        .expect_err("reuse");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(!app.validate(&moved.access_token).await.valid);
+    assert!(app.validate(&kept.access_token).await.valid);
+}
+
+/// A stolen cookie: the attacker refreshes first, the victim's later refresh with the old
+/// cookie ends the session for both.
+async fn a_stolen_cookie_ends_the_session_for_both(store: Backend) {
+    let app = TestApp::spawn_with(store, ROTATION_NO_GRACE).await;
+    let victim = app.create(&unique_did(), "alice.test").await;
+    let stolen = victim.refresh_token.clone();
+    let attacker = app
+        .refresh(&stolen)
+        .await
+        .expect("the attacker refreshes first");
+    assert!(app.validate(&attacker.access_token).await.valid);
+    let status = app
+        .refresh(&victim.refresh_token)
+        .await
+        .expect_err("the victim's old cookie");
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(
+        !app.validate(&attacker.access_token).await.valid,
+        "attacker out"
+    );
+    assert!(
+        !app.validate(&victim.access_token).await.valid,
+        "victim out"
+    );
+    assert_eq!(
+        app.refresh(&attacker.refresh_token)
+            .await
+            .expect_err("the attacker's cookie is dead")
+            .code(),
+        Code::NotFound
+    );
 }

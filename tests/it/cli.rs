@@ -478,6 +478,68 @@ async fn no_token_or_session_id_reaches_the_log_even_at_trace_level() {
     }
 }
 
+/// Reuse of an old refresh token is logged once, at warn level, with the session key's
+/// 8-character prefix and no token (issue 13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_reuse_is_logged_at_warn_with_the_key_prefix_only() {
+    let mut cmd = command();
+    cmd.args(["--store", "memory"]).args([
+        "--refresh-token-rotation",
+        "on",
+        "--refresh-reuse-grace",
+        "0",
+    ]);
+    let running = start(cmd).await;
+    let mut client = running.client().await;
+    let created = client
+        .create_session(CreateSessionRequest {
+            did: unique_did(),
+            handle: "alice.test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let refresh = |token: &str| RefreshSessionRequest {
+        refresh_token: token.to_owned(),
+        ..Default::default()
+    };
+    let rotated = client
+        .refresh_session(refresh(&created.refresh_token))
+        .await
+        .expect("rotate")
+        .into_inner();
+    let status = client
+        .refresh_session(refresh(&created.refresh_token))
+        .await
+        .expect_err("reuse");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+
+    let (code, log) = running.terminate().await;
+    assert_eq!(code, Some(0));
+    let key = created.session.expect("session").session_key;
+    let warnings: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("old refresh token"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log:#?}");
+    assert!(warnings[0].contains(&key[..8]), "{}", warnings[0]);
+    assert!(
+        !warnings[0].contains(&key),
+        "only the prefix: {}",
+        warnings[0]
+    );
+    let log = log.join("\n");
+    for secret in [
+        &created.refresh_token,
+        &rotated.refresh_token,
+        &created.access_token,
+        &rotated.access_token,
+    ] {
+        assert!(!log.contains(secret.as_str()), "a token is in the log");
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

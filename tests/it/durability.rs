@@ -73,7 +73,7 @@ async fn crash(name: &str, persistence: &[&str]) -> AfterCrash {
     command(app.valkey(), &["SAVE"]).await;
 
     let new_access = app
-        .refresh(&refreshed.refresh_token)
+        .refresh_tab(&refreshed.refresh_token, &refreshed.access_token)
         .await
         .expect("refresh")
         .access_token;
@@ -180,9 +180,12 @@ async fn a_full_valkey_with_noeviction_refuses_only_new_sessions() {
         .expect_err("no memory for a new session");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     // Everything else goes on: validation (and the health probe, the same read-only
-    // script), refresh (it replaces what it frees), logout, takedown.
+    // script), a tab's refresh (it replaces the token it revokes), logout, takedown.
     assert!(app.validate(&first.access_token).await.valid);
-    let refreshed = app.refresh(&other.refresh_token).await.expect("refresh");
+    let refreshed = app
+        .refresh_tab(&other.refresh_token, &other.access_token)
+        .await
+        .expect("refresh");
     assert!(app.validate(&refreshed.access_token).await.valid);
     assert!(app.delete(&first.refresh_token).await.expect("logout"));
     assert_eq!(app.delete_all(&did).await.expect("takedown"), 1);

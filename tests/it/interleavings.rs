@@ -1,5 +1,6 @@
 //! No interleaving and no cancellation leaves a session that validates outside its DID
-//! index, a key without a TTL, or a valid token for a deleted session.
+//! index, a key without a TTL, a valid token for a deleted session, or (refresh-token
+//! rotation, issue 13) two live successors of one refresh token.
 //!
 //! The cluster store runs each operation as a sequence of single-key commands. These tests
 //! hold one operation at each step between its commands (the store's step hook) while
@@ -11,10 +12,11 @@
 use crate::support::cluster::ValkeyCluster;
 use crate::support::{Backend, TestApp, sha256_hex, unique_did};
 use barazo_session::metrics::Metrics;
+use barazo_session::rotation::{self, Candidate, Presented};
 use barazo_session::session::{SessionRecord, Token, now_ms};
 use barazo_session::store::valkey::cluster::{Step, StepHook};
 use barazo_session::store::valkey::{ValkeyClusterStore, ValkeyOptions};
-use barazo_session::store::{Lifetimes, SessionStore};
+use barazo_session::store::{ByRefresh, Lifetimes, Refresh, SessionStore, TokenRules};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,6 +30,7 @@ const LIFETIMES: Lifetimes = Lifetimes {
     access_token: Duration::from_secs(60),
     max: None,
     max_per_did: None,
+    tokens: TokenRules::DEFAULT,
 };
 
 /// Holds the first operation that reaches `step` until released.
@@ -108,7 +111,7 @@ fn session(did: &str) -> (SessionRecord, String) {
 }
 
 /// Whether `access` validates, as the service decides it.
-async fn validates(store: &ValkeyClusterStore, access: &str) -> bool {
+async fn validates(store: &Arc<impl SessionStore>, access: &str) -> bool {
     let hash = sha256_hex(access);
     store
         .find_by_access_hash(&hash)
@@ -275,7 +278,19 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
         let new_access = Token::generate().expect("random").into_string();
         let refresh = tokio::spawn({
             let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
-            async move { store.refresh(&sid, &hash, None, LIFETIMES).await }
+            async move {
+                let refresh = Refresh {
+                    new_access_hash: &hash,
+                    previous_access_hash: None,
+                    client: None,
+                    rotation: None,
+                };
+                let presented = Presented::parse(&sid).expect("a sid");
+                store
+                    .refresh(&presented, &refresh, LIFETIMES)
+                    .await
+                    .map(|_| ())
+            }
         });
         gate.wait_reached().await;
         assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);
@@ -319,10 +334,290 @@ async fn a_cancelled_create_completes_and_leaves_no_key_without_a_ttl() {
     assert_every_key_expires(&mut node_connections(&cluster).await).await;
 }
 
+/// Lifetimes with refresh-token rotation on and a grace of `grace`.
+fn rotating(grace: Duration) -> Lifetimes {
+    Lifetimes {
+        tokens: TokenRules {
+            rotation: true,
+            reuse_grace: grace,
+            ..TokenRules::DEFAULT
+        },
+        ..LIFETIMES
+    }
+}
+
+/// A new session of `did` created with rotation on: the record, its access token and its
+/// first refresh token.
+fn rotated_session(did: &str) -> (SessionRecord, String, String) {
+    let (mut record, access) = session(did);
+    let first = rotation::first_token().expect("random");
+    record.refresh_family = Some(rotation::family_hash(&first));
+    record.refresh_token_hash = Some(sha256_hex(&first));
+    (record, access, first)
+}
+
+/// What one refresh with `cookie` answered: the new access token and the cookie's
+/// successor (empty without one), or how it ended.
+async fn refresh_with(
+    store: &Arc<impl SessionStore>,
+    cookie: &str,
+    lifetimes: Lifetimes,
+) -> Result<(String, String), &'static str> {
+    let candidate = lifetimes
+        .tokens
+        .rotation
+        .then(|| Candidate::new(cookie).expect("random"));
+    refresh_offering(store, cookie, lifetimes, candidate).await
+}
+
+/// [`refresh_with`], offering `candidate` as the successor.
+async fn refresh_offering(
+    store: &Arc<impl SessionStore>,
+    cookie: &str,
+    lifetimes: Lifetimes,
+    candidate: Option<Candidate>,
+) -> Result<(String, String), &'static str> {
+    let access = Token::generate().expect("random").into_string();
+    let hash = sha256_hex(&access);
+    let refresh = Refresh {
+        new_access_hash: &hash,
+        previous_access_hash: None,
+        client: None,
+        rotation: candidate.as_ref(),
+    };
+    let presented = Presented::parse(cookie).expect("a token");
+    match store
+        .refresh(&presented, &refresh, lifetimes)
+        .await
+        .expect("store answers")
+    {
+        ByRefresh::Found(refreshed) => {
+            let successor = refreshed
+                .successor_nonce
+                .map(|nonce| rotation::successor(cookie, &nonce))
+                .unwrap_or_default();
+            if !successor.is_empty() {
+                assert_eq!(
+                    refreshed.record.refresh_token_hash,
+                    Some(sha256_hex(&successor)),
+                    "the successor is the session's current refresh token"
+                );
+            }
+            Ok((access, successor))
+        }
+        ByRefresh::NotFound => Err("not found"),
+        ByRefresh::Reused { .. } => Err("reused"),
+        ByRefresh::PastLifetime => Err("past its lifetime"),
+    }
+}
+
+/// Issue 13 (c): two tabs refresh with one cookie while one of them is held at each step
+/// of the cluster refresh: both succeed with the same successor (exactly one is live),
+/// both access tokens validate, and every key expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rotations_of_one_cookie_converge_at_every_step() {
+    let cluster = ValkeyCluster::start().await;
+    let lifetimes = rotating(Duration::from_secs(10));
+    for step in [Step::RefreshRead, Step::RefreshDataWritten] {
+        let gate = Gate::at(step);
+        let store = store(&cluster, &gate);
+        let (record, _, cookie) = rotated_session(&unique_did());
+        store.create(&record, lifetimes).await.expect("create");
+        let held = tokio::spawn({
+            let (store, cookie) = (store.clone(), cookie.clone());
+            async move { refresh_with(&store, &cookie, lifetimes).await }
+        });
+        gate.wait_reached().await;
+        let other = refresh_with(&store, &cookie, lifetimes)
+            .await
+            .expect("other tab");
+        gate.release();
+        let held = held.await.expect("task").expect("held tab");
+        assert_eq!(held.1, other.1, "{step:?}: one successor");
+        assert!(!held.1.is_empty());
+        assert!(validates(&store, &held.0).await && validates(&store, &other.0).await);
+        // The successor refreshes; the cookie it replaced is now two rotations old.
+        let next = refresh_with(&store, &held.1, lifetimes)
+            .await
+            .expect("successor");
+        assert!(validates(&store, &next.0).await);
+        assert_eq!(
+            refresh_with(&store, &cookie, lifetimes).await,
+            Err("reused")
+        );
+        assert!(
+            !validates(&store, &next.0).await,
+            "{step:?}: revoked by reuse"
+        );
+    }
+    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+}
+
+/// Without a grace, the tab held before its write is reuse once the other has rotated:
+/// the whole session is revoked, its successor included, and nothing is left to live
+/// forever (the family key the held refresh rewrote goes with the session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_overtaken_without_grace_revokes_the_session() {
+    let cluster = ValkeyCluster::start().await;
+    let lifetimes = rotating(Duration::ZERO);
+    let gate = Gate::at(Step::RefreshRead);
+    let store = store(&cluster, &gate);
+    let (record, access, cookie) = rotated_session(&unique_did());
+    store.create(&record, lifetimes).await.expect("create");
+    let held = tokio::spawn({
+        let (store, cookie) = (store.clone(), cookie.clone());
+        async move { refresh_with(&store, &cookie, lifetimes).await }
+    });
+    gate.wait_reached().await;
+    let other = refresh_with(&store, &cookie, lifetimes)
+        .await
+        .expect("first tab");
+    gate.release();
+    assert_eq!(held.await.expect("task"), Err("reused"));
+    for token in [&access, &other.0] {
+        assert!(
+            !validates(&store, token).await,
+            "no token of a revoked session"
+        );
+    }
+    assert_eq!(
+        refresh_with(&store, &other.1, lifetimes).await,
+        Err("not found")
+    );
+    let left: Vec<_> = keys_and_ttls(&mut node_connections(&cluster).await)
+        .await
+        .into_iter()
+        .filter(|(key, _)| !key.starts_with(&format!("{PREFIX}access:")))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+}
+
+/// A rotating refresh held at each step while a logout with the same cookie runs: no
+/// token of the session validates afterwards, its successor finds nothing, and every key
+/// expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_racing_logout_leaves_no_live_token() {
+    let cluster = ValkeyCluster::start().await;
+    let lifetimes = rotating(Duration::from_secs(10));
+    for step in [Step::RefreshRead, Step::RefreshDataWritten] {
+        let gate = Gate::at(step);
+        let store = store(&cluster, &gate);
+        let (record, access, cookie) = rotated_session(&unique_did());
+        store.create(&record, lifetimes).await.expect("create");
+        let held = tokio::spawn({
+            let (store, cookie) = (store.clone(), cookie.clone());
+            async move { refresh_with(&store, &cookie, lifetimes).await }
+        });
+        gate.wait_reached().await;
+        let presented = Presented::parse(&cookie).expect("token");
+        let deleted = store
+            .delete(&presented, lifetimes.tokens.reuse_grace)
+            .await
+            .expect("logout");
+        assert!(matches!(deleted, ByRefresh::Found(())), "{step:?}");
+        gate.release();
+        let held = held.await.expect("task");
+        assert!(!validates(&store, &access).await, "{step:?}");
+        if let Ok((new_access, successor)) = held {
+            assert!(!validates(&store, &new_access).await, "{step:?}");
+            assert_eq!(
+                refresh_with(&store, &successor, lifetimes).await,
+                Err("not found"),
+                "{step:?}"
+            );
+        }
+    }
+    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+}
+
+/// Two tabs move a session whose cookie is its sid to rotation at once, one held before
+/// its write: both get the same successor; the family key the overtaken one wrote for its
+/// own candidate names no token's family, finds nothing, and expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_of_a_session_id_converge() {
+    let cluster = ValkeyCluster::start().await;
+    let lifetimes = rotating(Duration::from_secs(10));
+    let gate = Gate::at(Step::RefreshRead);
+    let store = store(&cluster, &gate);
+    let (record, _) = session(&unique_did());
+    store
+        .create(&record, LIFETIMES)
+        .await
+        .expect("create, rotation off");
+    let sid = record.sid.clone();
+    let offered = Candidate::new(&sid).expect("random");
+    let held = tokio::spawn({
+        let (store, sid, offered) = (store.clone(), sid.clone(), offered.clone());
+        async move { refresh_offering(&store, &sid, lifetimes, Some(offered)).await }
+    });
+    gate.wait_reached().await;
+    let other = refresh_with(&store, &sid, lifetimes)
+        .await
+        .expect("first tab");
+    gate.release();
+    let held = held
+        .await
+        .expect("task")
+        .expect("second tab, within the grace");
+    assert_eq!(held.1, other.1, "one successor");
+    assert!(rotation::is_rotated(&held.1));
+    // A token of the family the overtaken refresh had offered is no token of the session.
+    let stray = rotation::successor(&sid, &offered.nonce);
+    assert_eq!(rotation::family_hash(&stray), offered.family_hash);
+    assert_eq!(
+        refresh_with(&store, &stray, lifetimes).await,
+        Err("not found")
+    );
+    assert!(refresh_with(&store, &held.1, lifetimes).await.is_ok());
+    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+}
+
+/// The in-memory store moves a session whose cookie is its sid to rotation like the
+/// Valkey stores do (their tests run through the service and the TypeScript layout):
+/// the sid then works within the grace, and is reuse once two rotations old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_moves_a_session_id_to_rotation() {
+    let store = Arc::new(barazo_session::store::memory::MemoryStore::new());
+    let lifetimes = rotating(Duration::from_secs(10));
+    let (record, access) = session(&unique_did());
+    store
+        .create(&record, LIFETIMES)
+        .await
+        .expect("create, rotation off");
+    let (tab, successor) = refresh_with(&store, &record.sid, lifetimes)
+        .await
+        .expect("migrates");
+    assert!(rotation::is_rotated(&successor));
+    let (_, again) = refresh_with(&store, &record.sid, lifetimes)
+        .await
+        .expect("within the grace");
+    assert_eq!(again, successor);
+    let (_, next) = refresh_with(&store, &successor, lifetimes)
+        .await
+        .expect("rotated cookie");
+    assert!(validates(&store, &access).await && validates(&store, &tab).await);
+    assert_eq!(
+        refresh_with(&store, &record.sid, lifetimes).await,
+        Err("reused")
+    );
+    assert!(!validates(&store, &tab).await);
+    assert_eq!(
+        refresh_with(&store, &next, lifetimes).await,
+        Err("not found")
+    );
+}
+
 /// Many concurrent creates and refreshes of one DID with a delete-all in the middle; a
 /// final delete-all leaves no token that validates, and no key without a TTL.
 async fn takedown_under_concurrent_logins(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    takedown_under_concurrent_logins_with(backend, &[]).await;
+}
+
+/// [`takedown_under_concurrent_logins`] with extra server flags (rotation on: each login
+/// refreshes twice with its cookie at once, then once with the successor).
+async fn takedown_under_concurrent_logins_with(backend: Backend, flags: &[&str]) {
+    let app = TestApp::spawn_with(backend, flags).await;
     let did = unique_did();
     let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut logins = Vec::new();
@@ -341,16 +636,35 @@ async fn takedown_under_concurrent_logins(backend: Backend) {
                     .expect("create")
                     .into_inner();
                 let mut mine = vec![created.access_token.clone()];
-                match client
-                    .refresh_session(barazo_session::proto::RefreshSessionRequest {
-                        refresh_token: created.refresh_token.clone(),
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    Ok(refreshed) => mine.push(refreshed.into_inner().access_token),
-                    // Deleted by the takedown in between: as it should be.
-                    Err(status) => assert_eq!(status.code(), Code::NotFound),
+                let mut cookie = created.refresh_token.clone();
+                for tabs in [2, 1] {
+                    let answers: Vec<_> = (0..tabs)
+                        .map(|_| {
+                            let mut client = client.clone();
+                            let refresh_token = cookie.clone();
+                            tokio::spawn(async move {
+                                client
+                                    .refresh_session(barazo_session::proto::RefreshSessionRequest {
+                                        refresh_token,
+                                        ..Default::default()
+                                    })
+                                    .await
+                            })
+                        })
+                        .collect();
+                    for answer in answers {
+                        match answer.await.expect("refresh task") {
+                            Ok(refreshed) => {
+                                let refreshed = refreshed.into_inner();
+                                mine.push(refreshed.access_token);
+                                if !refreshed.refresh_token.is_empty() {
+                                    cookie = refreshed.refresh_token;
+                                }
+                            }
+                            // Deleted by the takedown in between: as it should be.
+                            Err(status) => assert_eq!(status.code(), Code::NotFound),
+                        }
+                    }
                 }
                 if let Ok(mut all) = tokens.lock() {
                     all.extend(mine);
@@ -512,7 +826,16 @@ async fn a_refresh_racing_the_cap_leaves_no_valid_token() {
         let new_access = Token::generate().expect("random").into_string();
         let refresh = tokio::spawn({
             let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
-            async move { store.refresh(&sid, &hash, None, one).await }
+            async move {
+                let refresh = Refresh {
+                    new_access_hash: &hash,
+                    previous_access_hash: None,
+                    client: None,
+                    rotation: None,
+                };
+                let presented = Presented::parse(&sid).expect("a sid");
+                store.refresh(&presented, &refresh, one).await.map(|_| ())
+            }
         });
         gate.wait_reached().await;
         // The login comes later than the held refresh's refreshedAt: it is the one to keep.
@@ -638,6 +961,23 @@ async fn concurrent_logins_over_the_cap_valkey() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_logins_over_the_cap_cluster() {
     concurrent_logins_over_the_cap(Backend::Cluster).await;
+}
+
+const ROTATION: &[&str] = &["--refresh-token-rotation", "on"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takedown_under_concurrent_rotating_logins_memory() {
+    takedown_under_concurrent_logins_with(Backend::Memory, ROTATION).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takedown_under_concurrent_rotating_logins_valkey() {
+    takedown_under_concurrent_logins_with(Backend::Valkey, ROTATION).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takedown_under_concurrent_rotating_logins_cluster() {
+    takedown_under_concurrent_logins_with(Backend::Cluster, ROTATION).await;
 }
 
 /// Writes `garbage` over a session's data, then checks that validate and refresh refuse it;

@@ -268,3 +268,37 @@ async fn revocations_are_counted_by_reason() {
         1.0
     );
 }
+
+/// Reuse of an old refresh token is counted (the session is revoked, the call answers
+/// NOT_FOUND like an unknown token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_token_reuse_is_counted() {
+    let app = TestApp::spawn_with(
+        StoreKind::Memory,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--refresh-token-rotation",
+            "on",
+            "--refresh-reuse-grace",
+            "0",
+        ],
+    )
+    .await;
+    let admin = app.metrics_addr.expect("admin listener");
+    let created = app.create(&unique_did(), "alice.test").await;
+    app.refresh(&created.refresh_token).await.expect("rotate");
+    let status = app
+        .refresh(&created.refresh_token)
+        .await
+        .expect_err("reuse");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let (_, text) = get(admin, "/metrics").await;
+    assert_eq!(
+        sample(
+            &text,
+            "barazo_session_sessions_total{event=\"refresh_token_reused\"}"
+        ),
+        1.0
+    );
+}

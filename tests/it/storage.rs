@@ -125,7 +125,7 @@ async fn typescript_sessions_validate_refresh_and_delete_here() {
     assert_eq!(session.session_key, sha256_hex(&sid));
 
     let refreshed = app
-        .refresh(&sid)
+        .refresh_tab(&sid, &access)
         .await
         .expect("refresh a TypeScript session");
     assert!(!app.validate(&access).await.valid);
@@ -178,6 +178,7 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
     // service's own facts, which the TypeScript code ignores.
     let app = TestApp::spawn(StoreKind::Valkey).await;
     let created = app.create(&unique_did(), "alice.test").await;
+    // A second tab: the session then lists its other token too.
     app.refresh(&created.refresh_token).await.expect("refresh");
     let mut conn = app.valkey().client().await;
     let json: String = conn
@@ -195,6 +196,7 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
         "handle",
         "sid",
         "refreshedAt",
+        "accessTokens",
     ];
     expected.sort_unstable();
     let mut names_sorted = names.clone();
@@ -203,6 +205,28 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
     for field in ["accessTokenExpiresAt", "createdAt", "refreshedAt"] {
         assert!(object[field].is_u64(), "{field} is an integer in {json}");
     }
+    // The TypeScript fields first, in its order; this service's own after them.
+    let positions: Vec<usize> = [
+        "sid",
+        "did",
+        "handle",
+        "accessTokenHash",
+        "accessTokenExpiresAt",
+        "createdAt",
+        "refreshedAt",
+        "accessTokens",
+    ]
+    .iter()
+    .map(|name| json.find(&format!(r#""{name}":"#)).expect(name))
+    .collect();
+    assert!(positions.is_sorted(), "{json}");
+    let tokens = object["accessTokens"].as_array().expect("a list");
+    assert_eq!(tokens.len(), 1, "the login's token, now the other tab's");
+    assert_eq!(
+        tokens[0]["hash"],
+        sha256_hex(&created.access_token).as_str()
+    );
+    assert!(tokens[0]["expiresAt"].is_u64());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,23 +318,23 @@ async fn concurrent_refreshes_leave_no_orphaned_access_key() {
     let tokens = app.refresh_concurrently(&created.refresh_token, 20).await;
     let mut conn = app.valkey().client().await;
     let access_keys = keys(&mut conn, &format!("{PREFIX}access:*")).await;
-    assert_eq!(access_keys.len(), 1, "{access_keys:?}");
-    let pointed: String = conn.get(&access_keys[0]).await.expect("sid");
-    assert_eq!(pointed, created.refresh_token);
-    // And it is the current token's key, the one the session data names.
+    // The cap's 8 tokens, each with its key and each named in the session data; the 13
+    // tokens dropped past the cap have no key left.
+    assert_eq!(access_keys.len(), 8, "{access_keys:?}");
     let json: String = conn
         .get(format!("{PREFIX}data:{}", created.refresh_token))
         .await
         .expect("data");
-    let hash = &access_keys[0][format!("{PREFIX}access:").len()..];
-    assert!(
-        json.contains(&format!(r#""accessTokenHash":"{hash}""#)),
-        "{json}"
-    );
-    assert!(
-        tokens.iter().any(|t| sha256_hex(t) == hash),
-        "one of the issued tokens"
-    );
+    for key in &access_keys {
+        let pointed: String = conn.get(key).await.expect("sid");
+        assert_eq!(pointed, created.refresh_token);
+        let hash = &key[format!("{PREFIX}access:").len()..];
+        assert!(json.contains(&format!(r#""{hash}""#)), "{json}");
+        assert!(
+            tokens.iter().any(|t| sha256_hex(t) == hash),
+            "one of the issued tokens"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,7 +547,10 @@ async fn refresh_restarts_the_session_and_index_lifetimes() {
         let _: () = conn.pexpire(key, 86_400_000).await.expect("PEXPIRE");
     }
 
-    let refreshed = app.refresh(&created.refresh_token).await.expect("refresh");
+    let refreshed = app
+        .refresh_tab(&created.refresh_token, &created.access_token)
+        .await
+        .expect("refresh");
     for key in [&data_key, &index_key] {
         let ttl: i64 = conn.pttl(key).await.expect("PTTL");
         assert!((604_790_000..=604_800_000).contains(&ttl), "{key}: {ttl}");
@@ -677,7 +704,10 @@ async fn session_listing_works_with_typescript_sessions_both_ways() {
         listed[0].client.clone().unwrap_or_default(),
         Default::default()
     );
-    let refreshed = app.refresh(&created.refresh_token).await.expect("refresh");
+    let refreshed = app
+        .refresh_tab(&created.refresh_token, &ts_access)
+        .await
+        .expect("refresh");
     assert!(app.validate(&refreshed.access_token).await.valid);
     assert!(!app.validate(&ts_access).await.valid);
     assert_eq!(app.delete_all(&did).await.expect("delete all"), 1);
@@ -877,4 +907,360 @@ async fn the_cap_removes_an_unreadable_session_first() {
     assert!(app.validate(&third.access_token).await.valid);
     let index = format!("{PREFIX}did:{did}");
     assert_eq!(conn.scard::<_, usize>(&index).await.expect("SCARD"), 2);
+}
+
+/// Per-tab access tokens with the TypeScript layout, both ways. This service keeps
+/// `accessTokenHash`/`accessTokenExpiresAt` as the newest token's (what the TypeScript code
+/// reads) and lists the others after its own fields. When the TypeScript code rewrites
+/// such a session (its refresh keeps only its six fields), the other tokens stop
+/// validating here and their keys expire on their own TTL, never later; its logout leaves
+/// nothing that validates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tab_tokens_and_the_typescript_code_both_ways() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let created = app.create(&did, "carol.test").await;
+    let sid = created.refresh_token.clone();
+    let data_key = format!("{PREFIX}data:{sid}");
+    let tab_b = app.refresh(&sid).await.expect("tab B").access_token;
+    let tab_c = app.refresh(&sid).await.expect("tab C").access_token;
+
+    // What the TypeScript requireAuth reads: the newest token is the record's own.
+    let json: String = conn.get(&data_key).await.expect("data");
+    let object: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(object["accessTokenHash"], sha256_hex(&tab_c).as_str());
+    let pointed: String = conn
+        .get(format!("{PREFIX}access:{}", sha256_hex(&tab_c)))
+        .await
+        .expect("the newest token's key");
+    assert_eq!(pointed, sid);
+    assert_eq!(
+        object["accessTokens"]
+            .as_array()
+            .expect("others")
+            .iter()
+            .map(|t| t["hash"].as_str().expect("hash").to_owned())
+            .collect::<Vec<_>>(),
+        [sha256_hex(&created.access_token), sha256_hex(&tab_b)],
+        "the others, oldest first"
+    );
+
+    // The TypeScript refresh rewrites the record without the list.
+    let ts_access = ts_token(50);
+    let mut rewritten: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&json).expect("object");
+    rewritten.retain(|k, _| {
+        [
+            "sid",
+            "did",
+            "handle",
+            "accessTokenHash",
+            "accessTokenExpiresAt",
+            "createdAt",
+        ]
+        .contains(&k.as_str())
+    });
+    rewritten.insert("accessTokenHash".into(), sha256_hex(&ts_access).into());
+    rewritten.insert("accessTokenExpiresAt".into(), (now_ms() + 900_000).into());
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!("{PREFIX}access:{}", sha256_hex(&tab_c)))
+        .cmd("SET")
+        .arg(&data_key)
+        .arg(serde_json::to_string(&rewritten).expect("JSON"))
+        .arg("EX")
+        .arg(604_800)
+        .cmd("SET")
+        .arg(format!("{PREFIX}access:{}", sha256_hex(&ts_access)))
+        .arg(&sid)
+        .arg("EX")
+        .arg(900)
+        .query_async(&mut conn)
+        .await
+        .expect("TypeScript refresh");
+    assert!(app.validate(&ts_access).await.valid);
+    for token in [&created.access_token, &tab_b, &tab_c] {
+        assert!(!app.validate(token).await.valid, "not named by the data");
+    }
+    // Their keys are left to their own TTL, no longer than an access token lives.
+    for token in [&created.access_token, &tab_b] {
+        let ttl: i64 = conn
+            .pttl(format!("{PREFIX}access:{}", sha256_hex(token)))
+            .await
+            .expect("PTTL");
+        assert!((1..=900_000).contains(&ttl), "{ttl}");
+    }
+    // This service refreshes the rewritten record and lists tabs again.
+    let tab_d = app.refresh(&sid).await.expect("tab D").access_token;
+    assert!(app.validate(&ts_access).await.valid);
+    assert!(app.validate(&tab_d).await.valid);
+
+    // The TypeScript logout deletes the newest token's key and the data: nothing of the
+    // session validates any more.
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!("{PREFIX}access:{}", sha256_hex(&tab_d)))
+        .cmd("DEL")
+        .arg(&data_key)
+        .cmd("SREM")
+        .arg(format!("{PREFIX}did:{did}"))
+        .arg(&sid)
+        .query_async(&mut conn)
+        .await
+        .expect("TypeScript logout");
+    for token in [&ts_access, &tab_d] {
+        assert!(!app.validate(token).await.valid);
+    }
+    assert_eq!(
+        app.refresh(&sid).await.expect_err("gone").code(),
+        Code::NotFound
+    );
+}
+
+/// Every key under the prefix and every value (strings; set members), as a Valkey dump
+/// would show them.
+async fn dump(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    let mut text = String::new();
+    for key in keys(conn, &format!("{PREFIX}*")).await {
+        text.push_str(&key);
+        text.push('\n');
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .expect("TYPE");
+        if kind == "set" {
+            let members: Vec<String> = conn.smembers(&key).await.expect("SMEMBERS");
+            text.push_str(&members.join("\n"));
+        } else {
+            let value: String = conn.get(&key).await.expect("GET");
+            text.push_str(&value);
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// Rotation on, a session the TypeScript code created (its cookie is the session id): the
+/// first refresh moves it to rotated tokens; the session id then works as the previous
+/// token within the grace, and is reuse once older. Neither a dump nor MONITOR ever shows
+/// a rotated refresh token; what the TypeScript code wrote keeps its shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typescript_session_moves_to_rotated_refresh_tokens_on_its_first_refresh() {
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--refresh-token-rotation",
+            "on",
+            "--health-check-interval-ms",
+            "3600000",
+        ],
+    )
+    .await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let (sid, access) = (ts_token(60), ts_token(61));
+    write_typescript_session(&mut conn, &sid, &access, &did).await;
+
+    let mut monitor = Monitor::start(app.valkey()).await;
+    let (first, lines) = monitor.lines(app.refresh(&sid)).await;
+    let first = first.expect("the first refresh migrates");
+    let r1 = first.refresh_token.clone();
+    assert!(!r1.is_empty() && r1 != sid);
+    assert!(lines.iter().all(|l| !l.contains(&r1)), "{lines:?}");
+    let json: String = conn.get(format!("{PREFIX}data:{sid}")).await.expect("data");
+    assert!(
+        json.starts_with(&format!(
+            r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{}""#,
+            sha256_hex(&first.access_token)
+        )),
+        "the TypeScript fields first, the newest token's: {json}"
+    );
+    let record = barazo_session::session::SessionRecord::from_json(&json).expect("readable");
+    let family = record.refresh_family.clone().expect("a family");
+    assert_eq!(record.refresh_token_hash, Some(sha256_hex(&r1)));
+    assert_eq!(record.previous_refresh_token_hash, Some(sha256_hex(&sid)));
+    let family_key = format!("{PREFIX}refresh:{family}");
+    let pointed: String = conn.get(&family_key).await.expect("family key");
+    assert_eq!(pointed, sid);
+    let ttl: i64 = conn.pttl(&family_key).await.expect("PTTL");
+    assert!((604_790_000..=604_800_000).contains(&ttl), "{ttl}");
+
+    // Another tab sent the old cookie at the same moment: the same successor.
+    let again = app.refresh(&sid).await.expect("within the grace");
+    assert_eq!(again.refresh_token, r1);
+    let (second, lines) = monitor.lines(app.refresh(&r1)).await;
+    let second = second.expect("refresh with the rotated cookie");
+    let r2 = second.refresh_token.clone();
+    for token in [&r1, &r2] {
+        assert!(
+            lines.iter().all(|l| !l.contains(token.as_str())),
+            "MONITOR: {lines:?}"
+        );
+    }
+    assert!(
+        !dump(&mut conn).await.contains(&r2),
+        "a dump holds no live refresh token"
+    );
+    // Logout and revoke-others send only digests of a rotated token too.
+    let (others, lines) = monitor
+        .lines(app.client.clone().revoke_other_sessions(
+            barazo_session::proto::RevokeOtherSessionsRequest {
+                refresh_token: r2.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(others.expect("revoke others").into_inner().revoked_count, 0);
+    assert!(lines.iter().all(|l| !l.contains(&r2)), "{lines:?}");
+
+    // The session id is now two rotations old: reuse, the session is revoked, nothing is
+    // left behind.
+    assert_eq!(
+        app.refresh(&sid).await.expect_err("reuse").code(),
+        Code::NotFound
+    );
+    assert!(!app.validate(&second.access_token).await.valid);
+    assert!(
+        keys(&mut conn, &format!("{PREFIX}*")).await.is_empty(),
+        "{:?}",
+        keys(&mut conn, &format!("{PREFIX}*")).await
+    );
+}
+
+/// Rotation on: which TypeScript paths stop working, and that this service corrupts
+/// nothing they write. The TypeScript refresh and logout look the cookie up as a session
+/// id, so a rotated cookie finds nothing there (refresh answers 401; logout leaves the
+/// session alive until its TTL). Its requireAuth still accepts the newest access token.
+/// If the TypeScript code refreshes a migrated session through an old session-id cookie
+/// (rewriting the record without the rotation fields), the rotated cookie no longer
+/// finds it here (NOT_FOUND) and its record is left exactly as it wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_rotation_on_the_typescript_paths_that_stop_working_are_left_intact() {
+    let app = TestApp::spawn_with(StoreKind::Valkey, &["--refresh-token-rotation", "on"]).await;
+    let mut conn = app.valkey().client().await;
+    let did = unique_did();
+    let (sid, access) = (ts_token(70), ts_token(71));
+    write_typescript_session(&mut conn, &sid, &access, &did).await;
+    let rotated = app.refresh(&sid).await.expect("migrates");
+    let r1 = rotated.refresh_token.clone();
+
+    // The TypeScript code looks a cookie up as `data:<cookie>`: nothing for a rotated one.
+    let found: Option<String> = conn.get(format!("{PREFIX}data:{r1}")).await.expect("GET");
+    assert!(
+        found.is_none(),
+        "TypeScript refresh and logout find no session"
+    );
+    // Its requireAuth reads accessTokenHash: the newest token's.
+    let data_key = format!("{PREFIX}data:{sid}");
+    let json: String = conn.get(&data_key).await.expect("data");
+    let object: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        object["accessTokenHash"],
+        sha256_hex(&rotated.access_token).as_str()
+    );
+
+    // The TypeScript refresh through the old session-id cookie rewrites the record.
+    let ts_access = ts_token(72);
+    let rewritten = format!(
+        r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{}}}"#,
+        sha256_hex(&ts_access),
+        now_ms() + 900_000,
+        object["createdAt"]
+    );
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(&data_key)
+        .arg(&rewritten)
+        .arg("EX")
+        .arg(604_800)
+        .cmd("SET")
+        .arg(format!("{PREFIX}access:{}", sha256_hex(&ts_access)))
+        .arg(&sid)
+        .arg("EX")
+        .arg(900)
+        .query_async(&mut conn)
+        .await
+        .expect("TypeScript refresh");
+    assert_eq!(
+        app.refresh(&r1)
+            .await
+            .expect_err("not this session's any more")
+            .code(),
+        Code::NotFound
+    );
+    assert!(!app.delete(&r1).await.expect("logout answers"));
+    let kept: String = conn.get(&data_key).await.expect("data");
+    assert_eq!(
+        kept, rewritten,
+        "what the TypeScript code wrote is untouched"
+    );
+    assert!(app.validate(&ts_access).await.valid);
+    // The session id is the refresh token of that record again.
+    assert!(app.refresh(&sid).await.is_ok());
+}
+
+/// With rotation on and several tabs, every RPC is still one script: validate finds any
+/// tab's token through its access key and the data, and a rotated cookie finds its
+/// session through its family key inside the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rpc_is_one_round_trip_with_tabs_and_rotation() {
+    use barazo_session::proto::RevokeOtherSessionsRequest;
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--refresh-token-rotation",
+            "on",
+            "--health-check-interval-ms",
+            "3600000",
+        ],
+    )
+    .await;
+    let did = unique_did();
+    // Warm up every script (the first call of each loads it).
+    let warm = app.create(&did, "alice.test").await;
+    let warm = app.refresh(&warm.refresh_token).await.expect("refresh");
+    app.validate(&warm.access_token).await;
+    app.delete(&warm.refresh_token).await.expect("delete");
+    let other = app.create(&did, "alice.test").await;
+    let _ = app
+        .client
+        .clone()
+        .revoke_other_sessions(RevokeOtherSessionsRequest {
+            refresh_token: other.refresh_token.clone(),
+        })
+        .await;
+
+    let mut monitor = Monitor::start(app.valkey()).await;
+    let (created, trips) = monitor.round_trips(app.create(&did, "alice.test")).await;
+    assert_eq!(trips, ["EVALSHA"], "CreateSession");
+    let (tab_a, trips) = monitor
+        .round_trips(app.refresh(&created.refresh_token))
+        .await;
+    assert_eq!(trips, ["EVALSHA"], "RefreshSession");
+    let tab_a = tab_a.expect("refresh");
+    let (tab_b, trips) = monitor
+        .round_trips(app.refresh_tab(&tab_a.refresh_token, &tab_a.access_token))
+        .await;
+    assert_eq!(trips, ["EVALSHA"], "RefreshSession with the rotated cookie");
+    let tab_b = tab_b.expect("refresh");
+    for token in [&created.access_token, &tab_b.access_token] {
+        let (answer, trips) = monitor.round_trips(app.validate(token)).await;
+        assert!(answer.valid);
+        assert_eq!(trips, ["EVALSHA"], "ValidateAccessToken");
+    }
+    let (answer, trips) = monitor
+        .round_trips(
+            app.client
+                .clone()
+                .revoke_other_sessions(RevokeOtherSessionsRequest {
+                    refresh_token: tab_b.refresh_token.clone(),
+                }),
+        )
+        .await;
+    answer.expect("revoke others");
+    assert_eq!(trips, ["EVALSHA"], "RevokeOtherSessions");
+    let (deleted, trips) = monitor.round_trips(app.delete(&tab_b.refresh_token)).await;
+    assert!(deleted.expect("delete"));
+    assert_eq!(trips, ["EVALSHA"], "DeleteSession");
 }

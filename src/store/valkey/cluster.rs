@@ -22,17 +22,25 @@
 //!   only after its own session is indexed, so of concurrent creates the last to list sees
 //!   every session of the DID, and each revokes the same least recently refreshed ones (one
 //!   order: `refreshedAt`, then the sid); after quiescence no more than the cap are live.
+//! - **A refresh token's role is decided where it rotates**: in the single-key script on
+//!   the data (with the new access token), so concurrent refreshes with one cookie
+//!   converge on one successor and no interleaving leaves two; the family key
+//!   (`refresh:<digest>` → sid) is written before the data, like the index, and finds a
+//!   session only through data that names the token. Checks before the script (on the
+//!   data node's clock) only save work.
 //! - **A call runs to its end even when its caller goes away** (client cancel, request
 //!   timeout): each operation runs as its own task, so a cancellation cannot stop it
 //!   between two steps. Only a crash of the process can; what it leaves then still
 //!   expires on its own and never validates.
 //!
-//! Round trips: validate 2 (`GET` access, then a script reading data and `TIME`); create 3 + 1 `SRANDMEMBER` + 1 `EXISTS` per sampled member (+1
-//! `SREM` per expired one); with a cap 4 (the last an `SCARD`) while the index holds no
-//! more than the cap, else + 1 `SMEMBERS` + 1 `GET` per member (+1 `SREM` per expired one,
-//! +4 per session revoked); refresh 6 (7–8 after concurrent refreshes); delete 4; delete-all 1 + 4 per session;
-//! list 1 + 1 per member; revoke-in-DID 5; revoke-others 2 + 4 per other session (counted
-//! with `MONITOR` in `tests/it/cluster.rs`).
+//! Round trips: validate 2 (`GET` access, then a script reading data and `TIME`); create 3
+//! plus 1 `SRANDMEMBER` and 1 `EXISTS` per sampled member (and 1 `SREM` per expired one);
+//! with a cap 4 (the last an `SCARD`) while the index holds no more than the cap, else
+//! also 1 `SMEMBERS`, 1 `GET` per member (1 `SREM` per expired one) and a revocation per
+//! session revoked; refresh 5 and 1 per token dropped; a revocation (delete) 3 and 1 per
+//! access token; delete-all 1 and a revocation per session; list 1 and 1 per member;
+//! revoke-in-DID 5; revoke-others 2 and a revocation per other session (counted with
+//! `MONITOR` in `tests/it/cluster.rs`).
 //!
 //! Expiry is judged on the clock of the node holding the session's data (read with it in
 //! one single-key script), not on the clock of whichever replica of the service asks.
@@ -43,9 +51,11 @@
 use super::link::ClusterLink;
 use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms};
 use crate::metrics::Metrics;
-use crate::session::{ClientFacts, SessionRecord};
+use crate::rotation::{Candidate, Lookup, Presented};
+use crate::session::{ClientFacts, Role, SessionRecord, log_prefix, sha256_hex};
 use crate::store::{
-    Created, Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refreshed, SessionStore, StoreError,
+    ByRefresh, Created, Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, Refreshed,
+    SessionStore, StoreError,
 };
 use opentelemetry::context::FutureExt as _;
 use redis::cluster::ClusterClient;
@@ -54,6 +64,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A point between two steps of an operation, where a test can hold the operation while
 /// others run ([`ValkeyClusterStore::with_step_hook`]), to force the interleavings that
@@ -71,12 +82,29 @@ pub enum Step {
     CreateCapListed,
     /// Refresh: the data is read, nothing written yet.
     RefreshRead,
-    /// Refresh: the new data is written, the new access key not yet.
+    /// Refresh: the new data is written (and the dropped tokens' keys deleted), the new
+    /// access key not yet.
     RefreshDataWritten,
     /// Delete-all: the index is listed, nothing revoked yet.
     DeleteAllListed,
     /// Delete: the data is read, nothing revoked yet.
     DeleteRead,
+}
+
+/// A [`Refresh`] the operation's own task can own.
+struct OwnedRefresh {
+    new_access_hash: String,
+    previous_access_hash: Option<String>,
+    client: Option<ClientFacts>,
+    rotation: Option<Candidate>,
+}
+
+/// The family hash of a rotated token, '' for a sid (the scripts' convention).
+fn family_of(presented: &Presented) -> &str {
+    match &presented.lookup {
+        Lookup::Sid(_) => "",
+        Lookup::Family(family) => family,
+    }
 }
 
 /// Called at each [`Step`]; the operation waits for the future it returns.
@@ -345,7 +373,9 @@ impl Shared {
             .arg(millis(lifetimes.session))
             .arg(millis(lifetimes.access_token))
             .arg(&record.user_agent)
-            .arg(&record.ip_address);
+            .arg(&record.ip_address)
+            .arg(record.refresh_family.as_deref().unwrap_or(""))
+            .arg(record.refresh_token_hash.as_deref().unwrap_or(""));
         let json: Vec<u8> = observe(
             &self.metrics,
             script!("create_data"),
@@ -359,6 +389,16 @@ impl Shared {
         self.index(&mut conn, &record.did, &record.sid, lifetimes)
             .await?;
         self.step(Step::CreateIndexed).await;
+        // The refresh token's family key, before the caller can hold the token.
+        if let Some(family) = &record.refresh_family {
+            self.set_px(
+                &mut conn,
+                self.keys.refresh(family),
+                &record.sid,
+                lifetimes.session,
+            )
+            .await?;
+        }
         self.set_px(
             &mut conn,
             self.keys.access(&record.access_token_hash),
@@ -497,92 +537,238 @@ impl Shared {
     async fn refresh(
         self: Arc<Self>,
         mut conn: ClusterConnection,
-        sid: String,
-        new_access_hash: String,
-        client: Option<ClientFacts>,
+        presented: Presented,
+        refresh: OwnedRefresh,
         lifetimes: Lifetimes,
-    ) -> Result<Refreshed, StoreError> {
-        let Some(record) = self.read(&mut conn, &sid).await? else {
-            return Ok(Refreshed::Missing);
+    ) -> Result<ByRefresh<Refreshed>, StoreError> {
+        let Some(sid) = self.find_sid(&mut conn, &presented).await? else {
+            return Ok(ByRefresh::NotFound);
+        };
+        let Some((record, now)) = self.read_on_clock(&mut conn, &sid).await? else {
+            return Ok(ByRefresh::NotFound);
         };
         // An unreadable session is refused before anything is written.
         let record = record?;
+        // A first look at the token's role, on the data node's clock (the script decides
+        // again, atomically): an old token revokes the session without writing first.
+        match record.role_of(&presented, now, lifetimes.tokens.grace_ms()) {
+            Role::Foreign => return Ok(ByRefresh::NotFound),
+            Role::Reuse => return self.revoke_reused(&mut conn, &record).await,
+            Role::Current | Role::Grace => {}
+        }
         self.step(Step::RefreshRead).await;
         // The index first, so that it outlives the data the refresh is about to extend
         // (stopping in between leaves an index that lives longer, never shorter). SADD
         // heals an index that lost this member; the data existed a moment ago, so this is
         // not a member pruning could take for one being created.
         self.index(&mut conn, &record.did, &sid, lifetimes).await?;
-        let read_hash = record.access_token_hash.clone();
-        // Revoke the old token first: whatever happens next, it no longer validates.
-        self.del(&mut conn, self.keys.access(&read_hash)).await?;
+        // The family key too, for the same reason: the family the session has, or the one
+        // a session id moves to if this token is still its current one (if the script
+        // then decides otherwise, that key names a family no token of the session has: it
+        // finds nothing and expires).
+        let family = record.refresh_family.clone().or_else(|| {
+            refresh
+                .rotation
+                .as_ref()
+                .map(|candidate| candidate.family_hash.clone())
+        });
+        if let Some(family) = &family {
+            self.set_px(
+                &mut conn,
+                self.keys.refresh(family),
+                &sid,
+                lifetimes.session,
+            )
+            .await?;
+        }
         // Only while the session exists, so a concurrent delete is never undone; stamped
-        // on the data node's clock; answers the record it replaced, to clean up after a
-        // concurrent refresh.
+        // on the data node's clock; the token list is computed there from the data as it
+        // is at that moment, so concurrent refreshes keep each other's tokens. The tokens it
+        // drops (the tab's previous one, expired ones, the oldest past the cap) stop
+        // validating with that write: the data no longer names them.
+        let client = refresh.client.as_ref();
         let mut invocation = self.scripts.refresh_data.prepare_invoke();
         invocation
             .key(self.keys.data(&sid))
             .arg(&sid)
-            .arg(&record.did)
-            .arg(&record.handle)
-            .arg(&new_access_hash)
-            .arg(record.created_at)
+            .arg(&refresh.new_access_hash)
             .arg(millis(lifetimes.session))
-            .arg(millis(lifetimes.access_token));
-        // New device facts when given, else the stored ones.
-        let facts = client.unwrap_or_else(|| record.client());
+            .arg(millis(lifetimes.access_token))
+            .arg(if client.is_some() { "1" } else { "0" })
+            .arg(client.map_or("", |c| c.user_agent.as_str()))
+            .arg(client.map_or("", |c| c.ip_address.as_str()))
+            .arg(lifetimes.max_ms())
+            .arg(refresh.previous_access_hash.as_deref().unwrap_or(""))
+            .arg(lifetimes.tokens.max_access_tokens)
+            .arg(family_of(&presented))
+            .arg(&presented.token_hash)
+            .arg(lifetimes.tokens.grace_ms());
+        let candidate = refresh.rotation.as_ref();
         invocation
-            .arg(&facts.user_agent)
-            .arg(&facts.ip_address)
-            .arg(lifetimes.max_ms());
-        let written: Option<(Vec<u8>, Vec<u8>, u64)> = observe(
+            .arg(candidate.map_or("", |c| c.nonce.as_str()))
+            .arg(candidate.map_or("", |c| c.successor_hash.as_str()))
+            .arg(candidate.map_or("", |c| c.family_hash.as_str()));
+        let written: Option<Vec<Vec<u8>>> = observe(
             &self.metrics,
             script!("refresh_data"),
             None,
             invocation.invoke_async(&mut conn),
         )
         .await?;
-        let Some((replaced, json, access_ttl_ms)) = written else {
-            return Ok(Refreshed::Missing);
+        let Some(written) = written else {
+            return Ok(ByRefresh::NotFound);
         };
-        if access_ttl_ms == 0 {
-            // Past its absolute deadline: the session ends now (the old token is revoked).
-            self.revoke(&mut conn, &sid).await?;
-            self.srem(&mut conn, &record.did, &sid).await?;
-            return Ok(Refreshed::PastLifetime);
-        }
-        let record = parse_record(&sid, &json)?;
-        self.step(Step::RefreshDataWritten).await;
-        // Concurrent refreshes of one session (several tabs) each read, revoke and write;
-        // the data's last writer wins. Each one then removes the access key of the
-        // refresh it replaced, and its own key if a later one replaced it in turn, so
-        // exactly the winner's key remains (no orphan until the access TTL).
-        if let Ok(previous) = parse_record(&sid, &replaced)
-            && previous.access_token_hash != read_hash
-            && previous.access_token_hash != new_access_hash
-        {
-            self.del(&mut conn, self.keys.access(&previous.access_token_hash))
+        let (json, access_ttl_ms, nonce, removed) = match written.as_slice() {
+            [status, json, ttl, nonce, removed @ ..] if status == b"ok" => {
+                let ttl = std::str::from_utf8(ttl)
+                    .ok()
+                    .and_then(|ttl| ttl.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        StoreError::Protocol(
+                            "refresh_data answered a TTL that is not a number".into(),
+                        )
+                    })?;
+                (json, ttl, nonce, removed)
+            }
+            [status] if status == b"expired" => {
+                // Past its absolute deadline: the session ends now, every token with it.
+                self.revoke(&mut conn, &sid).await?;
+                self.srem(&mut conn, &record.did, &sid).await?;
+                return Ok(ByRefresh::PastLifetime);
+            }
+            [status] if status == b"reuse" => {
+                // Rotated past this token since it was read: an old token after all.
+                return self.revoke_reused(&mut conn, &record).await;
+            }
+            [status] if status == b"corrupt" => {
+                // Replaced by something unreadable since it was read: nothing was written.
+                return Err(StoreError::CorruptSession {
+                    key_prefix: log_prefix(&sha256_hex(&sid)).to_owned(),
+                    reason: "unreadable when rewritten".to_owned(),
+                });
+            }
+            _ => {
+                return Err(StoreError::Protocol(
+                    "refresh_data answered an unexpected shape".into(),
+                ));
+            }
+        };
+        let record = parse_record(&sid, json)?;
+        // The dropped tokens' keys go now rather than at their TTL.
+        for hash in removed {
+            self.del(&mut conn, self.keys.access(&String::from_utf8_lossy(hash)))
                 .await?;
         }
+        self.step(Step::RefreshDataWritten).await;
         // The token lives no longer than the session's deadline (the script said how long).
         self.set_px(
             &mut conn,
-            self.keys.access(&new_access_hash),
+            self.keys.access(&refresh.new_access_hash),
             &sid,
             std::time::Duration::from_millis(access_ttl_ms),
         )
         .await?;
-        // Still ours? A later refresh or a delete may have replaced or removed the data
-        // since; then the key just written must not stay behind.
-        let still_ours = self
-            .read(&mut conn, &sid)
-            .await?
-            .is_some_and(|now| now.is_ok_and(|now| now.access_token_hash == new_access_hash));
-        if !still_ours {
-            self.del(&mut conn, self.keys.access(&new_access_hash))
+        // Still listed? A delete may have removed the data since, or a later refresh
+        // dropped this token past the cap (deleting a key that was not written yet); then
+        // the key just written must not stay behind.
+        let still_listed = self.read(&mut conn, &sid).await?.is_some_and(|now| {
+            now.is_ok_and(|now| {
+                now.live_tokens()
+                    .any(|(hash, _)| hash == refresh.new_access_hash)
+            })
+        });
+        if !still_listed {
+            self.del(&mut conn, self.keys.access(&refresh.new_access_hash))
                 .await?;
         }
-        Ok(Refreshed::Session(record))
+        Ok(ByRefresh::Found(Refreshed {
+            record,
+            successor_nonce: (!nonce.is_empty())
+                .then(|| String::from_utf8_lossy(nonce).into_owned()),
+        }))
+    }
+
+    /// The stored session under `sid` (as [`Shared::read`]) and the clock of the node that
+    /// holds it, in one single-key script.
+    async fn read_on_clock(
+        &self,
+        conn: &mut ClusterConnection,
+        sid: &str,
+    ) -> Result<Option<(Result<SessionRecord, StoreError>, i64)>, StoreError> {
+        let mut invocation = self.scripts.read.prepare_invoke();
+        invocation.key(self.keys.data(sid));
+        let found: Option<(Vec<u8>, String, String)> = observe(
+            &self.metrics,
+            script!("read"),
+            None,
+            invocation.invoke_async(conn),
+        )
+        .await?;
+        let Some((raw, seconds, micros)) = found else {
+            return Ok(None);
+        };
+        Ok(Some((parse_record(sid, &raw), time_ms(&seconds, &micros)?)))
+    }
+
+    /// The sid a presented refresh token names: itself, or its family key's value.
+    async fn find_sid(
+        &self,
+        conn: &mut ClusterConnection,
+        presented: &Presented,
+    ) -> Result<Option<String>, StoreError> {
+        match &presented.lookup {
+            Lookup::Sid(sid) => Ok(Some(sid.clone())),
+            Lookup::Family(family) => {
+                self.query(
+                    conn,
+                    command!("GET"),
+                    redis::cmd("GET").arg(self.keys.refresh(family)),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Revokes a session whose old refresh token was presented (reuse).
+    async fn revoke_reused<T>(
+        &self,
+        conn: &mut ClusterConnection,
+        record: &SessionRecord,
+    ) -> Result<ByRefresh<T>, StoreError> {
+        self.revoke(conn, &record.sid).await?;
+        self.srem(conn, &record.did, &record.sid).await?;
+        Ok(ByRefresh::Reused {
+            sid: record.sid.clone(),
+        })
+    }
+
+    /// The live session a presented refresh token names (as for refresh, but judged here,
+    /// not in a script: delete and revoke-others only remove). Reuse revokes it.
+    async fn by_refresh(
+        &self,
+        conn: &mut ClusterConnection,
+        presented: &Presented,
+        grace_ms: i64,
+    ) -> Result<ByRefresh<Result<SessionRecord, StoreError>>, StoreError> {
+        let Some(sid) = self.find_sid(conn, presented).await? else {
+            return Ok(ByRefresh::NotFound);
+        };
+        let Some((record, now)) = self.read_on_clock(conn, &sid).await? else {
+            return Ok(ByRefresh::NotFound);
+        };
+        let Ok(record) = record else {
+            // Unreadable: found (a logout still removes it), for a session id only.
+            return Ok(match presented.lookup {
+                Lookup::Sid(_) => ByRefresh::Found(record),
+                Lookup::Family(_) => ByRefresh::NotFound,
+            });
+        };
+        // The grace is judged on the data node's clock, whatever this replica's says.
+        Ok(match record.role_of(presented, now, grace_ms) {
+            Role::Foreign => ByRefresh::NotFound,
+            Role::Reuse => self.revoke_reused(conn, &record).await?,
+            Role::Current | Role::Grace => ByRefresh::Found(Ok(record)),
+        })
     }
 
     /// Revokes one session: its access key first, then its data. Returns what was stored
@@ -596,11 +782,16 @@ impl Shared {
             return Ok(None);
         };
         self.step(Step::DeleteRead).await;
-        // A corrupt record is removed all the same (its access key, unknown, expires on
-        // its own and never validates without the data).
+        // Every access token of the session goes, then its data. A corrupt record is
+        // removed all the same (its access keys, unknown, expire on their own and never
+        // validate without the data).
         if let Ok(record) = &record {
-            self.del(conn, self.keys.access(&record.access_token_hash))
-                .await?;
+            for (hash, _) in record.live_tokens() {
+                self.del(conn, self.keys.access(hash)).await?;
+            }
+            if let Some(family) = &record.refresh_family {
+                self.del(conn, self.keys.refresh(family)).await?;
+            }
         }
         self.del(conn, self.keys.data(sid)).await?;
         Ok(Some(record))
@@ -609,17 +800,24 @@ impl Shared {
     async fn delete(
         self: Arc<Self>,
         mut conn: ClusterConnection,
-        sid: String,
-    ) -> Result<bool, StoreError> {
+        presented: Presented,
+        grace_ms: i64,
+    ) -> Result<ByRefresh<()>, StoreError> {
+        let record = match self.by_refresh(&mut conn, &presented, grace_ms).await? {
+            ByRefresh::Found(record) => record,
+            other => return Ok(other.map_found(|_| ())),
+        };
+        let sid = match &record {
+            Ok(record) => record.sid.clone(),
+            Err(_) => presented.sid().unwrap_or_default().to_owned(),
+        };
         let Some(record) = self.revoke(&mut conn, &sid).await? else {
-            return Ok(false);
+            return Ok(ByRefresh::NotFound);
         };
         if let Ok(record) = record {
-            let mut srem = redis::cmd("SREM");
-            srem.arg(self.keys.did(&record.did)).arg(&sid);
-            let _: i64 = self.query(&mut conn, command!("SREM"), &srem).await?;
+            self.srem(&mut conn, &record.did, &sid).await?;
         }
-        Ok(true)
+        Ok(ByRefresh::Found(()))
     }
 
     /// The DID index's members.
@@ -681,14 +879,18 @@ impl Shared {
     async fn revoke_others(
         self: Arc<Self>,
         mut conn: ClusterConnection,
-        sid: String,
-    ) -> Result<Option<u32>, StoreError> {
-        let Some(Ok(own)) = self.read(&mut conn, &sid).await? else {
-            return Ok(None);
+        presented: Presented,
+        grace_ms: i64,
+    ) -> Result<ByRefresh<u32>, StoreError> {
+        let own = match self.by_refresh(&mut conn, &presented, grace_ms).await? {
+            ByRefresh::Found(Ok(own)) => own,
+            ByRefresh::Found(Err(_)) | ByRefresh::NotFound => return Ok(ByRefresh::NotFound),
+            ByRefresh::Reused { sid } => return Ok(ByRefresh::Reused { sid }),
+            ByRefresh::PastLifetime => return Ok(ByRefresh::PastLifetime),
         };
         let mut revoked = 0u32;
         for other in self.members(&mut conn, &own.did).await? {
-            if other == sid {
+            if other == own.sid {
                 continue;
             }
             if self.revoke(&mut conn, &other).await?.is_some() {
@@ -697,7 +899,7 @@ impl Shared {
             // As delete-all: exactly the members handled leave the index.
             self.srem(&mut conn, &own.did, &other).await?;
         }
-        Ok(Some(revoked))
+        Ok(ByRefresh::Found(revoked))
     }
 
     async fn delete_all_for_did(
@@ -771,14 +973,18 @@ impl SessionStore for ValkeyClusterStore {
 
     async fn refresh(
         &self,
-        sid: &str,
-        new_access_hash: &str,
-        client: Option<&ClientFacts>,
+        presented: &Presented,
+        refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
-    ) -> Result<Refreshed, StoreError> {
-        let (sid, new_access_hash) = (sid.to_owned(), new_access_hash.to_owned());
-        let client = client.cloned();
-        self.on_link(|shared, conn| shared.refresh(conn, sid, new_access_hash, client, lifetimes))
+    ) -> Result<ByRefresh<Refreshed>, StoreError> {
+        let presented = presented.clone();
+        let refresh = OwnedRefresh {
+            new_access_hash: refresh.new_access_hash.to_owned(),
+            previous_access_hash: refresh.previous_access_hash.map(str::to_owned),
+            client: refresh.client.cloned(),
+            rotation: refresh.rotation.cloned(),
+        };
+        self.on_link(|shared, conn| shared.refresh(conn, presented, refresh, lifetimes))
             .await
     }
 
@@ -794,15 +1000,26 @@ impl SessionStore for ValkeyClusterStore {
             .await
     }
 
-    async fn revoke_others(&self, sid: &str) -> Result<Option<u32>, StoreError> {
-        let sid = sid.to_owned();
-        self.on_link(|shared, conn| shared.revoke_others(conn, sid))
+    async fn revoke_others(
+        &self,
+        presented: &Presented,
+        grace: Duration,
+    ) -> Result<ByRefresh<u32>, StoreError> {
+        let presented = presented.clone();
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self.on_link(|shared, conn| shared.revoke_others(conn, presented, grace_ms))
             .await
     }
 
-    async fn delete(&self, sid: &str) -> Result<bool, StoreError> {
-        let sid = sid.to_owned();
-        self.on_link(|shared, conn| shared.delete(conn, sid)).await
+    async fn delete(
+        &self,
+        presented: &Presented,
+        grace: Duration,
+    ) -> Result<ByRefresh<()>, StoreError> {
+        let presented = presented.clone();
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self.on_link(|shared, conn| shared.delete(conn, presented, grace_ms))
+            .await
     }
 
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {

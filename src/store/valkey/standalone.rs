@@ -8,13 +8,16 @@
 
 use super::{Operation, Peer, ValkeyOptions, millis, observe, parse_record, store_error, time_ms};
 use crate::metrics::Metrics;
-use crate::session::{ClientFacts, SessionRecord, log_prefix, sha256_hex};
+use crate::rotation::{Lookup, Presented};
+use crate::session::{SessionRecord, log_prefix, sha256_hex};
 use crate::store::{
-    Created, Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refreshed, SessionStore, StoreError,
+    ByRefresh, Created, Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, Refreshed,
+    SessionStore, StoreError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, RedisError, Script};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One Lua script, hashed once at startup, with the names its round trips carry.
 /// `Script::invoke_async` sends `EVALSHA` and, on `NOSCRIPT` (a restarted or flushed Valkey),
@@ -39,6 +42,14 @@ macro_rules! lua_script {
             },
         }
     };
+}
+
+/// The family hash of a rotated token, '' for a sid (the scripts' convention).
+fn family_of(presented: &Presented) -> &str {
+    match &presented.lookup {
+        Lookup::Sid(_) => "",
+        Lookup::Family(family) => family,
+    }
 }
 
 /// The scripts, one per store operation.
@@ -115,6 +126,15 @@ impl ValkeyStore {
         })
     }
 
+    /// The key a presented refresh token names its session by: the data key of a sid, the
+    /// family key of a rotated token.
+    fn lookup_key(&self, presented: &Presented) -> String {
+        match &presented.lookup {
+            Lookup::Sid(sid) => self.keys.data(sid),
+            Lookup::Family(family) => self.keys.refresh(family),
+        }
+    }
+
     /// Runs one script invocation as one traced, measured round trip.
     async fn invoke<T: redis::FromRedisValue>(
         &self,
@@ -143,7 +163,11 @@ impl SessionStore for ValkeyStore {
         invocation
             .key(self.keys.data(&record.sid))
             .key(self.keys.access(&record.access_token_hash))
-            .key(self.keys.did(&record.did))
+            .key(self.keys.did(&record.did));
+        if let Some(family) = &record.refresh_family {
+            invocation.key(self.keys.refresh(family));
+        }
+        invocation
             .arg(&record.did)
             .arg(&record.sid)
             .arg(millis(lifetimes.session))
@@ -155,7 +179,9 @@ impl SessionStore for ValkeyStore {
             .arg(&record.user_agent)
             .arg(&record.ip_address)
             .arg(self.keys.prefix())
-            .arg(lifetimes.max_per_did());
+            .arg(lifetimes.max_per_did())
+            .arg(record.refresh_family.as_deref().unwrap_or(""))
+            .arg(record.refresh_token_hash.as_deref().unwrap_or(""));
         let (json, revoked): (Vec<u8>, u32) = self.invoke(script, &invocation).await?;
         Ok(Created {
             record: parse_record(&record.sid, &json)?,
@@ -184,53 +210,81 @@ impl SessionStore for ValkeyStore {
 
     async fn refresh(
         &self,
-        sid: &str,
-        new_access_hash: &str,
-        client: Option<&ClientFacts>,
+        presented: &Presented,
+        refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
-    ) -> Result<Refreshed, StoreError> {
+    ) -> Result<ByRefresh<Refreshed>, StoreError> {
         let script = &self.scripts.refresh;
+        let client = refresh.client;
+        let candidate = refresh.rotation;
         let mut invocation = script.script.prepare_invoke();
         invocation
-            .key(self.keys.data(sid))
-            .key(self.keys.access(new_access_hash))
+            .key(self.lookup_key(presented))
+            .key(self.keys.access(refresh.new_access_hash))
             .arg(self.keys.prefix())
-            .arg(sid)
-            .arg(new_access_hash)
+            .arg(presented.sid().unwrap_or(""))
+            .arg(refresh.new_access_hash)
             .arg(millis(lifetimes.session))
             .arg(millis(lifetimes.access_token))
             .arg(if client.is_some() { "1" } else { "0" })
             .arg(client.map_or("", |c| c.user_agent.as_str()))
             .arg(client.map_or("", |c| c.ip_address.as_str()))
-            .arg(lifetimes.max_ms());
-        let outcome: Option<(String, Vec<u8>)> = self.invoke(script, &invocation).await?;
-        match outcome {
-            None => Ok(Refreshed::Missing),
-            Some((status, json)) if status == "ok" => {
-                parse_record(sid, &json).map(Refreshed::Session)
+            .arg(lifetimes.max_ms())
+            .arg(refresh.previous_access_hash.unwrap_or(""))
+            .arg(lifetimes.tokens.max_access_tokens)
+            .arg(family_of(presented))
+            .arg(&presented.token_hash)
+            .arg(lifetimes.tokens.grace_ms())
+            .arg(candidate.map_or("", |c| c.nonce.as_str()))
+            .arg(candidate.map_or("", |c| c.successor_hash.as_str()))
+            .arg(candidate.map_or("", |c| c.family_hash.as_str()));
+        let outcome: Option<Vec<Vec<u8>>> = self.invoke(script, &invocation).await?;
+        let Some(outcome) = outcome else {
+            return Ok(ByRefresh::NotFound);
+        };
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        match outcome.as_slice() {
+            [status, json, sid, nonce] if status == b"ok" => {
+                let sid = text(sid);
+                Ok(ByRefresh::Found(Refreshed {
+                    record: parse_record(&sid, json)?,
+                    successor_nonce: (!nonce.is_empty()).then(|| text(nonce)),
+                }))
             }
-            // Past its absolute lifetime: the script has revoked it.
-            Some((status, _)) if status == "expired" => Ok(Refreshed::PastLifetime),
-            Some((status, reason)) if status == "corrupt" => Err(StoreError::CorruptSession {
-                key_prefix: log_prefix(&sha256_hex(sid)).to_owned(),
-                reason: String::from_utf8_lossy(&reason).into_owned(),
+            // Past its absolute lifetime: the script has removed it.
+            [status, _, _] if status == b"expired" => Ok(ByRefresh::PastLifetime),
+            [status, _, sid] if status == b"reuse" => Ok(ByRefresh::Reused { sid: text(sid) }),
+            [status, reason, sid] if status == b"corrupt" => Err(StoreError::CorruptSession {
+                key_prefix: log_prefix(&sha256_hex(&text(sid))).to_owned(),
+                reason: text(reason),
             }),
-            Some((status, _)) => Err(StoreError::Protocol(format!(
-                "refresh script returned status {status:?}"
-            ))),
+            _ => Err(StoreError::Protocol(
+                "refresh script answered an unexpected shape".into(),
+            )),
         }
     }
 
-    async fn delete(&self, sid: &str) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        presented: &Presented,
+        grace: Duration,
+    ) -> Result<ByRefresh<()>, StoreError> {
         let script = &self.scripts.delete;
         let mut invocation = script.script.prepare_invoke();
         invocation
-            .key(self.keys.data(sid))
+            .key(self.lookup_key(presented))
             .arg(self.keys.prefix())
-            .arg(sid)
-            .arg("");
-        let existed: i64 = self.invoke(script, &invocation).await?;
-        Ok(existed == 1)
+            .arg(presented.sid().unwrap_or(""))
+            .arg("")
+            .arg(family_of(presented))
+            .arg(&presented.token_hash)
+            .arg(millis(grace));
+        let (code, sid): (i64, String) = self.invoke(script, &invocation).await?;
+        Ok(match code {
+            1 => ByRefresh::Found(()),
+            2 => ByRefresh::Reused { sid },
+            _ => ByRefresh::NotFound,
+        })
     }
 
     async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {
@@ -259,20 +313,33 @@ impl SessionStore for ValkeyStore {
             .key(self.keys.data(sid))
             .arg(self.keys.prefix())
             .arg(sid)
-            .arg(did);
-        let revoked: i64 = self.invoke(script, &invocation).await?;
+            .arg(did)
+            .arg("")
+            .arg("")
+            .arg(0);
+        let (revoked, _): (i64, String) = self.invoke(script, &invocation).await?;
         Ok(revoked == 1)
     }
 
-    async fn revoke_others(&self, sid: &str) -> Result<Option<u32>, StoreError> {
+    async fn revoke_others(
+        &self,
+        presented: &Presented,
+        grace: Duration,
+    ) -> Result<ByRefresh<u32>, StoreError> {
         let script = &self.scripts.revoke_others;
         let mut invocation = script.script.prepare_invoke();
         invocation
-            .key(self.keys.data(sid))
+            .key(self.lookup_key(presented))
             .arg(self.keys.prefix())
-            .arg(sid);
-        let revoked: i64 = self.invoke(script, &invocation).await?;
-        Ok(u32::try_from(revoked).ok())
+            .arg(presented.sid().unwrap_or(""))
+            .arg(family_of(presented))
+            .arg(&presented.token_hash)
+            .arg(millis(grace));
+        let (count, sid): (i64, String) = self.invoke(script, &invocation).await?;
+        Ok(match count {
+            -2 => ByRefresh::Reused { sid },
+            count => u32::try_from(count).map_or(ByRefresh::NotFound, ByRefresh::Found),
+        })
     }
 
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {

@@ -253,6 +253,24 @@ impl TestApp {
             .map(tonic::Response::into_inner)
     }
 
+    /// Refreshes a session from a tab that holds `previous_access_token` (revoked by the
+    /// refresh when it is a live token of the session), returning the status on failure.
+    pub async fn refresh_tab(
+        &self,
+        refresh_token: &str,
+        previous_access_token: &str,
+    ) -> Result<RefreshSessionResponse, tonic::Status> {
+        self.client
+            .clone()
+            .refresh_session(RefreshSessionRequest {
+                refresh_token: refresh_token.into(),
+                previous_access_token: previous_access_token.into(),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// Refreshes one session from `n` concurrent tasks; returns the new access tokens.
     pub async fn refresh_concurrently(&self, refresh_token: &str, n: usize) -> Vec<String> {
         let tasks: Vec<_> = (0..n)

@@ -55,6 +55,14 @@ impl Monitor {
         (output, self.finish(start).await)
     }
 
+    /// Runs `action` and returns its output with every line `MONITOR` printed meanwhile
+    /// (the commands a script runs included), to search for what must never be sent.
+    pub async fn lines<T>(&mut self, action: impl Future<Output = T>) -> (T, Vec<String>) {
+        let start = self.begin().await;
+        let output = action.await;
+        (output, self.finish_lines(start).await)
+    }
+
     /// Starts a measurement: returns its start marker, for [`Monitor::finish`]. (For several
     /// nodes at once, as in a cluster: begin on each, act, finish on each.)
     pub async fn begin(&mut self) -> String {
@@ -63,6 +71,22 @@ impl Monitor {
 
     /// The names of the top-level commands (round trips) Valkey received since `start`.
     pub async fn finish(&mut self, start: String) -> Vec<String> {
+        self.finish_lines(start)
+            .await
+            .iter()
+            .filter_map(|line| {
+                // `+<time> [<db> <client or lua>] "CMD" "arg" ...`
+                let (client, rest) = line.split_once("] ")?;
+                if client.ends_with(" lua") {
+                    return None;
+                }
+                Some(rest.split('"').nth(1).unwrap_or_default().to_uppercase())
+            })
+            .collect()
+    }
+
+    /// Every line `MONITOR` printed since `start`.
+    async fn finish_lines(&mut self, start: String) -> Vec<String> {
         let end = self.mark().await;
         let mut seen_start = false;
         let mut commands = Vec::new();
@@ -84,15 +108,7 @@ impl Monitor {
             if !seen_start {
                 continue;
             }
-            // `+<time> [<db> <client or lua>] "CMD" "arg" ...`
-            let Some((client, rest)) = line.split_once("] ") else {
-                continue;
-            };
-            if client.ends_with(" lua") {
-                continue;
-            }
-            let name = rest.split('"').nth(1).unwrap_or_default().to_uppercase();
-            commands.push(name);
+            commands.push(line);
         }
     }
 }

@@ -4,7 +4,10 @@
 -- ARGV[1] = did, ARGV[2] = sid, ARGV[3] = session TTL (ms),
 -- ARGV[4] = access token TTL (ms), ARGV[5] = <prefix>data:, ARGV[6] = prune sample size,
 -- ARGV[7] = handle, ARGV[8] = access token hash, ARGV[9] = User-Agent, ARGV[10] = IP
--- address (both may be empty), ARGV[11] = <prefix>, ARGV[12] = most sessions per DID (0: no cap)
+-- address (both may be empty), ARGV[11] = <prefix>, ARGV[12] = most sessions per DID (0: no cap),
+-- ARGV[13] = with rotation on, the SHA-256 of the refresh token's family ('' when off),
+-- ARGV[14] = the SHA-256 of the refresh token;
+-- KEYS[4] = <prefix>refresh:<family hash> (only with rotation on)
 -- Returns {the session JSON written (createdAt and accessTokenExpiresAt on Valkey's clock),
 -- how many sessions the cap revoked}.
 local cap = tonumber(ARGV[12])
@@ -62,9 +65,16 @@ elseif cap == 0 then
   end
 end
 local now = now_ms()
+local rotation = nil
+if ARGV[13] ~= '' then
+  rotation = {family = ARGV[13], hash = ARGV[14]}
+end
 local json = session_json(ARGV[2], ARGV[1], ARGV[7], ARGV[8], now + tonumber(ARGV[4]), now,
-  now, ARGV[9], ARGV[10])
+  now, ARGV[9], ARGV[10], nil, rotation)
 redis.call('SET', KEYS[1], json, 'PX', ARGV[3])
+if rotation then
+  redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[3])
+end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
 -- Only ever extend the index TTL: it must outlive every session it lists, including ones

@@ -1,13 +1,27 @@
--- Rotates a session's access token atomically.
--- KEYS[1] = <prefix>data:<sid>, KEYS[2] = <prefix>access:<new hash>
--- ARGV[1] = <prefix>, ARGV[2] = sid, ARGV[3] = new access token hash,
+-- Refreshes the session a refresh token names, atomically: adds an access token (one per
+-- tab, see next_tokens) and, with rotation, moves the refresh token on (see refresh_role).
+-- KEYS[1] = what names the session: <prefix>data:<sid> for a token that is a sid, else
+-- <prefix>refresh:<family hash>; KEYS[2] = <prefix>access:<new hash>
+-- ARGV[1] = <prefix>, ARGV[2] = sid ('' for a family token), ARGV[3] = new access token hash,
 -- ARGV[4] = session TTL (ms), ARGV[5] = access token TTL (ms), ARGV[6] = '1' when the
 -- device facts are replaced by ARGV[7] (User-Agent) and ARGV[8] (IP address), else kept,
--- ARGV[9] = the absolute lifetime since createdAt (ms; 0: none)
+-- ARGV[9] = the absolute lifetime since createdAt (ms; 0: none), ARGV[10] = the refreshing
+-- tab's previous access token hash ('' when none), ARGV[11] = most access tokens per session,
+-- ARGV[12] = the token's family hash ('' for a sid), ARGV[13] = the token's SHA-256,
+-- ARGV[14] = the reuse grace (ms), ARGV[15] = with rotation on, the candidate successor's
+-- nonce ('' when off), ARGV[16] = its SHA-256, ARGV[17] = its family hash
 -- The new token's expiry is Valkey's clock plus its TTL.
--- Returns nil (no session), {'corrupt', reason} (nothing written), {'expired', ''} (past
--- its absolute deadline: the session is gone now), or {'ok', new JSON}.
-local raw = redis.call('GET', KEYS[1])
+-- Returns nil (no session, or not this token's), {'corrupt', reason, sid} (nothing
+-- written), {'expired', '', sid} (past its absolute deadline: the session is gone now),
+-- {'reuse', '', sid} (an old refresh token: the session is revoked now), or
+-- {'ok', new JSON, sid, nonce} (nonce: the presented token's successor is derived with it;
+-- '' when there is none).
+local sid = find_sid(ARGV[1], ARGV[12], ARGV[2])
+if not sid then
+  return false
+end
+local data_key = ARGV[1] .. 'data:' .. sid
+local raw = redis.call('GET', data_key)
 if not raw then
   return false
 end
@@ -42,11 +56,11 @@ local function utf8_valid(text)
   return true
 end
 if not utf8_valid(raw) then
-  return {'corrupt', 'not UTF-8'}
+  return {'corrupt', 'not UTF-8', sid}
 end
 local ok, s = pcall(cjson.decode, raw)
 if not ok or type(s) ~= 'table' then
-  return {'corrupt', 'not a JSON object'}
+  return {'corrupt', 'not a JSON object', sid}
 end
 -- The same rules the service applies when it reads a session, checked before any write, so
 -- that refresh never revives data that validation would refuse.
@@ -54,25 +68,40 @@ local function epoch_ms(n)
   -- An integer a double holds exactly; refuses NaN, infinities and exponent-sized values.
   return type(n) == 'number' and n >= 0 and n < 9007199254740992 and n == math.floor(n)
 end
-if s.sid ~= ARGV[2] or type(s.did) ~= 'string' or type(s.handle) ~= 'string'
+if s.sid ~= sid or type(s.did) ~= 'string' or type(s.handle) ~= 'string'
     or type(s.accessTokenHash) ~= 'string' or not epoch_ms(s.accessTokenExpiresAt)
     or not epoch_ms(s.createdAt)
     or (s.refreshedAt ~= nil and not epoch_ms(s.refreshedAt))
     or (s.userAgent ~= nil and type(s.userAgent) ~= 'string')
-    or (s.ipAddress ~= nil and type(s.ipAddress) ~= 'string') then
-  return {'corrupt', 'missing or mistyped fields'}
+    or (s.ipAddress ~= nil and type(s.ipAddress) ~= 'string')
+    or not tokens_readable(s.accessTokens) or not rotation_readable(s) then
+  return {'corrupt', 'missing or mistyped fields', sid}
 end
--- The old token stops validating now, not when its key would have expired.
-redis.call('DEL', ARGV[1] .. 'access:' .. s.accessTokenHash)
+if s.accessTokens ~= nil then
+  for _, t in ipairs(s.accessTokens) do
+    if not epoch_ms(t.expiresAt) then
+      return {'corrupt', 'missing or mistyped fields', sid}
+    end
+  end
+end
 local now = now_ms()
+local role = refresh_role(s, ARGV[12], ARGV[13], now, tonumber(ARGV[14]))
+if role == 'foreign' then
+  return false
+end
+if role == 'reuse' then
+  -- An old refresh token: stolen, or a tab far behind. The whole session ends now.
+  revoke_session(ARGV[1], sid)
+  return {'reuse', '', sid}
+end
 local session_ttl, access_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local max = tonumber(ARGV[9])
 if max > 0 then
   local left = s.createdAt + max - now
   if left <= 0 then
     -- Past its absolute deadline: the session ends now, whatever its sliding TTL says.
-    revoke_session(ARGV[1], ARGV[2])
-    return {'expired', ''}
+    revoke_session(ARGV[1], sid)
+    return {'expired', '', sid}
   end
   -- Neither the data nor the new token outlives the deadline.
   session_ttl, access_ttl = math.min(session_ttl, left), math.min(access_ttl, left)
@@ -81,15 +110,37 @@ local user_agent, ip_address = s.userAgent, s.ipAddress
 if ARGV[6] == '1' then
   user_agent, ip_address = ARGV[7], ARGV[8]
 end
+-- The tab's previous token, expired ones and any past the cap stop validating now, not
+-- when their keys would have expired; the session's other tokens stay.
+local tokens, removed = next_tokens(s, ARGV[10], tonumber(ARGV[11]), now)
+for _, hash in ipairs(removed) do
+  redis.call('DEL', ARGV[1] .. 'access:' .. hash)
+end
+-- Rotation: the current token moves on to the candidate (a session id gets a family);
+-- the previous one within the grace gets the successor it already has.
+local rotation = rotation_of(s)
+local nonce = ''
+if role == 'current' and ARGV[15] ~= '' then
+  rotation = {family = rotation and rotation.family or ARGV[17], hash = ARGV[16],
+    previous = ARGV[13], rotatedAt = now, nonce = ARGV[15]}
+  nonce = ARGV[15]
+elseif role == 'grace' and rotation and rotation.nonce then
+  nonce = rotation.nonce
+end
 local json = session_json(s.sid, s.did, s.handle, ARGV[3], now + access_ttl,
-  s.createdAt, now, user_agent, ip_address)
-redis.call('SET', KEYS[1], json, 'PX', string.format('%.0f', session_ttl))
-redis.call('SET', KEYS[2], ARGV[2], 'PX', string.format('%.0f', access_ttl))
+  s.createdAt, now, user_agent, ip_address, tokens, rotation)
+redis.call('SET', data_key, json, 'PX', string.format('%.0f', session_ttl))
+redis.call('SET', KEYS[2], sid, 'PX', string.format('%.0f', access_ttl))
+if rotation then
+  -- The family key lives as long as the session it names.
+  redis.call('SET', ARGV[1] .. 'refresh:' .. rotation.family, sid, 'PX',
+    string.format('%.0f', session_ttl))
+end
 -- Sliding window for the index too (only ever extended, as in create.lua); SADD heals an
 -- index that lost this member.
 local index = ARGV[1] .. 'did:' .. s.did
-redis.call('SADD', index, ARGV[2])
+redis.call('SADD', index, sid)
 if redis.call('PTTL', index) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', index, ARGV[4])
 end
-return {'ok', json}
+return {'ok', json, sid, nonce}

@@ -15,10 +15,13 @@ end
 local function str(value)
   return (string.gsub(cjson.encode(value), '\\/', '/'))
 end
--- The three facts after the six TypeScript fields are this service's own: the TypeScript
--- code drops them when it rewrites a session.
+-- The facts after the six TypeScript fields are this service's own: the TypeScript code
+-- drops them when it rewrites a session. `tokens` (may be nil) are the session's other live
+-- access tokens, oldest first, as {hash = ..., expiresAt = ...}; `rotation` (may be nil)
+-- its refresh-token rotation state, {family, hash, previous, rotatedAt, nonce} (only family
+-- and hash before the first rotation).
 local function session_json(sid, did, handle, hash, expires_at, created_at, refreshed_at,
-    user_agent, ip_address)
+    user_agent, ip_address, tokens, rotation)
   local json = '{"sid":' .. str(sid)
     .. ',"did":' .. str(did)
     .. ',"handle":' .. str(handle)
@@ -32,7 +35,149 @@ local function session_json(sid, did, handle, hash, expires_at, created_at, refr
   if ip_address ~= nil and ip_address ~= '' then
     json = json .. ',"ipAddress":' .. str(ip_address)
   end
+  if tokens ~= nil and #tokens > 0 then
+    local parts = {}
+    for i, t in ipairs(tokens) do
+      parts[i] = '{"hash":' .. str(t.hash) .. ',"expiresAt":' .. string.format('%.0f', t.expiresAt)
+        .. '}'
+    end
+    json = json .. ',"accessTokens":[' .. table.concat(parts, ',') .. ']'
+  end
+  if rotation ~= nil then
+    json = json .. ',"refreshFamily":' .. str(rotation.family)
+      .. ',"refreshTokenHash":' .. str(rotation.hash)
+    if rotation.previous ~= nil then
+      json = json .. ',"previousRefreshTokenHash":' .. str(rotation.previous)
+        .. ',"rotatedAt":' .. string.format('%.0f', rotation.rotatedAt)
+        .. ',"rotationNonce":' .. str(rotation.nonce)
+    end
+  end
   return json .. '}'
+end
+-- The rotation state of a decoded session (see session_json), or nil when its refresh
+-- token never rotated (it is its sid).
+local function rotation_of(s)
+  if type(s.refreshTokenHash) ~= 'string' or type(s.refreshFamily) ~= 'string' then
+    return nil
+  end
+  local rotation = {family = s.refreshFamily, hash = s.refreshTokenHash}
+  if type(s.previousRefreshTokenHash) == 'string' and type(s.rotatedAt) == 'number'
+      and type(s.rotationNonce) == 'string' then
+    rotation.previous = s.previousRefreshTokenHash
+    rotation.rotatedAt = s.rotatedAt
+    rotation.nonce = s.rotationNonce
+  end
+  return rotation
+end
+-- Whether the rotation fields of a decoded session are absent or of the types the service
+-- reads (checked before any write).
+local function rotation_readable(s)
+  for _, field in ipairs({'refreshFamily', 'refreshTokenHash', 'previousRefreshTokenHash',
+      'rotationNonce'}) do
+    if s[field] ~= nil and type(s[field]) ~= 'string' then
+      return false
+    end
+  end
+  return s.rotatedAt == nil or type(s.rotatedAt) == 'number'
+end
+-- What a presented refresh token (its SHA-256 `token_hash`; `family` is the digest of its
+-- family, or '' when it was presented as a sid and found the data under it) is to the
+-- session `s`: 'current', 'grace' (the previous one less than `grace` ms after its rotation),
+-- 'reuse' (older, or the previous one after the grace) or 'foreign' (not this session's:
+-- a family token whose record was rewritten by a writer that does not know rotation).
+-- The rules of SessionRecord::role_of.
+local function refresh_role(s, family, token_hash, now, grace)
+  if type(s.refreshTokenHash) ~= 'string' then
+    if family == '' then
+      return 'current'
+    end
+    return 'foreign'
+  end
+  if family ~= '' and s.refreshFamily ~= family then
+    return 'foreign'
+  end
+  if s.refreshTokenHash == token_hash then
+    return 'current'
+  end
+  if s.previousRefreshTokenHash == token_hash and type(s.rotatedAt) == 'number'
+      and now - s.rotatedAt < grace then
+    return 'grace'
+  end
+  return 'reuse'
+end
+-- The sid a presented refresh token names: its family's `refresh:` key's value, or the
+-- token itself when it is a sid (`family` empty). nil when there is none.
+local function find_sid(prefix, family, sid)
+  if family == '' then
+    return sid
+  end
+  local found = redis.call('GET', prefix .. 'refresh:' .. family)
+  if not found then
+    return nil
+  end
+  return found
+end
+-- Every access token a decoded session names: the newest (accessTokenHash) and the others
+-- (accessTokens), as hashes. What a revocation deletes.
+local function token_hashes(s)
+  local hashes = {}
+  if type(s) ~= 'table' then
+    return hashes
+  end
+  if type(s.accessTokens) == 'table' then
+    for _, t in ipairs(s.accessTokens) do
+      if type(t) == 'table' and type(t.hash) == 'string' then
+        hashes[#hashes + 1] = t.hash
+      end
+    end
+  end
+  if type(s.accessTokenHash) == 'string' then
+    hashes[#hashes + 1] = s.accessTokenHash
+  end
+  return hashes
+end
+-- Whether a decoded `accessTokens` is absent or a list of {hash, expiresAt} as the service
+-- reads it (checked before any write, like the other fields).
+local function tokens_readable(tokens)
+  if tokens == nil then
+    return true
+  end
+  if type(tokens) ~= 'table' then
+    return false
+  end
+  for _, t in ipairs(tokens) do
+    if type(t) ~= 'table' or type(t.hash) ~= 'string' or type(t.expiresAt) ~= 'number' then
+      return false
+    end
+  end
+  return true
+end
+-- The session's other live tokens once `new` becomes its newest, and the hashes to revoke:
+-- `previous` (the refreshing tab's own token) when live, expired ones, and past
+-- `max_tokens` the oldest. The rules of SessionRecord::add_access_token.
+local function next_tokens(s, previous, max_tokens, now)
+  local all = {}
+  if type(s.accessTokens) == 'table' then
+    for _, t in ipairs(s.accessTokens) do
+      all[#all + 1] = t
+    end
+  end
+  all[#all + 1] = {hash = s.accessTokenHash, expiresAt = s.accessTokenExpiresAt}
+  local keep, removed = {}, {}
+  for _, t in ipairs(all) do
+    if t.hash ~= '' then
+      if t.expiresAt <= now or t.hash == previous then
+        removed[#removed + 1] = t.hash
+      else
+        keep[#keep + 1] = {hash = t.hash, expiresAt = t.expiresAt}
+      end
+    end
+  end
+  local room = math.max(max_tokens, 1) - 1
+  while #keep > room do
+    removed[#removed + 1] = table.remove(keep, 1).hash
+  end
+  return keep, removed
 end
 -- A stored record decoded, or nil when it is not a JSON object (a corrupt or foreign value).
 local function decode_session(raw)
@@ -42,11 +187,11 @@ local function decode_session(raw)
   end
   return nil
 end
--- Revokes one session: its access key (first: from then on no token of it validates), its
--- entry in its DID index, and its data. The one place a script deletes a session's keys, so
--- what a session owns is listed once. A record that cannot be read is removed all the same
--- (its access key, unknown without the JSON, expires on its own and never validates without
--- the data). Returns whether a session existed.
+-- Revokes one session: every access key it names (first: from then on none of its tokens
+-- validates), its refresh-token family key, its entry in its DID index, and its data. The one place a script deletes a
+-- session's keys, so what a session owns is listed once. A record that cannot be read is
+-- removed all the same (its access keys, unknown without the JSON, expire on their own and
+-- never validate without the data). Returns whether a session existed.
 local function revoke_session(prefix, sid)
   local data_key = prefix .. 'data:' .. sid
   local raw = redis.call('GET', data_key)
@@ -55,8 +200,11 @@ local function revoke_session(prefix, sid)
   end
   local s = decode_session(raw)
   if s then
-    if type(s.accessTokenHash) == 'string' then
-      redis.call('DEL', prefix .. 'access:' .. s.accessTokenHash)
+    for _, hash in ipairs(token_hashes(s)) do
+      redis.call('DEL', prefix .. 'access:' .. hash)
+    end
+    if type(s.refreshFamily) == 'string' then
+      redis.call('DEL', prefix .. 'refresh:' .. s.refreshFamily)
     end
     if type(s.did) == 'string' then
       redis.call('SREM', prefix .. 'did:' .. s.did, sid)

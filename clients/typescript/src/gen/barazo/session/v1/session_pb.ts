@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file barazo/session/v1/session.proto.
  */
 export const file_barazo_session_v1_session: GenFile = /*@__PURE__*/
-  fileDesc("Ch9iYXJhem8vc2Vzc2lvbi92MS9zZXNzaW9uLnByb3RvEhFiYXJhem8uc2Vzc2lvbi52MSI0CgpDbGllbnRJbmZvEhIKCnVzZXJfYWdlbnQYASABKAkSEgoKaXBfYWRkcmVzcxgCIAEoCSK5AgoHU2Vzc2lvbhILCgNkaWQYASABKAkSDgoGaGFuZGxlGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzZXNzaW9uX2tleRgFIAEoCRIwCgxyZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmNsaWVudBgIIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8iYgoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEg4KBmhhbmRsZRgCIAEoCRItCgZjbGllbnQYAyABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvInEKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhouYmFyYXpvLnNlc3Npb24udjEuU2Vzc2lvbhIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSFQoNcmVmcmVzaF90b2tlbhgDIAEoCSIyChpWYWxpZGF0ZUFjY2Vzc1Rva2VuUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiWQobVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEisKB3Nlc3Npb24YAiABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uIl0KFVJlZnJlc2hTZXNzaW9uUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJEi0KBmNsaWVudBgCIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8iWwoWUmVmcmVzaFNlc3Npb25SZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhouYmFyYXpvLnNlc3Npb24udjEuU2Vzc2lvbhIUCgxhY2Nlc3NfdG9rZW4YAiABKAkiLQoURGVsZXRlU2Vzc2lvblJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSIoChVEZWxldGVTZXNzaW9uUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoCCItCh5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlcXVlc3QSCwoDZGlkGAEgASgJIjgKH0RlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoDSIiChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EgsKA2RpZBgBIAEoCSJEChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIsCghzZXNzaW9ucxgBIAMoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24iOAoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEhMKC3Nlc3Npb25fa2V5GAIgASgJIigKFVJldm9rZVNlc3Npb25SZXNwb25zZRIPCgdyZXZva2VkGAEgASgIIjMKGlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiNAobUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlEhUKDXJldm9rZWRfY291bnQYASABKA0y8wYKDlNlc3Npb25TZXJ2aWNlEmIKDUNyZWF0ZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJ0ChNWYWxpZGF0ZUFjY2Vzc1Rva2VuEi0uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlblJlcXVlc3QaLi5iYXJhem8uc2Vzc2lvbi52MS5WYWxpZGF0ZUFjY2Vzc1Rva2VuUmVzcG9uc2USZQoOUmVmcmVzaFNlc3Npb24SKC5iYXJhem8uc2Vzc2lvbi52MS5SZWZyZXNoU2Vzc2lvblJlcXVlc3QaKS5iYXJhem8uc2Vzc2lvbi52MS5SZWZyZXNoU2Vzc2lvblJlc3BvbnNlEmIKDURlbGV0ZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZVNlc3Npb25SZXNwb25zZRKAAQoXRGVsZXRlQWxsU2Vzc2lvbnNGb3JEaWQSMS5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlcXVlc3QaMi5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlc3BvbnNlEl8KDExpc3RTZXNzaW9ucxImLmJhcmF6by5zZXNzaW9uLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJy5iYXJhem8uc2Vzc2lvbi52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJiCg1SZXZva2VTZXNzaW9uEicuYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlU2Vzc2lvblJlcXVlc3QaKC5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USdAoTUmV2b2tlT3RoZXJTZXNzaW9ucxItLmJhcmF6by5zZXNzaW9uLnYxLlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0Gi4uYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9iYXJhem8vc2Vzc2lvbi92MS9zZXNzaW9uLnByb3RvEhFiYXJhem8uc2Vzc2lvbi52MSI0CgpDbGllbnRJbmZvEhIKCnVzZXJfYWdlbnQYASABKAkSEgoKaXBfYWRkcmVzcxgCIAEoCSK5AgoHU2Vzc2lvbhILCgNkaWQYASABKAkSDgoGaGFuZGxlGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzZXNzaW9uX2tleRgFIAEoCRIwCgxyZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmNsaWVudBgIIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8iYgoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEg4KBmhhbmRsZRgCIAEoCRItCgZjbGllbnQYAyABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvInEKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhouYmFyYXpvLnNlc3Npb24udjEuU2Vzc2lvbhIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSFQoNcmVmcmVzaF90b2tlbhgDIAEoCSIyChpWYWxpZGF0ZUFjY2Vzc1Rva2VuUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiWQobVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEisKB3Nlc3Npb24YAiABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uInwKFVJlZnJlc2hTZXNzaW9uUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJEi0KBmNsaWVudBgCIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8SHQoVcHJldmlvdXNfYWNjZXNzX3Rva2VuGAMgASgJInIKFlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24SFAoMYWNjZXNzX3Rva2VuGAIgASgJEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkiLQoURGVsZXRlU2Vzc2lvblJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSIoChVEZWxldGVTZXNzaW9uUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoCCItCh5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlcXVlc3QSCwoDZGlkGAEgASgJIjgKH0RlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoDSIiChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EgsKA2RpZBgBIAEoCSJEChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIsCghzZXNzaW9ucxgBIAMoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24iOAoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEhMKC3Nlc3Npb25fa2V5GAIgASgJIigKFVJldm9rZVNlc3Npb25SZXNwb25zZRIPCgdyZXZva2VkGAEgASgIIjMKGlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiNAobUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlEhUKDXJldm9rZWRfY291bnQYASABKA0y8wYKDlNlc3Npb25TZXJ2aWNlEmIKDUNyZWF0ZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJ0ChNWYWxpZGF0ZUFjY2Vzc1Rva2VuEi0uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlblJlcXVlc3QaLi5iYXJhem8uc2Vzc2lvbi52MS5WYWxpZGF0ZUFjY2Vzc1Rva2VuUmVzcG9uc2USZQoOUmVmcmVzaFNlc3Npb24SKC5iYXJhem8uc2Vzc2lvbi52MS5SZWZyZXNoU2Vzc2lvblJlcXVlc3QaKS5iYXJhem8uc2Vzc2lvbi52MS5SZWZyZXNoU2Vzc2lvblJlc3BvbnNlEmIKDURlbGV0ZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZVNlc3Npb25SZXNwb25zZRKAAQoXRGVsZXRlQWxsU2Vzc2lvbnNGb3JEaWQSMS5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlcXVlc3QaMi5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlc3BvbnNlEl8KDExpc3RTZXNzaW9ucxImLmJhcmF6by5zZXNzaW9uLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJy5iYXJhem8uc2Vzc2lvbi52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJiCg1SZXZva2VTZXNzaW9uEicuYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlU2Vzc2lvblJlcXVlc3QaKC5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USdAoTUmV2b2tlT3RoZXJTZXNzaW9ucxItLmJhcmF6by5zZXNzaW9uLnYxLlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0Gi4uYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Facts about the device a session was used from, as the AppView saw them. Optional.
@@ -78,7 +78,8 @@ export type Session = Message<"barazo.session.v1.Session"> & {
   createdAt?: Timestamp | undefined;
 
   /**
-   * When the current access token stops validating.
+   * When the session's newest access token stops validating (in ValidateAccessToken's
+   * answer too, whichever of the session's tokens was validated).
    *
    * @generated from field: google.protobuf.Timestamp access_token_expires_at = 4;
    */
@@ -86,7 +87,9 @@ export type Session = Message<"barazo.session.v1.Session"> & {
 
   /**
    * Lowercase hex SHA-256 of the session id: a non-secret, stable handle for this session,
-   * safe to log and to show in a list of a user's sessions.
+   * safe to log and to show in a list of a user's sessions. (With refresh-token rotation the
+   * cookie is not the session id: find "this device" by the session of the request's own
+   * access token.)
    *
    * @generated from field: string session_key = 5;
    */
@@ -180,7 +183,8 @@ export type CreateSessionResponse = Message<"barazo.session.v1.CreateSessionResp
   accessToken: string;
 
   /**
-   * The refresh token, which is also the session id: 64 lowercase hex characters. A
+   * The refresh token: 64 lowercase hex characters. Without rotation it is also the session
+   * id; with --refresh-token-rotation on it is the first of the session's rotated tokens. A
    * credential: the AppView puts it in the HttpOnly `barazo_refresh` cookie.
    *
    * @generated from field: string refresh_token = 3;
@@ -223,7 +227,8 @@ export const ValidateAccessTokenRequestSchema: GenMessage<ValidateAccessTokenReq
  */
 export type ValidateAccessTokenResponse = Message<"barazo.session.v1.ValidateAccessTokenResponse"> & {
   /**
-   * True only when the token is the current access token of a live session.
+   * True only when the token is a live (unrevoked, unexpired) access token of a live
+   * session.
    *
    * @generated from field: bool valid = 1;
    */
@@ -251,7 +256,9 @@ export const ValidateAccessTokenResponseSchema: GenMessage<ValidateAccessTokenRe
  */
 export type RefreshSessionRequest = Message<"barazo.session.v1.RefreshSessionRequest"> & {
   /**
-   * The refresh token (session id) from the `barazo_refresh` cookie.
+   * The refresh token from the `barazo_refresh` cookie. With rotation, the previous one is
+   * accepted within the reuse grace (it gets the same successor); an older one revokes the
+   * whole session (NOT_FOUND).
    *
    * @generated from field: string refresh_token = 1;
    */
@@ -263,6 +270,16 @@ export type RefreshSessionRequest = Message<"barazo.session.v1.RefreshSessionReq
    * @generated from field: barazo.session.v1.ClientInfo client = 2;
    */
   client?: ClientInfo | undefined;
+
+  /**
+   * The refreshing tab's own current access token, when it has one (the AppView passes the
+   * request's `Authorization` bearer token). Revoked at once when it is a live token of
+   * this session; a token of another session, an unknown or a malformed one is ignored
+   * (never an error, never a revocation). Without it no other token is revoked.
+   *
+   * @generated from field: string previous_access_token = 3;
+   */
+  previousAccessToken: string;
 };
 
 /**
@@ -286,11 +303,20 @@ export type RefreshSessionResponse = Message<"barazo.session.v1.RefreshSessionRe
   session?: Session | undefined;
 
   /**
-   * The new access token; the previous one no longer validates.
+   * The new access token. The session's other tokens still validate, except
+   * `previous_access_token` and any revoked past the per-session cap.
    *
    * @generated from field: string access_token = 2;
    */
   accessToken: string;
+
+  /**
+   * Set when the refresh token was rotated (--refresh-token-rotation on): the AppView
+   * replaces its `barazo_refresh` cookie with it. Empty: keep the cookie.
+   *
+   * @generated from field: string refresh_token = 3;
+   */
+  refreshToken: string;
 };
 
 /**
@@ -307,7 +333,8 @@ export const RefreshSessionResponseSchema: GenMessage<RefreshSessionResponse> = 
  */
 export type DeleteSessionRequest = Message<"barazo.session.v1.DeleteSessionRequest"> & {
   /**
-   * The refresh token (session id) of the session to revoke.
+   * The refresh token of the session to revoke (the current one, or with rotation the
+   * previous one within the reuse grace; an older one revokes it too, answering false).
    *
    * @generated from field: string refresh_token = 1;
    */
@@ -482,7 +509,7 @@ export const RevokeSessionResponseSchema: GenMessage<RevokeSessionResponse> = /*
  */
 export type RevokeOtherSessionsRequest = Message<"barazo.session.v1.RevokeOtherSessionsRequest"> & {
   /**
-   * The caller's own refresh token: its session stays.
+   * The caller's own refresh token (as for DeleteSession): its session stays.
    *
    * @generated from field: string refresh_token = 1;
    */
@@ -526,7 +553,9 @@ export const SessionService: GenService<{
   /**
    * Creates a session for a user who just finished AT Protocol OAuth. Returns the session,
    * its first access token and its refresh token (the session id). INVALID_ARGUMENT when the
-   * DID or handle is not valid AT Protocol syntax.
+   * DID or handle is not valid AT Protocol syntax. When the DID already holds the service's
+   * cap of live sessions (--max-sessions-per-did), its least recently refreshed ones are
+   * revoked first: a new login always succeeds.
    *
    * @generated from rpc barazo.session.v1.SessionService.CreateSession
    */
@@ -537,7 +566,8 @@ export const SessionService: GenService<{
   },
   /**
    * Checks a bearer access token. This is the hot path: one call per authenticated HTTP
-   * request. A token that is unknown, expired, superseded or malformed is `valid = false`;
+   * request. Any live access token of a live session validates (each tab has its own). A
+   * token that is unknown, expired, revoked or malformed is `valid = false`;
    * a store outage is UNAVAILABLE, never `valid = false`.
    *
    * @generated from rpc barazo.session.v1.SessionService.ValidateAccessToken
@@ -549,7 +579,10 @@ export const SessionService: GenService<{
   },
   /**
    * Issues a new access token for a session and restarts the session's sliding lifetime.
-   * The previous access token stops validating at once. Stores the device facts when
+   * A session holds several live access tokens (one per browser tab, up to
+   * --max-access-tokens-per-session; past it the oldest is revoked), so a refresh in one
+   * tab does not log the others out. The refreshing tab's own token, passed as
+   * `previous_access_token`, stops validating at once. Stores the device facts when
    * `client` is set. NOT_FOUND when the session is
    * unknown or expired (the caller answers 401 "Session expired").
    *
@@ -561,7 +594,7 @@ export const SessionService: GenService<{
     output: typeof RefreshSessionResponseSchema;
   },
   /**
-   * Revokes one session (logout). Idempotent.
+   * Revokes one session (logout): every access token of every tab. Idempotent.
    *
    * @generated from rpc barazo.session.v1.SessionService.DeleteSession
    */
