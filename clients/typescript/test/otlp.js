@@ -57,7 +57,11 @@ export async function startCollector() {
   const spans = [];
   const waiters = [];
   const server = createServer();
+  // The service under test is stopped while its exporter may still be connected: a reset
+  // connection or stream is its going away, not a failure of the test.
+  server.on("session", (session) => session.on("error", () => {}));
   server.on("stream", (stream, headers) => {
+    stream.on("error", () => {});
     const chunks = [];
     stream.on("data", (chunk) => chunks.push(chunk));
     stream.on("end", () => {
