@@ -10,6 +10,7 @@ pub mod auth;
 pub mod call;
 pub mod config;
 pub mod connections;
+pub mod delivery;
 pub mod descriptors;
 pub mod error;
 pub mod handshake;
@@ -23,6 +24,7 @@ pub mod service;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod undecodable;
 
 /// Code generated from `proto/barazo/session/v1/session.proto`.
