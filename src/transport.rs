@@ -238,9 +238,10 @@ impl Transport {
                     break;
                 }
                 _ = stop.changed(), if !stopping => {
-                    // The process's drain deadline bounds what follows.
+                    // The process's drain deadline bounds what follows; a connection
+                    // already closing for idleness keeps its own, shorter cut-off.
                     stopping = true;
-                    timer_armed = false;
+                    timer_armed = closing_idle;
                     connection.as_mut().graceful_shutdown();
                 }
                 () = activity.changed(), if !stopping && !closing_idle => {
