@@ -312,6 +312,10 @@ async fn idle_connections_are_closed_with_goaway() {
             "1",
             "--http2-keepalive-interval",
             "1",
+            // Shorter than the Watch below lasts: a stream waiting on the server (for the
+            // next update) is not reset by the send deadline, only one waiting on the client.
+            "--request-timeout-ms",
+            "500",
             "--metrics-listen",
             "127.0.0.1:0",
         ],
@@ -364,8 +368,16 @@ async fn idle_connections_are_closed_with_goaway() {
             .0,
         0
     );
+    // The Watch, open for over a second, is neither reset nor ended: no frame comes.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), updates.data())
+            .await
+            .is_err(),
+        "the Watch stream is still open"
+    );
     let admin = app.metrics_addr.expect("admin").to_string();
     assert!(connection_events(&admin, "idle_close").await >= 2.0);
+    assert_eq!(connection_events(&admin, "send_timeout").await, 0.0);
 }
 
 /// The value of `barazo_session_connection_events_total{event}` on the admin port.
