@@ -539,16 +539,17 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 /// Responses that are never read do not pin memory: 200 connections that set
-/// SETTINGS_INITIAL_WINDOW_SIZE=0 and send 256 complete health checks each (answers the
-/// server cannot send) keep the server's peak RSS under 128 MiB: a connection holds at most
-/// `--max-concurrent-streams` (100) of them, each reset once it has waited past the call's
-/// time limit.
+/// SETTINGS_INITIAL_WINDOW_SIZE=0 and fill every stream the server allows with a complete
+/// health check (answers the server cannot send) keep the server's peak RSS under 128 MiB:
+/// a connection holds at most `--max-concurrent-streams` (100) of them, each reset once it
+/// has waited past the call's time limit. (The attack sent 256 per connection; past
+/// the server's limit a client's streams are refused or queued, so they add load, not
+/// memory, and this test leaves them out to stay cheap.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_that_are_never_read_are_dropped() {
     const CONNECTIONS: usize = 200;
-    const STREAMS: usize = 256;
     /// The default `--max-concurrent-streams`: the streams the server takes at once.
-    const ACCEPTED: usize = 100;
+    const STREAMS: usize = 100;
     let mut cmd = crate::cli::command();
     cmd.args([
         "--store",
@@ -556,7 +557,7 @@ async fn responses_that_are_never_read_are_dropped() {
         "--metrics-listen",
         "127.0.0.1:0",
         "--request-timeout-ms",
-        "2000",
+        "1000",
         // Not what is tested here: a debug build under this load may take a while to read
         // a handshake that arrived in time.
         "--handshake-timeout-ms",
@@ -587,7 +588,6 @@ async fn responses_that_are_never_read_are_dropped() {
                 let driver = tokio::spawn(connection);
                 let mut answers = Vec::with_capacity(STREAMS);
                 for _ in 0..STREAMS {
-                    // Past the server's limit, h2 queues the request until a stream frees.
                     let mut ready = send.clone().ready().await.expect("ready");
                     let (response, mut stream) =
                         ready.send_request(request(), false).expect("send");
@@ -599,16 +599,20 @@ async fn responses_that_are_never_read_are_dropped() {
                 // The headers of an answer arrive (HTTP/2 does not flow-control them) once
                 // the server has made it; its body is never read.
                 let mut made = 0;
-                for answer in answers.iter_mut().take(ACCEPTED) {
+                let mut bodies = Vec::with_capacity(STREAMS);
+                for answer in answers {
                     match answer.await {
-                        Ok(_) => made += 1,
+                        Ok(response) => {
+                            made += 1;
+                            bodies.push(response.into_body());
+                        }
                         // Refused (REFUSED_STREAM) when opened before the server's
                         // SETTINGS with its stream limit had arrived: an attacker goes on.
                         Err(err) if err.reason() == Some(h2::Reason::REFUSED_STREAM) => {}
                         Err(err) => return Err(err),
                     }
                 }
-                Ok((send, driver, answers, made))
+                Ok((send, driver, bodies, made))
             });
         }
         let mut held = Vec::new();
@@ -622,7 +626,7 @@ async fn responses_that_are_never_read_are_dropped() {
         .expect("the attack is sent within 90 s")
         .expect("the attack's connections stay up");
     let made: usize = held.iter().map(|(_, _, _, made)| made).sum();
-    assert!(made >= CONNECTIONS * ACCEPTED / 2, "{made} answers made");
+    assert!(made >= CONNECTIONS * STREAMS / 2, "{made} answers made");
     // Each stuck answer is reset past the time limit: the count is the readiness signal.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while connection_events(&server.admin, "send_timeout").await < made as f64 {
