@@ -26,6 +26,11 @@ pub enum ConnectionEvent {
     ProtocolError,
     /// A failed accept (e.g. out of file descriptors): a connection refused.
     AcceptFailed,
+    /// A connection closed (GOAWAY) for having no open stream for the idle timeout.
+    IdleClose,
+    /// A stream reset because its response waited on the client's flow control past the
+    /// call's time limit (a client that does not read its answers).
+    SendTimeout,
 }
 
 impl ConnectionEvent {
@@ -36,6 +41,8 @@ impl ConnectionEvent {
             Self::ResetFlood => "reset_flood",
             Self::ProtocolError => "protocol_error",
             Self::AcceptFailed => "accept_failed",
+            Self::IdleClose => "idle_close",
+            Self::SendTimeout => "send_timeout",
         }
     }
 }

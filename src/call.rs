@@ -183,7 +183,16 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 
 /// The caller's `grpc-timeout` (`<digits><H|M|S|m|u|n>`), if it sent one.
 fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// The `grpc-timeout` in `headers`, if any (for layers that see the HTTP request).
+pub fn header_timeout(headers: &tonic::codegen::http::HeaderMap) -> Option<Duration> {
+    grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value as a duration; `None` when it is not one.
+fn grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;

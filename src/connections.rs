@@ -84,30 +84,39 @@ impl AsyncRead for Limited {
         let Some(deadline) = this.deadline.as_mut() else {
             return this.stream.poll_read(cx, buf);
         };
-        if deadline.as_mut().poll(cx).is_ready() {
-            if !*this.timed_out {
-                *this.timed_out = true;
-                crate::abuse::record(crate::abuse::ConnectionEvent::HandshakeTimeout);
-            }
-            // Anyone can open connections: debug level, so they cannot flood the log.
-            tracing::debug!(
-                peer = ?this.peer.tcp.remote_addr,
-                "connection closed: no HTTP/2 handshake within the handshake timeout"
-            );
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no handshake within the handshake timeout",
-            )));
-        }
+        // Read first: on a busy server the connection may be polled only after its deadline,
+        // with a handshake that arrived in time waiting in the socket buffer.
         let before = buf.filled().len();
         let polled = this.stream.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            let read = buf.filled().get(before..).unwrap_or_default();
-            if this.handshake.feed(read) {
-                *this.deadline = None;
+        let expired = match &polled {
+            Poll::Ready(Ok(())) => {
+                let read = buf.filled().get(before..).unwrap_or_default();
+                if this.handshake.feed(read) {
+                    *this.deadline = None;
+                    return polled;
+                }
+                // A client sending its handshake a byte at a time is still held to it.
+                deadline.is_elapsed()
             }
+            Poll::Ready(Err(_)) => return polled,
+            Poll::Pending => deadline.as_mut().poll(cx).is_ready(),
+        };
+        if !expired {
+            return polled;
         }
-        polled
+        if !*this.timed_out {
+            *this.timed_out = true;
+            crate::abuse::record(crate::abuse::ConnectionEvent::HandshakeTimeout);
+        }
+        // Anyone can open connections: debug level, so they cannot flood the log.
+        tracing::debug!(
+            peer = ?this.peer.tcp.remote_addr,
+            "connection closed: no HTTP/2 handshake within the handshake timeout"
+        );
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no handshake within the handshake timeout",
+        )))
     }
 }
 

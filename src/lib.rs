@@ -10,6 +10,7 @@ pub mod auth;
 pub mod call;
 pub mod config;
 pub mod connections;
+pub mod delivery;
 pub mod descriptors;
 pub mod error;
 pub mod ext_authz;
@@ -25,6 +26,7 @@ pub mod service;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod undecodable;
 pub mod validation;
 

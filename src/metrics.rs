@@ -162,7 +162,7 @@ impl Metrics {
         );
         registry.register(
             "barazo_session_connection_events",
-            "Connection-level abuse, counted instead of logged: handshake_timeout, reset_flood, protocol_error, accept_failed (process-wide)",
+            "Connection-level abuse, counted instead of logged: handshake_timeout, reset_flood, protocol_error, accept_failed, idle_close, send_timeout (process-wide)",
             crate::abuse::CONNECTION_EVENTS.clone(),
         );
         let sessions = Family::default();

@@ -2,7 +2,7 @@
 //! health and reflection until a shutdown signal.
 
 use crate::admin;
-use crate::auth::{AuthLayer, Policy};
+use crate::auth::{AuthLayer, Authorized, Policy};
 use crate::call::{CallLimits, Calls};
 use crate::config::{Config, StoreKind, ValkeyMode};
 use crate::connections;
@@ -10,25 +10,26 @@ use crate::descriptors;
 use crate::ext_authz::ExtAuthz;
 use crate::health;
 use crate::metrics::Metrics;
-use crate::profile::ProfileLayer;
+use crate::profile::{ProfileLayer, Profiled};
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::service::SessionApi;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{ValkeyClusterStore, ValkeyOptions, ValkeyStore};
-use crate::undecodable::UndecodableLayer;
+use crate::transport::{TlsError, Transport};
+use crate::undecodable::{Undecodable, UndecodableLayer};
 use crate::validation::AccessTokens;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
-use tonic::transport::{Certificate, Identity, Server};
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
-use tower_layer::{Identity as NoLayer, Stack};
+use tower_layer::Layer as _;
 
 /// Largest request message accepted: every legitimate request is well under 3 KiB (a
 /// 2048-char DID and a 253-char handle), so 16 KiB leaves room and refuses junk early.
@@ -65,7 +66,7 @@ pub enum StartupError {
     },
     /// The TLS settings were refused (e.g. a malformed certificate or key).
     #[error("cannot use the TLS settings")]
-    Tls(#[source] tonic::transport::Error),
+    Tls(#[source] TlsError),
     /// The Valkey password file could not be read.
     #[error(transparent)]
     ValkeyPassword(#[from] crate::config::SecretFileError),
@@ -83,24 +84,22 @@ fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, Star
 }
 
 /// The TLS settings of the gRPC listener, if any.
-fn tls_config(config: &Config) -> Result<Option<ServerTlsConfig>, StartupError> {
+fn tls_config(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, StartupError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let identity = Identity::from_pem(
-        read_file("the TLS certificate", cert)?,
-        read_file("the TLS key", key)?,
-    );
-    // A client that opens a connection and never finishes the handshake is dropped (the
-    // connection's own deadline, in connections.rs, covers the HTTP/2 part too).
-    let mut tls = ServerTlsConfig::new()
-        .identity(identity)
-        .timeout(config.handshake_timeout);
-    if let Some(ca) = &config.tls_client_ca {
-        // A CA makes client certificates required (tonic's default), not optional.
-        tls = tls.client_ca_root(Certificate::from_pem(read_file("the client CA", ca)?));
-    }
-    Ok(Some(tls))
+    let client_ca = match &config.tls_client_ca {
+        // A CA makes client certificates required, not optional.
+        Some(ca) => Some(read_file("the client CA", ca)?),
+        None => None,
+    };
+    crate::transport::tls_acceptor(
+        &read_file("the TLS certificate", cert)?,
+        &read_file("the TLS key", key)?,
+        client_ca.as_deref(),
+    )
+    .map(Some)
+    .map_err(StartupError::Tls)
 }
 
 /// The authorization policy, if configured; without one, a warning that anyone may call.
@@ -116,32 +115,30 @@ fn policy(config: &Config) -> Result<Option<Arc<Policy>>, StartupError> {
     }
 }
 
-/// The server with its transport limits: bounded streams per connection, HTTP/2 keepalive,
-/// TLS when configured. The per-call time limit is the service's (it answers
-/// DEADLINE_EXCEEDED, where tonic's would answer CANCELLED); tonic's timeout, a second
-/// later, is the backstop for what happens before the handler, such as a client that sends
-/// its request slowly to hold a stream.
-fn server_builder(config: &Config) -> Result<Server, StartupError> {
-    let backstop = config
-        .request_timeout
-        .saturating_add(Duration::from_secs(1));
-    let mut server = Server::builder()
-        .timeout(backstop)
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .http2_keepalive_interval(Some(config.http2_keepalive_interval))
-        .http2_keepalive_timeout(Some(config.http2_keepalive_timeout));
-    if let Some(tls) = tls_config(config)? {
-        server = server.tls_config(tls).map_err(StartupError::Tls)?;
-    }
-    Ok(server)
+/// How connections are served: bounded streams per connection, HTTP/2 keepalive, the
+/// idle timeout, TLS when configured. The per-call time limit is the service's (it answers
+/// DEADLINE_EXCEEDED, where the transport's would answer CANCELLED); the transport's
+/// backstop, a second later, is for what happens before the handler, such as a client that
+/// sends its request slowly to hold a stream. A response the client does not take within
+/// the call's time limit is reset (`delivery.rs`).
+fn transport(config: &Config) -> Result<Transport, StartupError> {
+    Ok(Transport {
+        tls: tls_config(config)?,
+        handshake_timeout: config.handshake_timeout,
+        max_concurrent_streams: config.max_concurrent_streams,
+        keepalive_interval: config.http2_keepalive_interval,
+        keepalive_timeout: config.http2_keepalive_timeout,
+        idle_timeout: config.idle_connection_timeout,
+        backstop: config
+            .request_timeout
+            .saturating_add(Duration::from_secs(1)),
+        send_limit: config.request_timeout,
+    })
 }
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The gRPC server failed.
-    #[error("gRPC server failed")]
-    Transport(#[from] tonic::transport::Error),
     /// In-flight calls did not finish within the shutdown timeout.
     #[error("in-flight calls did not finish within {0:?}")]
     DrainTimeout(Duration),
@@ -152,15 +149,14 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// The routes, behind the layer that answers undecodable requests INVALID_ARGUMENT
 /// (innermost: it sees tonic's own answers), behind the authorization layer, behind the
 /// layer that marks a debug build's responses (outermost, so refusals are marked too).
-type Router = tonic::transport::server::Router<
-    Stack<UndecodableLayer, Stack<AuthLayer, Stack<ProfileLayer, NoLayer>>>,
->;
+type Router = Profiled<Authorized<Undecodable<Routes>>>;
 
 /// A bound, ready-to-run server. Tests build it on `127.0.0.1:0` and ask for the port.
 pub struct Application {
     incoming: TcpIncoming,
     local_addr: SocketAddr,
     router: Router,
+    transport: Transport,
     health: HealthReporter,
     health_monitor: BoxFuture,
     metrics: Arc<Metrics>,
@@ -241,6 +237,7 @@ impl Application {
             incoming,
             local_addr,
             router,
+            transport: transport(config)?,
             health,
             health_monitor,
             metrics,
@@ -332,7 +329,7 @@ impl Application {
         };
         let incoming =
             connections::limit(self.incoming, self.max_connections, self.handshake_timeout);
-        let serve = self.router.serve_with_incoming_shutdown(incoming, shutdown);
+        let serve = self.transport.serve(incoming, self.router, shutdown);
         tokio::pin!(serve);
         let drain_deadline = async {
             // The sender is dropped without a send only when serving ended first.
@@ -343,7 +340,7 @@ impl Application {
             }
         };
         let result = tokio::select! {
-            served = &mut serve => served.map_err(ServeError::from),
+            () = &mut serve => Ok(()),
             () = drain_deadline => Err(ServeError::DrainTimeout(self.shutdown_timeout)),
         };
         monitor.abort();
@@ -397,15 +394,7 @@ fn routes<S: SessionStore>(
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let ext_authz = ExtAuthz::new(tokens, calls).into_server();
-    let mut router = server_builder(config)?
-        .layer(ProfileLayer::new())
-        .layer(AuthLayer::new(
-            policy(config)?,
-            metrics.clone(),
-            config.max_concurrent_requests,
-        ))
-        .layer(UndecodableLayer::new(metrics.clone()))
-        .add_service(health_service)
+    let mut router = Routes::new(health_service)
         .add_service(sessions)
         .add_service(ext_authz);
     if config.reflection {
@@ -420,6 +409,14 @@ fn routes<S: SessionStore>(
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
     }
+    let router = ProfileLayer::new().layer(
+        AuthLayer::new(
+            policy(config)?,
+            metrics.clone(),
+            config.max_concurrent_requests,
+        )
+        .layer(UndecodableLayer::new(metrics.clone()).layer(router.prepare())),
+    );
     let monitor = health::monitor(store, health, metrics, config.health_check_interval);
     Ok((router, Box::pin(monitor)))
 }

@@ -188,6 +188,7 @@ fn timeouts(p: &mut Problems<'_>) {
         ("handshake_timeout", c.handshake_timeout),
         ("http2_keepalive_interval", c.http2_keepalive_interval),
         ("http2_keepalive_timeout", c.http2_keepalive_timeout),
+        ("idle_connection_timeout", c.idle_connection_timeout),
     ] {
         if value.is_zero() {
             let message = format!("{} must be at least 1", p.name(id));

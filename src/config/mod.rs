@@ -238,8 +238,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
 
     /// HTTP/2 streams one connection may have open at once, so one client cannot take the
-    /// whole concurrency limit.
-    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    /// whole concurrency limit. 100 is RFC 9113's recommended minimum; it also bounds what a
+    /// client that never reads its answers holds per connection (each such stream costs a
+    /// few KiB until it is reset: 200 connections stay under 128 MiB).
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 100)]
     pub max_concurrent_streams: u32,
 
     /// Seconds between HTTP/2 keepalive pings to idle clients; dead peers are dropped.
@@ -249,6 +251,13 @@ pub struct Config {
     /// Seconds to wait for a keepalive ping's answer before closing the connection.
     #[arg(long, env = "HTTP2_KEEPALIVE_TIMEOUT", default_value = "10", value_parser = durations::seconds)]
     pub http2_keepalive_timeout: Duration,
+
+    /// Seconds a connection may stay open without an open stream; then it is closed with
+    /// GOAWAY (graceful: the client reconnects when it next needs to). Well above the
+    /// pauses between an AppView's bursts, so its pooled connections stay warm, while a
+    /// client that only answers keepalive pings cannot hold a connection slot for ever.
+    #[arg(long, env = "IDLE_CONNECTION_TIMEOUT", default_value = "300", value_parser = durations::seconds)]
+    pub idle_connection_timeout: Duration,
 
     /// Threads that run calls. Default: the CPUs this process may use, container CPU
     /// limits included; set it where the process cannot see its CPU share.

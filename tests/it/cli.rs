@@ -84,6 +84,11 @@ pub async fn start(mut cmd: Command) -> Running {
 }
 
 impl Running {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     pub async fn client(&self) -> SessionServiceClient<tonic::transport::Channel> {
         SessionServiceClient::connect(format!("http://{}", self.addr))
             .await

@@ -219,6 +219,8 @@ async fn tls_connections_must_finish_http2_too() {
             key.to_str().expect("utf-8"),
             "--handshake-timeout-ms",
             "300",
+            "--idle-connection-timeout",
+            "2",
         ],
     );
     let tls = tonic::transport::ClientTlsConfig::new()
@@ -269,6 +271,113 @@ async fn tls_connections_must_finish_http2_too() {
         raw::closed_within(&mut silent, Duration::from_secs(3)).await,
         "silent after TLS is closed"
     );
+    // Over TLS as in plaintext, a connection without an open stream is closed (GOAWAY)
+    // once the idle timeout has passed.
+    let (send, connection) = h2::client::handshake(connect(TLS13, true).await)
+        .await
+        .expect("HTTP/2 handshake");
+    let connection = tokio::spawn(connection);
+    assert_goaway_within(connection, Duration::from_secs(10)).await;
+    drop(send);
+}
+
+/// Waits (at most `within`) for an h2 client connection to end, and checks that the server
+/// ended it gracefully: GOAWAY with NO_ERROR.
+async fn assert_goaway_within(
+    connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
+    within: Duration,
+) {
+    let ended = tokio::time::timeout(within, connection)
+        .await
+        .expect("the server closed the connection")
+        .expect("connection task");
+    if let Err(err) = ended {
+        assert!(
+            err.is_go_away() && err.reason() == Some(h2::Reason::NO_ERROR),
+            "closed gracefully: {err:?}"
+        );
+    }
+}
+
+/// Idle connections are closed with GOAWAY: one that answers the server's keepalive pings
+/// but never opens a stream, and one whose calls are done, are closed once
+/// `--idle-connection-timeout` has passed without an open stream, and counted as
+/// `idle_close`; one with a stream open (a health Watch) stays open and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_with_goaway() {
+    let app = TestApp::spawn_with(
+        StoreKind::Memory,
+        &[
+            "--idle-connection-timeout",
+            "1",
+            "--http2-keepalive-interval",
+            "1",
+            // Shorter than the Watch below lasts: a stream waiting on the server (for the
+            // next update) is not reset by the send deadline, only one waiting on the client.
+            "--request-timeout-ms",
+            "500",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )
+    .await;
+    let open = || async {
+        let tcp = tokio::net::TcpStream::connect(app.addr)
+            .await
+            .expect("connect");
+        let (send, connection) = h2::client::handshake(tcp).await.expect("handshake");
+        (send, tokio::spawn(connection))
+    };
+    let (_pings_only, pings_only_connection) = open().await;
+    let (mut used, used_connection) = open().await;
+    assert_eq!(
+        raw::unary(&mut used, HEALTH, grpc_frame(false, &[]))
+            .await
+            .0,
+        0
+    );
+    let (mut watching, watching_connection) = open().await;
+    let watch = http::Request::post("http://localhost/grpc.health.v1.Health/Watch")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut stream) = watching
+        .clone()
+        .ready()
+        .await
+        .expect("ready")
+        .send_request(watch, false)
+        .expect("send");
+    stream
+        .send_data(grpc_frame(false, &[]), true)
+        .expect("body");
+    let mut updates = response.await.expect("watch answered").into_body();
+    let first = updates.data().await.expect("a status").expect("data");
+    let _ = updates.flow_control().release_capacity(first.len());
+
+    assert_goaway_within(pings_only_connection, Duration::from_secs(10)).await;
+    assert_goaway_within(used_connection, Duration::from_secs(10)).await;
+    assert!(
+        !watching_connection.is_finished(),
+        "a connection with an open stream is not idle"
+    );
+    assert_eq!(
+        raw::unary(&mut watching, HEALTH, grpc_frame(false, &[]))
+            .await
+            .0,
+        0
+    );
+    // The Watch, open for over a second, is neither reset nor ended: no frame comes.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), updates.data())
+            .await
+            .is_err(),
+        "the Watch stream is still open"
+    );
+    let admin = app.metrics_addr.expect("admin").to_string();
+    assert!(connection_events(&admin, "idle_close").await >= 2.0);
+    assert_eq!(connection_events(&admin, "send_timeout").await, 0.0);
 }
 
 /// The value of `barazo_session_connection_events_total{event}` on the admin port.
@@ -416,4 +525,126 @@ async fn one_callers_flood_leaves_room_for_the_others() {
         assert!(std::time::Instant::now() < deadline, "the budget came back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A line of `/proc/<pid>/status` in KiB, e.g. `VmHWM` (peak resident) or `VmRSS`.
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// Responses that are never read do not pin memory: 200 connections that set
+/// SETTINGS_INITIAL_WINDOW_SIZE=0 and fill every stream the server allows with a complete
+/// health check (answers the server cannot send) keep the server's peak RSS under 128 MiB:
+/// a connection holds at most `--max-concurrent-streams` (100) of them, each reset once it
+/// has waited past the call's time limit. (The attack sent 256 per connection; past
+/// the server's limit a client's streams are refused or queued, so they add load, not
+/// memory, and this test leaves them out to stay cheap.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_that_are_never_read_are_dropped() {
+    const CONNECTIONS: usize = 200;
+    /// The default `--max-concurrent-streams`: the streams the server takes at once.
+    const STREAMS: usize = 100;
+    let mut cmd = crate::cli::command();
+    cmd.args([
+        "--store",
+        "memory",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--request-timeout-ms",
+        "1000",
+        // Not what is tested here: a debug build under this load may take a while to read
+        // a handshake that arrived in time.
+        "--handshake-timeout-ms",
+        "60000",
+    ]);
+    let server = crate::cli::start(cmd).await;
+    let addr: std::net::SocketAddr = server.addr.parse().expect("address");
+    let pid = server.pid();
+    let before = status_kib(pid, "VmRSS");
+
+    let request = || {
+        http::Request::post(format!("http://localhost{HEALTH}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request")
+    };
+    let attack = async {
+        let mut connections = tokio::task::JoinSet::new();
+        for _ in 0..CONNECTIONS {
+            connections.spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let (send, connection) = h2::client::Builder::new()
+                    .initial_window_size(0)
+                    .handshake::<_, bytes::Bytes>(tcp)
+                    .await
+                    .expect("HTTP/2 handshake");
+                let driver = tokio::spawn(connection);
+                let mut answers = Vec::with_capacity(STREAMS);
+                for _ in 0..STREAMS {
+                    let mut ready = send.clone().ready().await.expect("ready");
+                    let (response, mut stream) =
+                        ready.send_request(request(), false).expect("send");
+                    stream
+                        .send_data(grpc_frame(false, &[]), true)
+                        .expect("body");
+                    answers.push(response);
+                }
+                // The headers of an answer arrive (HTTP/2 does not flow-control them) once
+                // the server has made it; its body is never read.
+                let mut made = 0;
+                let mut bodies = Vec::with_capacity(STREAMS);
+                for answer in answers {
+                    match answer.await {
+                        Ok(response) => {
+                            made += 1;
+                            bodies.push(response.into_body());
+                        }
+                        // Refused (REFUSED_STREAM) when opened before the server's
+                        // SETTINGS with its stream limit had arrived: an attacker goes on.
+                        Err(err) if err.reason() == Some(h2::Reason::REFUSED_STREAM) => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+                Ok((send, driver, bodies, made))
+            });
+        }
+        let mut held = Vec::new();
+        while let Some(connection) = connections.join_next().await {
+            held.push(connection.expect("connection task")?);
+        }
+        Ok::<_, h2::Error>(held)
+    };
+    let held = tokio::time::timeout(Duration::from_secs(90), attack)
+        .await
+        .expect("the attack is sent within 90 s")
+        .expect("the attack's connections stay up");
+    let made: usize = held.iter().map(|(_, _, _, made)| made).sum();
+    assert!(made >= CONNECTIONS * STREAMS / 2, "{made} answers made");
+    // Each stuck answer is reset past the time limit: the count is the readiness signal.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while connection_events(&server.admin, "send_timeout").await < made as f64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unread answers were reset: {} of {made}",
+            connection_events(&server.admin, "send_timeout").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let peak = status_kib(pid, "VmHWM");
+    drop(held);
+    eprintln!("server RSS KiB: {before} before, peak {peak}; {made} answers held unread and reset");
+    assert!(peak < 128 * 1024, "peak RSS {peak} KiB");
+    let (_, log) = server.terminate().await;
+    assert!(
+        !log.iter()
+            .any(|line| line.contains("\"WARN\"") && line.contains("h2")),
+        "no warning per connection"
+    );
 }
