@@ -5,7 +5,7 @@ import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type * as http2 from "node:http2";
 import { toSession, type ClientInfo, type Session, type SessionWithToken } from "./convert.js";
-import { codeOf, toSessionServiceError } from "./errors.js";
+import { closedMessage, codeOf, toSessionServiceError } from "./errors.js";
 import {
   ClientInfoSchema,
   RefreshSessionRequestSchema,
@@ -267,7 +267,7 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
 
     close() {
       closed = true;
-      sessionManager.abort(new ConnectError("the session client is closed", Code.Canceled));
+      sessionManager.abort(new ConnectError(closedMessage, Code.Canceled));
     },
   };
 }

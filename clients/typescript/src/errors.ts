@@ -98,15 +98,34 @@ const unavailableCodes = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded,
  * neither retried nor mistaken for an outage.
  */
 export function codeOf(error: unknown): Code {
-  return ConnectError.from(error, Code.Internal).code;
+  return normalized(error).code;
 }
+
+/**
+ * The ConnectError a failure stands for. Node reports an HTTP/2 stream or connection that
+ * went away under a call (the service stopped or was killed mid-call) as CANCELED ("http/2
+ * stream closed with error code CANCEL"), though this client did not cancel it: that is
+ * UNAVAILABLE, as gRPC's own clients report a dropped connection, so it is retried where
+ * safe and never mistaken for an answer. A CANCELLED status the service sent, and close(),
+ * stay CANCELED.
+ */
+function normalized(error: unknown): ConnectError {
+  const connect = ConnectError.from(error, Code.Internal);
+  if (connect.code === Code.Canceled && /^http\/2 (stream|session) /.test(connect.rawMessage)) {
+    return new ConnectError(`connection lost during the call: ${connect.rawMessage}`, Code.Unavailable, undefined, undefined, error);
+  }
+  return connect;
+}
+
+/** The message of the error close() ends calls in flight with. */
+export const closedMessage = "the session client is closed";
 
 /** Turns any failure of a call into the typed error the caller sees. */
 export function toSessionServiceError(rpc: string, error: unknown): SessionServiceError {
   if (error instanceof SessionServiceError) {
     return error;
   }
-  const connect = ConnectError.from(error, Code.Internal);
+  const connect = normalized(error);
   const message = connect.rawMessage;
   if (connect.code === Code.InvalidArgument) {
     return new SessionServiceInvalidArgumentError(rpc, message, { cause: error });

@@ -1,7 +1,7 @@
 // Retries with jittered exponential backoff inside one overall deadline.
 import { Code, ConnectError } from "@connectrpc/connect";
 import { setTimeout as sleep } from "node:timers/promises";
-import { codeOf } from "./errors.js";
+import { closedMessage, codeOf } from "./errors.js";
 
 /** How calls that are safe to retry are retried (see `SessionClientOptions.retry`). */
 export interface RetryOptions {
@@ -50,5 +50,5 @@ export async function withRetries<T>(
 
 /** A ConnectError for a call made after `close()`. */
 export function closedError(): ConnectError {
-  return new ConnectError("the session client is closed", Code.Canceled);
+  return new ConnectError(closedMessage, Code.Canceled);
 }

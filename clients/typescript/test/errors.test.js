@@ -39,6 +39,13 @@ test("anything thrown that is not a gRPC status is INTERNAL: a bug here is not a
   assert.equal(error.code, "internal");
 });
 
+test("a stream the connection dropped under the call is UNAVAILABLE, not CANCELED", () => {
+  const dropped = new ConnectError("http/2 stream closed with error code CANCEL (0x8)", Code.Canceled);
+  const error = toSessionServiceError("ValidateAccessToken", dropped);
+  assert.equal(error.constructor, SessionServiceUnavailableError);
+  assert.equal(error.code, "unavailable");
+});
+
 test("the invalid field is read from the service's message; none for an undecodable request", () => {
   const field = (message) =>
     toSessionServiceError("CreateSession", new ConnectError(message, Code.InvalidArgument)).field;
