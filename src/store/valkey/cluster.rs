@@ -37,8 +37,9 @@
 //! plus 1 `SRANDMEMBER` and 1 `EXISTS` per sampled member (and 1 `SREM` per expired one);
 //! with a cap 4 (the last an `SCARD`) while the index holds no more than the cap, else
 //! also 1 `SMEMBERS`, 1 `GET` per member (1 `SREM` per expired one) and a revocation per
-//! session revoked; refresh 5 and 1 per token dropped; a revocation (delete) 3 and 1 per
-//! access token; delete-all 1 and a revocation per session; list 1 and 1 per member;
+//! session revoked; refresh 5 and 1 per token dropped; delete 1 (the read script) and a
+//! revocation, which is 3 and 1 per access token; delete-all 1 and a revocation per
+//! session; list 1 and 1 per member;
 //! revoke-in-DID 5; revoke-others 2 and a revocation per other session (counted with
 //! `MONITOR` in `tests/it/cluster.rs`).
 //!
