@@ -56,6 +56,8 @@ rpcs! {
     RevokeSession,
     /// "Log out everywhere else": every session of the caller's DID but its own ends.
     RevokeOtherSessions,
+    /// Callers that cache validations: what to drop, as it happens.
+    WatchRevocations,
 }
 
 /// The name under which a policy allows gRPC server reflection (v1 and v1alpha alike).

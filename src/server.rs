@@ -3,18 +3,20 @@
 
 use crate::admin;
 use crate::auth::{AuthLayer, Policy};
+use crate::cache::{Cached, ValidationCache};
 use crate::call::CallLimits;
-use crate::config::{Config, StoreKind, ValkeyMode};
+use crate::config::{Config, StoreKind, Switch, ValkeyMode};
 use crate::connections;
 use crate::descriptors;
 use crate::health;
 use crate::metrics::Metrics;
 use crate::profile::ProfileLayer;
 use crate::proto::session_service_server::SessionServiceServer;
+use crate::revocations::Revocations;
 use crate::service::SessionApi;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
-use crate::store::valkey::{ValkeyClusterStore, ValkeyOptions, ValkeyStore};
+use crate::store::valkey::{self, ValkeyClusterStore, ValkeyOptions, ValkeyStore};
 use crate::undecodable::UndecodableLayer;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -200,6 +202,7 @@ impl Application {
             health: health.clone(),
             health_service,
             metrics: metrics.clone(),
+            revocations: None,
         };
         let (router, health_monitor) = match config.store {
             StoreKind::Valkey => {
@@ -224,9 +227,40 @@ impl Application {
                     ValkeyMode::Standalone => {
                         let store = ValkeyStore::new(&options, metrics.clone())
                             .map_err(StartupError::ValkeyUrl)?;
-                        routes(store, parts)?
+                        // The feed runs with the cache off too: it feeds WatchRevocations.
+                        let cache = ValidationCache::new(
+                            config.validation_cache_entries as usize,
+                            metrics.clone(),
+                        );
+                        let client =
+                            valkey::standalone::client(&options, redis::ProtocolVersion::RESP3)
+                                .map_err(StartupError::ValkeyUrl)?;
+                        let feed = crate::cache::feed::run(
+                            client,
+                            cache.clone(),
+                            options.key_prefix.clone(),
+                            connect_timeout.max(command_timeout),
+                        );
+                        let parts = Parts {
+                            revocations: Some(cache.clone()),
+                            ..parts
+                        };
+                        let (router, monitor) = if config.validation_cache == Switch::On {
+                            routes(Cached::new(store, cache), parts)?
+                        } else {
+                            routes(store, parts)?
+                        };
+                        let both: BoxFuture = Box::pin(async move {
+                            tokio::join!(monitor, feed);
+                        });
+                        (router, both)
                     }
                     ValkeyMode::Cluster => {
+                        if config.validation_cache == Switch::On {
+                            tracing::info!(
+                                "validation cache off in cluster mode: its invalidation feed would need a tracking connection per primary, followed across topology changes (README, \"Validation cache\")"
+                            );
+                        }
                         let store = ValkeyClusterStore::new(&options, metrics.clone())
                             .map_err(StartupError::ValkeyUrl)?;
                         routes(store, parts)?
@@ -359,6 +393,8 @@ struct Parts<'a> {
     health: HealthReporter,
     health_service: HealthServer<HealthService>,
     metrics: Arc<Metrics>,
+    /// The invalidation feed behind `WatchRevocations`, where the store has one.
+    revocations: Option<Arc<ValidationCache>>,
 }
 
 /// Builds the gRPC routes over one store, and the task that keeps its health status.
@@ -371,6 +407,7 @@ fn routes<S: SessionStore>(
         health,
         health_service,
         metrics,
+        revocations,
     } = parts;
     let store = Arc::new(store);
     let sessions = SessionServiceServer::new(SessionApi::new(
@@ -381,6 +418,7 @@ fn routes<S: SessionStore>(
             max_in_progress: config.max_concurrent_requests,
             time_limit: config.request_timeout,
         },
+        Revocations::new(revocations, config.max_revocation_streams as usize),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let mut router = server_builder(config)?

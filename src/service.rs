@@ -14,7 +14,9 @@ use crate::proto::{
     ListSessionsRequest, ListSessionsResponse, RefreshSessionRequest, RefreshSessionResponse,
     RevokeOtherSessionsRequest, RevokeOtherSessionsResponse, RevokeSessionRequest,
     RevokeSessionResponse, Session, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
+    WatchRevocationsRequest,
 };
+use crate::revocations::{EventStream, Revocations};
 use crate::rpc::Rpc;
 use crate::session::{
     ClientFacts, SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex,
@@ -32,23 +34,28 @@ pub struct SessionApi<S> {
     metrics: Arc<Metrics>,
     /// Load shedding, time limits, spans, metrics and the log line around each call.
     calls: Calls,
+    /// The `WatchRevocations` streams.
+    revocations: Revocations,
 }
 
 impl<S: SessionStore> SessionApi<S> {
     /// Serves sessions from `store`, minting access tokens and sessions that live as long
     /// as `lifetimes` says, counting what it does in `metrics`, and handling at most
-    /// `limits.max_in_progress` calls at once, each for at most `limits.time_limit`.
+    /// `limits.max_in_progress` calls at once, each for at most `limits.time_limit`;
+    /// `WatchRevocations` streams come from `revocations`.
     pub fn new(
         store: Arc<S>,
         lifetimes: Lifetimes,
         metrics: Arc<Metrics>,
         limits: CallLimits,
+        revocations: Revocations,
     ) -> Self {
         Self {
             store,
             lifetimes,
             calls: Calls::new(limits, metrics.clone()),
             metrics,
+            revocations,
         }
     }
 
@@ -470,6 +477,20 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
                 self.revoke_others(body),
             )
             .await
+    }
+
+    type WatchRevocationsStream = EventStream;
+
+    /// Not through [`Calls::serve`]: a stream outlives any call time limit and holds no
+    /// concurrency permit; streams have their own cap (`--max-revocation-streams`).
+    async fn watch_revocations(
+        &self,
+        _request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        self.revocations
+            .open()
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }
 
