@@ -184,24 +184,14 @@ impl ValidationCache {
         if !state.live || state.generation != generation {
             return;
         }
-        if state.entries.len() >= self.capacity && !state.entries.contains_key(hash) {
-            let now = Instant::now();
-            let expired: Vec<String> = state
-                .entries
-                .iter()
-                .filter(|(_, e)| e.expires <= now)
-                .map(|(h, _)| h.clone())
-                .collect();
-            for h in expired {
-                state.remove_hash(&h);
-            }
-            // Still full: evict any one entry (HashMap order is effectively random).
-            if state.entries.len() >= self.capacity {
-                let Some(victim) = state.entries.keys().next().cloned() else {
-                    return;
-                };
-                state.remove_hash(&victim);
-            }
+        // Full: evict any one entry (HashMap order is effectively random). Expired entries
+        // need no sweep: Valkey expires their access key at the same moment and pushes its
+        // invalidation, and a read past the expiry drops the entry anyway.
+        if state.entries.len() >= self.capacity
+            && !state.entries.contains_key(hash)
+            && let Some(victim) = state.entries.keys().next().cloned()
+        {
+            state.remove_hash(&victim);
         }
         state.remove_hash(hash);
         state
@@ -375,5 +365,113 @@ impl<S: SessionStore> SessionStore for Cached<S> {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_764_000_000_000;
+
+    fn answer(n: u8, expires_in_ms: i64) -> (String, Found) {
+        let hash = sha256_hex(&format!("token {n}"));
+        let record = SessionRecord {
+            sid: sha256_hex(&format!("sid {n}")),
+            did: "did:plc:alice".into(),
+            handle: "alice.test".into(),
+            access_token_hash: hash.clone(),
+            access_token_expires_at: NOW + expires_in_ms,
+            created_at: NOW,
+            refreshed_at: None,
+            user_agent: String::new(),
+            ip_address: String::new(),
+        };
+        (
+            hash,
+            Found {
+                record,
+                now_ms: NOW,
+            },
+        )
+    }
+
+    fn live(capacity: usize) -> Arc<ValidationCache> {
+        let cache = ValidationCache::new(capacity, Arc::new(Metrics::new()));
+        cache.go_live();
+        cache
+    }
+
+    fn put(cache: &ValidationCache, hash: &str, found: &Found) {
+        let generation = cache.generation().expect("live");
+        cache.insert(hash, found, generation, Instant::now());
+    }
+
+    #[test]
+    fn holds_at_most_its_capacity() {
+        let cache = live(2);
+        for n in 0..5 {
+            let (hash, found) = answer(n, 60_000);
+            put(&cache, &hash, &found);
+            assert!(cache.get(&hash).is_some(), "the newest is kept");
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(cache.state().by_sid.len() <= 2, "the sid index shrinks too");
+    }
+
+    #[test]
+    fn answers_only_while_live_and_drops_everything_on_a_break() {
+        let cache = ValidationCache::new(4, Arc::new(Metrics::new()));
+        assert_eq!(cache.generation(), None, "not live: nothing is cached");
+        cache.go_live();
+        let (hash, found) = answer(1, 60_000);
+        put(&cache, &hash, &found);
+        assert!(cache.get(&hash).is_some());
+        cache.reset(false);
+        assert!(cache.get(&hash).is_none());
+        assert!(cache.is_empty());
+        assert_eq!(cache.generation(), None);
+    }
+
+    #[test]
+    fn an_invalidation_between_read_and_insert_wins() {
+        let cache = live(4);
+        let (hash, found) = answer(1, 60_000);
+        let generation = cache.generation().expect("live");
+        cache.invalidate_keys("p:", [b"p:did:unrelated".as_slice()]);
+        cache.insert(&hash, &found, generation, Instant::now());
+        assert!(
+            cache.is_empty(),
+            "any invalidation since the read bars the insert"
+        );
+    }
+
+    #[test]
+    fn a_data_invalidation_drops_every_token_of_the_session() {
+        let cache = live(4);
+        let (hash, found) = answer(1, 60_000);
+        put(&cache, &hash, &found);
+        let key = format!("p:data:{}", found.record.sid);
+        cache.invalidate_keys("p:", [key.as_bytes()]);
+        assert!(cache.get(&hash).is_none());
+        assert!(cache.state().by_sid.is_empty());
+    }
+
+    #[test]
+    fn expired_or_invalid_answers_are_not_served() {
+        let cache = live(4);
+        let (hash, found) = answer(1, 0);
+        put(&cache, &hash, &found);
+        assert!(
+            cache.is_empty(),
+            "an answer that does not validate is not cached"
+        );
+        let (hash, found) = answer(2, 1);
+        put(&cache, &hash, &found);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(
+            cache.get(&hash).is_none(),
+            "never past accessTokenExpiresAt"
+        );
     }
 }
