@@ -26,10 +26,13 @@ pub async fn run(
     prefix: String,
     timeout: Duration,
 ) {
+    // Whether the last attempt failed too: an outage is logged once, not every 200 ms.
+    let mut failing = false;
     loop {
         let closed = Arc::new(Notify::new());
         match subscribe(&client, &cache, &prefix, timeout, closed.clone()).await {
             Ok(mut conn) => {
+                failing = false;
                 cache.go_live();
                 tracing::info!("validation cache live: invalidation feed subscribed");
                 watch(&mut conn, &closed).await;
@@ -40,7 +43,17 @@ pub async fn run(
             }
             Err(err) => {
                 cache.reset(false);
-                tracing::debug!(error = %err, "validation cache feed: could not subscribe");
+                if failing {
+                    tracing::debug!(error = %err, "validation cache feed: could not subscribe");
+                } else {
+                    // Also what an ACL that forbids CLIENT TRACKING looks like: the service
+                    // works, every validation goes to Valkey.
+                    tracing::warn!(
+                        error = %err,
+                        "validation cache off until its invalidation feed can subscribe (CLIENT TRACKING)"
+                    );
+                }
+                failing = true;
             }
         }
         tokio::time::sleep(RETRY_PAUSE).await;
