@@ -55,7 +55,9 @@ struct Entry {
 struct State {
     live: bool,
     generation: u64,
-    entries: HashMap<String, Entry>,
+    /// Boxed: the table's slots stay small, so its spare capacity (up to half of it right
+    /// after it grows) costs pointers, not whole records.
+    entries: HashMap<String, Box<Entry>>,
     /// sid → the cached token hashes of that session, so that a change of `data:<sid>`
     /// drops them all. Never leaves this module.
     by_sid: HashMap<String, Vec<String>>,
@@ -201,11 +203,11 @@ impl ValidationCache {
             .push(hash.to_owned());
         state.entries.insert(
             hash.to_owned(),
-            Entry {
+            Box::new(Entry {
                 found: found.clone(),
                 read_at,
                 expires,
-            },
+            }),
         );
         self.metrics.set_cache_entries(state.entries.len());
     }
