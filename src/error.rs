@@ -38,6 +38,16 @@ pub enum RequestError {
     /// a string field, a compressed flag without `grpc-encoding`): the caller's mistake.
     #[error("the request could not be decoded")]
     Undecodable,
+    /// `--max-revocation-streams` `WatchRevocations` streams are open already.
+    #[error("too many revocation streams are open; retry later")]
+    TooManyStreams,
+    /// This deployment has no revocation feed (memory store, Valkey Cluster): callers must
+    /// not cache validation answers.
+    #[error("no revocation feed with this store: do not cache validation answers")]
+    NoRevocationFeed,
+    /// The revocation feed is down (Valkey unreachable) or just broke; retry.
+    #[error("the revocation feed is down; retry shortly")]
+    FeedDown,
 }
 
 impl RequestError {
@@ -51,7 +61,9 @@ impl RequestError {
             Self::Store(StoreError::Unavailable(_)) => Code::Unavailable,
             Self::Store(StoreError::Protocol(_)) | Self::Entropy(_) => Code::Internal,
             Self::TimedOut => Code::DeadlineExceeded,
-            Self::Overloaded => Code::ResourceExhausted,
+            Self::Overloaded | Self::TooManyStreams => Code::ResourceExhausted,
+            Self::NoRevocationFeed => Code::FailedPrecondition,
+            Self::FeedDown => Code::Unavailable,
         }
     }
 
@@ -140,6 +152,9 @@ mod tests {
             (RequestError::SessionNotFound, Code::NotFound),
             (RequestError::TimedOut, Code::DeadlineExceeded),
             (RequestError::Undecodable, Code::InvalidArgument),
+            (RequestError::TooManyStreams, Code::ResourceExhausted),
+            (RequestError::NoRevocationFeed, Code::FailedPrecondition),
+            (RequestError::FeedDown, Code::Unavailable),
             (
                 RequestError::Store(StoreError::unavailable(io_error())),
                 Code::Unavailable,

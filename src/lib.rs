@@ -7,6 +7,7 @@
 pub mod abuse;
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod call;
 pub mod config;
 pub mod connections;
@@ -19,6 +20,7 @@ pub mod health;
 pub mod metrics;
 pub mod probe;
 pub mod profile;
+pub mod revocations;
 pub mod rotation;
 pub mod rpc;
 pub mod server;

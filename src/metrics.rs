@@ -133,6 +133,11 @@ pub struct Metrics {
     round_trips: Family<RoundTripLabels, Histogram, fn() -> Histogram>,
     store_in_flight: Gauge,
     store_up: Gauge,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    cache_invalidations: Counter,
+    cache_resets: Counter,
+    cache_entries: Gauge,
     /// Set at shutdown: from then on the service is not ready, whatever the store says.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -196,6 +201,36 @@ impl Metrics {
             "1 while the session store answers health probes, else 0",
             store_up.clone(),
         );
+        let cache_hits = Counter::default();
+        registry.register(
+            "barazo_session_validation_cache_hits",
+            "Validations answered from this replica's validation cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "barazo_session_validation_cache_misses",
+            "Validations the validation cache could not answer (sent to Valkey)",
+            cache_misses.clone(),
+        );
+        let cache_invalidations = Counter::default();
+        registry.register(
+            "barazo_session_validation_cache_invalidations",
+            "Key invalidations received from Valkey on the validation cache's feed",
+            cache_invalidations.clone(),
+        );
+        let cache_resets = Counter::default();
+        registry.register(
+            "barazo_session_validation_cache_resets",
+            "Times the validation cache dropped everything: its feed broke or Valkey was flushed",
+            cache_resets.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "barazo_session_validation_cache_entries",
+            "Answers held in the validation cache",
+            cache_entries.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -217,6 +252,11 @@ impl Metrics {
             round_trips,
             store_in_flight,
             store_up,
+            cache_hits,
+            cache_misses,
+            cache_invalidations,
+            cache_resets,
+            cache_entries,
             draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -265,6 +305,31 @@ impl Metrics {
             started: std::time::Instant::now(),
             outcome: "error",
         }
+    }
+
+    /// Counts a validation answered from the validation cache.
+    pub fn cache_hit(&self) {
+        self.cache_hits.inc();
+    }
+
+    /// Counts a validation the cache could not answer.
+    pub fn cache_miss(&self) {
+        self.cache_misses.inc();
+    }
+
+    /// Counts `n` key invalidations received on the cache's feed.
+    pub fn cache_invalidations(&self, n: u64) {
+        self.cache_invalidations.inc_by(n);
+    }
+
+    /// Counts a reset of the validation cache.
+    pub fn cache_reset(&self) {
+        self.cache_resets.inc();
+    }
+
+    /// Publishes how many answers the validation cache holds.
+    pub fn set_cache_entries(&self, n: usize) {
+        self.cache_entries.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Publishes whether the store answers its health probes.

@@ -70,6 +70,8 @@ rpcs! {
         RevokeSession,
         /// "Log out everywhere else": every session of the caller's DID but its own ends.
         RevokeOtherSessions,
+        /// Callers that cache validations: what to drop, as it happens.
+        WatchRevocations,
     }
     "envoy.service.auth.v3.Authorization" => {
         /// A gateway's ext_authz question: may this HTTP request through, as whom.

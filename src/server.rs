@@ -3,8 +3,9 @@
 
 use crate::admin;
 use crate::auth::{AuthLayer, Authorized, Policy};
+use crate::cache::{Cached, ValidationCache};
 use crate::call::{CallLimits, Calls};
-use crate::config::{Config, StoreKind, ValkeyMode};
+use crate::config::{Config, StoreKind, Switch, ValkeyMode};
 use crate::connections;
 use crate::descriptors;
 use crate::ext_authz::ExtAuthz;
@@ -12,10 +13,11 @@ use crate::health;
 use crate::metrics::Metrics;
 use crate::profile::{ProfileLayer, Profiled};
 use crate::proto::session_service_server::SessionServiceServer;
+use crate::revocations::Revocations;
 use crate::service::SessionApi;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
-use crate::store::valkey::{ValkeyClusterStore, ValkeyOptions, ValkeyStore};
+use crate::store::valkey::{self, ValkeyClusterStore, ValkeyOptions, ValkeyStore};
 use crate::transport::{TlsError, Transport};
 use crate::undecodable::{Undecodable, UndecodableLayer};
 use crate::validation::AccessTokens;
@@ -198,6 +200,7 @@ impl Application {
             health: health.clone(),
             health_service,
             metrics: metrics.clone(),
+            revocations: None,
         };
         let (router, health_monitor) = match config.store {
             StoreKind::Valkey => {
@@ -222,9 +225,40 @@ impl Application {
                     ValkeyMode::Standalone => {
                         let store = ValkeyStore::new(&options, metrics.clone())
                             .map_err(StartupError::ValkeyUrl)?;
-                        routes(store, parts)?
+                        // The feed runs with the cache off too: it feeds WatchRevocations.
+                        let cache = ValidationCache::new(
+                            config.validation_cache_entries as usize,
+                            metrics.clone(),
+                        );
+                        let client =
+                            valkey::standalone::client(&options, redis::ProtocolVersion::RESP3)
+                                .map_err(StartupError::ValkeyUrl)?;
+                        let feed = crate::cache::feed::run(
+                            client,
+                            cache.clone(),
+                            options.key_prefix.clone(),
+                            connect_timeout.max(command_timeout),
+                        );
+                        let parts = Parts {
+                            revocations: Some(cache.clone()),
+                            ..parts
+                        };
+                        let (router, monitor) = if config.validation_cache == Switch::On {
+                            routes(Cached::new(store, cache), parts)?
+                        } else {
+                            routes(store, parts)?
+                        };
+                        let both: BoxFuture = Box::pin(async move {
+                            tokio::join!(monitor, feed);
+                        });
+                        (router, both)
                     }
                     ValkeyMode::Cluster => {
+                        if config.validation_cache == Switch::On {
+                            tracing::info!(
+                                "validation cache off in cluster mode: its invalidation feed would need a tracking connection per primary, followed across topology changes (README, \"Validation cache\")"
+                            );
+                        }
                         let store = ValkeyClusterStore::new(&options, metrics.clone())
                             .map_err(StartupError::ValkeyUrl)?;
                         routes(store, parts)?
@@ -358,6 +392,8 @@ struct Parts<'a> {
     health: HealthReporter,
     health_service: HealthServer<HealthService>,
     metrics: Arc<Metrics>,
+    /// The invalidation feed behind `WatchRevocations`, where the store has one.
+    revocations: Option<Arc<ValidationCache>>,
 }
 
 /// Builds the gRPC routes over one store, and the task that keeps its health status.
@@ -370,6 +406,7 @@ fn routes<S: SessionStore>(
         health,
         health_service,
         metrics,
+        revocations,
     } = parts;
     let store = Arc::new(store);
     // One validation path and one per-call layer (one concurrency limit) for both services.
@@ -391,6 +428,7 @@ fn routes<S: SessionStore>(
         config.lifetimes(),
         metrics.clone(),
         calls.clone(),
+        Revocations::new(revocations, config.max_revocation_streams as usize),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let ext_authz = ExtAuthz::new(tokens, calls).into_server();

@@ -14,7 +14,9 @@ use crate::proto::{
     ListSessionsRequest, ListSessionsResponse, RefreshSessionRequest, RefreshSessionResponse,
     RevokeOtherSessionsRequest, RevokeOtherSessionsResponse, RevokeSessionRequest,
     RevokeSessionResponse, Session, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
+    WatchRevocationsRequest,
 };
+use crate::revocations::{EventStream, Revocations};
 use crate::rotation::{self, Candidate, Presented};
 use crate::rpc::Rpc;
 use crate::session::{
@@ -37,18 +39,22 @@ pub struct SessionApi<S> {
     /// Load shedding, time limits, spans, metrics and the log line around each call
     /// (shared with ext_authz, so that the concurrency limit is one for the listener).
     calls: Arc<Calls>,
+    /// The `WatchRevocations` streams.
+    revocations: Revocations,
 }
 
 impl<S: SessionStore> SessionApi<S> {
     /// Serves sessions from `store`, validating access tokens with `tokens`, minting
     /// access tokens and sessions that live as long as `lifetimes` says, counting what it
-    /// does in `metrics`, and running each call through `calls`.
+    /// does in `metrics`, and running each call through `calls`; `WatchRevocations`
+    /// streams come from `revocations`.
     pub fn new(
         store: Arc<S>,
         tokens: Arc<AccessTokens<S>>,
         lifetimes: Lifetimes,
         metrics: Arc<Metrics>,
         calls: Arc<Calls>,
+        revocations: Revocations,
     ) -> Self {
         Self {
             store,
@@ -56,6 +62,7 @@ impl<S: SessionStore> SessionApi<S> {
             lifetimes,
             metrics,
             calls,
+            revocations,
         }
     }
 
@@ -499,6 +506,20 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
                 self.revoke_others(body),
             )
             .await
+    }
+
+    type WatchRevocationsStream = EventStream;
+
+    /// Not through [`Calls::serve`]: a stream outlives any call time limit and holds no
+    /// concurrency permit; streams have their own cap (`--max-revocation-streams`).
+    async fn watch_revocations(
+        &self,
+        _request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        self.revocations
+            .open()
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }
 

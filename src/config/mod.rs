@@ -77,6 +77,25 @@ pub struct Config {
     #[arg(long, env = "VALKEY_MODE", value_enum, default_value_t = ValkeyMode::Standalone)]
     pub valkey_mode: ValkeyMode,
 
+    /// Answer repeat validations from this replica's memory, kept coherent by Valkey's
+    /// invalidation pushes (README, "Validation cache"). Standalone Valkey only: the
+    /// memory store needs no cache, and in cluster mode it stays off (startup log line).
+    #[arg(long, env = "VALIDATION_CACHE", value_enum, default_value_t = Switch::On)]
+    pub validation_cache: Switch,
+
+    /// Most answers the validation cache holds (one per access token presented; a few
+    /// hundred bytes each). 65536: every token a large forum's users present within one
+    /// 15-minute token lifetime.
+    #[arg(long, env = "VALIDATION_CACHE_ENTRIES", default_value_t = 65536,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub validation_cache_entries: u32,
+
+    /// Most `WatchRevocations` streams open at once; beyond it RESOURCE_EXHAUSTED. Each
+    /// costs a task and a 64-event buffer; 1024 is far more caching callers than a forum runs.
+    #[arg(long, env = "MAX_REVOCATION_STREAMS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_revocation_streams: u32,
+
     /// Session lifetime in seconds, restarted by every refresh. The AppView's variable
     /// and default (7 days).
     #[arg(long, env = "OAUTH_SESSION_TTL", default_value = "604800", value_parser = durations::seconds)]

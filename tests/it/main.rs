@@ -8,6 +8,7 @@
 mod behaviour;
 #[cfg(feature = "bench-tool")]
 mod bench_tool;
+mod cache;
 mod cli;
 mod cluster;
 mod dashboard;
@@ -21,6 +22,7 @@ mod interleavings;
 mod metrics;
 mod outage;
 mod readme;
+mod revocations;
 mod security;
 mod shutdown;
 mod storage;

@@ -38,8 +38,18 @@ fn rpc(method: &str, code: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_calls_outcomes_and_round_trips() {
-    let mut app =
-        TestApp::spawn_with(StoreKind::Valkey, &["--metrics-listen", "127.0.0.1:0"]).await;
+    // Without the validation cache, so every validation is a round trip (tests/it/cache.rs
+    // counts the cache's hits).
+    let mut app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--validation-cache",
+            "off",
+        ],
+    )
+    .await;
     let admin = app.metrics_addr.expect("admin listener");
     let did = unique_did();
     let first = app.create(&did, "alice.test").await;

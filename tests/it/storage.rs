@@ -508,9 +508,15 @@ async fn listing_revocation_and_the_cap_round_trips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_script_cache_is_reloaded_transparently() {
+    // Without the validation cache: the repeated validations must reach Valkey.
     let app = TestApp::spawn_with(
         StoreKind::Valkey,
-        &["--health-check-interval-ms", "3600000"],
+        &[
+            "--health-check-interval-ms",
+            "3600000",
+            "--validation-cache",
+            "off",
+        ],
     )
     .await;
     let created = app.create(&unique_did(), "alice.test").await;

@@ -308,6 +308,13 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         Some("true")
     );
     assert_eq!(attribute(&check.attributes, "user.id"), Some(did.clone()));
+    // Whether the validation cache answered: not for a token validated for the first time
+    // (`bypass` while its feed is still subscribing).
+    let cache = attribute(&validate.attributes, "barazo.cache");
+    assert!(
+        matches!(cache.as_deref(), Some("miss" | "bypass")),
+        "barazo.cache = {cache:?}"
+    );
 
     // The log line of the failed call carries the ids of its span, so logs and traces join.
     let failed_span = spans

@@ -12,6 +12,7 @@ mod interrupt;
 mod load;
 mod namespace;
 mod profile;
+mod propagation;
 mod sink;
 mod spawn;
 mod valkey_commands;
@@ -46,6 +47,9 @@ enum Compare {
     Tracing,
     /// The in-memory store, then the Valkey store.
     Store,
+    /// Three servers: the in-memory store, Valkey with the validation cache, Valkey
+    /// without it (`--validation-cache off`).
+    Cache,
 }
 
 /// Load for barazo-session: throughput, latency percentiles, errors.
@@ -118,6 +122,12 @@ struct Args {
     /// Start two servers and alternate rounds between them.
     #[arg(long, value_enum)]
     compare: Option<Compare>,
+
+    /// Instead of a throughput run: N revocations on one started server (A), each timed
+    /// until a second (B, validation cache on, under validate load) stops validating the
+    /// token it had cached. Needs `--valkey-url`.
+    #[arg(long, value_name = "N", conflicts_with_all = ["addr", "compare"])]
+    propagation: Option<usize>,
     /// What the callers do.
     #[arg(long, value_enum, default_value_t = Scenario::Validate)]
     scenario: Scenario,
@@ -237,6 +247,7 @@ fn specs(args: &Args, otlp: Option<&str>) -> Vec<ServerSpec> {
         valkey_mode: args.valkey_mode.clone(),
         otlp_endpoint: otlp.map(str::to_owned),
         worker_threads: args.server_worker_threads,
+        validation_cache: None,
     };
     let store_name = format!("{:?}", args.store).to_lowercase();
     match args.compare {
@@ -244,6 +255,17 @@ fn specs(args: &Args, otlp: Option<&str>) -> Vec<ServerSpec> {
         Some(Compare::Store) => vec![
             spec("memory", Store::Memory, None),
             spec("valkey", Store::Valkey, None),
+        ],
+        Some(Compare::Cache) => vec![
+            spec("memory", Store::Memory, None),
+            ServerSpec {
+                validation_cache: Some("on"),
+                ..spec("valkey, cache on", Store::Valkey, None)
+            },
+            ServerSpec {
+                validation_cache: Some("off"),
+                ..spec("valkey, cache off", Store::Valkey, None)
+            },
         ],
         Some(Compare::Tracing) => vec![
             spec(&format!("{store_name}, tracing off"), args.store, None),
@@ -304,6 +326,29 @@ async fn main() -> ExitCode {
     };
     if let Some(file) = &args.delete_dids {
         return delete_listed(&args, &connector, file).await;
+    }
+    if let Some(count) = args.propagation {
+        let spec = ServerSpec {
+            validation_cache: Some("on"),
+            ..specs(&args, None).remove(0)
+        };
+        let run = match Run::new() {
+            Ok(run) => run,
+            Err(err) => {
+                eprintln!("session-bench: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(warning) = profile::own_warning() {
+            eprintln!("{warning}");
+        }
+        return match propagation::run(spec, count, args.callers(), &run).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("session-bench: {}", chain(err.as_ref()));
+                ExitCode::FAILURE
+            }
+        };
     }
     let mut warnings = Warnings::default();
     if let Some(warning) = profile::own_warning() {
@@ -488,7 +533,8 @@ async fn load_all(args: &Args, targets: &mut [Target], stop: &Stop) -> Result<()
     // (Standalone only: a cluster's commands are spread over its nodes' statistics.)
     let mut counter = if args.addr.is_none()
         && args.valkey_mode == "standalone"
-        && (args.store == Store::Valkey || args.compare == Some(Compare::Store))
+        && (args.store == Store::Valkey
+            || matches!(args.compare, Some(Compare::Store | Compare::Cache)))
     {
         Some(valkey_commands::CommandCounter::connect(&args.valkey_url).await?)
     } else {
@@ -697,6 +743,18 @@ fn report(args: &Args, targets: &[Target], sink: Option<&sink::Sink>) {
     }
     if let [first, second] = throughputs[..] {
         println!("second / first throughput: {:.1}%", 100.0 * second / first);
+    }
+    if let [first, ref others @ ..] = throughputs[..]
+        && others.len() > 1
+    {
+        for (target, throughput) in targets.iter().skip(1).zip(others) {
+            println!(
+                "{} / {} throughput: {:.1}%",
+                target.label,
+                targets[0].label,
+                100.0 * throughput / first
+            );
+        }
     }
     if let Some(sink) = sink {
         // The traced server is the second; spans still buffered in it are not counted.

@@ -28,6 +28,8 @@ pub struct ServerSpec {
     pub otlp_endpoint: Option<String>,
     /// The server's `--worker-threads`, or its default.
     pub worker_threads: Option<usize>,
+    /// The server's `--validation-cache` (`on`/`off`), or its default.
+    pub validation_cache: Option<&'static str>,
 }
 
 /// A running server, killed on drop.
@@ -68,6 +70,9 @@ impl Server {
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         if let Some(url) = &spec.valkey_url {
             cmd.args(["--valkey-url", url, "--valkey-mode", &spec.valkey_mode]);
+        }
+        if let Some(cache) = spec.validation_cache {
+            cmd.args(["--validation-cache", cache]);
         }
         if let Some(threads) = spec.worker_threads {
             cmd.args(["--worker-threads", &threads.to_string()]);

@@ -15,7 +15,7 @@ use crate::store::{
     SessionStore, StoreError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, RedisError, Script};
+use redis::{IntoConnectionInfo, ProtocolVersion, RedisError, Script};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +77,34 @@ impl Scripts {
     }
 }
 
+/// A client for the Valkey of `options` (its password and CA applied) speaking `protocol`:
+/// RESP2 for the store's connection, RESP3 for the validation cache's invalidation feed
+/// (push messages need it).
+pub fn client(
+    options: &ValkeyOptions,
+    protocol: ProtocolVersion,
+) -> Result<redis::Client, RedisError> {
+    let url = options.urls.first().map_or("", String::as_str);
+    let mut info = url.into_connection_info()?;
+    let mut settings = info.redis_settings().clone().set_protocol(protocol);
+    if let Some(password) = &options.password
+        && settings.password().is_none()
+    {
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
+    match &options.ca_pem {
+        Some(ca) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+}
+
 /// Session storage in Valkey (or Redis), see the module docs of [`crate::store`].
 pub struct ValkeyStore {
     conn: ConnectionManager,
@@ -91,24 +119,7 @@ impl ValkeyStore {
     ///
     /// Must run inside a Tokio runtime (the connection manager spawns its reconnect task).
     pub fn new(options: &ValkeyOptions, metrics: Arc<Metrics>) -> Result<Self, RedisError> {
-        let url = options.urls.first().map_or("", String::as_str);
-        let mut info = url.into_connection_info()?;
-        if let Some(password) = &options.password
-            && info.redis_settings().password().is_none()
-        {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = match &options.ca_pem {
-            Some(ca) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
-            )?,
-            None => redis::Client::open(info)?,
-        };
+        let client = client(options, ProtocolVersion::RESP2)?;
         let peer = Peer::of(client.get_connection_info().addr());
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))

@@ -15,6 +15,9 @@ pub struct Monitor {
     _writer: tokio::net::tcp::OwnedWriteHalf,
     marker: redis::aio::MultiplexedConnection,
     next: u64,
+    /// Addresses of the servers' invalidation feeds (`CLIENT TRACKING` connections): their
+    /// once-a-second `PING` is no call's round trip.
+    feeds: Vec<String>,
 }
 
 impl Monitor {
@@ -28,11 +31,29 @@ impl Monitor {
         let mut lines = BufReader::new(read).lines();
         let ok = lines.next_line().await.expect("read").expect("a reply");
         assert_eq!(ok, "+OK", "MONITOR accepted");
+        let mut marker = valkey.client().await;
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut marker)
+            .await
+            .expect("CLIENT LIST");
+        let feeds = clients
+            .lines()
+            .filter(|line| {
+                line.split(' ').any(|f| {
+                    f.strip_prefix("flags=")
+                        .is_some_and(|flags| flags.contains('t'))
+                })
+            })
+            .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("addr=")))
+            .map(str::to_owned)
+            .collect();
         Self {
             lines,
             _writer: write,
-            marker: valkey.client().await,
+            marker,
             next: 0,
+            feeds,
         }
     }
 
@@ -71,13 +92,18 @@ impl Monitor {
 
     /// The names of the top-level commands (round trips) Valkey received since `start`.
     pub async fn finish(&mut self, start: String) -> Vec<String> {
-        self.finish_lines(start)
-            .await
+        let lines = self.finish_lines(start).await;
+        lines
             .iter()
             .filter_map(|line| {
                 // `+<time> [<db> <client or lua>] "CMD" "arg" ...`
                 let (client, rest) = line.split_once("] ")?;
-                if client.ends_with(" lua") {
+                if client.ends_with(" lua")
+                    || self
+                        .feeds
+                        .iter()
+                        .any(|feed| client.ends_with(&format!(" {feed}")))
+                {
                     return None;
                 }
                 Some(rest.split('"').nth(1).unwrap_or_default().to_uppercase())

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file barazo/session/v1/session.proto.
  */
 export const file_barazo_session_v1_session: GenFile = /*@__PURE__*/
-  fileDesc("Ch9iYXJhem8vc2Vzc2lvbi92MS9zZXNzaW9uLnByb3RvEhFiYXJhem8uc2Vzc2lvbi52MSI0CgpDbGllbnRJbmZvEhIKCnVzZXJfYWdlbnQYASABKAkSEgoKaXBfYWRkcmVzcxgCIAEoCSK5AgoHU2Vzc2lvbhILCgNkaWQYASABKAkSDgoGaGFuZGxlGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzZXNzaW9uX2tleRgFIAEoCRIwCgxyZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmNsaWVudBgIIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8iYgoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEg4KBmhhbmRsZRgCIAEoCRItCgZjbGllbnQYAyABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvInEKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhouYmFyYXpvLnNlc3Npb24udjEuU2Vzc2lvbhIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSFQoNcmVmcmVzaF90b2tlbhgDIAEoCSIyChpWYWxpZGF0ZUFjY2Vzc1Rva2VuUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiWQobVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEisKB3Nlc3Npb24YAiABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uInwKFVJlZnJlc2hTZXNzaW9uUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJEi0KBmNsaWVudBgCIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8SHQoVcHJldmlvdXNfYWNjZXNzX3Rva2VuGAMgASgJInIKFlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24SFAoMYWNjZXNzX3Rva2VuGAIgASgJEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkiLQoURGVsZXRlU2Vzc2lvblJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSIoChVEZWxldGVTZXNzaW9uUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoCCItCh5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlcXVlc3QSCwoDZGlkGAEgASgJIjgKH0RlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoDSIiChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EgsKA2RpZBgBIAEoCSJEChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIsCghzZXNzaW9ucxgBIAMoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24iOAoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEhMKC3Nlc3Npb25fa2V5GAIgASgJIigKFVJldm9rZVNlc3Npb25SZXNwb25zZRIPCgdyZXZva2VkGAEgASgIIjMKGlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiNAobUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlEhUKDXJldm9rZWRfY291bnQYASABKA0y8wYKDlNlc3Npb25TZXJ2aWNlEmIKDUNyZWF0ZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJ0ChNWYWxpZGF0ZUFjY2Vzc1Rva2VuEi0uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlblJlcXVlc3QaLi5iYXJhem8uc2Vzc2lvbi52MS5WYWxpZGF0ZUFjY2Vzc1Rva2VuUmVzcG9uc2USZQoOUmVmcmVzaFNlc3Npb24SKC5iYXJhem8uc2Vzc2lvbi52MS5SZWZyZXNoU2Vzc2lvblJlcXVlc3QaKS5iYXJhem8uc2Vzc2lvbi52MS5SZWZyZXNoU2Vzc2lvblJlc3BvbnNlEmIKDURlbGV0ZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZVNlc3Npb25SZXNwb25zZRKAAQoXRGVsZXRlQWxsU2Vzc2lvbnNGb3JEaWQSMS5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlcXVlc3QaMi5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlc3BvbnNlEl8KDExpc3RTZXNzaW9ucxImLmJhcmF6by5zZXNzaW9uLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJy5iYXJhem8uc2Vzc2lvbi52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJiCg1SZXZva2VTZXNzaW9uEicuYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlU2Vzc2lvblJlcXVlc3QaKC5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USdAoTUmV2b2tlT3RoZXJTZXNzaW9ucxItLmJhcmF6by5zZXNzaW9uLnYxLlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0Gi4uYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9iYXJhem8vc2Vzc2lvbi92MS9zZXNzaW9uLnByb3RvEhFiYXJhem8uc2Vzc2lvbi52MSI0CgpDbGllbnRJbmZvEhIKCnVzZXJfYWdlbnQYASABKAkSEgoKaXBfYWRkcmVzcxgCIAEoCSK5AgoHU2Vzc2lvbhILCgNkaWQYASABKAkSDgoGaGFuZGxlGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzZXNzaW9uX2tleRgFIAEoCRIwCgxyZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmNsaWVudBgIIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8iYgoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEg4KBmhhbmRsZRgCIAEoCRItCgZjbGllbnQYAyABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvInEKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhouYmFyYXpvLnNlc3Npb24udjEuU2Vzc2lvbhIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSFQoNcmVmcmVzaF90b2tlbhgDIAEoCSIyChpWYWxpZGF0ZUFjY2Vzc1Rva2VuUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiWQobVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEisKB3Nlc3Npb24YAiABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uInwKFVJlZnJlc2hTZXNzaW9uUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJEi0KBmNsaWVudBgCIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8SHQoVcHJldmlvdXNfYWNjZXNzX3Rva2VuGAMgASgJInIKFlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24SFAoMYWNjZXNzX3Rva2VuGAIgASgJEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkiLQoURGVsZXRlU2Vzc2lvblJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSIoChVEZWxldGVTZXNzaW9uUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoCCItCh5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlcXVlc3QSCwoDZGlkGAEgASgJIjgKH0RlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoDSIiChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EgsKA2RpZBgBIAEoCSJEChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIsCghzZXNzaW9ucxgBIAMoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24iOAoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEhMKC3Nlc3Npb25fa2V5GAIgASgJIigKFVJldm9rZVNlc3Npb25SZXNwb25zZRIPCgdyZXZva2VkGAEgASgIIjMKGlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiNAobUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlEhUKDXJldm9rZWRfY291bnQYASABKA0iGQoXV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QieQoPUmV2b2NhdGlvbkV2ZW50EhsKEWFjY2Vzc190b2tlbl9oYXNoGAEgASgJSAASFQoLc2Vzc2lvbl9rZXkYAiABKAlIABIpCgVyZXNldBgDIAEoCzIYLmJhcmF6by5zZXNzaW9uLnYxLlJlc2V0SABCBwoFZXZlbnQiBwoFUmVzZXQy2QcKDlNlc3Npb25TZXJ2aWNlEmIKDUNyZWF0ZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJ0ChNWYWxpZGF0ZUFjY2Vzc1Rva2VuEi0uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlblJlcXVlc3QaLi5iYXJhem8uc2Vzc2lvbi52MS5WYWxpZGF0ZUFjY2Vzc1Rva2VuUmVzcG9uc2USZQoOUmVmcmVzaFNlc3Npb24SKC5iYXJhem8uc2Vzc2lvbi52MS5SZWZyZXNoU2Vzc2lvblJlcXVlc3QaKS5iYXJhem8uc2Vzc2lvbi52MS5SZWZyZXNoU2Vzc2lvblJlc3BvbnNlEmIKDURlbGV0ZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZVNlc3Npb25SZXNwb25zZRKAAQoXRGVsZXRlQWxsU2Vzc2lvbnNGb3JEaWQSMS5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlcXVlc3QaMi5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlc3BvbnNlEl8KDExpc3RTZXNzaW9ucxImLmJhcmF6by5zZXNzaW9uLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJy5iYXJhem8uc2Vzc2lvbi52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJiCg1SZXZva2VTZXNzaW9uEicuYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlU2Vzc2lvblJlcXVlc3QaKC5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USdAoTUmV2b2tlT3RoZXJTZXNzaW9ucxItLmJhcmF6by5zZXNzaW9uLnYxLlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0Gi4uYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlEmQKEFdhdGNoUmV2b2NhdGlvbnMSKi5iYXJhem8uc2Vzc2lvbi52MS5XYXRjaFJldm9jYXRpb25zUmVxdWVzdBoiLmJhcmF6by5zZXNzaW9uLnYxLlJldm9jYXRpb25FdmVudDABYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Facts about the device a session was used from, as the AppView saw them. Optional.
@@ -545,6 +545,79 @@ export const RevokeOtherSessionsResponseSchema: GenMessage<RevokeOtherSessionsRe
   messageDesc(file_barazo_session_v1_session, 17);
 
 /**
+ * Input of WatchRevocations.
+ *
+ * @generated from message barazo.session.v1.WatchRevocationsRequest
+ */
+export type WatchRevocationsRequest = Message<"barazo.session.v1.WatchRevocationsRequest"> & {
+};
+
+/**
+ * Describes the message barazo.session.v1.WatchRevocationsRequest.
+ * Use `create(WatchRevocationsRequestSchema)` to create a new message.
+ */
+export const WatchRevocationsRequestSchema: GenMessage<WatchRevocationsRequest> = /*@__PURE__*/
+  messageDesc(file_barazo_session_v1_session, 18);
+
+/**
+ * One thing a caching caller must drop (see WatchRevocations).
+ *
+ * @generated from message barazo.session.v1.RevocationEvent
+ */
+export type RevocationEvent = Message<"barazo.session.v1.RevocationEvent"> & {
+  /**
+   * @generated from oneof barazo.session.v1.RevocationEvent.event
+   */
+  event: {
+    /**
+     * Hex SHA-256 of an access token that may no longer validate.
+     *
+     * @generated from field: string access_token_hash = 1;
+     */
+    value: string;
+    case: "accessTokenHash";
+  } | {
+    /**
+     * A session changed or ended: drop every answer cached for it (Session.session_key).
+     *
+     * @generated from field: string session_key = 2;
+     */
+    value: string;
+    case: "sessionKey";
+  } | {
+    /**
+     * Drop everything: always the first event of a stream, and after any gap.
+     *
+     * @generated from field: barazo.session.v1.Reset reset = 3;
+     */
+    value: Reset;
+    case: "reset";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message barazo.session.v1.RevocationEvent.
+ * Use `create(RevocationEventSchema)` to create a new message.
+ */
+export const RevocationEventSchema: GenMessage<RevocationEvent> = /*@__PURE__*/
+  messageDesc(file_barazo_session_v1_session, 19);
+
+/**
+ * Drop every cached answer.
+ *
+ * @generated from message barazo.session.v1.Reset
+ */
+export type Reset = Message<"barazo.session.v1.Reset"> & {
+};
+
+/**
+ * Describes the message barazo.session.v1.Reset.
+ * Use `create(ResetSchema)` to create a new message.
+ */
+export const ResetSchema: GenMessage<Reset> = /*@__PURE__*/
+  messageDesc(file_barazo_session_v1_session, 20);
+
+/**
  * Creates, validates, refreshes and revokes forum user sessions.
  *
  * @generated from service barazo.session.v1.SessionService
@@ -646,6 +719,24 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof RevokeOtherSessionsRequestSchema;
     output: typeof RevokeOtherSessionsResponseSchema;
+  },
+  /**
+   * A stream of what callers that cache validation answers must drop. The contract: a
+   * caller may reuse a `valid = true` answer for access token T until the first of T's
+   * `access_token_expires_at`, an event naming sha256(T) (`access_token_hash`) or T's
+   * session (`session_key`), a `reset`, or the end of the stream (any status). The first
+   * event is always `reset`; a `reset` also follows any gap (a consumer too slow to keep up,
+   * a flushed Valkey). Events never carry a token or a session id. When the service's own
+   * invalidation feed breaks, every stream ends with UNAVAILABLE; while it is down, and in
+   * modes without one (the memory store, Valkey Cluster), the call is answered UNAVAILABLE
+   * or FAILED_PRECONDITION respectively. RESOURCE_EXHAUSTED beyond --max-revocation-streams.
+   *
+   * @generated from rpc barazo.session.v1.SessionService.WatchRevocations
+   */
+  watchRevocations: {
+    methodKind: "server_streaming";
+    input: typeof WatchRevocationsRequestSchema;
+    output: typeof RevocationEventSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_barazo_session_v1_session, 0);

@@ -1,0 +1,134 @@
+//! `--propagation N`: how long a revocation takes to reach another replica's validation
+//! cache. Two servers (A and B, cache on) on one Valkey; B under validate load from
+//! `callers` callers on a token of its own; N times: a session is created on A, validated
+//! on B until B answers from its cache (twice in a row valid), deleted on A, and B is
+//! asked back to back until it answers `valid=false`. The figure is the time from A's
+//! answer to B's first `valid=false` answer (client side; its resolution is one B call).
+
+use crate::client::{Client, Connector};
+use crate::namespace::Run;
+use crate::spawn::{BoxError, Server, ServerSpec};
+use barazo_session::proto::{
+    CreateSessionRequest, DeleteAllSessionsForDidRequest, DeleteSessionRequest,
+    ValidateAccessTokenRequest,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+async fn valid(client: &mut Client, token: &str) -> Result<bool, BoxError> {
+    Ok(client
+        .validate_access_token(ValidateAccessTokenRequest {
+            access_token: token.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .valid)
+}
+
+/// Runs the scenario and prints the figures.
+pub async fn run(
+    spec: ServerSpec,
+    count: usize,
+    callers: usize,
+    run: &Run,
+) -> Result<(), BoxError> {
+    let a = Server::start(ServerSpec {
+        label: "A".into(),
+        ..spec.clone()
+    })
+    .await?;
+    let b = Server::start(ServerSpec {
+        label: "B".into(),
+        ..spec
+    })
+    .await?;
+    let ledger = run.ledger(0);
+    let connector = Connector::plaintext();
+    let mut on_a = connector.client(connector.channel(&a.addr).await?);
+    let mut on_b = connector.client(connector.channel(&b.addr).await?);
+    let load_did = ledger.did(0);
+    let load_token = on_a
+        .create_session(CreateSessionRequest {
+            did: load_did.clone(),
+            handle: "bench.test".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .access_token;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    let load_clients = connector.clients(&b.addr, 4).await?;
+    for i in 0..callers {
+        let mut client = load_clients[i % load_clients.len()].clone();
+        let (token, stop) = (load_token.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if valid(&mut client, &token).await.is_ok() {
+                    calls += 1;
+                }
+            }
+            calls
+        }));
+    }
+    let started = Instant::now();
+    let mut took = Vec::with_capacity(count);
+    for n in 1..=count {
+        let did = ledger.did(n);
+        let created = on_a
+            .create_session(CreateSessionRequest {
+                did: did.clone(),
+                handle: "bench.test".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        while !(valid(&mut on_b, &created.access_token).await?
+            && valid(&mut on_b, &created.access_token).await?)
+        {}
+        on_a.delete_session(DeleteSessionRequest {
+            refresh_token: created.refresh_token,
+        })
+        .await?;
+        let revoked = Instant::now();
+        let mut polls = 0u32;
+        while valid(&mut on_b, &created.access_token).await? {
+            polls += 1;
+            if revoked.elapsed() > Duration::from_secs(5) {
+                return Err(
+                    format!("B still validates a token revoked 5 s ago ({polls} polls)").into(),
+                );
+            }
+        }
+        took.push(revoked.elapsed());
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut load_calls = 0;
+    for task in load {
+        load_calls += task.await.unwrap_or(0);
+    }
+    on_a.delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did: load_did })
+        .await?;
+    took.sort();
+    let at = |q: f64| {
+        let index = ((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1;
+        took[index].as_secs_f64() * 1000.0
+    };
+    println!(
+        "propagation of {count} revocations from A to B's cache, B under validate load from {callers} callers ({:.0} calls/s):",
+        load_calls as f64 / elapsed.as_secs_f64()
+    );
+    println!("| p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {:.3} | {:.3} | {:.3} | {:.3} |",
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        at(1.0)
+    );
+    Ok(())
+}

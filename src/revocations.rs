@@ -1,0 +1,90 @@
+//! `WatchRevocations`: the validation cache's invalidation feed, passed on to callers
+//! that cache validation answers themselves (the contract is in the proto and README).
+//!
+//! Each stream has its own task and a small bounded buffer; the feed's shared ring
+//! ([`crate::cache::EVENT_BUFFER`]) holds what a stream has not taken yet. A consumer that
+//! falls behind it gets a `reset` instead of the events it missed, so its memory (and the
+//! server's) stays flat whatever the write rate.
+
+use crate::cache::{Invalidation, ValidationCache};
+use crate::error::RequestError;
+use crate::proto::revocation_event::Event;
+use crate::proto::{Reset, RevocationEvent};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+/// Events a stream holds that its consumer has not read yet (in the channel to tonic).
+const STREAM_BUFFER: usize = 64;
+
+/// The revocation streams of one replica.
+pub struct Revocations {
+    cache: Option<Arc<ValidationCache>>,
+    streams: Arc<Semaphore>,
+}
+
+/// What a `WatchRevocations` response streams.
+pub type EventStream = ReceiverStream<Result<RevocationEvent, Status>>;
+
+fn event(event: Event) -> RevocationEvent {
+    RevocationEvent { event: Some(event) }
+}
+
+fn reset() -> RevocationEvent {
+    event(Event::Reset(Reset {}))
+}
+
+impl Revocations {
+    /// Streams fed by `cache`'s invalidation feed (`None`: this store has none), at most
+    /// `max_streams` open at once.
+    pub fn new(cache: Option<Arc<ValidationCache>>, max_streams: usize) -> Self {
+        Self {
+            cache,
+            streams: Arc::new(Semaphore::new(max_streams)),
+        }
+    }
+
+    /// Opens one stream: `reset` first, then the feed's events.
+    pub fn open(&self) -> Result<EventStream, RequestError> {
+        let cache = self.cache.as_ref().ok_or(RequestError::NoRevocationFeed)?;
+        let permit = self
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| RequestError::TooManyStreams)?;
+        // Subscribed before checking the feed: a break after this check reaches the stream.
+        let mut events = cache.subscribe();
+        if !cache.is_live() {
+            return Err(RequestError::FeedDown);
+        }
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if tx.send(Ok(reset())).await.is_err() {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    () = tx.closed() => return,
+                    next = events.recv() => next,
+                };
+                let item = match next {
+                    Ok(Invalidation::AccessHash(hash)) => Ok(event(Event::AccessTokenHash(hash))),
+                    Ok(Invalidation::SessionKey(key)) => Ok(event(Event::SessionKey(key))),
+                    Ok(Invalidation::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        Ok(reset())
+                    }
+                    Ok(Invalidation::Broken) | Err(broadcast::error::RecvError::Closed) => {
+                        Err(Status::from(RequestError::FeedDown))
+                    }
+                };
+                let last = item.is_err();
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+}

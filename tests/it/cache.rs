@@ -1,0 +1,430 @@
+//! The validation cache (issue 14): answers from memory only while Valkey's invalidation
+//! feed is live, and never a stale `valid=true`: revocations on another replica, by the
+//! TypeScript code, by key expiry, a read racing an invalidation, and every way the feed
+//! can break.
+
+use crate::metrics::get;
+use crate::support::valkey::Valkey;
+use crate::support::{TestApp, unique_did};
+use barazo_session::cache::{Cached, Invalidation, ValidationCache};
+use barazo_session::config::StoreKind;
+use barazo_session::metrics::Metrics;
+use barazo_session::rotation::Presented;
+use barazo_session::session::{SessionRecord, sha256_hex};
+use barazo_session::store::valkey::{ValkeyOptions, ValkeyStore, standalone};
+use barazo_session::store::{ByRefresh, Lifetimes, SessionStore, TokenRules};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, broadcast};
+use tonic::Code;
+
+const PREFIX: &str = "barazo:session:";
+
+/// How long a test waits for a signal before failing (never the expected time).
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A counter or gauge of the app's `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let (_, text) = get(app.metrics_addr.expect("admin listener"), "/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {name}"))
+}
+
+const HITS: &str = "barazo_session_validation_cache_hits_total";
+const RESETS: &str = "barazo_session_validation_cache_resets_total";
+const ENTRIES: &str = "barazo_session_validation_cache_entries";
+
+/// Polls `check` until it holds; panics after [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < PATIENCE, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Validates `token` on `app` until an answer comes from the cache (the feed may still be
+/// subscribing when the app reports SERVING).
+async fn cache(app: &TestApp, token: &str) {
+    eventually("the token is answered from the cache", || async {
+        let before = metric(app, HITS).await;
+        assert!(app.validate(token).await.valid, "a live token validates");
+        metric(app, HITS).await > before
+    })
+    .await;
+}
+
+async fn spawn(valkey: Valkey) -> TestApp {
+    let app = TestApp::spawn_against(
+        StoreKind::Valkey,
+        Some(valkey),
+        &["--metrics-listen", "127.0.0.1:0"],
+    )
+    .await;
+    app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    app
+}
+
+/// A second replica on the same Valkey.
+async fn replica(valkey: &Valkey) -> TestApp {
+    let app = TestApp::spawn_against(
+        StoreKind::Valkey,
+        None,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--valkey-url",
+            &valkey.url(),
+        ],
+    )
+    .await;
+    app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_revoked_on_one_replica_stops_validating_on_the_other_within_a_second() {
+    let a = spawn(Valkey::start()).await;
+    let b = replica(a.valkey()).await;
+    let created = a.create(&unique_did(), "alice.test").await;
+    cache(&b, &created.access_token).await;
+    assert!(metric(&b, ENTRIES).await >= 1.0);
+
+    let revoked = Instant::now();
+    assert!(a.delete(&created.refresh_token).await.expect("delete"));
+    eventually("B stops validating the revoked token", || async {
+        !b.validate(&created.access_token).await.valid
+    })
+    .await;
+    let took = revoked.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_on_another_replica_ends_the_cached_old_token() {
+    let a = spawn(Valkey::start()).await;
+    let b = replica(a.valkey()).await;
+    let created = a.create(&unique_did(), "alice.test").await;
+    cache(&b, &created.access_token).await;
+    let refreshed = a.refresh(&created.refresh_token).await.expect("refresh");
+    eventually("B refuses the superseded token", || async {
+        !b.validate(&created.access_token).await.valid
+    })
+    .await;
+    assert!(b.validate(&refreshed.access_token).await.valid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_revoked_by_the_typescript_code_stops_validating_here() {
+    let app = spawn(Valkey::start()).await;
+    let did = unique_did();
+    let created = app.create(&did, "alice.test").await;
+    cache(&app, &created.access_token).await;
+    // The TypeScript AppView's deleteSession, command by command, not through this service.
+    let mut conn = app.valkey().client().await;
+    let sid = &created.refresh_token;
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!("{PREFIX}data:{sid}"))
+        .cmd("DEL")
+        .arg(format!(
+            "{PREFIX}access:{}",
+            sha256_hex(&created.access_token)
+        ))
+        .cmd("SREM")
+        .arg(format!("{PREFIX}did:{did}"))
+        .arg(sid)
+        .query_async(&mut conn)
+        .await
+        .expect("TypeScript delete");
+    eventually(
+        "the TypeScript-revoked session stops validating",
+        || async { !app.validate(&created.access_token).await.valid },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_access_key_stops_validating() {
+    let app = spawn(Valkey::start()).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    cache(&app, &created.access_token).await;
+    let mut conn = app.valkey().client().await;
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(format!(
+            "{PREFIX}access:{}",
+            sha256_hex(&created.access_token)
+        ))
+        .arg(20)
+        .query_async(&mut conn)
+        .await
+        .expect("PEXPIRE");
+    // Valkey's active expiry deletes the key within its cycle and pushes the invalidation;
+    // nothing reads the key meanwhile (the cache answers), so only the push can end it.
+    eventually("the expired token stops validating", || async {
+        !app.validate(&created.access_token).await.valid
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_feed_connection_drops_the_cache() {
+    let app = spawn(Valkey::start()).await;
+    let did = unique_did();
+    let created = app.create(&did, "alice.test").await;
+    cache(&app, &created.access_token).await;
+    let mut conn = app.valkey().client().await;
+    let resets = metric(&app, RESETS).await;
+    // The tracking connection is the one with the `t` flag.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("SKIPME")
+        .arg("yes")
+        .arg("FLAGS")
+        .arg("t")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or(-1);
+    if killed < 0 {
+        // Older servers: no FLAGS filter; find it in CLIENT LIST.
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT LIST");
+        let id = list
+            .lines()
+            .find(|line| {
+                line.split(' ')
+                    .any(|f| f.starts_with("flags=") && f.contains('t'))
+            })
+            .and_then(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .expect("a tracking client")
+            .to_owned();
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .expect("CLIENT KILL");
+    }
+    eventually("the cache resets", || async {
+        metric(&app, RESETS).await > resets
+    })
+    .await;
+    assert_eq!(metric(&app, ENTRIES).await, 0.0);
+    // Revoked behind the service's back while its feed was down or resubscribing.
+    let sid = &created.refresh_token;
+    let _: () = redis::pipe()
+        .cmd("DEL")
+        .arg(format!("{PREFIX}data:{sid}"))
+        .cmd("DEL")
+        .arg(format!(
+            "{PREFIX}access:{}",
+            sha256_hex(&created.access_token)
+        ))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    assert!(!app.validate(&created.access_token).await.valid);
+    // And the feed comes back: a new session is cached again.
+    let again = app.create(&did, "alice.test").await;
+    cache(&app, &again.access_token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_drops_the_cache() {
+    let app = spawn(Valkey::start()).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    cache(&app, &created.access_token).await;
+    let resets = metric(&app, RESETS).await;
+    let mut conn = app.valkey().client().await;
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut conn)
+        .await
+        .expect("FLUSHALL");
+    eventually("the cache resets", || async {
+        metric(&app, RESETS).await > resets
+    })
+    .await;
+    assert!(!app.validate(&created.access_token).await.valid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_valkey_drops_the_cache_and_validation_is_unavailable() {
+    let mut app = spawn(Valkey::start()).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    cache(&app, &created.access_token).await;
+    let resets = metric(&app, RESETS).await;
+    app.valkey_mut().kill();
+    eventually("the cache resets", || async {
+        metric(&app, RESETS).await > resets
+    })
+    .await;
+    let status = app
+        .try_validate(&created.access_token)
+        .await
+        .expect_err("no answer without Valkey");
+    assert_eq!(status.code(), Code::Unavailable);
+    // A restarted Valkey lost the session (no persistence): no stale answer survives.
+    app.valkey_mut().restart();
+    eventually("Valkey answers again", || async {
+        app.try_validate(&created.access_token).await.is_ok()
+    })
+    .await;
+    assert!(!app.validate(&created.access_token).await.valid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_runs_without_the_cache() {
+    let app = TestApp::spawn_with(
+        crate::support::Backend::Cluster,
+        &["--metrics-listen", "127.0.0.1:0"],
+    )
+    .await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    for _ in 0..3 {
+        assert!(app.validate(&created.access_token).await.valid);
+    }
+    assert_eq!(metric(&app, HITS).await, 0.0);
+    assert_eq!(metric(&app, ENTRIES).await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_can_be_switched_off() {
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--validation-cache",
+            "off",
+        ],
+    )
+    .await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    for _ in 0..3 {
+        assert!(app.validate(&created.access_token).await.valid);
+    }
+    assert_eq!(metric(&app, HITS).await, 0.0);
+}
+
+fn options(valkey: &Valkey) -> ValkeyOptions {
+    ValkeyOptions {
+        urls: vec![valkey.url()],
+        password: None,
+        ca_pem: None,
+        key_prefix: PREFIX.to_owned(),
+        connect_timeout: Duration::from_millis(500),
+        command_timeout: Duration::from_millis(500),
+    }
+}
+
+fn lifetimes() -> Lifetimes {
+    Lifetimes {
+        session: Duration::from_secs(600),
+        access_token: Duration::from_secs(600),
+        max: None,
+        max_per_did: None,
+        tokens: TokenRules::DEFAULT,
+    }
+}
+
+fn record(access_hash: &str) -> SessionRecord {
+    SessionRecord {
+        sid: sha256_hex(&format!("sid-{access_hash}")),
+        did: unique_did(),
+        handle: "alice.test".into(),
+        access_token_hash: access_hash.to_owned(),
+        access_token_expires_at: 0,
+        created_at: 0,
+        refreshed_at: None,
+        user_agent: String::new(),
+        ip_address: String::new(),
+        ..Default::default()
+    }
+}
+
+/// Waits for the next event on a revocation receiver.
+async fn next_event(events: &mut broadcast::Receiver<Invalidation>) -> Invalidation {
+    tokio::time::timeout(PATIENCE, events.recv())
+        .await
+        .expect("an event in time")
+        .expect("the channel is open")
+}
+
+/// The stale-read race, forced: a validation whose store answer is in hand when the
+/// session is deleted elsewhere (and the invalidation arrives) must not cache that answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_overtaken_by_an_invalidation_is_not_cached() {
+    let valkey = Valkey::start();
+    let metrics = Arc::new(Metrics::new());
+    let cache = ValidationCache::new(16, metrics.clone());
+    let mut events = cache.subscribe();
+    let client = standalone::client(&options(&valkey), redis::ProtocolVersion::RESP3).unwrap();
+    let feed = tokio::spawn(barazo_session::cache::feed::run(
+        client,
+        cache.clone(),
+        PREFIX.to_owned(),
+        Duration::from_millis(500),
+    ));
+    assert_eq!(next_event(&mut events).await, Invalidation::Reset, "live");
+    assert!(cache.is_live());
+
+    let held = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let hook = {
+        let (held, release) = (held.clone(), release.clone());
+        Arc::new(move || {
+            let (held, release) = (held.clone(), release.clone());
+            Box::pin(async move {
+                held.notify_one();
+                release.notified().await;
+            }) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+        })
+    };
+    let writer = ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap();
+    let store = Arc::new(
+        Cached::new(
+            ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap(),
+            cache.clone(),
+        )
+        .with_insert_hook(hook),
+    );
+    let hash = sha256_hex("a token");
+    let stored = writer.create(&record(&hash), lifetimes()).await.unwrap();
+    // The create's own invalidations, before the read starts.
+    while next_event(&mut events).await != Invalidation::AccessHash(hash.clone()) {}
+
+    let reader = tokio::spawn({
+        let (store, hash) = (store.clone(), hash.clone());
+        async move { store.find_by_access_hash(&hash).await }
+    });
+    held.notified().await; // the store has answered; the insert waits
+    let presented = Presented::parse(&stored.record.sid).expect("a session id");
+    assert!(matches!(
+        writer.delete(&presented, Duration::ZERO).await.unwrap(),
+        ByRefresh::Found(())
+    ));
+    while next_event(&mut events).await != Invalidation::AccessHash(hash.clone()) {}
+    release.notify_one();
+    let answered = reader.await.unwrap().unwrap();
+    assert!(answered.is_some(), "the read itself saw the session");
+    assert!(cache.is_empty(), "the overtaken answer was not cached");
+    // Without the hook holding it, the next read goes to Valkey and finds nothing.
+    let next = tokio::spawn({
+        let (store, hash) = (store.clone(), hash.clone());
+        async move { store.find_by_access_hash(&hash).await }
+    });
+    assert!(next.await.unwrap().unwrap().is_none());
+    feed.abort();
+}
