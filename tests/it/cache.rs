@@ -108,18 +108,31 @@ async fn a_session_revoked_on_one_replica_stops_validating_on_the_other_within_a
     assert!(took < Duration::from_secs(1), "took {took:?}");
 }
 
+/// A tab's refresh on replica A that names its previous token ends that token on replica B,
+/// which had it cached; a refresh by another tab (no previous token) leaves it valid there,
+/// re-read after the session's data changed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_on_another_replica_ends_the_cached_old_token() {
     let a = spawn(Valkey::start()).await;
     let b = replica(a.valkey()).await;
     let created = a.create(&unique_did(), "alice.test").await;
     cache(&b, &created.access_token).await;
-    let refreshed = a.refresh(&created.refresh_token).await.expect("refresh");
+    let other_tab = a.refresh(&created.refresh_token).await.expect("refresh");
+    assert!(
+        b.validate(&created.access_token).await.valid,
+        "another tab's refresh keeps this tab's token"
+    );
+    cache(&b, &created.access_token).await;
+    let refreshed = a
+        .refresh_tab(&created.refresh_token, &created.access_token)
+        .await
+        .expect("refresh");
     eventually("B refuses the superseded token", || async {
         !b.validate(&created.access_token).await.valid
     })
     .await;
     assert!(b.validate(&refreshed.access_token).await.valid);
+    assert!(b.validate(&other_tab.access_token).await.valid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
