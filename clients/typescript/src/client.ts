@@ -1,6 +1,5 @@
 // createSessionClient: the AppView's SessionService over gRPC, on one shared connection.
 import { create } from "@bufbuild/protobuf";
-import { reflect } from "@bufbuild/protobuf/reflect";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type * as http2 from "node:http2";
@@ -9,9 +8,7 @@ import { closedMessage, codeOf, toSessionServiceError } from "./errors.js";
 import {
   ClientInfoSchema,
   RefreshSessionRequestSchema,
-  RefreshSessionResponseSchema,
   SessionService,
-  type RefreshSessionResponse,
 } from "./gen/barazo/session/v1/session_pb.js";
 import { defaultTimeoutMs, retrySafe, type SessionClientOptions, type SessionRpc } from "./options.js";
 import { closedError, withRetries } from "./retry.js";
@@ -103,24 +100,6 @@ function clientInfo(client: Partial<ClientInfo> | undefined) {
   return client === undefined ? undefined : create(ClientInfoSchema, client);
 }
 
-// TODO(issue 13): `previous_access_token` (RefreshSessionRequest, field 3) and the rotated
-// `refresh_token` (RefreshSessionResponse, field 3) are being added to proto/. Until the
-// generated code has them they are looked up by reflection, so this client passes and
-// returns them as soon as src/gen is regenerated from a proto that has them; then replace
-// these lookups by plain field access.
-const previousAccessTokenField = RefreshSessionRequestSchema.fields.find(
-  (field) => field.name === "previous_access_token",
-);
-const rotatedRefreshTokenField = RefreshSessionResponseSchema.fields.find((field) => field.name === "refresh_token");
-
-function rotatedRefreshToken(response: RefreshSessionResponse): string {
-  if (rotatedRefreshTokenField === undefined) {
-    return "";
-  }
-  const value = reflect(RefreshSessionResponseSchema, response).get(rotatedRefreshTokenField);
-  return typeof value === "string" ? value : "";
-}
-
 /**
  * A client of the session service. One HTTP/2 connection is shared by every call (opened on
  * the first, reopened after a failure, kept alive with PINGs); `close()` ends it.
@@ -210,16 +189,12 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
         async (timeoutMs) => {
           const request = create(RefreshSessionRequestSchema, {
             refreshToken,
+            previousAccessToken: refreshOptions.previousAccessToken ?? "",
             client: clientInfo(refreshOptions.client),
           });
-          if (previousAccessTokenField !== undefined && refreshOptions.previousAccessToken !== undefined) {
-            reflect(RefreshSessionRequestSchema, request).set(
-              previousAccessTokenField,
-              refreshOptions.previousAccessToken,
-            );
-          }
           const answer = await grpc.refreshSession(request, { timeoutMs });
-          const rotated = rotatedRefreshToken(answer);
+          // Set only when the service rotated the refresh token (--refresh-token-rotation on).
+          const rotated = answer.refreshToken;
           return {
             ...toSession(answer.session),
             accessToken: answer.accessToken,

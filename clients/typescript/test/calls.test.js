@@ -73,10 +73,8 @@ describe("the session lifecycle", () => {
     assert.equal(refreshed.createdAt, created.createdAt);
     assert.ok(refreshed.refreshedAt >= created.refreshedAt);
     assert.deepEqual(refreshed.client, { userAgent: "Safari/18", ipAddress: "2001:db8::1" });
-    // Without rotation on the server the cookie stays as it is.
-    // TODO(issue 13): once proto/ has `previous_access_token` and the rotated `refresh_token`
-    // (and src/gen is regenerated), also start a server with --refresh-token-rotation on and
-    // assert refreshTokenRotated, the new cookie, and that only this tab's token was revoked.
+    // Without rotation on the server the cookie stays as it is; the tab's old token is gone.
+    assert.equal(await client.validateAccessToken(created.accessToken), undefined, "the tab's previous token");
     assert.equal(refreshed.refreshToken, created.refreshToken);
     assert.equal(refreshed.refreshTokenRotated, false);
     assert.equal((await client.validateAccessToken(refreshed.accessToken))?.sessionKey, created.sessionKey);
@@ -173,4 +171,29 @@ test("close() ends the client: later calls fail instead of reconnecting", async 
   const created = await own.createSession(uniqueDid(), "alice.test");
   own.close();
   await assert.rejects(own.validateAccessToken(created.accessToken), (error) => error.code === "canceled");
+});
+
+test("with rotation on the service: a new cookie on every refresh, only the refreshing tab's token revoked, an old cookie ends the session", async (t) => {
+  const stack = await startStack({ args: ["--refresh-token-rotation", "on", "--refresh-reuse-grace", "0"] });
+  t.after(() => stack.stop());
+  const rotating = createSessionClient({ address: stack.server.addr });
+  t.after(() => rotating.close());
+  const created = await rotating.createSession(uniqueDid(), "alice.test");
+  // Tab B refreshes without a token of its own: tab A's token stays valid.
+  const tabB = await rotating.refreshSession(created.refreshToken);
+  assert.ok(tabB);
+  assert.equal(tabB.refreshTokenRotated, true);
+  assert.notEqual(tabB.refreshToken, created.refreshToken);
+  assert.ok(await rotating.validateAccessToken(created.accessToken), "tab A keeps its token");
+  // Tab A refreshes with the new cookie and its own token: only A's old token goes.
+  const tabA = await rotating.refreshSession(tabB.refreshToken, { previousAccessToken: created.accessToken });
+  assert.ok(tabA);
+  assert.equal(tabA.refreshTokenRotated, true);
+  assert.equal(await rotating.validateAccessToken(created.accessToken), undefined, "A's previous token");
+  assert.ok(await rotating.validateAccessToken(tabB.accessToken), "B's token");
+  assert.ok(await rotating.validateAccessToken(tabA.accessToken));
+  // The first cookie again (no grace): reuse, the whole session ends.
+  assert.equal(await rotating.refreshSession(created.refreshToken), undefined);
+  assert.equal(await rotating.validateAccessToken(tabA.accessToken), undefined);
+  assert.equal(await rotating.refreshSession(tabA.refreshToken), undefined);
 });
