@@ -23,9 +23,6 @@ if not raw then
   return false
 end
 local ok, s = pcall(cjson.decode, raw)
-local function epoch_ms(n)
-  return type(n) == 'number' and n >= 0 and n < 9007199254740992 and n == math.floor(n)
-end
 if not ok or type(s) ~= 'table' or s.sid ~= ARGV[1] or type(s.did) ~= 'string'
     or type(s.handle) ~= 'string' or type(s.accessTokenHash) ~= 'string'
     or not epoch_ms(s.accessTokenExpiresAt) or not epoch_ms(s.createdAt)
@@ -33,13 +30,6 @@ if not ok or type(s) ~= 'table' or s.sid ~= ARGV[1] or type(s.did) ~= 'string'
     or (s.ipAddress ~= nil and type(s.ipAddress) ~= 'string')
     or not tokens_readable(s.accessTokens) or not rotation_readable(s) then
   return {'corrupt'}
-end
-if s.accessTokens ~= nil then
-  for _, t in ipairs(s.accessTokens) do
-    if not epoch_ms(t.expiresAt) then
-      return {'corrupt'}
-    end
-  end
 end
 local now = now_ms()
 local role = refresh_role(s, ARGV[11], ARGV[12], now, tonumber(ARGV[13]))

@@ -136,6 +136,11 @@ local function token_hashes(s)
   end
   return hashes
 end
+-- An integer a double holds exactly (epoch milliseconds); refuses NaN, infinities and
+-- exponent-sized values, which the service's parser would refuse.
+local function epoch_ms(n)
+  return type(n) == 'number' and n >= 0 and n < 9007199254740992 and n == math.floor(n)
+end
 -- Whether a decoded `accessTokens` is absent or a list of {hash, expiresAt} as the service
 -- reads it (checked before any write, like the other fields).
 local function tokens_readable(tokens)
@@ -146,7 +151,7 @@ local function tokens_readable(tokens)
     return false
   end
   for _, t in ipairs(tokens) do
-    if type(t) ~= 'table' or type(t.hash) ~= 'string' or type(t.expiresAt) ~= 'number' then
+    if type(t) ~= 'table' or type(t.hash) ~= 'string' or not epoch_ms(t.expiresAt) then
       return false
     end
   end
