@@ -245,6 +245,17 @@ impl ValidationCache {
         }
     }
 
+    /// Drops every entry after this replica wrote sessions: its own caller must see the
+    /// write at once (a revocation answered here must not validate here a moment later),
+    /// before Valkey's invalidation for it arrives on the feed. The generation moves on,
+    /// so a read in flight does not cache what it saw before the write. Coarse (every
+    /// entry, not the session's), but writes are rare next to validations.
+    fn forget_after_write(&self) {
+        let mut state = self.state();
+        state.clear();
+        self.metrics.set_cache_entries(0);
+    }
+
     /// Valkey says these keys (full names, under `prefix`) changed.
     pub fn invalidate_keys<'a>(&self, prefix: &str, keys: impl IntoIterator<Item = &'a [u8]>) {
         let access = format!("{prefix}access:");
@@ -307,7 +318,9 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         record: &SessionRecord,
         lifetimes: Lifetimes,
     ) -> Result<Created, StoreError> {
-        self.inner.create(record, lifetimes).await
+        let written = self.inner.create(record, lifetimes).await;
+        self.cache.forget_after_write();
+        written
     }
 
     async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
@@ -342,7 +355,9 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
     ) -> Result<ByRefresh<Refreshed>, StoreError> {
-        self.inner.refresh(presented, refresh, lifetimes).await
+        let written = self.inner.refresh(presented, refresh, lifetimes).await;
+        self.cache.forget_after_write();
+        written
     }
 
     async fn delete(
@@ -350,11 +365,15 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         presented: &Presented,
         grace: Duration,
     ) -> Result<ByRefresh<()>, StoreError> {
-        self.inner.delete(presented, grace).await
+        let written = self.inner.delete(presented, grace).await;
+        self.cache.forget_after_write();
+        written
     }
 
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
-        self.inner.delete_all_for_did(did).await
+        let written = self.inner.delete_all_for_did(did).await;
+        self.cache.forget_after_write();
+        written
     }
 
     async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {
@@ -362,7 +381,9 @@ impl<S: SessionStore> SessionStore for Cached<S> {
     }
 
     async fn revoke_in_did(&self, did: &str, sid: &str) -> Result<bool, StoreError> {
-        self.inner.revoke_in_did(did, sid).await
+        let written = self.inner.revoke_in_did(did, sid).await;
+        self.cache.forget_after_write();
+        written
     }
 
     async fn revoke_others(
@@ -370,7 +391,9 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         presented: &Presented,
         grace: Duration,
     ) -> Result<ByRefresh<u32>, StoreError> {
-        self.inner.revoke_others(presented, grace).await
+        let written = self.inner.revoke_others(presented, grace).await;
+        self.cache.forget_after_write();
+        written
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
