@@ -527,6 +527,13 @@ async fn one_callers_flood_leaves_room_for_the_others() {
     }
 }
 
+/// How many file descriptors process `pid` has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the server's descriptors")
+        .count()
+}
+
 /// A line of `/proc/<pid>/status` in KiB, e.g. `VmHWM` (peak resident) or `VmRSS`.
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -567,6 +574,7 @@ async fn responses_that_are_never_read_are_dropped() {
     let addr: std::net::SocketAddr = server.addr.parse().expect("address");
     let pid = server.pid();
     let before = status_kib(pid, "VmRSS");
+    let fds_before = open_fds(pid);
 
     let request = || {
         http::Request::post(format!("http://localhost{HEALTH}"))
@@ -641,6 +649,33 @@ async fn responses_that_are_never_read_are_dropped() {
     drop(held);
     eprintln!("server RSS KiB: {before} before, peak {peak}; {made} answers held unread and reset");
     assert!(peak < 128 * 1024, "peak RSS {peak} KiB");
+
+    // Once the attackers have gone (the server's descriptors are back to where they were:
+    // the readiness signal that it has closed their connections), the memory their
+    // answers took goes back to the OS: jemalloc's background thread purges what was
+    // freed within about a second (glibc kept it all; BENCHMARKS.md).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while open_fds(pid) > fds_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the attack's connections were closed: {} descriptors open, {fds_before} before",
+            open_fds(pid)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let limit = 2 * before + 16 * 1024;
+    loop {
+        let rss = status_kib(pid, "VmRSS");
+        if rss < limit {
+            eprintln!("server RSS KiB after the attack: {rss}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RSS falls back under {limit} KiB once the attack is over: still {rss} KiB (peak {peak})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (_, log) = server.terminate().await;
     assert!(
         !log.iter()
