@@ -19,7 +19,7 @@
 use crate::call::{Calls, SpanFacts};
 use crate::error::RequestError;
 use crate::rpc::Rpc;
-use crate::session::{SessionRecord, sha256_hex};
+use crate::session_view::SessionView;
 use crate::store::SessionStore;
 use crate::validation::AccessTokens;
 use envoy_types::ext_authz::v3::pb::{
@@ -75,7 +75,7 @@ impl<S: SessionStore> ExtAuthz<S> {
             Credential::Malformed => return Ok(denied(Denial::Malformed)),
         };
         match self.tokens.validate(Rpc::Check, token).await? {
-            Some(record) => Ok(allowed(&record, forged_headers(&request))),
+            Some(session) => Ok(allowed(&session, forged_headers(&request))),
             None => Ok(denied(Denial::Invalid)),
         }
     }
@@ -186,14 +186,14 @@ fn grpc_status(code: Code, message: &str) -> Option<rpc::Status> {
     })
 }
 
-fn allowed(record: &SessionRecord, forged: Vec<String>) -> CheckResponse {
+fn allowed(session: &SessionView, forged: Vec<String>) -> CheckResponse {
     CheckResponse {
         status: grpc_status(Code::Ok, ""),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers: vec![
-                overwrite(DID_HEADER, record.did.clone()),
-                overwrite(HANDLE_HEADER, record.handle.clone()),
-                overwrite(SESSION_KEY_HEADER, sha256_hex(&record.sid)),
+                overwrite(DID_HEADER, session.did().to_owned()),
+                overwrite(HANDLE_HEADER, session.handle().to_owned()),
+                overwrite(SESSION_KEY_HEADER, session.session_key()),
             ],
             headers_to_remove: forged,
             ..OkHttpResponse::default()
@@ -264,6 +264,8 @@ impl SpanFacts for CheckResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::{SessionRecord, sha256_hex};
+    use crate::store::{Lifetimes, TokenRules};
     use envoy_types::pb::envoy::config::core::v3::HeaderMap;
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
@@ -376,7 +378,17 @@ mod tests {
             handle: "alice.test".into(),
             ..SessionRecord::default()
         };
-        let ok = allowed(&record, vec!["x-barazo-admin".into()]);
+        let lifetimes = Lifetimes {
+            session: std::time::Duration::from_secs(60),
+            access_token: std::time::Duration::from_secs(60),
+            max: None,
+            max_per_did: None,
+            tokens: TokenRules::DEFAULT,
+        };
+        let ok = allowed(
+            &SessionView::of(&record, &lifetimes),
+            vec!["x-barazo-admin".into()],
+        );
         assert_eq!(ok.status.as_ref().map(|s| s.code), Some(0));
         let Some(HttpResponse::OkResponse(http)) = &ok.http_response else {
             panic!("an ok response");

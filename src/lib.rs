@@ -26,6 +26,7 @@ pub mod rpc;
 pub mod server;
 pub mod service;
 pub mod session;
+pub mod session_view;
 pub mod store;
 pub mod telemetry;
 pub mod transport;

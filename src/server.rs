@@ -201,6 +201,7 @@ impl Application {
             health_service,
             metrics: metrics.clone(),
             revocations: None,
+            validation_cache: None,
         };
         let (router, health_monitor) = match config.store {
             StoreKind::Valkey => {
@@ -239,13 +240,18 @@ impl Application {
                             options.key_prefix.clone(),
                             connect_timeout.max(command_timeout),
                         );
-                        let parts = Parts {
-                            revocations: Some(cache.clone()),
-                            ..parts
-                        };
                         let (router, monitor) = if config.validation_cache == Switch::On {
+                            let parts = Parts {
+                                revocations: Some(cache.clone()),
+                                validation_cache: Some(cache.clone()),
+                                ..parts
+                            };
                             routes(Cached::new(store, cache), parts)?
                         } else {
+                            let parts = Parts {
+                                revocations: Some(cache),
+                                ..parts
+                            };
                             routes(store, parts)?
                         };
                         let both: BoxFuture = Box::pin(async move {
@@ -394,6 +400,8 @@ struct Parts<'a> {
     metrics: Arc<Metrics>,
     /// The invalidation feed behind `WatchRevocations`, where the store has one.
     revocations: Option<Arc<ValidationCache>>,
+    /// The validation cache, when on: validations answered from it, filled by them.
+    validation_cache: Option<Arc<ValidationCache>>,
 }
 
 /// Builds the gRPC routes over one store, and the task that keeps its health status.
@@ -407,14 +415,15 @@ fn routes<S: SessionStore>(
         health_service,
         metrics,
         revocations,
+        validation_cache,
     } = parts;
     let store = Arc::new(store);
     // One validation path and one per-call layer (one concurrency limit) for both services.
-    let tokens = Arc::new(AccessTokens::new(
-        store.clone(),
-        config.lifetimes(),
-        metrics.clone(),
-    ));
+    let tokens = AccessTokens::new(store.clone(), config.lifetimes(), metrics.clone());
+    let tokens = Arc::new(match validation_cache {
+        Some(cache) => tokens.with_cache(cache),
+        None => tokens,
+    });
     let calls = Arc::new(Calls::new(
         CallLimits {
             max_in_progress: config.max_concurrent_requests,

@@ -23,6 +23,7 @@ use crate::session::{
     ClientFacts, SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex,
     validate_did, validate_handle, validate_session_key,
 };
+use crate::session_view::SessionView;
 use crate::store::{ByRefresh, Lifetimes, Refresh, SessionStore};
 use crate::telemetry;
 use crate::validation::{AccessTokens, within_lifetime};
@@ -129,7 +130,7 @@ impl<S: SessionStore> SessionApi<S> {
             .await?;
         Ok(ValidateAccessTokenResponse {
             valid: found.is_some(),
-            session: found.map(|record| self.to_proto(&record)),
+            session: found.as_deref().map(session_message),
         })
     }
 
@@ -310,27 +311,25 @@ impl<S: SessionStore> SessionApi<S> {
 
     /// The public view of a stored session: no credential, the sid only as its hash.
     fn to_proto(&self, record: &SessionRecord) -> Session {
-        let session_ttl_ms = i64::try_from(self.lifetimes.session.as_millis()).unwrap_or(i64::MAX);
-        let sliding = record.last_refreshed().saturating_add(session_ttl_ms);
-        let expires_at = self
-            .lifetimes
-            .deadline_ms(record.created_at)
-            .map_or(sliding, |deadline| sliding.min(deadline));
-        let client = record.client();
-        Session {
-            did: record.did.clone(),
-            handle: record.handle.clone(),
-            created_at: Some(timestamp(record.created_at)),
-            access_token_expires_at: Some(timestamp(record.access_token_expires_at)),
-            session_key: sha256_hex(&record.sid),
-            refreshed_at: Some(timestamp(record.last_refreshed())),
-            // The earlier of the sliding expiry and the absolute deadline.
-            expires_at: Some(timestamp(expires_at)),
-            client: Some(ClientInfo {
-                user_agent: client.user_agent,
-                ip_address: client.ip_address,
-            }),
-        }
+        session_message(&SessionView::of(record, &self.lifetimes))
+    }
+}
+
+/// The `Session` message of a view: every answer that carries a session is built here.
+fn session_message(view: &SessionView) -> Session {
+    Session {
+        did: view.did().to_owned(),
+        handle: view.handle().to_owned(),
+        created_at: Some(timestamp(view.created_at())),
+        access_token_expires_at: Some(timestamp(view.access_token_expires_at())),
+        session_key: view.session_key(),
+        refreshed_at: Some(timestamp(view.refreshed_at())),
+        // The earlier of the sliding expiry and the absolute deadline.
+        expires_at: Some(timestamp(view.expires_at())),
+        client: Some(ClientInfo {
+            user_agent: view.user_agent().to_owned(),
+            ip_address: view.ip_address().to_owned(),
+        }),
     }
 }
 

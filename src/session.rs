@@ -195,7 +195,7 @@ pub fn sha256_hex(s: &str) -> String {
 
 /// Lowercase hex of bytes into one exactly-sized allocation. Runs twice per validation
 /// (token hash, session key); `hex::encode`'s char iterator showed in profiles.
-fn lower_hex(bytes: &[u8]) -> String {
+pub(crate) fn lower_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -471,7 +471,7 @@ impl SessionRecord {
 }
 
 /// Compares two byte strings without an early exit on the first difference.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -1,20 +1,28 @@
 //! The one path that decides whether an access token is valid, shared by
 //! `ValidateAccessToken` ([`crate::service`]) and the ext_authz `Check`
-//! ([`crate::ext_authz`]): a token is checked the same way whichever door it came in by, and
-//! anything added here later (a validation cache) applies to both.
+//! ([`crate::ext_authz`]): a token is checked the same way whichever door it came in by,
+//! and answered from this replica's validation cache ([`crate::cache`]) when it holds the
+//! answer.
 
+use crate::cache::{InsertHook, ValidationCache};
 use crate::error::RequestError;
 use crate::metrics::Metrics;
 use crate::rpc::Rpc;
-use crate::session::{SessionRecord, is_well_formed_token, log_prefix, sha256_hex};
+use crate::session::{SessionRecord, is_well_formed_token, log_prefix, lower_hex};
+use crate::session_view::SessionView;
 use crate::store::{Lifetimes, SessionStore, StoreError};
+use crate::telemetry;
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Validates access tokens against one store.
 pub struct AccessTokens<S> {
     store: Arc<S>,
     lifetimes: Lifetimes,
     metrics: Arc<Metrics>,
+    cache: Option<Arc<ValidationCache>>,
+    hook: Option<InsertHook>,
 }
 
 impl<S: SessionStore> AccessTokens<S> {
@@ -25,7 +33,22 @@ impl<S: SessionStore> AccessTokens<S> {
             store,
             lifetimes,
             metrics,
+            cache: None,
+            hook: None,
         }
+    }
+
+    /// The same, answering from `cache` while it is live and filling it with valid answers.
+    pub fn with_cache(mut self, cache: Arc<ValidationCache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The same, awaiting `hook` between each store answer and its insertion into the
+    /// cache (tests: the stale-read race, forced).
+    pub fn with_insert_hook(mut self, hook: InsertHook) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// The session `token` belongs to, if the token is valid now; `None` for a token that
@@ -38,26 +61,69 @@ impl<S: SessionStore> AccessTokens<S> {
         &self,
         rpc: Rpc,
         token: &str,
-    ) -> Result<Option<SessionRecord>, RequestError> {
+    ) -> Result<Option<Arc<SessionView>>, RequestError> {
         let answer = self.lookup(rpc, token).await?;
         self.metrics
             .validation(if answer.is_some() { "valid" } else { "invalid" });
         Ok(answer)
     }
 
-    async fn lookup(&self, rpc: Rpc, token: &str) -> Result<Option<SessionRecord>, RequestError> {
+    async fn lookup(
+        &self,
+        rpc: Rpc,
+        token: &str,
+    ) -> Result<Option<Arc<SessionView>>, RequestError> {
         // Not exactly 64 lowercase hex characters: no store call.
         if !is_well_formed_token(token) {
             return Ok(None);
         }
-        let hash = sha256_hex(token);
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let generation = match &self.cache {
+            Some(cache) => {
+                if let Some(view) = cache.get(&digest) {
+                    self.metrics.cache_hit();
+                    telemetry::record("barazo.cache", || "hit");
+                    return Ok(Some(view));
+                }
+                let generation = cache.generation();
+                self.metrics.cache_miss();
+                telemetry::record("barazo.cache", || {
+                    if generation.is_some() {
+                        "miss"
+                    } else {
+                        "bypass"
+                    }
+                });
+                generation
+            }
+            None => None,
+        };
+        let hash = lower_hex(&digest);
+        let read_at = Instant::now();
         match self.store.find_by_access_hash(&hash).await {
             // Expiry is judged on the store's clock, the same for every replica.
             Ok(Some(found))
                 if found.record.accepts_access_hash(&hash, found.now_ms)
                     && within_lifetime(&self.lifetimes, &found.record, found.now_ms) =>
             {
-                Ok(Some(found.record))
+                let view = Arc::new(SessionView::of(&found.record, &self.lifetimes));
+                if let (Some(cache), Some(generation)) = (&self.cache, generation) {
+                    // Good until the token expires or the session reaches its deadline,
+                    // counted from when the store was asked (an earlier instant only
+                    // shortens the entry's life).
+                    let until = answer_deadline(&self.lifetimes, &found.record, &hash);
+                    let left = u64::try_from(until.saturating_sub(found.now_ms)).unwrap_or(0);
+                    if let Some(hook) = &self.hook {
+                        hook().await;
+                    }
+                    cache.insert(
+                        &digest,
+                        view.clone(),
+                        generation,
+                        read_at + Duration::from_millis(left),
+                    );
+                }
+                Ok(Some(view))
             }
             Ok(_) => Ok(None),
             Err(err @ StoreError::CorruptSession { .. }) => {
@@ -73,6 +139,21 @@ impl<S: SessionStore> AccessTokens<S> {
             Err(err) => Err(err.into()),
         }
     }
+}
+
+/// When a valid answer for the token hashed `hash` stops holding (epoch ms, store clock):
+/// the token's own expiry (a tab's older token may expire before the newest), or the
+/// session's absolute deadline if that comes first.
+fn answer_deadline(lifetimes: &Lifetimes, record: &SessionRecord, hash: &str) -> i64 {
+    let token = record
+        .live_tokens()
+        .filter(|(h, _)| *h == hash)
+        .map(|(_, expires_at)| expires_at)
+        .max()
+        .unwrap_or(0);
+    lifetimes
+        .deadline_ms(record.created_at)
+        .map_or(token, |deadline| token.min(deadline))
 }
 
 /// Whether `record` is before its absolute deadline at `now_ms` (always, without one).

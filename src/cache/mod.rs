@@ -1,25 +1,34 @@
-//! The coherent validation cache: valid answers of `find_by_access_hash` kept in this
-//! replica's memory, kept exactly as fresh as Valkey by Valkey's own invalidation pushes
-//! (`feed.rs`), and the revocation events the same pushes feed to `WatchRevocations`.
+//! The coherent validation cache: the answers of valid access tokens kept in this replica's
+//! memory, kept exactly as fresh as Valkey by Valkey's own invalidation pushes (`feed.rs`),
+//! and the revocation events the same pushes feed to `WatchRevocations`.
 //!
 //! Guarantees (README, "Validation cache"):
 //! - Only answers that validate are cached (an unknown or random token never takes memory),
-//!   at most `--validation-cache-entries` of them, none past its token's
-//!   `accessTokenExpiresAt`.
+//!   at most `--validation-cache-entries` of them, none past its token's expiry or its
+//!   session's absolute deadline.
 //! - It answers only while the invalidation feed is connected and subscribed ("live");
 //!   every break drops everything, and calls go to the store until the feed is back.
 //! - A read that was in flight when an invalidation arrived never inserts: a generation
 //!   taken before the store call must be unchanged when its answer is inserted.
+//! - This replica's own writes drop the answers of the sessions they touched at once
+//!   ([`Cached`]), before Valkey's invalidation for them arrives on the feed.
+//!
+//! Layout, for memory (BENCHMARKS.md, "Validation cache"): an answer is one shared
+//! [`SessionView`] (no session id, no token hashes), an entry is one 64-byte allocation
+//! keyed by 8 bytes of its token's hash (the whole hash is compared on a hit), and the
+//! entries of one session are chained through the entries themselves, so that finding a
+//! session's tokens costs one 8-byte index slot per session.
 
 pub mod feed;
 
 use crate::metrics::Metrics;
-use crate::rotation::Presented;
-use crate::session::{SessionRecord, sha256_hex};
+use crate::rotation::{Lookup, Presented};
+use crate::session::{SessionRecord, constant_time_eq};
+use crate::session_view::SessionView;
 use crate::store::{
     ByRefresh, Created, Found, Lifetimes, Refresh, Refreshed, SessionStore, StoreError,
 };
-use crate::telemetry;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -45,52 +54,91 @@ pub enum Invalidation {
     Broken,
 }
 
+/// The map key of a token hash: its first 8 bytes, never 0 (0 ends a session's chain).
+/// Two tokens may share one; the whole hash decides a hit.
+fn token_key(hash: &[u8; 32]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(first) | 1
+}
+
+/// The index slot of a session: the first 8 bytes of its session key. Sessions that share
+/// one share a chain, so dropping one session's answers may drop another's: never the
+/// other way round.
+fn session_slot(session_key: &[u8; 32]) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&session_key[..8]);
+    u64::from_le_bytes(first)
+}
+
 /// One cached answer.
 struct Entry {
-    found: Found,
-    /// When the store's clock read `found.now_ms`, on this replica's monotonic clock.
-    read_at: Instant,
-    /// When the token stops validating (`accessTokenExpiresAt`), on the same clock.
+    /// The token's whole hash.
+    token: [u8; 32],
+    view: Arc<SessionView>,
+    /// When the answer stops holding (the token's expiry or the session's deadline,
+    /// whichever is first), on this replica's monotonic clock.
     expires: Instant,
+    /// The key of the next cached token of the same session slot; 0 ends the chain.
+    next: u64,
 }
 
 #[derive(Default)]
 struct State {
     live: bool,
     generation: u64,
-    /// Boxed: the table's slots stay small, so its spare capacity (up to half of it right
-    /// after it grows) costs pointers, not whole records.
-    entries: HashMap<String, Box<Entry>>,
-    /// sid → the cached token hashes of that session, so that a change of `data:<sid>`
-    /// drops them all. Never leaves this module.
-    by_sid: HashMap<String, Vec<String>>,
+    /// Boxed: the table's slots stay 16 bytes, so its spare capacity (up to half of it
+    /// right after it grows) costs little.
+    entries: HashMap<u64, Box<Entry>>,
+    /// Session slot → the key of the first entry of its chain.
+    sessions: HashMap<u64, u64>,
 }
 
 impl State {
-    fn remove_hash(&mut self, hash: &str) -> bool {
-        let Some(entry) = self.entries.remove(hash) else {
+    /// Removes the entry under `key`, unlinking it from its session's chain.
+    fn remove_key(&mut self, key: u64) -> bool {
+        let Some(entry) = self.entries.remove(&key) else {
             return false;
         };
-        let sid = &entry.found.record.sid;
-        if let Some(hashes) = self.by_sid.get_mut(sid) {
-            hashes.retain(|h| h != hash);
-            if hashes.is_empty() {
-                self.by_sid.remove(sid);
+        let slot = session_slot(entry.view.session_key_bytes());
+        match self.sessions.get(&slot).copied() {
+            Some(head) if head == key => {
+                if entry.next == 0 {
+                    self.sessions.remove(&slot);
+                } else {
+                    self.sessions.insert(slot, entry.next);
+                }
             }
+            Some(mut at) => {
+                // Chains are a session's live tabs: a handful at most.
+                while let Some(before) = self.entries.get_mut(&at) {
+                    if before.next == key {
+                        before.next = entry.next;
+                        break;
+                    }
+                    at = before.next;
+                }
+            }
+            None => {}
         }
         true
     }
 
-    fn remove_sid(&mut self, sid: &str) {
-        for hash in self.by_sid.remove(sid).unwrap_or_default() {
-            self.entries.remove(&hash);
+    /// Removes every entry chained under `slot`.
+    fn remove_session(&mut self, slot: u64) {
+        let mut at = self.sessions.remove(&slot).unwrap_or(0);
+        while at != 0 {
+            at = self.entries.remove(&at).map_or(0, |entry| entry.next);
         }
     }
 
     fn clear(&mut self) {
         self.generation = self.generation.wrapping_add(1);
         self.entries.clear();
-        self.by_sid.clear();
+        self.sessions.clear();
+        // An emptied cache gives its tables' memory back too.
+        self.entries.shrink_to_fit();
+        self.sessions.shrink_to_fit();
     }
 }
 
@@ -98,8 +146,9 @@ impl State {
 /// stale-read race, forced deterministically).
 pub type InsertHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
-/// The cache and the event channel of one replica, shared by the store wrapper
-/// ([`Cached`]) and the feed task.
+/// The cache and the event channel of one replica, shared by the validation path
+/// ([`crate::validation::AccessTokens`]), the store wrapper that reports this replica's
+/// own writes ([`Cached`]) and the feed task.
 pub struct ValidationCache {
     state: Mutex<State>,
     capacity: usize,
@@ -120,9 +169,9 @@ impl ValidationCache {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the maps inconsistent with each
-        // other in a way that validates a revoked token (removal is the only partial
-        // operation), so a poisoned lock is used as is.
+        // A panic while holding the lock cannot leave the maps inconsistent in a way that
+        // validates a revoked token (removal is the only partial operation, and a broken
+        // chain only loses entries), so a poisoned lock is used as is.
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -148,68 +197,72 @@ impl ValidationCache {
         self.events.subscribe()
     }
 
-    /// The cached answer for `hash`, its store clock moved on by the time since it was
-    /// read; `None` when not live, not cached, or past its token's expiry.
-    fn get(&self, hash: &str) -> Option<Found> {
+    /// The cached answer for the token whose SHA-256 is `hash`; `None` when not live, not
+    /// cached, or past its expiry.
+    pub fn get(&self, hash: &[u8; 32]) -> Option<Arc<SessionView>> {
+        let key = token_key(hash);
         let mut state = self.state();
         if !state.live {
             return None;
         }
-        let now = Instant::now();
-        let entry = state.entries.get(hash)?;
-        if now >= entry.expires {
-            state.remove_hash(hash);
+        let entry = state.entries.get(&key)?;
+        if !constant_time_eq(&entry.token, hash) {
+            return None;
+        }
+        if Instant::now() >= entry.expires {
+            state.remove_key(key);
             self.metrics.set_cache_entries(state.entries.len());
             return None;
         }
-        let elapsed = i64::try_from(now.duration_since(entry.read_at).as_millis()).unwrap_or(0);
-        let mut found = entry.found.clone();
-        found.now_ms = found.now_ms.saturating_add(elapsed);
-        Some(found)
+        Some(entry.view.clone())
     }
 
     /// The generation to pass to [`ValidationCache::insert`], taken before the store is
     /// asked; `None` while not live (the answer will not be cached).
-    fn generation(&self) -> Option<u64> {
+    pub fn generation(&self) -> Option<u64> {
         let state = self.state();
         state.live.then_some(state.generation)
     }
 
-    /// Caches `found` for `hash` if nothing was invalidated since `generation` was taken
-    /// and it validates `hash` now; `read_at` is when the store was asked (an earlier
-    /// instant only shortens the entry's life).
-    fn insert(&self, hash: &str, found: &Found, generation: u64, read_at: Instant) {
-        let record = &found.record;
-        if !record.accepts_access_hash(hash, found.now_ms) {
+    /// Caches `view` for the token whose SHA-256 is `hash` until `expires`, if nothing was
+    /// invalidated since `generation` was taken.
+    pub fn insert(
+        &self,
+        hash: &[u8; 32],
+        view: Arc<SessionView>,
+        generation: u64,
+        expires: Instant,
+    ) {
+        if expires <= Instant::now() {
             return;
         }
-        let left = record.access_token_expires_at.saturating_sub(found.now_ms);
-        let expires = read_at + Duration::from_millis(u64::try_from(left).unwrap_or(0));
+        let key = token_key(hash);
+        let slot = session_slot(view.session_key_bytes());
         let mut state = self.state();
         if !state.live || state.generation != generation {
             return;
         }
+        // The same key (this token again, or another sharing its 8 bytes): replaced.
+        state.remove_key(key);
         // Full: evict any one entry (HashMap order is effectively random). Expired entries
         // need no sweep: Valkey expires their access key at the same moment and pushes its
         // invalidation, and a read past the expiry drops the entry anyway.
         if state.entries.len() >= self.capacity
-            && !state.entries.contains_key(hash)
-            && let Some(victim) = state.entries.keys().next().cloned()
+            && let Some(victim) = state.entries.keys().next().copied()
         {
-            state.remove_hash(&victim);
+            state.remove_key(victim);
         }
-        state.remove_hash(hash);
-        state
-            .by_sid
-            .entry(record.sid.clone())
-            .or_default()
-            .push(hash.to_owned());
+        if self.capacity == 0 {
+            return;
+        }
+        let next = state.sessions.insert(slot, key).unwrap_or(0);
         state.entries.insert(
-            hash.to_owned(),
+            key,
             Box::new(Entry {
-                found: found.clone(),
-                read_at,
+                token: *hash,
+                view,
                 expires,
+                next,
             }),
         );
         self.metrics.set_cache_entries(state.entries.len());
@@ -245,12 +298,22 @@ impl ValidationCache {
         }
     }
 
-    /// Drops every entry after this replica wrote sessions: its own caller must see the
-    /// write at once (a revocation answered here must not validate here a moment later),
-    /// before Valkey's invalidation for it arrives on the feed. The generation moves on,
-    /// so a read in flight does not cache what it saw before the write. Coarse (every
-    /// entry, not the session's), but writes are rare next to validations.
-    fn forget_after_write(&self) {
+    /// Drops the answers of session `sid` after this replica wrote it: its own caller must
+    /// see the write at once (a revocation answered here must not validate here a moment
+    /// later), before Valkey's invalidation for it arrives on the feed. The generation
+    /// moves on, so a read in flight does not cache what it saw before the write.
+    fn forget_session(&self, sid: &str) {
+        let slot = session_slot(&Sha256::digest(sid.as_bytes()).into());
+        let mut state = self.state();
+        state.generation = state.generation.wrapping_add(1);
+        state.remove_session(slot);
+        self.metrics.set_cache_entries(state.entries.len());
+    }
+
+    /// Drops every answer after a write of this replica's whose sessions are not known
+    /// here (a logout by a rotated refresh token, a revocation of all or other sessions, a
+    /// failed write that may have happened): rare next to refreshes and validations.
+    fn forget_all(&self) {
         let mut state = self.state();
         state.clear();
         self.metrics.set_cache_entries(0);
@@ -270,11 +333,21 @@ impl ValidationCache {
                 continue;
             };
             if let Some(hash) = key.strip_prefix(access.as_str()) {
-                state.remove_hash(hash);
+                // A key that is not a hex SHA-256 was never cached under.
+                let mut bytes = [0u8; 32];
+                if hex::decode_to_slice(hash, &mut bytes).is_ok() {
+                    let key = token_key(&bytes);
+                    if state.entries.get(&key).is_some_and(|e| e.token == bytes) {
+                        state.remove_key(key);
+                    }
+                }
                 events.push(Invalidation::AccessHash(hash.to_owned()));
             } else if let Some(sid) = key.strip_prefix(data.as_str()) {
-                state.remove_sid(sid);
-                events.push(Invalidation::SessionKey(sha256_hex(sid)));
+                let session_key: [u8; 32] = Sha256::digest(sid.as_bytes()).into();
+                state.remove_session(session_slot(&session_key));
+                events.push(Invalidation::SessionKey(crate::session::lower_hex(
+                    &session_key,
+                )));
             }
         }
         self.metrics.set_cache_entries(state.entries.len());
@@ -286,29 +359,53 @@ impl ValidationCache {
     }
 }
 
-/// A store whose `find_by_access_hash` answers from a [`ValidationCache`] when it can;
-/// every other operation goes straight to the inner store (their effects reach the cache
-/// through Valkey's invalidations, like any other writer's).
+/// A store that tells a [`ValidationCache`] about this replica's own writes, so they show
+/// in this replica's validations at once rather than when Valkey's invalidation for them
+/// arrives. Every operation goes straight to the inner store; validations are answered
+/// from the cache by [`crate::validation::AccessTokens`].
 pub struct Cached<S> {
     inner: S,
     cache: Arc<ValidationCache>,
-    hook: Option<InsertHook>,
 }
 
 impl<S> Cached<S> {
-    /// `inner`, with validations answered from `cache` while it is live.
+    /// `inner`, reporting its writes to `cache`.
     pub fn new(inner: S, cache: Arc<ValidationCache>) -> Self {
-        Self {
-            inner,
-            cache,
-            hook: None,
-        }
+        Self { inner, cache }
     }
 
-    /// The same store, awaiting `hook` between each store answer and its insertion (tests).
-    pub fn with_insert_hook(mut self, hook: InsertHook) -> Self {
-        self.hook = Some(hook);
-        self
+    /// Drops what a write answered by `written` may have changed: the sessions `touched`
+    /// names, everything when it failed (it may have happened all the same) or `touched`
+    /// cannot name them.
+    fn forget<'a, T>(
+        &self,
+        written: &'a Result<T, StoreError>,
+        touched: impl FnOnce(&'a T) -> Touched<'a>,
+    ) {
+        match written.as_ref().map(touched) {
+            Ok(Touched::Nothing) => {}
+            Ok(Touched::Session(sid)) => self.cache.forget_session(sid),
+            Ok(Touched::Unknown) | Err(_) => self.cache.forget_all(),
+        }
+    }
+}
+
+/// Which cached sessions a write of this replica's changed.
+enum Touched<'a> {
+    /// None (e.g. a refresh token that found no session).
+    Nothing,
+    /// The session with this id.
+    Session(&'a str),
+    /// Some not known here.
+    Unknown,
+}
+
+/// The session a presented refresh token names by itself, when it does (a session id
+/// does; a rotated token names a family, which only the store resolves).
+fn named_session<'a>(presented: &'a Presented) -> Touched<'a> {
+    match &presented.lookup {
+        Lookup::Sid(sid) => Touched::Session(sid),
+        _ => Touched::Unknown,
     }
 }
 
@@ -319,34 +416,19 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         lifetimes: Lifetimes,
     ) -> Result<Created, StoreError> {
         let written = self.inner.create(record, lifetimes).await;
-        self.cache.forget_after_write();
+        // A new session has no cached answers; only sessions revoked for the cap matter.
+        self.forget(&written, |created| {
+            if created.revoked == 0 {
+                Touched::Nothing
+            } else {
+                Touched::Unknown
+            }
+        });
         written
     }
 
     async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
-        if let Some(found) = self.cache.get(access_hash) {
-            self.cache.metrics.cache_hit();
-            telemetry::record("barazo.cache", || "hit");
-            return Ok(Some(found));
-        }
-        let generation = self.cache.generation();
-        telemetry::record("barazo.cache", || {
-            if generation.is_some() {
-                "miss"
-            } else {
-                "bypass"
-            }
-        });
-        self.cache.metrics.cache_miss();
-        let read_at = Instant::now();
-        let found = self.inner.find_by_access_hash(access_hash).await?;
-        if let (Some(found), Some(generation)) = (&found, generation) {
-            if let Some(hook) = &self.hook {
-                hook().await;
-            }
-            self.cache.insert(access_hash, found, generation, read_at);
-        }
-        Ok(found)
+        self.inner.find_by_access_hash(access_hash).await
     }
 
     async fn refresh(
@@ -356,7 +438,12 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         lifetimes: Lifetimes,
     ) -> Result<ByRefresh<Refreshed>, StoreError> {
         let written = self.inner.refresh(presented, refresh, lifetimes).await;
-        self.cache.forget_after_write();
+        self.forget(&written, |answer| match answer {
+            ByRefresh::Found(refreshed) => Touched::Session(&refreshed.record.sid),
+            ByRefresh::Reused { sid } => Touched::Session(sid),
+            ByRefresh::NotFound => Touched::Nothing,
+            ByRefresh::PastLifetime => named_session(presented),
+        });
         written
     }
 
@@ -366,13 +453,23 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         grace: Duration,
     ) -> Result<ByRefresh<()>, StoreError> {
         let written = self.inner.delete(presented, grace).await;
-        self.cache.forget_after_write();
+        self.forget(&written, |answer| match answer {
+            ByRefresh::NotFound => Touched::Nothing,
+            ByRefresh::Reused { sid } => Touched::Session(sid),
+            _ => named_session(presented),
+        });
         written
     }
 
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
         let written = self.inner.delete_all_for_did(did).await;
-        self.cache.forget_after_write();
+        self.forget(&written, |&count| {
+            if count == 0 {
+                Touched::Nothing
+            } else {
+                Touched::Unknown
+            }
+        });
         written
     }
 
@@ -382,7 +479,7 @@ impl<S: SessionStore> SessionStore for Cached<S> {
 
     async fn revoke_in_did(&self, did: &str, sid: &str) -> Result<bool, StoreError> {
         let written = self.inner.revoke_in_did(did, sid).await;
-        self.cache.forget_after_write();
+        self.forget(&written, |_| Touched::Session(sid));
         written
     }
 
@@ -392,7 +489,11 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         grace: Duration,
     ) -> Result<ByRefresh<u32>, StoreError> {
         let written = self.inner.revoke_others(presented, grace).await;
-        self.cache.forget_after_write();
+        self.forget(&written, |answer| match answer {
+            ByRefresh::Found(0) | ByRefresh::NotFound => Touched::Nothing,
+            ByRefresh::Reused { sid } => Touched::Session(sid),
+            _ => Touched::Unknown,
+        });
         written
     }
 
@@ -404,30 +505,35 @@ impl<S: SessionStore> SessionStore for Cached<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::sha256_hex;
+    use crate::store::TokenRules;
 
     const NOW: i64 = 1_764_000_000_000;
 
-    fn answer(n: u8, expires_in_ms: i64) -> (String, Found) {
-        let hash = sha256_hex(&format!("token {n}"));
+    fn lifetimes() -> Lifetimes {
+        Lifetimes {
+            session: Duration::from_secs(3600),
+            access_token: Duration::from_secs(900),
+            max: None,
+            max_per_did: None,
+            tokens: TokenRules::DEFAULT,
+        }
+    }
+
+    /// The hash of token `n` of session `session`, and that session's answer.
+    fn answer(session: u8, n: u8) -> ([u8; 32], Arc<SessionView>, String) {
+        let sid = sha256_hex(&format!("sid {session}"));
         let record = SessionRecord {
-            sid: sha256_hex(&format!("sid {n}")),
+            sid: sid.clone(),
             did: "did:plc:alice".into(),
             handle: "alice.test".into(),
-            access_token_hash: hash.clone(),
-            access_token_expires_at: NOW + expires_in_ms,
+            access_token_hash: sha256_hex(&format!("token {session} {n}")),
+            access_token_expires_at: NOW + 60_000,
             created_at: NOW,
-            refreshed_at: None,
-            user_agent: String::new(),
-            ip_address: String::new(),
             ..Default::default()
         };
-        (
-            hash,
-            Found {
-                record,
-                now_ms: NOW,
-            },
-        )
+        let hash = Sha256::digest(format!("token {session} {n}").as_bytes()).into();
+        (hash, Arc::new(SessionView::of(&record, &lifetimes())), sid)
     }
 
     fn live(capacity: usize) -> Arc<ValidationCache> {
@@ -436,21 +542,40 @@ mod tests {
         cache
     }
 
-    fn put(cache: &ValidationCache, hash: &str, found: &Found) {
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    fn put(cache: &ValidationCache, hash: &[u8; 32], view: &Arc<SessionView>) {
         let generation = cache.generation().expect("live");
-        cache.insert(hash, found, generation, Instant::now());
+        cache.insert(hash, view.clone(), generation, soon());
     }
 
     #[test]
     fn holds_at_most_its_capacity() {
         let cache = live(2);
         for n in 0..5 {
-            let (hash, found) = answer(n, 60_000);
-            put(&cache, &hash, &found);
+            let (hash, view, _) = answer(n, 0);
+            put(&cache, &hash, &view);
             assert!(cache.get(&hash).is_some(), "the newest is kept");
         }
         assert_eq!(cache.len(), 2);
-        assert!(cache.state().by_sid.len() <= 2, "the sid index shrinks too");
+        assert!(
+            cache.state().sessions.len() <= 2,
+            "the session index shrinks too"
+        );
+    }
+
+    #[test]
+    fn a_hit_needs_the_whole_hash() {
+        let cache = live(4);
+        let (hash, view, _) = answer(1, 0);
+        put(&cache, &hash, &view);
+        let mut other = hash;
+        other[31] ^= 1; // same map key, another token
+        assert_eq!(token_key(&other), token_key(&hash));
+        assert!(cache.get(&other).is_none());
+        assert!(cache.get(&hash).is_some());
     }
 
     #[test]
@@ -458,8 +583,8 @@ mod tests {
         let cache = ValidationCache::new(4, Arc::new(Metrics::new()));
         assert_eq!(cache.generation(), None, "not live: nothing is cached");
         cache.go_live();
-        let (hash, found) = answer(1, 60_000);
-        put(&cache, &hash, &found);
+        let (hash, view, _) = answer(1, 0);
+        put(&cache, &hash, &view);
         assert!(cache.get(&hash).is_some());
         cache.reset(false);
         assert!(cache.get(&hash).is_none());
@@ -470,10 +595,10 @@ mod tests {
     #[test]
     fn an_invalidation_between_read_and_insert_wins() {
         let cache = live(4);
-        let (hash, found) = answer(1, 60_000);
+        let (hash, view, _) = answer(1, 0);
         let generation = cache.generation().expect("live");
         cache.invalidate_keys("p:", [b"p:did:unrelated".as_slice()]);
-        cache.insert(&hash, &found, generation, Instant::now());
+        cache.insert(&hash, view, generation, soon());
         assert!(
             cache.is_empty(),
             "any invalidation since the read bars the insert"
@@ -481,31 +606,81 @@ mod tests {
     }
 
     #[test]
-    fn a_data_invalidation_drops_every_token_of_the_session() {
-        let cache = live(4);
-        let (hash, found) = answer(1, 60_000);
-        put(&cache, &hash, &found);
-        let key = format!("p:data:{}", found.record.sid);
+    fn a_data_invalidation_drops_every_token_of_the_session_and_only_those() {
+        let cache = live(8);
+        let tabs: Vec<_> = (0..3).map(|n| answer(1, n)).collect();
+        for (hash, view, _) in &tabs {
+            put(&cache, hash, view);
+        }
+        let (other, other_view, _) = answer(2, 0);
+        put(&cache, &other, &other_view);
+        let key = format!("p:data:{}", tabs[0].2);
         cache.invalidate_keys("p:", [key.as_bytes()]);
-        assert!(cache.get(&hash).is_none());
-        assert!(cache.state().by_sid.is_empty());
+        for (hash, _, _) in &tabs {
+            assert!(cache.get(hash).is_none());
+        }
+        assert!(
+            cache.get(&other).is_some(),
+            "another session's answer stays"
+        );
+        assert_eq!(cache.state().sessions.len(), 1);
     }
 
     #[test]
-    fn expired_or_invalid_answers_are_not_served() {
-        let cache = live(4);
-        let (hash, found) = answer(1, 0);
-        put(&cache, &hash, &found);
+    fn an_access_invalidation_drops_one_tab_and_keeps_the_chain() {
+        let cache = live(8);
+        let tabs: Vec<_> = (0..3).map(|n| answer(1, n)).collect();
+        for (hash, view, _) in &tabs {
+            put(&cache, hash, view);
+        }
+        // The middle of the chain (inserted second), then its head (inserted last).
+        for gone in [1, 2] {
+            let key = format!("p:access:{}", lower_hex_of(&tabs[gone].0));
+            cache.invalidate_keys("p:", [key.as_bytes()]);
+            assert!(cache.get(&tabs[gone].0).is_none());
+        }
+        assert!(cache.get(&tabs[0].0).is_some());
+        // The session's chain still reaches the one left.
+        cache.forget_session(&tabs[0].2);
+        assert!(cache.is_empty());
+        assert!(cache.state().sessions.is_empty());
+    }
+
+    #[test]
+    fn an_own_write_forgets_its_session_and_bars_reads_in_flight() {
+        let cache = live(8);
+        let (hash, view, sid) = answer(1, 0);
+        put(&cache, &hash, &view);
+        let (other, other_view, _) = answer(2, 0);
+        let generation = cache.generation().expect("live");
+        cache.forget_session(&sid);
+        assert!(cache.get(&hash).is_none());
+        cache.insert(&other, other_view, generation, soon());
         assert!(
             cache.is_empty(),
-            "an answer that does not validate is not cached"
+            "a read from before the write is not cached"
         );
-        let (hash, found) = answer(2, 1);
-        put(&cache, &hash, &found);
+    }
+
+    #[test]
+    fn expired_answers_are_not_served() {
+        let cache = live(4);
+        let (hash, view, _) = answer(1, 0);
+        let generation = cache.generation().expect("live");
+        cache.insert(&hash, view.clone(), generation, Instant::now());
+        assert!(cache.is_empty(), "an answer already expired is not cached");
+        cache.insert(
+            &hash,
+            view,
+            generation,
+            Instant::now() + Duration::from_millis(1),
+        );
         std::thread::sleep(Duration::from_millis(5));
-        assert!(
-            cache.get(&hash).is_none(),
-            "never past accessTokenExpiresAt"
-        );
+        assert!(cache.get(&hash).is_none(), "never past its expiry");
+        assert!(cache.is_empty());
+    }
+
+    fn lower_hex_of(hash: &[u8; 32]) -> String {
+        crate::session::lower_hex(hash)
     }
 }

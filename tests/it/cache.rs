@@ -10,9 +10,11 @@ use barazo_session::cache::{Cached, Invalidation, ValidationCache};
 use barazo_session::config::StoreKind;
 use barazo_session::metrics::Metrics;
 use barazo_session::rotation::Presented;
+use barazo_session::rpc::Rpc;
 use barazo_session::session::{SessionRecord, sha256_hex};
 use barazo_session::store::valkey::{ValkeyOptions, ValkeyStore, standalone};
 use barazo_session::store::{ByRefresh, Lifetimes, SessionStore, TokenRules};
+use barazo_session::validation::AccessTokens;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast};
@@ -106,6 +108,44 @@ async fn a_session_revoked_on_one_replica_stops_validating_on_the_other_within_a
     .await;
     let took = revoked.elapsed();
     assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+/// A replica's own write shows in its own validations at once (no wait for Valkey's
+/// invalidation), and drops only the answers of the session it wrote: other users' cached
+/// answers survive every refresh and logout by a session id, or a busy forum's cache
+/// would be emptied many times a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_write_drops_only_its_sessions_answers() {
+    let app = spawn(Valkey::start()).await;
+    let kept = app.create(&unique_did(), "alice.test").await;
+    let written = app.create(&unique_did(), "bob.test").await;
+    cache(&app, &kept.access_token).await;
+    cache(&app, &written.access_token).await;
+
+    app.refresh_tab(&written.refresh_token, &written.access_token)
+        .await
+        .expect("refresh");
+    assert!(
+        !app.validate(&written.access_token).await.valid,
+        "the superseded token is refused by the replica that refreshed it, at once"
+    );
+    let hits = metric(&app, HITS).await;
+    assert!(app.validate(&kept.access_token).await.valid);
+    assert_eq!(
+        metric(&app, HITS).await,
+        hits + 1.0,
+        "another session's answer is still cached after the refresh"
+    );
+
+    let other = app.create(&unique_did(), "carol.test").await;
+    assert!(app.delete(&other.refresh_token).await.expect("delete"));
+    let hits = metric(&app, HITS).await;
+    assert!(app.validate(&kept.access_token).await.valid);
+    assert_eq!(
+        metric(&app, HITS).await,
+        hits + 1.0,
+        "and after a logout by a session id"
+    );
 }
 
 /// A tab's refresh on replica A that names its previous token ends that token on replica B,
@@ -406,22 +446,26 @@ async fn a_read_overtaken_by_an_invalidation_is_not_cached() {
         })
     };
     let writer = ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap();
-    let store = Arc::new(
-        Cached::new(
-            ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap(),
-            cache.clone(),
-        )
-        .with_insert_hook(hook),
+    let store = Arc::new(Cached::new(
+        ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap(),
+        cache.clone(),
+    ));
+    let tokens = Arc::new(
+        AccessTokens::new(store, lifetimes(), metrics.clone())
+            .with_cache(cache.clone())
+            .with_insert_hook(hook),
     );
-    let hash = sha256_hex("a token");
+    let token = "ab".repeat(32);
+    let hash = sha256_hex(&token);
     let stored = writer.create(&record(&hash), lifetimes()).await.unwrap();
     // The create's own invalidations, before the read starts.
     while next_event(&mut events).await != Invalidation::AccessHash(hash.clone()) {}
 
-    let reader = tokio::spawn({
-        let (store, hash) = (store.clone(), hash.clone());
-        async move { store.find_by_access_hash(&hash).await }
-    });
+    let validate = || {
+        let (tokens, token) = (tokens.clone(), token.clone());
+        tokio::spawn(async move { tokens.validate(Rpc::ValidateAccessToken, &token).await })
+    };
+    let reader = validate();
     held.notified().await; // the store has answered; the insert waits
     let presented = Presented::parse(&stored.record.sid).expect("a session id");
     assert!(matches!(
@@ -433,11 +477,8 @@ async fn a_read_overtaken_by_an_invalidation_is_not_cached() {
     let answered = reader.await.unwrap().unwrap();
     assert!(answered.is_some(), "the read itself saw the session");
     assert!(cache.is_empty(), "the overtaken answer was not cached");
-    // Without the hook holding it, the next read goes to Valkey and finds nothing.
-    let next = tokio::spawn({
-        let (store, hash) = (store.clone(), hash.clone());
-        async move { store.find_by_access_hash(&hash).await }
-    });
-    assert!(next.await.unwrap().unwrap().is_none());
+    // The next read goes to Valkey (the hook does not hold a read that finds nothing) and
+    // finds nothing.
+    assert!(validate().await.unwrap().unwrap().is_none());
     feed.abort();
 }
