@@ -59,6 +59,14 @@ impl SessionView {
         }
     }
 
+    /// The same view as seen through one of the session's access tokens: its
+    /// `access_token_expires_at` is that token's own expiry (a tab's older token may expire
+    /// before the newest), so that a caller caching the answer stops at the right time.
+    pub fn for_token(mut self, access_token_expires_at: i64) -> Self {
+        self.access_token_expires_at = access_token_expires_at;
+        self
+    }
+
     /// Part `i` of the packed text (0 DID, 1 handle, 2 User-Agent, 3 IP address).
     fn part(&self, i: usize) -> &str {
         let at = |i: usize| -> usize {
@@ -111,7 +119,8 @@ impl SessionView {
         self.refreshed_at
     }
 
-    /// When the session's newest access token expires (epoch ms).
+    /// When the access token expires (epoch ms): the newest token's, or the presented one's
+    /// in a validation's answer ([`SessionView::for_token`]).
     pub fn access_token_expires_at(&self) -> i64 {
         self.access_token_expires_at
     }

@@ -106,12 +106,18 @@ impl<S: SessionStore> AccessTokens<S> {
                 if found.record.accepts_access_hash(&hash, found.now_ms)
                     && within_lifetime(&self.lifetimes, &found.record, found.now_ms) =>
             {
-                let view = Arc::new(SessionView::of(&found.record, &self.lifetimes));
+                let token_expires_at = token_expiry(&found.record, &hash);
+                let view = Arc::new(
+                    SessionView::of(&found.record, &self.lifetimes).for_token(token_expires_at),
+                );
                 if let (Some(cache), Some(generation)) = (&self.cache, generation) {
                     // Good until the token expires or the session reaches its deadline,
                     // counted from when the store was asked (an earlier instant only
                     // shortens the entry's life).
-                    let until = answer_deadline(&self.lifetimes, &found.record, &hash);
+                    let until = self
+                        .lifetimes
+                        .deadline_ms(found.record.created_at)
+                        .map_or(token_expires_at, |deadline| token_expires_at.min(deadline));
                     let left = u64::try_from(until.saturating_sub(found.now_ms)).unwrap_or(0);
                     if let Some(hook) = &self.hook {
                         hook().await;
@@ -141,19 +147,15 @@ impl<S: SessionStore> AccessTokens<S> {
     }
 }
 
-/// When a valid answer for the token hashed `hash` stops holding (epoch ms, store clock):
-/// the token's own expiry (a tab's older token may expire before the newest), or the
-/// session's absolute deadline if that comes first.
-fn answer_deadline(lifetimes: &Lifetimes, record: &SessionRecord, hash: &str) -> i64 {
-    let token = record
+/// When the token hashed `hash` expires (epoch ms, store clock): its own expiry, which
+/// for another tab's older token comes before the newest token's.
+fn token_expiry(record: &SessionRecord, hash: &str) -> i64 {
+    record
         .live_tokens()
         .filter(|(h, _)| *h == hash)
         .map(|(_, expires_at)| expires_at)
         .max()
-        .unwrap_or(0);
-    lifetimes
-        .deadline_ms(record.created_at)
-        .map_or(token, |deadline| token.min(deadline))
+        .unwrap_or(record.access_token_expires_at)
 }
 
 /// Whether `record` is before its absolute deadline at `now_ms` (always, without one).

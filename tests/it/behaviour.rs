@@ -52,6 +52,7 @@ for_each_store!(
     oversized_requests_are_refused,
     concurrent_refreshes_leave_exactly_the_newest_tokens_valid,
     tabs_keep_their_own_access_tokens,
+    a_validation_answers_with_the_tokens_own_expiry,
     rotation_issues_a_new_refresh_token_on_every_refresh,
     concurrent_refreshes_with_one_cookie_converge_on_one_successor,
     the_previous_cookie_within_the_grace_gets_the_same_successor,
@@ -187,6 +188,32 @@ async fn refresh_rotates_the_access_token_and_keeps_the_session(store: Backend) 
     let validated = app.validate(&refreshed.access_token).await;
     assert!(validated.valid);
     assert_eq!(validated.session, Some(session));
+}
+
+/// A validation's `access_token_expires_at` is the validated token's own expiry, not the
+/// session's newest token's: a caller that caches the answer until then (the revocation
+/// feed's contract) stops when that tab's token does. (Two refreshes within one
+/// millisecond give equal expiries; the test then cannot tell, but never fails wrongly.)
+async fn a_validation_answers_with_the_tokens_own_expiry(store: Backend) {
+    let app = TestApp::spawn_with(store, &[]).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let older = app.refresh(&created.refresh_token).await.expect("tab A");
+    let newer = app.refresh(&created.refresh_token).await.expect("tab B");
+    let expiry = |r: &barazo_session::proto::RefreshSessionResponse| {
+        r.session
+            .as_ref()
+            .expect("a session")
+            .access_token_expires_at
+    };
+    for tab in [&older, &newer] {
+        let answer = app.validate(&tab.access_token).await;
+        assert!(answer.valid);
+        assert_eq!(
+            answer.session.expect("a session").access_token_expires_at,
+            expiry(tab),
+            "the validated token's own expiry"
+        );
+    }
 }
 
 /// Issue 13's three tabs: refreshes from several tabs at once all succeed and every

@@ -754,3 +754,63 @@ fn kubernetes_probes_scrape_and_grace_period_match_the_configuration() {
         config.shutdown_timeout.as_secs()
     );
 }
+
+/// The image's build stage copies everything `cargo build` reads: the manifest and lock,
+/// build.rs and every path it watches (the protos, the vendored Envoy protos), the
+/// directory of every target the manifest declares, and `.cargo/` (the allocator's
+/// settings, compiled in). A missing one fails the image build, or worse, builds an image
+/// without jemalloc's background purge; no Docker engine runs here to find out.
+#[test]
+fn the_image_build_copies_every_input_of_the_build() {
+    let dockerfile = repo_file("deploy/Dockerfile");
+    let build_stage = dockerfile
+        .split("\nFROM ")
+        .nth(1)
+        .expect("a build stage after the first FROM");
+    let copied: BTreeSet<&str> = build_stage
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("COPY "))
+        .filter(|args| !args.starts_with("--from"))
+        .flat_map(|args| {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            words[..words.len().saturating_sub(1)].to_vec()
+        })
+        .map(|source| source.trim_end_matches('/'))
+        .collect();
+
+    let mut needed: BTreeSet<String> = ["Cargo.toml", "Cargo.lock", "build.rs", ".cargo"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let top = |path: &str| path.split('/').next().unwrap_or(path).to_owned();
+    for line in repo_file("build.rs").lines() {
+        if let Some(path) = line
+            .split("cargo:rerun-if-changed=")
+            .nth(1)
+            .map(|rest| rest.trim_end_matches(['"', ')', ';']))
+        {
+            needed.insert(top(path));
+        }
+    }
+    for line in repo_file("Cargo.toml").lines() {
+        if let Some(path) = line.trim().strip_prefix("path = ") {
+            needed.insert(top(path.trim_matches('"')));
+        }
+        // A bench without `path` lives in benches/ (Cargo's default).
+        if line.trim() == "[[bench]]" {
+            needed.insert("benches".to_owned());
+        }
+    }
+    assert!(
+        needed.len() >= 9,
+        "the inputs were read (manifest, build.rs, targets): {needed:?}"
+    );
+    let missing: Vec<&String> = needed
+        .iter()
+        .filter(|path| !copied.contains(path.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "deploy/Dockerfile's build stage does not COPY {missing:?} (it copies {copied:?})"
+    );
+}

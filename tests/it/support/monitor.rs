@@ -32,22 +32,7 @@ impl Monitor {
         let ok = lines.next_line().await.expect("read").expect("a reply");
         assert_eq!(ok, "+OK", "MONITOR accepted");
         let mut marker = valkey.client().await;
-        let clients: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut marker)
-            .await
-            .expect("CLIENT LIST");
-        let feeds = clients
-            .lines()
-            .filter(|line| {
-                line.split(' ').any(|f| {
-                    f.strip_prefix("flags=")
-                        .is_some_and(|flags| flags.contains('t'))
-                })
-            })
-            .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("addr=")))
-            .map(str::to_owned)
-            .collect();
+        let feeds = tracking_clients(&mut marker).await;
         Self {
             lines,
             _writer: write,
@@ -93,6 +78,9 @@ impl Monitor {
     /// The names of the top-level commands (round trips) Valkey received since `start`.
     pub async fn finish(&mut self, start: String) -> Vec<String> {
         let lines = self.finish_lines(start).await;
+        // A feed that (re)connected after `start` (a server that had just started) is
+        // still no call's round trip.
+        self.feeds = tracking_clients(&mut self.marker).await;
         lines
             .iter()
             .filter_map(|line| {
@@ -137,4 +125,24 @@ impl Monitor {
             commands.push(line);
         }
     }
+}
+
+/// Addresses of the connections with client tracking on (the servers' invalidation feeds).
+async fn tracking_clients(conn: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(conn)
+        .await
+        .expect("CLIENT LIST");
+    clients
+        .lines()
+        .filter(|line| {
+            line.split(' ').any(|f| {
+                f.strip_prefix("flags=")
+                    .is_some_and(|flags| flags.contains('t'))
+            })
+        })
+        .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("addr=")))
+        .map(str::to_owned)
+        .collect()
 }
