@@ -3,8 +3,10 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type * as http2 from "node:http2";
+import { sha256Hex, ValidationCache, type ValidationCacheState } from "./cache.js";
 import { toSession, type ClientInfo, type Session, type SessionWithToken } from "./convert.js";
 import { closedMessage, codeOf, toSessionServiceError } from "./errors.js";
+import { RevocationFeed } from "./feed.js";
 import {
   ClientInfoSchema,
   RefreshSessionRequestSchema,
@@ -60,8 +62,15 @@ export interface SessionClient {
    */
   revokeOtherSessions(refreshToken: string): Promise<number | undefined>;
   /**
+   * Where the validation cache stands (`validationCache` option): `off` when not enabled,
+   * `connecting` while answers are not reused (no revocation stream, or no reset on it yet),
+   * `live`, `unsupported` when the service has no revocation feed (off for good), `closed`.
+   */
+  cacheState(): ValidationCacheState;
+  /**
    * Closes the shared connection at once (calls still in flight fail); later calls throw a
-   * `SessionServiceError` with code `canceled` instead of opening a new connection.
+   * `SessionServiceError` with code `canceled` instead of opening a new connection. Ends the
+   * validation cache's revocation stream and drops its answers.
    */
   close(): void;
 }
@@ -94,6 +103,20 @@ function tlsSettings(options: SessionClientOptions): http2.SecureClientSessionOp
   if (tls.key !== undefined) settings.key = tls.key;
   if (tls.serverName !== undefined) settings.servername = tls.serverName;
   return settings;
+}
+
+/**
+ * Runs `then` once `call` has settled, whether it answered or failed (a failed revocation
+ * may still have happened), and passes the call's outcome on.
+ */
+async function after<T>(then: (answer: T | undefined) => void, call: Promise<T>): Promise<T> {
+  let answer: T | undefined;
+  try {
+    answer = await call;
+    return answer;
+  } finally {
+    then(answer);
+  }
 }
 
 function clientInfo(client: Partial<ClientInfo> | undefined) {
@@ -131,11 +154,41 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
   const transport = createGrpcTransport({
     baseUrl,
     sessionManager,
-    interceptors: [headers],
+    interceptors: [headers, ...(options.interceptors ?? [])],
   });
   const grpc = createClient(SessionService, transport);
   const retry = options.retry ?? {};
   let closed = false;
+
+  // The validation cache and the revocation stream that keeps it coherent (opt-in).
+  const cacheOptions = options.validationCache === true ? {} : options.validationCache || undefined;
+  const cache = cacheOptions === undefined ? undefined : new ValidationCache(cacheOptions);
+  const feed =
+    cache === undefined || cacheOptions === undefined
+      ? undefined
+      : new RevocationFeed(cache, (signal) => grpc.watchRevocations({}, { signal }), cacheOptions);
+
+  /**
+   * After this client's own revocations: drop what they name at once, so this process sees
+   * its own write before the feed's event for it arrives (a logout answered here must not
+   * validate here a moment later). Every drop moves the generation on, so a validation in
+   * flight does not cache what it read before the write. Rare calls (logout, "log out
+   * everywhere else") whose session this client cannot name drop everything.
+   */
+  const forget = {
+    hash(token: string | undefined) {
+      if (token !== undefined && token !== "") cache?.dropHash(sha256Hex(token));
+    },
+    session(sessionKey: string) {
+      cache?.dropSession(sessionKey);
+    },
+    did(did: string) {
+      cache?.dropDid(did);
+    },
+    all() {
+      if (cache?.live) cache.reset(true);
+    },
+  };
 
   /**
    * One logical call: traced, retried when safe, errors typed. `onNotFound` gives the answer
@@ -165,7 +218,8 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
 
   return {
     async createSession(did, handle, client) {
-      return call("createSession", async (timeoutMs) => {
+      // The per-DID cap may revoke the DID's oldest sessions.
+      return after(() => forget.did(did), call("createSession", async (timeoutMs) => {
         const answer = await grpc.createSession({ did, handle, client: clientInfo(client) }, { timeoutMs });
         return {
           ...toSession(answer.session),
@@ -173,18 +227,33 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
           refreshToken: answer.refreshToken,
           refreshTokenRotated: false,
         };
-      });
+      }));
     },
 
     async validateAccessToken(token) {
-      return call("validateAccessToken", async (timeoutMs) => {
-        const answer = await grpc.validateAccessToken({ accessToken: token }, { timeoutMs });
-        return answer.valid ? toSession(answer.session) : undefined;
-      });
+      const validate = () =>
+        call("validateAccessToken", async (timeoutMs) => {
+          const answer = await grpc.validateAccessToken({ accessToken: token }, { timeoutMs });
+          return answer.valid ? toSession(answer.session) : undefined;
+        });
+      if (cache === undefined) {
+        return validate();
+      }
+      const hash = sha256Hex(token);
+      const hit = cache.get(hash);
+      if (hit !== undefined) {
+        return hit;
+      }
+      const generation = cache.generation();
+      const session = await validate();
+      if (session !== undefined && generation !== undefined) {
+        cache.insert(hash, session, generation);
+      }
+      return session;
     },
 
     async refreshSession(refreshToken, refreshOptions = {}) {
-      return call(
+      const refreshed = call(
         "refreshSession",
         async (timeoutMs) => {
           const request = create(RefreshSessionRequestSchema, {
@@ -204,18 +273,23 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
         },
         () => undefined,
       );
+      // The refreshing tab's token ends; the session changed (a reused rotated token ends it).
+      return after((answer) => {
+        forget.hash(refreshOptions.previousAccessToken);
+        forget.session(answer?.sessionKey ?? sha256Hex(refreshToken));
+      }, refreshed);
     },
 
     async deleteSession(refreshToken) {
-      return call("deleteSession", async (timeoutMs) => {
+      return after(forget.all, call("deleteSession", async (timeoutMs) => {
         return (await grpc.deleteSession({ refreshToken }, { timeoutMs })).deleted;
-      });
+      }));
     },
 
     async deleteAllSessionsForDid(did) {
-      return call("deleteAllSessionsForDid", async (timeoutMs) => {
+      return after(() => forget.did(did), call("deleteAllSessionsForDid", async (timeoutMs) => {
         return (await grpc.deleteAllSessionsForDid({ did }, { timeoutMs })).deletedCount;
-      });
+      }));
     },
 
     async listSessions(did) {
@@ -225,23 +299,33 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
     },
 
     async revokeSession(did, sessionKey) {
-      return call("revokeSession", async (timeoutMs) => {
+      return after(() => forget.session(sessionKey), call("revokeSession", async (timeoutMs) => {
         return (await grpc.revokeSession({ did, sessionKey }, { timeoutMs })).revoked;
-      });
+      }));
     },
 
     async revokeOtherSessions(refreshToken) {
-      return call(
+      return after(forget.all, call(
         "revokeOtherSessions",
         async (timeoutMs) => {
           return (await grpc.revokeOtherSessions({ refreshToken }, { timeoutMs })).revokedCount;
         },
         () => undefined,
-      );
+      ));
+    },
+
+    cacheState() {
+      const entries = cache?.size ?? 0;
+      if (cache === undefined) return { state: "off", entries };
+      if (closed) return { state: "closed", entries };
+      const code = feed?.unsupported;
+      if (code !== undefined) return { state: "unsupported", entries, code };
+      return { state: cache.live ? "live" : "connecting", entries };
     },
 
     close() {
       closed = true;
+      feed?.close();
       sessionManager.abort(new ConnectError(closedMessage, Code.Canceled));
     },
   };
