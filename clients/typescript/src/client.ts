@@ -106,6 +106,29 @@ function tlsSettings(options: SessionClientOptions): http2.SecureClientSessionOp
 }
 
 /**
+ * Gives every HTTP/2 session the manager opens a listener of its own for "error", so no
+ * session error can become an uncaught exception (which would end the caller's process).
+ * The manager removes its listener when it leaves a connection, and it leaves one that
+ * died of a PING timeout as soon as the next call arrives, before Node has emitted the
+ * error (seen with a frozen service: the retry of the call that failed crashed the
+ * process). The manager still learns of the failure from its own listener or the
+ * connection's state, and calls from their streams.
+ */
+function guardSessionErrors(manager: Http2SessionManager): void {
+  const guarded = new WeakSet<http2.Http2Session>();
+  const request = manager.request.bind(manager);
+  manager.request = async (...args) => {
+    const stream = await request(...args);
+    const session = stream.session;
+    if (session !== undefined && !guarded.has(session)) {
+      guarded.add(session);
+      session.on("error", () => {});
+    }
+    return stream;
+  };
+}
+
+/**
  * Runs `then` once `call` has settled, whether it answered or failed (a failed revocation
  * may still have happened), and passes the call's outcome on.
  */
@@ -131,15 +154,20 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
   const tls = options.tls !== undefined && options.tls !== false;
   const { baseUrl, peer } = endpoint(options.address, tls);
   const keepalive = options.keepalive ?? {};
+  // With the cache, a connection that died silently (no FIN, no RST) keeps its revocation
+  // stream looking open, and cached answers reused, until a PING goes unanswered: shorter
+  // PINGs bound that to 10 s instead of 40 s.
+  const caching = options.validationCache !== undefined && options.validationCache !== false;
   const sessionManager = new Http2SessionManager(
     baseUrl,
     {
-      pingIntervalMs: keepalive.intervalMs ?? 30_000,
-      pingTimeoutMs: keepalive.timeoutMs ?? 10_000,
+      pingIntervalMs: keepalive.intervalMs ?? (caching ? 5_000 : 30_000),
+      pingTimeoutMs: keepalive.timeoutMs ?? (caching ? 5_000 : 10_000),
       idleConnectionTimeoutMs: keepalive.idleTimeoutMs ?? 15 * 60_000,
     },
     tlsSettings(options),
   );
+  guardSessionErrors(sessionManager);
   const tracing = options.tracing ?? true;
   const authorization = options.serviceKey === undefined ? undefined : `Bearer ${options.serviceKey}`;
   const headers: Interceptor = (next) => async (request) => {

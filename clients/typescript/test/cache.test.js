@@ -62,12 +62,13 @@ async function settled(log, session) {
 }
 
 /** A caching client of `addr`, its wire counter and events, live (first reset seen). */
-async function cachingClient(t, addr, cacheOptions = {}) {
+async function cachingClient(t, addr, cacheOptions = {}, keepalive = undefined) {
   const counter = wire();
   const log = events();
   const live = log.next((e) => e.type === "reset");
   const client = createSessionClient({
     address: addr,
+    ...(keepalive === undefined ? {} : { keepalive }),
     interceptors: [counter.interceptor],
     validationCache: { reconnect: { initialBackoffMs: 20, maxBackoffMs: 200 }, ...cacheOptions, onEvent: log.onEvent },
   });
@@ -306,4 +307,46 @@ test("an entry is not reused past its token's expiry (minus the margin), judged 
   await client.validateAccessToken(session.accessToken);
   assert.equal(calls(), 3, "asked each time, never cached again");
   assert.equal(client.cacheState().entries, 0);
+});
+
+test("a silent connection (the service frozen) ends reuse once a keepalive PING goes unanswered", async (t) => {
+  const stack = await startStack();
+  t.after(() => stack.stop());
+  // No FIN, no RST: only a PING finds out. The bound is keepalive interval + timeout (5 s +
+  // 5 s by default with the cache; 200 ms + 200 ms here).
+  const { client, log } = await cachingClient(t, stack.server.addr, {}, { intervalMs: 200, timeoutMs: 200 });
+  const session = await settled(log, await client.createSession(uniqueDid(), "alice.test"));
+  assert.ok(await client.validateAccessToken(session.accessToken));
+  assert.equal(client.cacheState().entries, 1);
+
+  const down = log.next((e) => e.type === "down");
+  stack.server.child.kill("SIGSTOP");
+  t.after(() => stack.server.child.kill("SIGCONT"));
+  await down;
+  assert.equal(client.cacheState().entries, 0);
+  await assert.rejects(client.validateAccessToken(session.accessToken), SessionServiceUnavailableError);
+  stack.server.child.kill("SIGCONT");
+});
+
+test("past --max-revocation-streams the cache waits (RESOURCE_EXHAUSTED, retried) and goes live when a stream frees", async (t) => {
+  const stack = await startStack({ args: ["--max-revocation-streams", "1"] });
+  t.after(() => stack.stop());
+  const first = await cachingClient(t, stack.server.addr);
+  const log = events();
+  const refused = log.next((e) => e.type === "down" && e.code === "resource_exhausted");
+  const second = createSessionClient({
+    address: stack.server.addr,
+    validationCache: { reconnect: { initialBackoffMs: 20, maxBackoffMs: 100 }, onEvent: log.onEvent },
+  });
+  t.after(() => second.close());
+  await refused;
+  assert.equal(second.cacheState().state, "connecting");
+  const session = await second.createSession(uniqueDid(), "alice.test");
+  assert.ok(await second.validateAccessToken(session.accessToken), "calls work without the cache");
+  assert.equal(second.cacheState().entries, 0);
+
+  const live = log.next((e) => e.type === "reset");
+  first.client.close();
+  await live;
+  assert.equal(second.cacheState().state, "live");
 });
