@@ -37,7 +37,8 @@ export interface ValidationCacheOptions {
  * each stream: from then on answers are reused); `accessTokenHash` / `sessionKey`: the
  * feed named a token (hex SHA-256) or a session to drop; `down`: the stream ended or could
  * not be opened (everything dropped, no reuse until the next stream's first reset), with
- * the gRPC `code` name; `unsupported`: the service has no feed (`FAILED_PRECONDITION`: the
+ * the gRPC `code` name, or `goaway` when the client ended it itself to move it off a
+ * connection the service is closing (it reopens at once); `unsupported`: the service has no feed (`FAILED_PRECONDITION`: the
  * memory store or Valkey Cluster; or it refused the stream for good), the cache is off for
  * this client.
  */

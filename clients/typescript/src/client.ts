@@ -106,23 +106,28 @@ function tlsSettings(options: SessionClientOptions): http2.SecureClientSessionOp
 }
 
 /**
- * Gives every HTTP/2 session the manager opens a listener of its own for "error", so no
- * session error can become an uncaught exception (which would end the caller's process).
- * The manager removes its listener when it leaves a connection, and it leaves one that
- * died of a PING timeout as soon as the next call arrives, before Node has emitted the
- * error (seen with a frozen service: the retry of the call that failed crashed the
- * process). The manager still learns of the failure from its own listener or the
- * connection's state, and calls from their streams.
+ * Watches every HTTP/2 session the manager opens, through the streams it hands out:
+ *
+ * - A listener of its own for "error", so no session error can become an uncaught exception
+ *   (which would end the caller's process). The manager removes its listener when it leaves a
+ *   connection, and it leaves one that died of a PING timeout as soon as the next call
+ *   arrives, before Node has emitted the error (seen with a frozen service: the retry of the
+ *   call that failed crashed the process). The manager still learns of the failure from its
+ *   own listener or the connection's state, and calls from their streams.
+ * - `onGoaway` on a GOAWAY (the service is shutting down): the manager sends new calls to a
+ *   new connection, but a long-lived stream would keep the old one, and the service's drain,
+ *   open until its deadline.
  */
-function guardSessionErrors(manager: Http2SessionManager): void {
-  const guarded = new WeakSet<http2.Http2Session>();
+function watchSessions(manager: Http2SessionManager, onGoaway: () => void): void {
+  const watched = new WeakSet<http2.Http2Session>();
   const request = manager.request.bind(manager);
   manager.request = async (...args) => {
     const stream = await request(...args);
     const session = stream.session;
-    if (session !== undefined && !guarded.has(session)) {
-      guarded.add(session);
+    if (session !== undefined && !watched.has(session)) {
+      watched.add(session);
       session.on("error", () => {});
+      session.on("goaway", onGoaway);
     }
     return stream;
   };
@@ -167,7 +172,9 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
     },
     tlsSettings(options),
   );
-  guardSessionErrors(sessionManager);
+  // Set below once the cache's feed exists: it moves its stream off a closing connection.
+  let onGoaway: (() => void) | undefined;
+  watchSessions(sessionManager, () => onGoaway?.());
   const tracing = options.tracing ?? true;
   const authorization = options.serviceKey === undefined ? undefined : `Bearer ${options.serviceKey}`;
   const headers: Interceptor = (next) => async (request) => {
@@ -195,6 +202,7 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
     cache === undefined || cacheOptions === undefined
       ? undefined
       : new RevocationFeed(cache, (signal) => grpc.watchRevocations({}, { signal }), cacheOptions);
+  onGoaway = feed === undefined ? undefined : () => feed.moveOff();
 
   /**
    * After this client's own revocations: drop what they name at once, so this process sees

@@ -23,6 +23,10 @@ export class RevocationFeed {
   private readonly abort = new AbortController();
   private unsupportedCode: string | undefined;
   private stopped = false;
+  /** Ends the stream open now, if any. */
+  private current: AbortController | undefined;
+  /** The stream was ended by `moveOff`: reopen at once, not after a backoff. */
+  private moving = false;
 
   constructor(
     private readonly cache: ValidationCache,
@@ -44,6 +48,18 @@ export class RevocationFeed {
     this.abort.abort();
   }
 
+  /**
+   * The connection carrying the stream is closing (the service sent GOAWAY: it is shutting
+   * down): end the stream now and open a new one, which the connection manager puts on a new
+   * connection, instead of holding the old one (and the service's drain) open. Answers are
+   * not reused in between, as after any end of the stream.
+   */
+  moveOff(): void {
+    if (this.current === undefined || this.stopped) return;
+    this.moving = true;
+    this.current.abort();
+  }
+
   private emit(event: ValidationCacheEvent): void {
     try {
       this.options.onEvent?.(event);
@@ -58,13 +74,20 @@ export class RevocationFeed {
     let failures = 0;
     while (!this.stopped) {
       let code = "ok";
+      const stream = new AbortController();
+      const end = () => stream.abort();
+      this.abort.signal.addEventListener("abort", end);
+      this.current = stream;
+      this.moving = false;
+      let delivered = false;
       try {
-        for await (const message of this.open(this.abort.signal)) {
+        for await (const message of this.open(stream.signal)) {
           const event = message.event;
           switch (event.case) {
             case "reset":
               this.cache.reset(true);
               failures = 0;
+              delivered = true;
               this.emit({ type: "reset" });
               break;
             case "accessTokenHash":
@@ -85,17 +108,27 @@ export class RevocationFeed {
         // shutdown): the end of the stream all the same.
       } catch (error) {
         code = toSessionServiceError("WatchRevocations", error).code;
-        if (!this.stopped && permanent.has(codeOf(error))) {
+        if (!this.stopped && !this.moving && permanent.has(codeOf(error))) {
           this.cache.reset(false);
           this.unsupportedCode = code;
           this.emit({ type: "unsupported", code });
           return;
         }
+      } finally {
+        this.abort.signal.removeEventListener("abort", end);
+        this.current = undefined;
       }
       // Fail closed: no reuse until a new stream has delivered its first reset.
       this.cache.reset(false);
       if (this.stopped) return;
-      this.emit({ type: "down", code });
+      if (this.moving) {
+        this.emit({ type: "down", code: "goaway" });
+        // At once, unless this stream never got going (then the usual backoff: no loop
+        // against a service that closes every connection straight away).
+        if (delivered) continue;
+      } else {
+        this.emit({ type: "down", code });
+      }
       failures++;
       const backoff = Math.random() * Math.min(cap, initial * 2 ** Math.min(failures - 1, 20));
       try {

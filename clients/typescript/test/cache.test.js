@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { test } from "node:test";
 import { createSessionClient, SessionServiceUnavailableError } from "../dist/index.js";
-import { readiness, startServer, startStack, startValkey, uniqueDid } from "./support.js";
+import { freePort, readiness, startServer, startStack, startValkey, uniqueDid } from "./support.js";
 
 const sha256 = (text) => createHash("sha256").update(text).digest("hex");
 
@@ -349,4 +349,34 @@ test("past --max-revocation-streams the cache waits (RESOURCE_EXHAUSTED, retried
   first.client.close();
   await live;
   assert.equal(second.cacheState().state, "live");
+});
+
+test("a service shutting down: the client moves its stream off the closing connection, so the drain does not wait for it", async (t) => {
+  const valkey = await startValkey();
+  t.after(() => valkey.kill());
+  const listen = `127.0.0.1:${await freePort()}`;
+  const args = ["--valkey-url", valkey.url];
+  const server = await startServer({ args, listen });
+  t.after(() => server.kill());
+  const { client, log } = await cachingClient(t, listen);
+  const session = await settled(log, await client.createSession(uniqueDid(), "alice.test"));
+  assert.ok(await client.validateAccessToken(session.accessToken));
+
+  // SIGTERM: the service sends GOAWAY and drains. With the stream held open it would wait out
+  // its 20 s drain deadline and exit with an error.
+  const moved = log.next((e) => e.type === "down");
+  const exited = new Promise((resolve) => server.child.once("exit", (code) => resolve(code)));
+  server.child.kill("SIGTERM");
+  assert.equal((await moved).code, "goaway", "ended by the client, not by the service's exit");
+  assert.equal(client.cacheState().entries, 0);
+  assert.equal(await exited, 0, "a clean exit: nothing left to drain");
+  await assert.rejects(client.validateAccessToken(session.accessToken), SessionServiceUnavailableError);
+
+  // The next service on the same address: the stream comes back by itself.
+  const live = log.next((e) => e.type === "reset");
+  const next = await startServer({ args, listen });
+  t.after(() => next.kill());
+  await live;
+  assert.equal(client.cacheState().state, "live");
+  assert.ok(await client.validateAccessToken(session.accessToken), "the session is in Valkey still");
 });
