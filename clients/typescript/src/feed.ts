@@ -100,8 +100,9 @@ export class RevocationFeed {
               break;
             default:
               // An event this client does not know (a newer service): it may mean a
-              // revocation, so nothing cached can be trusted; the next reset resumes.
-              this.cache.reset(false);
+              // revocation, so everything cached is dropped (a reset's effect; reuse goes on
+              // only if it already had).
+              this.cache.reset(this.cache.live);
           }
         }
         // The service ended the stream without a status error (e.g. its graceful
