@@ -3,8 +3,10 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type * as http2 from "node:http2";
+import { sha256Hex, ValidationCache, type ValidationCacheState } from "./cache.js";
 import { toSession, type ClientInfo, type Session, type SessionWithToken } from "./convert.js";
 import { closedMessage, codeOf, toSessionServiceError } from "./errors.js";
+import { RevocationFeed } from "./feed.js";
 import {
   ClientInfoSchema,
   RefreshSessionRequestSchema,
@@ -60,8 +62,15 @@ export interface SessionClient {
    */
   revokeOtherSessions(refreshToken: string): Promise<number | undefined>;
   /**
+   * Where the validation cache stands (`validationCache` option): `off` when not enabled,
+   * `connecting` while answers are not reused (no revocation stream, or no reset on it yet),
+   * `live`, `unsupported` when the service has no revocation feed (off for good), `closed`.
+   */
+  cacheState(): ValidationCacheState;
+  /**
    * Closes the shared connection at once (calls still in flight fail); later calls throw a
-   * `SessionServiceError` with code `canceled` instead of opening a new connection.
+   * `SessionServiceError` with code `canceled` instead of opening a new connection. Ends the
+   * validation cache's revocation stream and drops its answers.
    */
   close(): void;
 }
@@ -96,6 +105,48 @@ function tlsSettings(options: SessionClientOptions): http2.SecureClientSessionOp
   return settings;
 }
 
+/**
+ * Watches every HTTP/2 session the manager opens, through the streams it hands out:
+ *
+ * - A listener of its own for "error", so no session error can become an uncaught exception
+ *   (which would end the caller's process). The manager removes its listener when it leaves a
+ *   connection, and it leaves one that died of a PING timeout as soon as the next call
+ *   arrives, before Node has emitted the error (seen with a frozen service: the retry of the
+ *   call that failed crashed the process). The manager still learns of the failure from its
+ *   own listener or the connection's state, and calls from their streams.
+ * - `onGoaway` on a GOAWAY (the service is shutting down): the manager sends new calls to a
+ *   new connection, but a long-lived stream would keep the old one, and the service's drain,
+ *   open until its deadline.
+ */
+function watchSessions(manager: Http2SessionManager, onGoaway: () => void): void {
+  const watched = new WeakSet<http2.Http2Session>();
+  const request = manager.request.bind(manager);
+  manager.request = async (...args) => {
+    const stream = await request(...args);
+    const session = stream.session;
+    if (session !== undefined && !watched.has(session)) {
+      watched.add(session);
+      session.on("error", () => {});
+      session.on("goaway", onGoaway);
+    }
+    return stream;
+  };
+}
+
+/**
+ * Runs `then` once `call` has settled, whether it answered or failed (a failed revocation
+ * may still have happened), and passes the call's outcome on.
+ */
+async function after<T>(then: (answer: T | undefined) => void, call: Promise<T>): Promise<T> {
+  let answer: T | undefined;
+  try {
+    answer = await call;
+    return answer;
+  } finally {
+    then(answer);
+  }
+}
+
 function clientInfo(client: Partial<ClientInfo> | undefined) {
   return client === undefined ? undefined : create(ClientInfoSchema, client);
 }
@@ -108,15 +159,22 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
   const tls = options.tls !== undefined && options.tls !== false;
   const { baseUrl, peer } = endpoint(options.address, tls);
   const keepalive = options.keepalive ?? {};
+  // With the cache, a connection that died silently (no FIN, no RST) keeps its revocation
+  // stream looking open, and cached answers reused, until a PING goes unanswered: shorter
+  // PINGs bound that to 10 s instead of 40 s.
+  const caching = options.validationCache !== undefined && options.validationCache !== false;
   const sessionManager = new Http2SessionManager(
     baseUrl,
     {
-      pingIntervalMs: keepalive.intervalMs ?? 30_000,
-      pingTimeoutMs: keepalive.timeoutMs ?? 10_000,
+      pingIntervalMs: keepalive.intervalMs ?? (caching ? 5_000 : 30_000),
+      pingTimeoutMs: keepalive.timeoutMs ?? (caching ? 5_000 : 10_000),
       idleConnectionTimeoutMs: keepalive.idleTimeoutMs ?? 15 * 60_000,
     },
     tlsSettings(options),
   );
+  // Set below once the cache's feed exists: it moves its stream off a closing connection.
+  let onGoaway: (() => void) | undefined;
+  watchSessions(sessionManager, () => onGoaway?.());
   const tracing = options.tracing ?? true;
   const authorization = options.serviceKey === undefined ? undefined : `Bearer ${options.serviceKey}`;
   const headers: Interceptor = (next) => async (request) => {
@@ -131,11 +189,42 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
   const transport = createGrpcTransport({
     baseUrl,
     sessionManager,
-    interceptors: [headers],
+    interceptors: [headers, ...(options.interceptors ?? [])],
   });
   const grpc = createClient(SessionService, transport);
   const retry = options.retry ?? {};
   let closed = false;
+
+  // The validation cache and the revocation stream that keeps it coherent (opt-in).
+  const cacheOptions = options.validationCache === true ? {} : options.validationCache || undefined;
+  const cache = cacheOptions === undefined ? undefined : new ValidationCache(cacheOptions);
+  const feed =
+    cache === undefined || cacheOptions === undefined
+      ? undefined
+      : new RevocationFeed(cache, (signal) => grpc.watchRevocations({}, { signal }), cacheOptions);
+  onGoaway = feed === undefined ? undefined : () => feed.moveOff();
+
+  /**
+   * After this client's own revocations: drop what they name at once, so this process sees
+   * its own write before the feed's event for it arrives (a logout answered here must not
+   * validate here a moment later). Every drop moves the generation on, so a validation in
+   * flight does not cache what it read before the write. Rare calls (logout, "log out
+   * everywhere else") whose session this client cannot name drop everything.
+   */
+  const forget = {
+    hash(token: string | undefined) {
+      if (token !== undefined && token !== "") cache?.dropHash(sha256Hex(token));
+    },
+    session(sessionKey: string) {
+      cache?.dropSession(sessionKey);
+    },
+    did(did: string) {
+      cache?.dropDid(did);
+    },
+    all() {
+      if (cache?.live) cache.reset(true);
+    },
+  };
 
   /**
    * One logical call: traced, retried when safe, errors typed. `onNotFound` gives the answer
@@ -165,7 +254,8 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
 
   return {
     async createSession(did, handle, client) {
-      return call("createSession", async (timeoutMs) => {
+      // The per-DID cap may revoke the DID's oldest sessions.
+      return after(() => forget.did(did), call("createSession", async (timeoutMs) => {
         const answer = await grpc.createSession({ did, handle, client: clientInfo(client) }, { timeoutMs });
         return {
           ...toSession(answer.session),
@@ -173,18 +263,33 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
           refreshToken: answer.refreshToken,
           refreshTokenRotated: false,
         };
-      });
+      }));
     },
 
     async validateAccessToken(token) {
-      return call("validateAccessToken", async (timeoutMs) => {
-        const answer = await grpc.validateAccessToken({ accessToken: token }, { timeoutMs });
-        return answer.valid ? toSession(answer.session) : undefined;
-      });
+      const validate = () =>
+        call("validateAccessToken", async (timeoutMs) => {
+          const answer = await grpc.validateAccessToken({ accessToken: token }, { timeoutMs });
+          return answer.valid ? toSession(answer.session) : undefined;
+        });
+      if (cache === undefined) {
+        return validate();
+      }
+      const hash = sha256Hex(token);
+      const hit = cache.get(hash);
+      if (hit !== undefined) {
+        return hit;
+      }
+      const generation = cache.generation();
+      const session = await validate();
+      if (session !== undefined && generation !== undefined) {
+        cache.insert(hash, session, generation);
+      }
+      return session;
     },
 
     async refreshSession(refreshToken, refreshOptions = {}) {
-      return call(
+      const refreshed = call(
         "refreshSession",
         async (timeoutMs) => {
           const request = create(RefreshSessionRequestSchema, {
@@ -204,18 +309,23 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
         },
         () => undefined,
       );
+      // The refreshing tab's token ends; the session changed (a reused rotated token ends it).
+      return after((answer) => {
+        forget.hash(refreshOptions.previousAccessToken);
+        forget.session(answer?.sessionKey ?? sha256Hex(refreshToken));
+      }, refreshed);
     },
 
     async deleteSession(refreshToken) {
-      return call("deleteSession", async (timeoutMs) => {
+      return after(forget.all, call("deleteSession", async (timeoutMs) => {
         return (await grpc.deleteSession({ refreshToken }, { timeoutMs })).deleted;
-      });
+      }));
     },
 
     async deleteAllSessionsForDid(did) {
-      return call("deleteAllSessionsForDid", async (timeoutMs) => {
+      return after(() => forget.did(did), call("deleteAllSessionsForDid", async (timeoutMs) => {
         return (await grpc.deleteAllSessionsForDid({ did }, { timeoutMs })).deletedCount;
-      });
+      }));
     },
 
     async listSessions(did) {
@@ -225,23 +335,33 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
     },
 
     async revokeSession(did, sessionKey) {
-      return call("revokeSession", async (timeoutMs) => {
+      return after(() => forget.session(sessionKey), call("revokeSession", async (timeoutMs) => {
         return (await grpc.revokeSession({ did, sessionKey }, { timeoutMs })).revoked;
-      });
+      }));
     },
 
     async revokeOtherSessions(refreshToken) {
-      return call(
+      return after(forget.all, call(
         "revokeOtherSessions",
         async (timeoutMs) => {
           return (await grpc.revokeOtherSessions({ refreshToken }, { timeoutMs })).revokedCount;
         },
         () => undefined,
-      );
+      ));
+    },
+
+    cacheState() {
+      const entries = cache?.size ?? 0;
+      if (cache === undefined) return { state: "off", entries };
+      if (closed) return { state: "closed", entries };
+      const code = feed?.unsupported;
+      if (code !== undefined) return { state: "unsupported", entries, code };
+      return { state: cache.live ? "live" : "connecting", entries };
     },
 
     close() {
       closed = true;
+      feed?.close();
       sessionManager.abort(new ConnectError(closedMessage, Code.Canceled));
     },
   };

@@ -1,4 +1,6 @@
 // What a caller can configure, with the defaults and why they are what they are.
+import type { Interceptor } from "@connectrpc/connect";
+import type { ValidationCacheOptions } from "./cache.js";
 import type { RetryOptions } from "./retry.js";
 
 /** The RPCs of `barazo.session.v1.SessionService`, by their client method names. */
@@ -26,9 +28,15 @@ export interface TlsOptions {
 
 /** HTTP/2 keepalive of the shared connection. */
 export interface KeepaliveOptions {
-  /** PING after this long without data on a connection with calls in flight. Default 30 000 ms (the server's own interval). */
+  /**
+   * PING after this long without data on a connection with calls in flight. Default 30 000 ms
+   * (the server's own interval); 5000 ms with `validationCache` (its stream is always in flight).
+   */
   intervalMs?: number;
-  /** A PING not answered within this closes the connection; the next call opens a new one. Default 10 000 ms. */
+  /**
+   * A PING not answered within this closes the connection; the next call opens a new one.
+   * Default 10 000 ms; 5000 ms with `validationCache`.
+   */
   timeoutMs?: number;
   /** Close a connection no call has used for this long. Default 15 minutes. */
   idleTimeoutMs?: number;
@@ -66,6 +74,20 @@ export interface SessionClientOptions {
    * done.
    */
   tracing?: boolean;
+  /**
+   * A local cache of `validateAccessToken`'s valid answers, kept coherent by the service's
+   * `WatchRevocations` feed (one stream on the shared connection): a token validated before
+   * is answered from memory, with no network call, while the stream is open and after its
+   * first reset, until an event names the token or its session, a reset, the stream's end,
+   * or the token's expiry. `true` for the defaults. Off by default. With a service that has
+   * no feed (memory store, Valkey Cluster) it turns itself off (`cacheState()`).
+   */
+  validationCache?: boolean | ValidationCacheOptions;
+  /**
+   * Connect interceptors run around every call (after the service key and trace headers are
+   * set), also around the cache's revocation stream: e.g. to count or time calls.
+   */
+  interceptors?: Interceptor[];
 }
 
 /** Default deadlines (see `SessionClientOptions.timeoutMs`). */

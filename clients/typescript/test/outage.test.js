@@ -115,3 +115,24 @@ test("only calls that are safe to repeat are retried, with backoff, inside their
   assert.equal(shed("ListSessions"), 1, "retry: false");
   assert.ok(await held, "the held call ends once Valkey answers");
 });
+
+test("a frozen server (a silent connection) fails calls once a keepalive PING goes unanswered, and never crashes the process", async (t) => {
+  const stack = await startStack();
+  t.after(() => stack.stop());
+  const client = createSessionClient({ address: stack.server.addr, keepalive: { intervalMs: 200, timeoutMs: 200 } });
+  t.after(() => client.close());
+  const created = await client.createSession(uniqueDid(), "alice.test");
+  stack.server.child.kill("SIGSTOP");
+  t.after(() => stack.server.child.kill("SIGCONT"));
+  // Each is retried on a new connection while the dead one's error is still to be emitted:
+  // connect-node's manager has let go of that connection by then (an uncaught exception
+  // before the client guarded its sessions).
+  for (let i = 0; i < 3; i++) {
+    await assert.rejects(
+      client.listSessions(created.did),
+      (error) => error instanceof SessionServiceUnavailableError,
+    );
+  }
+  stack.server.child.kill("SIGCONT");
+  assert.equal((await client.listSessions(created.did)).length, 1, "the same client works again");
+});
