@@ -78,8 +78,9 @@ export type Session = Message<"barazo.session.v1.Session"> & {
   createdAt?: Timestamp | undefined;
 
   /**
-   * When the session's newest access token stops validating (in ValidateAccessToken's
-   * answer too, whichever of the session's tokens was validated).
+   * When an access token stops validating: in ValidateAccessToken's answer the validated
+   * token's own expiry (another tab's older token may expire before the newest); in the
+   * other answers the session's newest token's.
    *
    * @generated from field: google.protobuf.Timestamp access_token_expires_at = 4;
    */
