@@ -48,6 +48,9 @@ pub enum RequestError {
     /// The revocation feed is down (Valkey unreachable) or just broke; retry.
     #[error("the revocation feed is down; retry shortly")]
     FeedDown,
+    /// The server is shutting down: a stream that would never end is ended.
+    #[error("the service is shutting down; reconnect (to another replica)")]
+    ShuttingDown,
 }
 
 impl RequestError {
@@ -63,7 +66,7 @@ impl RequestError {
             Self::TimedOut => Code::DeadlineExceeded,
             Self::Overloaded | Self::TooManyStreams => Code::ResourceExhausted,
             Self::NoRevocationFeed => Code::FailedPrecondition,
-            Self::FeedDown => Code::Unavailable,
+            Self::FeedDown | Self::ShuttingDown => Code::Unavailable,
         }
     }
 
@@ -155,6 +158,7 @@ mod tests {
             (RequestError::TooManyStreams, Code::ResourceExhausted),
             (RequestError::NoRevocationFeed, Code::FailedPrecondition),
             (RequestError::FeedDown, Code::Unavailable),
+            (RequestError::ShuttingDown, Code::Unavailable),
             (
                 RequestError::Store(StoreError::unavailable(io_error())),
                 Code::Unavailable,

@@ -11,7 +11,7 @@ use crate::error::RequestError;
 use crate::proto::revocation_event::Event;
 use crate::proto::{Reset, RevocationEvent};
 use std::sync::Arc;
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -22,6 +22,7 @@ const STREAM_BUFFER: usize = 64;
 pub struct Revocations {
     cache: Option<Arc<ValidationCache>>,
     streams: Arc<Semaphore>,
+    draining: watch::Receiver<bool>,
 }
 
 /// What a `WatchRevocations` response streams.
@@ -37,11 +38,17 @@ fn reset() -> RevocationEvent {
 
 impl Revocations {
     /// Streams fed by `cache`'s invalidation feed (`None`: this store has none), at most
-    /// `max_streams` open at once.
-    pub fn new(cache: Option<Arc<ValidationCache>>, max_streams: usize) -> Self {
+    /// `max_streams` open at once, each ended with `UNAVAILABLE` when `draining` turns
+    /// true (the server is shutting down and must not wait for streams that never end).
+    pub fn new(
+        cache: Option<Arc<ValidationCache>>,
+        max_streams: usize,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             cache,
             streams: Arc::new(Semaphore::new(max_streams)),
+            draining,
         }
     }
 
@@ -59,6 +66,7 @@ impl Revocations {
             return Err(RequestError::FeedDown);
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let mut draining = self.draining.clone();
         tokio::spawn(async move {
             let _permit = permit;
             if tx.send(Ok(reset())).await.is_err() {
@@ -67,6 +75,11 @@ impl Revocations {
             loop {
                 let next = tokio::select! {
                     () = tx.closed() => return,
+                    // A closed sender (the server gone) counts as draining too.
+                    _ = draining.wait_for(|draining| *draining) => {
+                        let _ = tx.try_send(Err(Status::from(RequestError::ShuttingDown)));
+                        return;
+                    }
                     next = events.recv() => next,
                 };
                 let item = match next {

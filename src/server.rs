@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -166,6 +167,9 @@ pub struct Application {
     max_connections: usize,
     shutdown_timeout: Duration,
     handshake_timeout: Duration,
+    /// Turns true when the drain begins: open `WatchRevocations` streams end then, so that
+    /// they do not hold the drain until its timeout.
+    draining: watch::Sender<bool>,
 }
 
 impl Application {
@@ -190,6 +194,7 @@ impl Application {
         };
 
         let metrics = Arc::new(Metrics::new());
+        let (draining, draining_rx) = watch::channel(false);
         let health = HealthReporter::new();
         let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
         // Until the first successful ping, nobody should route traffic here.
@@ -197,6 +202,7 @@ impl Application {
         health::publish_alive(&health).await;
         let parts = Parts {
             config,
+            draining: draining_rx,
             health: health.clone(),
             health_service,
             metrics: metrics.clone(),
@@ -288,6 +294,7 @@ impl Application {
             ),
             shutdown_timeout: config.shutdown_timeout,
             handshake_timeout: config.handshake_timeout,
+            draining,
         })
     }
 
@@ -358,11 +365,14 @@ impl Application {
         });
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
         let (health, stop_monitor, metrics) = (self.health, monitor.clone(), self.metrics);
+        let draining = self.draining;
         let shutdown = async move {
             shutdown.await;
             // Tell health-checking load balancers first, so new calls go elsewhere.
             stop_monitor.abort();
             metrics.begin_draining();
+            // Streams that would run forever end now (their callers reconnect elsewhere).
+            draining.send_replace(true);
             health::withdraw(health).await;
             tracing::info!("shutdown requested: draining in-flight calls");
             let _ = signalled_tx.send(());
@@ -395,6 +405,8 @@ impl Application {
 /// What `routes` needs besides the store.
 struct Parts<'a> {
     config: &'a Config,
+    /// Turns true when the drain begins.
+    draining: watch::Receiver<bool>,
     health: HealthReporter,
     health_service: HealthServer<HealthService>,
     metrics: Arc<Metrics>,
@@ -411,6 +423,7 @@ fn routes<S: SessionStore>(
 ) -> Result<(Router, BoxFuture), StartupError> {
     let Parts {
         config,
+        draining,
         health,
         health_service,
         metrics,
@@ -437,7 +450,11 @@ fn routes<S: SessionStore>(
         config.lifetimes(),
         metrics.clone(),
         calls.clone(),
-        Revocations::new(revocations, config.max_revocation_streams as usize),
+        Revocations::new(
+            revocations,
+            config.max_revocation_streams as usize,
+            draining,
+        ),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
     let ext_authz = ExtAuthz::new(tokens, calls).into_server();

@@ -78,3 +78,56 @@ async fn shutdown_tells_health_watchers_and_does_not_wait_for_them() {
         started.elapsed()
     );
 }
+
+/// An open `WatchRevocations` stream (a caching client's, or grpcurl's) ends with
+/// `UNAVAILABLE` when the drain begins, so that its caller reconnects elsewhere and drops
+/// its cached answers, and it does not hold shutdown until the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_revocation_streams() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut stream = None;
+    // The feed subscribes shortly after the app reports SERVING; until then UNAVAILABLE.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stream.is_none() {
+        match app
+            .client
+            .clone()
+            .watch_revocations(barazo_session::proto::WatchRevocationsRequest {})
+            .await
+        {
+            Ok(opened) => stream = Some(opened.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                assert!(Instant::now() < deadline, "the feed never went live");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let mut stream = stream.expect("a stream");
+    let first = stream.message().await.expect("a reset").expect("an event");
+    assert!(matches!(
+        first.event,
+        Some(barazo_session::proto::revocation_event::Event::Reset(_))
+    ));
+
+    let started = Instant::now();
+    let stopped = tokio::spawn(app.stop());
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("shutting down"), "{ended:?}");
+    stopped
+        .await
+        .expect("task")
+        .expect("clean shutdown, not a drain timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
