@@ -11,6 +11,8 @@ sizing and durability"); run this again when the key layout or Valkey changes.
     cargo build --bin barazo-session
     scripts/valkey-sizing.py [--sessions 10000] [--extra-per-did 2000]
     scripts/valkey-sizing.py --valkey-server PATH   # another build, e.g. a redis-server
+    scripts/valkey-sizing.py --tabs 3 --tab-sessions 2000   # extra tabs (RefreshSession)
+    scripts/valkey-sizing.py --rotation              # with --refresh-token-rotation on
 
 It takes about three minutes on two cores (each session is one grpcurl process).
 
@@ -116,22 +118,37 @@ def random_handle(rng, i):
     return rng.choice([f"user{i}.bsky.social", f"name{i}.example.com", f"forum{i}.barazo.forum"])
 
 
-def create(grpcurl, addr, did, handle):
-    request = json.dumps({"did": did, "handle": handle})
+def call(grpcurl, addr, method, request):
     answer = subprocess.run(
-        [grpcurl, "-plaintext", "-d", request, addr, "barazo.session.v1.SessionService/CreateSession"],
+        [grpcurl, "-plaintext", "-d", json.dumps(request), addr,
+         f"barazo.session.v1.SessionService/{method}"],
         capture_output=True,
         text=True,
         check=False,
     )
     if answer.returncode != 0:
-        raise RuntimeError(f"CreateSession failed: {answer.stderr.strip()}")
+        raise RuntimeError(f"{method} failed: {answer.stderr.strip()}")
+    return json.loads(answer.stdout)
+
+
+def create(grpcurl, addr, did, handle):
+    """Creates a session; returns its refresh token."""
+    return call(grpcurl, addr, "CreateSession", {"did": did, "handle": handle})["refreshToken"]
 
 
 def create_all(grpcurl, addr, pairs, workers):
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for future in [pool.submit(create, grpcurl, addr, did, handle) for did, handle in pairs]:
-            future.result()
+        return [future.result()
+                for future in [pool.submit(create, grpcurl, addr, did, handle)
+                               for did, handle in pairs]]
+
+
+def open_tabs(grpcurl, addr, refresh_token, tabs):
+    """`tabs` more browser tabs: each refreshes without a previous access token, so each
+    adds one access token to the session (the cookie each answer gives is the next one's)."""
+    for _ in range(tabs):
+        answer = call(grpcurl, addr, "RefreshSession", {"refresh_token": refresh_token})
+        refresh_token = answer.get("refreshToken") or refresh_token
 
 
 def used_memory(valkey):
@@ -153,6 +170,12 @@ def main():
     parser.add_argument("--sessions", type=int, default=10000, help="sessions of distinct DIDs")
     parser.add_argument("--extra-per-did", type=int, default=2000,
                         help="then a second session for this many of those DIDs")
+    parser.add_argument("--tabs", type=int, default=0,
+                        help="then this many more tabs (refreshes) on --tab-sessions sessions")
+    parser.add_argument("--tab-sessions", type=int, default=2000,
+                        help="how many sessions open the extra --tabs")
+    parser.add_argument("--rotation", action="store_true",
+                        help="run the service with --refresh-token-rotation on")
     parser.add_argument("--workers", type=int, default=4, help="concurrent grpcurl calls")
     parser.add_argument("--server", default=str(ROOT / "target/debug/barazo-session"))
     parser.add_argument("--valkey-server", default=None,
@@ -176,7 +199,8 @@ def main():
         env = dict(os.environ, LOG_FORMAT="json", RUST_LOG="info")
         server = subprocess.Popen(
             [args.server, "--store", "valkey", "--valkey-url", f"redis://127.0.0.1:{port}",
-             "--listen", "127.0.0.1:0"],
+             "--listen", "127.0.0.1:0"]
+            + (["--refresh-token-rotation", "on"] if args.rotation else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         processes.append(server)
         # The log says where it listens (port 0 picks a free one) and when Valkey answers.
@@ -190,22 +214,37 @@ def main():
         keys_before = valkey.call("DBSIZE")
 
         dids = [random_did(rng) for _ in range(args.sessions)]
-        create_all(grpcurl, addr, [(did, random_handle(rng, i)) for i, did in enumerate(dids)],
-                   args.workers)
+        cookies = create_all(grpcurl, addr,
+                             [(did, random_handle(rng, i)) for i, did in enumerate(dids)],
+                             args.workers)
         after = used_memory(valkey)
         keys_after = valkey.call("DBSIZE")
-        assert keys_after - keys_before == 3 * args.sessions, (keys_before, keys_after)
+        # data, access, did; and refresh:<family> with rotation.
+        keys_per_session = 4 if args.rotation else 3
+        assert keys_after - keys_before == keys_per_session * args.sessions, (keys_before, keys_after)
         per_session = (after - before) / args.sessions
 
         create_all(grpcurl, addr,
                    [(did, random_handle(rng, i)) for i, did in enumerate(dids[:args.extra_per_did])],
                    args.workers)
         again = used_memory(valkey)
-        assert valkey.call("DBSIZE") - keys_after == 2 * args.extra_per_did
+        keys_again = valkey.call("DBSIZE")
+        assert keys_again - keys_after == (keys_per_session - 1) * args.extra_per_did
         per_extra = (again - after) / args.extra_per_did if args.extra_per_did else 0.0
 
+        tab_sessions = min(args.tab_sessions, args.sessions) if args.tabs else 0
+        with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
+            for future in [pool.submit(open_tabs, grpcurl, addr, cookie, args.tabs)
+                           for cookie in cookies[:tab_sessions]]:
+                future.result()
+        tabbed = used_memory(valkey)
+        if tab_sessions:
+            # One access key per tab (within --max-access-tokens-per-session).
+            assert valkey.call("DBSIZE") - keys_again == args.tabs * tab_sessions
+        per_tab = (tabbed - again) / (args.tabs * tab_sessions) if tab_sessions else 0.0
+
         usage = {}
-        for kind in ("data", "access", "did"):
+        for kind in ("data", "access", "did") + (("refresh",) if args.rotation else ()):
             key = first_key(valkey, f"{PREFIX}{kind}:*")
             usage[kind] = (valkey.call("MEMORY", "USAGE", key, "SAMPLES", "0"), len(key))
         multi_did = f"{PREFIX}did:{dids[0]}"
@@ -222,9 +261,14 @@ def main():
                    else f"redis {server_info.get('redis_version')}")
         print(f"{version}, allocator {memory_info.get('mem_allocator')}")
         print(f"sessions of distinct DIDs: {args.sessions}: used_memory {before} -> {after} bytes, "
-              f"{per_session:.0f} bytes per session (3 keys each)")
+              f"{per_session:.0f} bytes per session ({keys_per_session} keys each)")
+        if args.rotation:
+            print("with --refresh-token-rotation on (a refresh: key per session)")
         print(f"a second session on {args.extra_per_did} of those DIDs: "
-              f"{per_extra:.0f} bytes per extra session (2 keys + one set member)")
+              f"{per_extra:.0f} bytes per extra session ({keys_per_session - 1} keys + one set member)")
+        if tab_sessions:
+            print(f"{args.tabs} more tabs on {tab_sessions} sessions: {per_tab:.0f} bytes per extra tab "
+                  f"(an access key and an accessTokens entry in the data)")
         for kind, (size, key_length) in usage.items():
             print(f"MEMORY USAGE {kind} key ({key_length}-byte name): {size} bytes")
         print(f"RDB snapshot: {rdb} bytes for {total_sessions} sessions, "
