@@ -261,6 +261,46 @@ async fn the_tracing_comparison_exports_spans() {
     assert!(exports > 0, "the traced server exported spans: {report}");
 }
 
+/// Against a server that rotates refresh tokens, the refresh share follows each session's
+/// new cookie as a browser does: a few sessions refreshed over and over by one caller,
+/// with no reuse grace, and not one refused as reuse (an old cookie would revoke its
+/// session at its second refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_follow_rotated_cookies() {
+    let app = TestApp::spawn_with(
+        StoreKind::Memory,
+        &[
+            "--refresh-token-rotation",
+            "on",
+            "--refresh-reuse-grace",
+            "0",
+        ],
+    )
+    .await;
+    let addr = app.addr.to_string();
+    let (report, _) = bench(command(&[
+        "--addr",
+        &addr,
+        "--scenario",
+        "refresh",
+        "--sessions",
+        "3",
+        "--callers",
+        "1",
+        "--connections",
+        "1",
+        "--duration",
+        "2",
+    ]))
+    .await;
+    let rows = rows(&report);
+    assert!(
+        rows[0][1].parse::<f64>().expect("calls/s") > 10.0,
+        "{report}"
+    );
+    assert_eq!(rows[0][6], "0", "no refresh refused: {report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_against_a_valkey_backed_server_leaves_no_session_behind() {
     let app = TestApp::spawn(StoreKind::Valkey).await;

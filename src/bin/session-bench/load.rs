@@ -33,8 +33,11 @@ pub enum Scenario {
 pub struct Pool {
     /// Access tokens that stay valid (never refreshed during the run).
     pub access_tokens: Vec<String>,
-    /// Refresh tokens of other sessions, which the refresh share rotates.
-    pub refresh_tokens: Vec<String>,
+    /// Refresh tokens (cookies) of other sessions, which the refresh share uses. Each is
+    /// replaced by the one its refresh answers with, as a browser's cookie is, so the tool
+    /// works against a server with `--refresh-token-rotation on` (an old cookie past the
+    /// reuse grace would revoke the session).
+    pub refresh_tokens: Vec<std::sync::Mutex<String>>,
 }
 
 impl Pool {
@@ -65,7 +68,8 @@ impl Pool {
             if i % 2 == 0 {
                 pool.access_tokens.push(created.access_token);
             } else {
-                pool.refresh_tokens.push(created.refresh_token);
+                pool.refresh_tokens
+                    .push(std::sync::Mutex::new(created.refresh_token));
             }
         }
         Ok(pool)
@@ -248,13 +252,24 @@ async fn one_call(
             Ok(answer.into_inner().status.is_some_and(|s| s.code == 0))
         }
         Scenario::Refresh => {
-            let token = &pool.refresh_tokens[n % pool.refresh_tokens.len()];
-            client
+            let cookie = &pool.refresh_tokens[n % pool.refresh_tokens.len()];
+            let presented = lock(cookie).clone();
+            let answer = client
                 .refresh_session(RefreshSessionRequest {
-                    refresh_token: token.clone(),
+                    refresh_token: presented.clone(),
                     ..Default::default()
                 })
-                .await?;
+                .await?
+                .into_inner();
+            // Rotated: the new cookie replaces the one presented, unless another caller's
+            // refresh of the same session got there first (within the grace both get the
+            // same successor anyway).
+            if !answer.refresh_token.is_empty() {
+                let mut held = lock(cookie);
+                if *held == presented {
+                    *held = answer.refresh_token;
+                }
+            }
             Ok(true)
         }
         Scenario::Create | Scenario::Mix => {
@@ -268,6 +283,14 @@ async fn one_call(
             Ok(true)
         }
     }
+}
+
+/// A pool cookie's lock; a poisoned one is used as is (a caller that panicked holding it
+/// left a whole token in it either way).
+fn lock(cookie: &std::sync::Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    cookie
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A `CheckRequest` for `token` with the headers a browser's API call through Envoy has.
