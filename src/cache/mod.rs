@@ -311,8 +311,8 @@ impl ValidationCache {
     }
 
     /// Drops every answer after a write of this replica's whose sessions are not known
-    /// here (a logout by a rotated refresh token, a revocation of all or other sessions, a
-    /// failed write that may have happened): rare next to refreshes and validations.
+    /// here (a revocation of all or other sessions, the cap, a failed write that may have
+    /// happened): rare next to refreshes, logouts and validations.
     fn forget_all(&self) {
         let mut state = self.state();
         state.clear();
@@ -451,12 +451,12 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         &self,
         presented: &Presented,
         grace: Duration,
-    ) -> Result<ByRefresh<()>, StoreError> {
+    ) -> Result<ByRefresh<String>, StoreError> {
         let written = self.inner.delete(presented, grace).await;
         self.forget(&written, |answer| match answer {
             ByRefresh::NotFound => Touched::Nothing,
-            ByRefresh::Reused { sid } => Touched::Session(sid),
-            _ => named_session(presented),
+            ByRefresh::Found(sid) | ByRefresh::Reused { sid } => Touched::Session(sid),
+            ByRefresh::PastLifetime => named_session(presented),
         });
         written
     }

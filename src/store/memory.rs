@@ -385,16 +385,16 @@ impl SessionStore for MemoryStore {
         &self,
         presented: &Presented,
         grace: Duration,
-    ) -> Result<ByRefresh<()>, StoreError> {
+    ) -> Result<ByRefresh<String>, StoreError> {
         let now = Instant::now();
         let mut ks = self.lock();
         let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
         Ok(match ks.by_refresh(presented, grace_ms, now) {
             ByRefresh::Found((record, _)) => {
                 ks.revoke(&record.sid, now);
-                ByRefresh::Found(())
+                ByRefresh::Found(record.sid)
             }
-            other => other.map_found(|_| ()),
+            other => other.map_found(|_| String::new()),
         })
     }
 

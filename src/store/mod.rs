@@ -305,12 +305,14 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes the session `presented` names (its current refresh token, or the previous
     /// one within `grace`), every access key, its refresh key and its DID index entry.
-    /// An older token revokes it all the same, as reuse.
+    /// An older token revokes it all the same, as reuse. Found: the revoked session's id
+    /// (what a rotated token names only through the store; the validation cache drops that
+    /// session's answers by it).
     fn delete(
         &self,
         presented: &Presented,
         grace: Duration,
-    ) -> impl Future<Output = Result<ByRefresh<()>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<ByRefresh<String>, StoreError>> + Send;
 
     /// Removes every session in a DID's index and the index itself. Returns how many
     /// sessions existed.

@@ -148,6 +148,49 @@ async fn an_own_write_drops_only_its_sessions_answers() {
     );
 }
 
+/// With refresh-token rotation a logout's cookie names a family, not a session; the store
+/// answers with the session it revoked, so the replica still drops only that one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_logout_drops_only_its_sessions_answers() {
+    let app = TestApp::spawn_against(
+        StoreKind::Valkey,
+        Some(Valkey::start()),
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--refresh-token-rotation",
+            "on",
+        ],
+    )
+    .await;
+    app.wait_for_health(tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let kept = app.create(&unique_did(), "alice.test").await;
+    let leaving = app.create(&unique_did(), "bob.test").await;
+    assert!(
+        matches!(
+            Presented::parse(&leaving.refresh_token).map(|p| p.lookup),
+            Some(barazo_session::rotation::Lookup::Family(_))
+        ),
+        "a rotated cookie, not a session id"
+    );
+    cache(&app, &kept.access_token).await;
+    cache(&app, &leaving.access_token).await;
+
+    assert!(app.delete(&leaving.refresh_token).await.expect("logout"));
+    assert!(
+        !app.validate(&leaving.access_token).await.valid,
+        "the logged-out token is refused at once"
+    );
+    let hits = metric(&app, HITS).await;
+    assert!(app.validate(&kept.access_token).await.valid);
+    assert_eq!(
+        metric(&app, HITS).await,
+        hits + 1.0,
+        "another session's answer is still cached"
+    );
+}
+
 /// A tab's refresh on replica A that names its previous token ends that token on replica B,
 /// which had it cached; a refresh by another tab (no previous token) leaves it valid there,
 /// re-read after the session's data changed.
@@ -470,7 +513,7 @@ async fn a_read_overtaken_by_an_invalidation_is_not_cached() {
     let presented = Presented::parse(&stored.record.sid).expect("a session id");
     assert!(matches!(
         writer.delete(&presented, Duration::ZERO).await.unwrap(),
-        ByRefresh::Found(())
+        ByRefresh::Found(_)
     ));
     while next_event(&mut events).await != Invalidation::AccessHash(hash.clone()) {}
     release.notify_one();

@@ -803,10 +803,10 @@ impl Shared {
         mut conn: ClusterConnection,
         presented: Presented,
         grace_ms: i64,
-    ) -> Result<ByRefresh<()>, StoreError> {
+    ) -> Result<ByRefresh<String>, StoreError> {
         let record = match self.by_refresh(&mut conn, &presented, grace_ms).await? {
             ByRefresh::Found(record) => record,
-            other => return Ok(other.map_found(|_| ())),
+            other => return Ok(other.map_found(|_| String::new())),
         };
         let sid = match &record {
             Ok(record) => record.sid.clone(),
@@ -818,7 +818,7 @@ impl Shared {
         if let Ok(record) = record {
             self.srem(&mut conn, &record.did, &sid).await?;
         }
-        Ok(ByRefresh::Found(()))
+        Ok(ByRefresh::Found(sid))
     }
 
     /// The DID index's members.
@@ -1016,7 +1016,7 @@ impl SessionStore for ValkeyClusterStore {
         &self,
         presented: &Presented,
         grace: Duration,
-    ) -> Result<ByRefresh<()>, StoreError> {
+    ) -> Result<ByRefresh<String>, StoreError> {
         let presented = presented.clone();
         let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
         self.on_link(|shared, conn| shared.delete(conn, presented, grace_ms))

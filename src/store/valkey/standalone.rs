@@ -279,7 +279,7 @@ impl SessionStore for ValkeyStore {
         &self,
         presented: &Presented,
         grace: Duration,
-    ) -> Result<ByRefresh<()>, StoreError> {
+    ) -> Result<ByRefresh<String>, StoreError> {
         let script = &self.scripts.delete;
         let mut invocation = script.script.prepare_invoke();
         invocation
@@ -292,7 +292,7 @@ impl SessionStore for ValkeyStore {
             .arg(millis(grace));
         let (code, sid): (i64, String) = self.invoke(script, &invocation).await?;
         Ok(match code {
-            1 => ByRefresh::Found(()),
+            1 => ByRefresh::Found(sid),
             2 => ByRefresh::Reused { sid },
             _ => ByRefresh::NotFound,
         })
