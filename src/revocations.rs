@@ -18,6 +18,10 @@ use tonic::Status;
 /// Events a stream holds that its consumer has not read yet (in the channel to tonic).
 const STREAM_BUFFER: usize = 64;
 
+/// How long a stream waits for room to tell its consumer that the service is shutting
+/// down, before it just ends.
+const SHUTDOWN_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The revocation streams of one replica.
 pub struct Revocations {
     cache: Option<Arc<ValidationCache>>,
@@ -55,6 +59,9 @@ impl Revocations {
     /// Opens one stream: `reset` first, then the feed's events.
     pub fn open(&self) -> Result<EventStream, RequestError> {
         let cache = self.cache.as_ref().ok_or(RequestError::NoRevocationFeed)?;
+        if *self.draining.borrow() {
+            return Err(RequestError::ShuttingDown);
+        }
         let permit = self
             .streams
             .clone()
@@ -76,8 +83,17 @@ impl Revocations {
                 let next = tokio::select! {
                     () = tx.closed() => return,
                     // A closed sender (the server gone) counts as draining too.
-                    _ = draining.wait_for(|draining| *draining) => {
-                        let _ = tx.try_send(Err(Status::from(RequestError::ShuttingDown)));
+                    () = async {
+                        // The guard it answers with is not `Send`: dropped at once.
+                        let _ = draining.wait_for(|draining| *draining).await;
+                    } => {
+                        // A consumer that reads nothing gets no status, only the end of
+                        // the stream, which the contract treats alike.
+                        let _ = tokio::time::timeout(
+                            SHUTDOWN_NOTICE,
+                            tx.send(Err(Status::from(RequestError::ShuttingDown))),
+                        )
+                        .await;
                         return;
                     }
                     next = events.recv() => next,

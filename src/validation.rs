@@ -114,10 +114,9 @@ impl<S: SessionStore> AccessTokens<S> {
                     // Good until the token expires or the session reaches its deadline,
                     // counted from when the store was asked (an earlier instant only
                     // shortens the entry's life).
-                    let until = self
-                        .lifetimes
-                        .deadline_ms(found.record.created_at)
-                        .map_or(token_expires_at, |deadline| token_expires_at.min(deadline));
+                    // (The view's `expires_at` is the session's sliding expiry or its
+                    // absolute deadline, whichever comes first.)
+                    let until = token_expires_at.min(view.expires_at());
                     let left = u64::try_from(until.saturating_sub(found.now_ms)).unwrap_or(0);
                     if let Some(hook) = &self.hook {
                         hook().await;

@@ -169,12 +169,15 @@ impl ValidationCache {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave the maps inconsistent in a way that
-        // validates a revoked token (removal is the only partial operation, and a broken
-        // chain only loses entries), so a poisoned lock is used as is.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        // A panic while holding the lock may have left a session's chain half unlinked, and
+        // an entry off its chain would outlive its session's `data:` invalidation: the
+        // cache starts over empty (nothing inside the lock is known to panic).
+        self.state.lock().unwrap_or_else(|poisoned| {
+            let mut state = poisoned.into_inner();
+            state.clear();
+            self.state.clear_poison();
+            state
+        })
     }
 
     /// Whether the cache answers now (its feed is connected and subscribed).
@@ -244,7 +247,9 @@ impl ValidationCache {
         }
         // The same key (this token again, or another sharing its 8 bytes): replaced.
         state.remove_key(key);
-        // Full: evict any one entry (HashMap order is effectively random). Expired entries
+        // Full: evict the entry in the first occupied slot of the table (slots are ordered
+        // by a keyed hash, so which answer goes is arbitrary, not least recently used, and
+        // the table is at least half full, so the scan is short). Expired entries
         // need no sweep: Valkey expires their access key at the same moment and pushes its
         // invalidation, and a read past the expiry drops the entry anyway.
         if state.entries.len() >= self.capacity
@@ -285,7 +290,9 @@ impl ValidationCache {
         let mut state = self.state();
         let was_live = state.live;
         state.clear();
-        state.live = still_live;
+        // A flush notice that arrives after the feed broke (from the old connection) must
+        // not make the cache answer with no feed behind it.
+        state.live = was_live && still_live;
         self.metrics.set_cache_entries(0);
         drop(state);
         if was_live {
@@ -390,6 +397,26 @@ impl<S> Cached<S> {
     }
 }
 
+/// Armed while a write is in flight: dropped armed (the call cancelled by its deadline or
+/// its caller mid-write), it drops every answer, since the write may have landed in Valkey
+/// and which sessions it touched is not known.
+struct InFlight<'a>(Option<&'a ValidationCache>);
+
+impl InFlight<'_> {
+    /// The write answered: [`Cached::forget`] takes it from here.
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(cache) = self.0 {
+            cache.forget_all();
+        }
+    }
+}
+
 /// Which cached sessions a write of this replica's changed.
 enum Touched<'a> {
     /// None (e.g. a refresh token that found no session).
@@ -415,7 +442,9 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         record: &SessionRecord,
         lifetimes: Lifetimes,
     ) -> Result<Created, StoreError> {
+        let in_flight = InFlight(Some(&self.cache));
         let written = self.inner.create(record, lifetimes).await;
+        in_flight.answered();
         // A new session has no cached answers; only sessions revoked for the cap matter.
         self.forget(&written, |created| {
             if created.revoked == 0 {
@@ -437,7 +466,9 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         refresh: &Refresh<'_>,
         lifetimes: Lifetimes,
     ) -> Result<ByRefresh<Refreshed>, StoreError> {
+        let in_flight = InFlight(Some(&self.cache));
         let written = self.inner.refresh(presented, refresh, lifetimes).await;
+        in_flight.answered();
         self.forget(&written, |answer| match answer {
             ByRefresh::Found(refreshed) => Touched::Session(&refreshed.record.sid),
             ByRefresh::Reused { sid } => Touched::Session(sid),
@@ -452,7 +483,9 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         presented: &Presented,
         grace: Duration,
     ) -> Result<ByRefresh<String>, StoreError> {
+        let in_flight = InFlight(Some(&self.cache));
         let written = self.inner.delete(presented, grace).await;
+        in_flight.answered();
         self.forget(&written, |answer| match answer {
             ByRefresh::NotFound => Touched::Nothing,
             ByRefresh::Found(sid) | ByRefresh::Reused { sid } => Touched::Session(sid),
@@ -462,7 +495,9 @@ impl<S: SessionStore> SessionStore for Cached<S> {
     }
 
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
+        let in_flight = InFlight(Some(&self.cache));
         let written = self.inner.delete_all_for_did(did).await;
+        in_flight.answered();
         self.forget(&written, |&count| {
             if count == 0 {
                 Touched::Nothing
@@ -478,7 +513,9 @@ impl<S: SessionStore> SessionStore for Cached<S> {
     }
 
     async fn revoke_in_did(&self, did: &str, sid: &str) -> Result<bool, StoreError> {
+        let in_flight = InFlight(Some(&self.cache));
         let written = self.inner.revoke_in_did(did, sid).await;
+        in_flight.answered();
         self.forget(&written, |_| Touched::Session(sid));
         written
     }
@@ -488,7 +525,9 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         presented: &Presented,
         grace: Duration,
     ) -> Result<ByRefresh<u32>, StoreError> {
+        let in_flight = InFlight(Some(&self.cache));
         let written = self.inner.revoke_others(presented, grace).await;
+        in_flight.answered();
         self.forget(&written, |answer| match answer {
             ByRefresh::Found(0) | ByRefresh::NotFound => Touched::Nothing,
             ByRefresh::Reused { sid } => Touched::Session(sid),
@@ -678,6 +717,83 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         assert!(cache.get(&hash).is_none(), "never past its expiry");
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_flush_notice_after_the_feed_broke_does_not_revive_the_cache() {
+        let cache = live(4);
+        cache.reset(false);
+        cache.reset(true);
+        assert!(
+            !cache.is_live(),
+            "only the feed's subscription makes it live"
+        );
+        assert_eq!(cache.generation(), None);
+    }
+
+    /// A store whose every call waits forever: a write that never answers.
+    struct Stuck;
+
+    impl SessionStore for Stuck {
+        async fn create(&self, _: &SessionRecord, _: Lifetimes) -> Result<Created, StoreError> {
+            std::future::pending().await
+        }
+        async fn find_by_access_hash(&self, _: &str) -> Result<Option<Found>, StoreError> {
+            std::future::pending().await
+        }
+        async fn refresh(
+            &self,
+            _: &Presented,
+            _: &Refresh<'_>,
+            _: Lifetimes,
+        ) -> Result<ByRefresh<Refreshed>, StoreError> {
+            std::future::pending().await
+        }
+        async fn delete(
+            &self,
+            _: &Presented,
+            _: Duration,
+        ) -> Result<ByRefresh<String>, StoreError> {
+            std::future::pending().await
+        }
+        async fn delete_all_for_did(&self, _: &str) -> Result<u32, StoreError> {
+            std::future::pending().await
+        }
+        async fn list_for_did(&self, _: &str) -> Result<Vec<SessionRecord>, StoreError> {
+            std::future::pending().await
+        }
+        async fn revoke_in_did(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            std::future::pending().await
+        }
+        async fn revoke_others(
+            &self,
+            _: &Presented,
+            _: Duration,
+        ) -> Result<ByRefresh<u32>, StoreError> {
+            std::future::pending().await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+    }
+
+    /// A write cancelled mid-flight (the caller's deadline) may still land in Valkey, so
+    /// every answer goes; one that was never started changes nothing.
+    #[tokio::test]
+    async fn a_cancelled_write_drops_every_answer() {
+        let cache = live(4);
+        let (hash, view, _) = answer(1, 0);
+        put(&cache, &hash, &view);
+        let store = Cached::new(Stuck, cache.clone());
+        drop(store.delete_all_for_did("did:plc:alice"));
+        assert_eq!(cache.len(), 1, "a write never polled did not start");
+        let write = store.delete_all_for_did("did:plc:alice");
+        tokio::select! {
+            biased;
+            _ = write => panic!("the stuck store answered"),
+            () = async {} => {}
+        }
+        assert!(cache.is_empty(), "the cancelled write dropped the cache");
     }
 
     fn lower_hex_of(hash: &[u8; 32]) -> String {
