@@ -265,7 +265,7 @@ impl SpanFacts for CheckResponse {
 mod tests {
     use super::*;
     use crate::session::{SessionRecord, sha256_hex};
-    use crate::store::{Lifetimes, TokenRules};
+    use crate::store::Lifetimes;
     use envoy_types::pb::envoy::config::core::v3::HeaderMap;
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
@@ -378,13 +378,7 @@ mod tests {
             handle: "alice.test".into(),
             ..SessionRecord::default()
         };
-        let lifetimes = Lifetimes {
-            session: std::time::Duration::from_secs(60),
-            access_token: std::time::Duration::from_secs(60),
-            max: None,
-            max_per_did: None,
-            tokens: TokenRules::DEFAULT,
-        };
+        let lifetimes = Lifetimes::for_tests(std::time::Duration::from_secs(60), None);
         let ok = allowed(
             &SessionView::of(&record, &lifetimes),
             vec!["x-barazo-admin".into()],

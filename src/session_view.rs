@@ -136,18 +136,7 @@ impl SessionView {
 mod tests {
     use super::*;
     use crate::session::sha256_hex;
-    use crate::store::TokenRules;
     use std::time::Duration;
-
-    fn lifetimes(session: Duration, max: Option<Duration>) -> Lifetimes {
-        Lifetimes {
-            session,
-            access_token: Duration::from_secs(1),
-            max,
-            max_per_did: None,
-            tokens: TokenRules::DEFAULT,
-        }
-    }
 
     fn record() -> SessionRecord {
         SessionRecord {
@@ -166,7 +155,7 @@ mod tests {
 
     #[test]
     fn packs_and_unpacks_every_part() {
-        let lifetimes = lifetimes(Duration::from_secs(10), None);
+        let lifetimes = Lifetimes::for_tests(Duration::from_secs(10), None);
         let view = SessionView::of(&record(), &lifetimes);
         assert_eq!(view.did(), "did:plc:alice");
         assert_eq!(view.handle(), "alice.test");
@@ -187,7 +176,7 @@ mod tests {
 
     #[test]
     fn the_absolute_deadline_caps_the_expiry() {
-        let lifetimes = lifetimes(Duration::from_secs(10), Some(Duration::from_secs(5)));
+        let lifetimes = Lifetimes::for_tests(Duration::from_secs(10), Some(Duration::from_secs(5)));
         assert_eq!(SessionView::of(&record(), &lifetimes).expires_at(), 6_000);
     }
 }

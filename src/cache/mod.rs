@@ -545,19 +545,8 @@ impl<S: SessionStore> SessionStore for Cached<S> {
 mod tests {
     use super::*;
     use crate::session::sha256_hex;
-    use crate::store::TokenRules;
 
     const NOW: i64 = 1_764_000_000_000;
-
-    fn lifetimes() -> Lifetimes {
-        Lifetimes {
-            session: Duration::from_secs(3600),
-            access_token: Duration::from_secs(900),
-            max: None,
-            max_per_did: None,
-            tokens: TokenRules::DEFAULT,
-        }
-    }
 
     /// The hash of token `n` of session `session`, and that session's answer.
     fn answer(session: u8, n: u8) -> ([u8; 32], Arc<SessionView>, String) {
@@ -572,7 +561,14 @@ mod tests {
             ..Default::default()
         };
         let hash = Sha256::digest(format!("token {session} {n}").as_bytes()).into();
-        (hash, Arc::new(SessionView::of(&record, &lifetimes())), sid)
+        (
+            hash,
+            Arc::new(SessionView::of(
+                &record,
+                &Lifetimes::for_tests(Duration::from_secs(3600), None),
+            )),
+            sid,
+        )
     }
 
     fn live(capacity: usize) -> Arc<ValidationCache> {

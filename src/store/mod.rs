@@ -128,6 +128,19 @@ pub enum ByRefresh<T> {
 }
 
 impl Lifetimes {
+    /// Lifetimes for unit tests: sliding `session`, a 15-minute access token, absolute
+    /// lifetime `max`, no cap per DID, the default token rules.
+    #[cfg(test)]
+    pub(crate) fn for_tests(session: Duration, max: Option<Duration>) -> Self {
+        Self {
+            session,
+            access_token: Duration::from_secs(900),
+            max,
+            max_per_did: None,
+            tokens: TokenRules::DEFAULT,
+        }
+    }
+
     /// The absolute deadline of a session created at `created_at_ms`, if there is one.
     pub fn deadline_ms(&self, created_at_ms: i64) -> Option<i64> {
         self.max.map(|max| {
