@@ -24,6 +24,7 @@ use opentelemetry_sdk::trace::{
 };
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -99,9 +100,38 @@ fn resource() -> Resource {
 /// Installs the global subscriber (logs, and traces when an OTLP endpoint is configured).
 /// `RUST_LOG` filters logs (default `info`); spans are exported whatever the log filter.
 pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let http2_named = std::env::var("RUST_LOG")
-        .is_ok_and(|value| value.contains("h2") || value.contains("hyper"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let provider = tracer_provider()?;
+    if let Some(provider) = &provider {
+        // A second init (tests, or an embedding program) keeps the first tracer.
+        let _ = TRACER.set(provider.tracer("barazo-session"));
+    }
+    // A second init keeps the first subscriber too.
+    let _ = subscriber(format, rust_log.as_deref()).try_init();
+    Ok(Telemetry { provider })
+}
+
+/// The `tracing` subscriber for `RUST_LOG` = `rust_log` (default `info`): log lines in
+/// `format`, and h2's warnings counted ([`crate::abuse`]).
+///
+/// Under one global level ceiling, the most verbose level any layer records: per-layer
+/// filters alone give `tracing` no level hint, so every span h2, hyper and tonic open at
+/// trace level would be created, looked up and closed in the registry per request (half
+/// the server's CPU, BENCHMARKS.md). No span of this crate is a `tracing` span (see the
+/// module docs), so nothing exported depends on it.
+fn subscriber(
+    format: LogFormat,
+    rust_log: Option<&str>,
+) -> impl tracing::Subscriber + Send + Sync + for<'a> LookupSpan<'a> {
+    let filter = rust_log
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    // h2's warnings are counted whatever the log level.
+    let ceiling = filter
+        .max_level_hint()
+        .unwrap_or(LevelFilter::TRACE)
+        .max(LevelFilter::WARN);
+    let http2_named = rust_log.is_some_and(|value| value.contains("h2") || value.contains("hyper"));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never in files or log shippers.
@@ -122,45 +152,41 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
         http2_named || !crate::abuse::is_http2_warning(metadata)
     }));
     let http2_events = crate::abuse::Http2Events.with_filter(
-        tracing_subscriber::filter::filter_fn(crate::abuse::is_http2_warning),
+        tracing_subscriber::filter::filter_fn(crate::abuse::is_http2_warning)
+            .with_max_level_hint(LevelFilter::WARN),
     );
-
-    let provider = if otlp_configured() {
-        // The exporter reads the endpoint, headers, timeout and TLS from the standard
-        // OTEL_EXPORTER_OTLP_* variables; the provider reads OTEL_TRACES_SAMPLER(_ARG),
-        // defaulting to parent-based always-on.
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
-        let mut batch = BatchConfigBuilder::default();
-        if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
-            // The SDK's 2048 drops spans in bursts at tens of thousands of RPCs a second
-            // (measured: 12% lost at 27k/s); 16384 lost none there, for ~10 MiB more RSS.
-            batch = batch.with_max_queue_size(DEFAULT_SPAN_QUEUE);
-        }
-        let processor = BatchSpanProcessor::builder(exporter)
-            .with_batch_config(batch.build())
-            .build();
-        Some(
-            SdkTracerProvider::builder()
-                .with_resource(resource())
-                .with_span_processor(processor)
-                .build(),
-        )
-    } else {
-        None
-    };
-    if let Some(provider) = &provider {
-        // A second init (tests, or an embedding program) keeps the first tracer.
-        let _ = TRACER.set(provider.tracer("barazo-session"));
-    }
-
-    // A second init keeps the first subscriber too.
-    let _ = tracing_subscriber::registry()
+    tracing_subscriber::registry()
+        .with(ceiling)
         .with(fmt)
         .with(http2_events)
-        .try_init();
-    Ok(Telemetry { provider })
+}
+
+/// The OTLP trace pipeline when an endpoint is configured, else `None`.
+fn tracer_provider() -> Result<Option<SdkTracerProvider>, TelemetryError> {
+    if !otlp_configured() {
+        return Ok(None);
+    }
+    // The exporter reads the endpoint, headers, timeout and TLS from the standard
+    // OTEL_EXPORTER_OTLP_* variables; the provider reads OTEL_TRACES_SAMPLER(_ARG),
+    // defaulting to parent-based always-on.
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
+    let mut batch = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        // The SDK's 2048 drops spans in bursts at tens of thousands of RPCs a second
+        // (measured: 12% lost at 27k/s); 16384 lost none there, for ~10 MiB more RSS.
+        batch = batch.with_max_queue_size(DEFAULT_SPAN_QUEUE);
+    }
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch.build())
+        .build();
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_resource(resource())
+            .with_span_processor(processor)
+            .build(),
+    ))
 }
 
 /// The JSON event format plus `trace_id` and `span_id` of the current span, so a log line
@@ -299,4 +325,59 @@ pub fn record<V: Into<opentelemetry::Value>>(key: &'static str, value: impl FnOn
             span.set_attribute(KeyValue::new(key, value()));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a span at `level` with `target` would reach the span registry of the
+    /// subscriber `RUST_LOG` = `rust_log` makes.
+    fn span_created(rust_log: Option<&str>, target_is_h2: bool, level: tracing::Level) -> bool {
+        let subscriber = subscriber(LogFormat::Human, rust_log);
+        tracing::subscriber::with_default(subscriber, || {
+            // `span!` needs its target and level as constants: one call site per case.
+            let span = match (target_is_h2, level) {
+                (true, tracing::Level::TRACE) => {
+                    tracing::trace_span!(target: "h2::proto::streams", "poll")
+                }
+                (true, tracing::Level::DEBUG) => {
+                    tracing::debug_span!(target: "hyper::proto::h2::server", "serve")
+                }
+                _ => tracing::trace_span!(target: "barazo_session::x", "ours"),
+            };
+            !span.is_disabled()
+        })
+    }
+
+    #[test]
+    fn dependencies_spans_never_reach_the_registry_under_the_default_filter() {
+        for rust_log in [None, Some("info"), Some("warn"), Some("not a filter =!")] {
+            assert!(
+                !span_created(rust_log, true, tracing::Level::TRACE),
+                "{rust_log:?}: a trace-level span of h2 was created"
+            );
+            assert!(
+                !span_created(rust_log, true, tracing::Level::DEBUG),
+                "{rust_log:?}: a debug-level span of hyper was created"
+            );
+            assert!(!span_created(rust_log, false, tracing::Level::TRACE));
+        }
+        // An operator who asks for them gets them.
+        assert!(span_created(Some("h2=trace"), true, tracing::Level::TRACE));
+        assert!(span_created(Some("debug"), true, tracing::Level::DEBUG));
+    }
+
+    #[test]
+    fn http2_warnings_are_still_counted_under_a_quieter_filter() {
+        let metadata_enabled = |rust_log: &str| {
+            let subscriber = subscriber(LogFormat::Human, Some(rust_log));
+            tracing::subscriber::with_default(
+                subscriber,
+                || tracing::event_enabled!(target: "h2::proto::connection", tracing::Level::WARN),
+            )
+        };
+        assert!(metadata_enabled("error"));
+        assert!(metadata_enabled("off"));
+    }
 }
