@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tonic::metadata::MetadataMap;
-use tonic::{Code, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 /// Abuse limits of the session service.
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +118,35 @@ impl Calls {
             Err(_) => Vec::new(),
         });
         response
+    }
+}
+
+impl Calls {
+    /// [`Calls::serve`] for a request message: one larger than its RPC allows
+    /// ([`Rpc::max_request_bytes`]; tonic's own limit is the largest of them) is refused
+    /// with `OUT_OF_RANGE`, as tonic refuses one over its limit; otherwise `handler` runs
+    /// with the message.
+    pub async fn serve_request<M, T, F, Fut>(
+        &self,
+        rpc: Rpc,
+        request: Request<M>,
+        handler: F,
+    ) -> Result<Response<T>, Status>
+    where
+        M: prost::Message,
+        T: SpanFacts,
+        F: FnOnce(M) -> Fut,
+        Fut: Future<Output = Result<T, RequestError>>,
+    {
+        let (metadata, _, body) = request.into_parts();
+        let limit = rpc.max_request_bytes();
+        let handler = async move {
+            if body.encoded_len() > limit {
+                return Err(RequestError::TooLarge { limit });
+            }
+            handler(body).await
+        };
+        self.serve(rpc, &metadata, handler).await
     }
 }
 

@@ -38,6 +38,20 @@ pub enum RequestError {
     /// a string field, a compressed flag without `grpc-encoding`): the caller's mistake.
     #[error("the request could not be decoded")]
     Undecodable,
+    /// A `ValidateAccessTokens` call with more tokens than one call may carry.
+    #[error("access_tokens holds {count} tokens: at most {limit} per call")]
+    TooManyTokens {
+        /// How many the call carried.
+        count: usize,
+        /// [`crate::service::MAX_TOKENS_PER_BATCH`].
+        limit: usize,
+    },
+    /// The request message is larger than its RPC accepts ([`crate::rpc::Rpc::max_request_bytes`]).
+    #[error("the request is larger than {limit} bytes")]
+    TooLarge {
+        /// The RPC's limit in bytes.
+        limit: usize,
+    },
     /// `--max-revocation-streams` `WatchRevocations` streams are open already.
     #[error("too many revocation streams are open; retry later")]
     TooManyStreams,
@@ -57,7 +71,10 @@ impl RequestError {
     /// The gRPC code callers act on.
     pub fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument(_) | Self::Undecodable => Code::InvalidArgument,
+            Self::InvalidArgument(_) | Self::Undecodable | Self::TooManyTokens { .. } => {
+                Code::InvalidArgument
+            }
+            Self::TooLarge { .. } => Code::OutOfRange,
             Self::SessionNotFound => Code::NotFound,
             // Unreadable stored data is treated as no session at all: fail closed.
             Self::Store(StoreError::CorruptSession { .. }) => Code::NotFound,
@@ -155,6 +172,14 @@ mod tests {
             (RequestError::SessionNotFound, Code::NotFound),
             (RequestError::TimedOut, Code::DeadlineExceeded),
             (RequestError::Undecodable, Code::InvalidArgument),
+            (
+                RequestError::TooManyTokens {
+                    count: 1001,
+                    limit: 1000,
+                },
+                Code::InvalidArgument,
+            ),
+            (RequestError::TooLarge { limit: 16384 }, Code::OutOfRange),
             (RequestError::TooManyStreams, Code::ResourceExhausted),
             (RequestError::NoRevocationFeed, Code::FailedPrecondition),
             (RequestError::FeedDown, Code::Unavailable),
@@ -197,6 +222,14 @@ mod tests {
                 Status::from(RequestError::SessionNotFound),
                 Code::NotFound,
                 "session not found",
+            ),
+            (
+                Status::from(RequestError::TooManyTokens {
+                    count: 1001,
+                    limit: 1000,
+                }),
+                Code::InvalidArgument,
+                "access_tokens holds 1001 tokens: at most 1000 per call",
             ),
             (
                 Status::from(RequestError::Store(StoreError::CorruptSession {

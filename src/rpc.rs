@@ -58,6 +58,8 @@ rpcs! {
         CreateSession,
         /// `requireAuth`: whether an access token is valid, and whose it is.
         ValidateAccessToken,
+        /// A caller's coalesced validations: up to 1,000 tokens, one answer each.
+        ValidateAccessTokens,
         /// A new access token for the session named by a refresh token.
         RefreshSession,
         /// Logout: the session named by a refresh token ends.
@@ -100,7 +102,21 @@ impl Rpc {
     /// Whether the RPC validates an access token (`ValidateAccessToken` and `Check` share
     /// one path, [`crate::validation`], and its outcome counter).
     pub const fn validates(self) -> bool {
-        matches!(self, Rpc::ValidateAccessToken | Rpc::Check)
+        matches!(
+            self,
+            Rpc::ValidateAccessToken | Rpc::ValidateAccessTokens | Rpc::Check
+        )
+    }
+
+    /// The largest request message the RPC accepts, in bytes. Every session request but a
+    /// batch is well under 3 KiB (a 2048-char DID and a 253-char handle), so 16 KiB leaves
+    /// room and refuses junk early; a batch of 1,000 tokens is 66 KB, and ext_authz's
+    /// `Check` carries the user's headers (see [`crate::ext_authz::MAX_CHECK_REQUEST_BYTES`]).
+    pub const fn max_request_bytes(self) -> usize {
+        match self {
+            Rpc::ValidateAccessTokens | Rpc::Check => 128 * 1024,
+            _ => 16 * 1024,
+        }
     }
 
     /// The metric labels of this RPC ending with `code`.

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::profile::{ProfileLayer, Profiled};
 use crate::proto::session_service_server::SessionServiceServer;
 use crate::revocations::Revocations;
+use crate::rpc::Rpc;
 use crate::service::SessionApi;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
@@ -34,9 +35,10 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 use tower_layer::Layer as _;
 
-/// Largest request message accepted: every legitimate request is well under 3 KiB (a
-/// 2048-char DID and a 253-char handle), so 16 KiB leaves room and refuses junk early.
-pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest request message tonic decodes for the session service: the largest any of its
+/// RPCs accepts (a `ValidateAccessTokens` batch); each RPC's own, smaller limit is applied
+/// to the decoded message ([`Rpc::max_request_bytes`]).
+pub const MAX_REQUEST_BYTES: usize = Rpc::ValidateAccessTokens.max_request_bytes();
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use crate::proto::{
     ListSessionsRequest, ListSessionsResponse, RefreshSessionRequest, RefreshSessionResponse,
     RevokeOtherSessionsRequest, RevokeOtherSessionsResponse, RevokeSessionRequest,
     RevokeSessionResponse, Session, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
-    WatchRevocationsRequest,
+    ValidateAccessTokensRequest, ValidateAccessTokensResponse, WatchRevocationsRequest,
 };
 use crate::revocations::{EventStream, Revocations};
 use crate::rotation::{self, Candidate, Presented};
@@ -27,6 +27,10 @@ use crate::session_view::SessionView;
 use crate::store::{ByRefresh, Lifetimes, Refresh, SessionStore};
 use crate::telemetry;
 use crate::validation::{AccessTokens, within_lifetime};
+
+/// Most tokens one `ValidateAccessTokens` call may carry: a caller coalescing one event
+/// loop turn's validations stays far below it, and one call's store round trip stays short.
+pub const MAX_TOKENS_PER_BATCH: usize = 1000;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -131,6 +135,34 @@ impl<S: SessionStore> SessionApi<S> {
         Ok(ValidateAccessTokenResponse {
             valid: found.is_some(),
             session: found.as_deref().map(session_message),
+        })
+    }
+
+    /// [`AccessTokens::validate_many`]: the tokens of one call judged as
+    /// `ValidateAccessToken` judges each, their misses in one store call.
+    async fn validate_many(
+        &self,
+        req: ValidateAccessTokensRequest,
+    ) -> Result<ValidateAccessTokensResponse, RequestError> {
+        let count = req.access_tokens.len();
+        if count > MAX_TOKENS_PER_BATCH {
+            return Err(RequestError::TooManyTokens {
+                count,
+                limit: MAX_TOKENS_PER_BATCH,
+            });
+        }
+        let found = self
+            .tokens
+            .validate_many(Rpc::ValidateAccessTokens, &req.access_tokens)
+            .await?;
+        Ok(ValidateAccessTokensResponse {
+            results: found
+                .iter()
+                .map(|found| ValidateAccessTokenResponse {
+                    valid: found.is_some(),
+                    session: found.as_deref().map(session_message),
+                })
+                .collect(),
         })
     }
 
@@ -366,6 +398,17 @@ impl SpanFacts for ValidateAccessTokenResponse {
     }
 }
 
+impl SpanFacts for ValidateAccessTokensResponse {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let valid = self.results.iter().filter(|r| r.valid).count();
+        vec![
+            opentelemetry::KeyValue::new("barazo.batch_size", count(self.results.len())),
+            opentelemetry::KeyValue::new("session.valid_count", count(valid)),
+        ]
+    }
+}
+
 impl SpanFacts for RefreshSessionResponse {
     fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
         did_of(self.session.as_ref()).into_iter().collect()
@@ -423,9 +466,8 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         &self,
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
         self.calls
-            .serve(Rpc::CreateSession, &metadata, self.create(body))
+            .serve_request(Rpc::CreateSession, request, |body| self.create(body))
             .await
     }
 
@@ -433,9 +475,21 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         &self,
         request: Request<ValidateAccessTokenRequest>,
     ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
         self.calls
-            .serve(Rpc::ValidateAccessToken, &metadata, self.validate(body))
+            .serve_request(Rpc::ValidateAccessToken, request, |body| {
+                self.validate(body)
+            })
+            .await
+    }
+
+    async fn validate_access_tokens(
+        &self,
+        request: Request<ValidateAccessTokensRequest>,
+    ) -> Result<Response<ValidateAccessTokensResponse>, Status> {
+        self.calls
+            .serve_request(Rpc::ValidateAccessTokens, request, |body| {
+                self.validate_many(body)
+            })
             .await
     }
 
@@ -443,9 +497,8 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         &self,
         request: Request<RefreshSessionRequest>,
     ) -> Result<Response<RefreshSessionResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
         self.calls
-            .serve(Rpc::RefreshSession, &metadata, self.refresh(body))
+            .serve_request(Rpc::RefreshSession, request, |body| self.refresh(body))
             .await
     }
 
@@ -453,9 +506,8 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         &self,
         request: Request<DeleteSessionRequest>,
     ) -> Result<Response<DeleteSessionResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
         self.calls
-            .serve(Rpc::DeleteSession, &metadata, self.delete(body))
+            .serve_request(Rpc::DeleteSession, request, |body| self.delete(body))
             .await
     }
 
@@ -463,13 +515,10 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         &self,
         request: Request<DeleteAllSessionsForDidRequest>,
     ) -> Result<Response<DeleteAllSessionsForDidResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
         self.calls
-            .serve(
-                Rpc::DeleteAllSessionsForDid,
-                &metadata,
-                self.delete_all(body),
-            )
+            .serve_request(Rpc::DeleteAllSessionsForDid, request, |body| {
+                self.delete_all(body)
+            })
             .await
     }
 
@@ -477,9 +526,8 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
         self.calls
-            .serve(Rpc::ListSessions, &metadata, self.list(body))
+            .serve_request(Rpc::ListSessions, request, |body| self.list(body))
             .await
     }
 
@@ -487,9 +535,8 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         &self,
         request: Request<RevokeSessionRequest>,
     ) -> Result<Response<RevokeSessionResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
         self.calls
-            .serve(Rpc::RevokeSession, &metadata, self.revoke(body))
+            .serve_request(Rpc::RevokeSession, request, |body| self.revoke(body))
             .await
     }
 
@@ -497,13 +544,10 @@ impl<S: SessionStore> SessionService for SessionApi<S> {
         &self,
         request: Request<RevokeOtherSessionsRequest>,
     ) -> Result<Response<RevokeOtherSessionsResponse>, Status> {
-        let (metadata, _, body) = request.into_parts();
         self.calls
-            .serve(
-                Rpc::RevokeOtherSessions,
-                &metadata,
-                self.revoke_others(body),
-            )
+            .serve_request(Rpc::RevokeOtherSessions, request, |body| {
+                self.revoke_others(body)
+            })
             .await
     }
 

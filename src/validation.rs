@@ -10,9 +10,11 @@ use crate::metrics::Metrics;
 use crate::rpc::Rpc;
 use crate::session::{SessionRecord, is_well_formed_token, log_prefix, lower_hex};
 use crate::session_view::SessionView;
-use crate::store::{Lifetimes, SessionStore, StoreError};
+use crate::store::{Found, Lifetimes, SessionStore, StoreError};
 use crate::telemetry;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,45 +70,126 @@ impl<S: SessionStore> AccessTokens<S> {
         Ok(answer)
     }
 
+    /// [`AccessTokens::validate`] for many tokens at once: one answer per token, in order.
+    /// Cache hits answer here; the misses (each distinct hash once) take one store call
+    /// together. A store failure fails them all: no token of the batch reads as invalid
+    /// because the store could not answer.
+    pub async fn validate_many(
+        &self,
+        rpc: Rpc,
+        tokens: &[String],
+    ) -> Result<Vec<Option<Arc<SessionView>>>, RequestError> {
+        let mut answers = Vec::with_capacity(tokens.len());
+        // Each distinct missed digest once, with the positions waiting for it.
+        let mut misses: Vec<([u8; 32], Vec<usize>)> = Vec::new();
+        let mut seen: HashMap<[u8; 32], usize> = HashMap::new();
+        let mut generation = None;
+        for (index, token) in tokens.iter().enumerate() {
+            answers.push(None);
+            match self.probe(token) {
+                Probe::Malformed => {}
+                Probe::Hit(view) => answers[index] = Some(view),
+                Probe::Miss(digest, taken) => {
+                    // The first miss's generation is the batch's: it is the oldest, so an
+                    // invalidation after it bars every insertion of this batch.
+                    generation = generation.or(Some(taken));
+                    match seen.entry(digest) {
+                        Entry::Occupied(miss) => misses[*miss.get()].1.push(index),
+                        Entry::Vacant(slot) => {
+                            slot.insert(misses.len());
+                            misses.push((digest, vec![index]));
+                        }
+                    }
+                }
+            }
+        }
+        if !misses.is_empty() {
+            let hashes: Vec<String> = misses.iter().map(|(d, _)| lower_hex(d)).collect();
+            let read_at = Instant::now();
+            let found = self.store.find_by_access_hashes(&hashes).await?;
+            for (((digest, waiting), hash), found) in misses.iter().zip(&hashes).zip(found) {
+                let view = self
+                    .judge(rpc, digest, hash, found, generation.flatten(), read_at)
+                    .await?;
+                for &index in waiting {
+                    answers[index] = view.clone();
+                }
+            }
+        }
+        for answer in &answers {
+            self.metrics
+                .validation(if answer.is_some() { "valid" } else { "invalid" });
+        }
+        Ok(answers)
+    }
+
+    /// What can be told without the store: a malformed token, or the cache's answer.
+    fn probe(&self, token: &str) -> Probe {
+        // Not exactly 64 lowercase hex characters: no store call.
+        if !is_well_formed_token(token) {
+            return Probe::Malformed;
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let Some(cache) = &self.cache else {
+            return Probe::Miss(digest, None);
+        };
+        if let Some(view) = cache.get(&digest) {
+            self.metrics.cache_hit();
+            return Probe::Hit(view);
+        }
+        // Taken before the store is asked, so an invalidation meanwhile bars the insert.
+        let generation = cache.generation();
+        self.metrics.cache_miss();
+        Probe::Miss(digest, generation)
+    }
+
     async fn lookup(
         &self,
         rpc: Rpc,
         token: &str,
     ) -> Result<Option<Arc<SessionView>>, RequestError> {
-        // Not exactly 64 lowercase hex characters: no store call.
-        if !is_well_formed_token(token) {
-            return Ok(None);
-        }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let generation = match &self.cache {
-            Some(cache) => {
-                if let Some(view) = cache.get(&digest) {
-                    self.metrics.cache_hit();
-                    telemetry::record("barazo.cache", || "hit");
-                    return Ok(Some(view));
-                }
-                let generation = cache.generation();
-                self.metrics.cache_miss();
-                telemetry::record("barazo.cache", || {
-                    if generation.is_some() {
-                        "miss"
-                    } else {
-                        "bypass"
-                    }
-                });
-                generation
+        let (digest, generation) = match self.probe(token) {
+            Probe::Malformed => return Ok(None),
+            Probe::Hit(view) => {
+                telemetry::record("barazo.cache", || "hit");
+                return Ok(Some(view));
             }
-            None => None,
+            Probe::Miss(digest, generation) => (digest, generation),
         };
+        if self.cache.is_some() {
+            telemetry::record("barazo.cache", || {
+                if generation.is_some() {
+                    "miss"
+                } else {
+                    "bypass"
+                }
+            });
+        }
         let hash = lower_hex(&digest);
         let read_at = Instant::now();
-        match self.store.find_by_access_hash(&hash).await {
+        let found = self.store.find_by_access_hash(&hash).await;
+        self.judge(rpc, &digest, &hash, found, generation, read_at)
+            .await
+    }
+
+    /// Judges what the store found for the token hashed `digest` (`hash` in hex), read at
+    /// `read_at`, and caches a valid answer unless `generation` is stale by then.
+    async fn judge(
+        &self,
+        rpc: Rpc,
+        digest: &[u8; 32],
+        hash: &str,
+        found: Result<Option<Found>, StoreError>,
+        generation: Option<u64>,
+        read_at: Instant,
+    ) -> Result<Option<Arc<SessionView>>, RequestError> {
+        match found {
             // Expiry is judged on the store's clock, the same for every replica.
             Ok(Some(found))
-                if found.record.accepts_access_hash(&hash, found.now_ms)
+                if found.record.accepts_access_hash(hash, found.now_ms)
                     && within_lifetime(&self.lifetimes, &found.record, found.now_ms) =>
             {
-                let token_expires_at = token_expiry(&found.record, &hash);
+                let token_expires_at = token_expiry(&found.record, hash);
                 let view = Arc::new(
                     SessionView::of(&found.record, &self.lifetimes).for_token(token_expires_at),
                 );
@@ -122,7 +205,7 @@ impl<S: SessionStore> AccessTokens<S> {
                         hook().await;
                     }
                     cache.insert(
-                        &digest,
+                        digest,
                         view.clone(),
                         generation,
                         read_at + Duration::from_millis(left),
@@ -135,7 +218,7 @@ impl<S: SessionStore> AccessTokens<S> {
                 // Fail closed: the token is refused, and an operator hears about the data.
                 tracing::error!(
                     rpc.method = rpc.method(),
-                    access.key_prefix = log_prefix(&hash),
+                    access.key_prefix = log_prefix(hash),
                     error = %err,
                     "refusing a token whose session data is unreadable"
                 );
@@ -144,6 +227,17 @@ impl<S: SessionStore> AccessTokens<S> {
             Err(err) => Err(err.into()),
         }
     }
+}
+
+/// What a token's shape and the cache tell before any store call.
+enum Probe {
+    /// Not a token this service could have minted: invalid, no store call.
+    Malformed,
+    /// The cache's answer.
+    Hit(Arc<SessionView>),
+    /// The store must be asked: the token's digest, and the cache's generation when the
+    /// answer may be cached (`None`: no cache, or the feed is down).
+    Miss([u8; 32], Option<u64>),
 }
 
 /// When the token hashed `hash` expires (epoch ms, store clock): its own expiry, which

@@ -26,7 +26,7 @@ use crate::rotation::{Lookup, Presented};
 use crate::session::{SessionRecord, constant_time_eq};
 use crate::session_view::SessionView;
 use crate::store::{
-    ByRefresh, Created, Found, Lifetimes, Refresh, Refreshed, SessionStore, StoreError,
+    ByRefresh, Created, Found, FoundByHash, Lifetimes, Refresh, Refreshed, SessionStore, StoreError,
 };
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -460,6 +460,13 @@ impl<S: SessionStore> SessionStore for Cached<S> {
         self.inner.find_by_access_hash(access_hash).await
     }
 
+    async fn find_by_access_hashes(
+        &self,
+        access_hashes: &[String],
+    ) -> Result<Vec<FoundByHash>, StoreError> {
+        self.inner.find_by_access_hashes(access_hashes).await
+    }
+
     async fn refresh(
         &self,
         presented: &Presented,
@@ -735,6 +742,12 @@ mod tests {
             std::future::pending().await
         }
         async fn find_by_access_hash(&self, _: &str) -> Result<Option<Found>, StoreError> {
+            std::future::pending().await
+        }
+        async fn find_by_access_hashes(
+            &self,
+            _: &[String],
+        ) -> Result<Vec<FoundByHash>, StoreError> {
             std::future::pending().await
         }
         async fn refresh(

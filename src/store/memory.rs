@@ -1,7 +1,9 @@
 //! The in-memory store: the same semantics as Valkey's (TTLs, sliding window, pruning), in
 //! one process, for development and the quick start. Nothing survives a restart.
 
-use super::{ByRefresh, Created, Found, Lifetimes, Refresh, Refreshed, SessionStore, StoreError};
+use super::{
+    ByRefresh, Created, Found, FoundByHash, Lifetimes, Refresh, Refreshed, SessionStore, StoreError,
+};
 use crate::rotation::{Lookup, Presented};
 use crate::session::{Role, SessionRecord};
 use std::collections::{HashMap, HashSet};
@@ -48,6 +50,18 @@ struct Keyspace {
 }
 
 impl Keyspace {
+    /// The session `access_hash` points to, with the process's clock (one process, one
+    /// clock: the memory store's is the process's).
+    fn find(&self, access_hash: &str, now: Instant) -> Option<Found> {
+        let sid = self.access.get(access_hash).filter(|e| e.live(now))?;
+        self.live_data(&sid.value, now)
+            .cloned()
+            .map(|record| Found {
+                record,
+                now_ms: crate::session::now_ms(),
+            })
+    }
+
     fn live_data(&self, sid: &str, now: Instant) -> Option<&SessionRecord> {
         self.data.get(sid).filter(|e| e.live(now)).map(|e| &e.value)
     }
@@ -226,15 +240,20 @@ impl SessionStore for MemoryStore {
 
     async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
         let now = Instant::now();
+        Ok(self.lock().find(access_hash, now))
+    }
+
+    async fn find_by_access_hashes(
+        &self,
+        access_hashes: &[String],
+    ) -> Result<Vec<FoundByHash>, StoreError> {
+        let now = Instant::now();
+        // One lock for the batch: every answer comes from one state, as one script's would.
         let ks = self.lock();
-        let Some(sid) = ks.access.get(access_hash).filter(|e| e.live(now)) else {
-            return Ok(None);
-        };
-        // One process, one clock: the memory store's is the process's.
-        Ok(ks.live_data(&sid.value, now).cloned().map(|record| Found {
-            record,
-            now_ms: crate::session::now_ms(),
-        }))
+        Ok(access_hashes
+            .iter()
+            .map(|hash| Ok(ks.find(hash, now)))
+            .collect())
     }
 
     async fn refresh(

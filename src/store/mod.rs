@@ -242,6 +242,26 @@ pub struct Found {
     pub now_ms: i64,
 }
 
+/// One answer of [`SessionStore::find_by_access_hashes`]: what
+/// [`SessionStore::find_by_access_hash`] answers for that hash, except that an outage fails
+/// the whole batch instead; the only error an item carries is
+/// [`StoreError::CorruptSession`].
+pub type FoundByHash = Result<Option<Found>, StoreError>;
+
+/// Splits per-hash answers into a batch's result: any failure but unreadable data (an
+/// outage, a protocol error) fails the whole batch, so no token of it reads as invalid
+/// because the store could not answer.
+pub fn batch_of(answers: Vec<FoundByHash>) -> Result<Vec<FoundByHash>, StoreError> {
+    let mut batch = Vec::with_capacity(answers.len());
+    for answer in answers {
+        match answer {
+            Err(err) if !matches!(err, StoreError::CorruptSession { .. }) => return Err(err),
+            answer => batch.push(answer),
+        }
+    }
+    Ok(batch)
+}
+
 /// What a refresh writes besides the new lifetimes.
 #[derive(Clone, Copy)]
 pub struct Refresh<'a> {
@@ -296,6 +316,14 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         access_hash: &str,
     ) -> impl Future<Output = Result<Option<Found>, StoreError>> + Send;
+
+    /// [`SessionStore::find_by_access_hash`] for many hashes at once, one answer per hash in
+    /// their order: one round trip in standalone Valkey, concurrent reads in cluster mode.
+    /// Any failure to answer fails the whole batch (see [`FoundByHash`]).
+    fn find_by_access_hashes(
+        &self,
+        access_hashes: &[String],
+    ) -> impl Future<Output = Result<Vec<FoundByHash>, StoreError>> + Send;
 
     /// Adds an access token to a session (see [`SessionRecord::add_access_token`]): the new
     /// hash, whose expiry is the store's clock plus `lifetimes.access_token`, becomes the

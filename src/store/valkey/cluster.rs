@@ -55,7 +55,7 @@ use crate::metrics::Metrics;
 use crate::rotation::{Candidate, Lookup, Presented};
 use crate::session::{ClientFacts, Role, SessionRecord, log_prefix, sha256_hex};
 use crate::store::{
-    ByRefresh, Created, Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, Refreshed,
+    ByRefresh, Created, Found, FoundByHash, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, Refreshed,
     SessionStore, StoreError,
 };
 use opentelemetry::context::FutureExt as _;
@@ -970,6 +970,22 @@ impl SessionStore for ValkeyClusterStore {
         let access_hash = access_hash.to_owned();
         self.on_link(|shared, conn| shared.find_by_access_hash(conn, access_hash))
             .await
+    }
+
+    async fn find_by_access_hashes(
+        &self,
+        access_hashes: &[String],
+    ) -> Result<Vec<FoundByHash>, StoreError> {
+        let access_hashes = access_hashes.to_vec();
+        self.on_link(|shared, conn| async move {
+            // Every lookup at once: the cluster connection pipelines the concurrent commands
+            // bound for one node on its connection to that node.
+            let lookups = access_hashes
+                .into_iter()
+                .map(|hash| shared.clone().find_by_access_hash(conn.clone(), hash));
+            crate::store::batch_of(futures_util::future::join_all(lookups).await)
+        })
+        .await
     }
 
     async fn refresh(

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::rotation::{Lookup, Presented};
 use crate::session::{SessionRecord, log_prefix, sha256_hex};
 use crate::store::{
-    ByRefresh, Created, Found, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, Refreshed,
+    ByRefresh, Created, Found, FoundByHash, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, Refreshed,
     SessionStore, StoreError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -201,22 +201,47 @@ impl SessionStore for ValkeyStore {
     }
 
     async fn find_by_access_hash(&self, access_hash: &str) -> Result<Option<Found>, StoreError> {
+        let mut found = self
+            .find_by_access_hashes(std::slice::from_ref(&access_hash.to_owned()))
+            .await?;
+        found.pop().unwrap_or(Ok(None))
+    }
+
+    async fn find_by_access_hashes(
+        &self,
+        access_hashes: &[String],
+    ) -> Result<Vec<FoundByHash>, StoreError> {
         let script = &self.scripts.validate;
         let mut invocation = script.script.prepare_invoke();
-        invocation
-            .key(self.keys.access(access_hash))
-            .arg(self.keys.data_prefix());
+        for hash in access_hashes {
+            invocation.key(self.keys.access(hash));
+        }
+        invocation.arg(self.keys.data_prefix());
         // Bytes, not String: a stored value that is not UTF-8 is a corrupt session, not a
         // client error (which would read as an outage).
-        let found: Option<(String, Vec<u8>, String, String)> =
-            self.invoke(script, &invocation).await?;
-        let Some((sid, json, seconds, micros)) = found else {
-            return Ok(None);
-        };
-        Ok(Some(Found {
-            record: parse_record(&sid, &json)?,
-            now_ms: time_ms(&seconds, &micros)?,
-        }))
+        type Answer = (String, String, Vec<Option<(String, Vec<u8>)>>);
+        let (seconds, micros, found): Answer = self.invoke(script, &invocation).await?;
+        if found.len() != access_hashes.len() {
+            return Err(StoreError::Protocol(format!(
+                "validate answered {} sessions for {} keys",
+                found.len(),
+                access_hashes.len()
+            )));
+        }
+        let now_ms = time_ms(&seconds, &micros)?;
+        Ok(found
+            .into_iter()
+            .map(|found| {
+                found
+                    .map(|(sid, json)| {
+                        Ok(Found {
+                            record: parse_record(&sid, &json)?,
+                            now_ms,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect())
     }
 
     async fn refresh(
@@ -365,7 +390,7 @@ impl SessionStore for ValkeyStore {
         // this Valkey user may run scripts (ACLs), and after a Valkey restart it reloads the
         // script before a caller's request needs it. Not traced: it is no caller's work.
         let mut conn = self.conn.clone();
-        let _: Option<(String, Vec<u8>, String, String)> = self
+        let _: redis::Value = self
             .scripts
             .validate
             .script

@@ -1,17 +1,21 @@
--- Looks up the session an access key points to, in one round trip.
--- KEYS[1] = <prefix>access:<sha256 of the access token>
+-- Looks up the sessions of one or more access keys, in one round trip (ValidateAccessToken
+-- passes one key, ValidateAccessTokens up to 1,000).
+-- KEYS[i] = <prefix>access:<sha256 of an access token>
 -- ARGV[1] = <prefix>data:
--- Returns {sid, session JSON, seconds, microseconds} (the last two Valkey's TIME), or nil
--- when either key is missing. Whether the token is still the session's current, unexpired
--- one is decided by the caller from the JSON's accessTokenHash and accessTokenExpiresAt,
--- against Valkey's clock: one clock for every replica of the service, whatever theirs say.
-local sid = redis.call('GET', KEYS[1])
-if not sid then
-  return false
-end
-local data = redis.call('GET', ARGV[1] .. sid)
-if not data then
-  return false
+-- Returns {seconds, microseconds, {found_1, ..., found_n}}: Valkey's TIME, then per key
+-- {sid, session JSON}, or false when either key is missing. Whether a token is still a live,
+-- unexpired one of its session is decided by the caller from the JSON, against Valkey's
+-- clock: one clock for every replica of the service, whatever theirs say.
+local found = {}
+for i, access_key in ipairs(KEYS) do
+  found[i] = false
+  local sid = redis.call('GET', access_key)
+  if sid then
+    local data = redis.call('GET', ARGV[1] .. sid)
+    if data then
+      found[i] = {sid, data}
+    end
+  end
 end
 local now = redis.call('TIME')
-return {sid, data, now[1], now[2]}
+return {now[1], now[2], found}

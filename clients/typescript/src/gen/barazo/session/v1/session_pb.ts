@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file barazo/session/v1/session.proto.
  */
 export const file_barazo_session_v1_session: GenFile = /*@__PURE__*/
-  fileDesc("Ch9iYXJhem8vc2Vzc2lvbi92MS9zZXNzaW9uLnByb3RvEhFiYXJhem8uc2Vzc2lvbi52MSI0CgpDbGllbnRJbmZvEhIKCnVzZXJfYWdlbnQYASABKAkSEgoKaXBfYWRkcmVzcxgCIAEoCSK5AgoHU2Vzc2lvbhILCgNkaWQYASABKAkSDgoGaGFuZGxlGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzZXNzaW9uX2tleRgFIAEoCRIwCgxyZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmNsaWVudBgIIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8iYgoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEg4KBmhhbmRsZRgCIAEoCRItCgZjbGllbnQYAyABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvInEKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhouYmFyYXpvLnNlc3Npb24udjEuU2Vzc2lvbhIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSFQoNcmVmcmVzaF90b2tlbhgDIAEoCSIyChpWYWxpZGF0ZUFjY2Vzc1Rva2VuUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiWQobVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEisKB3Nlc3Npb24YAiABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uInwKFVJlZnJlc2hTZXNzaW9uUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJEi0KBmNsaWVudBgCIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8SHQoVcHJldmlvdXNfYWNjZXNzX3Rva2VuGAMgASgJInIKFlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USKwoHc2Vzc2lvbhgBIAEoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24SFAoMYWNjZXNzX3Rva2VuGAIgASgJEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkiLQoURGVsZXRlU2Vzc2lvblJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCSIoChVEZWxldGVTZXNzaW9uUmVzcG9uc2USDwoHZGVsZXRlZBgBIAEoCCItCh5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlcXVlc3QSCwoDZGlkGAEgASgJIjgKH0RlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoDSIiChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EgsKA2RpZBgBIAEoCSJEChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIsCghzZXNzaW9ucxgBIAMoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24iOAoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEhMKC3Nlc3Npb25fa2V5GAIgASgJIigKFVJldm9rZVNlc3Npb25SZXNwb25zZRIPCgdyZXZva2VkGAEgASgIIjMKGlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiNAobUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlEhUKDXJldm9rZWRfY291bnQYASABKA0iGQoXV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QieQoPUmV2b2NhdGlvbkV2ZW50EhsKEWFjY2Vzc190b2tlbl9oYXNoGAEgASgJSAASFQoLc2Vzc2lvbl9rZXkYAiABKAlIABIpCgVyZXNldBgDIAEoCzIYLmJhcmF6by5zZXNzaW9uLnYxLlJlc2V0SABCBwoFZXZlbnQiBwoFUmVzZXQy2QcKDlNlc3Npb25TZXJ2aWNlEmIKDUNyZWF0ZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5DcmVhdGVTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLkNyZWF0ZVNlc3Npb25SZXNwb25zZRJ0ChNWYWxpZGF0ZUFjY2Vzc1Rva2VuEi0uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlblJlcXVlc3QaLi5iYXJhem8uc2Vzc2lvbi52MS5WYWxpZGF0ZUFjY2Vzc1Rva2VuUmVzcG9uc2USZQoOUmVmcmVzaFNlc3Npb24SKC5iYXJhem8uc2Vzc2lvbi52MS5SZWZyZXNoU2Vzc2lvblJlcXVlc3QaKS5iYXJhem8uc2Vzc2lvbi52MS5SZWZyZXNoU2Vzc2lvblJlc3BvbnNlEmIKDURlbGV0ZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZVNlc3Npb25SZXNwb25zZRKAAQoXRGVsZXRlQWxsU2Vzc2lvbnNGb3JEaWQSMS5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlcXVlc3QaMi5iYXJhem8uc2Vzc2lvbi52MS5EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlc3BvbnNlEl8KDExpc3RTZXNzaW9ucxImLmJhcmF6by5zZXNzaW9uLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJy5iYXJhem8uc2Vzc2lvbi52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJiCg1SZXZva2VTZXNzaW9uEicuYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlU2Vzc2lvblJlcXVlc3QaKC5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VTZXNzaW9uUmVzcG9uc2USdAoTUmV2b2tlT3RoZXJTZXNzaW9ucxItLmJhcmF6by5zZXNzaW9uLnYxLlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0Gi4uYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlEmQKEFdhdGNoUmV2b2NhdGlvbnMSKi5iYXJhem8uc2Vzc2lvbi52MS5XYXRjaFJldm9jYXRpb25zUmVxdWVzdBoiLmJhcmF6by5zZXNzaW9uLnYxLlJldm9jYXRpb25FdmVudDABYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9iYXJhem8vc2Vzc2lvbi92MS9zZXNzaW9uLnByb3RvEhFiYXJhem8uc2Vzc2lvbi52MSI0CgpDbGllbnRJbmZvEhIKCnVzZXJfYWdlbnQYASABKAkSEgoKaXBfYWRkcmVzcxgCIAEoCSK5AgoHU2Vzc2lvbhILCgNkaWQYASABKAkSDgoGaGFuZGxlGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzZXNzaW9uX2tleRgFIAEoCRIwCgxyZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmNsaWVudBgIIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8iYgoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEg4KBmhhbmRsZRgCIAEoCRItCgZjbGllbnQYAyABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvInEKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhouYmFyYXpvLnNlc3Npb24udjEuU2Vzc2lvbhIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSFQoNcmVmcmVzaF90b2tlbhgDIAEoCSIyChpWYWxpZGF0ZUFjY2Vzc1Rva2VuUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiWQobVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEisKB3Nlc3Npb24YAiABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uIjQKG1ZhbGlkYXRlQWNjZXNzVG9rZW5zUmVxdWVzdBIVCg1hY2Nlc3NfdG9rZW5zGAEgAygJIl8KHFZhbGlkYXRlQWNjZXNzVG9rZW5zUmVzcG9uc2USPwoHcmVzdWx0cxgBIAMoCzIuLmJhcmF6by5zZXNzaW9uLnYxLlZhbGlkYXRlQWNjZXNzVG9rZW5SZXNwb25zZSJ8ChVSZWZyZXNoU2Vzc2lvblJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCRItCgZjbGllbnQYAiABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvEh0KFXByZXZpb3VzX2FjY2Vzc190b2tlbhgDIAEoCSJyChZSZWZyZXNoU2Vzc2lvblJlc3BvbnNlEisKB3Nlc3Npb24YASABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uEhQKDGFjY2Vzc190b2tlbhgCIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAMgASgJIi0KFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiKAoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAgiLQoeRGVsZXRlQWxsU2Vzc2lvbnNGb3JEaWRSZXF1ZXN0EgsKA2RpZBgBIAEoCSI4Ch9EZWxldGVBbGxTZXNzaW9uc0ZvckRpZFJlc3BvbnNlEhUKDWRlbGV0ZWRfY291bnQYASABKA0iIgoTTGlzdFNlc3Npb25zUmVxdWVzdBILCgNkaWQYASABKAkiRAoUTGlzdFNlc3Npb25zUmVzcG9uc2USLAoIc2Vzc2lvbnMYASADKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uIjgKFFJldm9rZVNlc3Npb25SZXF1ZXN0EgsKA2RpZBgBIAEoCRITCgtzZXNzaW9uX2tleRgCIAEoCSIoChVSZXZva2VTZXNzaW9uUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoCCIzChpSZXZva2VPdGhlclNlc3Npb25zUmVxdWVzdBIVCg1yZWZyZXNoX3Rva2VuGAEgASgJIjQKG1Jldm9rZU90aGVyU2Vzc2lvbnNSZXNwb25zZRIVCg1yZXZva2VkX2NvdW50GAEgASgNIhkKF1dhdGNoUmV2b2NhdGlvbnNSZXF1ZXN0InkKD1Jldm9jYXRpb25FdmVudBIbChFhY2Nlc3NfdG9rZW5faGFzaBgBIAEoCUgAEhUKC3Nlc3Npb25fa2V5GAIgASgJSAASKQoFcmVzZXQYAyABKAsyGC5iYXJhem8uc2Vzc2lvbi52MS5SZXNldEgAQgcKBWV2ZW50IgcKBVJlc2V0MtIICg5TZXNzaW9uU2VydmljZRJiCg1DcmVhdGVTZXNzaW9uEicuYmFyYXpvLnNlc3Npb24udjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaKC5iYXJhem8uc2Vzc2lvbi52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USdAoTVmFsaWRhdGVBY2Nlc3NUb2tlbhItLmJhcmF6by5zZXNzaW9uLnYxLlZhbGlkYXRlQWNjZXNzVG9rZW5SZXF1ZXN0Gi4uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEncKFFZhbGlkYXRlQWNjZXNzVG9rZW5zEi4uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlbnNSZXF1ZXN0Gi8uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlbnNSZXNwb25zZRJlCg5SZWZyZXNoU2Vzc2lvbhIoLmJhcmF6by5zZXNzaW9uLnYxLlJlZnJlc2hTZXNzaW9uUmVxdWVzdBopLmJhcmF6by5zZXNzaW9uLnYxLlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USYgoNRGVsZXRlU2Vzc2lvbhInLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZVNlc3Npb25SZXF1ZXN0GiguYmFyYXpvLnNlc3Npb24udjEuRGVsZXRlU2Vzc2lvblJlc3BvbnNlEoABChdEZWxldGVBbGxTZXNzaW9uc0ZvckRpZBIxLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVxdWVzdBoyLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVzcG9uc2USXwoMTGlzdFNlc3Npb25zEiYuYmFyYXpvLnNlc3Npb24udjEuTGlzdFNlc3Npb25zUmVxdWVzdBonLmJhcmF6by5zZXNzaW9uLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEmIKDVJldm9rZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJ0ChNSZXZva2VPdGhlclNlc3Npb25zEi0uYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlT3RoZXJTZXNzaW9uc1JlcXVlc3QaLi5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VPdGhlclNlc3Npb25zUmVzcG9uc2USZAoQV2F0Y2hSZXZvY2F0aW9ucxIqLmJhcmF6by5zZXNzaW9uLnYxLldhdGNoUmV2b2NhdGlvbnNSZXF1ZXN0GiIuYmFyYXpvLnNlc3Npb24udjEuUmV2b2NhdGlvbkV2ZW50MAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Facts about the device a session was used from, as the AppView saw them. Optional.
@@ -251,6 +251,48 @@ export const ValidateAccessTokenResponseSchema: GenMessage<ValidateAccessTokenRe
   messageDesc(file_barazo_session_v1_session, 5);
 
 /**
+ * Input of ValidateAccessTokens.
+ *
+ * @generated from message barazo.session.v1.ValidateAccessTokensRequest
+ */
+export type ValidateAccessTokensRequest = Message<"barazo.session.v1.ValidateAccessTokensRequest"> & {
+  /**
+   * The bearer tokens as presented by the clients: at most 1,000.
+   *
+   * @generated from field: repeated string access_tokens = 1;
+   */
+  accessTokens: string[];
+};
+
+/**
+ * Describes the message barazo.session.v1.ValidateAccessTokensRequest.
+ * Use `create(ValidateAccessTokensRequestSchema)` to create a new message.
+ */
+export const ValidateAccessTokensRequestSchema: GenMessage<ValidateAccessTokensRequest> = /*@__PURE__*/
+  messageDesc(file_barazo_session_v1_session, 6);
+
+/**
+ * Output of ValidateAccessTokens.
+ *
+ * @generated from message barazo.session.v1.ValidateAccessTokensResponse
+ */
+export type ValidateAccessTokensResponse = Message<"barazo.session.v1.ValidateAccessTokensResponse"> & {
+  /**
+   * One answer per token of the request, in its order.
+   *
+   * @generated from field: repeated barazo.session.v1.ValidateAccessTokenResponse results = 1;
+   */
+  results: ValidateAccessTokenResponse[];
+};
+
+/**
+ * Describes the message barazo.session.v1.ValidateAccessTokensResponse.
+ * Use `create(ValidateAccessTokensResponseSchema)` to create a new message.
+ */
+export const ValidateAccessTokensResponseSchema: GenMessage<ValidateAccessTokensResponse> = /*@__PURE__*/
+  messageDesc(file_barazo_session_v1_session, 7);
+
+/**
  * Input of RefreshSession.
  *
  * @generated from message barazo.session.v1.RefreshSessionRequest
@@ -288,7 +330,7 @@ export type RefreshSessionRequest = Message<"barazo.session.v1.RefreshSessionReq
  * Use `create(RefreshSessionRequestSchema)` to create a new message.
  */
 export const RefreshSessionRequestSchema: GenMessage<RefreshSessionRequest> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 6);
+  messageDesc(file_barazo_session_v1_session, 8);
 
 /**
  * Output of RefreshSession.
@@ -325,7 +367,7 @@ export type RefreshSessionResponse = Message<"barazo.session.v1.RefreshSessionRe
  * Use `create(RefreshSessionResponseSchema)` to create a new message.
  */
 export const RefreshSessionResponseSchema: GenMessage<RefreshSessionResponse> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 7);
+  messageDesc(file_barazo_session_v1_session, 9);
 
 /**
  * Input of DeleteSession.
@@ -347,7 +389,7 @@ export type DeleteSessionRequest = Message<"barazo.session.v1.DeleteSessionReque
  * Use `create(DeleteSessionRequestSchema)` to create a new message.
  */
 export const DeleteSessionRequestSchema: GenMessage<DeleteSessionRequest> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 8);
+  messageDesc(file_barazo_session_v1_session, 10);
 
 /**
  * Output of DeleteSession.
@@ -368,7 +410,7 @@ export type DeleteSessionResponse = Message<"barazo.session.v1.DeleteSessionResp
  * Use `create(DeleteSessionResponseSchema)` to create a new message.
  */
 export const DeleteSessionResponseSchema: GenMessage<DeleteSessionResponse> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 9);
+  messageDesc(file_barazo_session_v1_session, 11);
 
 /**
  * Input of DeleteAllSessionsForDid.
@@ -389,7 +431,7 @@ export type DeleteAllSessionsForDidRequest = Message<"barazo.session.v1.DeleteAl
  * Use `create(DeleteAllSessionsForDidRequestSchema)` to create a new message.
  */
 export const DeleteAllSessionsForDidRequestSchema: GenMessage<DeleteAllSessionsForDidRequest> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 10);
+  messageDesc(file_barazo_session_v1_session, 12);
 
 /**
  * Output of DeleteAllSessionsForDid.
@@ -410,7 +452,7 @@ export type DeleteAllSessionsForDidResponse = Message<"barazo.session.v1.DeleteA
  * Use `create(DeleteAllSessionsForDidResponseSchema)` to create a new message.
  */
 export const DeleteAllSessionsForDidResponseSchema: GenMessage<DeleteAllSessionsForDidResponse> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 11);
+  messageDesc(file_barazo_session_v1_session, 13);
 
 /**
  * Input of ListSessions.
@@ -431,7 +473,7 @@ export type ListSessionsRequest = Message<"barazo.session.v1.ListSessionsRequest
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 12);
+  messageDesc(file_barazo_session_v1_session, 14);
 
 /**
  * Output of ListSessions.
@@ -452,7 +494,7 @@ export type ListSessionsResponse = Message<"barazo.session.v1.ListSessionsRespon
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 13);
+  messageDesc(file_barazo_session_v1_session, 15);
 
 /**
  * Input of RevokeSession.
@@ -480,7 +522,7 @@ export type RevokeSessionRequest = Message<"barazo.session.v1.RevokeSessionReque
  * Use `create(RevokeSessionRequestSchema)` to create a new message.
  */
 export const RevokeSessionRequestSchema: GenMessage<RevokeSessionRequest> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 14);
+  messageDesc(file_barazo_session_v1_session, 16);
 
 /**
  * Output of RevokeSession.
@@ -501,7 +543,7 @@ export type RevokeSessionResponse = Message<"barazo.session.v1.RevokeSessionResp
  * Use `create(RevokeSessionResponseSchema)` to create a new message.
  */
 export const RevokeSessionResponseSchema: GenMessage<RevokeSessionResponse> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 15);
+  messageDesc(file_barazo_session_v1_session, 17);
 
 /**
  * Input of RevokeOtherSessions.
@@ -522,7 +564,7 @@ export type RevokeOtherSessionsRequest = Message<"barazo.session.v1.RevokeOtherS
  * Use `create(RevokeOtherSessionsRequestSchema)` to create a new message.
  */
 export const RevokeOtherSessionsRequestSchema: GenMessage<RevokeOtherSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 16);
+  messageDesc(file_barazo_session_v1_session, 18);
 
 /**
  * Output of RevokeOtherSessions.
@@ -543,7 +585,7 @@ export type RevokeOtherSessionsResponse = Message<"barazo.session.v1.RevokeOther
  * Use `create(RevokeOtherSessionsResponseSchema)` to create a new message.
  */
 export const RevokeOtherSessionsResponseSchema: GenMessage<RevokeOtherSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 17);
+  messageDesc(file_barazo_session_v1_session, 19);
 
 /**
  * Input of WatchRevocations.
@@ -558,7 +600,7 @@ export type WatchRevocationsRequest = Message<"barazo.session.v1.WatchRevocation
  * Use `create(WatchRevocationsRequestSchema)` to create a new message.
  */
 export const WatchRevocationsRequestSchema: GenMessage<WatchRevocationsRequest> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 18);
+  messageDesc(file_barazo_session_v1_session, 20);
 
 /**
  * One thing a caching caller must drop (see WatchRevocations).
@@ -601,7 +643,7 @@ export type RevocationEvent = Message<"barazo.session.v1.RevocationEvent"> & {
  * Use `create(RevocationEventSchema)` to create a new message.
  */
 export const RevocationEventSchema: GenMessage<RevocationEvent> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 19);
+  messageDesc(file_barazo_session_v1_session, 21);
 
 /**
  * Drop every cached answer.
@@ -616,7 +658,7 @@ export type Reset = Message<"barazo.session.v1.Reset"> & {
  * Use `create(ResetSchema)` to create a new message.
  */
 export const ResetSchema: GenMessage<Reset> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 20);
+  messageDesc(file_barazo_session_v1_session, 22);
 
 /**
  * Creates, validates, refreshes and revokes forum user sessions.
@@ -650,6 +692,21 @@ export const SessionService: GenService<{
     methodKind: "unary";
     input: typeof ValidateAccessTokenRequestSchema;
     output: typeof ValidateAccessTokenResponseSchema;
+  },
+  /**
+   * Checks up to 1,000 bearer access tokens in one call (a caller coalescing the
+   * validations of concurrent requests): one result per token, in the request's order,
+   * duplicates allowed, each judged exactly as ValidateAccessToken judges it. The tokens
+   * the service has not cached take one Valkey round trip together. More than 1,000 tokens
+   * is INVALID_ARGUMENT; a store outage fails the whole call with UNAVAILABLE, never a
+   * partial `valid = false`. A caller allowed ValidateAccessToken is allowed this too.
+   *
+   * @generated from rpc barazo.session.v1.SessionService.ValidateAccessTokens
+   */
+  validateAccessTokens: {
+    methodKind: "unary";
+    input: typeof ValidateAccessTokensRequestSchema;
+    output: typeof ValidateAccessTokensResponseSchema;
   },
   /**
    * Issues a new access token for a session and restarts the session's sliding lifetime.
