@@ -626,6 +626,33 @@ mod tests {
     }
 
     #[test]
+    fn the_single_validation_right_covers_the_batch_but_not_the_reverse() {
+        let p = Policy::parse(&format!(
+            "[callers.plugins]\nkeys_sha256 = [\"{}\"]\nallow = [\"ValidateAccessToken\"]\n\
+             [callers.batcher]\nkeys_sha256 = [\"{}\"]\nallow = [\"ValidateAccessTokens\"]",
+            sha256_hex("plugin-key"),
+            sha256_hex("batch-key")
+        ))
+        .expect("valid policy");
+        assert_eq!(
+            p.authorize("ValidateAccessTokens", &[], Presented::Key("plugin-key")),
+            Ok("plugins".into())
+        );
+        assert_eq!(
+            p.authorize("ValidateAccessTokens", &[], Presented::Key("batch-key")),
+            Ok("batcher".into())
+        );
+        assert!(matches!(
+            p.authorize("ValidateAccessToken", &[], Presented::Key("batch-key")),
+            Err(Denial::PermissionDenied { .. })
+        ));
+        assert!(matches!(
+            p.authorize("Check", &[], Presented::Key("plugin-key")),
+            Err(Denial::PermissionDenied { .. })
+        ));
+    }
+
+    #[test]
     fn everything_else_is_denied() {
         let p = policy();
         assert_eq!(

@@ -63,6 +63,8 @@ for_each_store!(
     session_listing_and_revocation_refuse_bad_input,
     sessions_end_at_their_absolute_lifetime,
     logins_beyond_the_cap_revoke_the_least_recently_refreshed,
+    a_batch_answers_each_token_as_its_single_validation_would,
+    a_batch_holds_at_most_1000_tokens,
 );
 
 fn now_ms() -> i64 {
@@ -408,6 +410,14 @@ async fn oversized_requests_are_refused(store: Backend) {
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     let status = app
         .try_validate(&"a".repeat(20 * 1024))
+        .await
+        .expect_err("too large");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // A batch may be larger (1,000 tokens are 66 KB), up to 128 KiB.
+    let batch = vec!["a".repeat(100); 200];
+    assert_eq!(app.validate_many(&batch).await.expect("20 KiB").len(), 200);
+    let status = app
+        .validate_many(&["a".repeat(129 * 1024)])
         .await
         .expect_err("too large");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
@@ -964,5 +974,61 @@ async fn a_stolen_cookie_ends_the_session_for_both(store: Backend) {
             .expect_err("the attacker's cookie is dead")
             .code(),
         Code::NotFound
+    );
+}
+
+async fn a_batch_answers_each_token_as_its_single_validation_would(store: Backend) {
+    let app = TestApp::spawn(store).await;
+    let alice = app.create(&unique_did(), "alice.test").await;
+    let bob = app.create(&unique_did(), "bob.test").await;
+    let gone = app.create(&unique_did(), "carol.test").await;
+    assert!(app.delete(&gone.refresh_token).await.expect("logout"));
+    // A second tab of Alice's: both of her tokens live.
+    let tab = app.refresh(&alice.refresh_token).await.expect("refresh");
+    let tokens = [
+        (alice.access_token.clone(), true),
+        ("malformed".to_owned(), false),
+        ("0".repeat(64), false),
+        (bob.access_token.clone(), true),
+        (alice.access_token.clone(), true),
+        (gone.access_token.clone(), false),
+        (alice.refresh_token.clone(), false),
+        (String::new(), false),
+        (bob.access_token.to_uppercase(), false),
+        (tab.access_token.clone(), true),
+        ("0".repeat(64), false),
+    ];
+    let batch: Vec<String> = tokens.iter().map(|(token, _)| token.clone()).collect();
+    let answers = app.validate_many(&batch).await.expect("the batch answers");
+    assert_eq!(
+        answers.iter().map(|a| a.valid).collect::<Vec<_>>(),
+        tokens.iter().map(|(_, valid)| *valid).collect::<Vec<_>>()
+    );
+    let did = |i: usize| answers[i].session.as_ref().map(|s| s.did.clone());
+    assert_eq!(did(0), alice.session.as_ref().map(|s| s.did.clone()));
+    assert_eq!(did(3), bob.session.as_ref().map(|s| s.did.clone()));
+    // Each answer is the one its token gets alone, the token's own expiry included.
+    for (token, answer) in batch.iter().zip(&answers) {
+        assert_eq!(answer, &app.validate(token).await, "{token:?}");
+    }
+}
+
+async fn a_batch_holds_at_most_1000_tokens(store: Backend) {
+    let app = TestApp::spawn(store).await;
+    let alice = app.create(&unique_did(), "alice.test").await;
+    assert!(app.validate_many(&[]).await.expect("empty").is_empty());
+    // 1,000 distinct tokens, each looked up, and the one valid among them found.
+    let mut tokens: Vec<String> = (0..1000_u32).map(|i| format!("{i:064x}")).collect();
+    tokens[500] = alice.access_token.clone();
+    let answers = app.validate_many(&tokens).await.expect("1,000 answer");
+    assert_eq!(answers.len(), 1000);
+    let valid: Vec<usize> = (0..1000).filter(|&i| answers[i].valid).collect();
+    assert_eq!(valid, [500]);
+    tokens.push(alice.access_token.clone());
+    let status = app.validate_many(&tokens).await.expect_err("1,001");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "access_tokens holds 1001 tokens: at most 1000 per call"
     );
 }

@@ -35,6 +35,7 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
 }
 
 const HITS: &str = "barazo_session_validation_cache_hits_total";
+const MISSES: &str = "barazo_session_validation_cache_misses_total";
 const RESETS: &str = "barazo_session_validation_cache_resets_total";
 const ENTRIES: &str = "barazo_session_validation_cache_entries";
 
@@ -378,6 +379,57 @@ async fn a_killed_valkey_drops_the_cache_and_validation_is_unavailable() {
     })
     .await;
     assert!(!app.validate(&created.access_token).await.valid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_its_hits_here_and_its_misses_from_valkey() {
+    let app = spawn(Valkey::start()).await;
+    let alice = app.create(&unique_did(), "alice.test").await;
+    let bob = app.create(&unique_did(), "bob.test").await;
+    cache(&app, &alice.access_token).await;
+    let (hits, misses) = (metric(&app, HITS).await, metric(&app, MISSES).await);
+    let batch = [
+        alice.access_token.clone(),
+        bob.access_token.clone(),
+        "0".repeat(64),
+        alice.access_token.clone(),
+    ];
+    let answers = app.validate_many(&batch).await.expect("the batch answers");
+    assert_eq!(
+        answers.iter().map(|a| a.valid).collect::<Vec<_>>(),
+        [true, true, false, true]
+    );
+    // Alice twice from the cache; Bob and the unknown token from Valkey.
+    assert_eq!(metric(&app, HITS).await - hits, 2.0);
+    assert_eq!(metric(&app, MISSES).await - misses, 2.0);
+    // A logout ends a cached answer in a batch as it does alone.
+    cache(&app, &bob.access_token).await;
+    assert!(app.delete(&bob.refresh_token).await.expect("logout"));
+    let answers = app
+        .validate_many(&[bob.access_token.clone(), alice.access_token.clone()])
+        .await
+        .expect("the batch answers");
+    assert_eq!(
+        answers.iter().map(|a| a.valid).collect::<Vec<_>>(),
+        [false, true]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_fails_whole_when_valkey_stops_answering_mid_call() {
+    let app = spawn(Valkey::start()).await;
+    let alice = app.create(&unique_did(), "alice.test").await;
+    let bob = app.create(&unique_did(), "bob.test").await;
+    cache(&app, &alice.access_token).await;
+    // Frozen: the cached answer may still be served, Bob's lookup cannot be.
+    app.valkey().signal("STOP");
+    let status = app
+        .validate_many(&[alice.access_token.clone(), bob.access_token.clone()])
+        .await
+        .expect_err("no partial answer");
+    app.valkey().signal("CONT");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "session store unavailable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,6 +162,49 @@ async fn a_dead_node_answers_unavailable_never_invalid_and_the_cluster_heals() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_token_on_a_dead_node_fails_whole() {
+    let mut app = TestApp::spawn(Backend::Cluster).await;
+    let dead = 2;
+    let cluster = app.cluster.as_ref().expect("cluster");
+    // A session whose keys all live on the nodes that stay up, so that alone it would
+    // answer valid...
+    let mut alive = None;
+    for _ in 0..60 {
+        let created = app.create(&unique_did(), "alice.test").await;
+        let access = format!("{PREFIX}access:{}", sha256_hex(&created.access_token));
+        let data = format!("{PREFIX}data:{}", created.refresh_token);
+        if node_of(cluster, &access).await != dead && node_of(cluster, &data).await != dead {
+            alive = Some(created);
+            break;
+        }
+    }
+    let alive = alive.expect("a session away from the node to kill");
+    // ...and an unknown token whose access key lives on the node that dies.
+    let mut doomed = None;
+    for i in 0..200_u32 {
+        let token = format!("{i:064x}");
+        if node_of(cluster, &format!("{PREFIX}access:{}", sha256_hex(&token))).await == dead {
+            doomed = Some(token);
+            break;
+        }
+    }
+    let doomed = doomed.expect("a token whose key is on the node to kill");
+    let batch = [alive.access_token.clone(), doomed];
+    let answers = app.validate_many(&batch).await.expect("all nodes up");
+    assert_eq!(
+        answers.iter().map(|a| a.valid).collect::<Vec<_>>(),
+        [true, false]
+    );
+
+    app.cluster.as_mut().expect("cluster").node_mut(dead).kill();
+    let status = app
+        .validate_many(&batch)
+        .await
+        .expect_err("no partial answer");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_seeds_reach_every_node_with_tls_verified_against_the_configured_ca() {
     let ca = Ca::new("valkey cluster CA");
     let cluster = ValkeyCluster::start_behind_tls(&ca.issue(&["127.0.0.1"], None)).await;

@@ -312,3 +312,45 @@ async fn refresh_token_reuse_is_counted() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_counts_its_validations_and_one_call() {
+    let app = TestApp::spawn_with(StoreKind::Memory, &["--metrics-listen", "127.0.0.1:0"]).await;
+    let admin = app.metrics_addr.expect("admin listener");
+    let created = app.create(&unique_did(), "alice.test").await;
+    let batch = [
+        created.access_token.clone(),
+        created.access_token.clone(),
+        "0".repeat(64),
+        "malformed".into(),
+    ];
+    app.validate_many(&batch).await.expect("the batch answers");
+    let status = app
+        .validate_many(&vec!["0".repeat(64); 1001])
+        .await
+        .expect_err("too many");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    let (_, text) = get(admin, "/metrics").await;
+    let validations = |outcome: &str| {
+        sample(
+            &text,
+            &format!("barazo_session_validations_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(validations("valid"), 2.0);
+    assert_eq!(validations("invalid"), 2.0);
+    // A refused call judged no token: one call without an answer.
+    assert_eq!(validations("error"), 1.0);
+    let calls = |code: u32| {
+        sample(
+            &text,
+            &format!(
+                "rpc_server_call_duration_seconds_count{{{}}}",
+                rpc("ValidateAccessTokens", code)
+            ),
+        )
+    };
+    assert_eq!(calls(0), 1.0);
+    assert_eq!(calls(3), 1.0);
+}

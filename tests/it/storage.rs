@@ -423,6 +423,16 @@ async fn each_rpc_is_exactly_one_round_trip() {
     assert_eq!(trips, ["EVALSHA"], "ValidateAccessToken");
     let (_, trips) = monitor.round_trips(app.validate(&"0".repeat(64))).await;
     assert_eq!(trips, ["EVALSHA"], "ValidateAccessToken, unknown token");
+    let batch = [
+        created.access_token.clone(),
+        "0".repeat(64),
+        "malformed".into(),
+        warm.access_token.clone(),
+        "1".repeat(64),
+    ];
+    let (answers, trips) = monitor.round_trips(app.validate_many(&batch)).await;
+    assert_eq!(answers.expect("batch").len(), batch.len());
+    assert_eq!(trips, ["EVALSHA"], "ValidateAccessTokens");
     let (_, trips) = monitor.round_trips(app.validate("malformed")).await;
     assert!(
         trips.is_empty(),

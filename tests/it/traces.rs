@@ -7,7 +7,7 @@ use crate::support::{Valkey, sha256_hex, unique_did};
 use barazo_session::proto::{
     CreateSessionRequest, DeleteAllSessionsForDidRequest, DeleteSessionRequest,
     RefreshSessionRequest, RevokeOtherSessionsRequest, RevokeSessionRequest,
-    ValidateAccessTokenRequest,
+    ValidateAccessTokenRequest, ValidateAccessTokensRequest,
 };
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -178,6 +178,18 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         .expect("check")
         .into_inner();
     assert_eq!(checked.status.map(|s| s.code), Some(0), "allowed");
+    let batch = client
+        .validate_access_tokens(Caller::new(9).request(ValidateAccessTokensRequest {
+            access_tokens: vec![
+                refreshed.access_token.clone(),
+                "0".repeat(64),
+                created.access_token.clone(),
+            ],
+        }))
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(batch.results.len(), 3);
     client
         .delete_session(Caller::new(4).request(DeleteSessionRequest {
             refresh_token: created.refresh_token.clone(),
@@ -231,6 +243,7 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         (6, "RefreshSession", 5),
         (7, "ValidateAccessToken", 14),
         (8, "Check", 0),
+        (9, "ValidateAccessTokens", 0),
     ];
     for (n, method, code) in cases {
         let caller = Caller::new(n);
@@ -308,6 +321,18 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         Some("true")
     );
     assert_eq!(attribute(&check.attributes, "user.id"), Some(did.clone()));
+    let batch = spans
+        .iter()
+        .find(|s| s.trace_id == [9; 16] && s.kind == SpanKind::Server as i32)
+        .expect("batch span");
+    assert_eq!(
+        attribute(&batch.attributes, "barazo.batch_size").as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        attribute(&batch.attributes, "session.valid_count").as_deref(),
+        Some("2")
+    );
     // Whether the validation cache answered: not for a token validated for the first time
     // (`bypass` while its feed is still subscribing).
     let cache = attribute(&validate.attributes, "barazo.cache");

@@ -12,7 +12,7 @@ use barazo_session::proto::session_service_client::SessionServiceClient;
 use barazo_session::proto::{
     CreateSessionRequest, CreateSessionResponse, DeleteAllSessionsForDidRequest,
     DeleteSessionRequest, RefreshSessionRequest, RefreshSessionResponse,
-    ValidateAccessTokenRequest, ValidateAccessTokenResponse,
+    ValidateAccessTokenRequest, ValidateAccessTokenResponse, ValidateAccessTokensRequest,
 };
 use barazo_session::server::{Application, ServeError};
 use clap::Parser;
@@ -222,6 +222,20 @@ impl TestApp {
     /// Validates a token, asserting the call itself succeeds.
     pub async fn validate(&self, token: &str) -> ValidateAccessTokenResponse {
         self.try_validate(token).await.expect("validate answers")
+    }
+
+    /// Validates `tokens` in one `ValidateAccessTokens` call, returning the status on failure.
+    pub async fn validate_many(
+        &self,
+        tokens: &[String],
+    ) -> Result<Vec<ValidateAccessTokenResponse>, tonic::Status> {
+        self.client
+            .clone()
+            .validate_access_tokens(ValidateAccessTokensRequest {
+                access_tokens: tokens.to_vec(),
+            })
+            .await
+            .map(|answer| answer.into_inner().results)
     }
 
     /// Validates a token, returning the status on failure.
