@@ -300,6 +300,7 @@ async fn the_quick_start_runs_as_written() {
     let answers = run_grpcurl_examples(&readme).await;
     for expected in [
         "\"valid\": true",
+        "\"results\": [",
         "\"key\": \"x-barazo-did\"",
         "\"sessions\": [",
         "\"userAgent\": \"Firefox/141\"",
