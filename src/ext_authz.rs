@@ -152,11 +152,15 @@ fn credential(request: &CheckRequest) -> Credential<'_> {
 
 /// The `x-barazo-*` headers the client sent that the answer does not overwrite, lower-case
 /// and each once: they are removed before the request goes upstream. (Envoy sets headers
-/// before it removes them, so the three it sets must not be listed here.)
+/// before it removes them, so the three it sets must not be listed here.) A name is one of
+/// ours once `_` reads as `-`: CGI, WSGI, Rack and PHP upstreams fold both into one
+/// `HTTP_X_BARAZO_*` variable, so `x_barazo_did` would join the real `x-barazo-did`.
 fn forged_headers(request: &CheckRequest) -> Vec<String> {
     let mut names: Vec<String> = request_headers(request)
         .map(|(key, _)| key.to_ascii_lowercase())
-        .filter(|key| key.starts_with(HEADER_PREFIX) && !SET_HEADERS.contains(&key.as_str()))
+        .filter(|key| {
+            key.replace('_', "-").starts_with(HEADER_PREFIX) && !SET_HEADERS.contains(&key.as_str())
+        })
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -368,6 +372,21 @@ mod tests {
         assert_eq!(forged_headers(&request), ["x-barazo-", "x-barazo-admin"]);
         let raw = with_raw_headers(&[("X-Barazo-Role", b"admin"), ("x-barazo-role", b"x")]);
         assert_eq!(forged_headers(&raw), ["x-barazo-role"]);
+    }
+
+    #[test]
+    fn underscores_read_as_dashes_so_no_spelling_of_ours_passes() {
+        let request = with_headers(&[
+            ("x_barazo_did", "did:plc:victim"),
+            ("X_Barazo-Handle", "victim.test"),
+            ("x-barazo_session-key", "k"),
+            ("x_barazoo", "kept"),
+            ("x-barazo-did", "did:plc:forged"),
+        ]);
+        assert_eq!(
+            forged_headers(&request),
+            ["x-barazo_session-key", "x_barazo-handle", "x_barazo_did"]
+        );
     }
 
     #[test]

@@ -740,6 +740,24 @@ async fn a_real_envoy_enforces_the_header_contract() {
         "what the upstream received:\n{upstream_saw}"
     );
 
+    // An identity header spelled with underscores never reaches the upstream: the shipped
+    // config refuses the request outright (the user's own valid token notwithstanding).
+    let (status, head, body) = http_get(
+        envoy.addr,
+        "/plugins/polls",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("x_barazo_did", "did:plc:victim"),
+        ],
+    )
+    .await
+    .expect("envoy answers");
+    assert_eq!(status, 400, "{head}\n{body}");
+    assert!(
+        !body.contains("victim"),
+        "nothing reached the upstream: {body}"
+    );
+
     for headers in [
         vec![],
         vec![("Authorization", "Bearer 0000")],
