@@ -54,12 +54,13 @@ impl Keyspace {
     /// clock: the memory store's is the process's).
     fn find(&self, access_hash: &str, now: Instant) -> Option<Found> {
         let sid = self.access.get(access_hash).filter(|e| e.live(now))?;
-        self.live_data(&sid.value, now)
-            .cloned()
-            .map(|record| Found {
-                record,
-                now_ms: crate::session::now_ms(),
-            })
+        let data = self.data.get(&sid.value).filter(|e| e.live(now))?;
+        let ttl = data.deadline.saturating_duration_since(now).as_millis();
+        Some(Found {
+            record: data.value.clone(),
+            now_ms: crate::session::now_ms(),
+            data_ttl_ms: Some(i64::try_from(ttl).unwrap_or(i64::MAX)),
+        })
     }
 
     fn live_data(&self, sid: &str, now: Instant) -> Option<&SessionRecord> {

@@ -240,6 +240,18 @@ pub struct Found {
     /// The store's clock when it read the record (epoch ms): Valkey's own `TIME`, so that
     /// every replica of the service decides expiry on one clock, whatever its own says.
     pub now_ms: i64,
+    /// How long the record's data key lives on (ms from `now_ms`), when it expires at all.
+    /// Usually the session's sliding TTL, but the TypeScript AppView (a shorter
+    /// `OAUTH_SESSION_TTL`) or an operator can set less: a cached answer must end with it,
+    /// since Valkey announces an expired key only once it reclaims it.
+    pub data_ttl_ms: Option<i64>,
+}
+
+impl Found {
+    /// When the data key expires (epoch ms, store clock), if it does.
+    pub fn data_expires_at(&self) -> Option<i64> {
+        self.data_ttl_ms.map(|ttl| self.now_ms.saturating_add(ttl))
+    }
 }
 
 /// One answer of [`SessionStore::find_by_access_hashes`]: what

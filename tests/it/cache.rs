@@ -433,6 +433,46 @@ async fn a_batch_fails_whole_when_valkey_stops_answering_mid_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_key_expiring_unread_ends_its_cached_answer() {
+    let valkey = Valkey::start_with(&["--enable-debug-command", "local"]);
+    let mut conn = valkey.client().await;
+    let app = spawn(valkey).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    // Without active expiry, Valkey reclaims an expired key (and announces it on the feed)
+    // only when something reads it, which a cached answer never does.
+    let _: () = redis::cmd("DEBUG")
+        .arg("SET-ACTIVE-EXPIRE")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("DEBUG SET-ACTIVE-EXPIRE 0");
+    // The session kept for less than its token's life (as the TypeScript AppView does with a
+    // shorter OAUTH_SESSION_TTL, or an operator might).
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(format!("{PREFIX}data:{}", created.refresh_token))
+        .arg(1_500)
+        .query_async(&mut conn)
+        .await
+        .expect("PEXPIRE");
+    cache(&app, &created.access_token).await;
+    let answer = app.validate(&created.access_token).await;
+    let ms = |ts: &Option<prost_types::Timestamp>| {
+        ts.as_ref()
+            .map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+    };
+    let says = ms(&answer.session.expect("session").access_token_expires_at);
+    let token = ms(&created.session.expect("session").access_token_expires_at);
+    assert!(
+        says < token,
+        "the answer ends with the data key ({says:?}), before the token ({token:?})"
+    );
+    eventually("the cached answer ends with its data key", || async {
+        !app.validate(&created.access_token).await.valid
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mode_runs_without_the_cache() {
     let app = TestApp::spawn_with(
         crate::support::Backend::Cluster,

@@ -50,7 +50,7 @@
 //! service's own key space; any failing means NOT_SERVING.
 
 use super::link::ClusterLink;
-use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms};
+use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms, ttl_ms};
 use crate::metrics::Metrics;
 use crate::rotation::{Candidate, Lookup, Presented};
 use crate::session::{ClientFacts, Role, SessionRecord, log_prefix, sha256_hex};
@@ -512,26 +512,13 @@ impl Shared {
             return Ok(None);
         };
         // The data and the clock of the node that holds it, in one single-key script.
-        let mut invocation = self.scripts.read.prepare_invoke();
-        invocation.key(self.keys.data(&sid));
-        let operation = &Operation {
-            span_name: "EVALSHA read",
-            command: "EVALSHA",
-            script: Some("read"),
-        };
-        let found: Option<(Vec<u8>, String, String)> = observe(
-            &self.metrics,
-            operation,
-            None,
-            invocation.invoke_async(&mut conn),
-        )
-        .await?;
-        let Some((raw, seconds, micros)) = found else {
+        let Some((record, now_ms, data_ttl_ms)) = self.read_on_clock(&mut conn, &sid).await? else {
             return Ok(None);
         };
         Ok(Some(Found {
-            record: parse_record(&sid, &raw)?,
-            now_ms: time_ms(&seconds, &micros)?,
+            record: record?,
+            now_ms,
+            data_ttl_ms,
         }))
     }
 
@@ -545,7 +532,7 @@ impl Shared {
         let Some(sid) = self.find_sid(&mut conn, &presented).await? else {
             return Ok(ByRefresh::NotFound);
         };
-        let Some((record, now)) = self.read_on_clock(&mut conn, &sid).await? else {
+        let Some((record, now, _)) = self.read_on_clock(&mut conn, &sid).await? else {
             return Ok(ByRefresh::NotFound);
         };
         // An unreadable session is refused before anything is written.
@@ -695,20 +682,24 @@ impl Shared {
         &self,
         conn: &mut ClusterConnection,
         sid: &str,
-    ) -> Result<Option<(Result<SessionRecord, StoreError>, i64)>, StoreError> {
+    ) -> Result<Option<(Result<SessionRecord, StoreError>, i64, Option<i64>)>, StoreError> {
         let mut invocation = self.scripts.read.prepare_invoke();
         invocation.key(self.keys.data(sid));
-        let found: Option<(Vec<u8>, String, String)> = observe(
+        let found: Option<(Vec<u8>, String, String, i64)> = observe(
             &self.metrics,
             script!("read"),
             None,
             invocation.invoke_async(conn),
         )
         .await?;
-        let Some((raw, seconds, micros)) = found else {
+        let Some((raw, seconds, micros, ttl)) = found else {
             return Ok(None);
         };
-        Ok(Some((parse_record(sid, &raw), time_ms(&seconds, &micros)?)))
+        Ok(Some((
+            parse_record(sid, &raw),
+            time_ms(&seconds, &micros)?,
+            ttl_ms(ttl),
+        )))
     }
 
     /// The sid a presented refresh token names: itself, or its family key's value.
@@ -754,7 +745,7 @@ impl Shared {
         let Some(sid) = self.find_sid(conn, presented).await? else {
             return Ok(ByRefresh::NotFound);
         };
-        let Some((record, now)) = self.read_on_clock(conn, &sid).await? else {
+        let Some((record, now, _)) = self.read_on_clock(conn, &sid).await? else {
             return Ok(ByRefresh::NotFound);
         };
         let Ok(record) = record else {

@@ -121,6 +121,12 @@ pub(crate) fn time_ms(seconds: &str, micros: &str) -> Result<i64, StoreError> {
     }
 }
 
+/// A key's remaining life from `PTTL`: `None` when it has no expiry (-1; -2, a key
+/// already gone, cannot come back from a script that just read it, and reads as 0).
+pub(crate) fn ttl_ms(pttl: i64) -> Option<i64> {
+    (pttl != -1).then_some(pttl.max(0))
+}
+
 /// A duration in whole milliseconds, as `PX` and `PEXPIRE` take it.
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -6,7 +6,9 @@
 //! health-check `PING` per checkout, so each RPC is exactly one round trip. It is created
 //! lazily, so the service starts while Valkey is down and recovers when it returns.
 
-use super::{Operation, Peer, ValkeyOptions, millis, observe, parse_record, store_error, time_ms};
+use super::{
+    Operation, Peer, ValkeyOptions, millis, observe, parse_record, store_error, time_ms, ttl_ms,
+};
 use crate::metrics::Metrics;
 use crate::rotation::{Lookup, Presented};
 use crate::session::{SessionRecord, log_prefix, sha256_hex};
@@ -219,7 +221,7 @@ impl SessionStore for ValkeyStore {
         invocation.arg(self.keys.data_prefix());
         // Bytes, not String: a stored value that is not UTF-8 is a corrupt session, not a
         // client error (which would read as an outage).
-        type Answer = (String, String, Vec<Option<(String, Vec<u8>)>>);
+        type Answer = (String, String, Vec<Option<(String, Vec<u8>, i64)>>);
         let (seconds, micros, found): Answer = self.invoke(script, &invocation).await?;
         if found.len() != access_hashes.len() {
             return Err(StoreError::Protocol(format!(
@@ -233,10 +235,11 @@ impl SessionStore for ValkeyStore {
             .into_iter()
             .map(|found| {
                 found
-                    .map(|(sid, json)| {
+                    .map(|(sid, json, ttl)| {
                         Ok(Found {
                             record: parse_record(&sid, &json)?,
                             now_ms,
+                            data_ttl_ms: ttl_ms(ttl),
                         })
                     })
                     .transpose()

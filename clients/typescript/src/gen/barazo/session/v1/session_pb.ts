@@ -79,8 +79,9 @@ export type Session = Message<"barazo.session.v1.Session"> & {
 
   /**
    * When an access token stops validating: in ValidateAccessToken's answer the validated
-   * token's own expiry (another tab's older token may expire before the newest); in the
-   * other answers the session's newest token's.
+   * token's own expiry (another tab's older token may expire before the newest), or the
+   * stored session's when that comes first (the TypeScript AppView may keep sessions for
+   * less than a token's life); in the other answers the session's newest token's.
    *
    * @generated from field: google.protobuf.Timestamp access_token_expires_at = 4;
    */
