@@ -137,6 +137,7 @@ pub struct Metrics {
     cache_misses: Counter,
     cache_invalidations: Counter,
     cache_resets: Counter,
+    cache_unverified: Counter,
     cache_entries: Gauge,
     /// Set at shutdown: from then on the service is not ready, whatever the store says.
     draining: std::sync::atomic::AtomicBool,
@@ -225,6 +226,12 @@ impl Metrics {
             "Times the validation cache dropped everything: its feed broke or Valkey was flushed",
             cache_resets.clone(),
         );
+        let cache_unverified = Counter::default();
+        registry.register(
+            "barazo_session_validation_cache_unverified",
+            "Times the validation cache stayed or went off because its feed and the store's commands could not be shown to reach the same Valkey server (a failover, a reconnect, INFO refused)",
+            cache_unverified.clone(),
+        );
         let cache_entries = Gauge::default();
         registry.register(
             "barazo_session_validation_cache_entries",
@@ -256,6 +263,7 @@ impl Metrics {
             cache_misses,
             cache_invalidations,
             cache_resets,
+            cache_unverified,
             cache_entries,
             draining: std::sync::atomic::AtomicBool::new(false),
         }
@@ -320,6 +328,11 @@ impl Metrics {
     /// Counts `n` key invalidations received on the cache's feed.
     pub fn cache_invalidations(&self, n: u64) {
         self.cache_invalidations.inc_by(n);
+    }
+
+    /// Counts a check that could not show the feed and the commands on one Valkey server.
+    pub fn cache_unverified(&self) {
+        self.cache_unverified.inc();
     }
 
     /// Counts a reset of the validation cache.

@@ -245,6 +245,7 @@ impl Application {
                         let feed = crate::cache::feed::run(
                             client,
                             cache.clone(),
+                            store.command_side(),
                             options.key_prefix.clone(),
                             connect_timeout.max(command_timeout),
                         );

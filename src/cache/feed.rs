@@ -2,9 +2,13 @@
 //! `CLIENT TRACKING on BCAST PREFIX <prefix>access: PREFIX <prefix>data:`, so Valkey pushes
 //! the name of every such key any client writes, deletes or lets expire (this service's
 //! replicas, the TypeScript AppView, `redis-cli`). The cache is live only while this
-//! connection is up and subscribed; every break drops the cache ([`ValidationCache::reset`]).
+//! connection is up and subscribed and reaches the same Valkey server as the store's
+//! commands (their `run_id`s, checked at subscription, with every ping, and at once after
+//! any failed command: see [`crate::store::valkey::identity`]); every break drops the
+//! cache ([`ValidationCache::reset`]).
 
 use super::ValidationCache;
+use crate::store::valkey::identity::{self, CommandSide};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use std::sync::Arc;
@@ -18,28 +22,55 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause between reconnection attempts, so a Valkey that is down costs little.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// Runs the feed for `cache` until dropped: connect, subscribe, go live, watch; on any
-/// break reset and start over.
+/// Runs the feed for `cache` until dropped: connect, subscribe, check that the feed and
+/// `commands` reach the same Valkey server, go live, watch; on any break, reset and start
+/// over.
 pub async fn run(
     client: redis::Client,
     cache: Arc<ValidationCache>,
+    commands: CommandSide,
     prefix: String,
     timeout: Duration,
 ) {
     // Whether the last attempt failed too: an outage is logged once, not every 200 ms.
     let mut failing = false;
+    // Whether the last check found the two apart: logged once per episode too.
+    let mut apart = false;
     loop {
         let closed = Arc::new(Notify::new());
         match subscribe(&client, &cache, &prefix, timeout, closed.clone()).await {
             Ok(mut conn) => {
                 failing = false;
-                cache.go_live();
-                tracing::info!("validation cache live: invalidation feed subscribed");
-                watch(&mut conn, &closed).await;
-                cache.reset(false);
-                tracing::warn!(
-                    "validation cache off until its invalidation feed reconnects: feed connection lost"
-                );
+                // Failures of the command side from here on mean it may have moved.
+                let failures = commands.failures().count();
+                match same_server(&mut conn, &commands, timeout).await {
+                    Ok(server) => {
+                        apart = false;
+                        cache.go_live();
+                        tracing::info!("validation cache live: invalidation feed subscribed");
+                        let end =
+                            watch(&mut conn, &closed, &commands, &server, failures, timeout).await;
+                        cache.reset(false);
+                        if end == End::Apart {
+                            cache.count_unverified();
+                        }
+                        tracing::warn!(
+                            reason = end.reason(),
+                            "validation cache off until its invalidation feed reconnects"
+                        );
+                    }
+                    Err(why) => {
+                        cache.reset(false);
+                        cache.count_unverified();
+                        if !apart {
+                            tracing::warn!(
+                                reason = %why,
+                                "validation cache off: its invalidation feed and the store's commands are not shown to reach the same Valkey server"
+                            );
+                        }
+                        apart = true;
+                    }
+                }
             }
             Err(err) => {
                 cache.reset(false);
@@ -57,6 +88,49 @@ pub async fn run(
             }
         }
         tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// The `run_id` of the server both the feed and the store's commands reach, or why they
+/// are not shown to be one (two servers, or either could not say: INFO refused by an ACL,
+/// a connection down).
+async fn same_server(
+    feed: &mut MultiplexedConnection,
+    commands: &CommandSide,
+    timeout: Duration,
+) -> Result<String, String> {
+    let feed_server = identity::run_id(feed)
+        .await
+        .map_err(|err| format!("the feed's server did not say who it is: {err}"))?;
+    let command_server = tokio::time::timeout(timeout, commands.run_id())
+        .await
+        .map_err(|_| "the store's connection did not answer INFO in time".to_owned())?
+        .map_err(|err| format!("the store's server did not say who it is: {err}"))?;
+    if feed_server == command_server {
+        Ok(feed_server)
+    } else {
+        Err("the feed and the store's commands reach two different Valkey servers (a failover behind one address?)".to_owned())
+    }
+}
+
+/// Why a live feed stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The connection closed or stopped answering pings.
+    Lost,
+    /// The store's commands failed (their connection reconnects, perhaps elsewhere), or
+    /// reach another server than the feed.
+    Apart,
+}
+
+impl End {
+    fn reason(&self) -> &'static str {
+        match self {
+            End::Lost => "feed connection lost",
+            End::Apart => {
+                "the store's commands failed or reach another Valkey server than the feed"
+            }
+        }
     }
 }
 
@@ -95,14 +169,28 @@ async fn subscribe(
     Ok(conn)
 }
 
-/// Waits until the connection closes or stops answering pings.
-async fn watch(conn: &mut MultiplexedConnection, closed: &Notify) {
+/// Waits until the connection closes or stops answering pings, the store's commands fail
+/// (after `failures` of them were seen), or they reach another server than `server`,
+/// checked with every ping.
+async fn watch(
+    conn: &mut MultiplexedConnection,
+    closed: &Notify,
+    commands: &CommandSide,
+    server: &str,
+    failures: u64,
+    timeout: Duration,
+) -> End {
     loop {
         tokio::select! {
-            () = closed.notified() => return,
+            () = closed.notified() => return End::Lost,
+            () = commands.failures().since(failures) => return End::Apart,
             () = tokio::time::sleep(PING_INTERVAL) => {
                 if redis::cmd("PING").query_async::<()>(conn).await.is_err() {
-                    return;
+                    return End::Lost;
+                }
+                let now = tokio::time::timeout(timeout, commands.run_id()).await;
+                if !matches!(now, Ok(Ok(ref id)) if id == server) {
+                    return End::Apart;
                 }
             }
         }

@@ -284,6 +284,11 @@ impl ValidationCache {
         let _ = self.events.send(Invalidation::Reset);
     }
 
+    /// Counts a check that could not show the feed and the store's commands on one server.
+    pub fn count_unverified(&self) {
+        self.metrics.cache_unverified();
+    }
+
     /// Drops everything: the feed broke, or with `still_live` the feed is intact but Valkey
     /// was flushed (`FLUSHALL`'s null invalidation).
     pub fn reset(&self, still_live: bool) {

@@ -559,9 +559,11 @@ async fn a_read_overtaken_by_an_invalidation_is_not_cached() {
     let cache = ValidationCache::new(16, metrics.clone());
     let mut events = cache.subscribe();
     let client = standalone::client(&options(&valkey), redis::ProtocolVersion::RESP3).unwrap();
+    let reader = ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap();
     let feed = tokio::spawn(barazo_session::cache::feed::run(
         client,
         cache.clone(),
+        reader.command_side(),
         PREFIX.to_owned(),
         Duration::from_millis(500),
     ));
@@ -581,10 +583,7 @@ async fn a_read_overtaken_by_an_invalidation_is_not_cached() {
         })
     };
     let writer = ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap();
-    let store = Arc::new(Cached::new(
-        ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap(),
-        cache.clone(),
-    ));
+    let store = Arc::new(Cached::new(reader, cache.clone()));
     let tokens = Arc::new(
         AccessTokens::new(store, lifetimes(), metrics.clone())
             .with_cache(cache.clone())

@@ -35,7 +35,7 @@ async fn grpcurl_lists_calls_and_checks_health() {
         );
     }
     let methods = grpcurl(&app, &[&addr, "list", "barazo.session.v1.SessionService"]).await;
-    assert_eq!(methods.lines().count(), 9, "{methods}");
+    assert_eq!(methods.lines().count(), 10, "{methods}");
 
     let created = grpcurl(
         &app,

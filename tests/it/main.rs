@@ -15,6 +15,7 @@ mod dashboard;
 mod deploy;
 mod durability;
 mod ext_authz;
+mod failover;
 mod faults;
 mod grpcurl;
 mod hostile;

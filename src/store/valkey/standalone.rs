@@ -6,6 +6,7 @@
 //! health-check `PING` per checkout, so each RPC is exactly one round trip. It is created
 //! lazily, so the service starts while Valkey is down and recovers when it returns.
 
+use super::identity::{CommandSide, Failures};
 use super::{
     Operation, Peer, ValkeyOptions, millis, observe, parse_record, store_error, time_ms, ttl_ms,
 };
@@ -110,6 +111,9 @@ pub fn client(
 /// Session storage in Valkey (or Redis), see the module docs of [`crate::store`].
 pub struct ValkeyStore {
     conn: ConnectionManager,
+    /// Every failed round trip, after which the connection manager reconnects, perhaps to
+    /// another server: the validation cache's feed re-checks (see [`super::identity`]).
+    failures: Arc<Failures>,
     metrics: Arc<Metrics>,
     peer: Peer,
     scripts: Scripts,
@@ -132,6 +136,7 @@ impl ValkeyStore {
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             conn,
+            failures: Arc::default(),
             metrics,
             peer,
             scripts: Scripts::new(),
@@ -155,13 +160,25 @@ impl ValkeyStore {
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn.clone();
-        observe(
+        let answer = observe(
             &self.metrics,
             &script.operation,
             Some(&self.peer),
             invocation.invoke_async(&mut conn),
         )
-        .await
+        .await;
+        if matches!(answer, Err(StoreError::Unavailable(_))) {
+            self.failures.raise();
+        }
+        answer
+    }
+
+    /// The command side as the validation cache's feed checks it.
+    pub fn command_side(&self) -> CommandSide {
+        CommandSide {
+            conn: self.conn.clone(),
+            failures: self.failures.clone(),
+        }
     }
 }
 
@@ -401,7 +418,10 @@ impl SessionStore for ValkeyStore {
             .arg(self.keys.data_prefix())
             .invoke_async(&mut conn)
             .await
-            .map_err(store_error)?;
+            .map_err(|err| {
+                self.failures.raise();
+                store_error(err)
+            })?;
         Ok(())
     }
 }

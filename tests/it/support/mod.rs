@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod monitor;
 pub mod pki;
 pub mod promql;
+pub mod proxy;
 pub mod raw;
 pub mod valkey;
 
