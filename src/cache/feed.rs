@@ -43,13 +43,26 @@ pub async fn run(
                 failing = false;
                 // Failures of the command side from here on mean it may have moved.
                 let failures = commands.failures().count();
-                match same_server(&mut conn, &commands, timeout).await {
-                    Ok(server) => {
+                let checked = match same_server(&mut conn, &commands, timeout).await {
+                    Ok(server) => mark(&mut conn, &prefix)
+                        .await
+                        .map(|marker| (server, marker))
+                        .map_err(|err| format!("could not write the feed's marker key: {err}")),
+                    Err(why) => Err(why),
+                };
+                match checked {
+                    Ok((server, marker)) => {
                         apart = false;
                         cache.go_live();
                         tracing::info!("validation cache live: invalidation feed subscribed");
-                        let end =
-                            watch(&mut conn, &closed, &commands, &server, failures, timeout).await;
+                        let watched = Watched {
+                            commands: &commands,
+                            server: &server,
+                            failures,
+                            marker: &marker,
+                            timeout,
+                        };
+                        let end = watch(&mut conn, &closed, &watched).await;
                         cache.reset(false);
                         if end == End::Apart {
                             cache.count_unverified();
@@ -65,7 +78,7 @@ pub async fn run(
                         if !apart {
                             tracing::warn!(
                                 reason = %why,
-                                "validation cache off: its invalidation feed and the store's commands are not shown to reach the same Valkey server"
+                                "validation cache off: its invalidation feed cannot be shown to watch the database the store's commands reach"
                             );
                         }
                         apart = true;
@@ -113,27 +126,6 @@ async fn same_server(
     }
 }
 
-/// Why a live feed stopped.
-#[derive(Debug, PartialEq, Eq)]
-enum End {
-    /// The connection closed or stopped answering pings.
-    Lost,
-    /// The store's commands failed (their connection reconnects, perhaps elsewhere), or
-    /// reach another server than the feed.
-    Apart,
-}
-
-impl End {
-    fn reason(&self) -> &'static str {
-        match self {
-            End::Lost => "feed connection lost",
-            End::Apart => {
-                "the store's commands failed or reach another Valkey server than the feed"
-            }
-        }
-    }
-}
-
 /// Opens the feed connection and turns tracking on. Pushes are handled on the
 /// connection's own task, as they arrive (no queue).
 async fn subscribe(
@@ -169,27 +161,87 @@ async fn subscribe(
     Ok(conn)
 }
 
-/// Waits until the connection closes or stops answering pings, the store's commands fail
-/// (after `failures` of them were seen), or they reach another server than `server`,
-/// checked with every ping.
-async fn watch(
-    conn: &mut MultiplexedConnection,
-    closed: &Notify,
-    commands: &CommandSide,
-    server: &str,
+/// Writes this subscription's marker key into the database the feed watches, and returns
+/// its name. `SWAPDB` moves every key to another database and Valkey says nothing of it;
+/// a marker gone from its place says so at the next ping. Outside the tracked prefixes,
+/// so writing it invalidates nothing; it expires by itself when its replica is gone.
+async fn mark(conn: &mut MultiplexedConnection, prefix: &str) -> redis::RedisResult<String> {
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|err| {
+        redis::RedisError::from(std::io::Error::other(format!("no random marker: {err}")))
+    })?;
+    let marker = format!("{prefix}feed:{}", hex::encode(nonce));
+    redis::cmd("SET")
+        .arg(&marker)
+        .arg(1)
+        .arg("PX")
+        .arg(MARKER_TTL_MS)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(marker)
+}
+
+/// How long a marker outlives its last ping: long enough for any pause of the feed.
+const MARKER_TTL_MS: u64 = 60_000;
+
+/// Why a live feed stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The connection closed or stopped answering pings.
+    Lost,
+    /// The store's commands failed (their connection reconnects, perhaps elsewhere), or
+    /// reach another server than the feed.
+    Apart,
+    /// The marker left the database (`SWAPDB`, `FLUSHDB`, an operator's `DEL`).
+    Moved,
+}
+
+impl End {
+    fn reason(&self) -> &'static str {
+        match self {
+            End::Lost => "feed connection lost",
+            End::Apart => {
+                "the store's commands failed or reach another Valkey server than the feed"
+            }
+            End::Moved => "the watched database's keys moved (SWAPDB?) or were flushed",
+        }
+    }
+}
+
+/// What a live feed checks besides its own connection.
+struct Watched<'a> {
+    /// The store's command side, and the server it must reach.
+    commands: &'a CommandSide,
+    server: &'a str,
+    /// The command failures seen before the feed went live.
     failures: u64,
+    /// This subscription's marker key.
+    marker: &'a str,
     timeout: Duration,
-) -> End {
+}
+
+/// Waits until the connection closes or stops answering pings, the store's commands fail
+/// or reach another server, or the marker leaves the database; checked with every ping.
+async fn watch(conn: &mut MultiplexedConnection, closed: &Notify, watched: &Watched<'_>) -> End {
     loop {
         tokio::select! {
             () = closed.notified() => return End::Lost,
-            () = commands.failures().since(failures) => return End::Apart,
+            () = watched.commands.failures().since(watched.failures) => return End::Apart,
             () = tokio::time::sleep(PING_INTERVAL) => {
-                if redis::cmd("PING").query_async::<()>(conn).await.is_err() {
-                    return End::Lost;
+                // The ping: the marker read (and kept alive) on the feed's own connection.
+                let marker = redis::cmd("GETEX")
+                    .arg(watched.marker)
+                    .arg("PX")
+                    .arg(MARKER_TTL_MS)
+                    .query_async::<Option<String>>(conn)
+                    .await;
+                match marker {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return End::Moved,
+                    Err(_) => return End::Lost,
                 }
-                let now = tokio::time::timeout(timeout, commands.run_id()).await;
-                if !matches!(now, Ok(Ok(ref id)) if id == server) {
+                let now = tokio::time::timeout(watched.timeout, watched.commands.run_id()).await;
+                if !matches!(now, Ok(Ok(ref id)) if id == watched.server) {
                     return End::Apart;
                 }
             }

@@ -473,6 +473,58 @@ async fn a_data_key_expiring_unread_ends_its_cached_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapdb_drops_the_cache() {
+    let valkey = Valkey::start();
+    let mut conn = valkey.client().await;
+    let app = spawn(valkey).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    cache(&app, &created.access_token).await;
+    let resets = metric(&app, RESETS).await;
+    // Every key of database 0 moves to database 1; Valkey sends no invalidation for it.
+    let _: () = redis::cmd("SWAPDB")
+        .arg(0)
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("SWAPDB");
+    eventually("the moved session stops validating", || async {
+        !app.validate(&created.access_token).await.valid
+    })
+    .await;
+    assert!(metric(&app, RESETS).await > resets, "the cache was dropped");
+    // Live again on the database it watches.
+    let again = app.create(&unique_did(), "bob.test").await;
+    cache(&app, &again.access_token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushing_another_database_drops_the_cache_too() {
+    let valkey = Valkey::start();
+    let mut other = redis::Client::open(format!("{}/1", valkey.url()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let app = spawn(valkey).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    cache(&app, &created.access_token).await;
+    let resets = metric(&app, RESETS).await;
+    // Valkey's flush notice does not say which database: any flush drops everything.
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut other)
+        .await
+        .expect("FLUSHDB on database 1");
+    eventually("the cache resets", || async {
+        metric(&app, RESETS).await > resets
+    })
+    .await;
+    assert!(
+        app.validate(&created.access_token).await.valid,
+        "nothing of ours went"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_mode_runs_without_the_cache() {
     let app = TestApp::spawn_with(
         crate::support::Backend::Cluster,
