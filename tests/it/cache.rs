@@ -26,7 +26,7 @@ const PREFIX: &str = "barazo:session:";
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// A counter or gauge of the app's `/metrics`.
-async fn metric(app: &TestApp, name: &str) -> f64 {
+pub(crate) async fn metric(app: &TestApp, name: &str) -> f64 {
     let (_, text) = get(app.metrics_addr.expect("admin listener"), "/metrics").await;
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
@@ -40,7 +40,7 @@ const RESETS: &str = "barazo_session_validation_cache_resets_total";
 const ENTRIES: &str = "barazo_session_validation_cache_entries";
 
 /// Polls `check` until it holds; panics after [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -54,7 +54,7 @@ where
 
 /// Validates `token` on `app` until an answer comes from the cache (the feed may still be
 /// subscribing when the app reports SERVING).
-async fn cache(app: &TestApp, token: &str) {
+pub(crate) async fn cache(app: &TestApp, token: &str) {
     eventually("the token is answered from the cache", || async {
         let before = metric(app, HITS).await;
         assert!(app.validate(token).await.valid, "a live token validates");

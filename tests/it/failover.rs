@@ -2,7 +2,7 @@
 //! it while established ones stay on the old primary, which is still up. No replica of the
 //! service may then answer from a cache whose feed listens to the old primary.
 
-use crate::metrics::get;
+use crate::cache::{cache, eventually, metric};
 use crate::support::proxy::Proxy;
 use crate::support::{TestApp, Valkey, unique_did};
 use barazo_session::config::StoreKind;
@@ -11,33 +11,7 @@ use std::time::{Duration, Instant};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const PREFIX: &str = "barazo:session:";
-const HITS: &str = "barazo_session_validation_cache_hits_total";
 const UNVERIFIED: &str = "barazo_session_validation_cache_unverified_total";
-
-/// How long a test waits for a signal before failing (never the expected time).
-const PATIENCE: Duration = Duration::from_secs(10);
-
-async fn metric(app: &TestApp, name: &str) -> f64 {
-    let (_, text) = get(app.metrics_addr.expect("admin listener"), "/metrics").await;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|value| value.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no series {name}"))
-}
-
-/// Polls `check` until it holds; panics after [`PATIENCE`]. Returns how long it took.
-async fn eventually<F, Fut>(what: &str, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < PATIENCE, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    start.elapsed()
-}
 
 fn addr(valkey: &Valkey) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], valkey.port()))
@@ -53,16 +27,6 @@ async fn service(url: &str) -> TestApp {
     .await;
     app.wait_for_health(ServingStatus::Serving).await;
     app
-}
-
-/// Validates `token` on `app` until the answer comes from its cache.
-async fn cache(app: &TestApp, token: &str) {
-    eventually("the token is answered from the cache", || async {
-        let before = metric(app, HITS).await;
-        let valid = app.try_validate(token).await.is_ok_and(|a| a.valid);
-        valid && metric(app, HITS).await > before
-    })
-    .await;
 }
 
 async fn info(valkey: &Valkey, section: &str) -> String {
@@ -169,12 +133,14 @@ async fn failover(kill_all: bool) -> Duration {
         a.delete(&session.refresh_token).await.is_ok()
     })
     .await;
-    let stale = eventually("B stops validating the revoked token", || async {
+    let logged_out = Instant::now();
+    eventually("B stops validating the revoked token", || async {
         b.try_validate(&session.access_token)
             .await
             .is_ok_and(|answer| !answer.valid)
     })
     .await;
+    let stale = logged_out.elapsed();
 
     // B's cache is back, on the new primary: a new session is cached, and its logout seen.
     let again = a.create(&unique_did(), "bob.test").await;
