@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type * as http2 from "node:http2";
+import { ValidationBatcher } from "./batch.js";
 import { sha256Hex, ValidationCache, type ValidationCacheState } from "./cache.js";
 import { toSession, type ClientInfo, type Session, type SessionWithToken } from "./convert.js";
 import { closedMessage, codeOf, toSessionServiceError } from "./errors.js";
@@ -14,7 +15,7 @@ import {
 } from "./gen/barazo/session/v1/session_pb.js";
 import { defaultTimeoutMs, retrySafe, type SessionClientOptions, type SessionRpc } from "./options.js";
 import { closedError, withRetries } from "./retry.js";
-import { injectTraceContext, traced, type Peer } from "./tracing.js";
+import { activeContext, injectTraceContext, traced, type Peer } from "./tracing.js";
 
 /** Options of `refreshSession`. */
 export interface RefreshOptions {
@@ -252,6 +253,43 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
     }
   }
 
+  /** One validation, one ValidateAccessToken call. */
+  function validateOne(token: string): Promise<Session | undefined> {
+    return call("validateAccessToken", async (timeoutMs) => {
+      const answer = await grpc.validateAccessToken({ accessToken: token }, { timeoutMs });
+      return answer.valid ? toSession(answer.session) : undefined;
+    });
+  }
+
+  // Batched validation (on by default): the turn's validations in one ValidateAccessTokens
+  // call, with validateAccessToken's deadline and retry rules, one span per batch call.
+  const batcher =
+    options.batching === false
+      ? undefined
+      : new ValidationBatcher({
+          batch: (tokens, contexts) =>
+            traced(
+              "ValidateAccessTokens",
+              peer,
+              tracing,
+              () => {
+                if (closed) {
+                  throw closedError();
+                }
+                const timeout = options.timeoutMs?.validateAccessToken ?? defaultTimeoutMs.validateAccessToken;
+                return withRetries(
+                  async (timeoutMs) => (await grpc.validateAccessTokens({ accessTokens: tokens }, { timeoutMs })).results,
+                  timeout,
+                  retrySafe.validateAccessToken ? retry : false,
+                );
+              },
+              { contexts, size: tokens.length },
+            ),
+          single: validateOne,
+          error: (cause) => toSessionServiceError("ValidateAccessTokens", cause),
+          context: () => activeContext(tracing),
+        });
+
   return {
     async createSession(did, handle, client) {
       // The per-DID cap may revoke the DID's oldest sessions.
@@ -267,11 +305,7 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
     },
 
     async validateAccessToken(token) {
-      const validate = () =>
-        call("validateAccessToken", async (timeoutMs) => {
-          const answer = await grpc.validateAccessToken({ accessToken: token }, { timeoutMs });
-          return answer.valid ? toSession(answer.session) : undefined;
-        });
+      const validate = () => (batcher === undefined ? validateOne(token) : batcher.validate(token));
       if (cache === undefined) {
         return validate();
       }

@@ -84,6 +84,16 @@ export interface SessionClientOptions {
    */
   validationCache?: boolean | ValidationCacheOptions;
   /**
+   * The `validateAccessToken` calls made in one event-loop turn (and not answered by the
+   * cache) go to the service as one `ValidateAccessTokens` call, at most 1000 tokens each;
+   * every caller still gets its own answer or error. The turn ends once its promise jobs and
+   * `nextTick` callbacks have run, before any I/O or timer, so a lone call is not held back.
+   * On by default; `false` sends one `ValidateAccessToken` call per validation. Against a
+   * service without the batch RPC (`UNIMPLEMENTED`) the client falls back to single calls for
+   * good.
+   */
+  batching?: boolean;
+  /**
    * Connect interceptors run around every call (after the service key and trace headers are
    * set), also around the cache's revocation stream: e.g. to count or time calls.
    */
