@@ -163,7 +163,7 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
   // With the cache, a connection that died silently (no FIN, no RST) keeps its revocation
   // stream looking open, and cached answers reused, until a PING goes unanswered: shorter
   // PINGs bound that to 10 s instead of 40 s.
-  const caching = options.validationCache !== undefined && options.validationCache !== false;
+  const caching = options.validationCache !== false;
   const sessionManager = new Http2SessionManager(
     baseUrl,
     {
@@ -196,8 +196,13 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
   const retry = options.retry ?? {};
   let closed = false;
 
-  // The validation cache and the revocation stream that keeps it coherent (opt-in).
-  const cacheOptions = options.validationCache === true ? {} : options.validationCache || undefined;
+  // The validation cache and the revocation stream that keeps it coherent (opt-out).
+  const cacheOptions =
+    options.validationCache === false
+      ? undefined
+      : typeof options.validationCache === "object"
+        ? options.validationCache
+        : {};
   const cache = cacheOptions === undefined ? undefined : new ValidationCache(cacheOptions);
   const feed =
     cache === undefined || cacheOptions === undefined

@@ -79,8 +79,10 @@ export interface SessionClientOptions {
    * `WatchRevocations` feed (one stream on the shared connection): a token validated before
    * is answered from memory, with no network call, while the stream is open and after its
    * first reset, until an event names the token or its session, a reset, the stream's end,
-   * or the token's expiry. `true` for the defaults. Off by default. With a service that has
-   * no feed (memory store, Valkey Cluster) it turns itself off (`cacheState()`).
+   * or the token's expiry. While the stream is not live every validation asks the service.
+   * On by default (`true` or omitted: the default settings; an object: your settings);
+   * `false` turns it off. With a service that has no feed (memory store, Valkey Cluster) it
+   * turns itself off (`cacheState()`).
    */
   validationCache?: boolean | ValidationCacheOptions;
   /**
