@@ -1,11 +1,13 @@
 // The transport's own cost per call, from one Node process: connect-node (what the client
-// uses) against @grpc/grpc-js, both with the generated protobuf-es messages, calling
+// uses) against @grpc/grpc-js and a minimal gRPC call on plain node:http2 (the floor: no
+// interceptors, no deadline timer, no cancellation), all with the generated protobuf-es messages, calling
 // ValidateAccessToken (one valid token per call) and ValidateAccessTokens (64 tokens per
 // call) with C calls in flight for D seconds each, alternating the transports R times.
 // Per row: calls/s, and CPU microseconds per call in this process (`process.cpuUsage`).
 // No client library code around either (no retries, spans, cache): the transport alone.
 //
 //   BARAZO_SESSION_BIN=../../target/release/barazo-session node bench/transport.mjs [--concurrency 64] [--seconds 5] [--rounds 2]
+import { connect as http2Connect } from "node:http2";
 import { cpus, loadavg } from "node:os";
 import { parseArgs } from "node:util";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
@@ -64,6 +66,37 @@ function grpcJsUnary(client, method, requestSchema, responseSchema) {
     });
 }
 
+/** A unary gRPC call on a plain node:http2 session: one frame out, one frame and trailers in. */
+function http2Unary(session, method, requestSchema, responseSchema) {
+  const headers = {
+    ":method": "POST",
+    ":path": `${service}${method}`,
+    "content-type": "application/grpc+proto",
+    te: "trailers",
+    "grpc-timeout": "10000m",
+  };
+  return (message) =>
+    new Promise((resolve, reject) => {
+      const body = toBinary(requestSchema, message);
+      const frame = Buffer.allocUnsafe(5 + body.length);
+      frame[0] = 0;
+      frame.writeUInt32BE(body.length, 1);
+      frame.set(body, 5);
+      const stream = session.request(headers);
+      const chunks = [];
+      stream.on("data", (chunk) => chunks.push(chunk));
+      let status;
+      stream.on("trailers", (trailers) => (status = trailers["grpc-status"]));
+      stream.on("error", reject);
+      stream.on("end", () => {
+        if (status !== "0") return reject(new Error(`grpc-status ${status}`));
+        const data = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+        resolve(fromBinary(responseSchema, data.subarray(5, 5 + data.readUInt32BE(1))));
+      });
+      stream.end(frame);
+    });
+}
+
 const loadBefore = loadavg();
 const stack = await startStack();
 try {
@@ -96,14 +129,29 @@ try {
     },
   };
 
+  const h2 = http2Connect(`http://${stack.server.addr}`);
+  const h2Single = http2Unary(h2, "ValidateAccessToken", proto.ValidateAccessTokenRequestSchema, proto.ValidateAccessTokenResponseSchema);
+  const h2Batch = http2Unary(h2, "ValidateAccessTokens", proto.ValidateAccessTokensRequestSchema, proto.ValidateAccessTokensResponseSchema);
+  const http2Calls = {
+    unary: async () => {
+      if (!(await h2Single(single)).valid) throw new Error("invalid");
+    },
+    batch: async () => {
+      if ((await h2Batch(batch)).results.length !== batchSize) throw new Error("short");
+    },
+  };
+
   const results = [];
   for (let round = 1; round <= rounds; round++) {
     results.push({ round, ...(await measure("connect-node ValidateAccessToken", connectCalls.unary)) });
     results.push({ round, ...(await measure("grpc-js ValidateAccessToken", grpcJsCalls.unary)) });
+    results.push({ round, ...(await measure("node:http2 ValidateAccessToken", http2Calls.unary)) });
     results.push({ round, ...(await measure(`connect-node ValidateAccessTokens ×${batchSize}`, connectCalls.batch)) });
     results.push({ round, ...(await measure(`grpc-js ValidateAccessTokens ×${batchSize}`, grpcJsCalls.batch)) });
+    results.push({ round, ...(await measure(`node:http2 ValidateAccessTokens ×${batchSize}`, http2Calls.batch)) });
   }
   channel.close();
+  h2.close();
   console.log(
     JSON.stringify(
       {
