@@ -348,10 +348,14 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
         },
         () => undefined,
       );
-      // The refreshing tab's token ends; the session changed (a reused rotated token ends it).
+      // The refreshing tab's token ends; the session changed. Without an answer (the session
+      // is gone, or the call failed) the session may just have been ended by this very call (a
+      // reused rotated cookie ends the whole session) and this client cannot name it: a
+      // rotated cookie is not the session id its key is the hash of. Drop everything then.
       return after((answer) => {
         forget.hash(refreshOptions.previousAccessToken);
-        forget.session(answer?.sessionKey ?? sha256Hex(refreshToken));
+        if (answer === undefined) forget.all();
+        else forget.session(answer.sessionKey);
       }, refreshed);
     },
 
