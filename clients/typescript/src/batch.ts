@@ -3,9 +3,9 @@
 // process far more CPU than the answer it carries (issue 20): one call for many tokens
 // spreads that cost over them.
 import { Code, ConnectError } from "@connectrpc/connect";
-import { toSession, type Session } from "./convert.js";
+import type { Session } from "./convert.js";
 import { codeOf } from "./errors.js";
-import type { ValidateAccessTokenResponse } from "./gen/barazo/session/v1/session_pb.js";
+import { sessionFromAnswer } from "./wire.js";
 
 /** The most tokens the service takes in one ValidateAccessTokens call; more are split. */
 export const maxBatchSize = 1000;
@@ -14,10 +14,10 @@ export const maxBatchSize = 1000;
 export interface BatchCalls {
   /**
    * One ValidateAccessTokens call (traced, retried, inside the validation deadline): an
-   * answer per token, in order. Throws the transport's error as it is (not yet typed), so
+   * answer per token, in order, each as its ValidateAccessTokenResponse bytes (wire.ts). Throws the transport's error as it is (not yet typed), so
    * `UNIMPLEMENTED` can be told apart. `contexts`: each waiter's trace context.
    */
-  batch(tokens: string[], contexts: unknown[]): Promise<ValidateAccessTokenResponse[]>;
+  batch(tokens: string[], contexts: unknown[]): Promise<Uint8Array[]>;
   /** The unary ValidateAccessToken, typed errors and all: the fallback. */
   single(token: string): Promise<Session | undefined>;
   /** The typed error a waiter of a failed batch gets (a new one for each waiter). */
@@ -99,7 +99,7 @@ export class ValidationBatcher {
       }
       slots[i] = slot;
     }
-    let answers: ValidateAccessTokenResponse[];
+    let answers: Uint8Array[];
     try {
       answers = await this.calls.batch(tokens, waiters.map((w) => w.context));
       if (answers.length !== tokens.length) {
@@ -124,7 +124,7 @@ export class ValidationBatcher {
       const answer = answers[slots[i]!]!;
       try {
         // A fresh object for each waiter: one caller changing its answer changes no other's.
-        waiter.resolve(answer.valid ? toSession(answer.session) : undefined);
+        waiter.resolve(sessionFromAnswer(answer));
       } catch (error) {
         waiter.reject(this.calls.error(error));
       }

@@ -16,6 +16,7 @@ import {
 import { defaultTimeoutMs, retrySafe, type SessionClientOptions, type SessionRpc } from "./options.js";
 import { closedError, withRetries } from "./retry.js";
 import { activeContext, injectTraceContext, traced, type Peer } from "./tracing.js";
+import { validateAccessTokensRaw } from "./wire.js";
 
 /** Options of `refreshSession`. */
 export interface RefreshOptions {
@@ -282,8 +283,11 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
                   throw closedError();
                 }
                 const timeout = options.timeoutMs?.validateAccessToken ?? defaultTimeoutMs.validateAccessToken;
+                // The answers undecoded: wire.ts reads them straight into sessions.
                 return withRetries(
-                  async (timeoutMs) => (await grpc.validateAccessTokens({ accessTokens: tokens }, { timeoutMs })).results,
+                  async (timeoutMs) =>
+                    (await transport.unary(validateAccessTokensRaw, undefined, timeoutMs, undefined, { accessTokens: tokens }))
+                      .message.results,
                   timeout,
                   retrySafe.validateAccessToken ? retry : false,
                 );
