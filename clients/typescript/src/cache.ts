@@ -3,7 +3,7 @@
 // README "Revocation feed"): while the stream is open and after its first reset; dropped on
 // an event naming the token or its session, on a reset, on the stream's end, and at the
 // token's expiry.
-import { createHash } from "node:crypto";
+import * as crypto from "node:crypto";
 import type { Session } from "./convert.js";
 
 /** Options of the validation cache (`SessionClientOptions.validationCache`). */
@@ -64,10 +64,15 @@ export interface ValidationCacheState {
   code?: string;
 }
 
-/** Lowercase hex SHA-256, the name the feed gives an access token. */
-export function sha256Hex(text: string): string {
-  return createHash("sha256").update(text).digest("hex");
-}
+/**
+ * Lowercase hex SHA-256, the name the feed gives an access token. Every validation hashes its
+ * token (a cache hit is little more): the one-shot `crypto.hash` (Node 20.12+) takes a third
+ * of the time of a Hash object; older Node 20 releases fall back to one.
+ */
+export const sha256Hex: (text: string) => string =
+  typeof crypto.hash === "function"
+    ? (text) => crypto.hash("sha256", text, "hex")
+    : (text) => crypto.createHash("sha256").update(text).digest("hex");
 
 interface Entry {
   session: Session;
