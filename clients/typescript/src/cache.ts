@@ -3,15 +3,15 @@
 // README "Revocation feed"): while the stream is open and after its first reset; dropped on
 // an event naming the token or its session, on a reset, on the stream's end, and at the
 // token's expiry.
-import { createHash } from "node:crypto";
+import * as crypto from "node:crypto";
 import type { Session } from "./convert.js";
 
 /** Options of the validation cache (`SessionClientOptions.validationCache`). */
 export interface ValidationCacheOptions {
   /**
    * Most answers kept; when full, the oldest entry makes room. Default 10 000 (one per
-   * access token presented to this process within a token's 15 minutes; a few hundred bytes
-   * each). Only valid answers are cached, so unknown or random tokens never take a slot.
+   * access token presented to this process within a token's 15 minutes; about 0.9 KB of heap
+   * each with a 100-byte User-Agent, so about 9 MiB at most). Only valid answers are cached, so unknown or random tokens never take a slot.
    */
   maxEntries?: number;
   /**
@@ -64,10 +64,15 @@ export interface ValidationCacheState {
   code?: string;
 }
 
-/** Lowercase hex SHA-256, the name the feed gives an access token. */
-export function sha256Hex(text: string): string {
-  return createHash("sha256").update(text).digest("hex");
-}
+/**
+ * Lowercase hex SHA-256, the name the feed gives an access token. Every validation hashes its
+ * token (a cache hit is little more): the one-shot `crypto.hash` (Node 20.12+) takes a third
+ * of the time of a Hash object; older Node 20 releases fall back to one.
+ */
+export const sha256Hex: (text: string) => string =
+  typeof crypto.hash === "function"
+    ? (text) => crypto.hash("sha256", text, "hex")
+    : (text) => crypto.createHash("sha256").update(text).digest("hex");
 
 interface Entry {
   session: Session;

@@ -3,6 +3,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import type * as http2 from "node:http2";
+import { ValidationBatcher } from "./batch.js";
 import { sha256Hex, ValidationCache, type ValidationCacheState } from "./cache.js";
 import { toSession, type ClientInfo, type Session, type SessionWithToken } from "./convert.js";
 import { closedMessage, codeOf, toSessionServiceError } from "./errors.js";
@@ -14,7 +15,8 @@ import {
 } from "./gen/barazo/session/v1/session_pb.js";
 import { defaultTimeoutMs, retrySafe, type SessionClientOptions, type SessionRpc } from "./options.js";
 import { closedError, withRetries } from "./retry.js";
-import { injectTraceContext, traced, type Peer } from "./tracing.js";
+import { activeContext, injectTraceContext, traced, type Peer } from "./tracing.js";
+import { validateAccessTokensRaw } from "./wire.js";
 
 /** Options of `refreshSession`. */
 export interface RefreshOptions {
@@ -162,7 +164,7 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
   // With the cache, a connection that died silently (no FIN, no RST) keeps its revocation
   // stream looking open, and cached answers reused, until a PING goes unanswered: shorter
   // PINGs bound that to 10 s instead of 40 s.
-  const caching = options.validationCache !== undefined && options.validationCache !== false;
+  const caching = options.validationCache !== false;
   const sessionManager = new Http2SessionManager(
     baseUrl,
     {
@@ -195,8 +197,13 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
   const retry = options.retry ?? {};
   let closed = false;
 
-  // The validation cache and the revocation stream that keeps it coherent (opt-in).
-  const cacheOptions = options.validationCache === true ? {} : options.validationCache || undefined;
+  // The validation cache and the revocation stream that keeps it coherent (opt-out).
+  const cacheOptions =
+    options.validationCache === false
+      ? undefined
+      : typeof options.validationCache === "object"
+        ? options.validationCache
+        : {};
   const cache = cacheOptions === undefined ? undefined : new ValidationCache(cacheOptions);
   const feed =
     cache === undefined || cacheOptions === undefined
@@ -252,6 +259,46 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
     }
   }
 
+  /** One validation, one ValidateAccessToken call. */
+  function validateOne(token: string): Promise<Session | undefined> {
+    return call("validateAccessToken", async (timeoutMs) => {
+      const answer = await grpc.validateAccessToken({ accessToken: token }, { timeoutMs });
+      return answer.valid ? toSession(answer.session) : undefined;
+    });
+  }
+
+  // Batched validation (on by default): the turn's validations in one ValidateAccessTokens
+  // call, with validateAccessToken's deadline and retry rules, one span per batch call.
+  const batcher =
+    options.batching === false
+      ? undefined
+      : new ValidationBatcher({
+          batch: (tokens, contexts) =>
+            traced(
+              "ValidateAccessTokens",
+              peer,
+              tracing,
+              () => {
+                if (closed) {
+                  throw closedError();
+                }
+                const timeout = options.timeoutMs?.validateAccessToken ?? defaultTimeoutMs.validateAccessToken;
+                // The answers undecoded: wire.ts reads them straight into sessions.
+                return withRetries(
+                  async (timeoutMs) =>
+                    (await transport.unary(validateAccessTokensRaw, undefined, timeoutMs, undefined, { accessTokens: tokens }))
+                      .message.results,
+                  timeout,
+                  retrySafe.validateAccessToken ? retry : false,
+                );
+              },
+              { contexts, size: tokens.length },
+            ),
+          single: validateOne,
+          error: (cause) => toSessionServiceError("ValidateAccessTokens", cause),
+          context: () => activeContext(tracing),
+        });
+
   return {
     async createSession(did, handle, client) {
       // The per-DID cap may revoke the DID's oldest sessions.
@@ -267,11 +314,7 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
     },
 
     async validateAccessToken(token) {
-      const validate = () =>
-        call("validateAccessToken", async (timeoutMs) => {
-          const answer = await grpc.validateAccessToken({ accessToken: token }, { timeoutMs });
-          return answer.valid ? toSession(answer.session) : undefined;
-        });
+      const validate = () => (batcher === undefined ? validateOne(token) : batcher.validate(token));
       if (cache === undefined) {
         return validate();
       }
@@ -309,10 +352,14 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
         },
         () => undefined,
       );
-      // The refreshing tab's token ends; the session changed (a reused rotated token ends it).
+      // The refreshing tab's token ends; the session changed. Without an answer (the session
+      // is gone, or the call failed) the session may just have been ended by this very call (a
+      // reused rotated cookie ends the whole session) and this client cannot name it: a
+      // rotated cookie is not the session id its key is the hash of. Drop everything then.
       return after((answer) => {
         forget.hash(refreshOptions.previousAccessToken);
-        forget.session(answer?.sessionKey ?? sha256Hex(refreshToken));
+        if (answer === undefined) forget.all();
+        else forget.session(answer.sessionKey);
       }, refreshed);
     },
 

@@ -79,10 +79,22 @@ export interface SessionClientOptions {
    * `WatchRevocations` feed (one stream on the shared connection): a token validated before
    * is answered from memory, with no network call, while the stream is open and after its
    * first reset, until an event names the token or its session, a reset, the stream's end,
-   * or the token's expiry. `true` for the defaults. Off by default. With a service that has
-   * no feed (memory store, Valkey Cluster) it turns itself off (`cacheState()`).
+   * or the token's expiry. While the stream is not live every validation asks the service.
+   * On by default (`true` or omitted: the default settings; an object: your settings);
+   * `false` turns it off. With a service that has no feed (memory store, Valkey Cluster) it
+   * turns itself off (`cacheState()`).
    */
   validationCache?: boolean | ValidationCacheOptions;
+  /**
+   * The `validateAccessToken` calls made in one event-loop turn (and not answered by the
+   * cache) go to the service as one `ValidateAccessTokens` call, at most 1000 tokens each;
+   * every caller still gets its own answer or error. The turn ends once its promise jobs and
+   * `nextTick` callbacks have run, before any I/O or timer, so a lone call is not held back.
+   * On by default; `false` sends one `ValidateAccessToken` call per validation. Against a
+   * service without the batch RPC (`UNIMPLEMENTED`) the client falls back to single calls for
+   * good.
+   */
+  batching?: boolean;
   /**
    * Connect interceptors run around every call (after the service key and trace headers are
    * set), also around the cache's revocation stream: e.g. to count or time calls.

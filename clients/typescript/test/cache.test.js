@@ -11,14 +11,16 @@ import { freePort, readiness, startServer, startStack, startValkey, uniqueDid } 
 const sha256 = (text) => createHash("sha256").update(text).digest("hex");
 
 /**
- * Counts the client's ValidateAccessToken calls on the wire; `hold`, when set, is awaited
- * with each answer before the client sees it.
+ * Counts the validations the client asks the service on the wire (one per ValidateAccessToken
+ * call, one per token of a ValidateAccessTokens call); `hold`, when set, is awaited with each
+ * answer before the client sees it.
  */
 function wire() {
   const state = { calls: 0, hold: undefined };
   const interceptor = (next) => async (request) => {
-    if (request.method.name !== "ValidateAccessToken") return next(request);
-    state.calls++;
+    if (request.method.name === "ValidateAccessToken") state.calls++;
+    else if (request.method.name === "ValidateAccessTokens") state.calls += request.message.accessTokens.length;
+    else return next(request);
     const response = await next(request);
     if (state.hold !== undefined) await state.hold();
     return response;
@@ -283,9 +285,40 @@ test("with the memory store the service has no feed: the cache turns itself off,
     ["unsupported"],
     "asked once, not again",
   );
-  const plain = createSessionClient({ address: server.addr });
+  const disabled = createSessionClient({ address: server.addr, validationCache: false });
+  t.after(() => disabled.close());
+  assert.deepEqual(disabled.cacheState(), { state: "off", entries: 0 });
+});
+
+test("the cache is on by default, and validationCache: false turns it off", async (t) => {
+  const stack = await startStack();
+  t.after(() => stack.stop());
+  const counter = wire();
+  const off = createSessionClient({ address: stack.server.addr, validationCache: false, interceptors: [counter.interceptor] });
+  t.after(() => off.close());
+  assert.deepEqual(off.cacheState(), { state: "off", entries: 0 });
+  // Created before the default client's stream opens: no event of its writes can reach that
+  // stream later and drop the answer cached below.
+  const session = await off.createSession(uniqueDid(), "alice.test");
+
+  const plain = createSessionClient({ address: stack.server.addr, interceptors: [counter.interceptor] });
   t.after(() => plain.close());
-  assert.deepEqual(plain.cacheState(), { state: "off", entries: 0 });
+  // Not live before its stream's first reset (every validation asks the service meanwhile).
+  // A default client has no event hook to wait on: its state is polled.
+  const until = Date.now() + 10_000;
+  while (plain.cacheState().state !== "live") {
+    assert.equal(plain.cacheState().state, "connecting");
+    assert.ok(Date.now() < until, "live within 10 s");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.ok(await plain.validateAccessToken(session.accessToken));
+  const asked = counter.state.calls;
+  assert.ok(await plain.validateAccessToken(session.accessToken));
+  assert.equal(counter.state.calls, asked, "answered from memory");
+  assert.equal(plain.cacheState().entries, 1);
+  assert.ok(await off.validateAccessToken(session.accessToken));
+  assert.ok(await off.validateAccessToken(session.accessToken));
+  assert.equal(counter.state.calls, asked + 2, "asked each time");
 });
 
 test("an entry is not reused past its token's expiry (minus the margin), judged on this clock", async (t) => {

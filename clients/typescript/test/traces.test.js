@@ -64,7 +64,8 @@ async function assertJoined(client, rpc, call) {
 }
 
 test("the service's span is a child of the caller's, with W3C traceparent written by the client", async (t) => {
-  const client = createSessionClient({ address: stack.server.addr });
+  // Unbatched: one ValidateAccessToken call per validation.
+  const client = createSessionClient({ address: stack.server.addr, batching: false });
   t.after(() => client.close());
   const created = await client.createSession(uniqueDid(), "alice.test");
   const span = await assertJoined(client, "ValidateAccessToken", () => client.validateAccessToken(created.accessToken));
@@ -79,7 +80,38 @@ test("with the application's registered propagator the headers come from it, wit
   const client = createSessionClient({ address: stack.server.addr });
   t.after(() => client.close());
   const created = await client.createSession(uniqueDid(), "alice.test");
-  await assertJoined(client, "ValidateAccessToken", () => client.validateAccessToken(created.accessToken));
+  // Batched (the default): a lone validation is a batch of one, traced the same way.
+  const span = await assertJoined(client, "ValidateAccessTokens", () => client.validateAccessToken(created.accessToken));
+  assert.equal(span.attributes["barazo.batch_size"], 1);
+});
+
+test("a batch call is one CLIENT span: under the first caller's span, linked to the other callers' spans", async (t) => {
+  const client = createSessionClient({ address: stack.server.addr, validationCache: false });
+  t.after(() => client.close());
+  const sessions = [
+    await client.createSession(uniqueDid(), "alice.test"),
+    await client.createSession(uniqueDid(), "bob.test"),
+    await client.createSession(uniqueDid(), "carol.test"),
+  ];
+  exporter.reset();
+  // Three requests whose validations fall in one turn.
+  const requests = await Promise.all(sessions.map((s) => inRequestSpan(() => client.validateAccessToken(s.accessToken))));
+  const batches = exporter.getFinishedSpans().filter((s) => s.name.endsWith("/ValidateAccessTokens"));
+  assert.equal(batches.length, 1, "one span for the one call");
+  const [batch] = batches;
+  assert.equal(batch.kind, 2 /* CLIENT */);
+  assert.equal(batch.attributes["barazo.batch_size"], 3);
+  assert.equal(batch.parentSpanContext?.spanId, requests[0].spanId, "under the first caller's span");
+  assert.equal(batch.spanContext().traceId, requests[0].traceId);
+  assert.deepEqual(
+    batch.links.map((l) => l.context.spanId),
+    [requests[1].spanId, requests[2].spanId],
+    "the other callers' spans, linked",
+  );
+  const serverSpan = await collector.waitFor(
+    (s) => s.traceId === requests[0].traceId && s.kind === SpanKind.SERVER && s.name.endsWith("/ValidateAccessTokens"),
+  );
+  assert.equal(serverSpan.parentSpanId, batch.spanContext().spanId, "the service's span is the batch span's child");
 });
 
 test("tracing: false sends no trace context and makes no span", async (t) => {
