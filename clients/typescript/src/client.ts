@@ -14,7 +14,7 @@ import {
   SessionService,
 } from "./gen/barazo/session/v1/session_pb.js";
 import { defaultTimeoutMs, retrySafe, type SessionClientOptions, type SessionRpc } from "./options.js";
-import { closedError, withRetries } from "./retry.js";
+import { closedError, withRefreshRetries, withRetries } from "./retry.js";
 import { activeContext, injectTraceContext, traced, type Peer } from "./tracing.js";
 import { validateAccessTokensRaw } from "./wire.js";
 
@@ -195,6 +195,7 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
   });
   const grpc = createClient(SessionService, transport);
   const retry = options.retry ?? {};
+  const refreshRetry = options.refreshRetry ?? {};
   let closed = false;
 
   // The validation cache and the revocation stream that keeps it coherent (opt-out).
@@ -249,6 +250,9 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
           throw closedError();
         }
         const timeout = options.timeoutMs?.[rpc] ?? defaultTimeoutMs[rpc];
+        if (rpc === "refreshSession") {
+          return withRefreshRetries(attempt, timeout, refreshRetry);
+        }
         return withRetries(attempt, timeout, retrySafe[rpc] ? retry : false);
       });
     } catch (error) {

@@ -10,6 +10,6 @@ export {
 } from "./errors.js";
 export type { StatusCodeName } from "./errors.js";
 export type { KeepaliveOptions, SessionClientOptions, SessionRpc, TlsOptions } from "./options.js";
-export type { RetryOptions } from "./retry.js";
+export type { RefreshRetryOptions, RetryOptions } from "./retry.js";
 /** The generated wire messages and service descriptor, for callers that need the raw protocol. */
 export * as proto from "./gen/barazo/session/v1/session_pb.js";

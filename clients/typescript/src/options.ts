@@ -1,7 +1,7 @@
 // What a caller can configure, with the defaults and why they are what they are.
 import type { Interceptor } from "@connectrpc/connect";
 import type { ValidationCacheOptions } from "./cache.js";
-import type { RetryOptions } from "./retry.js";
+import type { RefreshRetryOptions, RetryOptions } from "./retry.js";
 
 /** The RPCs of `barazo.session.v1.SessionService`, by their client method names. */
 export type SessionRpc =
@@ -61,11 +61,19 @@ export interface SessionClientOptions {
    */
   timeoutMs?: Partial<Record<SessionRpc, number>>;
   /**
-   * Retries of calls that are safe to repeat (reads and revocations; never `createSession`
-   * or `refreshSession`) after `UNAVAILABLE` or `RESOURCE_EXHAUSTED`, with full-jitter
+   * Retries of calls that are safe to repeat (reads and revocations; never `createSession`;
+   * `refreshSession` has its own, `refreshRetry`) after `UNAVAILABLE` or `RESOURCE_EXHAUSTED`, with full-jitter
    * exponential backoff, inside the call's deadline. `false` turns them off.
    */
   retry?: RetryOptions | false;
+  /**
+   * Repeats of `refreshSession` with the same cookie after `DEADLINE_EXCEEDED`,
+   * `UNAVAILABLE` or `RESOURCE_EXHAUSTED`, each with the whole refresh deadline, all started
+   * within `withinMs` (default 5000) of the first: a lost answer may hide a refresh that
+   * rotated the cookie, and only a repeat within the service's reuse grace gets its
+   * successor instead of reading as a stolen cookie later. `false` turns them off.
+   */
+  refreshRetry?: RefreshRetryOptions | false;
   /** HTTP/2 keepalive of the one shared connection. */
   keepalive?: KeepaliveOptions;
   /**
@@ -117,9 +125,9 @@ export const defaultTimeoutMs: Record<SessionRpc, number> = {
 /**
  * Which calls are retried. Reads are safe. Revocations are idempotent: repeating one ends
  * the same sessions (only the count or flag of the answer may then be lower, since the lost
- * first attempt already did the work). Create and refresh are not: each attempt mints a new
- * credential, so a retry after a lost answer leaves a session or token nobody holds, and
- * with refresh-token rotation a repeated refresh can look like a stolen cookie.
+ * first attempt already did the work). Create is not: each attempt mints a new session,
+ * so a retry after a lost answer leaves one nobody holds. Refresh is repeated by its own
+ * rule (`withRefreshRetries`): only with the same cookie, within the reuse grace.
  */
 export const retrySafe: Record<SessionRpc, boolean> = {
   createSession: false,
