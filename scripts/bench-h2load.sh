@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The server hot path under h2load (BENCHMARKS.md, "Server hot path", issue 20): the release
 # server on Valkey with the validation cache (the default), the same with every span
-# exported (OTLP, 100% sampling), and the storeless floor (`session-bench floor`), each
+# exported (OTLP, 100% sampling), and the storeless floor (`session-bench floor`) served by
+# tonic's server ("floor") and by the service's own connection handling ("floor-svc"), each
 # loaded with unary ValidateAccessToken and with ValidateAccessTokens of BATCH tokens, in
 # rounds that alternate between them so machine noise hits all alike.
 #
@@ -72,6 +73,10 @@ pids+=($!)
 wait_for "$work/floor.out" '^listening '
 declare -A addr
 addr[floor]=$(awk '/^listening /{print $2}' "$work/floor.out")
+"$BIN/session-bench" floor --transport service >"$work/floor-svc.out" 2>&1 &
+pids+=($!)
+wait_for "$work/floor-svc.out" '^listening '
+addr[floor-svc]=$(awk '/^listening /{print $2}' "$work/floor-svc.out")
 
 # A barazo-session on the Valkey store, default log filter (RUST_LOG unset), JSON logs for
 # its address. Extra environment comes first: start_server NAME BINARY [VAR=VALUE ...].
@@ -87,7 +92,7 @@ start_server() {
 }
 start_server cached "$BIN/barazo-session"
 start_server traced "$BIN/barazo-session" OTEL_EXPORTER_OTLP_ENDPOINT="$otlp" OTEL_TRACES_SAMPLER=always_on
-servers=(floor cached traced)
+servers=(floor floor-svc cached traced)
 if [[ -n $OLD_SERVER ]]; then
   start_server old "$OLD_SERVER"
   servers+=(old)
@@ -159,17 +164,17 @@ done
 
 # Means, and each against the floor (calls/s; validations/s = calls/s x tokens per call).
 echo
-echo "| server | request | calls/s (mean of $ROUNDS x $DURATION s) | validations/s | / floor, same request |"
-echo "|---|---|---|---|---|"
+echo "| server | request | calls/s (mean of $ROUNDS x $DURATION s) | validations/s | / floor | / floor-svc |"
+echo "|---|---|---|---|---|---|"
 for name in "${servers[@]}"; do
   for body in $(bodies "$name"); do
-    python3 - "$name" "$body" "${sum[$name.$body]}" "${sum[floor.$body]}" "$ROUNDS" "$BATCH" <<'EOF'
+    python3 - "$name" "$body" "${sum[$name.$body]}" "${sum[floor.$body]}" "${sum[floor-svc.$body]}" "$ROUNDS" "$BATCH" <<'EOF'
 import sys
-name, body, total, floor, rounds, batch = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])
+name, body, total, floor, floor_svc, rounds, batch = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:])
 calls = total / rounds
 tokens = batch if body == "batch" else 1
 request = f"ValidateAccessTokens x {int(batch)}" if body == "batch" else "ValidateAccessToken"
-print(f"| {name} | {request} | {calls:,.0f} | {calls * tokens:,.0f} | {total / floor:.2f} |")
+print(f"| {name} | {request} | {calls:,.0f} | {calls * tokens:,.0f} | {total / floor:.2f} | {total / floor_svc:.2f} |")
 EOF
   done
 done

@@ -610,19 +610,25 @@ async fn debug_builds_are_warned_about() {
     );
 }
 
-/// `session-bench floor`, the storeless server h2load measures the real one against:
-/// it says where it listens, answers both validation RPCs with a valid session (one answer
-/// per token, the batch limit as the real server's), refuses every other RPC, and stops on
-/// SIGTERM.
+/// `session-bench floor`, the storeless server h2load measures the real one against, on
+/// tonic's server and on the service's own connection handling: it says where it listens,
+/// answers both validation RPCs with a valid session (one answer per token, the batch limit
+/// as the real server's), refuses every other RPC, and stops on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_floor_answers_validations_without_a_store() {
+    for transport in ["tonic", "service"] {
+        floor_answers(transport).await;
+    }
+}
+
+async fn floor_answers(transport: &str) {
     use barazo_session::proto::session_service_client::SessionServiceClient;
     use barazo_session::proto::{
         ListSessionsRequest, ValidateAccessTokenRequest, ValidateAccessTokensRequest,
     };
 
     let mut child = Command::new(BENCH)
-        .args(["floor", "--listen", "127.0.0.1:0"])
+        .args(["floor", "--listen", "127.0.0.1:0", "--transport", transport])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -690,5 +696,5 @@ async fn the_floor_answers_validations_without_a_store() {
         .await
         .expect("it stops within 10 s of SIGTERM")
         .expect("wait");
-    assert!(status.success(), "{status:?}");
+    assert!(status.success(), "{transport}: {status:?}");
 }

@@ -6,6 +6,7 @@
 
 use crate::floor::Floor;
 use crate::sink::Sink;
+use barazo_session::transport::Transport;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -23,6 +24,12 @@ pub(crate) enum Serve {
         /// Address to listen on (port 0: any free port).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Who serves the connections: `tonic`, tonic's own server (the floor: any
+        /// tonic service pays this); `service`, the real server's connection handling
+        /// (src/transport.rs: hyper with its delivery tracking and backstop), so that what
+        /// remains between the floor and the server is its per-call layers and handler.
+        #[arg(long, value_enum, default_value_t = FloorTransport::Tonic)]
+        transport: FloorTransport,
     },
     /// No load: an OTLP/gRPC trace receiver that counts export requests and spans without
     /// decoding them (for OTEL_EXPORTER_OTLP_ENDPOINT of a server under another load
@@ -32,6 +39,13 @@ pub(crate) enum Serve {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+}
+
+/// Who serves the floor's connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FloorTransport {
+    Tonic,
+    Service,
 }
 
 /// Serves until SIGINT or SIGTERM.
@@ -46,7 +60,7 @@ pub(crate) async fn run(serve: &Serve) -> ExitCode {
 }
 
 async fn serve_until_stopped(serve: &Serve) -> std::io::Result<()> {
-    let (Serve::Floor { listen } | Serve::Sink { listen }) = serve;
+    let (Serve::Floor { listen, .. } | Serve::Sink { listen }) = serve;
     // No Nagle delay on small answers, as the real server's listener (server.rs).
     let incoming = TcpIncoming::bind(*listen)?.with_nodelay(Some(true));
     let addr = incoming.local_addr()?;
@@ -62,6 +76,15 @@ async fn serve_until_stopped(serve: &Serve) -> std::io::Result<()> {
     writeln!(stdout, "listening {addr}")?;
     stdout.flush()?;
     let served = match serve {
+        Serve::Floor {
+            transport: FloorTransport::Service,
+            ..
+        } => {
+            service_transport()
+                .serve(incoming, Floor::new(), stopped)
+                .await;
+            Ok(())
+        }
         Serve::Floor { .. } => {
             builder
                 .add_service(Floor::new())
@@ -83,6 +106,22 @@ async fn serve_until_stopped(serve: &Serve) -> std::io::Result<()> {
         }
     };
     served.map_err(std::io::Error::other)
+}
+
+/// The real server's connection handling with its defaults (server.rs, `transport`):
+/// plaintext, a 5 s request timeout (the backstop a second later), 5 minutes' idleness.
+fn service_transport() -> Transport {
+    let request_timeout = Duration::from_secs(5);
+    Transport {
+        tls: None,
+        handshake_timeout: Duration::from_secs(5),
+        max_concurrent_streams: 100,
+        keepalive_interval: Duration::from_secs(30),
+        keepalive_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(300),
+        backstop: request_timeout + Duration::from_secs(1),
+        send_limit: request_timeout,
+    }
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
