@@ -698,3 +698,59 @@ async fn floor_answers(transport: &str) {
         .expect("wait");
     assert!(status.success(), "{transport}: {status:?}");
 }
+
+/// `session-bench sink`, the OTLP receiver on its own (for a traced server under h2load):
+/// it says where it listens, accepts exports, and prints what it counted when stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_counts_exported_spans_and_says_so_when_stopped() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    let mut child = Command::new(BENCH)
+        .args(["sink", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("session-bench sink starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("it says where it listens within 30 s")
+        .expect("stdout")
+        .expect("a line");
+    let addr = line.strip_prefix("listening ").expect("listening <addr>");
+
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connects");
+    let spans = ScopeSpans {
+        spans: vec![Span::default(); 3],
+        ..Default::default()
+    };
+    client
+        .export(ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![spans],
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect("accepted");
+
+    let pid = child.id().expect("running").to_string();
+    let sent = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(sent.success());
+    let counts = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("it stops within 10 s of SIGINT")
+        .expect("stdout")
+        .expect("a line");
+    assert_eq!(counts, "export requests accepted: 1; spans received: 3");
+    assert!(child.wait().await.expect("wait").success());
+}
