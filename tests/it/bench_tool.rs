@@ -609,3 +609,148 @@ async fn debug_builds_are_warned_about() {
         "{stderr}"
     );
 }
+
+/// `session-bench floor`, the storeless server h2load measures the real one against, on
+/// tonic's server and on the service's own connection handling: it says where it listens,
+/// answers both validation RPCs with a valid session (one answer per token, the batch limit
+/// as the real server's), refuses every other RPC, and stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_answers_validations_without_a_store() {
+    for transport in ["tonic", "service"] {
+        floor_answers(transport).await;
+    }
+}
+
+async fn floor_answers(transport: &str) {
+    use barazo_session::proto::session_service_client::SessionServiceClient;
+    use barazo_session::proto::{
+        ListSessionsRequest, ValidateAccessTokenRequest, ValidateAccessTokensRequest,
+    };
+
+    let mut child = Command::new(BENCH)
+        .args(["floor", "--listen", "127.0.0.1:0", "--transport", transport])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("session-bench floor starts");
+    let stdout = child.stdout.take().expect("piped");
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        BufReader::new(stdout).lines().next_line().await
+    })
+    .await
+    .expect("it says where it listens within 30 s")
+    .expect("stdout")
+    .expect("a line");
+    let addr = line.strip_prefix("listening ").expect("listening <addr>");
+
+    let mut client = SessionServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connects");
+    let token = "ab".repeat(32);
+    let one = client
+        .validate_access_token(ValidateAccessTokenRequest {
+            access_token: token.clone(),
+        })
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert!(one.valid);
+    let session = one.session.expect("a valid answer carries its session");
+    assert!(session.did.starts_with(BENCH_DIDS), "{}", session.did);
+    assert_eq!(session.session_key.len(), 64);
+
+    let many = client
+        .validate_access_tokens(ValidateAccessTokensRequest {
+            access_tokens: vec![token.clone(); 3],
+        })
+        .await
+        .expect("an answer")
+        .into_inner();
+    assert_eq!(many.results.len(), 3);
+    assert!(many.results.iter().all(|r| r.valid && r.session.is_some()));
+    let too_many = client
+        .validate_access_tokens(ValidateAccessTokensRequest {
+            access_tokens: vec![token; 1001],
+        })
+        .await
+        .expect_err("more than 1,000 tokens");
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+
+    let other = client
+        .list_sessions(ListSessionsRequest {
+            did: "did:plc:abc".into(),
+        })
+        .await
+        .expect_err("only the validations");
+    assert_eq!(other.code(), tonic::Code::Unimplemented);
+
+    let pid = child.id().expect("running").to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("it stops within 10 s of SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "{transport}: {status:?}");
+}
+
+/// `session-bench sink`, the OTLP receiver on its own (for a traced server under h2load):
+/// it says where it listens, accepts exports, and prints what it counted when stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sink_counts_exported_spans_and_says_so_when_stopped() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    let mut child = Command::new(BENCH)
+        .args(["sink", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("session-bench sink starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("it says where it listens within 30 s")
+        .expect("stdout")
+        .expect("a line");
+    let addr = line.strip_prefix("listening ").expect("listening <addr>");
+
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connects");
+    let spans = ScopeSpans {
+        spans: vec![Span::default(); 3],
+        ..Default::default()
+    };
+    client
+        .export(ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![spans],
+                ..Default::default()
+            }],
+        })
+        .await
+        .expect("accepted");
+
+    let pid = child.id().expect("running").to_string();
+    let sent = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .expect("kill runs");
+    assert!(sent.success());
+    let counts = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("it stops within 10 s of SIGINT")
+        .expect("stdout")
+        .expect("a line");
+    assert_eq!(counts, "export requests accepted: 1; spans received: 3");
+    assert!(child.wait().await.expect("wait").success());
+}

@@ -8,11 +8,13 @@
 
 mod cleanup;
 mod client;
+mod floor;
 mod interrupt;
 mod load;
 mod namespace;
 mod profile;
 mod propagation;
+mod serve;
 mod sink;
 mod spawn;
 mod valkey_commands;
@@ -71,6 +73,9 @@ enum Compare {
 #[derive(Debug, Parser)]
 #[command(name = "session-bench")]
 struct Args {
+    /// Instead of a load: one of the tool's servers on its own, for another load tool.
+    #[command(subcommand)]
+    serve: Option<serve::Serve>,
     /// A running server to load, `host:port`. Without it the tool starts servers itself
     /// (the `barazo-session` binary built beside this one).
     #[arg(long)]
@@ -311,6 +316,9 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(serve) = &args.serve {
+        return serve::run(serve).await;
+    }
     // Everything the connection needs is read now, before anything is created.
     let connector = match &args.addr {
         Some(_) => match Connector::from_flags(&args.connection_flags()) {
