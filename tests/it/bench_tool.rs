@@ -91,7 +91,7 @@ fn removed(report: &str) -> (u64, u64) {
     }
 }
 
-/// Every key in a Valkey, by SCAN.
+/// Every key in a Valkey but the servers' feed markers, by SCAN.
 async fn keys(valkey: &Valkey) -> Vec<String> {
     let mut conn = valkey.client().await;
     let mut cursor = 0u64;
@@ -104,7 +104,11 @@ async fn keys(valkey: &Valkey) -> Vec<String> {
             .query_async(&mut conn)
             .await
             .expect("SCAN");
-        keys.extend(batch);
+        keys.extend(
+            batch
+                .into_iter()
+                .filter(|key| !crate::support::is_feed_marker(key)),
+        );
         if next == 0 {
             return keys;
         }

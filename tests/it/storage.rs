@@ -60,9 +60,14 @@ async fn write_typescript_session(
     json
 }
 
+/// The session keys matching `pattern` (the feed's marker is not one; its own test checks it).
 async fn keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
     // KEYS is fine on a test's private Valkey; the service itself never scans.
-    conn.keys(pattern).await.expect("KEYS")
+    let found: Vec<String> = conn.keys(pattern).await.expect("KEYS");
+    found
+        .into_iter()
+        .filter(|key| !crate::support::is_feed_marker(key))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1279,4 +1284,33 @@ async fn each_rpc_is_one_round_trip_with_tabs_and_rotation() {
     let (deleted, trips) = monitor.round_trips(app.delete(&tab_b.refresh_token)).await;
     assert!(deleted.expect("delete"));
     assert_eq!(trips, ["EVALSHA"], "DeleteSession");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_keeps_one_expiring_marker_beside_the_session_keys() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut conn = app.valkey().client().await;
+    let markers = || {
+        let mut conn = conn.clone();
+        async move {
+            let found: Vec<String> = conn.keys(format!("{PREFIX}feed:*")).await.expect("KEYS");
+            found
+        }
+    };
+    crate::cache::eventually("the feed writes its marker", || async {
+        !markers().await.is_empty()
+    })
+    .await;
+    let found = markers().await;
+    assert_eq!(found.len(), 1, "one per replica: {found:?}");
+    assert!(crate::support::is_feed_marker(&found[0]));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&found[0])
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        (1..=60_000).contains(&ttl),
+        "it expires by itself: {ttl} ms"
+    );
 }

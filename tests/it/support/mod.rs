@@ -27,6 +27,13 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 pub use valkey::Valkey;
 
+/// Whether `key` is a validation cache feed's marker (`<prefix>feed:<16 hex>`), which a
+/// running standalone server keeps in its database by design (README, "Storage layout").
+pub fn is_feed_marker(key: &str) -> bool {
+    key.rsplit_once("feed:")
+        .is_some_and(|(_, id)| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// A server under test, with its own Valkey when it uses the Valkey store.
 pub struct TestApp {
     /// The generated client, connected the way callers connect.
