@@ -153,13 +153,18 @@ fn credential(request: &CheckRequest) -> Credential<'_> {
 /// The `x-barazo-*` headers the client sent that the answer does not overwrite, lower-case
 /// and each once: they are removed before the request goes upstream. (Envoy sets headers
 /// before it removes them, so the three it sets must not be listed here.) A name is one of
-/// ours once `_` reads as `-`: CGI, WSGI, Rack and PHP upstreams fold both into one
-/// `HTTP_X_BARAZO_*` variable, so `x_barazo_did` would join the real `x-barazo-did`.
+/// ours once every character but letters and digits reads as `-`: CGI, WSGI, Rack and PHP
+/// upstreams fold `_` (and PHP `.`) into one `HTTP_X_BARAZO_*` variable, so `x_barazo_did`
+/// or `x-barazo.did` would join the real `x-barazo-did`.
 fn forged_headers(request: &CheckRequest) -> Vec<String> {
     let mut names: Vec<String> = request_headers(request)
         .map(|(key, _)| key.to_ascii_lowercase())
         .filter(|key| {
-            key.replace('_', "-").starts_with(HEADER_PREFIX) && !SET_HEADERS.contains(&key.as_str())
+            let folded: String = key
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            folded.starts_with(HEADER_PREFIX) && !SET_HEADERS.contains(&key.as_str())
         })
         .collect();
     names.sort_unstable();
@@ -380,12 +385,18 @@ mod tests {
             ("x_barazo_did", "did:plc:victim"),
             ("X_Barazo-Handle", "victim.test"),
             ("x-barazo_session-key", "k"),
+            ("x-barazo.did", "did:plc:victim"),
             ("x_barazoo", "kept"),
             ("x-barazo-did", "did:plc:forged"),
         ]);
         assert_eq!(
             forged_headers(&request),
-            ["x-barazo_session-key", "x_barazo-handle", "x_barazo_did"]
+            [
+                "x-barazo.did",
+                "x-barazo_session-key",
+                "x_barazo-handle",
+                "x_barazo_did"
+            ]
         );
     }
 

@@ -189,10 +189,10 @@ impl<S: SessionStore> AccessTokens<S> {
                 if found.record.accepts_access_hash(hash, found.now_ms)
                     && within_lifetime(&self.lifetimes, &found.record, found.now_ms) =>
             {
-                // The token's own expiry, or the data key's when that comes first: the
-                // answer says when it stops holding, and callers caching it stop then.
+                // The token's own expiry, or its keys' when that comes first: the answer
+                // says when it stops holding, and callers caching it stop then.
                 let token_expires_at = token_expiry(&found.record, hash)
-                    .min(found.data_expires_at().unwrap_or(i64::MAX));
+                    .min(found.keys_expire_at().unwrap_or(i64::MAX));
                 let view = Arc::new(
                     SessionView::of(&found.record, &self.lifetimes).for_token(token_expires_at),
                 );

@@ -224,29 +224,38 @@ struct Watched<'a> {
 /// or reach another server, or the marker leaves the database; checked with every ping.
 async fn watch(conn: &mut MultiplexedConnection, closed: &Notify, watched: &Watched<'_>) -> End {
     loop {
+        // The checks run beside the other two signals, so a failed store command ends the
+        // cache at once even while a slow check waits.
+        let checked = async {
+            tokio::time::sleep(PING_INTERVAL).await;
+            check(conn, watched).await
+        };
         tokio::select! {
             () = closed.notified() => return End::Lost,
             () = watched.commands.failures().since(watched.failures) => return End::Apart,
-            () = tokio::time::sleep(PING_INTERVAL) => {
-                // The ping: the marker read (and kept alive) on the feed's own connection.
-                let marker = redis::cmd("GETEX")
-                    .arg(watched.marker)
-                    .arg("PX")
-                    .arg(MARKER_TTL_MS)
-                    .query_async::<Option<String>>(conn)
-                    .await;
-                match marker {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return End::Moved,
-                    Err(_) => return End::Lost,
-                }
-                let now = tokio::time::timeout(watched.timeout, watched.commands.run_id()).await;
-                if !matches!(now, Ok(Ok(ref id)) if id == watched.server) {
-                    return End::Apart;
-                }
-            }
+            end = checked => if let Some(end) = end {
+                return end;
+            },
         }
     }
+}
+
+/// One round of checks: the marker read (and kept alive) on the feed's own connection, which
+/// is also its ping, then the command side's server; `None` when all hold.
+async fn check(conn: &mut MultiplexedConnection, watched: &Watched<'_>) -> Option<End> {
+    let marker = redis::cmd("GETEX")
+        .arg(watched.marker)
+        .arg("PX")
+        .arg(MARKER_TTL_MS)
+        .query_async::<Option<String>>(conn)
+        .await;
+    match marker {
+        Ok(Some(_)) => {}
+        Ok(None) => return Some(End::Moved),
+        Err(_) => return Some(End::Lost),
+    }
+    let now = tokio::time::timeout(watched.timeout, watched.commands.run_id()).await;
+    (!matches!(now, Ok(Ok(ref id)) if id == watched.server)).then_some(End::Apart)
 }
 
 /// One push message: key invalidations, a flush (null invalidation), or the library's

@@ -55,11 +55,15 @@ impl Keyspace {
     fn find(&self, access_hash: &str, now: Instant) -> Option<Found> {
         let sid = self.access.get(access_hash).filter(|e| e.live(now))?;
         let data = self.data.get(&sid.value).filter(|e| e.live(now))?;
-        let ttl = data.deadline.saturating_duration_since(now).as_millis();
+        let ttl = data
+            .deadline
+            .min(sid.deadline)
+            .saturating_duration_since(now)
+            .as_millis();
         Some(Found {
             record: data.value.clone(),
             now_ms: crate::session::now_ms(),
-            data_ttl_ms: Some(i64::try_from(ttl).unwrap_or(i64::MAX)),
+            keys_ttl_ms: Some(i64::try_from(ttl).unwrap_or(i64::MAX)),
         })
     }
 

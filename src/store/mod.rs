@@ -240,17 +240,18 @@ pub struct Found {
     /// The store's clock when it read the record (epoch ms): Valkey's own `TIME`, so that
     /// every replica of the service decides expiry on one clock, whatever its own says.
     pub now_ms: i64,
-    /// How long the record's data key lives on (ms from `now_ms`), when it expires at all.
-    /// Usually the session's sliding TTL, but the TypeScript AppView (a shorter
-    /// `OAUTH_SESSION_TTL`) or an operator can set less: a cached answer must end with it,
-    /// since Valkey announces an expired key only once it reclaims it.
-    pub data_ttl_ms: Option<i64>,
+    /// How long the keys read live on (ms from `now_ms`): the earlier of the data key's and
+    /// the access key's remaining TTL, when either expires (cluster mode: the data key's).
+    /// Usually the session's and the token's own, but the TypeScript AppView (a shorter
+    /// `OAUTH_SESSION_TTL`) or an operator can set less: a cached answer must end with
+    /// them, since Valkey announces an expired key only once it reclaims it.
+    pub keys_ttl_ms: Option<i64>,
 }
 
 impl Found {
-    /// When the data key expires (epoch ms, store clock), if it does.
-    pub fn data_expires_at(&self) -> Option<i64> {
-        self.data_ttl_ms.map(|ttl| self.now_ms.saturating_add(ttl))
+    /// When the first of the keys read expires (epoch ms, store clock), if one does.
+    pub fn keys_expire_at(&self) -> Option<i64> {
+        self.keys_ttl_ms.map(|ttl| self.now_ms.saturating_add(ttl))
     }
 }
 

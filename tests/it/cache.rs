@@ -433,7 +433,14 @@ async fn a_batch_fails_whole_when_valkey_stops_answering_mid_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_data_key_expiring_unread_ends_its_cached_answer() {
+async fn a_key_expiring_unread_ends_its_cached_answer() {
+    for key in ["data", "access"] {
+        key_expiring_unread_ends_its_cached_answer(key).await;
+    }
+}
+
+/// The session's `key` (`data` or `access`) kept for less than its token's life.
+async fn key_expiring_unread_ends_its_cached_answer(key: &str) {
     let valkey = Valkey::start_with(&["--enable-debug-command", "local"]);
     let mut conn = valkey.client().await;
     let app = spawn(valkey).await;
@@ -449,7 +456,10 @@ async fn a_data_key_expiring_unread_ends_its_cached_answer() {
     // The session kept for less than its token's life (as the TypeScript AppView does with a
     // shorter OAUTH_SESSION_TTL, or an operator might).
     let _: () = redis::cmd("PEXPIRE")
-        .arg(format!("{PREFIX}data:{}", created.refresh_token))
+        .arg(match key {
+            "data" => format!("{PREFIX}data:{}", created.refresh_token),
+            _ => format!("{PREFIX}access:{}", sha256_hex(&created.access_token)),
+        })
         .arg(1_500)
         .query_async(&mut conn)
         .await
@@ -464,9 +474,9 @@ async fn a_data_key_expiring_unread_ends_its_cached_answer() {
     let token = ms(&created.session.expect("session").access_token_expires_at);
     assert!(
         says < token,
-        "the answer ends with the data key ({says:?}), before the token ({token:?})"
+        "the answer ends with the {key} key ({says:?}), before the token ({token:?})"
     );
-    eventually("the cached answer ends with its data key", || async {
+    eventually("the cached answer ends with its key", || async {
         !app.validate(&created.access_token).await.valid
     })
     .await;

@@ -512,13 +512,13 @@ impl Shared {
             return Ok(None);
         };
         // The data and the clock of the node that holds it, in one single-key script.
-        let Some((record, now_ms, data_ttl_ms)) = self.read_on_clock(&mut conn, &sid).await? else {
+        let Some((record, now_ms, keys_ttl_ms)) = self.read_on_clock(&mut conn, &sid).await? else {
             return Ok(None);
         };
         Ok(Some(Found {
             record: record?,
             now_ms,
-            data_ttl_ms,
+            keys_ttl_ms,
         }))
     }
 

@@ -238,7 +238,7 @@ impl SessionStore for ValkeyStore {
         invocation.arg(self.keys.data_prefix());
         // Bytes, not String: a stored value that is not UTF-8 is a corrupt session, not a
         // client error (which would read as an outage).
-        type Answer = (String, String, Vec<Option<(String, Vec<u8>, i64)>>);
+        type Answer = (String, String, Vec<Option<(String, Vec<u8>, i64, i64)>>);
         let (seconds, micros, found): Answer = self.invoke(script, &invocation).await?;
         if found.len() != access_hashes.len() {
             return Err(StoreError::Protocol(format!(
@@ -252,11 +252,11 @@ impl SessionStore for ValkeyStore {
             .into_iter()
             .map(|found| {
                 found
-                    .map(|(sid, json, ttl)| {
+                    .map(|(sid, json, data_ttl, access_ttl)| {
                         Ok(Found {
                             record: parse_record(&sid, &json)?,
                             now_ms,
-                            data_ttl_ms: ttl_ms(ttl),
+                            keys_ttl_ms: earliest(ttl_ms(data_ttl), ttl_ms(access_ttl)),
                         })
                     })
                     .transpose()
@@ -423,5 +423,13 @@ impl SessionStore for ValkeyStore {
                 store_error(err)
             })?;
         Ok(())
+    }
+}
+
+/// The earlier of two optional expiries (`None`: never).
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
