@@ -190,9 +190,14 @@ impl<S: SessionStore> AccessTokens<S> {
                     && within_lifetime(&self.lifetimes, &found.record, found.now_ms) =>
             {
                 // The token's own expiry, or its keys' when that comes first: the answer
-                // says when it stops holding, and callers caching it stop then.
-                let token_expires_at = token_expiry(&found.record, hash)
-                    .min(found.keys_expire_at().unwrap_or(i64::MAX));
+                // says when it stops holding, and callers caching it stop then. (A key that
+                // ends within a few milliseconds of the token is the token's own TTL read
+                // in whole milliseconds: the record's figure stands.)
+                let own = token_expiry(&found.record, hash);
+                let token_expires_at = found
+                    .keys_expire_at()
+                    .filter(|&keys| keys.saturating_add(KEY_CLOCK_SLACK_MS) < own)
+                    .unwrap_or(own);
                 let view = Arc::new(
                     SessionView::of(&found.record, &self.lifetimes).for_token(token_expires_at),
                 );
@@ -231,6 +236,9 @@ impl<S: SessionStore> AccessTokens<S> {
         }
     }
 }
+
+/// How much earlier than its token a key must end to cut the answer short (see `judge`).
+const KEY_CLOCK_SLACK_MS: i64 = 5;
 
 /// What a token's shape and the cache tell before any store call.
 enum Probe {

@@ -241,7 +241,8 @@ pub struct Found {
     /// every replica of the service decides expiry on one clock, whatever its own says.
     pub now_ms: i64,
     /// How long the keys read live on (ms from `now_ms`): the earlier of the data key's and
-    /// the access key's remaining TTL, when either expires (cluster mode: the data key's).
+    /// the access key's remaining TTL, when either expires (cluster mode and the memory
+    /// store: the data key's).
     /// Usually the session's and the token's own, but the TypeScript AppView (a shorter
     /// `OAUTH_SESSION_TTL`) or an operator can set less: a cached answer must end with
     /// them, since Valkey announces an expired key only once it reclaims it.
