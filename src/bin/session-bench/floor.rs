@@ -12,18 +12,15 @@ use barazo_session::proto::{
     ClientInfo, Session, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
     ValidateAccessTokensRequest, ValidateAccessTokensResponse,
 };
+use barazo_session::rpc::Rpc;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::{Request, Response, Status};
 
-/// The paths it answers; every other is `UNIMPLEMENTED`.
-const VALIDATE: &str = "/barazo.session.v1.SessionService/ValidateAccessToken";
-const VALIDATE_MANY: &str = "/barazo.session.v1.SessionService/ValidateAccessTokens";
-
-/// The real server's limit on one batch, kept so the floor refuses what it refuses.
-const MAX_TOKENS: usize = 1000;
+/// The real server's limit on one batch, so the floor refuses what it refuses.
+const MAX_TOKENS: usize = barazo_session::service::MAX_TOKENS_PER_BATCH;
 
 /// The storeless service: one fixed answer, shared by every call.
 #[derive(Clone)]
@@ -32,7 +29,7 @@ pub(crate) struct Floor {
 }
 
 impl tonic::server::NamedService for Floor {
-    const NAME: &'static str = "barazo.session.v1.SessionService";
+    const NAME: &'static str = barazo_session::proto::session_service_server::SERVICE_NAME;
 }
 
 impl Floor {
@@ -124,8 +121,10 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let answer = self.answer.clone();
         Box::pin(async move {
-            Ok(match request.uri().path() {
-                VALIDATE => {
+            // The paths it answers; every other is `UNIMPLEMENTED`.
+            let path = request.uri().path();
+            Ok(match Rpc::from_path(path) {
+                Some(Rpc::ValidateAccessToken) => {
                     let codec = tonic_prost::ProstCodec::<
                         ValidateAccessTokenResponse,
                         ValidateAccessTokenRequest,
@@ -134,7 +133,7 @@ where
                         .unary(One(answer), request)
                         .await
                 }
-                VALIDATE_MANY => {
+                Some(Rpc::ValidateAccessTokens) => {
                     let codec = tonic_prost::ProstCodec::<
                         ValidateAccessTokensResponse,
                         ValidateAccessTokensRequest,
@@ -143,8 +142,8 @@ where
                         .unary(Many(answer), request)
                         .await
                 }
-                other => Status::unimplemented(format!(
-                    "the floor answers only ValidateAccessToken(s), not {other}"
+                _ => Status::unimplemented(format!(
+                    "the floor answers only ValidateAccessToken(s), not {path}"
                 ))
                 .into_http(),
             })

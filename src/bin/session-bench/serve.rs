@@ -64,7 +64,7 @@ async fn serve_until_stopped(serve: &Serve) -> std::io::Result<()> {
     // No Nagle delay on small answers, as the real server's listener (server.rs).
     let incoming = TcpIncoming::bind(*listen)?.with_nodelay(Some(true));
     let addr = incoming.local_addr()?;
-    let stopped = stop_signal()?;
+    let stopped = barazo_session::server::shutdown_signal()?;
     // The real server's defaults (config/mod.rs): 100 streams per connection, keepalive
     // pings every 30 s with 10 s to answer; tonic's HTTP/2 settings otherwise, as the real
     // server keeps them (transport.rs).
@@ -122,24 +122,4 @@ fn service_transport() -> Transport {
         backstop: request_timeout + Duration::from_secs(1),
         send_limit: request_timeout,
     }
-}
-
-/// Resolves on the first SIGINT or SIGTERM.
-fn stop_signal() -> std::io::Result<impl Future<Output = ()>> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        Ok(async move {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-        })
-    }
-    #[cfg(not(unix))]
-    Ok(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
 }
