@@ -43,24 +43,21 @@ async function delayingProxy(port) {
   return proxy;
 }
 
-test("a refresh whose answer is lost to a slow Valkey is repeated within the grace: the user stays signed in, no reuse", async (t) => {
+/** A Valkey behind a delaying proxy, and a service with rotation on reaching it through it. */
+async function slowStack(t, args = []) {
   const valkey = await startValkey();
   t.after(() => valkey.kill());
   const proxy = await delayingProxy(valkey.port);
   t.after(() => proxy.close());
   const server = await startServer({
-    args: [
-      "--valkey-url",
-      `redis://127.0.0.1:${proxy.port}`,
-      "--refresh-token-rotation",
-      "on",
-      "--refresh-reuse-grace",
-      "2",
-      "--metrics-listen",
-      "127.0.0.1:0",
-    ],
+    args: ["--valkey-url", `redis://127.0.0.1:${proxy.port}`, "--refresh-token-rotation", "on", ...args],
   });
   t.after(() => server.kill());
+  return { proxy, server };
+}
+
+test("a refresh whose answer is lost to a slow Valkey is repeated within the grace: the user stays signed in, no reuse", async (t) => {
+  const { proxy, server } = await slowStack(t, ["--refresh-reuse-grace", "2", "--metrics-listen", "127.0.0.1:0"]);
 
   // Each refresh attempt, as the client makes it: the first one's failure ends the spike.
   const attempts = [];
@@ -103,14 +100,7 @@ test("a refresh whose answer is lost to a slow Valkey is repeated within the gra
 });
 
 test("refreshRetry: false leaves a lost refresh to the caller", async (t) => {
-  const valkey = await startValkey();
-  t.after(() => valkey.kill());
-  const proxy = await delayingProxy(valkey.port);
-  t.after(() => proxy.close());
-  const server = await startServer({
-    args: ["--valkey-url", `redis://127.0.0.1:${proxy.port}`, "--refresh-token-rotation", "on"],
-  });
-  t.after(() => server.kill());
+  const { proxy, server } = await slowStack(t);
   const client = createSessionClient({
     address: server.addr,
     validationCache: false,
