@@ -16,7 +16,9 @@
 //! - the successor of a token is derived from it and a random nonce stored with the
 //!   session: `derive(previous, nonce)`. A concurrent use of the previous token within the
 //!   grace gets the stored nonce back and so the very same successor, while the session
-//!   stores only digests (the nonce without the previous token yields nothing).
+//!   stores only digests (the nonce without the previous token yields nothing). A token
+//!   rotated away from earlier, still inside the grace, reaches the current one along the
+//!   nonces of the rotations since ([`successor_along`]).
 
 use crate::session::{Token, is_well_formed_token, sha256_hex};
 
@@ -40,7 +42,7 @@ pub enum Lookup {
 pub struct Presented {
     /// How to find its session.
     pub lookup: Lookup,
-    /// SHA-256 of the whole token, compared with the session's current and previous ones.
+    /// SHA-256 of the whole token, compared with the session's current and rotated-away ones.
     pub token_hash: String,
 }
 
@@ -106,6 +108,15 @@ pub fn successor(previous: &str, nonce: &str) -> String {
     };
     let secret = sha256_hex(&format!("barazo-refresh-successor:{previous}:{nonce}"));
     assemble(&family, &secret[..BODY_LEN - FAMILY_LEN])
+}
+
+/// The token `nonces` lead to from `token`, one [`successor`] per nonce: how a token rotated
+/// away from earlier within the grace reaches the session's current one
+/// ([`crate::session::SessionRecord::successor_path`] gives the nonces).
+pub fn successor_along(token: &str, nonces: &[&str]) -> String {
+    nonces
+        .iter()
+        .fold(token.to_owned(), |token, nonce| successor(&token, nonce))
 }
 
 /// SHA-256 of a rotated token's family: the name of its `refresh:` key.

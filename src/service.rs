@@ -198,14 +198,14 @@ impl<S: SessionStore> SessionApi<S> {
         let refreshed = self.found(outcome, Rpc::RefreshSession)?;
         // The successor the session now has for this token (rotated now, or by a
         // concurrent refresh within the grace): derived, never stored.
-        let refresh_token = match &refreshed.successor_nonce {
-            Some(nonce) => {
-                let successor = rotation::successor(&req.refresh_token, nonce);
+        let refresh_token = match refreshed.record.successor_path(&presented.token_hash) {
+            Some(nonces) => {
+                let successor = rotation::successor_along(&req.refresh_token, &nonces);
                 if refreshed.record.refresh_token_hash.as_deref() != Some(&sha256_hex(&successor)) {
-                    // By construction the successor of the presented token under the nonce
-                    // the store answered is the session's current token; only a foreign
-                    // writer changing the rotation fields breaks that. Hand out no cookie
-                    // that would not work (the token just added expires unused).
+                    // By construction the presented token's successor along the nonces the
+                    // record names is the session's current token; only a foreign writer
+                    // changing the rotation fields breaks that. Hand out no cookie that
+                    // would not work (the token just added expires unused).
                     return Err(RequestError::SessionNotFound);
                 }
                 successor

@@ -288,6 +288,30 @@ pub struct SessionRecord {
     /// concurrent use of the previous one within the grace gets the same successor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_nonce: Option<String>,
+    /// The rotations before the previous one that are still inside the grace, oldest
+    /// first, at most [`MAX_EARLIER_ROTATIONS`]: a tab that still holds one of those
+    /// tokens gets the current successor too (derived along their nonces).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_rotations: Vec<EarlierRotation>,
+}
+
+/// How many rotations before the previous one a session remembers (each 182 bytes of
+/// JSON). Rotations happen only when the current token is presented, so more than five
+/// inside one grace means five refreshes in a row from tabs that already had the newest
+/// cookie; a token pushed out is judged as any old one (reuse).
+pub const MAX_EARLIER_ROTATIONS: usize = 4;
+
+/// One rotation still inside the grace: the refresh token hashed `hash` was replaced at
+/// `rotated_at` by its successor under `nonce`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EarlierRotation {
+    /// SHA-256 of the replaced refresh token.
+    pub hash: String,
+    /// The nonce its successor was derived with.
+    pub nonce: String,
+    /// When it was replaced (epoch ms).
+    pub rotated_at: i64,
 }
 
 /// What a presented refresh token is to the session it names.
@@ -295,9 +319,9 @@ pub struct SessionRecord {
 pub enum Role {
     /// The session's current refresh token.
     Current,
-    /// The previous one, within the grace after its rotation: concurrent use (tabs).
+    /// One the session rotated away from less than the grace ago: concurrent use (tabs).
     Grace,
-    /// An older one, or the previous one after the grace: theft; the session is revoked.
+    /// One rotated away from longer ago than the grace: theft; the session is revoked.
     Reuse,
     /// Not a token of this session (its record was rewritten by the TypeScript code).
     Foreign,
@@ -390,25 +414,76 @@ impl SessionRecord {
         if constant_time_eq(current.as_bytes(), presented.token_hash.as_bytes()) {
             return Role::Current;
         }
-        let previous = self.previous_refresh_token_hash.as_deref().unwrap_or("");
-        let rotated_at = self.rotated_at.unwrap_or(i64::MIN);
-        if constant_time_eq(previous.as_bytes(), presented.token_hash.as_bytes())
-            && now_ms.saturating_sub(rotated_at) < grace_ms
-        {
-            Role::Grace
-        } else {
-            Role::Reuse
-        }
+        // Every rotated-away token is compared, without an early exit.
+        let in_grace = self
+            .rotations()
+            .fold(false, |found, (hash, _, rotated_at)| {
+                let matches = constant_time_eq(hash.as_bytes(), presented.token_hash.as_bytes());
+                found | (matches & (now_ms.saturating_sub(rotated_at) < grace_ms))
+            });
+        if in_grace { Role::Grace } else { Role::Reuse }
+    }
+
+    /// The rotations the session remembers, oldest first, the previous one last: the
+    /// replaced token's hash, the nonce its successor was derived with, when.
+    fn rotations(&self) -> impl Iterator<Item = (&str, &str, i64)> {
+        let previous = match (
+            &self.previous_refresh_token_hash,
+            &self.rotation_nonce,
+            self.rotated_at,
+        ) {
+            (Some(hash), Some(nonce), Some(at)) => Some((hash.as_str(), nonce.as_str(), at)),
+            _ => None,
+        };
+        self.earlier_rotations
+            .iter()
+            .map(|r| (r.hash.as_str(), r.nonce.as_str(), r.rotated_at))
+            .chain(previous)
+    }
+
+    /// The nonces that lead from the refresh token hashed `presented_hash` to the current
+    /// one, in order (see [`crate::rotation::successor_along`]); `None` when the session
+    /// did not rotate away from that token.
+    pub fn successor_path(&self, presented_hash: &str) -> Option<Vec<&str>> {
+        let steps: Vec<(&str, &str, i64)> = self.rotations().collect();
+        let start = steps
+            .iter()
+            .position(|(hash, _, _)| *hash == presented_hash)?;
+        Some(steps[start..].iter().map(|(_, nonce, _)| *nonce).collect())
     }
 
     /// Moves the session to `candidate`'s successor of the current refresh token
-    /// (`presented_hash`) at `now_ms`. Returns whether the session had no family yet (its
-    /// `refresh:` key is to be written).
-    pub fn rotate(&mut self, presented_hash: &str, candidate: &Candidate, now_ms: i64) -> bool {
+    /// (`presented_hash`) at `now_ms`; the previous rotation joins the earlier ones, which
+    /// keep those inside `grace_ms` (at most [`MAX_EARLIER_ROTATIONS`]). Returns whether
+    /// the session had no family yet (its `refresh:` key is to be written). The rules of
+    /// `session_json.lua`'s `rotate`.
+    pub fn rotate(
+        &mut self,
+        presented_hash: &str,
+        candidate: &Candidate,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> bool {
         let new_family = self.refresh_family.is_none();
         if new_family {
             self.refresh_family = Some(candidate.family_hash.clone());
         }
+        let mut earlier: Vec<EarlierRotation> = self
+            .rotations()
+            .map(|(hash, nonce, rotated_at)| EarlierRotation {
+                hash: hash.to_owned(),
+                nonce: nonce.to_owned(),
+                rotated_at,
+            })
+            .collect();
+        // Only from the oldest end, so the rest still chains up to the current token.
+        let stale = earlier
+            .iter()
+            .take_while(|r| now_ms.saturating_sub(r.rotated_at) >= grace_ms)
+            .count()
+            .max(earlier.len().saturating_sub(MAX_EARLIER_ROTATIONS));
+        earlier.drain(..stale);
+        self.earlier_rotations = earlier;
         self.previous_refresh_token_hash = Some(presented_hash.to_owned());
         self.refresh_token_hash = Some(candidate.successor_hash.clone());
         self.rotated_at = Some(now_ms);
@@ -690,6 +765,56 @@ mod tests {
         assert!(record.access_tokens.is_empty());
         let json = record.to_json();
         assert!(!json.contains("accessTokens"), "{json}");
+    }
+
+    #[test]
+    fn rotations_inside_the_grace_chain_up_to_the_current_token() {
+        use crate::rotation::{self, Candidate, Presented};
+        let grace = 10_000;
+        let first = rotation::first_token().expect("rng");
+        let mut record = SessionRecord {
+            sid: "s".into(),
+            refresh_family: Some(rotation::family_hash(&first)),
+            refresh_token_hash: Some(sha256_hex(&first)),
+            ..Default::default()
+        };
+        let mut cookies = vec![first];
+        for at in [1_000, 2_000, 3_000, 4_000, 5_000, 6_000] {
+            let current = cookies.last().expect("a cookie").clone();
+            let candidate = Candidate::new(&current).expect("rng");
+            assert!(!record.rotate(&sha256_hex(&current), &candidate, at, grace));
+            cookies.push(rotation::successor(&current, &candidate.nonce));
+            assert_eq!(
+                record.refresh_token_hash,
+                Some(sha256_hex(cookies.last().expect("a cookie")))
+            );
+        }
+        let role = |cookie: &str, now| {
+            record.role_of(&Presented::parse(cookie).expect("token"), now, grace)
+        };
+        assert_eq!(role(&cookies[6], 6_000), Role::Current);
+        // The previous and four earlier: each reaches the current token.
+        assert_eq!(record.earlier_rotations.len(), MAX_EARLIER_ROTATIONS);
+        for cookie in &cookies[1..6] {
+            assert_eq!(role(cookie, 6_500), Role::Grace);
+            let path = record.successor_path(&sha256_hex(cookie)).expect("a path");
+            assert_eq!(rotation::successor_along(cookie, &path), cookies[6]);
+        }
+        // Pushed out by the bound; and each one's own rotation time counts.
+        assert_eq!(role(&cookies[0], 6_500), Role::Reuse);
+        assert!(record.successor_path(&sha256_hex(&cookies[0])).is_none());
+        assert_eq!(role(&cookies[1], 12_000), Role::Reuse, "rotated at 2 000");
+        assert_eq!(role(&cookies[2], 12_000), Role::Grace, "rotated at 3 000");
+        // The next rotation forgets those older than the grace, from the oldest end.
+        let candidate = Candidate::new(&cookies[6]).expect("rng");
+        record.rotate(&sha256_hex(&cookies[6]), &candidate, 14_500, grace);
+        let kept: Vec<i64> = record
+            .earlier_rotations
+            .iter()
+            .map(|r| r.rotated_at)
+            .collect();
+        assert_eq!(kept, [5_000, 6_000]);
+        assert_eq!(record.rotated_at, Some(14_500));
     }
 
     #[test]

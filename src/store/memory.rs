@@ -309,15 +309,14 @@ impl SessionStore for MemoryStore {
             refresh.new_access_hash.to_owned(),
             Expiring::new(sid.to_owned(), lifetimes.access_token),
         );
-        let successor_nonce = match (role, refresh.rotation) {
-            (Role::Current, Some(candidate)) => {
-                record.rotate(&presented.token_hash, candidate, now_ms);
-                Some(candidate.nonce.clone())
-            }
-            // Concurrent use of the previous token: the successor it already has.
-            (Role::Grace, _) => record.rotation_nonce.clone(),
-            _ => None,
-        };
+        if let (Role::Current, Some(candidate)) = (role, refresh.rotation) {
+            record.rotate(
+                &presented.token_hash,
+                candidate,
+                now_ms,
+                lifetimes.tokens.grace_ms(),
+            );
+        }
         if let Some(family) = &record.refresh_family {
             ks.families.insert(
                 family.clone(),
@@ -329,10 +328,7 @@ impl SessionStore for MemoryStore {
             Expiring::new(record.clone(), lifetimes.session),
         );
         ks.index(&record.did, sid, lifetimes.session, now);
-        Ok(ByRefresh::Found(Refreshed {
-            record,
-            successor_nonce,
-        }))
+        Ok(ByRefresh::Found(Refreshed { record }))
     }
 
     async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {

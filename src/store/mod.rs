@@ -90,8 +90,8 @@ pub struct TokenRules {
     pub max_access_tokens: usize,
     /// Whether refresh tokens rotate (each refresh issues a new one).
     pub rotation: bool,
-    /// How long after a rotation the previous refresh token still counts as concurrent
-    /// use (it gets the same successor) rather than reuse (the session is revoked).
+    /// How long after its rotation a refresh token still counts as concurrent use (it
+    /// gets the session's current one) rather than reuse (the session is revoked).
     pub reuse_grace: Duration,
 }
 
@@ -112,7 +112,7 @@ impl TokenRules {
 /// What a call naming a session by a refresh token found. Not `Debug`: `sid` may be a live
 /// refresh token.
 pub enum ByRefresh<T> {
-    /// The token is the session's current one (or the previous one within the grace).
+    /// The token is the session's current one (or one rotated away from within the grace).
     Found(T),
     /// No live session has that token (unknown, expired, or rewritten by a writer that
     /// does not know rotation).
@@ -291,13 +291,12 @@ pub struct Refresh<'a> {
     pub rotation: Option<&'a Candidate>,
 }
 
-/// A refresh's result: the session as written and, when the presented refresh token has a
-/// successor (rotated now, or earlier within the grace), the nonce it is derived with.
+/// A refresh's result: the session as written, with its new access token. When the
+/// presented refresh token has a successor (rotated now, or earlier within the grace), the
+/// record holds the way to it ([`SessionRecord::successor_path`]).
 pub struct Refreshed {
     /// The session with its new access token.
     pub record: SessionRecord,
-    /// The successor's nonce (see [`crate::rotation::successor`]); `None`: no rotation.
-    pub successor_nonce: Option<String>,
 }
 
 /// How many members of a DID index one create inspects for expired sessions. Bounded so
@@ -348,9 +347,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// `client`, when given, replaces the stored device facts; `refreshedAt` becomes now.
     ///
     /// The session is the one `presented` names, judged by [`SessionRecord::role_of`]: the
-    /// current token (rotated to `refresh.rotation` when given) or the previous one within
-    /// `lifetimes.tokens.reuse_grace` (no new rotation; its successor's nonce comes back)
-    /// refresh it; an older one revokes the whole session ([`ByRefresh::Reused`]).
+    /// current token (rotated to `refresh.rotation` when given) or one the session rotated
+    /// away from less than `lifetimes.tokens.reuse_grace` ago (no new rotation; the record
+    /// names its way to the current one) refresh it; an older one revokes the whole session ([`ByRefresh::Reused`]).
     fn refresh(
         &self,
         presented: &Presented,

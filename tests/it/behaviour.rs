@@ -55,7 +55,10 @@ for_each_store!(
     a_validation_answers_with_the_tokens_own_expiry,
     rotation_issues_a_new_refresh_token_on_every_refresh,
     concurrent_refreshes_with_one_cookie_converge_on_one_successor,
-    the_previous_cookie_within_the_grace_gets_the_same_successor,
+    every_cookie_rotated_within_the_grace_gets_the_current_successor,
+    a_cookie_rotated_longer_ago_than_the_grace_is_reuse,
+    tabs_with_cookies_of_two_generations_refresh_at_once,
+    a_session_remembers_a_bounded_number_of_rotations,
     an_old_cookie_after_the_grace_revokes_the_session,
     a_stolen_cookie_ends_the_session_for_both,
     refresh_racing_delete_never_leaves_a_valid_token,
@@ -791,6 +794,14 @@ async fn refresh_all(app: &TestApp, cookie: &str, n: usize) -> Vec<(String, Stri
 }
 
 const ROTATION: &[&str] = &["--refresh-token-rotation", "on"];
+/// A grace short enough to wait out in a test.
+const SHORT_GRACE: Duration = Duration::from_secs(1);
+const ROTATION_SHORT_GRACE: &[&str] = &[
+    "--refresh-token-rotation",
+    "on",
+    "--refresh-reuse-grace",
+    "1",
+];
 const ROTATION_NO_GRACE: &[&str] = &[
     "--refresh-token-rotation",
     "on",
@@ -861,9 +872,10 @@ async fn concurrent_refreshes_with_one_cookie_converge_on_one_successor(store: B
     app.refresh(next).await.expect("the successor refreshes");
 }
 
-/// The previous cookie within the grace gets the same successor (tabs that sent it at
-/// once); an older one is reuse: the session ends, every access token with it.
-async fn the_previous_cookie_within_the_grace_gets_the_same_successor(store: Backend) {
+/// Three tabs load together while the cookie jar moves on twice (issue 21, finding 6):
+/// every cookie the session rotated away from within the grace gets the current
+/// successor, however many rotations ago, and every tab's access token validates.
+async fn every_cookie_rotated_within_the_grace_gets_the_current_successor(store: Backend) {
     let app = TestApp::spawn_with(store, ROTATION).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let r0 = created.refresh_token.clone();
@@ -873,17 +885,79 @@ async fn the_previous_cookie_within_the_grace_gets_the_same_successor(store: Bac
         again.refresh_token, first.refresh_token,
         "the same successor"
     );
-    assert!(app.validate(&again.access_token).await.valid);
     // Logout and "log out everywhere else" accept it within the grace too.
     assert_eq!(revoke_others(&app, &r0).await.expect("previous cookie"), 0);
     let second = app.refresh(&first.refresh_token).await.expect("refresh");
-    // r0 is now two rotations old: reuse.
+    // r0 is two rotations old now, but was rotated away from well inside the grace.
+    let late = app
+        .refresh(&r0)
+        .await
+        .expect("two rotations back, within the grace");
+    assert_eq!(late.refresh_token, second.refresh_token, "the current one");
+    let third = app.refresh(&second.refresh_token).await.expect("refresh");
+    for cookie in [&r0, &first.refresh_token] {
+        let tab = app.refresh(cookie).await.expect("any rotated cookie");
+        assert_eq!(tab.refresh_token, third.refresh_token);
+    }
+    for token in [
+        &created.access_token,
+        &first.access_token,
+        &again.access_token,
+        &second.access_token,
+        &late.access_token,
+        &third.access_token,
+    ] {
+        assert!(app.validate(token).await.valid, "every tab's token");
+    }
+    app.refresh(&third.refresh_token)
+        .await
+        .expect("the current cookie rotates on");
+}
+
+/// Tabs holding cookies of two generations refresh at once (raced): every one succeeds,
+/// each gets a cookie that is the current one or the one before it, and the session is
+/// never judged stolen.
+async fn tabs_with_cookies_of_two_generations_refresh_at_once(store: Backend) {
+    let app = TestApp::spawn_with(store, ROTATION).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let r0 = created.refresh_token.clone();
+    let r1 = app.refresh(&r0).await.expect("refresh").refresh_token;
+    // Three and three: with the first two, eight access tokens, the cap, all live.
+    let (old, new) = tokio::join!(refresh_all(&app, &r0, 3), refresh_all(&app, &r1, 3));
+    let from_r1: std::collections::HashSet<&str> = new.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(from_r1.len(), 1, "r1 moves on once: {from_r1:?}");
+    let r2 = new[0].1.clone();
+    assert!(r2 != r1 && r2 != r0);
+    for (access, cookie) in old.iter().chain(&new) {
+        assert!(*cookie == r1 || *cookie == r2, "r0's tabs get r1 or r2");
+        assert!(app.validate(access).await.valid);
+    }
+    let last = app.refresh(&r2).await.expect("the session lives on");
+    assert!(app.validate(&last.access_token).await.valid);
+}
+
+/// Only a cookie whose own rotation is older than the grace is reuse, even when a later
+/// one of the session is still inside it: the session ends, every token with it.
+async fn a_cookie_rotated_longer_ago_than_the_grace_is_reuse(store: Backend) {
+    let app = TestApp::spawn_with(store, ROTATION_SHORT_GRACE).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let r0 = created.refresh_token.clone();
+    let first = app.refresh(&r0).await.expect("refresh");
+    // The grace is a span of time: let it pass for r0's rotation.
+    tokio::time::sleep(SHORT_GRACE + Duration::from_millis(50)).await;
+    let second = app.refresh(&first.refresh_token).await.expect("refresh");
+    let tab = app
+        .refresh(&first.refresh_token)
+        .await
+        .expect("r1 was rotated away from just now");
+    assert_eq!(tab.refresh_token, second.refresh_token);
     let status = app.refresh(&r0).await.expect_err("reuse");
     assert_eq!(status.code(), Code::NotFound);
     for token in [
         &created.access_token,
         &first.access_token,
         &second.access_token,
+        &tab.access_token,
     ] {
         assert!(
             !app.validate(token).await.valid,
@@ -895,6 +969,33 @@ async fn the_previous_cookie_within_the_grace_gets_the_same_successor(store: Bac
             .await
             .expect_err("revoked")
             .code(),
+        Code::NotFound
+    );
+}
+
+/// A session remembers the previous rotation and four before it (bounded storage): a
+/// cookie pushed out by more rotations within the grace is judged as any old one.
+async fn a_session_remembers_a_bounded_number_of_rotations(store: Backend) {
+    let app = TestApp::spawn_with(store, ROTATION).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let mut cookies = vec![created.refresh_token.clone()];
+    for _ in 0..6 {
+        let next = app
+            .refresh(cookies.last().expect("a cookie"))
+            .await
+            .expect("refresh");
+        cookies.push(next.refresh_token);
+    }
+    let current = cookies[6].clone();
+    // cookies[1..=5] are remembered: each gets the current one.
+    for cookie in &cookies[1..6] {
+        let tab = app.refresh(cookie).await.expect("remembered");
+        assert_eq!(tab.refresh_token, current);
+    }
+    let status = app.refresh(&cookies[0]).await.expect_err("pushed out");
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        app.refresh(&current).await.expect_err("revoked").code(),
         Code::NotFound
     );
 }

@@ -1064,8 +1064,8 @@ async fn dump(conn: &mut redis::aio::MultiplexedConnection) -> String {
 }
 
 /// Rotation on, a session the TypeScript code created (its cookie is the session id): the
-/// first refresh moves it to rotated tokens; the session id then works as the previous
-/// token within the grace, and is reuse once older. Neither a dump nor MONITOR ever shows
+/// first refresh moves it to rotated tokens; the session id then works as a rotated-away
+/// token within the grace, and is reuse once its rotation is older. Neither a dump nor MONITOR ever shows
 /// a rotated refresh token; what the TypeScript code wrote keeps its shape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_typescript_session_moves_to_rotated_refresh_tokens_on_its_first_refresh() {
@@ -1074,6 +1074,8 @@ async fn a_typescript_session_moves_to_rotated_refresh_tokens_on_its_first_refre
         &[
             "--refresh-token-rotation",
             "on",
+            "--refresh-reuse-grace",
+            "2",
             "--health-check-interval-ms",
             "3600000",
         ],
@@ -1135,8 +1137,9 @@ async fn a_typescript_session_moves_to_rotated_refresh_tokens_on_its_first_refre
     assert_eq!(others.expect("revoke others").into_inner().revoked_count, 0);
     assert!(lines.iter().all(|l| !l.contains(&r2)), "{lines:?}");
 
-    // The session id is now two rotations old: reuse, the session is revoked, nothing is
-    // left behind.
+    // Once the session id's rotation is older than the grace it is reuse: the session is
+    // revoked, nothing is left behind.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(
         app.refresh(&sid).await.expect_err("reuse").code(),
         Code::NotFound
@@ -1147,6 +1150,57 @@ async fn a_typescript_session_moves_to_rotated_refresh_tokens_on_its_first_refre
         "{:?}",
         keys(&mut conn, &format!("{PREFIX}*")).await
     );
+}
+
+/// What a session keeps for the grace is bounded: after many rotations inside it, the
+/// record holds the previous rotation and four earlier ones (oldest first, in the shape
+/// `session_json.lua` and `SessionRecord` write byte for byte), about 180 bytes each; every
+/// key keeps a TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotations_a_session_remembers_are_bounded_in_bytes() {
+    let app = TestApp::spawn_with(StoreKind::Valkey, &["--refresh-token-rotation", "on"]).await;
+    let mut conn = app.valkey().client().await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let key = created.session.expect("session").session_key;
+    let mut cookie = created.refresh_token;
+    for _ in 0..10 {
+        cookie = app.refresh(&cookie).await.expect("refresh").refresh_token;
+    }
+    let json = data_json(&mut conn).await;
+    let record = barazo_session::session::SessionRecord::from_json(&json).expect("readable");
+    assert_eq!(record.to_json(), json, "Lua and Rust write the same bytes");
+    assert_eq!(
+        record.earlier_rotations.len(),
+        barazo_session::session::MAX_EARLIER_ROTATIONS
+    );
+    assert!(
+        record
+            .earlier_rotations
+            .windows(2)
+            .all(|w| w[0].rotated_at <= w[1].rotated_at),
+        "oldest first"
+    );
+    assert_eq!(record.refresh_token_hash, Some(sha256_hex(&cookie)));
+    assert_eq!(sha256_hex(&record.sid), key);
+    let mut without = record.clone();
+    without.earlier_rotations.clear();
+    let earlier_bytes = json.len() - without.to_json().len();
+    assert!(
+        earlier_bytes <= 4 * 185,
+        "four earlier rotations take {earlier_bytes} bytes"
+    );
+    assert!(json.len() < 4096, "{} bytes", json.len());
+    for key in keys(&mut conn, &format!("{PREFIX}*")).await {
+        let ttl: i64 = conn.pttl(&key).await.expect("PTTL");
+        assert!(ttl > 0, "{key} has a TTL ({ttl})");
+    }
+}
+
+/// The one session's stored JSON (the test's Valkey holds one session).
+async fn data_json(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    let keys = keys(conn, &format!("{PREFIX}data:*")).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    conn.get(&keys[0]).await.expect("data")
 }
 
 /// Rotation on: which TypeScript paths stop working, and that this service corrupts

@@ -606,8 +606,8 @@ impl Shared {
         let Some(written) = written else {
             return Ok(ByRefresh::NotFound);
         };
-        let (json, access_ttl_ms, nonce, removed) = match written.as_slice() {
-            [status, json, ttl, nonce, removed @ ..] if status == b"ok" => {
+        let (json, access_ttl_ms, removed) = match written.as_slice() {
+            [status, json, ttl, removed @ ..] if status == b"ok" => {
                 let ttl = std::str::from_utf8(ttl)
                     .ok()
                     .and_then(|ttl| ttl.parse::<u64>().ok())
@@ -616,7 +616,7 @@ impl Shared {
                             "refresh_data answered a TTL that is not a number".into(),
                         )
                     })?;
-                (json, ttl, nonce, removed)
+                (json, ttl, removed)
             }
             [status] if status == b"expired" => {
                 // Past its absolute deadline: the session ends now, every token with it.
@@ -669,11 +669,7 @@ impl Shared {
             self.del(&mut conn, self.keys.access(&refresh.new_access_hash))
                 .await?;
         }
-        Ok(ByRefresh::Found(Refreshed {
-            record,
-            successor_nonce: (!nonce.is_empty())
-                .then(|| String::from_utf8_lossy(nonce).into_owned()),
-        }))
+        Ok(ByRefresh::Found(Refreshed { record }))
     }
 
     /// The stored session under `sid` (as [`Shared::read`]) and the clock of the node that

@@ -300,11 +300,10 @@ impl SessionStore for ValkeyStore {
         };
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
         match outcome.as_slice() {
-            [status, json, sid, nonce] if status == b"ok" => {
+            [status, json, sid] if status == b"ok" => {
                 let sid = text(sid);
                 Ok(ByRefresh::Found(Refreshed {
                     record: parse_record(&sid, json)?,
-                    successor_nonce: (!nonce.is_empty()).then(|| text(nonce)),
                 }))
             }
             // Past its absolute lifetime: the script has removed it.

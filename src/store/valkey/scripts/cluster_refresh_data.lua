@@ -15,8 +15,8 @@
 -- Returns nil (no session, or not this token's), {'corrupt'} (unreadable now: nothing
 -- written), {'expired'} (past its absolute deadline: nothing written, the caller revokes
 -- it), {'reuse'} (an old refresh token: nothing written, the caller revokes the session), or
--- {'ok', the JSON written, the new token's TTL in ms, the successor's nonce ('' none), the
--- hashes of the tokens it revoked…} (their keys are the caller's to delete; they no longer
+-- {'ok', the JSON written, the new token's TTL in ms, the hashes of the tokens it
+-- revoked…} (their keys are the caller's to delete; they no longer
 -- validate, the data no longer names them).
 local raw = redis.call('GET', KEYS[1])
 if not raw then
@@ -54,18 +54,13 @@ if ARGV[5] == '1' then
 end
 local tokens, removed = next_tokens(s, ARGV[9], tonumber(ARGV[10]), now)
 local rotation = rotation_of(s)
-local nonce = ''
 if role == 'current' and ARGV[14] ~= '' then
-  rotation = {family = rotation and rotation.family or ARGV[16], hash = ARGV[15],
-    previous = ARGV[12], rotatedAt = now, nonce = ARGV[14]}
-  nonce = ARGV[14]
-elseif role == 'grace' and rotation and rotation.nonce then
-  nonce = rotation.nonce
+  rotation = rotate(rotation, ARGV[16], ARGV[12], ARGV[15], ARGV[14], now, tonumber(ARGV[13]))
 end
 local json = session_json(s.sid, s.did, s.handle, ARGV[2], now + access_ttl, s.createdAt, now,
   user_agent, ip_address, tokens, rotation)
 redis.call('SET', KEYS[1], json, 'PX', string.format('%.0f', session_ttl))
-local answer = {'ok', json, string.format('%.0f', access_ttl), nonce}
+local answer = {'ok', json, string.format('%.0f', access_ttl)}
 for _, hash in ipairs(removed) do
   answer[#answer + 1] = hash
 end

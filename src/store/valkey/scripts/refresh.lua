@@ -14,8 +14,7 @@
 -- Returns nil (no session, or not this token's), {'corrupt', reason, sid} (nothing
 -- written), {'expired', '', sid} (past its absolute deadline: the session is gone now),
 -- {'reuse', '', sid} (an old refresh token: the session is revoked now), or
--- {'ok', new JSON, sid, nonce} (nonce: the presented token's successor is derived with it;
--- '' when there is none).
+-- {'ok', new JSON, sid}.
 local sid = find_sid(ARGV[1], ARGV[12], ARGV[2])
 if not sid then
   return false
@@ -105,16 +104,12 @@ local tokens, removed = next_tokens(s, ARGV[10], tonumber(ARGV[11]), now)
 for _, hash in ipairs(removed) do
   redis.call('DEL', ARGV[1] .. 'access:' .. hash)
 end
--- Rotation: the current token moves on to the candidate (a session id gets a family);
--- the previous one within the grace gets the successor it already has.
+-- Rotation: the current token moves on to the candidate (a session id gets a family); one
+-- rotated away from within the grace gets the successor the session already has (the
+-- service derives it along the nonces the record keeps).
 local rotation = rotation_of(s)
-local nonce = ''
 if role == 'current' and ARGV[15] ~= '' then
-  rotation = {family = rotation and rotation.family or ARGV[17], hash = ARGV[16],
-    previous = ARGV[13], rotatedAt = now, nonce = ARGV[15]}
-  nonce = ARGV[15]
-elseif role == 'grace' and rotation and rotation.nonce then
-  nonce = rotation.nonce
+  rotation = rotate(rotation, ARGV[17], ARGV[13], ARGV[16], ARGV[15], now, tonumber(ARGV[14]))
 end
 local json = session_json(s.sid, s.did, s.handle, ARGV[3], now + access_ttl,
   s.createdAt, now, user_agent, ip_address, tokens, rotation)
@@ -132,4 +127,4 @@ redis.call('SADD', index, sid)
 if redis.call('PTTL', index) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', index, ARGV[4])
 end
-return {'ok', json, sid, nonce}
+return {'ok', json, sid}

@@ -8,6 +8,11 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- An integer a double holds exactly (epoch milliseconds); refuses NaN, infinities and
+-- exponent-sized values, which the service's parser would refuse.
+local function epoch_ms(n)
+  return type(n) == 'number' and n >= 0 and n < 9007199254740992 and n == math.floor(n)
+end
 -- A JSON string as JSON.stringify writes it: cjson.encode escapes '/' as '\/' (valid, but
 -- not what the TypeScript code writes, and User-Agents are full of '/'). cjson never leaves
 -- a '/' bare, so every '\/' in its output is an escaped slash (an escaped backslash before
@@ -18,8 +23,9 @@ end
 -- The facts after the six TypeScript fields are this service's own: the TypeScript code
 -- drops them when it rewrites a session. `tokens` (may be nil) are the session's other live
 -- access tokens, oldest first, as {hash = ..., expiresAt = ...}; `rotation` (may be nil)
--- its refresh-token rotation state, {family, hash, previous, rotatedAt, nonce} (only family
--- and hash before the first rotation).
+-- its refresh-token rotation state, {family, hash, previous, rotatedAt, nonce, earlier}
+-- (only family and hash before the first rotation; `earlier` lists the rotations before
+-- the previous one still inside the grace, oldest first, as {hash, nonce, rotatedAt}).
 local function session_json(sid, did, handle, hash, expires_at, created_at, refreshed_at,
     user_agent, ip_address, tokens, rotation)
   local json = '{"sid":' .. str(sid)
@@ -50,6 +56,14 @@ local function session_json(sid, did, handle, hash, expires_at, created_at, refr
       json = json .. ',"previousRefreshTokenHash":' .. str(rotation.previous)
         .. ',"rotatedAt":' .. string.format('%.0f', rotation.rotatedAt)
         .. ',"rotationNonce":' .. str(rotation.nonce)
+      if rotation.earlier ~= nil and #rotation.earlier > 0 then
+        local parts = {}
+        for i, r in ipairs(rotation.earlier) do
+          parts[i] = '{"hash":' .. str(r.hash) .. ',"nonce":' .. str(r.nonce)
+            .. ',"rotatedAt":' .. string.format('%.0f', r.rotatedAt) .. '}'
+        end
+        json = json .. ',"earlierRotations":[' .. table.concat(parts, ',') .. ']'
+      end
     end
   end
   return json .. '}'
@@ -66,8 +80,43 @@ local function rotation_of(s)
     rotation.previous = s.previousRefreshTokenHash
     rotation.rotatedAt = s.rotatedAt
     rotation.nonce = s.rotationNonce
+    rotation.earlier = {}
+    if type(s.earlierRotations) == 'table' then
+      for i, r in ipairs(s.earlierRotations) do
+        rotation.earlier[i] = {hash = r.hash, nonce = r.nonce, rotatedAt = r.rotatedAt}
+      end
+    end
   end
   return rotation
+end
+-- How many rotations before the previous one a session remembers: the same as
+-- session::MAX_EARLIER_ROTATIONS (the behaviour suite checks both).
+local MAX_EARLIER_ROTATIONS = 4
+-- The rotation state once the current token (`presented`, a hash) moves on to `hash`,
+-- derived with `nonce`, at `now`: the previous rotation joins the earlier ones, which keep
+-- those inside `grace` (at most MAX_EARLIER_ROTATIONS, dropped from the oldest end so the
+-- rest still chains up to the current token). `rotation` may be nil (never rotated: the
+-- session takes `family`). The rules of SessionRecord::rotate.
+local function rotate(rotation, family, presented, hash, nonce, now, grace)
+  local earlier = {}
+  if rotation ~= nil and rotation.previous ~= nil then
+    for _, r in ipairs(rotation.earlier) do
+      earlier[#earlier + 1] = r
+    end
+    earlier[#earlier + 1] = {hash = rotation.previous, nonce = rotation.nonce,
+      rotatedAt = rotation.rotatedAt}
+  end
+  local stale = 0
+  while stale < #earlier and now - earlier[stale + 1].rotatedAt >= grace do
+    stale = stale + 1
+  end
+  stale = math.max(stale, #earlier - MAX_EARLIER_ROTATIONS)
+  local kept = {}
+  for i = stale + 1, #earlier do
+    kept[#kept + 1] = earlier[i]
+  end
+  return {family = rotation and rotation.family or family, hash = hash, previous = presented,
+    rotatedAt = now, nonce = nonce, earlier = kept}
 end
 -- Whether the rotation fields of a decoded session are absent or of the types the service
 -- reads (checked before any write).
@@ -78,13 +127,29 @@ local function rotation_readable(s)
       return false
     end
   end
-  return s.rotatedAt == nil or type(s.rotatedAt) == 'number'
+  if s.rotatedAt ~= nil and type(s.rotatedAt) ~= 'number' then
+    return false
+  end
+  if s.earlierRotations == nil then
+    return true
+  end
+  if type(s.earlierRotations) ~= 'table' then
+    return false
+  end
+  for _, r in ipairs(s.earlierRotations) do
+    if type(r) ~= 'table' or type(r.hash) ~= 'string' or type(r.nonce) ~= 'string'
+        or not epoch_ms(r.rotatedAt) then
+      return false
+    end
+  end
+  return true
 end
 -- What a presented refresh token (its SHA-256 `token_hash`; `family` is the digest of its
 -- family, or '' when it was presented as a sid and found the data under it) is to the
--- session `s`: 'current', 'grace' (the previous one less than `grace` ms after its rotation),
--- 'reuse' (older, or the previous one after the grace) or 'foreign' (not this session's:
--- a family token whose record was rewritten by a writer that does not know rotation).
+-- session `s`: 'current', 'grace' (one the session rotated away from less than `grace` ms
+-- ago: the previous one or an earlier one it remembers), 'reuse' (any other) or 'foreign'
+-- (not this session's: a family token whose record was rewritten by a writer that does not
+-- know rotation).
 -- The rules of SessionRecord::role_of.
 local function refresh_role(s, family, token_hash, now, grace)
   if type(s.refreshTokenHash) ~= 'string' then
@@ -99,9 +164,16 @@ local function refresh_role(s, family, token_hash, now, grace)
   if s.refreshTokenHash == token_hash then
     return 'current'
   end
-  if s.previousRefreshTokenHash == token_hash and type(s.rotatedAt) == 'number'
-      and now - s.rotatedAt < grace then
-    return 'grace'
+  local rotation = rotation_of(s)
+  if rotation ~= nil and rotation.previous ~= nil then
+    if rotation.previous == token_hash and now - rotation.rotatedAt < grace then
+      return 'grace'
+    end
+    for _, r in ipairs(rotation.earlier) do
+      if r.hash == token_hash and now - r.rotatedAt < grace then
+        return 'grace'
+      end
+    end
   end
   return 'reuse'
 end
@@ -135,11 +207,6 @@ local function token_hashes(s)
     hashes[#hashes + 1] = s.accessTokenHash
   end
   return hashes
-end
--- An integer a double holds exactly (epoch milliseconds); refuses NaN, infinities and
--- exponent-sized values, which the service's parser would refuse.
-local function epoch_ms(n)
-  return type(n) == 'number' and n >= 0 and n < 9007199254740992 and n == math.floor(n)
 end
 -- Whether a decoded `accessTokens` is absent or a list of {hash, expiresAt} as the service
 -- reads it (checked before any write, like the other fields).
