@@ -9,9 +9,10 @@
 // A measurement tool, not the service: a failed setup step ends the run with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use barazo_session::session::{SessionRecord, now_ms, sha256_hex};
+use barazo_session::domain::Lifetimes;
+use barazo_session::domain::{SessionRecord, now_ms, sha256_hex};
+use barazo_session::store::SessionStore;
 use barazo_session::store::valkey::{ValkeyOptions, ValkeyStore};
-use barazo_session::store::{Lifetimes, SessionStore};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -62,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
         },
-        Arc::new(barazo_session::metrics::Metrics::new()),
+        Arc::new(barazo_session::observe::metrics::Metrics::new()),
     )?);
     let access_hash = sha256_hex("bench-access-token");
     let record = SessionRecord {
@@ -79,7 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         access_token: Duration::from_secs(3600),
         max: None,
         max_per_did: None,
-        tokens: barazo_session::store::TokenRules::DEFAULT,
+        tokens: barazo_session::domain::TokenRules::DEFAULT,
     };
     store.create(&record, lifetimes).await?;
 
@@ -132,7 +133,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (m, p) = (manager_total / ROUNDS as f64, pool_total / ROUNDS as f64);
         println!("| {concurrency} | {m:.0} | {p:.0} | {:.2} |", m / p);
     }
-    if let Some(presented) = barazo_session::rotation::Presented::parse(&record.sid) {
+    if let Some(presented) = barazo_session::domain::rotation::Presented::parse(&record.sid) {
         let _ = store.delete(&presented, Duration::ZERO).await?;
     }
     Ok(())

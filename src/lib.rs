@@ -1,37 +1,39 @@
 //! The Barazo session authority: a gRPC `SessionService` backed by Valkey.
 //!
-//! See `ARCHITECTURE.md` for where things live and how a request flows.
+//! # Layout
+//!
+//! - [`domain`]: what a session is, without I/O: the stored record and its rules (which
+//!   tokens it accepts, refresh roles, rotation, tabs), credentials, lifetimes, syntax of
+//!   DIDs and handles, and the view callers get.
+//! - [`store`]: the [`store::SessionStore`] trait with an in-memory and a Valkey
+//!   implementation (standalone and cluster), its Lua scripts and the key layout.
+//! - [`cache`]: the coherent validation cache and its invalidation feed (Valkey's client
+//!   tracking), which also feeds `WatchRevocations`.
+//! - [`api`]: the gRPC handlers (`SessionService`, ext_authz `Check`, `WatchRevocations`,
+//!   health), the one validation path, what runs around every call, the RPC table, and the
+//!   one mapping of errors to `tonic::Status`.
+//! - [`authz`]: who may call what: credentials (mTLS names, service keys), the policy file,
+//!   the layer that enforces it with per-caller budgets.
+//! - [`transport`]: accepting and serving connections: TLS, HTTP/2, connection caps, slow
+//!   handshakes, responses never taken, file descriptors.
+//! - [`observe`]: metrics, logs and traces, the admin listener, the `--probe` client.
+//! - [`config`]: flags and environment variables, checked all at once.
+//! - [`server`]: the wiring: builds the store, the cache and the request stack, and serves
+//!   until a shutdown signal.
+//!
+//! `ARCHITECTURE.md` shows how one validation and one refresh flow through these.
 
 #![warn(missing_docs)]
 
-pub mod abuse;
-pub mod admin;
-pub mod auth;
+pub mod api;
+pub mod authz;
 pub mod cache;
-pub mod call;
 pub mod config;
-pub mod connections;
-pub mod delivery;
-pub mod descriptors;
-pub mod error;
-pub mod ext_authz;
-pub mod handshake;
-pub mod health;
-pub mod metrics;
-pub mod probe;
-pub mod profile;
-pub mod revocations;
-pub mod rotation;
-pub mod rpc;
+pub mod domain;
+pub mod observe;
 pub mod server;
-pub mod service;
-pub mod session;
-pub mod session_view;
 pub mod store;
-pub mod telemetry;
 pub mod transport;
-pub mod undecodable;
-pub mod validation;
 
 /// Code generated from `proto/barazo/session/v1/session.proto`.
 pub mod proto {

@@ -1,8 +1,8 @@
 //! `barazo-session`: reads the configuration, starts the server, stops on SIGTERM/SIGINT.
 
 use barazo_session::config::{Config, LoadError};
+use barazo_session::observe::telemetry;
 use barazo_session::server::Application;
-use barazo_session::telemetry;
 use std::process::ExitCode;
 
 /// jemalloc, with a background thread that returns freed memory to the OS within seconds
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> ExitCode {
     if config.probe {
-        return if barazo_session::probe::ready(&config).await {
+        return if barazo_session::observe::probe::ready(&config).await {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
@@ -47,14 +47,17 @@ async fn serve(config: Config) -> ExitCode {
     let telemetry = match telemetry::init(config.log_format) {
         Ok(telemetry) => telemetry,
         Err(err) => {
-            eprintln!("barazo-session: {}", barazo_session::error::chain(&err));
+            eprintln!(
+                "barazo-session: {}",
+                barazo_session::api::error::chain(&err)
+            );
             return ExitCode::from(2);
         }
     };
     let code = match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = %barazo_session::error::chain(err.as_ref()), "barazo-session stopped");
+            tracing::error!(error = %barazo_session::api::error::chain(err.as_ref()), "barazo-session stopped");
             ExitCode::FAILURE
         }
     };
@@ -69,12 +72,12 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             offset_ms = config.test_clock_offset_ms,
             "--test-clock-offset-ms: this process's clock is moved (tests only)"
         );
-        barazo_session::session::skew_clock_for_tests(config.test_clock_offset_ms);
+        barazo_session::domain::skew_clock_for_tests(config.test_clock_offset_ms);
     }
     // Signal handlers first, so a SIGTERM right after "listening" still drains.
     let shutdown = barazo_session::server::shutdown_signal()?;
     let app = Application::build(&config).await?;
-    barazo_session::profile::warn_if_debug();
+    barazo_session::observe::profile::warn_if_debug();
     app.announce(&config);
     app.run_until(shutdown).await?;
     tracing::info!("stopped");

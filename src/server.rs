@@ -1,27 +1,27 @@
 //! Wiring: binds the listener, builds the store, and serves the session service with
 //! health and reflection until a shutdown signal.
 
-use crate::admin;
-use crate::auth::{AuthLayer, Authorized, Policy};
+use crate::api::call::{CallLimits, Calls};
+use crate::api::ext_authz::ExtAuthz;
+use crate::api::health;
+use crate::api::revocations::Revocations;
+use crate::api::rpc::Rpc;
+use crate::api::sessions::SessionApi;
+use crate::api::undecodable::{Undecodable, UndecodableLayer};
+use crate::api::validation::AccessTokens;
+use crate::authz::{AuthLayer, Authorized, Policy};
 use crate::cache::{Cached, ValidationCache};
-use crate::call::{CallLimits, Calls};
 use crate::config::{Config, StoreKind, Switch, ValkeyMode};
-use crate::connections;
-use crate::descriptors;
-use crate::ext_authz::ExtAuthz;
-use crate::health;
-use crate::metrics::Metrics;
-use crate::profile::{ProfileLayer, Profiled};
+use crate::observe::admin;
+use crate::observe::metrics::Metrics;
+use crate::observe::profile::{ProfileLayer, Profiled};
 use crate::proto::session_service_server::SessionServiceServer;
-use crate::revocations::Revocations;
-use crate::rpc::Rpc;
-use crate::service::SessionApi;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{self, ValkeyClusterStore, ValkeyOptions, ValkeyStore};
+use crate::transport::connections;
+use crate::transport::descriptors;
 use crate::transport::{TlsError, Transport};
-use crate::undecodable::{Undecodable, UndecodableLayer};
-use crate::validation::AccessTokens;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -77,7 +77,7 @@ pub enum StartupError {
     ValkeyPassword(#[from] crate::config::SecretFileError),
     /// The authorization policy could not be used.
     #[error(transparent)]
-    Policy(#[from] crate::auth::PolicyError),
+    Policy(#[from] crate::authz::PolicyError),
 }
 
 fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, StartupError> {
@@ -325,7 +325,7 @@ impl Application {
             .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
-            profile = crate::profile::PROFILE,
+            profile = crate::observe::profile::PROFILE,
             addr = %self.local_addr,
             admin = %admin,
             store = %store,
@@ -358,7 +358,7 @@ impl Application {
                 };
                 // Capped and time-limited: silent connections to the admin port must not take
                 // the descriptors the gRPC port needs.
-                if let Err(err) = axum::serve(admin::Limited::new(listener), app)
+                if let Err(err) = axum::serve(admin::AdminListener::new(listener), app)
                     .with_graceful_shutdown(stopped)
                     .await
                 {

@@ -4,8 +4,8 @@
 //! keys, as the caller that holds it, and anything else is refused as unauthenticated.
 #![no_main]
 
-use barazo_session::auth::{Denial, Policy, Presented, presented_key};
-use barazo_session::session::sha256_hex;
+use barazo_session::authz::{Denial, Policy, AuthorizationHeader, presented_key};
+use barazo_session::domain::sha256_hex;
 use http::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
@@ -38,9 +38,9 @@ fuzz_target!(|data: &[u8]| {
     headers.insert(AUTHORIZATION, value);
     let presented = presented_key(&headers);
     let key = match presented {
-        Presented::Key(key) => Some(key),
-        Presented::Nothing => panic!("a header was sent"),
-        Presented::NotAKey => None,
+        AuthorizationHeader::Key(key) => Some(key),
+        AuthorizationHeader::Nothing => panic!("a header was sent"),
+        AuthorizationHeader::NotAKey => None,
     };
     if let Some(key) = key {
         let text = std::str::from_utf8(data).expect("a found key comes from visible ASCII");

@@ -2,7 +2,7 @@
 //! documented shape.
 #![no_main]
 
-use barazo_session::session::{validate_did, validate_handle};
+use barazo_session::domain::{validate_did, validate_handle};
 use libfuzzer_sys::fuzz_target;
 
 fn check(s: &str) {

@@ -2,8 +2,8 @@
 //! that carries no credential, whatever its callers and allow lists say.
 #![no_main]
 
-use barazo_session::auth::{Denial, Policy, Presented};
-use barazo_session::rpc::{REFLECTION, Rpc};
+use barazo_session::authz::{Denial, Policy, AuthorizationHeader};
+use barazo_session::api::rpc::{REFLECTION, Rpc};
 use libfuzzer_sys::fuzz_target;
 
 fn check(text: &str) {
@@ -12,7 +12,7 @@ fn check(text: &str) {
     };
     let methods = Rpc::ALL.iter().map(|rpc| rpc.method()).chain([REFLECTION]);
     for method in methods {
-        match policy.authorize(method, &[], Presented::Nothing) {
+        match policy.authorize(method, &[], AuthorizationHeader::Nothing) {
             Err(Denial::Unauthenticated(why)) => {
                 assert!(why.contains(method), "the refusal names {method}: {why:?}");
             }

@@ -2,7 +2,7 @@
 //! `to_json` -> `from_json` unchanged.
 #![no_main]
 
-use barazo_session::session::SessionRecord;
+use barazo_session::domain::SessionRecord;
 use libfuzzer_sys::fuzz_target;
 
 fn check(s: &str) {

@@ -1,7 +1,7 @@
 //! `is_well_formed_token` never panics and accepts only 64 lowercase hex characters.
 #![no_main]
 
-use barazo_session::session::is_well_formed_token;
+use barazo_session::domain::is_well_formed_token;
 use libfuzzer_sys::fuzz_target;
 
 fn check(s: &str) {

@@ -21,12 +21,13 @@
 
 pub mod feed;
 
-use crate::metrics::Metrics;
-use crate::rotation::{Lookup, Presented};
-use crate::session::{SessionRecord, constant_time_eq};
-use crate::session_view::SessionView;
+use crate::domain::Lifetimes;
+use crate::domain::rotation::{Lookup, Presented};
+use crate::domain::view::SessionView;
+use crate::domain::{SessionRecord, constant_time_eq};
+use crate::observe::metrics::Metrics;
 use crate::store::{
-    ByRefresh, Created, Found, FoundByHash, Lifetimes, Refresh, Refreshed, SessionStore, StoreError,
+    ByRefresh, Created, Found, FoundByHash, Refresh, Refreshed, SessionStore, StoreError,
 };
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -147,7 +148,7 @@ impl State {
 pub type InsertHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// The cache and the event channel of one replica, shared by the validation path
-/// ([`crate::validation::AccessTokens`]), the store wrapper that reports this replica's
+/// ([`crate::api::validation::AccessTokens`]), the store wrapper that reports this replica's
 /// own writes ([`Cached`]) and the feed task.
 pub struct ValidationCache {
     state: Mutex<State>,
@@ -357,7 +358,7 @@ impl ValidationCache {
             } else if let Some(sid) = key.strip_prefix(data.as_str()) {
                 let session_key: [u8; 32] = Sha256::digest(sid.as_bytes()).into();
                 state.remove_session(session_slot(&session_key));
-                events.push(Invalidation::SessionKey(crate::session::lower_hex(
+                events.push(Invalidation::SessionKey(crate::domain::lower_hex(
                     &session_key,
                 )));
             }
@@ -374,7 +375,7 @@ impl ValidationCache {
 /// A store that tells a [`ValidationCache`] about this replica's own writes, so they show
 /// in this replica's validations at once rather than when Valkey's invalidation for them
 /// arrives. Every operation goes straight to the inner store; validations are answered
-/// from the cache by [`crate::validation::AccessTokens`].
+/// from the cache by [`crate::api::validation::AccessTokens`].
 pub struct Cached<S> {
     inner: S,
     cache: Arc<ValidationCache>,
@@ -556,7 +557,7 @@ impl<S: SessionStore> SessionStore for Cached<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::sha256_hex;
+    use crate::domain::sha256_hex;
 
     const NOW: i64 = 1_764_000_000_000;
 
@@ -811,6 +812,6 @@ mod tests {
     }
 
     fn lower_hex_of(hash: &[u8; 32]) -> String {
-        crate::session::lower_hex(hash)
+        crate::domain::lower_hex(hash)
     }
 }

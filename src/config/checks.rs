@@ -285,8 +285,8 @@ fn contents_problem(id: &str, path: &std::path::Path) -> Option<String> {
         "tls_client_ca" | "valkey_ca" => pem("-----BEGIN CERTIFICATE-----", "CA certificate"),
         "tls_key" => pem("PRIVATE KEY-----", "private key"),
         // The TOML parser draws the spot over several lines; one line here.
-        "authz_policy" => crate::auth::Policy::load(path).err().map(|err| {
-            crate::error::chain(&err)
+        "authz_policy" => crate::authz::Policy::load(path).err().map(|err| {
+            crate::api::error::chain(&err)
                 .lines()
                 .map(str::trim)
                 .filter(|line| !line.is_empty() && !line.starts_with('|') && !line.contains(" |"))

@@ -16,7 +16,7 @@ pub use checks::{MAX_CONCURRENT_REQUESTS, MAX_CONNECTIONS, MAX_TTL_SECONDS};
 pub use load::{LoadError, Origins, load_from};
 pub use secrets::{Secret, SecretFileError};
 
-use crate::telemetry::LogFormat;
+use crate::observe::telemetry::LogFormat;
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -362,13 +362,13 @@ impl Config {
     }
 
     /// Session and access token lifetimes and the cap per DID, as the store takes them.
-    pub fn lifetimes(&self) -> crate::store::Lifetimes {
-        crate::store::Lifetimes {
+    pub fn lifetimes(&self) -> crate::domain::Lifetimes {
+        crate::domain::Lifetimes {
             session: self.session_ttl,
             access_token: self.access_token_ttl,
             max: (!self.session_max_lifetime.is_zero()).then_some(self.session_max_lifetime),
             max_per_did: std::num::NonZeroU32::new(self.max_sessions_per_did),
-            tokens: crate::store::TokenRules {
+            tokens: crate::domain::TokenRules {
                 max_access_tokens: self.max_access_tokens_per_session,
                 rotation: self.refresh_token_rotation == Switch::On,
                 reuse_grace: self.refresh_reuse_grace,

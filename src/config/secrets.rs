@@ -79,7 +79,7 @@ fn read_password(path: &Path) -> Result<Secret, SecretFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::chain;
+    use crate::api::error::chain;
 
     /// A file under a directory of its own, removed when dropped.
     struct TempFile(std::path::PathBuf);

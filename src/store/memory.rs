@@ -1,11 +1,10 @@
 //! The in-memory store: the same semantics as Valkey's (TTLs, sliding window, pruning), in
 //! one process, for development and the quick start. Nothing survives a restart.
 
-use super::{
-    ByRefresh, Created, Found, FoundByHash, Lifetimes, Refresh, Refreshed, SessionStore, StoreError,
-};
-use crate::rotation::{Lookup, Presented};
-use crate::session::{Role, SessionRecord};
+use super::{ByRefresh, Created, Found, FoundByHash, Refresh, Refreshed, SessionStore, StoreError};
+use crate::domain::Lifetimes;
+use crate::domain::rotation::{Lookup, Presented};
+use crate::domain::{Role, SessionRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -61,7 +60,7 @@ impl Keyspace {
         let ttl = data.deadline.saturating_duration_since(now).as_millis();
         Some(Found {
             record: data.value.clone(),
-            now_ms: crate::session::now_ms(),
+            now_ms: crate::domain::now_ms(),
             keys_ttl_ms: Some(i64::try_from(ttl).unwrap_or(i64::MAX)),
         })
     }
@@ -176,7 +175,7 @@ impl Keyspace {
         let Some(record) = sid.and_then(|sid| self.live_data(&sid, now).cloned()) else {
             return ByRefresh::NotFound;
         };
-        match record.role_of(presented, crate::session::now_ms(), grace_ms) {
+        match record.role_of(presented, crate::domain::now_ms(), grace_ms) {
             Role::Foreign => ByRefresh::NotFound,
             Role::Reuse => {
                 self.revoke(&record.sid, now);
@@ -267,7 +266,7 @@ impl SessionStore for MemoryStore {
         lifetimes: Lifetimes,
     ) -> Result<ByRefresh<Refreshed>, StoreError> {
         let now = Instant::now();
-        let now_ms = crate::session::now_ms();
+        let now_ms = crate::domain::now_ms();
         let mut ks = self.lock();
         let (mut record, role) = match ks.by_refresh(presented, lifetimes.tokens.grace_ms(), now) {
             ByRefresh::Found(found) => found,

@@ -12,15 +12,14 @@
 //!   up to `--max-access-tokens-per-session` of them (one per tab), each named in its data.
 //! - `did:<did>` → SET of the DID's sids; TTL = session TTL.
 //! - `refresh:<sha256hex(refresh token family)>` → the sid, for sessions whose refresh
-//!   token rotates (see [`crate::rotation`]); TTL = session TTL.
+//!   token rotates (see [`crate::domain::rotation`]); TTL = session TTL.
 
 pub mod memory;
 pub mod valkey;
 
-use crate::rotation::{Candidate, Presented};
-use crate::session::{ClientFacts, SessionRecord};
+use crate::domain::rotation::{Candidate, Presented};
+use crate::domain::{ClientFacts, Lifetimes, SessionRecord};
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 /// Failures of the storage layer. Anything but [`StoreError::CorruptSession`] means the store
@@ -64,51 +63,6 @@ impl<T> ByRefresh<T> {
     }
 }
 
-/// When sessions end: how long the parts of a session live, passed with each write so that
-/// the store and the record's `accessTokenExpiresAt` can never disagree, and how many one
-/// DID may hold at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lifetimes {
-    /// Session data and DID index lifetime; restarted by every refresh (sliding window).
-    pub session: Duration,
-    /// Access token lifetime.
-    pub access_token: Duration,
-    /// Longest a session lives after its creation, refreshes or not; `None`: no limit.
-    pub max: Option<Duration>,
-    /// Most live sessions one DID may hold: a create beyond it first revokes that DID's
-    /// least recently refreshed sessions (`refreshedAt`, else `createdAt`). `None`: no cap.
-    pub max_per_did: Option<NonZeroU32>,
-    /// How many access tokens a session holds and how its refresh token rotates.
-    pub tokens: TokenRules,
-}
-
-/// The rules for a session's credentials, passed with each write like its lifetimes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenRules {
-    /// Most live access tokens per session (one per browser tab); past it a refresh
-    /// revokes the oldest. At least 1 (1: each refresh revokes the previous token).
-    pub max_access_tokens: usize,
-    /// Whether refresh tokens rotate (each refresh issues a new one).
-    pub rotation: bool,
-    /// How long after its rotation a refresh token still counts as concurrent use (it
-    /// gets the session's current one) rather than reuse (the session is revoked).
-    pub reuse_grace: Duration,
-}
-
-impl TokenRules {
-    /// The defaults of the configuration: 8 tokens per session, no rotation, 10 s grace.
-    pub const DEFAULT: Self = Self {
-        max_access_tokens: 8,
-        rotation: false,
-        reuse_grace: Duration::from_secs(10),
-    };
-
-    /// The grace in milliseconds, as the scripts take it.
-    pub fn grace_ms(&self) -> i64 {
-        i64::try_from(self.reuse_grace.as_millis()).unwrap_or(i64::MAX)
-    }
-}
-
 /// What a call naming a session by a refresh token found. Not `Debug`: `sid` may be a live
 /// refresh token.
 pub enum ByRefresh<T> {
@@ -125,49 +79,6 @@ pub enum ByRefresh<T> {
     },
     /// The session was past its absolute lifetime: it has been revoked now.
     PastLifetime,
-}
-
-impl Lifetimes {
-    /// Lifetimes for unit tests: sliding `session`, a 15-minute access token, absolute
-    /// lifetime `max`, no cap per DID, the default token rules.
-    #[cfg(test)]
-    pub(crate) fn for_tests(session: Duration, max: Option<Duration>) -> Self {
-        Self {
-            session,
-            access_token: Duration::from_secs(900),
-            max,
-            max_per_did: None,
-            tokens: TokenRules::DEFAULT,
-        }
-    }
-
-    /// The absolute deadline of a session created at `created_at_ms`, if there is one.
-    pub fn deadline_ms(&self, created_at_ms: i64) -> Option<i64> {
-        self.max.map(|max| {
-            created_at_ms.saturating_add(i64::try_from(max.as_millis()).unwrap_or(i64::MAX))
-        })
-    }
-
-    /// The absolute lifetime in milliseconds for the scripts; 0 when there is none.
-    pub fn max_ms(&self) -> u64 {
-        self.max
-            .map_or(0, |max| u64::try_from(max.as_millis()).unwrap_or(u64::MAX))
-    }
-
-    /// These lifetimes for a session that has `left` until its deadline: neither its data
-    /// nor a token outlives it.
-    pub fn capped(&self, left: Duration) -> Self {
-        Self {
-            session: self.session.min(left),
-            access_token: self.access_token.min(left),
-            ..*self
-        }
-    }
-
-    /// The cap on sessions per DID for the scripts; 0 when there is none.
-    pub fn max_per_did(&self) -> u32 {
-        self.max_per_did.map_or(0, NonZeroU32::get)
-    }
 }
 
 /// What a create stored, and how many older sessions of the DID it revoked to stay within

@@ -6,15 +6,16 @@
 use crate::metrics::get;
 use crate::support::valkey::Valkey;
 use crate::support::{TestApp, unique_did};
+use barazo_session::api::rpc::Rpc;
+use barazo_session::api::validation::AccessTokens;
 use barazo_session::cache::{Cached, Invalidation, ValidationCache};
 use barazo_session::config::StoreKind;
-use barazo_session::metrics::Metrics;
-use barazo_session::rotation::Presented;
-use barazo_session::rpc::Rpc;
-use barazo_session::session::{SessionRecord, sha256_hex};
+use barazo_session::domain::rotation::Presented;
+use barazo_session::domain::{Lifetimes, TokenRules};
+use barazo_session::domain::{SessionRecord, sha256_hex};
+use barazo_session::observe::metrics::Metrics;
 use barazo_session::store::valkey::{ValkeyOptions, ValkeyStore, standalone};
-use barazo_session::store::{ByRefresh, Lifetimes, SessionStore, TokenRules};
-use barazo_session::validation::AccessTokens;
+use barazo_session::store::{ByRefresh, SessionStore};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, broadcast};
@@ -171,7 +172,7 @@ async fn a_rotated_logout_drops_only_its_sessions_answers() {
     assert!(
         matches!(
             Presented::parse(&leaving.refresh_token).map(|p| p.lookup),
-            Some(barazo_session::rotation::Lookup::Family(_))
+            Some(barazo_session::domain::rotation::Lookup::Family(_))
         ),
         "a rotated cookie, not a session id"
     );

@@ -5,7 +5,7 @@
 //! these files use are read with plain string handling, and `scripts/lint-deploy.sh`
 //! checks their syntax and schemas.
 
-use barazo_session::auth::Policy;
+use barazo_session::authz::Policy;
 use barazo_session::config::Config;
 use clap::Parser;
 use std::collections::{BTreeMap, BTreeSet};
@@ -610,7 +610,7 @@ fn deployed_values_parse_as_the_service_configuration() {
         );
         assert_eq!(
             config.log_format,
-            barazo_session::telemetry::LogFormat::Json,
+            barazo_session::observe::telemetry::LogFormat::Json,
             "{file}"
         );
     }
@@ -726,7 +726,7 @@ fn kubernetes_probes_scrape_and_grace_period_match_the_configuration() {
         .find(|(k, _)| k == "service")
         .expect("liveness probe names a health service")
         .1;
-    assert_eq!(service, barazo_session::health::LIVENESS);
+    assert_eq!(service, barazo_session::api::health::LIVENESS);
 
     let metrics: SocketAddr = config.metrics_listen.expect("METRICS_LISTEN set");
     let annotations = block(&lines, "annotations");

@@ -11,12 +11,13 @@
 
 use crate::support::cluster::ValkeyCluster;
 use crate::support::{Backend, TestApp, sha256_hex, unique_did};
-use barazo_session::metrics::Metrics;
-use barazo_session::rotation::{self, Candidate, Presented};
-use barazo_session::session::{SessionRecord, Token, now_ms};
+use barazo_session::domain::rotation::{self, Candidate, Presented};
+use barazo_session::domain::{Lifetimes, TokenRules};
+use barazo_session::domain::{SessionRecord, Token, now_ms};
+use barazo_session::observe::metrics::Metrics;
 use barazo_session::store::valkey::cluster::{Step, StepHook};
 use barazo_session::store::valkey::{ValkeyClusterStore, ValkeyOptions};
-use barazo_session::store::{ByRefresh, Lifetimes, Refresh, SessionStore, TokenRules};
+use barazo_session::store::{ByRefresh, Refresh, SessionStore};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

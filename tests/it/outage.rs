@@ -84,7 +84,7 @@ async fn the_server_starts_while_valkey_is_down_and_recovers() {
         .health
         .clone()
         .check(tonic_health::pb::HealthCheckRequest {
-            service: barazo_session::health::LIVENESS.into(),
+            service: barazo_session::api::health::LIVENESS.into(),
         })
         .await
         .expect("liveness answers")

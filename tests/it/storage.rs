@@ -1100,7 +1100,7 @@ async fn a_typescript_session_moves_to_rotated_refresh_tokens_on_its_first_refre
         )),
         "the TypeScript fields first, the newest token's: {json}"
     );
-    let record = barazo_session::session::SessionRecord::from_json(&json).expect("readable");
+    let record = barazo_session::domain::SessionRecord::from_json(&json).expect("readable");
     let family = record.refresh_family.clone().expect("a family");
     assert_eq!(record.refresh_token_hash, Some(sha256_hex(&r1)));
     assert_eq!(record.previous_refresh_token_hash, Some(sha256_hex(&sid)));
@@ -1167,11 +1167,11 @@ async fn the_rotations_a_session_remembers_are_bounded_in_bytes() {
         cookie = app.refresh(&cookie).await.expect("refresh").refresh_token;
     }
     let json = data_json(&mut conn).await;
-    let record = barazo_session::session::SessionRecord::from_json(&json).expect("readable");
+    let record = barazo_session::domain::SessionRecord::from_json(&json).expect("readable");
     assert_eq!(record.to_json(), json, "Lua and Rust write the same bytes");
     assert_eq!(
         record.earlier_rotations.len(),
-        barazo_session::session::MAX_EARLIER_ROTATIONS
+        barazo_session::domain::MAX_EARLIER_ROTATIONS
     );
     assert!(
         record

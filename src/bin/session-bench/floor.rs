@@ -8,11 +8,11 @@
 //! sessions `session-bench` creates (its DID, its handle, every timestamp, a session key,
 //! an empty `client`), so both put the same bytes on the wire.
 
+use barazo_session::api::rpc::Rpc;
 use barazo_session::proto::{
     ClientInfo, Session, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
     ValidateAccessTokensRequest, ValidateAccessTokensResponse,
 };
-use barazo_session::rpc::Rpc;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,7 +20,7 @@ use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::{Request, Response, Status};
 
 /// The real server's limit on one batch, so the floor refuses what it refuses.
-const MAX_TOKENS: usize = barazo_session::service::MAX_TOKENS_PER_BATCH;
+const MAX_TOKENS: usize = barazo_session::api::sessions::MAX_TOKENS_PER_BATCH;
 
 /// The storeless service: one fixed answer, shared by every call.
 #[derive(Clone)]

@@ -19,8 +19,8 @@ mod sink;
 mod spawn;
 mod valkey_commands;
 
+use barazo_session::api::error::chain;
 use barazo_session::config::Secret;
-use barazo_session::error::chain;
 use clap::{Parser, ValueEnum};
 use cleanup::{Cleanup, Dids};
 use client::{Client, Connector};

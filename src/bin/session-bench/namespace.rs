@@ -98,7 +98,7 @@ pub fn is_bench_did(did: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use barazo_session::session::{validate_did, validate_handle};
+    use barazo_session::domain::{validate_did, validate_handle};
 
     #[test]
     fn every_did_and_the_handle_pass_the_servers_validation() {

@@ -4,7 +4,7 @@
 //! `barazo-session` marks every response, see the library's `profile` module; a release
 //! build marks nothing, so a server that says nothing is taken for a release build).
 
-use barazo_session::profile::HEADER;
+use barazo_session::observe::profile::HEADER;
 use tonic::metadata::MetadataMap;
 
 /// The warning for this tool, when it is a debug build.

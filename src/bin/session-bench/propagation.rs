@@ -11,12 +11,12 @@
 use crate::client::{Client, Connector};
 use crate::namespace::Run;
 use crate::spawn::{BoxError, Server, ServerSpec};
+use barazo_session::domain::sha256_hex;
 use barazo_session::proto::revocation_event::Event;
 use barazo_session::proto::{
     CreateSessionRequest, DeleteAllSessionsForDidRequest, DeleteSessionRequest,
     ValidateAccessTokenRequest, WatchRevocationsRequest,
 };
-use barazo_session::session::sha256_hex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -51,11 +51,12 @@
 
 use super::link::ClusterLink;
 use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms, ttl_ms};
-use crate::metrics::Metrics;
-use crate::rotation::{Candidate, Lookup, Presented};
-use crate::session::{ClientFacts, Role, SessionRecord, log_prefix, sha256_hex};
+use crate::domain::Lifetimes;
+use crate::domain::rotation::{Candidate, Lookup, Presented};
+use crate::domain::{ClientFacts, Role, SessionRecord, log_prefix, sha256_hex};
+use crate::observe::metrics::Metrics;
 use crate::store::{
-    ByRefresh, Created, Found, FoundByHash, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, Refreshed,
+    ByRefresh, Created, Found, FoundByHash, KeyLayout, PRUNE_SAMPLE, Refresh, Refreshed,
     SessionStore, StoreError,
 };
 use opentelemetry::context::FutureExt as _;

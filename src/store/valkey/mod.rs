@@ -19,9 +19,9 @@ pub use cluster::ValkeyClusterStore;
 pub use standalone::ValkeyStore;
 
 use super::StoreError;
-use crate::metrics::Metrics;
-use crate::session::{SessionRecord, log_prefix, sha256_hex};
-use crate::telemetry;
+use crate::domain::{SessionRecord, log_prefix, sha256_hex};
+use crate::observe::metrics::Metrics;
+use crate::observe::telemetry;
 use opentelemetry::KeyValue;
 use redis::{ErrorKind, RedisError};
 use std::future::Future;
@@ -136,12 +136,12 @@ pub(crate) fn millis(d: Duration) -> u64 {
 /// Where a round trip goes, for the `server.address` / `server.port` span attributes
 /// (shared, so a span takes a reference count rather than a copy).
 #[derive(Clone)]
-pub(crate) struct Peer {
+pub(crate) struct Endpoint {
     pub address: opentelemetry::StringValue,
     pub port: u16,
 }
 
-impl Peer {
+impl Endpoint {
     /// The peer of a connection address.
     pub fn of(addr: &redis::ConnectionAddr) -> Self {
         match addr {
@@ -176,7 +176,7 @@ pub(crate) struct Operation {
 pub(crate) async fn observe<T, F>(
     metrics: &Metrics,
     operation: &Operation,
-    peer: Option<&Peer>,
+    peer: Option<&Endpoint>,
     round_trip: F,
 ) -> Result<T, StoreError>
 where

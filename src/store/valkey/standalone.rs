@@ -8,13 +8,14 @@
 
 use super::identity::{CommandSide, Failures};
 use super::{
-    Operation, Peer, ValkeyOptions, millis, observe, parse_record, store_error, time_ms, ttl_ms,
+    Endpoint, Operation, ValkeyOptions, millis, observe, parse_record, store_error, time_ms, ttl_ms,
 };
-use crate::metrics::Metrics;
-use crate::rotation::{Lookup, Presented};
-use crate::session::{SessionRecord, log_prefix, sha256_hex};
+use crate::domain::Lifetimes;
+use crate::domain::rotation::{Lookup, Presented};
+use crate::domain::{SessionRecord, log_prefix, sha256_hex};
+use crate::observe::metrics::Metrics;
 use crate::store::{
-    ByRefresh, Created, Found, FoundByHash, KeyLayout, Lifetimes, PRUNE_SAMPLE, Refresh, Refreshed,
+    ByRefresh, Created, Found, FoundByHash, KeyLayout, PRUNE_SAMPLE, Refresh, Refreshed,
     SessionStore, StoreError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -115,7 +116,7 @@ pub struct ValkeyStore {
     /// another server: the validation cache's feed re-checks (see [`super::identity`]).
     failures: Arc<Failures>,
     metrics: Arc<Metrics>,
-    peer: Peer,
+    peer: Endpoint,
     scripts: Scripts,
     keys: KeyLayout,
 }
@@ -126,7 +127,7 @@ impl ValkeyStore {
     /// Must run inside a Tokio runtime (the connection manager spawns its reconnect task).
     pub fn new(options: &ValkeyOptions, metrics: Arc<Metrics>) -> Result<Self, RedisError> {
         let client = client(options, ProtocolVersion::RESP2)?;
-        let peer = Peer::of(client.get_connection_info().addr());
+        let peer = Endpoint::of(client.get_connection_info().addr());
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.command_timeout))

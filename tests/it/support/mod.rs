@@ -420,7 +420,7 @@ pub fn unique_did() -> String {
 
 /// Lowercase hex SHA-256, as the AppView computes it.
 pub fn sha256_hex(s: &str) -> String {
-    barazo_session::session::sha256_hex(s)
+    barazo_session::domain::sha256_hex(s)
 }
 
 /// Finds an external program for the tests: `$<env_var>`, then each name on PATH, then in

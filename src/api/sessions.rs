@@ -2,11 +2,22 @@
 //!
 //! Each handler checks its input, mints or hashes tokens, and makes at most one store
 //! call. What surrounds every call (limits, span, metrics, the one log line of a failure)
-//! is [`crate::call`]'s; failures become a `Status` in [`crate::error`].
+//! is [`crate::api::call`]'s; failures become a `Status` in [`crate::api::error`].
 
-use crate::call::{Calls, SpanFacts};
-use crate::error::RequestError;
-use crate::metrics::{Metrics, Revocation};
+use crate::api::call::{Calls, SpanFacts};
+use crate::api::error::RequestError;
+use crate::api::revocations::{EventStream, Revocations};
+use crate::api::rpc::Rpc;
+use crate::api::validation::{AccessTokens, within_lifetime};
+use crate::domain::Lifetimes;
+use crate::domain::rotation::{self, Candidate, Presented};
+use crate::domain::view::SessionView;
+use crate::domain::{
+    ClientFacts, SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex,
+    validate_did, validate_handle, validate_session_key,
+};
+use crate::observe::metrics::{Metrics, Revocation};
+use crate::observe::telemetry;
 use crate::proto::session_service_server::SessionService;
 use crate::proto::{
     ClientInfo, CreateSessionRequest, CreateSessionResponse, DeleteAllSessionsForDidRequest,
@@ -16,17 +27,7 @@ use crate::proto::{
     RevokeSessionResponse, Session, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
     ValidateAccessTokensRequest, ValidateAccessTokensResponse, WatchRevocationsRequest,
 };
-use crate::revocations::{EventStream, Revocations};
-use crate::rotation::{self, Candidate, Presented};
-use crate::rpc::Rpc;
-use crate::session::{
-    ClientFacts, SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex,
-    validate_did, validate_handle, validate_session_key,
-};
-use crate::session_view::SessionView;
-use crate::store::{ByRefresh, Lifetimes, Refresh, SessionStore};
-use crate::telemetry;
-use crate::validation::{AccessTokens, within_lifetime};
+use crate::store::{ByRefresh, Refresh, SessionStore};
 
 /// Most tokens one `ValidateAccessTokens` call may carry: a caller coalescing one event
 /// loop turn's validations stays far below it, and one call's store round trip stays short.

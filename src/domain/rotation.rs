@@ -20,7 +20,7 @@
 //!   rotated away from earlier, still inside the grace, reaches the current one along the
 //!   nonces of the rotations since ([`successor_along`]).
 
-use crate::session::{Token, is_well_formed_token, sha256_hex};
+use crate::domain::{Token, is_well_formed_token, sha256_hex};
 
 /// Hex characters of the family part.
 const FAMILY_LEN: usize = 24;
@@ -112,7 +112,7 @@ pub fn successor(previous: &str, nonce: &str) -> String {
 
 /// The token `nonces` lead to from `token`, one [`successor`] per nonce: how a token rotated
 /// away from earlier within the grace reaches the session's current one
-/// ([`crate::session::SessionRecord::successor_path`] gives the nonces).
+/// ([`crate::domain::SessionRecord::successor_path`] gives the nonces).
 pub fn successor_along(token: &str, nonces: &[&str]) -> String {
     nonces
         .iter()

@@ -1,12 +1,12 @@
 //! The one table of RPC names: what the handlers, the authorization policy, the spans and
 //! the metrics call each method the service answers: those of
 //! `barazo.session.v1.SessionService`, and Envoy's `envoy.service.auth.v3.Authorization/Check`
-//! (the ext_authz gateway call, [`crate::ext_authz`]).
+//! (the ext_authz gateway call, [`crate::api::ext_authz`]).
 //!
 //! A name typed anywhere else could drift from the proto; unit tests check this table
 //! against the compiled protos' services, both ways.
 
-use crate::metrics::RpcLabels;
+use crate::observe::metrics::RpcLabels;
 use tonic::Code;
 
 /// The gRPC service of Envoy's external authorization call.
@@ -100,7 +100,7 @@ impl Rpc {
     }
 
     /// Whether the RPC validates an access token (`ValidateAccessToken` and `Check` share
-    /// one path, [`crate::validation`], and its outcome counter).
+    /// one path, [`crate::api::validation`], and its outcome counter).
     pub const fn validates(self) -> bool {
         matches!(
             self,
@@ -111,7 +111,7 @@ impl Rpc {
     /// The largest request message the RPC accepts, in bytes. Every session request but a
     /// batch is well under 3 KiB (a 2048-char DID and a 253-char handle), so 16 KiB leaves
     /// room and refuses junk early; a batch of 1,000 tokens is 66 KB, and ext_authz's
-    /// `Check` carries the user's headers (see [`crate::ext_authz::MAX_CHECK_REQUEST_BYTES`]).
+    /// `Check` carries the user's headers (see [`crate::api::ext_authz::MAX_CHECK_REQUEST_BYTES`]).
     pub const fn max_request_bytes(self) -> usize {
         match self {
             Rpc::ValidateAccessTokens | Rpc::Check => 128 * 1024,

@@ -4,6 +4,7 @@
 //! in seconds becomes `rpc_server_call_duration_seconds`). Labels never carry a token, a
 //! session id or a DID: only method names, status codes and outcomes, so cardinality stays fixed.
 
+use crate::observe::labels::EventLabels;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -52,13 +53,6 @@ impl RpcLabels {
 pub struct OutcomeLabels {
     /// What the validation answered.
     pub outcome: &'static str,
-}
-
-/// Labels of a session lifecycle event: `created`, `refreshed` or `deleted`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventLabels {
-    /// What happened to the sessions counted.
-    pub event: &'static str,
 }
 
 /// Why sessions were revoked, the label of `barazo_session_revocations_total`.
@@ -169,7 +163,7 @@ impl Metrics {
         registry.register(
             "barazo_session_connection_events",
             "Connection-level abuse, counted instead of logged: handshake_timeout, reset_flood, protocol_error, accept_failed, idle_close, send_timeout (process-wide)",
-            crate::abuse::CONNECTION_EVENTS.clone(),
+            crate::transport::abuse::CONNECTION_EVENTS.clone(),
         );
         let sessions = Family::default();
         registry.register(
@@ -242,7 +236,7 @@ impl Metrics {
         build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
-                profile: crate::profile::PROFILE,
+                profile: crate::observe::profile::PROFILE,
             })
             .set(1);
         registry.register(
@@ -437,7 +431,7 @@ mod tests {
         let build = format!(
             "barazo_session_build_info{{version=\"{}\",profile=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION"),
-            crate::profile::PROFILE
+            crate::observe::profile::PROFILE
         );
         assert!(text.contains(&build), "{build} in\n{text}");
         assert!(metrics.ready());

@@ -6,8 +6,8 @@
 //! falls behind it gets a `reset` instead of the events it missed, so its memory (and the
 //! server's) stays flat whatever the write rate.
 
+use crate::api::error::RequestError;
 use crate::cache::{Invalidation, ValidationCache};
-use crate::error::RequestError;
 use crate::proto::revocation_event::Event;
 use crate::proto::{Reset, RevocationEvent};
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 //! finds the refresh token; no token hashes), so that the validation cache
 //! ([`crate::cache`]) can hold tens of thousands of them and hand each out without copying.
 
-use crate::session::SessionRecord;
-use crate::store::Lifetimes;
+use crate::domain::Lifetimes;
+use crate::domain::SessionRecord;
 use sha2::{Digest, Sha256};
 
 /// The caller-visible facts of one session, as of the read that produced them.
@@ -106,7 +106,7 @@ impl SessionView {
 
     /// The session key as callers see it: lowercase hex SHA-256 of the session id.
     pub fn session_key(&self) -> String {
-        crate::session::lower_hex(&self.session_key)
+        crate::domain::lower_hex(&self.session_key)
     }
 
     /// When the session was created (epoch ms).
@@ -135,7 +135,7 @@ impl SessionView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::sha256_hex;
+    use crate::domain::sha256_hex;
     use std::time::Duration;
 
     fn record() -> SessionRecord {

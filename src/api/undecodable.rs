@@ -2,15 +2,15 @@
 //! string field, a compressed flag without `grpc-encoding`, a missing or truncated message.
 //!
 //! tonic answers these `INTERNAL` before any handler runs, so they never reached the call
-//! layer ([`crate::call`]): no metric, no log line, and a code that says "server fault" for
+//! layer ([`crate::api::call`]): no metric, no log line, and a code that says "server fault" for
 //! what is the caller's mistake. This layer, innermost around the routes, turns such an
-//! answer into `INVALID_ARGUMENT` (the Status comes from [`crate::error`]), counts it in the
+//! answer into `INVALID_ARGUMENT` (the Status comes from [`crate::api::error`]), counts it in the
 //! RPC metrics under its method and that code, and logs it once at debug level (anyone who
 //! reaches the port can send junk, so it must not flood the log).
 
-use crate::error::RequestError;
-use crate::metrics::Metrics;
-use crate::rpc::Rpc;
+use crate::api::error::RequestError;
+use crate::api::rpc::Rpc;
+use crate::observe::metrics::Metrics;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -167,7 +167,7 @@ mod tests {
             Status::from(RequestError::Store(crate::store::StoreError::Protocol(
                 "x".into(),
             ))),
-            crate::error::polled_after_completion(),
+            crate::api::error::polled_after_completion(),
             Status::invalid_argument("failed to decode Protobuf message"),
         ] {
             assert!(!is_decode_failure(&status), "{status:?}");

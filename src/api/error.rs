@@ -6,8 +6,8 @@
 //! cookie"; `INVALID_ARGUMENT` is a bug in the caller. A refactor must not move a variant
 //! between these, so a unit test pins each one, with its message.
 
-use crate::auth::Denial;
-use crate::session::SyntaxError;
+use crate::authz::Denial;
+use crate::domain::SyntaxError;
 use crate::store::StoreError;
 use tonic::{Code, Status};
 
@@ -43,10 +43,10 @@ pub enum RequestError {
     TooManyTokens {
         /// How many the call carried.
         count: usize,
-        /// [`crate::service::MAX_TOKENS_PER_BATCH`].
+        /// [`crate::api::sessions::MAX_TOKENS_PER_BATCH`].
         limit: usize,
     },
-    /// The request message is larger than its RPC accepts ([`crate::rpc::Rpc::max_request_bytes`]).
+    /// The request message is larger than its RPC accepts ([`crate::api::rpc::Rpc::max_request_bytes`]).
     #[error("the request is larger than {limit} bytes")]
     TooLarge {
         /// The RPC's limit in bytes.

@@ -1,12 +1,13 @@
 //! What happens around every RPC (the session RPCs and ext_authz `Check`), whichever it is: load shedding, the time limit
 //! (the server's cap or the caller's shorter `grpc-timeout`), the SERVER span, the duration
-//! metric, and the one log line of a failed call. The handlers in [`crate::service`] only
+//! metric, and the one log line of a failed call. The handlers in [`crate::api::sessions`] only
 //! do their RPC's own work.
 
-use crate::error::RequestError;
-use crate::metrics::Metrics;
-use crate::rpc::Rpc;
-use crate::telemetry;
+use crate::api::error::RequestError;
+use crate::api::rpc::Rpc;
+use crate::observe::metrics::Metrics;
+use crate::observe::telemetry;
+use crate::transport::grpc_timeout;
 use opentelemetry::context::FutureExt as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,32 +211,9 @@ impl Drop for CallRecord<'_> {
 /// not tonic's timer for the same deadline) answers, with DEADLINE_EXCEEDED.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 
-/// The caller's `grpc-timeout` (`<digits><H|M|S|m|u|n>`), if it sent one.
+/// The caller's `grpc-timeout`, if it sent one.
 fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
-}
-
-/// The `grpc-timeout` in `headers`, if any (for layers that see the HTTP request).
-pub fn header_timeout(headers: &tonic::codegen::http::HeaderMap) -> Option<Duration> {
-    grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
-}
-
-/// A `grpc-timeout` value as a duration; `None` when it is not one.
-fn grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    if digits.is_empty() || digits.len() > 8 {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    grpc_timeout::parse(metadata.get("grpc-timeout")?.to_str().ok()?)
 }
 
 #[cfg(test)]
@@ -274,23 +252,6 @@ mod tests {
             .lines()
             .find_map(|line| line.strip_prefix(&prefix))
             .map_or(0, |n| n.parse().expect("a count"))
-    }
-
-    #[test]
-    fn grpc_timeouts_parse_as_the_spec_writes_them() {
-        let timeout = |v: &str| {
-            let mut metadata = MetadataMap::new();
-            metadata.insert("grpc-timeout", v.parse().expect("ascii"));
-            caller_timeout(&metadata)
-        };
-        assert_eq!(timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(timeout("5u"), Some(Duration::from_micros(5)));
-        for bad in ["", "m", "100", "100x", "123456789S", "-1S"] {
-            assert_eq!(timeout(bad), None, "{bad}");
-        }
-        assert_eq!(caller_timeout(&MetadataMap::new()), None);
     }
 
     #[tokio::test]

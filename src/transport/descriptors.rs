@@ -6,7 +6,7 @@
 
 /// Descriptors kept for everything but client connections: the listeners, stdio, the
 /// Valkey connections (one per node, and reconnects), the OTLP exporter, the admin
-/// listener's connections ([`crate::admin::MAX_CONNECTIONS`]), with room to spare.
+/// listener's connections ([`crate::observe::admin::MAX_CONNECTIONS`]), with room to spare.
 pub const RESERVED: u64 = 128;
 
 /// Raises the soft descriptor limit to the hard one, logging the change, and returns the

@@ -1,238 +1,12 @@
-//! Domain types of a session: identifiers, credentials, and the stored record.
-//!
-//! Everything here is pure (no I/O), so it is unit-tested beside the code. The stored
-//! record's JSON shape is shared byte for byte with the TypeScript AppView.
+//! The stored session record, shared byte for byte with the TypeScript AppView, and the
+//! rules that read it: which access tokens it accepts, what a presented refresh token is to
+//! it, how a refresh adds a tab's token and rotates the refresh token. Pure (no I/O); the
+//! Lua prelude (`store/valkey/scripts/session_json.lua`) implements the same rules.
 
-use crate::rotation::{Candidate, Lookup, Presented};
+use super::rotation::{Candidate, Lookup, Presented};
+use super::syntax::ClientFacts;
+use super::tokens::{constant_time_eq, log_prefix, sha256_hex};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Length of a token (access token or refresh token / session id) in hex characters.
-pub const TOKEN_HEX_LEN: usize = 64;
-
-/// Longest DID accepted, as the AT Protocol's DID syntax allows.
-const MAX_DID_LEN: usize = 2048;
-/// Longest handle accepted (a DNS name).
-const MAX_HANDLE_LEN: usize = 253;
-/// Longest label of a handle (a DNS label).
-const MAX_LABEL_LEN: usize = 63;
-
-/// Why a DID or handle was refused; the message names the rule, never echoes a secret.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SyntaxError {
-    /// The DID does not follow `did:<lowercase method>:<id>`.
-    #[error("did is not a valid DID: {0}")]
-    Did(&'static str),
-    /// The handle is not a valid AT Protocol handle.
-    #[error("handle is not a valid handle: {0}")]
-    Handle(&'static str),
-    /// A session key is not 64 lowercase hex characters.
-    #[error("session_key is not a session key: it must be 64 lowercase hex characters")]
-    SessionKey,
-    /// A client's address is neither empty nor a textual IPv4 or IPv6 address.
-    #[error("client.ip_address is not an IP address: give a textual IPv4 or IPv6 address, or none")]
-    IpAddress,
-}
-
-/// Longest User-Agent stored, in bytes; longer ones are cut at a character boundary.
-pub const MAX_USER_AGENT_BYTES: usize = 512;
-
-/// Facts about the device a session was used from, as the AppView saw them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientFacts {
-    /// The browser's User-Agent, at most [`MAX_USER_AGENT_BYTES`]; empty when unknown.
-    pub user_agent: String,
-    /// A textual IP address in its canonical form; empty when unknown.
-    pub ip_address: String,
-}
-
-impl ClientFacts {
-    /// Checks and normalises what the caller sent: an over-long User-Agent is cut (never
-    /// refused), an address must parse as IPv4 or IPv6 (or be empty).
-    pub fn new(user_agent: &str, ip_address: &str) -> Result<Self, SyntaxError> {
-        let mut cut = user_agent.len().min(MAX_USER_AGENT_BYTES);
-        while !user_agent.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let ip_address = match ip_address {
-            "" => String::new(),
-            text => text
-                .parse::<std::net::IpAddr>()
-                .map_err(|_| SyntaxError::IpAddress)?
-                .to_string(),
-        };
-        Ok(Self {
-            user_agent: user_agent[..cut].to_owned(),
-            ip_address,
-        })
-    }
-}
-
-/// Checks a session key: the lowercase hex SHA-256 of a session id.
-pub fn validate_session_key(key: &str) -> Result<(), SyntaxError> {
-    if is_well_formed_token(key) {
-        Ok(())
-    } else {
-        Err(SyntaxError::SessionKey)
-    }
-}
-
-/// Checks AT Protocol DID syntax: `did:<method>:<id>`, method of lowercase letters, id of
-/// `[A-Za-z0-9._:%-]` not ending in `:` or `%`, at most 2048 characters.
-pub fn validate_did(did: &str) -> Result<(), SyntaxError> {
-    if did.is_empty() {
-        return Err(SyntaxError::Did("it is empty"));
-    }
-    if did.len() > MAX_DID_LEN {
-        return Err(SyntaxError::Did("it is longer than 2048 characters"));
-    }
-    let rest = did
-        .strip_prefix("did:")
-        .ok_or(SyntaxError::Did("it does not start with \"did:\""))?;
-    let (method, id) = rest
-        .split_once(':')
-        .ok_or(SyntaxError::Did("it has no method-specific identifier"))?;
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_lowercase()) {
-        return Err(SyntaxError::Did("the method must be lowercase letters"));
-    }
-    if id.is_empty() {
-        return Err(SyntaxError::Did("the identifier is empty"));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'%' | b'-'))
-    {
-        return Err(SyntaxError::Did(
-            "the identifier may hold only letters, digits and . _ : % -",
-        ));
-    }
-    if id.ends_with(':') || id.ends_with('%') {
-        return Err(SyntaxError::Did("it must not end in ':' or '%'"));
-    }
-    Ok(())
-}
-
-/// Checks AT Protocol handle syntax: a DNS name of at least two labels, at most 253
-/// characters, labels of 1–63 letters/digits/hyphens not starting or ending with a hyphen,
-/// the last label not starting with a digit. `handle.invalid` passes, as it should.
-pub fn validate_handle(handle: &str) -> Result<(), SyntaxError> {
-    if handle.is_empty() {
-        return Err(SyntaxError::Handle("it is empty"));
-    }
-    if handle.len() > MAX_HANDLE_LEN {
-        return Err(SyntaxError::Handle("it is longer than 253 characters"));
-    }
-    let mut labels = 0;
-    let mut last = "";
-    for label in handle.split('.') {
-        if label.is_empty() || label.len() > MAX_LABEL_LEN {
-            return Err(SyntaxError::Handle("each label must be 1 to 63 characters"));
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(SyntaxError::Handle(
-                "labels may hold only letters, digits and hyphens",
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(SyntaxError::Handle(
-                "a label must not start or end with a hyphen",
-            ));
-        }
-        labels += 1;
-        last = label;
-    }
-    if labels < 2 {
-        return Err(SyntaxError::Handle("it needs at least two labels"));
-    }
-    if last.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(SyntaxError::Handle(
-            "the last label must not start with a digit",
-        ));
-    }
-    Ok(())
-}
-
-/// A freshly minted credential: 32 bytes from the OS CSPRNG as 64 lowercase hex chars.
-///
-/// Deliberately not `Debug`/`Display`, so it cannot end up in a log line by accident.
-pub struct Token(String);
-
-impl Token {
-    /// Mints a new token from the operating system's CSPRNG.
-    pub fn generate() -> Result<Self, getrandom::Error> {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes)?;
-        Ok(Self(lower_hex(&bytes)))
-    }
-
-    /// The token itself, to hand to the caller once.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Gives the token up, to hand to the caller once.
-    pub fn into_string(self) -> String {
-        self.0
-    }
-}
-
-/// Whether `s` has the shape of a token this service mints: exactly 64 lowercase hex chars.
-///
-/// Anything else (including tokens over 128 bytes) is refused before any store round trip.
-pub fn is_well_formed_token(s: &str) -> bool {
-    s.len() == TOKEN_HEX_LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Lowercase hex SHA-256 of a string: how access tokens are keyed in the store and how a
-/// session id becomes its non-secret `session_key`.
-pub fn sha256_hex(s: &str) -> String {
-    lower_hex(&Sha256::digest(s.as_bytes()))
-}
-
-/// Lowercase hex of bytes into one exactly-sized allocation. Runs twice per validation
-/// (token hash, session key); `hex::encode`'s char iterator showed in profiles.
-pub(crate) fn lower_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = Vec::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
-    }
-    // Every byte pushed is an ASCII hex digit.
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// The first 8 characters of a hash: the most of any credential-derived value that may
-/// appear in a log line or span.
-pub fn log_prefix(hash: &str) -> &str {
-    hash.get(..8).unwrap_or(hash)
-}
-
-/// How far this process's clock is moved (see [`skew_clock_for_tests`]); 0 in production.
-static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
-/// Moves this process's clock by `offset_ms`, to play a replica whose clock is wrong in
-/// tests (`--test-clock-offset-ms`). Expiry is judged on Valkey's clock, so such a replica
-/// must still answer like the others.
-pub fn skew_clock_for_tests(offset_ms: i64) {
-    CLOCK_OFFSET_MS.store(offset_ms, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Milliseconds since the Unix epoch, the unit the stored JSON uses.
-pub fn now_ms() -> i64 {
-    let offset = CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed);
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        // A clock before 1970 is a broken host; "the end of time" makes every token look
-        // expired (fail closed).
-        .unwrap_or(i64::MAX)
-        .saturating_add(offset)
-}
 
 /// A session as stored under `<prefix>data:<sid>`, shared with the TypeScript AppView.
 ///
@@ -442,7 +216,7 @@ impl SessionRecord {
     }
 
     /// The nonces that lead from the refresh token hashed `presented_hash` to the current
-    /// one, in order (see [`crate::rotation::successor_along`]); `None` when the session
+    /// one, in order (see [`crate::domain::rotation::successor_along`]); `None` when the session
     /// did not rotate away from that token.
     pub fn successor_path(&self, presented_hash: &str) -> Option<Vec<&str>> {
         let steps: Vec<(&str, &str, i64)> = self.rotations().collect();
@@ -545,138 +319,10 @@ impl SessionRecord {
     }
 }
 
-/// Compares two byte strings without an early exit on the first difference.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accepts_real_dids() {
-        for did in [
-            "did:plc:z72i7hdynmk6r22z27h6tvur",
-            "did:web:example.com",
-            "did:web:localhost%3A1234",
-            "did:method:val:two",
-            "did:m:v",
-            "did:example:a-b_c.d%20",
-        ] {
-            assert_eq!(validate_did(did), Ok(()), "{did}");
-        }
-    }
-
-    #[test]
-    fn refuses_malformed_dids_naming_the_field() {
-        for did in [
-            "",
-            "did",
-            "did:",
-            "did:plc",
-            "did:plc:",
-            "DID:plc:abc",
-            "did:PLC:abc",
-            "did:pl4c:abc",
-            "did:plc:abc:",
-            "did:plc:abc%",
-            "did:plc:ab/c",
-            "did:plc:ab c",
-            "did:plc:ab#c",
-            "did:plc:ab?c",
-        ] {
-            let err = validate_did(did).expect_err(did);
-            assert!(err.to_string().starts_with("did "), "{err}");
-        }
-        let long = format!("did:plc:{}", "a".repeat(2041));
-        assert_eq!(long.len(), 2049);
-        assert!(validate_did(&long).is_err());
-        assert!(validate_did(&long[..2048]).is_ok());
-    }
-
-    #[test]
-    fn accepts_real_handles() {
-        for handle in [
-            "alice.bsky.social",
-            "handle.invalid",
-            "a.co",
-            "xn--ls8h.test",
-            "john.test",
-            "8.cn",
-            "a-b.c-d.example",
-            "UPPER.Example.COM",
-        ] {
-            assert_eq!(validate_handle(handle), Ok(()), "{handle}");
-        }
-        let label = "a".repeat(63);
-        let longest = format!("{label}.{label}.{label}.{}", "b".repeat(61));
-        assert_eq!(longest.len(), 253);
-        assert!(validate_handle(&longest).is_ok());
-    }
-
-    #[test]
-    fn refuses_malformed_handles_naming_the_field() {
-        let long_label = format!("{}.com", "a".repeat(64));
-        let label = "a".repeat(63);
-        let too_long = format!("{label}.{label}.{label}.{}", "b".repeat(62));
-        for handle in [
-            "",
-            "alice",
-            ".alice.com",
-            "alice.com.",
-            "alice..com",
-            "-alice.com",
-            "alice-.com",
-            "alice.1com",
-            "al_ice.com",
-            "alice.com/x",
-            "ali ce.com",
-            "älice.com",
-            long_label.as_str(),
-            too_long.as_str(),
-        ] {
-            let err = validate_handle(handle).expect_err(handle);
-            assert!(err.to_string().starts_with("handle "), "{err}");
-        }
-    }
-
-    #[test]
-    fn tokens_are_64_lowercase_hex_and_differ() {
-        let a = Token::generate().expect("os rng");
-        let b = Token::generate().expect("os rng");
-        assert!(is_well_formed_token(a.expose()));
-        assert_ne!(a.expose(), b.expose());
-    }
-
-    #[test]
-    fn token_shape_check_refuses_everything_else() {
-        let good = "0123456789abcdef".repeat(4);
-        assert!(is_well_formed_token(&good));
-        assert!(!is_well_formed_token(&good.to_uppercase()));
-        assert!(!is_well_formed_token(&good[..63]));
-        assert!(!is_well_formed_token(&format!("{good}0")));
-        assert!(!is_well_formed_token(&"g".repeat(64)));
-        assert!(!is_well_formed_token(&"a".repeat(200)));
-        assert!(!is_well_formed_token(""));
-    }
-
-    #[test]
-    fn lower_hex_matches_the_hex_crate() {
-        let bytes: Vec<u8> = (0..=255).collect();
-        assert_eq!(lower_hex(&bytes), hex::encode(&bytes));
-        assert_eq!(lower_hex(&[]), "");
-    }
-
-    #[test]
-    fn sha256_matches_node_crypto() {
-        // Node: createHash('sha256').update('abc').digest('hex')
-        assert_eq!(
-            sha256_hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(log_prefix(&sha256_hex("abc")), "ba7816bf");
-    }
+    use crate::domain::tokens::sha256_hex;
 
     #[test]
     fn record_json_has_the_typescript_shape() {
@@ -769,7 +415,7 @@ mod tests {
 
     #[test]
     fn rotations_inside_the_grace_chain_up_to_the_current_token() {
-        use crate::rotation::{self, Candidate, Presented};
+        use crate::domain::rotation::{self, Candidate, Presented};
         let grace = 10_000;
         let first = rotation::first_token().expect("rng");
         let mut record = SessionRecord {
@@ -815,23 +461,6 @@ mod tests {
             .collect();
         assert_eq!(kept, [5_000, 6_000]);
         assert_eq!(record.rotated_at, Some(14_500));
-    }
-
-    #[test]
-    fn client_facts_cut_the_user_agent_and_refuse_bad_addresses() {
-        let long = "é".repeat(400); // 800 bytes, two per character
-        let facts = ClientFacts::new(&long, "2001:DB8::1").expect("valid");
-        assert_eq!(facts.user_agent.len(), 512);
-        assert_eq!(facts.ip_address, "2001:db8::1", "canonical form");
-        assert!(ClientFacts::new("x", "203.0.113.7").is_ok());
-        assert!(ClientFacts::new("x", "").is_ok());
-        for bad in ["localhost", "1.2.3", "203.0.113.7:80", " 1.2.3.4"] {
-            assert_eq!(
-                ClientFacts::new("x", bad),
-                Err(SyntaxError::IpAddress),
-                "{bad}"
-            );
-        }
     }
 
     #[test]

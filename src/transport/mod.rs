@@ -6,13 +6,26 @@
 //! `serve_with_incoming`, because closing an idle connection needs its hyper connection
 //! (`graceful_shutdown`, which sends GOAWAY) and its count of open streams, and resetting
 //! responses that are never taken needs the executor its streams run on
-//! ([`crate::delivery`]); tonic keeps both to itself. What tonic 0.14's server did is
+//! ([`crate::transport::delivery`]); tonic keeps both to itself. What tonic 0.14's server did is
 //! kept: the same HTTP/2 settings, `TlsConnectInfo<Peer>` (TLS) or `Peer` (plaintext) in
 //! each request's extensions, `CANCELLED "Timeout expired"` past the backstop, and on
 //! shutdown the listener closed at once, then every connection sent GOAWAY and drained.
 
-use crate::abuse::{ConnectionEvent, record};
-use crate::delivery::{Activity, DeliveryLayer, Streams};
+//!
+//! The rest of the connection layer lives beside it: [`connections`] (the cap, accept
+//! back-off, slow handshakes), [`handshake`], [`delivery`] (responses never taken),
+//! [`abuse`] (connection-level events, counted not logged) and [`descriptors`] (the fd
+//! limit).
+
+pub mod abuse;
+pub mod connections;
+pub mod delivery;
+pub mod descriptors;
+pub(crate) mod grpc_timeout;
+pub mod handshake;
+
+use crate::transport::abuse::{ConnectionEvent, record};
+use crate::transport::delivery::{Activity, DeliveryLayer, Streams};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
@@ -293,7 +306,7 @@ where
     fn call(&self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(self.info.clone());
-        let limit = crate::call::header_timeout(request.headers())
+        let limit = crate::transport::grpc_timeout::from_headers(request.headers())
             .map_or(self.backstop, |caller| caller.min(self.backstop));
         // Every layer's `poll_ready` is always ready (tonic's routes and ours).
         let mut inner = self.inner.clone();

@@ -1,7 +1,7 @@
 //! The admin HTTP listener: `/metrics` for Prometheus, `/livez` and `/readyz` for probes that
 //! cannot speak gRPC (or TLS to the gRPC port). Off unless `--metrics-listen` is set.
 
-use crate::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -55,24 +55,24 @@ pub const MAX_CONNECTIONS: usize = 16;
 pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The admin listener with a cap on open connections and a lifetime for each.
-pub struct Limited {
+pub struct AdminListener {
     listener: tokio::net::TcpListener,
     slots: Arc<tokio::sync::Semaphore>,
-    backoff: crate::connections::AcceptBackoff,
+    backoff: crate::transport::connections::AcceptBackoff,
 }
 
-impl Limited {
+impl AdminListener {
     /// Serves `listener` with at most [`MAX_CONNECTIONS`] connections open at once.
     pub fn new(listener: tokio::net::TcpListener) -> Self {
         Self {
             listener,
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
-            backoff: crate::connections::AcceptBackoff::new("admin"),
+            backoff: crate::transport::connections::AcceptBackoff::new("admin"),
         }
     }
 }
 
-impl axum::serve::Listener for Limited {
+impl axum::serve::Listener for AdminListener {
     type Io = Timed;
     type Addr = std::net::SocketAddr;
 

@@ -1,17 +1,18 @@
 //! The one path that decides whether an access token is valid, shared by
-//! `ValidateAccessToken` ([`crate::service`]) and the ext_authz `Check`
-//! ([`crate::ext_authz`]): a token is checked the same way whichever door it came in by,
+//! `ValidateAccessToken` ([`crate::api::sessions`]) and the ext_authz `Check`
+//! ([`crate::api::ext_authz`]): a token is checked the same way whichever door it came in by,
 //! and answered from this replica's validation cache ([`crate::cache`]) when it holds the
 //! answer.
 
+use crate::api::error::RequestError;
+use crate::api::rpc::Rpc;
 use crate::cache::{InsertHook, ValidationCache};
-use crate::error::RequestError;
-use crate::metrics::Metrics;
-use crate::rpc::Rpc;
-use crate::session::{SessionRecord, is_well_formed_token, log_prefix, lower_hex};
-use crate::session_view::SessionView;
-use crate::store::{Found, Lifetimes, SessionStore, StoreError};
-use crate::telemetry;
+use crate::domain::Lifetimes;
+use crate::domain::view::SessionView;
+use crate::domain::{SessionRecord, is_well_formed_token, log_prefix, lower_hex};
+use crate::observe::metrics::Metrics;
+use crate::observe::telemetry;
+use crate::store::{Found, SessionStore, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -58,7 +59,7 @@ impl<S: SessionStore> AccessTokens<S> {
     /// A store failure is an error, never `None`: a caller must not log a user out, nor a
     /// gateway let a request through, because Valkey blinked. `rpc` names the caller's RPC
     /// in the log line of unreadable session data. Valid and invalid answers are counted
-    /// here; failures are counted by the call layer ([`crate::call`]).
+    /// here; failures are counted by the call layer ([`crate::api::call`]).
     pub async fn validate(
         &self,
         rpc: Rpc,

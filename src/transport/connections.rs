@@ -3,7 +3,7 @@
 //! descriptors; each connection may also hold at most `--max-concurrent-streams` streams),
 //! and what the server keeps about each one for all of its calls ([`Peer`]).
 
-use crate::handshake::Handshake;
+use crate::transport::handshake::Handshake;
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
@@ -106,7 +106,9 @@ impl AsyncRead for Limited {
         }
         if !*this.timed_out {
             *this.timed_out = true;
-            crate::abuse::record(crate::abuse::ConnectionEvent::HandshakeTimeout);
+            crate::transport::abuse::record(
+                crate::transport::abuse::ConnectionEvent::HandshakeTimeout,
+            );
         }
         // Anyone can open connections: debug level, so they cannot flood the log.
         tracing::debug!(
@@ -155,7 +157,7 @@ impl AsyncWrite for Limited {
 /// (typically `EMFILE`, out of descriptors) is never handed on: it waits out a backoff
 /// before the next accept instead of retrying at once, which would spin a core.
 ///
-/// Each connection must finish its handshake (see [`crate::handshake`]) within
+/// Each connection must finish its handshake (see [`crate::transport::handshake`]) within
 /// `handshake_timeout` of being accepted, or it is closed.
 pub fn limit(
     incoming: TcpIncoming,
@@ -244,7 +246,7 @@ impl AcceptBackoff {
                 .map_or(BACKOFF_FIRST, |d| d.saturating_mul(2).min(BACKOFF_MAX));
             state.delay = Some(delay);
             state.unreported += 1;
-            crate::abuse::record(crate::abuse::ConnectionEvent::AcceptFailed);
+            crate::transport::abuse::record(crate::transport::abuse::ConnectionEvent::AcceptFailed);
             let due = state
                 .last_warning
                 .is_none_or(|at| at.elapsed() >= WARN_EVERY);

@@ -5,9 +5,9 @@
 //! default level; `RUST_LOG=h2=warn` (or `hyper=…`) shows the HTTP/2 layer's own lines again.
 //!
 //! The counters are process-wide: h2 reports a reset flood only as a log event, which the
-//! [`Http2Events`] tracing layer turns into a count, with no handle on a [`crate::metrics::Metrics`].
+//! [`Http2Events`] tracing layer turns into a count, with no handle on a [`crate::observe::metrics::Metrics`].
 
-use crate::metrics::EventLabels;
+use crate::observe::labels::EventLabels;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::sync::LazyLock;
@@ -47,7 +47,7 @@ impl ConnectionEvent {
     }
 }
 
-/// The process-wide counts, registered by [`crate::metrics::Metrics::new`].
+/// The process-wide counts, registered by [`crate::observe::metrics::Metrics::new`].
 pub static CONNECTION_EVENTS: LazyLock<Family<EventLabels, Counter>> =
     LazyLock::new(Family::default);
 

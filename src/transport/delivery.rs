@@ -16,7 +16,7 @@
 //! clock runs past the limit is dropped, and h2 answers a dropped stream with RST_STREAM
 //! (CANCEL) and frees what it had queued for it.
 
-use crate::abuse::{ConnectionEvent, record};
+use crate::transport::abuse::{ConnectionEvent, record};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::collections::VecDeque;
@@ -219,7 +219,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let limit = crate::call::header_timeout(request.headers())
+        let limit = crate::transport::grpc_timeout::from_headers(request.headers())
             .map_or(self.time_limit, |caller| caller.min(self.time_limit));
         DeliveredFuture {
             inner: self.inner.call(request),

@@ -3,9 +3,9 @@
 //! A background task probes the store on an interval and publishes changes. Its probe also
 //! wakes the Valkey connection after an outage, so the service recovers without traffic.
 
-use crate::metrics::Metrics;
+use crate::api::rpc::EXT_AUTHZ_SERVICE;
+use crate::observe::metrics::Metrics;
 use crate::proto::session_service_server::SERVICE_NAME;
-use crate::rpc::EXT_AUTHZ_SERVICE;
 use crate::store::SessionStore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +68,7 @@ pub async fn monitor<S: SessionStore>(
             match &failure {
                 None => tracing::info!("session store answers: SERVING"),
                 Some(err) => {
-                    tracing::warn!(error = %crate::error::chain(err), "session store does not answer: NOT_SERVING")
+                    tracing::warn!(error = %crate::api::error::chain(err), "session store does not answer: NOT_SERVING")
                 }
             }
             publish(&reporter, status).await;

@@ -16,12 +16,12 @@
 //!   error, never a denial, so that Envoy applies `failure_mode_allow: false` and answers
 //!   `status_on_error` (503) instead of logging the user out with a 401.
 
-use crate::call::{Calls, SpanFacts};
-use crate::error::RequestError;
-use crate::rpc::Rpc;
-use crate::session_view::SessionView;
+use crate::api::call::{Calls, SpanFacts};
+use crate::api::error::RequestError;
+use crate::api::rpc::Rpc;
+use crate::api::validation::AccessTokens;
+use crate::domain::view::SessionView;
 use crate::store::SessionStore;
-use crate::validation::AccessTokens;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
     HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, HttpStatusCode,
@@ -71,12 +71,12 @@ impl<S: SessionStore> ExtAuthz<S> {
     async fn decide(&self, request: CheckRequest) -> Result<CheckResponse, RequestError> {
         let token = match credential(&request) {
             Credential::Bearer(token) => token,
-            Credential::Missing => return Ok(denied(Denial::Missing)),
-            Credential::Malformed => return Ok(denied(Denial::Malformed)),
+            Credential::Missing => return Ok(denied(Refusal::Missing)),
+            Credential::Malformed => return Ok(denied(Refusal::Malformed)),
         };
         match self.tokens.validate(Rpc::Check, token).await? {
             Some(session) => Ok(allowed(&session, forged_headers(&request))),
-            None => Ok(denied(Denial::Invalid)),
+            None => Ok(denied(Refusal::Invalid)),
         }
     }
 }
@@ -144,7 +144,7 @@ fn credential(request: &CheckRequest) -> Credential<'_> {
     if values.next().is_some() {
         return Credential::Malformed;
     }
-    match value.and_then(crate::auth::bearer_credential) {
+    match value.and_then(crate::authz::bearer_credential) {
         Some(token) => Credential::Bearer(token),
         None => Credential::Malformed,
     }
@@ -214,23 +214,23 @@ fn allowed(session: &SessionView, forged: Vec<String>) -> CheckResponse {
 /// Why a request was denied: the `status.message` of the answer (Envoy logs it at trace
 /// level; the user sees only the 401) and the `authz.denial` span attribute.
 #[derive(Debug, Clone, Copy)]
-enum Denial {
+enum Refusal {
     Missing,
     Malformed,
     Invalid,
 }
 
-impl Denial {
+impl Refusal {
     const fn reason(self) -> &'static str {
         match self {
-            Denial::Missing => "no bearer token",
-            Denial::Malformed => "the authorization header is not one Bearer credential",
-            Denial::Invalid => "invalid or expired token",
+            Refusal::Missing => "no bearer token",
+            Refusal::Malformed => "the authorization header is not one Bearer credential",
+            Refusal::Invalid => "invalid or expired token",
         }
     }
 }
 
-fn denied(denial: Denial) -> CheckResponse {
+fn denied(denial: Refusal) -> CheckResponse {
     CheckResponse {
         status: grpc_status(Code::Unauthenticated, denial.reason()),
         http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
@@ -273,8 +273,8 @@ impl SpanFacts for CheckResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{SessionRecord, sha256_hex};
-    use crate::store::Lifetimes;
+    use crate::domain::Lifetimes;
+    use crate::domain::{SessionRecord, sha256_hex};
     use envoy_types::pb::envoy::config::core::v3::HeaderMap;
     use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
@@ -441,7 +441,7 @@ mod tests {
             "did:plc:abc".to_owned()
         )));
 
-        let no = denied(Denial::Invalid);
+        let no = denied(Refusal::Invalid);
         assert_eq!(
             no.status.as_ref().map(|s| s.code),
             Some(Code::Unauthenticated as i32)

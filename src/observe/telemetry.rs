@@ -112,7 +112,7 @@ pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
 }
 
 /// The `tracing` subscriber for `RUST_LOG` = `rust_log` (default `info`): log lines in
-/// `format`, and h2's warnings counted ([`crate::abuse`]).
+/// `format`, and h2's warnings counted ([`crate::transport::abuse`]).
 ///
 /// Under one global level ceiling, the most verbose level any layer records: per-layer
 /// filters alone give `tracing` no level hint, so every span h2, hyper and tonic open at
@@ -146,13 +146,13 @@ fn subscriber(
             .boxed(),
     }
     .with_filter(filter)
-    // The HTTP/2 layer's warnings are counted (crate::abuse), not logged: anyone can cause
+    // The HTTP/2 layer's warnings are counted (crate::transport::abuse), not logged: anyone can cause
     // them. Unless RUST_LOG names h2 or hyper, the operator asked for them.
     .with_filter(tracing_subscriber::filter::filter_fn(move |metadata| {
-        http2_named || !crate::abuse::is_http2_warning(metadata)
+        http2_named || !crate::transport::abuse::is_http2_warning(metadata)
     }));
-    let http2_events = crate::abuse::Http2Events.with_filter(
-        tracing_subscriber::filter::filter_fn(crate::abuse::is_http2_warning)
+    let http2_events = crate::transport::abuse::Http2Events.with_filter(
+        tracing_subscriber::filter::filter_fn(crate::transport::abuse::is_http2_warning)
             .with_max_level_hint(LevelFilter::WARN),
     );
     tracing_subscriber::registry()
