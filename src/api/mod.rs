@@ -3,12 +3,12 @@
 //! RPC table; the one path that validates an access token; and the one mapping of errors to
 //! `tonic::Status`.
 
-pub mod call;
+pub(crate) mod call;
 pub mod error;
-pub mod ext_authz;
+pub(crate) mod ext_authz;
 pub mod health;
-pub mod revocations;
+pub(crate) mod revocations;
 pub mod rpc;
 pub mod sessions;
-pub mod undecodable;
+pub(crate) mod undecodable;
 pub mod validation;

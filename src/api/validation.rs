@@ -47,6 +47,7 @@ impl<S: SessionStore> AccessTokens<S> {
         self
     }
 
+    #[cfg(feature = "test-hooks")]
     /// The same, awaiting `hook` between each store answer and its insertion into the
     /// cache (tests: the stale-read race, forced).
     pub fn with_insert_hook(mut self, hook: InsertHook) -> Self {

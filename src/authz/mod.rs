@@ -8,9 +8,9 @@
 //! [`policy`] reads the file and decides, [`credentials`] reads what a request presents,
 //! [`layer`] enforces it.
 
-pub mod credentials;
-pub mod layer;
-pub mod policy;
+pub(crate) mod credentials;
+pub(crate) mod layer;
+pub(crate) mod policy;
 
 pub use credentials::{
     AuthorizationHeader, bearer_credential, certificate_identities, presented_key,

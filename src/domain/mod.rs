@@ -3,13 +3,13 @@
 //! and every handler uses these; the Lua prelude of the Valkey scripts mirrors the rules of
 //! [`record`] and [`rotation`] (each function names its twin).
 
-pub mod clock;
-pub mod lifetimes;
-pub mod record;
+pub(crate) mod clock;
+pub(crate) mod lifetimes;
+pub(crate) mod record;
 pub mod rotation;
-pub mod syntax;
-pub mod tokens;
-pub mod view;
+pub(crate) mod syntax;
+pub(crate) mod tokens;
+pub(crate) mod view;
 
 pub use clock::{now_ms, skew_clock_for_tests};
 pub use lifetimes::{Lifetimes, TokenRules};

@@ -4,7 +4,6 @@
 //! Lua prelude (`store/valkey/scripts/session_json.lua`) implements the same rules.
 
 use super::rotation::{Candidate, Lookup, Presented};
-use super::syntax::ClientFacts;
 use super::tokens::{constant_time_eq, log_prefix, sha256_hex};
 use serde::{Deserialize, Serialize};
 
@@ -132,14 +131,6 @@ impl SessionRecord {
     /// When the session was last refreshed, or created if never.
     pub fn last_refreshed(&self) -> i64 {
         self.refreshed_at.unwrap_or(self.created_at)
-    }
-
-    /// The device facts stored with the session.
-    pub fn client(&self) -> ClientFacts {
-        ClientFacts {
-            user_agent: self.user_agent.clone(),
-            ip_address: self.ip_address.clone(),
-        }
     }
 
     /// Parses stored JSON. Any shape other than the six fields with the right types fails:

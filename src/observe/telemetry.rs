@@ -62,11 +62,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports the spans still buffered. Called once on graceful shutdown.
     pub fn shutdown(self) {
         if let Some(provider) = self.provider

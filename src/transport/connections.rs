@@ -54,11 +54,6 @@ impl Peer {
         }
     }
 
-    /// The connection's addresses.
-    pub fn tcp(&self) -> &TcpConnectInfo {
-        &self.tcp
-    }
-
     /// The caller's certificate identities: `parse` runs on the connection's first call
     /// only, since the certificate cannot change while the connection lasts.
     pub fn identities(&self, parse: impl FnOnce() -> Vec<String>) -> &[String] {

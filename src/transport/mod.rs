@@ -17,12 +17,12 @@
 //! [`abuse`] (connection-level events, counted not logged) and [`descriptors`] (the fd
 //! limit).
 
-pub mod abuse;
-pub mod connections;
-pub mod delivery;
-pub mod descriptors;
+pub(crate) mod abuse;
+pub(crate) mod connections;
+pub(crate) mod delivery;
+pub(crate) mod descriptors;
 pub(crate) mod grpc_timeout;
-pub mod handshake;
+pub(crate) mod handshake;
 
 use crate::transport::abuse::{ConnectionEvent, record};
 use crate::transport::delivery::{Activity, DeliveryLayer, Streams};

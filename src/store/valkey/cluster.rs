@@ -235,6 +235,7 @@ impl ValkeyClusterStore {
         })
     }
 
+    #[cfg(feature = "test-hooks")]
     /// The same store, holding each operation at every [`Step`] until `hook`'s future
     /// completes. For tests that force interleavings; production stores have none.
     #[must_use]

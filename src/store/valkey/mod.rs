@@ -11,7 +11,7 @@
 //! `/metrics` histogram and the CLIENT span), so both topologies report alike.
 
 pub mod cluster;
-pub mod identity;
+pub(crate) mod identity;
 mod link;
 pub mod standalone;
 
