@@ -10,7 +10,8 @@ use crate::api::sessions::SessionApi;
 use crate::api::undecodable::{Undecodable, UndecodableLayer};
 use crate::api::validation::AccessTokens;
 use crate::authz::{AuthLayer, Authorized, Policy};
-use crate::cache::{Cached, ValidationCache};
+use crate::cache::feed::Subscribers;
+use crate::cache::{FeedEvents, OwnWrites, ValidationCache};
 use crate::config::{Config, StoreKind, Switch, ValkeyMode};
 use crate::observe::admin;
 use crate::observe::metrics::Metrics;
@@ -234,34 +235,34 @@ impl Application {
                     ValkeyMode::Standalone => {
                         let store = ValkeyStore::new(&options, metrics.clone())
                             .map_err(StartupError::ValkeyUrl)?;
-                        // The feed runs with the cache off too: it feeds WatchRevocations.
-                        let cache = ValidationCache::new(
-                            config.validation_cache_entries as usize,
-                            metrics.clone(),
-                        );
                         let client =
                             valkey::standalone::client(&options, redis::ProtocolVersion::RESP3)
                                 .map_err(StartupError::ValkeyUrl)?;
+                        // The feed runs with the cache off too: it feeds WatchRevocations.
+                        let subscribers = Subscribers {
+                            cache: (config.validation_cache == Switch::On).then(|| {
+                                ValidationCache::new(
+                                    config.validation_cache_entries as usize,
+                                    metrics.clone(),
+                                )
+                            }),
+                            events: FeedEvents::new(metrics.clone()),
+                        };
                         let feed = crate::cache::feed::run(
                             client,
-                            cache.clone(),
+                            subscribers.clone(),
                             store.command_side(),
                             options.key_prefix.clone(),
                             connect_timeout.max(command_timeout),
                         );
-                        let (router, monitor) = if config.validation_cache == Switch::On {
-                            let parts = Parts {
-                                revocations: Some(cache.clone()),
-                                validation_cache: Some(cache.clone()),
-                                ..parts
-                            };
-                            routes(Cached::new(store, cache), parts)?
-                        } else {
-                            let parts = Parts {
-                                revocations: Some(cache),
-                                ..parts
-                            };
-                            routes(store, parts)?
+                        let parts = Parts {
+                            revocations: Some(subscribers.events),
+                            validation_cache: subscribers.cache.clone(),
+                            ..parts
+                        };
+                        let (router, monitor) = match subscribers.cache {
+                            Some(cache) => routes(OwnWrites::new(store, cache), parts)?,
+                            None => routes(store, parts)?,
                         };
                         let both: BoxFuture = Box::pin(async move {
                             tokio::join!(monitor, feed);
@@ -414,7 +415,7 @@ struct Parts<'a> {
     health_service: HealthServer<HealthService>,
     metrics: Arc<Metrics>,
     /// The invalidation feed behind `WatchRevocations`, where the store has one.
-    revocations: Option<Arc<ValidationCache>>,
+    revocations: Option<Arc<FeedEvents>>,
     /// The validation cache, when on: validations answered from it, filled by them.
     validation_cache: Option<Arc<ValidationCache>>,
 }

@@ -7,7 +7,7 @@
 //! server's) stays flat whatever the write rate.
 
 use crate::api::error::RequestError;
-use crate::cache::{Invalidation, ValidationCache};
+use crate::cache::{FeedEvents, Invalidation};
 use crate::proto::revocation_event::Event;
 use crate::proto::{Reset, RevocationEvent};
 use std::sync::Arc;
@@ -24,7 +24,7 @@ const SHUTDOWN_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The revocation streams of one replica.
 pub struct Revocations {
-    cache: Option<Arc<ValidationCache>>,
+    feed: Option<Arc<FeedEvents>>,
     streams: Arc<Semaphore>,
     draining: watch::Receiver<bool>,
 }
@@ -41,16 +41,16 @@ fn reset() -> RevocationEvent {
 }
 
 impl Revocations {
-    /// Streams fed by `cache`'s invalidation feed (`None`: this store has none), at most
+    /// Streams fed by the invalidation feed's `feed` events (`None`: this store has none), at most
     /// `max_streams` open at once, each ended with `UNAVAILABLE` when `draining` turns
     /// true (the server is shutting down and must not wait for streams that never end).
     pub fn new(
-        cache: Option<Arc<ValidationCache>>,
+        feed: Option<Arc<FeedEvents>>,
         max_streams: usize,
         draining: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            cache,
+            feed,
             streams: Arc::new(Semaphore::new(max_streams)),
             draining,
         }
@@ -58,7 +58,7 @@ impl Revocations {
 
     /// Opens one stream: `reset` first, then the feed's events.
     pub fn open(&self) -> Result<EventStream, RequestError> {
-        let cache = self.cache.as_ref().ok_or(RequestError::NoRevocationFeed)?;
+        let feed = self.feed.as_ref().ok_or(RequestError::NoRevocationFeed)?;
         if *self.draining.borrow() {
             return Err(RequestError::ShuttingDown);
         }
@@ -68,8 +68,8 @@ impl Revocations {
             .try_acquire_owned()
             .map_err(|_| RequestError::TooManyStreams)?;
         // Subscribed before checking the feed: a break after this check reaches the stream.
-        let mut events = cache.subscribe();
-        if !cache.is_live() {
+        let mut events = feed.subscribe();
+        if !feed.is_live() {
             return Err(RequestError::FeedDown);
         }
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);

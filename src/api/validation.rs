@@ -6,7 +6,7 @@
 
 use crate::api::error::RequestError;
 use crate::api::rpc::Rpc;
-use crate::cache::{InsertHook, ValidationCache};
+use crate::cache::{Ticket, ValidationCache};
 use crate::domain::Lifetimes;
 use crate::domain::view::SessionView;
 use crate::domain::{SessionRecord, is_well_formed_token, log_prefix, lower_hex};
@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Validates access tokens against one store.
 pub struct AccessTokens<S> {
@@ -25,7 +25,6 @@ pub struct AccessTokens<S> {
     lifetimes: Lifetimes,
     metrics: Arc<Metrics>,
     cache: Option<Arc<ValidationCache>>,
-    hook: Option<InsertHook>,
 }
 
 impl<S: SessionStore> AccessTokens<S> {
@@ -37,21 +36,12 @@ impl<S: SessionStore> AccessTokens<S> {
             lifetimes,
             metrics,
             cache: None,
-            hook: None,
         }
     }
 
     /// The same, answering from `cache` while it is live and filling it with valid answers.
     pub fn with_cache(mut self, cache: Arc<ValidationCache>) -> Self {
         self.cache = Some(cache);
-        self
-    }
-
-    #[cfg(feature = "test-hooks")]
-    /// The same, awaiting `hook` between each store answer and its insertion into the
-    /// cache (tests: the stale-read race, forced).
-    pub fn with_insert_hook(mut self, hook: InsertHook) -> Self {
-        self.hook = Some(hook);
         self
     }
 
@@ -85,16 +75,16 @@ impl<S: SessionStore> AccessTokens<S> {
         // Each distinct missed digest once, with the positions waiting for it.
         let mut misses: Vec<([u8; 32], Vec<usize>)> = Vec::new();
         let mut seen: HashMap<[u8; 32], usize> = HashMap::new();
-        let mut generation = None;
+        let mut ticket = None;
         for (index, token) in tokens.iter().enumerate() {
             answers.push(None);
             match self.probe(token) {
                 Probe::Malformed => {}
                 Probe::Hit(view) => answers[index] = Some(view),
                 Probe::Miss(digest, taken) => {
-                    // The first miss's generation is the batch's: it is the oldest, so an
+                    // The first miss's ticket is the batch's: it is the oldest, so an
                     // invalidation after it bars every insertion of this batch.
-                    generation = generation.or(Some(taken));
+                    ticket = ticket.or(Some(taken));
                     match seen.entry(digest) {
                         Entry::Occupied(miss) => misses[*miss.get()].1.push(index),
                         Entry::Vacant(slot) => {
@@ -107,11 +97,10 @@ impl<S: SessionStore> AccessTokens<S> {
         }
         if !misses.is_empty() {
             let hashes: Vec<String> = misses.iter().map(|(d, _)| lower_hex(d)).collect();
-            let read_at = Instant::now();
             let found = self.store.find_by_access_hashes(&hashes).await?;
             for (((digest, waiting), hash), found) in misses.iter().zip(&hashes).zip(found) {
                 let view = self
-                    .judge(rpc, digest, hash, found, generation.flatten(), read_at)
+                    .judge(rpc, digest, hash, found, ticket.flatten())
                     .await?;
                 for &index in waiting {
                     answers[index] = view.clone();
@@ -140,9 +129,9 @@ impl<S: SessionStore> AccessTokens<S> {
             return Probe::Hit(view);
         }
         // Taken before the store is asked, so an invalidation meanwhile bars the insert.
-        let generation = cache.generation();
+        let ticket = cache.ticket();
         self.metrics.cache_miss();
-        Probe::Miss(digest, generation)
+        Probe::Miss(digest, ticket)
     }
 
     async fn lookup(
@@ -150,40 +139,33 @@ impl<S: SessionStore> AccessTokens<S> {
         rpc: Rpc,
         token: &str,
     ) -> Result<Option<Arc<SessionView>>, RequestError> {
-        let (digest, generation) = match self.probe(token) {
+        let (digest, ticket) = match self.probe(token) {
             Probe::Malformed => return Ok(None),
             Probe::Hit(view) => {
                 telemetry::record("barazo.cache", || "hit");
                 return Ok(Some(view));
             }
-            Probe::Miss(digest, generation) => (digest, generation),
+            Probe::Miss(digest, ticket) => (digest, ticket),
         };
         if self.cache.is_some() {
             telemetry::record("barazo.cache", || {
-                if generation.is_some() {
-                    "miss"
-                } else {
-                    "bypass"
-                }
+                if ticket.is_some() { "miss" } else { "bypass" }
             });
         }
         let hash = lower_hex(&digest);
-        let read_at = Instant::now();
         let found = self.store.find_by_access_hash(&hash).await;
-        self.judge(rpc, &digest, &hash, found, generation, read_at)
-            .await
+        self.judge(rpc, &digest, &hash, found, ticket).await
     }
 
     /// Judges what the store found for the token hashed `digest` (`hash` in hex), read at
-    /// `read_at`, and caches a valid answer unless `generation` is stale by then.
+    /// with `ticket` taken before, and caches a valid answer unless the ticket is stale by then.
     async fn judge(
         &self,
         rpc: Rpc,
         digest: &[u8; 32],
         hash: &str,
         found: Result<Option<Found>, StoreError>,
-        generation: Option<u64>,
-        read_at: Instant,
+        ticket: Option<Ticket>,
     ) -> Result<Option<Arc<SessionView>>, RequestError> {
         match found {
             // Expiry is judged on the store's clock, the same for every replica.
@@ -203,23 +185,15 @@ impl<S: SessionStore> AccessTokens<S> {
                 let view = Arc::new(
                     SessionView::of(&found.record, &self.lifetimes).for_token(token_expires_at),
                 );
-                if let (Some(cache), Some(generation)) = (&self.cache, generation) {
-                    // Good until the token expires or the session reaches its deadline,
-                    // counted from when the store was asked (an earlier instant only
-                    // shortens the entry's life).
-                    // (The view's `expires_at` is the session's sliding expiry or its
-                    // absolute deadline, whichever comes first.)
+                if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
+                    // Good until the token expires or the session reaches its deadline (the
+                    // view's `expires_at`: its sliding expiry or its absolute deadline),
+                    // on the store's clock as it read the session.
                     let until = token_expires_at.min(view.expires_at());
                     let left = u64::try_from(until.saturating_sub(found.now_ms)).unwrap_or(0);
-                    if let Some(hook) = &self.hook {
-                        hook().await;
-                    }
-                    cache.insert(
-                        digest,
-                        view.clone(),
-                        generation,
-                        read_at + Duration::from_millis(left),
-                    );
+                    cache
+                        .remember(digest, view.clone(), ticket, Duration::from_millis(left))
+                        .await;
                 }
                 Ok(Some(view))
             }
@@ -248,9 +222,9 @@ enum Probe {
     Malformed,
     /// The cache's answer.
     Hit(Arc<SessionView>),
-    /// The store must be asked: the token's digest, and the cache's generation when the
+    /// The store must be asked: the token's digest, and the cache's ticket when the
     /// answer may be cached (`None`: no cache, or the feed is down).
-    Miss([u8; 32], Option<u64>),
+    Miss([u8; 32], Option<Ticket>),
 }
 
 /// When the token hashed `hash` expires (epoch ms, store clock): its own expiry, which

@@ -6,8 +6,11 @@
 //! commands (their `run_id`s, checked at subscription, with every ping, and at once after
 //! any failed command: see [`crate::store::valkey::identity`]); every break drops the
 //! cache ([`ValidationCache::reset`]).
+//!
+//! It has two subscribers: the validation cache (when it is on) and the events
+//! `WatchRevocations` streams ([`FeedEvents`]); each hears every change of the feed.
 
-use super::ValidationCache;
+use super::{FeedEvents, Invalidation, ValidationCache};
 use crate::store::valkey::identity::{self, CommandSide};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
@@ -22,12 +25,50 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause between reconnection attempts, so a Valkey that is down costs little.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// Runs the feed for `cache` until dropped: connect, subscribe, check that the feed and
-/// `commands` reach the same Valkey server, go live, watch; on any break, reset and start
-/// over.
+/// Who hears the feed: the validation cache (`None` when it is off) and the events
+/// `WatchRevocations` streams.
+#[derive(Clone)]
+pub struct Subscribers {
+    /// The validation cache, when it is on.
+    pub cache: Option<Arc<ValidationCache>>,
+    /// What `WatchRevocations` streams.
+    pub events: Arc<FeedEvents>,
+}
+
+impl Subscribers {
+    fn go_live(&self) {
+        if let Some(cache) = &self.cache {
+            cache.go_live();
+        }
+        self.events.go_live();
+    }
+
+    /// The feed broke (`still_live` false) or Valkey was flushed under a live feed.
+    fn reset(&self, still_live: bool) {
+        if let Some(cache) = &self.cache {
+            cache.reset(still_live);
+        }
+        self.events.reset(still_live);
+    }
+
+    fn invalidate(&self, invalidations: Vec<Invalidation>) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&invalidations);
+        }
+        self.events.publish(invalidations);
+    }
+
+    fn count_unverified(&self) {
+        self.events.count_unverified();
+    }
+}
+
+/// Runs the feed for `subscribers` until dropped: connect, subscribe, check that the feed
+/// and `commands` reach the same Valkey server, go live, watch; on any break, reset and
+/// start over.
 pub async fn run(
     client: redis::Client,
-    cache: Arc<ValidationCache>,
+    subscribers: Subscribers,
     commands: CommandSide,
     prefix: String,
     timeout: Duration,
@@ -38,7 +79,7 @@ pub async fn run(
     let mut apart = false;
     loop {
         let closed = Arc::new(Notify::new());
-        match subscribe(&client, &cache, &prefix, timeout, closed.clone()).await {
+        match subscribe(&client, &subscribers, &prefix, timeout, closed.clone()).await {
             Ok(mut conn) => {
                 failing = false;
                 // Failures of the command side from here on mean it may have moved.
@@ -53,7 +94,7 @@ pub async fn run(
                 match checked {
                     Ok((server, marker)) => {
                         apart = false;
-                        cache.go_live();
+                        subscribers.go_live();
                         tracing::info!("validation cache live: invalidation feed subscribed");
                         let watched = Watched {
                             commands: &commands,
@@ -63,9 +104,9 @@ pub async fn run(
                             timeout,
                         };
                         let end = watch(&mut conn, &closed, &watched).await;
-                        cache.reset(false);
+                        subscribers.reset(false);
                         if end == End::Apart {
-                            cache.count_unverified();
+                            subscribers.count_unverified();
                         }
                         tracing::warn!(
                             reason = end.reason(),
@@ -73,8 +114,8 @@ pub async fn run(
                         );
                     }
                     Err(why) => {
-                        cache.reset(false);
-                        cache.count_unverified();
+                        subscribers.reset(false);
+                        subscribers.count_unverified();
                         if !apart {
                             tracing::warn!(
                                 reason = %why,
@@ -86,7 +127,7 @@ pub async fn run(
                 }
             }
             Err(err) => {
-                cache.reset(false);
+                subscribers.reset(false);
                 if failing {
                     tracing::debug!(error = %err, "validation cache feed: could not subscribe");
                 } else {
@@ -130,15 +171,15 @@ async fn same_server(
 /// connection's own task, as they arrive (no queue).
 async fn subscribe(
     client: &redis::Client,
-    cache: &Arc<ValidationCache>,
+    subscribers: &Subscribers,
     prefix: &str,
     timeout: Duration,
     closed: Arc<Notify>,
 ) -> redis::RedisResult<MultiplexedConnection> {
-    let handler_cache = cache.clone();
+    let handler_subscribers = subscribers.clone();
     let handler_prefix = prefix.to_owned();
     let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-        handle(&handler_cache, &handler_prefix, &closed, push);
+        handle(&handler_subscribers, &handler_prefix, &closed, push);
         Ok(())
     };
     let config = AsyncConnectionConfig::new()
@@ -260,24 +301,46 @@ async fn check(conn: &mut MultiplexedConnection, watched: &Watched<'_>) -> Optio
 
 /// One push message: key invalidations, a flush (null invalidation), or the library's
 /// notice that the connection closed.
-fn handle(cache: &ValidationCache, prefix: &str, closed: &Notify, push: PushInfo) {
+fn handle(subscribers: &Subscribers, prefix: &str, closed: &Notify, push: PushInfo) {
     match push.kind {
-        // The watcher resets the cache: a late notice from a replaced connection must
+        // The watcher resets the subscribers: a late notice from a replaced connection must
         // not turn off the cache its successor made live.
         PushKind::Disconnection => closed.notify_one(),
         PushKind::Invalidate => match push.data.first() {
             Some(Value::Array(keys)) => {
-                cache.invalidate_keys(
+                subscribers.invalidate(invalidations(
                     prefix,
                     keys.iter().filter_map(|key| match key {
                         Value::BulkString(bytes) => Some(bytes.as_slice()),
                         _ => None,
                     }),
-                );
+                ));
             }
             // `FLUSHALL`/`FLUSHDB`: every key is gone; the subscription itself stays.
-            _ => cache.reset(true),
+            _ => subscribers.reset(true),
         },
         _ => {}
     }
+}
+
+/// What changed keys (full names, under `prefix`) invalidate: an access key one token's
+/// answers, a data key every answer of its session (named by its session key, the SHA-256
+/// of the sid, never the sid itself).
+pub fn invalidations<'a>(
+    prefix: &str,
+    keys: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<Invalidation> {
+    let access = format!("{prefix}access:");
+    let data = format!("{prefix}data:");
+    keys.into_iter()
+        .filter_map(|key| {
+            let key = std::str::from_utf8(key).ok()?;
+            if let Some(hash) = key.strip_prefix(access.as_str()) {
+                Some(Invalidation::AccessHash(hash.to_owned()))
+            } else {
+                key.strip_prefix(data.as_str())
+                    .map(|sid| Invalidation::SessionKey(crate::domain::sha256_hex(sid)))
+            }
+        })
+        .collect()
 }

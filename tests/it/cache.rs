@@ -8,7 +8,8 @@ use crate::support::valkey::Valkey;
 use crate::support::{TestApp, unique_did};
 use barazo_session::api::rpc::Rpc;
 use barazo_session::api::validation::AccessTokens;
-use barazo_session::cache::{Cached, Invalidation, ValidationCache};
+use barazo_session::cache::feed::Subscribers;
+use barazo_session::cache::{FeedEvents, Invalidation, OwnWrites, ValidationCache};
 use barazo_session::config::StoreKind;
 use barazo_session::domain::rotation::Presented;
 use barazo_session::domain::{Lifetimes, TokenRules};
@@ -620,12 +621,16 @@ async fn a_read_overtaken_by_an_invalidation_is_not_cached() {
     let valkey = Valkey::start();
     let metrics = Arc::new(Metrics::new());
     let cache = ValidationCache::new(16, metrics.clone());
-    let mut events = cache.subscribe();
+    let feed_events = FeedEvents::new(metrics.clone());
+    let mut events = feed_events.subscribe();
     let client = standalone::client(&options(&valkey), redis::ProtocolVersion::RESP3).unwrap();
     let reader = ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap();
     let feed = tokio::spawn(barazo_session::cache::feed::run(
         client,
-        cache.clone(),
+        Subscribers {
+            cache: Some(cache.clone()),
+            events: feed_events,
+        },
         reader.command_side(),
         PREFIX.to_owned(),
         Duration::from_millis(500),
@@ -645,13 +650,11 @@ async fn a_read_overtaken_by_an_invalidation_is_not_cached() {
             }) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
         })
     };
+    cache.set_insert_hook(hook);
     let writer = ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap();
-    let store = Arc::new(Cached::new(reader, cache.clone()));
-    let tokens = Arc::new(
-        AccessTokens::new(store, lifetimes(), metrics.clone())
-            .with_cache(cache.clone())
-            .with_insert_hook(hook),
-    );
+    let store = Arc::new(OwnWrites::new(reader, cache.clone()));
+    let tokens =
+        Arc::new(AccessTokens::new(store, lifetimes(), metrics.clone()).with_cache(cache.clone()));
     let token = "ab".repeat(32);
     let hash = sha256_hex(&token);
     let stored = writer.create(&record(&hash), lifetimes()).await.unwrap();
