@@ -461,110 +461,56 @@ fn timestamp(epoch_ms: i64) -> prost_types::Timestamp {
     }
 }
 
-#[tonic::async_trait]
-impl<S: SessionStore> SessionService for SessionApi<S> {
-    async fn create_session(
-        &self,
-        request: Request<CreateSessionRequest>,
-    ) -> Result<Response<CreateSessionResponse>, Status> {
-        self.calls
-            .serve_request(Rpc::CreateSession, request, |body| self.create(body))
-            .await
-    }
+/// The `SessionService` trait: every unary RPC goes through [`Calls::serve_request`] (the
+/// per-call layer) to its handler above. One row per RPC: the trait's method, its request
+/// and response, its [`Rpc`], the handler.
+macro_rules! session_service {
+    ($($method:ident($request:ty) -> $response:ty: $rpc:ident => $handler:ident;)*) => {
+        #[tonic::async_trait]
+        impl<S: SessionStore> SessionService for SessionApi<S> {
+            type WatchRevocationsStream = EventStream;
 
-    async fn validate_access_token(
-        &self,
-        request: Request<ValidateAccessTokenRequest>,
-    ) -> Result<Response<ValidateAccessTokenResponse>, Status> {
-        self.calls
-            .serve_request(Rpc::ValidateAccessToken, request, |body| {
-                self.validate(body)
-            })
-            .await
-    }
+            $(
+                async fn $method(
+                    &self,
+                    request: Request<$request>,
+                ) -> Result<Response<$response>, Status> {
+                    self.calls
+                        .serve_request(Rpc::$rpc, request, |body| self.$handler(body))
+                        .await
+                }
+            )*
 
-    async fn validate_access_tokens(
-        &self,
-        request: Request<ValidateAccessTokensRequest>,
-    ) -> Result<Response<ValidateAccessTokensResponse>, Status> {
-        self.calls
-            .serve_request(Rpc::ValidateAccessTokens, request, |body| {
-                self.validate_many(body)
-            })
-            .await
-    }
+            /// Not through [`Calls::serve`]: a stream outlives any call time limit and
+            /// holds no concurrency permit; streams have their own cap
+            /// (`--max-revocation-streams`).
+            async fn watch_revocations(
+                &self,
+                _request: Request<WatchRevocationsRequest>,
+            ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+                self.revocations
+                    .open()
+                    .map(Response::new)
+                    .map_err(Status::from)
+            }
+        }
+    };
+}
 
-    async fn refresh_session(
-        &self,
-        request: Request<RefreshSessionRequest>,
-    ) -> Result<Response<RefreshSessionResponse>, Status> {
-        self.calls
-            .serve_request(Rpc::RefreshSession, request, |body| self.refresh(body))
-            .await
-    }
-
-    async fn delete_session(
-        &self,
-        request: Request<DeleteSessionRequest>,
-    ) -> Result<Response<DeleteSessionResponse>, Status> {
-        self.calls
-            .serve_request(Rpc::DeleteSession, request, |body| self.delete(body))
-            .await
-    }
-
-    async fn delete_all_sessions_for_did(
-        &self,
-        request: Request<DeleteAllSessionsForDidRequest>,
-    ) -> Result<Response<DeleteAllSessionsForDidResponse>, Status> {
-        self.calls
-            .serve_request(Rpc::DeleteAllSessionsForDid, request, |body| {
-                self.delete_all(body)
-            })
-            .await
-    }
-
-    async fn list_sessions(
-        &self,
-        request: Request<ListSessionsRequest>,
-    ) -> Result<Response<ListSessionsResponse>, Status> {
-        self.calls
-            .serve_request(Rpc::ListSessions, request, |body| self.list(body))
-            .await
-    }
-
-    async fn revoke_session(
-        &self,
-        request: Request<RevokeSessionRequest>,
-    ) -> Result<Response<RevokeSessionResponse>, Status> {
-        self.calls
-            .serve_request(Rpc::RevokeSession, request, |body| self.revoke(body))
-            .await
-    }
-
-    async fn revoke_other_sessions(
-        &self,
-        request: Request<RevokeOtherSessionsRequest>,
-    ) -> Result<Response<RevokeOtherSessionsResponse>, Status> {
-        self.calls
-            .serve_request(Rpc::RevokeOtherSessions, request, |body| {
-                self.revoke_others(body)
-            })
-            .await
-    }
-
-    type WatchRevocationsStream = EventStream;
-
-    /// Not through [`Calls::serve`]: a stream outlives any call time limit and holds no
-    /// concurrency permit; streams have their own cap (`--max-revocation-streams`).
-    async fn watch_revocations(
-        &self,
-        _request: Request<WatchRevocationsRequest>,
-    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        self.revocations
-            .open()
-            .map(Response::new)
-            .map_err(Status::from)
-    }
+session_service! {
+    create_session(CreateSessionRequest) -> CreateSessionResponse: CreateSession => create;
+    validate_access_token(ValidateAccessTokenRequest) -> ValidateAccessTokenResponse:
+        ValidateAccessToken => validate;
+    validate_access_tokens(ValidateAccessTokensRequest) -> ValidateAccessTokensResponse:
+        ValidateAccessTokens => validate_many;
+    refresh_session(RefreshSessionRequest) -> RefreshSessionResponse: RefreshSession => refresh;
+    delete_session(DeleteSessionRequest) -> DeleteSessionResponse: DeleteSession => delete;
+    delete_all_sessions_for_did(DeleteAllSessionsForDidRequest) -> DeleteAllSessionsForDidResponse:
+        DeleteAllSessionsForDid => delete_all;
+    list_sessions(ListSessionsRequest) -> ListSessionsResponse: ListSessions => list;
+    revoke_session(RevokeSessionRequest) -> RevokeSessionResponse: RevokeSession => revoke;
+    revoke_other_sessions(RevokeOtherSessionsRequest) -> RevokeOtherSessionsResponse:
+        RevokeOtherSessions => revoke_others;
 }
 
 #[cfg(test)]
