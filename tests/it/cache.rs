@@ -3,7 +3,7 @@
 //! TypeScript code, by key expiry, a read racing an invalidation, and every way the feed
 //! can break.
 
-use crate::metrics::get;
+use crate::support::http::get;
 use crate::support::valkey::Valkey;
 use crate::support::{TestApp, unique_did};
 use barazo_session::cache::{Cached, Invalidation, ValidationCache};

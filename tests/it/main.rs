@@ -1,6 +1,6 @@
 //! Integration tests: the real server on `127.0.0.1:0`, a real `valkey-server` per test,
 //! and the generated client, the way callers use the service. One binary so the crate
-//! links once.
+//! links once. The checks of the deployment files and the README are in `tests/docs`.
 
 // Test code: a failed unwrap or expect is the test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,8 +11,6 @@ mod bench_tool;
 mod cache;
 mod cli;
 mod cluster;
-mod dashboard;
-mod deploy;
 mod durability;
 mod ext_authz;
 mod failover;
@@ -22,7 +20,6 @@ mod hostile;
 mod interleavings;
 mod metrics;
 mod outage;
-mod readme;
 mod revocations;
 mod security;
 mod shutdown;

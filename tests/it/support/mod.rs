@@ -1,6 +1,7 @@
 //! The test harness: a real server on `127.0.0.1:0`, a real Valkey, generated clients.
 
 pub mod cluster;
+pub mod http;
 pub mod monitor;
 pub mod pki;
 pub mod promql;
