@@ -1,4 +1,4 @@
-//! The validation cache (issue 14): answers from memory only while Valkey's invalidation
+//! The validation cache: answers from memory only while Valkey's invalidation
 //! feed is live, and never a stale `valid=true`: revocations on another replica, by the
 //! TypeScript code, by key expiry, a read racing an invalidation, and every way the feed
 //! can break.

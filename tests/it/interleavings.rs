@@ -1,6 +1,6 @@
 //! No interleaving and no cancellation leaves a session that validates outside its DID
-//! index, a key without a TTL, a valid token for a deleted session, or (refresh-token
-//! rotation, issue 13) two live successors of one refresh token.
+//! index, a key without a TTL, a valid token for a deleted session, or (with refresh-token
+//! rotation) two live successors of one refresh token.
 //!
 //! The cluster store runs each operation as a sequence of single-key commands. These tests
 //! hold one operation at each step between its commands (the store's step hook) while
@@ -187,7 +187,7 @@ async fn is_indexed(cluster: &ValkeyCluster, did: &str, sid: &str) -> bool {
         .expect("SISMEMBER")
 }
 
-/// The review's finding 1: a create held at each of its steps while another create of the
+/// A create held at each of its steps while another create of the
 /// same DID runs (and prunes the index) to its end. Both sessions must stay indexed, so
 /// that delete-all revokes both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,7 +230,7 @@ async fn concurrent_creates_of_one_did_both_stay_in_its_index() {
     assert_every_key_expires(&mut node_connections(&cluster).await).await;
 }
 
-/// Finding 2: a delete-all held after listing the index while a create of the same DID
+/// A delete-all held after listing the index while a create of the same DID
 /// runs. The new session may outlive this delete-all (it came after the listing), but it
 /// must stay in the index, so that the next one revokes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +306,7 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
     assert_every_key_expires(&mut node_connections(&cluster).await).await;
 }
 
-/// Finding 3: a create whose caller gives up between two steps (client cancel, request
+/// A create whose caller gives up between two steps (client cancel, request
 /// timeout) still completes: the index gets its member and its TTL together, and the
 /// session ends up whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,7 +412,7 @@ async fn refresh_offering(
     }
 }
 
-/// Issue 13 (c): two tabs refresh with one cookie while one of them is held at each step
+/// Two tabs refresh with one cookie while one of them is held at each step
 /// of the cluster refresh: both succeed with the same successor (exactly one is live),
 /// both access tokens validate, and every key expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1012,7 +1012,7 @@ async fn refresh_unreadable(
         .expect("read")
 }
 
-/// Finding 5: a stored session that is not UTF-8 is unreadable, not an outage: validate
+/// A stored session that is not UTF-8 is unreadable, not an outage: validate
 /// says invalid, refresh says NOT_FOUND without writing anything, delete removes it, and
 /// the service stays SERVING.
 async fn a_session_that_is_not_utf8_is_unreadable_not_an_outage(backend: Backend) {
