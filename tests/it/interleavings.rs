@@ -10,7 +10,7 @@
 //! unreadable sessions, never outages.
 
 use crate::support::cluster::ValkeyCluster;
-use crate::support::{Backend, TestApp, sha256_hex, unique_did};
+use crate::support::{Backend, TestApp, login, sha256_hex, unique_did};
 use barazo_session::metrics::Metrics;
 use barazo_session::rotation::{self, Candidate, Presented};
 use barazo_session::session::{SessionRecord, Token, now_ms};
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
 use tonic::Code;
 
 const PREFIX: &str = "barazo:session:";
@@ -170,15 +171,60 @@ async fn assert_every_key_expires(conns: &mut [redis::aio::MultiplexedConnection
     assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
 }
 
-/// A test-side connection to the whole cluster (commands go to the key's node).
-async fn cluster_connection(cluster: &ValkeyCluster) -> redis::cluster_async::ClusterConnection {
-    let seeds: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
-    let client = redis::cluster::ClusterClient::new(seeds).expect("client");
-    client.get_async_connection().await.expect("connect")
+/// Starts `operation` and returns once it is held at `gate`'s step.
+async fn held_at<T: Send + 'static>(
+    gate: &Gate,
+    operation: impl Future<Output = T> + Send + 'static,
+) -> JoinHandle<T> {
+    let task = tokio::spawn(operation);
+    gate.wait_reached().await;
+    task
+}
+
+/// A refresh of the session `sid` without rotation, giving it the access token
+/// `new_access`.
+async fn refresh_session_id(
+    store: Arc<ValkeyClusterStore>,
+    sid: String,
+    new_access: String,
+    lifetimes: Lifetimes,
+) -> Result<(), impl std::fmt::Debug> {
+    let hash = sha256_hex(&new_access);
+    let refresh = Refresh {
+        new_access_hash: &hash,
+        previous_access_hash: None,
+        client: None,
+        rotation: None,
+    };
+    let presented = Presented::parse(&sid).expect("a sid");
+    store
+        .refresh(&presented, &refresh, lifetimes)
+        .await
+        .map(|_| ())
+}
+
+/// Returns once the clock reads more than a millisecond past `ms`: the cap ranks sessions
+/// by time, so what comes next must be at least a tick later.
+async fn past(ms: i64) {
+    while now_ms() <= ms + 1 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Connections to every Valkey node behind `app`; none for the memory store.
+async fn store_connections(
+    app: &TestApp,
+    backend: Backend,
+) -> Option<Vec<redis::aio::MultiplexedConnection>> {
+    match backend {
+        Backend::Memory => None,
+        Backend::Valkey => Some(vec![app.valkey().client().await]),
+        Backend::Cluster => Some(node_connections(app.cluster.as_ref().expect("cluster")).await),
+    }
 }
 
 async fn is_indexed(cluster: &ValkeyCluster, did: &str, sid: &str) -> bool {
-    let mut conn = cluster_connection(cluster).await;
+    let mut conn = cluster.connection().await;
     redis::cmd("SISMEMBER")
         .arg(format!("{PREFIX}did:{did}"))
         .arg(sid)
@@ -202,11 +248,11 @@ async fn concurrent_creates_of_one_did_both_stay_in_its_index() {
         let store = store(&cluster, &gate);
         let did = unique_did();
         let ((held, held_access), (other, other_access)) = (session(&did), session(&did));
-        let first = tokio::spawn({
+        let first = held_at(&gate, {
             let store = store.clone();
             async move { store.create(&held, LIFETIMES).await }
-        });
-        gate.wait_reached().await;
+        })
+        .await;
         store.create(&other, LIFETIMES).await.expect("create");
         gate.release();
         first.await.expect("task").expect("create");
@@ -242,11 +288,11 @@ async fn a_create_during_delete_all_stays_reachable_from_its_index() {
     let (old, old_access) = session(&did);
     store.create(&old, LIFETIMES).await.expect("create");
 
-    let takedown = tokio::spawn({
+    let takedown = held_at(&gate, {
         let (store, did) = (store.clone(), did.clone());
         async move { store.delete_all_for_did(&did).await }
-    });
-    gate.wait_reached().await;
+    })
+    .await;
     let (new, new_access) = session(&did);
     store.create(&new, LIFETIMES).await.expect("create");
     gate.release();
@@ -276,23 +322,16 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
         let (record, access) = session(&did);
         store.create(&record, LIFETIMES).await.expect("create");
         let new_access = Token::generate().expect("random").into_string();
-        let refresh = tokio::spawn({
-            let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
-            async move {
-                let refresh = Refresh {
-                    new_access_hash: &hash,
-                    previous_access_hash: None,
-                    client: None,
-                    rotation: None,
-                };
-                let presented = Presented::parse(&sid).expect("a sid");
-                store
-                    .refresh(&presented, &refresh, LIFETIMES)
-                    .await
-                    .map(|_| ())
-            }
-        });
-        gate.wait_reached().await;
+        let refresh = held_at(
+            &gate,
+            refresh_session_id(
+                store.clone(),
+                record.sid.clone(),
+                new_access.clone(),
+                LIFETIMES,
+            ),
+        )
+        .await;
         assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);
         gate.release();
         refresh.await.expect("task").expect("refresh answers");
@@ -316,11 +355,11 @@ async fn a_cancelled_create_completes_and_leaves_no_key_without_a_ttl() {
     let store = store(&cluster, &gate);
     let did = unique_did();
     let (record, access) = session(&did);
-    let caller = tokio::spawn({
+    let caller = held_at(&gate, {
         let (store, record) = (store.clone(), record.clone());
         async move { store.create(&record, LIFETIMES).await }
-    });
-    gate.wait_reached().await;
+    })
+    .await;
     caller.abort();
     assert!(caller.await.expect_err("cancelled").is_cancelled());
     gate.release();
@@ -424,11 +463,11 @@ async fn concurrent_rotations_of_one_cookie_converge_at_every_step() {
         let store = store(&cluster, &gate);
         let (record, _, cookie) = rotated_session(&unique_did());
         store.create(&record, lifetimes).await.expect("create");
-        let held = tokio::spawn({
+        let held = held_at(&gate, {
             let (store, cookie) = (store.clone(), cookie.clone());
             async move { refresh_with(&store, &cookie, lifetimes).await }
-        });
-        gate.wait_reached().await;
+        })
+        .await;
         let other = refresh_with(&store, &cookie, lifetimes)
             .await
             .expect("other tab");
@@ -463,11 +502,11 @@ async fn a_rotation_overtaken_without_grace_revokes_the_session() {
     let store = store(&cluster, &gate);
     let (record, access, cookie) = rotated_session(&unique_did());
     store.create(&record, lifetimes).await.expect("create");
-    let held = tokio::spawn({
+    let held = held_at(&gate, {
         let (store, cookie) = (store.clone(), cookie.clone());
         async move { refresh_with(&store, &cookie, lifetimes).await }
-    });
-    gate.wait_reached().await;
+    })
+    .await;
     let other = refresh_with(&store, &cookie, lifetimes)
         .await
         .expect("first tab");
@@ -504,11 +543,11 @@ async fn a_rotation_racing_logout_leaves_no_live_token() {
         let store = store(&cluster, &gate);
         let (record, access, cookie) = rotated_session(&unique_did());
         store.create(&record, lifetimes).await.expect("create");
-        let held = tokio::spawn({
+        let held = held_at(&gate, {
             let (store, cookie) = (store.clone(), cookie.clone());
             async move { refresh_with(&store, &cookie, lifetimes).await }
-        });
-        gate.wait_reached().await;
+        })
+        .await;
         let presented = Presented::parse(&cookie).expect("token");
         let deleted = store
             .delete(&presented, lifetimes.tokens.reuse_grace)
@@ -546,11 +585,11 @@ async fn concurrent_migrations_of_a_session_id_converge() {
         .expect("create, rotation off");
     let sid = record.sid.clone();
     let offered = Candidate::new(&sid).expect("random");
-    let held = tokio::spawn({
+    let held = held_at(&gate, {
         let (store, sid, offered) = (store.clone(), sid.clone(), offered.clone());
         async move { refresh_offering(&store, &sid, lifetimes, Some(offered)).await }
-    });
-    gate.wait_reached().await;
+    })
+    .await;
     let other = refresh_with(&store, &sid, lifetimes)
         .await
         .expect("first tab");
@@ -610,33 +649,40 @@ async fn the_memory_store_moves_a_session_id_to_rotation() {
     );
 }
 
+const ROTATION: &[&str] = &["--refresh-token-rotation", "on"];
+
+store_tests!(
+    takedown_under_concurrent_logins,
+    takedown_under_concurrent_rotating_logins,
+    concurrent_logins_over_the_cap,
+);
+store_tests!(a_session_that_is_not_utf8_is_unreadable_not_an_outage on valkey, cluster);
+
 /// Many concurrent creates and refreshes of one DID with a delete-all in the middle; a
 /// final delete-all leaves no token that validates, and no key without a TTL.
 async fn takedown_under_concurrent_logins(backend: Backend) {
     takedown_under_concurrent_logins_with(backend, &[]).await;
 }
 
-/// [`takedown_under_concurrent_logins`] with extra server flags (rotation on: each login
-/// refreshes twice with its cookie at once, then once with the successor).
+/// [`takedown_under_concurrent_logins`] with rotation on: each login refreshes twice with
+/// its cookie at once, then once with the successor.
+async fn takedown_under_concurrent_rotating_logins(backend: Backend) {
+    takedown_under_concurrent_logins_with(backend, ROTATION).await;
+}
+
+/// [`takedown_under_concurrent_logins`] with extra server flags.
 async fn takedown_under_concurrent_logins_with(backend: Backend, flags: &[&str]) {
     let app = TestApp::spawn_with(backend, flags).await;
     let did = unique_did();
     let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut logins = Vec::new();
     for _ in 0..8 {
-        let (app_client, did, tokens) = (app.client.clone(), did.clone(), tokens.clone());
+        let (client, did, tokens) = (app.client.clone(), did.clone(), tokens.clone());
         logins.push(tokio::spawn(async move {
-            let mut client = app_client;
             for _ in 0..5 {
-                let created = client
-                    .create_session(barazo_session::proto::CreateSessionRequest {
-                        did: did.clone(),
-                        handle: "alice.test".into(),
-                        ..Default::default()
-                    })
+                let created = login(client.clone(), &did, "alice.test")
                     .await
-                    .expect("create")
-                    .into_inner();
+                    .expect("create");
                 let mut mine = vec![created.access_token.clone()];
                 let mut cookie = created.refresh_token.clone();
                 for tabs in [2, 1] {
@@ -689,10 +735,8 @@ async fn takedown_under_concurrent_logins_with(backend: Backend, flags: &[&str])
             "a token survived the takedown"
         );
     }
-    let mut conns = match backend {
-        Backend::Memory => return,
-        Backend::Valkey => vec![app.valkey().client().await],
-        Backend::Cluster => node_connections(app.cluster.as_ref().expect("cluster")).await,
+    let Some(mut conns) = store_connections(&app, backend).await else {
+        return;
     };
     assert_every_key_expires(&mut conns).await;
     let index = format!("{PREFIX}did:{did}");
@@ -702,21 +746,6 @@ async fn takedown_under_concurrent_logins_with(backend: Backend, flags: &[&str])
         .filter(|(key, _)| key.starts_with(&index))
         .collect();
     assert!(left.is_empty(), "the index still lists {left:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_logins_memory() {
-    takedown_under_concurrent_logins(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_logins_valkey() {
-    takedown_under_concurrent_logins(Backend::Valkey).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_logins_cluster() {
-    takedown_under_concurrent_logins(Backend::Cluster).await;
 }
 
 const CAP: u32 = 3;
@@ -729,7 +758,7 @@ const CAPPED: Lifetimes = Lifetimes {
 
 /// The DID index's members, each with whether its data exists.
 async fn index_members(cluster: &ValkeyCluster, did: &str) -> Vec<(String, bool)> {
-    let mut conn = cluster_connection(cluster).await;
+    let mut conn = cluster.connection().await;
     let members: Vec<String> = redis::cmd("SMEMBERS")
         .arg(format!("{PREFIX}did:{did}"))
         .query_async(&mut conn)
@@ -771,18 +800,16 @@ async fn concurrent_logins_over_the_cap_keep_exactly_the_newest() {
         for _ in 0..CAP {
             let (record, access) = session(&did);
             let created = plain.create(&record, CAPPED).await.expect("create");
-            while now_ms() <= created.record.created_at + 1 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            past(created.record.created_at).await;
             sessions.push((record, access));
         }
         let (held, held_access) = session(&did);
         let (other, other_access) = session(&did);
-        let first = tokio::spawn({
+        let first = held_at(&gate, {
             let store = store.clone();
             async move { store.create(&held, CAPPED).await }
-        });
-        gate.wait_reached().await;
+        })
+        .await;
         store.create(&other, CAPPED).await.expect("create");
         gate.release();
         first.await.expect("task").expect("a login always succeeds");
@@ -822,29 +849,15 @@ async fn a_refresh_racing_the_cap_leaves_no_valid_token() {
         let did = unique_did();
         let (record, access) = session(&did);
         let created = store.create(&record, one).await.expect("create");
-        while now_ms() <= created.record.created_at + 1 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        past(created.record.created_at).await;
         let new_access = Token::generate().expect("random").into_string();
-        let refresh = tokio::spawn({
-            let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
-            async move {
-                let refresh = Refresh {
-                    new_access_hash: &hash,
-                    previous_access_hash: None,
-                    client: None,
-                    rotation: None,
-                };
-                let presented = Presented::parse(&sid).expect("a sid");
-                store.refresh(&presented, &refresh, one).await.map(|_| ())
-            }
-        });
-        gate.wait_reached().await;
+        let refresh = held_at(
+            &gate,
+            refresh_session_id(store.clone(), record.sid.clone(), new_access.clone(), one),
+        )
+        .await;
         // The login comes later than the held refresh's refreshedAt: it is the one to keep.
-        let held_at = now_ms();
-        while now_ms() <= held_at + 1 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        past(now_ms()).await;
         let (login, login_access) = session(&did);
         let capped = store
             .create(&login, one)
@@ -876,19 +889,13 @@ async fn concurrent_logins_over_the_cap(backend: Backend) {
     let did = unique_did();
     let mut logins = Vec::new();
     for _ in 0..6 {
-        let (mut client, did) = (app.client.clone(), did.clone());
+        let (client, did) = (app.client.clone(), did.clone());
         logins.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             for _ in 0..4 {
-                let created = client
-                    .create_session(barazo_session::proto::CreateSessionRequest {
-                        did: did.clone(),
-                        handle: "alice.test".into(),
-                        ..Default::default()
-                    })
+                let created = login(client.clone(), &did, "alice.test")
                     .await
-                    .expect("a login always succeeds")
-                    .into_inner();
+                    .expect("a login always succeeds");
                 mine.push(created);
             }
             mine
@@ -916,10 +923,8 @@ async fn concurrent_logins_over_the_cap(backend: Backend) {
             "only the listed sessions validate"
         );
     }
-    let mut conns = match backend {
-        Backend::Memory => return,
-        Backend::Valkey => vec![app.valkey().client().await],
-        Backend::Cluster => node_connections(app.cluster.as_ref().expect("cluster")).await,
+    let Some(mut conns) = store_connections(&app, backend).await else {
+        return;
     };
     assert_every_key_expires(&mut conns).await;
     let keys = keys_and_ttls(&mut conns).await;
@@ -948,38 +953,6 @@ async fn concurrent_logins_over_the_cap(backend: Backend) {
             "dead index member"
         );
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_logins_over_the_cap_memory() {
-    concurrent_logins_over_the_cap(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_logins_over_the_cap_valkey() {
-    concurrent_logins_over_the_cap(Backend::Valkey).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_logins_over_the_cap_cluster() {
-    concurrent_logins_over_the_cap(Backend::Cluster).await;
-}
-
-const ROTATION: &[&str] = &["--refresh-token-rotation", "on"];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_rotating_logins_memory() {
-    takedown_under_concurrent_logins_with(Backend::Memory, ROTATION).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_rotating_logins_valkey() {
-    takedown_under_concurrent_logins_with(Backend::Valkey, ROTATION).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_rotating_logins_cluster() {
-    takedown_under_concurrent_logins_with(Backend::Cluster, ROTATION).await;
 }
 
 /// Writes `garbage` over a session's data, then checks that validate and refresh refuse it;
@@ -1024,7 +997,7 @@ async fn a_session_that_is_not_utf8_is_unreadable_not_an_outage(backend: Backend
     let stored = match backend {
         Backend::Cluster => {
             let cluster = app.cluster.as_ref().expect("cluster");
-            let mut conn = cluster_connection(cluster).await;
+            let mut conn = cluster.connection().await;
             refresh_unreadable(&app, &mut conn, &created, &data_key, &garbage).await
         }
         _ => {
@@ -1042,14 +1015,4 @@ async fn a_session_that_is_not_utf8_is_unreadable_not_an_outage(backend: Backend
         app.health_status().await,
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_is_not_utf8_is_unreadable_valkey() {
-    a_session_that_is_not_utf8_is_unreadable_not_an_outage(Backend::Valkey).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_is_not_utf8_is_unreadable_cluster() {
-    a_session_that_is_not_utf8_is_unreadable_not_an_outage(Backend::Cluster).await;
 }

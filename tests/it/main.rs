@@ -5,6 +5,34 @@
 // Test code: a failed unwrap or expect is the test failing, with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// One test per store for each listed `async fn(Backend)`, named `<fn>::memory`,
+/// `<fn>::valkey` and `<fn>::cluster`; `store_tests!(<fn> on valkey, cluster)` runs it on
+/// the stores named only.
+macro_rules! store_tests {
+    ($($test:ident),+ $(,)?) => {
+        $(store_tests!($test on memory, valkey, cluster);)+
+    };
+    ($test:ident on $($store:ident),+) => {
+        mod $test {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $store() {
+                    super::$test(store_tests!(@backend $store)).await;
+                }
+            )+
+        }
+    };
+    (@backend memory) => {
+        crate::support::Backend::Memory
+    };
+    (@backend valkey) => {
+        crate::support::Backend::Valkey
+    };
+    (@backend cluster) => {
+        crate::support::Backend::Cluster
+    };
+}
+
 mod behaviour;
 #[cfg(feature = "bench-tool")]
 mod bench_tool;

@@ -216,16 +216,9 @@ impl TestApp {
 
     /// Creates a session for a fresh DID, asserting success.
     pub async fn create(&self, did: &str, handle: &str) -> CreateSessionResponse {
-        self.client
-            .clone()
-            .create_session(CreateSessionRequest {
-                did: did.into(),
-                handle: handle.into(),
-                ..Default::default()
-            })
+        login(self.client.clone(), did, handle)
             .await
             .expect("create succeeds")
-            .into_inner()
     }
 
     /// Validates a token, asserting the call itself succeeds.
@@ -376,6 +369,23 @@ impl TestApp {
             .await
             .expect("server task did not panic")
     }
+}
+
+/// Creates a session through `client` (a clone of a [`TestApp`]'s, as a spawned task holds
+/// one), returning the status on failure.
+pub async fn login(
+    mut client: SessionServiceClient<Channel>,
+    did: &str,
+    handle: &str,
+) -> Result<CreateSessionResponse, tonic::Status> {
+    client
+        .create_session(CreateSessionRequest {
+            did: did.into(),
+            handle: handle.into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// A connection to a server at `addr`, over TLS when `tls` is given.
