@@ -10,6 +10,8 @@
 mod dashboard;
 mod deploy;
 mod readme;
+// The YAML shapes deploy.rs reads.
+mod yaml;
 // The harness of tests/it (a real server, a real Valkey, the external programs); these
 // checks use only part of it.
 #[allow(dead_code)]
