@@ -161,6 +161,18 @@ async fn node_connections(cluster: &ValkeyCluster) -> Vec<redis::aio::Multiplexe
     conns
 }
 
+/// A gate at `step` and a store of its own over `cluster` held there.
+fn gated(cluster: &ValkeyCluster, step: Step) -> (Arc<Gate>, Arc<ValkeyClusterStore>) {
+    let gate = Gate::at(step);
+    let store = store(cluster, &gate);
+    (gate, store)
+}
+
+/// Every key on every node of `cluster` has a TTL.
+async fn assert_every_cluster_key_expires(cluster: &ValkeyCluster) {
+    assert_every_key_expires(&mut node_connections(cluster).await).await;
+}
+
 /// Every key has a TTL (-1 is "none"; -2, gone between SCAN and PTTL, is fine).
 async fn assert_every_key_expires(conns: &mut [redis::aio::MultiplexedConnection]) {
     let forever: Vec<_> = keys_and_ttls(conns)
@@ -244,8 +256,7 @@ async fn concurrent_creates_of_one_did_both_stay_in_its_index() {
         Step::CreateDataWritten,
         Step::CreateIndexed,
     ] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let did = unique_did();
         let ((held, held_access), (other, other_access)) = (session(&did), session(&did));
         let first = held_at(&gate, {
@@ -273,7 +284,7 @@ async fn concurrent_creates_of_one_did_both_stay_in_its_index() {
             "{step:?}: survived a takedown"
         );
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// A delete-all held after listing the index while a create of the same DID
@@ -282,8 +293,7 @@ async fn concurrent_creates_of_one_did_both_stay_in_its_index() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_during_delete_all_stays_reachable_from_its_index() {
     let cluster = ValkeyCluster::start().await;
-    let gate = Gate::at(Step::DeleteAllListed);
-    let store = store(&cluster, &gate);
+    let (gate, store) = gated(&cluster, Step::DeleteAllListed);
     let did = unique_did();
     let (old, old_access) = session(&did);
     store.create(&old, LIFETIMES).await.expect("create");
@@ -306,7 +316,7 @@ async fn a_create_during_delete_all_stays_reachable_from_its_index() {
     );
     assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);
     assert!(!validates(&store, &new_access).await);
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// A refresh held at each of its steps while a delete-all of its DID runs: afterwards no
@@ -316,8 +326,7 @@ async fn a_create_during_delete_all_stays_reachable_from_its_index() {
 async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
     let cluster = ValkeyCluster::start().await;
     for step in [Step::RefreshRead, Step::RefreshDataWritten] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let did = unique_did();
         let (record, access) = session(&did);
         store.create(&record, LIFETIMES).await.expect("create");
@@ -342,7 +351,7 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
             "{step:?}: a deleted session's token"
         );
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// A create whose caller gives up between two steps (client cancel, request
@@ -351,8 +360,7 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_create_completes_and_leaves_no_key_without_a_ttl() {
     let cluster = ValkeyCluster::start().await;
-    let gate = Gate::at(Step::CreateDataWritten);
-    let store = store(&cluster, &gate);
+    let (gate, store) = gated(&cluster, Step::CreateDataWritten);
     let did = unique_did();
     let (record, access) = session(&did);
     let caller = held_at(&gate, {
@@ -370,7 +378,7 @@ async fn a_cancelled_create_completes_and_leaves_no_key_without_a_ttl() {
         tokio::task::yield_now().await;
     }
     assert!(is_indexed(&cluster, &did, &record.sid).await);
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// Lifetimes with refresh-token rotation on and a grace of `grace`.
@@ -459,8 +467,7 @@ async fn concurrent_rotations_of_one_cookie_converge_at_every_step() {
     let cluster = ValkeyCluster::start().await;
     let lifetimes = rotating(Duration::from_secs(10));
     for step in [Step::RefreshRead, Step::RefreshDataWritten] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let (record, _, cookie) = rotated_session(&unique_did());
         store.create(&record, lifetimes).await.expect("create");
         let held = held_at(&gate, {
@@ -488,7 +495,7 @@ async fn concurrent_rotations_of_one_cookie_converge_at_every_step() {
         assert_eq!(late.1, next.1, "{step:?}: the current successor");
         assert!(validates(&store, &late.0).await && validates(&store, &next.0).await);
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// Without a grace, the tab held before its write is reuse once the other has rotated:
@@ -498,8 +505,7 @@ async fn concurrent_rotations_of_one_cookie_converge_at_every_step() {
 async fn a_rotation_overtaken_without_grace_revokes_the_session() {
     let cluster = ValkeyCluster::start().await;
     let lifetimes = rotating(Duration::ZERO);
-    let gate = Gate::at(Step::RefreshRead);
-    let store = store(&cluster, &gate);
+    let (gate, store) = gated(&cluster, Step::RefreshRead);
     let (record, access, cookie) = rotated_session(&unique_did());
     store.create(&record, lifetimes).await.expect("create");
     let held = held_at(&gate, {
@@ -528,7 +534,7 @@ async fn a_rotation_overtaken_without_grace_revokes_the_session() {
         .filter(|(key, _)| !key.starts_with(&format!("{PREFIX}access:")))
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// A rotating refresh held at each step while a logout with the same cookie runs: no
@@ -539,8 +545,7 @@ async fn a_rotation_racing_logout_leaves_no_live_token() {
     let cluster = ValkeyCluster::start().await;
     let lifetimes = rotating(Duration::from_secs(10));
     for step in [Step::RefreshRead, Step::RefreshDataWritten] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let (record, access, cookie) = rotated_session(&unique_did());
         store.create(&record, lifetimes).await.expect("create");
         let held = held_at(&gate, {
@@ -566,7 +571,7 @@ async fn a_rotation_racing_logout_leaves_no_live_token() {
             );
         }
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// Two tabs move a session whose cookie is its sid to rotation at once, one held before
@@ -576,8 +581,7 @@ async fn a_rotation_racing_logout_leaves_no_live_token() {
 async fn concurrent_migrations_of_a_session_id_converge() {
     let cluster = ValkeyCluster::start().await;
     let lifetimes = rotating(Duration::from_secs(10));
-    let gate = Gate::at(Step::RefreshRead);
-    let store = store(&cluster, &gate);
+    let (gate, store) = gated(&cluster, Step::RefreshRead);
     let (record, _) = session(&unique_did());
     store
         .create(&record, LIFETIMES)
@@ -608,7 +612,7 @@ async fn concurrent_migrations_of_a_session_id_converge() {
         Err("not found")
     );
     assert!(refresh_with(&store, &held.1, lifetimes).await.is_ok());
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// The in-memory store moves a session whose cookie is its sid to rotation like the
@@ -790,8 +794,7 @@ async fn concurrent_logins_over_the_cap_keep_exactly_the_newest() {
         // The cap's first revocation: the victim is read, not yet revoked.
         Step::DeleteRead,
     ] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let did = unique_did();
         // The DID at its cap, written through a second store whose gate no create reaches
         // (a cap means no sampling step), one clock tick apart: the cap ranks by time.
@@ -830,7 +833,7 @@ async fn concurrent_logins_over_the_cap_keep_exactly_the_newest() {
             assert!(validates(&store, access).await, "{step:?}: kept");
         }
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// A refresh held at each of its steps while a login over the cap (of 1) revokes its
@@ -844,8 +847,7 @@ async fn a_refresh_racing_the_cap_leaves_no_valid_token() {
         ..LIFETIMES
     };
     for step in [Step::RefreshRead, Step::RefreshDataWritten] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let did = unique_did();
         let (record, access) = session(&did);
         let created = store.create(&record, one).await.expect("create");
@@ -877,7 +879,7 @@ async fn a_refresh_racing_the_cap_leaves_no_valid_token() {
         assert_eq!(listed.len(), 1, "{step:?}");
         assert_eq!(listed[0].sid, login.sid, "{step:?}");
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// Many concurrent logins of one DID over the cap, on every topology: after quiescence the
