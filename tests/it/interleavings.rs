@@ -193,6 +193,20 @@ async fn held_at<T: Send + 'static>(
     task
 }
 
+/// [`refresh_with`] `cookie`, held at `gate`'s step.
+async fn held_refresh(
+    gate: &Gate,
+    store: &Arc<ValkeyClusterStore>,
+    cookie: &str,
+    lifetimes: Lifetimes,
+) -> JoinHandle<Result<(String, String), &'static str>> {
+    let (store, cookie) = (store.clone(), cookie.to_owned());
+    held_at(gate, async move {
+        refresh_with(&store, &cookie, lifetimes).await
+    })
+    .await
+}
+
 /// A refresh of the session `sid` without rotation, giving it the access token
 /// `new_access`.
 async fn refresh_session_id(
@@ -470,11 +484,7 @@ async fn concurrent_rotations_of_one_cookie_converge_at_every_step() {
         let (gate, store) = gated(&cluster, step);
         let (record, _, cookie) = rotated_session(&unique_did());
         store.create(&record, lifetimes).await.expect("create");
-        let held = held_at(&gate, {
-            let (store, cookie) = (store.clone(), cookie.clone());
-            async move { refresh_with(&store, &cookie, lifetimes).await }
-        })
-        .await;
+        let held = held_refresh(&gate, &store, &cookie, lifetimes).await;
         let other = refresh_with(&store, &cookie, lifetimes)
             .await
             .expect("other tab");
@@ -508,11 +518,7 @@ async fn a_rotation_overtaken_without_grace_revokes_the_session() {
     let (gate, store) = gated(&cluster, Step::RefreshRead);
     let (record, access, cookie) = rotated_session(&unique_did());
     store.create(&record, lifetimes).await.expect("create");
-    let held = held_at(&gate, {
-        let (store, cookie) = (store.clone(), cookie.clone());
-        async move { refresh_with(&store, &cookie, lifetimes).await }
-    })
-    .await;
+    let held = held_refresh(&gate, &store, &cookie, lifetimes).await;
     let other = refresh_with(&store, &cookie, lifetimes)
         .await
         .expect("first tab");
@@ -548,11 +554,7 @@ async fn a_rotation_racing_logout_leaves_no_live_token() {
         let (gate, store) = gated(&cluster, step);
         let (record, access, cookie) = rotated_session(&unique_did());
         store.create(&record, lifetimes).await.expect("create");
-        let held = held_at(&gate, {
-            let (store, cookie) = (store.clone(), cookie.clone());
-            async move { refresh_with(&store, &cookie, lifetimes).await }
-        })
-        .await;
+        let held = held_refresh(&gate, &store, &cookie, lifetimes).await;
         let presented = Presented::parse(&cookie).expect("token");
         let deleted = store
             .delete(&presented, lifetimes.tokens.reuse_grace)
