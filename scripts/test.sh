@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 scripts/tools.sh
 export PATH="$PWD/.tools/bin:$PATH"
 
-# The README's own `cargo run` commands are run by a test (tests/it/readme.rs); build the
+# The README's own `cargo run` commands are run by a test (tests/docs/readme.rs); build the
 # service the way `cargo run` does first (without the tests' dev-dependency features), so
 # that test does not compile in the middle of timing-sensitive ones.
 cargo build --locked --bin barazo-session

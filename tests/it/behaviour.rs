@@ -221,7 +221,7 @@ async fn a_validation_answers_with_the_tokens_own_expiry(store: Backend) {
     }
 }
 
-/// Issue 13's three tabs: refreshes from several tabs at once all succeed and every
+/// Several tabs of one session: refreshes from several tabs at once all succeed and every
 /// token they got validates; a tab passing its own token revokes only that one; past the
 /// cap the oldest token is revoked; every revocation revokes every token.
 async fn tabs_keep_their_own_access_tokens(store: Backend) {
@@ -872,7 +872,7 @@ async fn concurrent_refreshes_with_one_cookie_converge_on_one_successor(store: B
     app.refresh(next).await.expect("the successor refreshes");
 }
 
-/// Three tabs load together while the cookie jar moves on twice (issue 21, finding 6):
+/// Three tabs load together while the cookie jar moves on twice:
 /// every cookie the session rotated away from within the grace gets the current
 /// successor, however many rotations ago, and every tab's access token validates.
 async fn every_cookie_rotated_within_the_grace_gets_the_current_successor(store: Backend) {

@@ -1,9 +1,9 @@
-//! The validation cache (issue 14): answers from memory only while Valkey's invalidation
+//! The validation cache: answers from memory only while Valkey's invalidation
 //! feed is live, and never a stale `valid=true`: revocations on another replica, by the
 //! TypeScript code, by key expiry, a read racing an invalidation, and every way the feed
 //! can break.
 
-use crate::metrics::get;
+use crate::support::http::get;
 use crate::support::valkey::Valkey;
 use crate::support::{TestApp, unique_did};
 use barazo_session::api::rpc::Rpc;

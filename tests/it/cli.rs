@@ -317,7 +317,7 @@ async fn startup_says_what_runs_where() {
     assert!(!log.concat().contains("hunter2"), "{log:#?}");
 }
 
-/// Finding 6 of the store review: expiry is judged and written on Valkey's clock, so a
+/// Expiry is judged and written on Valkey's clock, so a
 /// replica whose own clock runs 20 minutes ahead (beyond the 15-minute access token) still
 /// accepts a token another replica has just issued, and issues tokens that live 15 minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,7 +484,7 @@ async fn no_token_or_session_id_reaches_the_log_even_at_trace_level() {
 }
 
 /// Reuse of an old refresh token is logged once, at warn level, with the session key's
-/// 8-character prefix and no token (issue 13).
+/// 8-character prefix and no token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_token_reuse_is_logged_at_warn_with_the_key_prefix_only() {
     let mut cmd = command();

@@ -571,7 +571,7 @@ impl Envoy {
         let dir = TempDir::new();
         let path = dir.write("envoy.yaml", config);
         let admin_file = dir.path().join("admin-address");
-        let process = tokio::process::Command::new(crate::support::tool("ENVOY", &["envoy"]))
+        let process = tokio::process::Command::new(crate::support::tool("ENVOY"))
             .arg("-c")
             .arg(&path)
             .arg("--admin-address-path")

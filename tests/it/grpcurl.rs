@@ -6,7 +6,7 @@ use barazo_session::config::StoreKind;
 
 /// Runs grpcurl over plaintext against `app`, asserting it succeeds; its stdout.
 pub(crate) async fn grpcurl(app: &TestApp, args: &[&str]) -> String {
-    let output = tokio::process::Command::new(tool("GRPCURL", &["grpcurl"]))
+    let output = tokio::process::Command::new(tool("GRPCURL"))
         .arg("-plaintext")
         .args(args)
         .output()

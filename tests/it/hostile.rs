@@ -1,4 +1,4 @@
-//! Hostile clients (issue 11): raw HTTP/2 from the test on 127.0.0.1, each attack bounded in
+//! Hostile clients: raw HTTP/2 from the test on 127.0.0.1, each attack bounded in
 //! time and count, against the real server.
 
 use crate::security::{metrics_text, sample_or_zero};
@@ -549,9 +549,9 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 /// SETTINGS_INITIAL_WINDOW_SIZE=0 and fill every stream the server allows with a complete
 /// health check (answers the server cannot send) keep the server's peak RSS under 128 MiB:
 /// a connection holds at most `--max-concurrent-streams` (100) of them, each reset once it
-/// has waited past the call's time limit. (The issue's attack sent 256 per connection; past
-/// the server's limit a client's streams are refused or queued, so they add load, not
-/// memory, and this test leaves them out to stay cheap.)
+/// has waited past the call's time limit. (Streams past the server's limit, 256 per
+/// connection in the attack this models, are refused or queued: they add load, not memory,
+/// so this test leaves them out to stay cheap.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_that_are_never_read_are_dropped() {
     const CONNECTIONS: usize = 200;

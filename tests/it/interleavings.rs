@@ -1,6 +1,6 @@
 //! No interleaving and no cancellation leaves a session that validates outside its DID
-//! index, a key without a TTL, a valid token for a deleted session, or (refresh-token
-//! rotation, issue 13) two live successors of one refresh token.
+//! index, a key without a TTL, a valid token for a deleted session, or (with refresh-token
+//! rotation) two live successors of one refresh token.
 //!
 //! The cluster store runs each operation as a sequence of single-key commands. These tests
 //! hold one operation at each step between its commands (the store's step hook) while
@@ -10,7 +10,7 @@
 //! unreadable sessions, never outages.
 
 use crate::support::cluster::ValkeyCluster;
-use crate::support::{Backend, TestApp, sha256_hex, unique_did};
+use crate::support::{Backend, TestApp, login, sha256_hex, unique_did};
 use barazo_session::domain::rotation::{self, Candidate, Presented};
 use barazo_session::domain::{Lifetimes, TokenRules};
 use barazo_session::domain::{SessionRecord, Token, now_ms};
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinHandle;
 use tonic::Code;
 
 const PREFIX: &str = "barazo:session:";
@@ -161,6 +162,18 @@ async fn node_connections(cluster: &ValkeyCluster) -> Vec<redis::aio::Multiplexe
     conns
 }
 
+/// A gate at `step` and a store of its own over `cluster` held there.
+fn gated(cluster: &ValkeyCluster, step: Step) -> (Arc<Gate>, Arc<ValkeyClusterStore>) {
+    let gate = Gate::at(step);
+    let store = store(cluster, &gate);
+    (gate, store)
+}
+
+/// Every key on every node of `cluster` has a TTL.
+async fn assert_every_cluster_key_expires(cluster: &ValkeyCluster) {
+    assert_every_key_expires(&mut node_connections(cluster).await).await;
+}
+
 /// Every key has a TTL (-1 is "none"; -2, gone between SCAN and PTTL, is fine).
 async fn assert_every_key_expires(conns: &mut [redis::aio::MultiplexedConnection]) {
     let forever: Vec<_> = keys_and_ttls(conns)
@@ -171,15 +184,74 @@ async fn assert_every_key_expires(conns: &mut [redis::aio::MultiplexedConnection
     assert!(forever.is_empty(), "keys without a TTL: {forever:?}");
 }
 
-/// A test-side connection to the whole cluster (commands go to the key's node).
-async fn cluster_connection(cluster: &ValkeyCluster) -> redis::cluster_async::ClusterConnection {
-    let seeds: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
-    let client = redis::cluster::ClusterClient::new(seeds).expect("client");
-    client.get_async_connection().await.expect("connect")
+/// Starts `operation` and returns once it is held at `gate`'s step.
+async fn held_at<T: Send + 'static>(
+    gate: &Gate,
+    operation: impl Future<Output = T> + Send + 'static,
+) -> JoinHandle<T> {
+    let task = tokio::spawn(operation);
+    gate.wait_reached().await;
+    task
+}
+
+/// [`refresh_with`] `cookie`, held at `gate`'s step.
+async fn held_refresh(
+    gate: &Gate,
+    store: &Arc<ValkeyClusterStore>,
+    cookie: &str,
+    lifetimes: Lifetimes,
+) -> JoinHandle<Result<(String, String), &'static str>> {
+    let (store, cookie) = (store.clone(), cookie.to_owned());
+    held_at(gate, async move {
+        refresh_with(&store, &cookie, lifetimes).await
+    })
+    .await
+}
+
+/// A refresh of the session `sid` without rotation, giving it the access token
+/// `new_access`.
+async fn refresh_session_id(
+    store: Arc<ValkeyClusterStore>,
+    sid: String,
+    new_access: String,
+    lifetimes: Lifetimes,
+) -> Result<(), impl std::fmt::Debug> {
+    let hash = sha256_hex(&new_access);
+    let refresh = Refresh {
+        new_access_hash: &hash,
+        previous_access_hash: None,
+        client: None,
+        rotation: None,
+    };
+    let presented = Presented::parse(&sid).expect("a sid");
+    store
+        .refresh(&presented, &refresh, lifetimes)
+        .await
+        .map(|_| ())
+}
+
+/// Returns once the clock reads more than a millisecond past `ms`: the cap ranks sessions
+/// by time, so what comes next must be at least a tick later.
+async fn past(ms: i64) {
+    while now_ms() <= ms + 1 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Connections to every Valkey node behind `app`; none for the memory store.
+async fn store_connections(
+    app: &TestApp,
+    backend: Backend,
+) -> Option<Vec<redis::aio::MultiplexedConnection>> {
+    match backend {
+        Backend::Memory => None,
+        Backend::Valkey => Some(vec![app.valkey().client().await]),
+        Backend::Cluster => Some(node_connections(app.cluster.as_ref().expect("cluster")).await),
+    }
 }
 
 async fn is_indexed(cluster: &ValkeyCluster, did: &str, sid: &str) -> bool {
-    let mut conn = cluster_connection(cluster).await;
+    let mut conn = cluster.connection().await;
     redis::cmd("SISMEMBER")
         .arg(format!("{PREFIX}did:{did}"))
         .arg(sid)
@@ -188,7 +260,7 @@ async fn is_indexed(cluster: &ValkeyCluster, did: &str, sid: &str) -> bool {
         .expect("SISMEMBER")
 }
 
-/// The review's finding 1: a create held at each of its steps while another create of the
+/// A create held at each of its steps while another create of the
 /// same DID runs (and prunes the index) to its end. Both sessions must stay indexed, so
 /// that delete-all revokes both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,15 +271,14 @@ async fn concurrent_creates_of_one_did_both_stay_in_its_index() {
         Step::CreateDataWritten,
         Step::CreateIndexed,
     ] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let did = unique_did();
         let ((held, held_access), (other, other_access)) = (session(&did), session(&did));
-        let first = tokio::spawn({
+        let first = held_at(&gate, {
             let store = store.clone();
             async move { store.create(&held, LIFETIMES).await }
-        });
-        gate.wait_reached().await;
+        })
+        .await;
         store.create(&other, LIFETIMES).await.expect("create");
         gate.release();
         first.await.expect("task").expect("create");
@@ -228,26 +299,25 @@ async fn concurrent_creates_of_one_did_both_stay_in_its_index() {
             "{step:?}: survived a takedown"
         );
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
-/// Finding 2: a delete-all held after listing the index while a create of the same DID
+/// A delete-all held after listing the index while a create of the same DID
 /// runs. The new session may outlive this delete-all (it came after the listing), but it
 /// must stay in the index, so that the next one revokes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_during_delete_all_stays_reachable_from_its_index() {
     let cluster = ValkeyCluster::start().await;
-    let gate = Gate::at(Step::DeleteAllListed);
-    let store = store(&cluster, &gate);
+    let (gate, store) = gated(&cluster, Step::DeleteAllListed);
     let did = unique_did();
     let (old, old_access) = session(&did);
     store.create(&old, LIFETIMES).await.expect("create");
 
-    let takedown = tokio::spawn({
+    let takedown = held_at(&gate, {
         let (store, did) = (store.clone(), did.clone());
         async move { store.delete_all_for_did(&did).await }
-    });
-    gate.wait_reached().await;
+    })
+    .await;
     let (new, new_access) = session(&did);
     store.create(&new, LIFETIMES).await.expect("create");
     gate.release();
@@ -261,7 +331,7 @@ async fn a_create_during_delete_all_stays_reachable_from_its_index() {
     );
     assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);
     assert!(!validates(&store, &new_access).await);
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// A refresh held at each of its steps while a delete-all of its DID runs: afterwards no
@@ -271,29 +341,21 @@ async fn a_create_during_delete_all_stays_reachable_from_its_index() {
 async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
     let cluster = ValkeyCluster::start().await;
     for step in [Step::RefreshRead, Step::RefreshDataWritten] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let did = unique_did();
         let (record, access) = session(&did);
         store.create(&record, LIFETIMES).await.expect("create");
         let new_access = Token::generate().expect("random").into_string();
-        let refresh = tokio::spawn({
-            let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
-            async move {
-                let refresh = Refresh {
-                    new_access_hash: &hash,
-                    previous_access_hash: None,
-                    client: None,
-                    rotation: None,
-                };
-                let presented = Presented::parse(&sid).expect("a sid");
-                store
-                    .refresh(&presented, &refresh, LIFETIMES)
-                    .await
-                    .map(|_| ())
-            }
-        });
-        gate.wait_reached().await;
+        let refresh = held_at(
+            &gate,
+            refresh_session_id(
+                store.clone(),
+                record.sid.clone(),
+                new_access.clone(),
+                LIFETIMES,
+            ),
+        )
+        .await;
         assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);
         gate.release();
         refresh.await.expect("task").expect("refresh answers");
@@ -304,24 +366,23 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
             "{step:?}: a deleted session's token"
         );
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
-/// Finding 3: a create whose caller gives up between two steps (client cancel, request
+/// A create whose caller gives up between two steps (client cancel, request
 /// timeout) still completes: the index gets its member and its TTL together, and the
 /// session ends up whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_create_completes_and_leaves_no_key_without_a_ttl() {
     let cluster = ValkeyCluster::start().await;
-    let gate = Gate::at(Step::CreateDataWritten);
-    let store = store(&cluster, &gate);
+    let (gate, store) = gated(&cluster, Step::CreateDataWritten);
     let did = unique_did();
     let (record, access) = session(&did);
-    let caller = tokio::spawn({
+    let caller = held_at(&gate, {
         let (store, record) = (store.clone(), record.clone());
         async move { store.create(&record, LIFETIMES).await }
-    });
-    gate.wait_reached().await;
+    })
+    .await;
     caller.abort();
     assert!(caller.await.expect_err("cancelled").is_cancelled());
     gate.release();
@@ -332,7 +393,7 @@ async fn a_cancelled_create_completes_and_leaves_no_key_without_a_ttl() {
         tokio::task::yield_now().await;
     }
     assert!(is_indexed(&cluster, &did, &record.sid).await);
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// Lifetimes with refresh-token rotation on and a grace of `grace`.
@@ -413,7 +474,7 @@ async fn refresh_offering(
     }
 }
 
-/// Issue 13 (c): two tabs refresh with one cookie while one of them is held at each step
+/// Two tabs refresh with one cookie while one of them is held at each step
 /// of the cluster refresh: both succeed with the same successor (exactly one is live),
 /// both access tokens validate, and every key expires.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,15 +482,10 @@ async fn concurrent_rotations_of_one_cookie_converge_at_every_step() {
     let cluster = ValkeyCluster::start().await;
     let lifetimes = rotating(Duration::from_secs(10));
     for step in [Step::RefreshRead, Step::RefreshDataWritten] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let (record, _, cookie) = rotated_session(&unique_did());
         store.create(&record, lifetimes).await.expect("create");
-        let held = tokio::spawn({
-            let (store, cookie) = (store.clone(), cookie.clone());
-            async move { refresh_with(&store, &cookie, lifetimes).await }
-        });
-        gate.wait_reached().await;
+        let held = held_refresh(&gate, &store, &cookie, lifetimes).await;
         let other = refresh_with(&store, &cookie, lifetimes)
             .await
             .expect("other tab");
@@ -450,7 +506,7 @@ async fn concurrent_rotations_of_one_cookie_converge_at_every_step() {
         assert_eq!(late.1, next.1, "{step:?}: the current successor");
         assert!(validates(&store, &late.0).await && validates(&store, &next.0).await);
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// Without a grace, the tab held before its write is reuse once the other has rotated:
@@ -460,15 +516,10 @@ async fn concurrent_rotations_of_one_cookie_converge_at_every_step() {
 async fn a_rotation_overtaken_without_grace_revokes_the_session() {
     let cluster = ValkeyCluster::start().await;
     let lifetimes = rotating(Duration::ZERO);
-    let gate = Gate::at(Step::RefreshRead);
-    let store = store(&cluster, &gate);
+    let (gate, store) = gated(&cluster, Step::RefreshRead);
     let (record, access, cookie) = rotated_session(&unique_did());
     store.create(&record, lifetimes).await.expect("create");
-    let held = tokio::spawn({
-        let (store, cookie) = (store.clone(), cookie.clone());
-        async move { refresh_with(&store, &cookie, lifetimes).await }
-    });
-    gate.wait_reached().await;
+    let held = held_refresh(&gate, &store, &cookie, lifetimes).await;
     let other = refresh_with(&store, &cookie, lifetimes)
         .await
         .expect("first tab");
@@ -490,7 +541,7 @@ async fn a_rotation_overtaken_without_grace_revokes_the_session() {
         .filter(|(key, _)| !key.starts_with(&format!("{PREFIX}access:")))
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// A rotating refresh held at each step while a logout with the same cookie runs: no
@@ -501,15 +552,10 @@ async fn a_rotation_racing_logout_leaves_no_live_token() {
     let cluster = ValkeyCluster::start().await;
     let lifetimes = rotating(Duration::from_secs(10));
     for step in [Step::RefreshRead, Step::RefreshDataWritten] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let (record, access, cookie) = rotated_session(&unique_did());
         store.create(&record, lifetimes).await.expect("create");
-        let held = tokio::spawn({
-            let (store, cookie) = (store.clone(), cookie.clone());
-            async move { refresh_with(&store, &cookie, lifetimes).await }
-        });
-        gate.wait_reached().await;
+        let held = held_refresh(&gate, &store, &cookie, lifetimes).await;
         let presented = Presented::parse(&cookie).expect("token");
         let deleted = store
             .delete(&presented, lifetimes.tokens.reuse_grace)
@@ -528,7 +574,7 @@ async fn a_rotation_racing_logout_leaves_no_live_token() {
             );
         }
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// Two tabs move a session whose cookie is its sid to rotation at once, one held before
@@ -538,8 +584,7 @@ async fn a_rotation_racing_logout_leaves_no_live_token() {
 async fn concurrent_migrations_of_a_session_id_converge() {
     let cluster = ValkeyCluster::start().await;
     let lifetimes = rotating(Duration::from_secs(10));
-    let gate = Gate::at(Step::RefreshRead);
-    let store = store(&cluster, &gate);
+    let (gate, store) = gated(&cluster, Step::RefreshRead);
     let (record, _) = session(&unique_did());
     store
         .create(&record, LIFETIMES)
@@ -547,11 +592,11 @@ async fn concurrent_migrations_of_a_session_id_converge() {
         .expect("create, rotation off");
     let sid = record.sid.clone();
     let offered = Candidate::new(&sid).expect("random");
-    let held = tokio::spawn({
+    let held = held_at(&gate, {
         let (store, sid, offered) = (store.clone(), sid.clone(), offered.clone());
         async move { refresh_offering(&store, &sid, lifetimes, Some(offered)).await }
-    });
-    gate.wait_reached().await;
+    })
+    .await;
     let other = refresh_with(&store, &sid, lifetimes)
         .await
         .expect("first tab");
@@ -570,7 +615,7 @@ async fn concurrent_migrations_of_a_session_id_converge() {
         Err("not found")
     );
     assert!(refresh_with(&store, &held.1, lifetimes).await.is_ok());
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// The in-memory store moves a session whose cookie is its sid to rotation like the
@@ -611,33 +656,40 @@ async fn the_memory_store_moves_a_session_id_to_rotation() {
     );
 }
 
+const ROTATION: &[&str] = &["--refresh-token-rotation", "on"];
+
+store_tests!(
+    takedown_under_concurrent_logins,
+    takedown_under_concurrent_rotating_logins,
+    concurrent_logins_over_the_cap,
+);
+store_tests!(a_session_that_is_not_utf8_is_unreadable_not_an_outage on valkey, cluster);
+
 /// Many concurrent creates and refreshes of one DID with a delete-all in the middle; a
 /// final delete-all leaves no token that validates, and no key without a TTL.
 async fn takedown_under_concurrent_logins(backend: Backend) {
     takedown_under_concurrent_logins_with(backend, &[]).await;
 }
 
-/// [`takedown_under_concurrent_logins`] with extra server flags (rotation on: each login
-/// refreshes twice with its cookie at once, then once with the successor).
+/// [`takedown_under_concurrent_logins`] with rotation on: each login refreshes twice with
+/// its cookie at once, then once with the successor.
+async fn takedown_under_concurrent_rotating_logins(backend: Backend) {
+    takedown_under_concurrent_logins_with(backend, ROTATION).await;
+}
+
+/// [`takedown_under_concurrent_logins`] with extra server flags.
 async fn takedown_under_concurrent_logins_with(backend: Backend, flags: &[&str]) {
     let app = TestApp::spawn_with(backend, flags).await;
     let did = unique_did();
     let tokens = Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut logins = Vec::new();
     for _ in 0..8 {
-        let (app_client, did, tokens) = (app.client.clone(), did.clone(), tokens.clone());
+        let (client, did, tokens) = (app.client.clone(), did.clone(), tokens.clone());
         logins.push(tokio::spawn(async move {
-            let mut client = app_client;
             for _ in 0..5 {
-                let created = client
-                    .create_session(barazo_session::proto::CreateSessionRequest {
-                        did: did.clone(),
-                        handle: "alice.test".into(),
-                        ..Default::default()
-                    })
+                let created = login(client.clone(), &did, "alice.test")
                     .await
-                    .expect("create")
-                    .into_inner();
+                    .expect("create");
                 let mut mine = vec![created.access_token.clone()];
                 let mut cookie = created.refresh_token.clone();
                 for tabs in [2, 1] {
@@ -690,10 +742,8 @@ async fn takedown_under_concurrent_logins_with(backend: Backend, flags: &[&str])
             "a token survived the takedown"
         );
     }
-    let mut conns = match backend {
-        Backend::Memory => return,
-        Backend::Valkey => vec![app.valkey().client().await],
-        Backend::Cluster => node_connections(app.cluster.as_ref().expect("cluster")).await,
+    let Some(mut conns) = store_connections(&app, backend).await else {
+        return;
     };
     assert_every_key_expires(&mut conns).await;
     let index = format!("{PREFIX}did:{did}");
@@ -703,21 +753,6 @@ async fn takedown_under_concurrent_logins_with(backend: Backend, flags: &[&str])
         .filter(|(key, _)| key.starts_with(&index))
         .collect();
     assert!(left.is_empty(), "the index still lists {left:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_logins_memory() {
-    takedown_under_concurrent_logins(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_logins_valkey() {
-    takedown_under_concurrent_logins(Backend::Valkey).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_logins_cluster() {
-    takedown_under_concurrent_logins(Backend::Cluster).await;
 }
 
 const CAP: u32 = 3;
@@ -730,7 +765,7 @@ const CAPPED: Lifetimes = Lifetimes {
 
 /// The DID index's members, each with whether its data exists.
 async fn index_members(cluster: &ValkeyCluster, did: &str) -> Vec<(String, bool)> {
-    let mut conn = cluster_connection(cluster).await;
+    let mut conn = cluster.connection().await;
     let members: Vec<String> = redis::cmd("SMEMBERS")
         .arg(format!("{PREFIX}did:{did}"))
         .query_async(&mut conn)
@@ -762,8 +797,7 @@ async fn concurrent_logins_over_the_cap_keep_exactly_the_newest() {
         // The cap's first revocation: the victim is read, not yet revoked.
         Step::DeleteRead,
     ] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let did = unique_did();
         // The DID at its cap, written through a second store whose gate no create reaches
         // (a cap means no sampling step), one clock tick apart: the cap ranks by time.
@@ -772,18 +806,16 @@ async fn concurrent_logins_over_the_cap_keep_exactly_the_newest() {
         for _ in 0..CAP {
             let (record, access) = session(&did);
             let created = plain.create(&record, CAPPED).await.expect("create");
-            while now_ms() <= created.record.created_at + 1 {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+            past(created.record.created_at).await;
             sessions.push((record, access));
         }
         let (held, held_access) = session(&did);
         let (other, other_access) = session(&did);
-        let first = tokio::spawn({
+        let first = held_at(&gate, {
             let store = store.clone();
             async move { store.create(&held, CAPPED).await }
-        });
-        gate.wait_reached().await;
+        })
+        .await;
         store.create(&other, CAPPED).await.expect("create");
         gate.release();
         first.await.expect("task").expect("a login always succeeds");
@@ -804,7 +836,7 @@ async fn concurrent_logins_over_the_cap_keep_exactly_the_newest() {
             assert!(validates(&store, access).await, "{step:?}: kept");
         }
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// A refresh held at each of its steps while a login over the cap (of 1) revokes its
@@ -818,34 +850,19 @@ async fn a_refresh_racing_the_cap_leaves_no_valid_token() {
         ..LIFETIMES
     };
     for step in [Step::RefreshRead, Step::RefreshDataWritten] {
-        let gate = Gate::at(step);
-        let store = store(&cluster, &gate);
+        let (gate, store) = gated(&cluster, step);
         let did = unique_did();
         let (record, access) = session(&did);
         let created = store.create(&record, one).await.expect("create");
-        while now_ms() <= created.record.created_at + 1 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        past(created.record.created_at).await;
         let new_access = Token::generate().expect("random").into_string();
-        let refresh = tokio::spawn({
-            let (store, sid, hash) = (store.clone(), record.sid.clone(), sha256_hex(&new_access));
-            async move {
-                let refresh = Refresh {
-                    new_access_hash: &hash,
-                    previous_access_hash: None,
-                    client: None,
-                    rotation: None,
-                };
-                let presented = Presented::parse(&sid).expect("a sid");
-                store.refresh(&presented, &refresh, one).await.map(|_| ())
-            }
-        });
-        gate.wait_reached().await;
+        let refresh = held_at(
+            &gate,
+            refresh_session_id(store.clone(), record.sid.clone(), new_access.clone(), one),
+        )
+        .await;
         // The login comes later than the held refresh's refreshedAt: it is the one to keep.
-        let held_at = now_ms();
-        while now_ms() <= held_at + 1 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        past(now_ms()).await;
         let (login, login_access) = session(&did);
         let capped = store
             .create(&login, one)
@@ -865,7 +882,7 @@ async fn a_refresh_racing_the_cap_leaves_no_valid_token() {
         assert_eq!(listed.len(), 1, "{step:?}");
         assert_eq!(listed[0].sid, login.sid, "{step:?}");
     }
-    assert_every_key_expires(&mut node_connections(&cluster).await).await;
+    assert_every_cluster_key_expires(&cluster).await;
 }
 
 /// Many concurrent logins of one DID over the cap, on every topology: after quiescence the
@@ -877,19 +894,13 @@ async fn concurrent_logins_over_the_cap(backend: Backend) {
     let did = unique_did();
     let mut logins = Vec::new();
     for _ in 0..6 {
-        let (mut client, did) = (app.client.clone(), did.clone());
+        let (client, did) = (app.client.clone(), did.clone());
         logins.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             for _ in 0..4 {
-                let created = client
-                    .create_session(barazo_session::proto::CreateSessionRequest {
-                        did: did.clone(),
-                        handle: "alice.test".into(),
-                        ..Default::default()
-                    })
+                let created = login(client.clone(), &did, "alice.test")
                     .await
-                    .expect("a login always succeeds")
-                    .into_inner();
+                    .expect("a login always succeeds");
                 mine.push(created);
             }
             mine
@@ -917,10 +928,8 @@ async fn concurrent_logins_over_the_cap(backend: Backend) {
             "only the listed sessions validate"
         );
     }
-    let mut conns = match backend {
-        Backend::Memory => return,
-        Backend::Valkey => vec![app.valkey().client().await],
-        Backend::Cluster => node_connections(app.cluster.as_ref().expect("cluster")).await,
+    let Some(mut conns) = store_connections(&app, backend).await else {
+        return;
     };
     assert_every_key_expires(&mut conns).await;
     let keys = keys_and_ttls(&mut conns).await;
@@ -949,38 +958,6 @@ async fn concurrent_logins_over_the_cap(backend: Backend) {
             "dead index member"
         );
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_logins_over_the_cap_memory() {
-    concurrent_logins_over_the_cap(Backend::Memory).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_logins_over_the_cap_valkey() {
-    concurrent_logins_over_the_cap(Backend::Valkey).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_logins_over_the_cap_cluster() {
-    concurrent_logins_over_the_cap(Backend::Cluster).await;
-}
-
-const ROTATION: &[&str] = &["--refresh-token-rotation", "on"];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_rotating_logins_memory() {
-    takedown_under_concurrent_logins_with(Backend::Memory, ROTATION).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_rotating_logins_valkey() {
-    takedown_under_concurrent_logins_with(Backend::Valkey, ROTATION).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn takedown_under_concurrent_rotating_logins_cluster() {
-    takedown_under_concurrent_logins_with(Backend::Cluster, ROTATION).await;
 }
 
 /// Writes `garbage` over a session's data, then checks that validate and refresh refuse it;
@@ -1013,7 +990,7 @@ async fn refresh_unreadable(
         .expect("read")
 }
 
-/// Finding 5: a stored session that is not UTF-8 is unreadable, not an outage: validate
+/// A stored session that is not UTF-8 is unreadable, not an outage: validate
 /// says invalid, refresh says NOT_FOUND without writing anything, delete removes it, and
 /// the service stays SERVING.
 async fn a_session_that_is_not_utf8_is_unreadable_not_an_outage(backend: Backend) {
@@ -1025,7 +1002,7 @@ async fn a_session_that_is_not_utf8_is_unreadable_not_an_outage(backend: Backend
     let stored = match backend {
         Backend::Cluster => {
             let cluster = app.cluster.as_ref().expect("cluster");
-            let mut conn = cluster_connection(cluster).await;
+            let mut conn = cluster.connection().await;
             refresh_unreadable(&app, &mut conn, &created, &data_key, &garbage).await
         }
         _ => {
@@ -1043,14 +1020,4 @@ async fn a_session_that_is_not_utf8_is_unreadable_not_an_outage(backend: Backend
         app.health_status().await,
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_is_not_utf8_is_unreadable_valkey() {
-    a_session_that_is_not_utf8_is_unreadable_not_an_outage(Backend::Valkey).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_that_is_not_utf8_is_unreadable_cluster() {
-    a_session_that_is_not_utf8_is_unreadable_not_an_outage(Backend::Cluster).await;
 }

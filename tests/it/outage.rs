@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-/// How quickly an outage must surface: the issue asks for about a second (connect and
-/// command timeouts are 500 ms); the margin absorbs a loaded CI machine.
+/// How quickly an outage must surface: within about a second (connect and command
+/// timeouts are 500 ms), plus a margin for a loaded CI machine.
 const PROMPT: Duration = Duration::from_millis(2_500);
 
 /// Every RPC that touches the store answers UNAVAILABLE, promptly.

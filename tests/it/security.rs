@@ -320,7 +320,7 @@ async fn grpcurl_speaks_mtls_with_a_client_certificate() {
     let cacert = dir.write("grpcurl-ca.pem", ca.pem());
     let cert = dir.write("grpcurl-client.pem", &client.cert);
     let key = dir.write("grpcurl-client.key", &client.key);
-    let output = tokio::process::Command::new(tool("GRPCURL", &["grpcurl"]))
+    let output = tokio::process::Command::new(tool("GRPCURL"))
         .args(["-cacert", cacert.to_str().expect("utf-8")])
         .args(["-cert", cert.to_str().expect("utf-8")])
         .args(["-key", key.to_str().expect("utf-8")])

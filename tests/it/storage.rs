@@ -2,7 +2,7 @@
 //! Valkey can show (keys left behind); one round trip per RPC.
 
 use crate::support::monitor::Monitor;
-use crate::support::{TestApp, sha256_hex, unique_did};
+use crate::support::{Backend, TestApp, sha256_hex, unique_did};
 use barazo_session::config::StoreKind;
 use barazo_session::proto::CreateSessionRequest;
 use redis::AsyncCommands;
@@ -23,41 +23,94 @@ fn ts_token(seed: u8) -> String {
     sha256_hex(&format!("typescript-token-{seed}-{}", now_ms()))
 }
 
-/// Writes a session exactly as the TypeScript AppView does: `JSON.stringify` of its object,
-/// `SET ... EX`, the access key, and the DID index.
+/// Writes a session exactly as the TypeScript AppView does, created now: `JSON.stringify`
+/// of its object, `SET ... EX`, the access key, and the DID index. Returns the JSON.
 async fn write_typescript_session(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut impl redis::aio::ConnectionLike,
     sid: &str,
     access: &str,
     did: &str,
 ) -> String {
-    let now = now_ms();
-    let json = format!(
-        r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{}","accessTokenExpiresAt":{},"createdAt":{now}}}"#,
-        sha256_hex(access),
-        now + 900_000
-    );
-    let _: () = redis::pipe()
+    write_typescript_session_created(conn, sid, access, did, now_ms()).await
+}
+
+/// A session of a new DID as the TypeScript AppView writes it, its session id and access
+/// token made from `seed` and `seed + 1`: (DID, session id, access token).
+async fn typescript_session(
+    conn: &mut redis::aio::MultiplexedConnection,
+    seed: u8,
+) -> (String, String, String) {
+    let did = unique_did();
+    let (sid, access) = (ts_token(seed), ts_token(seed + 1));
+    write_typescript_session(conn, &sid, &access, &did).await;
+    (did, sid, access)
+}
+
+/// The fields of the TypeScript AppView's session object, in its order.
+const TYPESCRIPT_FIELDS: [&str; 6] = [
+    "sid",
+    "did",
+    "handle",
+    "accessTokenHash",
+    "accessTokenExpiresAt",
+    "createdAt",
+];
+
+/// What the TypeScript refresh makes of a stored session: its six fields only, with
+/// `new_access`'s hash and a fresh expiry.
+fn typescript_refreshed(json: &str, new_access: &str) -> String {
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(json).expect("object");
+    object.retain(|k, _| TYPESCRIPT_FIELDS.contains(&k.as_str()));
+    object.insert("accessTokenHash".into(), sha256_hex(new_access).into());
+    object.insert("accessTokenExpiresAt".into(), (now_ms() + 900_000).into());
+    serde_json::to_string(&object).expect("JSON")
+}
+
+/// Writes what the TypeScript refresh writes for session `sid`: `json` as its data, the
+/// access key of `new_access`, and (when given) the key of the access token it replaces
+/// deleted.
+async fn write_typescript_refresh(
+    conn: &mut redis::aio::MultiplexedConnection,
+    sid: &str,
+    json: &str,
+    new_access: &str,
+    replaced_access: Option<&str>,
+) {
+    let mut pipe = redis::pipe();
+    if let Some(replaced) = replaced_access {
+        pipe.cmd("DEL")
+            .arg(format!("{PREFIX}access:{}", sha256_hex(replaced)));
+    }
+    let _: () = pipe
         .cmd("SET")
         .arg(format!("{PREFIX}data:{sid}"))
-        .arg(&json)
+        .arg(json)
         .arg("EX")
         .arg(604_800)
         .cmd("SET")
-        .arg(format!("{PREFIX}access:{}", sha256_hex(access)))
+        .arg(format!("{PREFIX}access:{}", sha256_hex(new_access)))
         .arg(sid)
         .arg("EX")
         .arg(900)
-        .cmd("SADD")
-        .arg(format!("{PREFIX}did:{did}"))
-        .arg(sid)
-        .cmd("EXPIRE")
-        .arg(format!("{PREFIX}did:{did}"))
-        .arg(604_800)
         .query_async(conn)
         .await
-        .expect("write TypeScript-shaped session");
-    json
+        .expect("TypeScript refresh");
+}
+
+/// A server on a Valkey of its own, and a connection to that Valkey.
+async fn on_valkey(extra: &[&str]) -> (TestApp, redis::aio::MultiplexedConnection) {
+    let app = TestApp::spawn_with(StoreKind::Valkey, extra).await;
+    let conn = app.valkey().client().await;
+    (app, conn)
+}
+
+/// A server on Valkey whose only commands are the test's calls: no periodic health PING
+/// (the first check runs at startup), so that MONITOR counts round trips per RPC.
+async fn without_health_pings(extra: &[&str]) -> TestApp {
+    let mut flags = vec!["--health-check-interval-ms", "3600000"];
+    flags.extend_from_slice(extra);
+    TestApp::spawn_with(StoreKind::Valkey, &flags).await
 }
 
 /// The session keys matching `pattern` (the feed's marker is not one; its own test checks it).
@@ -114,11 +167,8 @@ async fn created_sessions_are_stored_in_the_typescript_shape() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sessions_validate_refresh_and_delete_here() {
-    let app = TestApp::spawn(StoreKind::Valkey).await;
-    let mut conn = app.valkey().client().await;
-    let did = unique_did();
-    let (sid, access) = (ts_token(1), ts_token(2));
-    write_typescript_session(&mut conn, &sid, &access, &did).await;
+    let (app, mut conn) = on_valkey(&[]).await;
+    let (did, sid, access) = typescript_session(&mut conn, 1).await;
 
     let validated = app.validate(&access).await;
     assert!(validated.valid);
@@ -163,11 +213,8 @@ async fn typescript_sessions_validate_refresh_and_delete_here() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sessions_are_revoked_by_delete_all() {
-    let app = TestApp::spawn(StoreKind::Valkey).await;
-    let mut conn = app.valkey().client().await;
-    let did = unique_did();
-    let (sid, access) = (ts_token(3), ts_token(4));
-    write_typescript_session(&mut conn, &sid, &access, &did).await;
+    let (app, mut conn) = on_valkey(&[]).await;
+    let (did, _, access) = typescript_session(&mut conn, 3).await;
     let ours = app.create(&did, "carol.test").await;
 
     assert_eq!(app.delete_all(&did).await.expect("delete all"), 2);
@@ -193,16 +240,12 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
     let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
     let object = value.as_object().expect("object");
     let names: Vec<&str> = object.keys().map(String::as_str).collect();
-    let mut expected = vec![
-        "accessTokenExpiresAt",
-        "accessTokenHash",
-        "createdAt",
-        "did",
-        "handle",
-        "sid",
-        "refreshedAt",
-        "accessTokens",
-    ];
+    // The TypeScript fields in its order, then this service's own.
+    let order: Vec<&str> = TYPESCRIPT_FIELDS
+        .into_iter()
+        .chain(["refreshedAt", "accessTokens"])
+        .collect();
+    let mut expected = order.clone();
     expected.sort_unstable();
     let mut names_sorted = names.clone();
     names_sorted.sort_unstable();
@@ -211,19 +254,10 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
         assert!(object[field].is_u64(), "{field} is an integer in {json}");
     }
     // The TypeScript fields first, in its order; this service's own after them.
-    let positions: Vec<usize> = [
-        "sid",
-        "did",
-        "handle",
-        "accessTokenHash",
-        "accessTokenExpiresAt",
-        "createdAt",
-        "refreshedAt",
-        "accessTokens",
-    ]
-    .iter()
-    .map(|name| json.find(&format!(r#""{name}":"#)).expect(name))
-    .collect();
+    let positions: Vec<usize> = order
+        .iter()
+        .map(|name| json.find(&format!(r#""{name}":"#)).expect(name))
+        .collect();
     assert!(positions.is_sorted(), "{json}");
     let tokens = object["accessTokens"].as_array().expect("a list");
     assert_eq!(tokens.len(), 1, "the login's token, now the other tab's");
@@ -236,8 +270,7 @@ async fn sessions_written_here_parse_as_the_typescript_object() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_session_json_fails_closed_without_crashing() {
-    let app = TestApp::spawn(StoreKind::Valkey).await;
-    let mut conn = app.valkey().client().await;
+    let (app, mut conn) = on_valkey(&[]).await;
     for (i, garbage) in [
         "not json",
         "[]",
@@ -272,8 +305,7 @@ async fn corrupt_session_json_fails_closed_without_crashing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn superseded_or_orphaned_access_keys_do_not_validate() {
-    let app = TestApp::spawn(StoreKind::Valkey).await;
-    let mut conn = app.valkey().client().await;
+    let (app, mut conn) = on_valkey(&[]).await;
     let created = app.create(&unique_did(), "alice.test").await;
     // An access key that points at a live session whose data names another hash.
     let stale = ts_token(30);
@@ -344,8 +376,7 @@ async fn concurrent_refreshes_leave_no_orphaned_access_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_racing_delete_leaves_no_keys() {
-    let app = TestApp::spawn(StoreKind::Valkey).await;
-    let mut conn = app.valkey().client().await;
+    let (app, mut conn) = on_valkey(&[]).await;
     for _ in 0..25 {
         let did = unique_did();
         let created = app.create(&did, "alice.test").await;
@@ -405,12 +436,7 @@ async fn the_did_index_is_pruned_of_expired_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rpc_is_exactly_one_round_trip() {
-    // No periodic health PING during the measurement: the first check runs at startup.
-    let app = TestApp::spawn_with(
-        StoreKind::Valkey,
-        &["--health-check-interval-ms", "3600000"],
-    )
-    .await;
+    let app = without_health_pings(&[]).await;
     let did = unique_did();
     // Warm up: the first call of each script loads it (EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
     let warm = app.create(&did, "alice.test").await;
@@ -461,16 +487,7 @@ async fn listing_revocation_and_the_cap_round_trips() {
     use barazo_session::proto::{
         ListSessionsRequest, RevokeOtherSessionsRequest, RevokeSessionRequest,
     };
-    let app = TestApp::spawn_with(
-        StoreKind::Valkey,
-        &[
-            "--health-check-interval-ms",
-            "3600000",
-            "--max-sessions-per-did",
-            "3",
-        ],
-    )
-    .await;
+    let app = without_health_pings(&["--max-sessions-per-did", "3"]).await;
     let did = unique_did();
     let mut client = app.client.clone();
     let list = |did: &str| ListSessionsRequest { did: did.into() };
@@ -524,16 +541,7 @@ async fn listing_revocation_and_the_cap_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_script_cache_is_reloaded_transparently() {
     // Without the validation cache: the repeated validations must reach Valkey.
-    let app = TestApp::spawn_with(
-        StoreKind::Valkey,
-        &[
-            "--health-check-interval-ms",
-            "3600000",
-            "--validation-cache",
-            "off",
-        ],
-    )
-    .await;
+    let app = without_health_pings(&["--validation-cache", "off"]).await;
     let created = app.create(&unique_did(), "alice.test").await;
     assert!(app.validate(&created.access_token).await.valid);
     let mut conn = app.valkey().client().await;
@@ -597,9 +605,7 @@ async fn the_did_index_ttl_is_extended_never_shortened() {
     )
     .await;
     let mut conn = app.valkey().client().await;
-    let did = unique_did();
-    let (sid, access) = (ts_token(40), ts_token(41));
-    write_typescript_session(&mut conn, &sid, &access, &did).await;
+    let (did, _, access) = typescript_session(&mut conn, 40).await;
     let index = format!("{PREFIX}did:{did}");
     let week = 604_790_000..=604_800_000;
 
@@ -620,19 +626,20 @@ async fn the_did_index_ttl_is_extended_never_shortened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_listing_works_with_typescript_sessions_both_ways() {
     use barazo_session::proto::{ListSessionsRequest, RevokeSessionRequest};
-    let app = TestApp::spawn(StoreKind::Valkey).await;
-    let mut conn = app.valkey().client().await;
-    let did = unique_did();
-    let (sid, access) = (ts_token(30), ts_token(31));
-    write_typescript_session(&mut conn, &sid, &access, &did).await;
-    let listed = app
-        .client
-        .clone()
-        .list_sessions(ListSessionsRequest { did: did.clone() })
-        .await
-        .expect("list")
-        .into_inner()
-        .sessions;
+    let (app, mut conn) = on_valkey(&[]).await;
+    let (did, sid, access) = typescript_session(&mut conn, 30).await;
+    let list = || {
+        let (mut client, did) = (app.client.clone(), did.clone());
+        async move {
+            client
+                .list_sessions(ListSessionsRequest { did })
+                .await
+                .expect("list")
+                .into_inner()
+                .sessions
+        }
+    };
+    let listed = list().await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].refreshed_at, listed[0].created_at);
     assert_eq!(
@@ -675,51 +682,16 @@ async fn session_listing_works_with_typescript_sessions_both_ways() {
         "{json}"
     );
     let ts_access = ts_token(32);
-    let mut object: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&json).expect("object");
-    // What the TypeScript refresh keeps: its six fields, new hash and expiry.
-    object.retain(|k, _| {
-        [
-            "sid",
-            "did",
-            "handle",
-            "accessTokenHash",
-            "accessTokenExpiresAt",
-            "createdAt",
-        ]
-        .contains(&k.as_str())
-    });
-    object.insert("accessTokenHash".into(), sha256_hex(&ts_access).into());
-    object.insert("accessTokenExpiresAt".into(), (now_ms() + 900_000).into());
-    let rewritten = serde_json::to_string(&object).expect("JSON");
-    let _: () = redis::pipe()
-        .cmd("DEL")
-        .arg(format!(
-            "{PREFIX}access:{}",
-            sha256_hex(&created.access_token)
-        ))
-        .cmd("SET")
-        .arg(&data_key)
-        .arg(&rewritten)
-        .arg("EX")
-        .arg(604_800)
-        .cmd("SET")
-        .arg(format!("{PREFIX}access:{}", sha256_hex(&ts_access)))
-        .arg(&created.refresh_token)
-        .arg("EX")
-        .arg(900)
-        .query_async(&mut conn)
-        .await
-        .expect("TypeScript refresh");
+    write_typescript_refresh(
+        &mut conn,
+        &created.refresh_token,
+        &typescript_refreshed(&json, &ts_access),
+        &ts_access,
+        Some(&created.access_token),
+    )
+    .await;
     assert!(app.validate(&ts_access).await.valid);
-    let listed = app
-        .client
-        .clone()
-        .list_sessions(ListSessionsRequest { did: did.clone() })
-        .await
-        .expect("list")
-        .into_inner()
-        .sessions;
+    let listed = list().await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(
         listed[0].client.clone().unwrap_or_default(),
@@ -740,8 +712,7 @@ async fn session_listing_works_with_typescript_sessions_both_ways() {
 /// it (and removes it), and does not list it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sessions_past_the_absolute_lifetime_are_over() {
-    let app = TestApp::spawn(StoreKind::Valkey).await;
-    let mut conn = app.valkey().client().await;
+    let (app, mut conn) = on_valkey(&[]).await;
     let did = unique_did();
     let (sid, access) = (ts_token(40), ts_token(41));
     let json = write_typescript_session(&mut conn, &sid, &access, &did).await;
@@ -781,15 +752,15 @@ async fn typescript_sessions_past_the_absolute_lifetime_are_over() {
     );
 }
 
-/// A session as the TypeScript AppView writes it (see `write_typescript_session`), created
-/// `created` (epoch ms), one command at a time so that it works on a cluster too.
+/// A session as the TypeScript AppView writes it, created `created` (epoch ms), one
+/// command at a time so that it works on a cluster too. Returns the JSON.
 async fn write_typescript_session_created(
     conn: &mut impl redis::aio::ConnectionLike,
     sid: &str,
     access: &str,
     did: &str,
     created: i64,
-) {
+) -> String {
     let hash = sha256_hex(access);
     let json = format!(
         r#"{{"sid":"{sid}","did":"{did}","handle":"carol.test","accessTokenHash":"{hash}","accessTokenExpiresAt":{},"createdAt":{created}}}"#,
@@ -817,15 +788,13 @@ async fn write_typescript_session_created(
             .await
             .expect("write TypeScript-shaped session");
     }
+    json
 }
 
 /// Sessions the TypeScript code wrote have no `refreshedAt`: the cap ranks them by their
 /// `createdAt`, revokes them completely (access key, data, index entry), and counts them
 /// towards the cap like its own.
-async fn typescript_sessions_are_capped_by_their_creation_time(
-    app: &TestApp,
-    conn: &mut impl redis::aio::ConnectionLike,
-) {
+async fn capped_by_creation_time(app: &TestApp, conn: &mut impl redis::aio::ConnectionLike) {
     let did = unique_did();
     // Written in the other order than they were created: the index's order does not count.
     let (newer, newer_access) = (ts_token(50), ts_token(51));
@@ -878,39 +847,21 @@ async fn typescript_sessions_are_capped_by_their_creation_time(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typescript_sessions_are_capped_by_their_creation_time_valkey() {
-    let app = TestApp::spawn_with(StoreKind::Valkey, &["--max-sessions-per-did", "3"]).await;
-    let mut conn = app.valkey().client().await;
-    typescript_sessions_are_capped_by_their_creation_time(&app, &mut conn).await;
-}
+store_tests!(typescript_sessions_are_capped_by_their_creation_time on valkey, cluster);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typescript_sessions_are_capped_by_their_creation_time_cluster() {
-    let app = TestApp::spawn_with(
-        crate::support::Backend::Cluster,
-        &["--max-sessions-per-did", "3"],
-    )
-    .await;
-    let seeds: Vec<String> = app
-        .cluster
-        .as_ref()
-        .expect("cluster")
-        .urls()
-        .split(',')
-        .map(str::to_owned)
-        .collect();
-    let client = redis::cluster::ClusterClient::new(seeds).expect("client");
-    let mut conn = client.get_async_connection().await.expect("connect");
-    typescript_sessions_are_capped_by_their_creation_time(&app, &mut conn).await;
+async fn typescript_sessions_are_capped_by_their_creation_time(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--max-sessions-per-did", "3"]).await;
+    match &app.cluster {
+        Some(cluster) => capped_by_creation_time(&app, &mut cluster.connection().await).await,
+        None => capped_by_creation_time(&app, &mut app.valkey().client().await).await,
+    }
 }
 
 /// An unreadable record in a DID's index at the cap is the first the cap removes (it can
 /// never be used again), before any live session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cap_removes_an_unreadable_session_first() {
-    let app = TestApp::spawn_with(StoreKind::Valkey, &["--max-sessions-per-did", "2"]).await;
-    let mut conn = app.valkey().client().await;
+    let (app, mut conn) = on_valkey(&["--max-sessions-per-did", "2"]).await;
     let did = unique_did();
     let first = app.create(&did, "alice.test").await;
     let second = app.create(&did, "alice.test").await;
@@ -938,8 +889,7 @@ async fn the_cap_removes_an_unreadable_session_first() {
 /// nothing that validates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tab_tokens_and_the_typescript_code_both_ways() {
-    let app = TestApp::spawn(StoreKind::Valkey).await;
-    let mut conn = app.valkey().client().await;
+    let (app, mut conn) = on_valkey(&[]).await;
     let did = unique_did();
     let created = app.create(&did, "carol.test").await;
     let sid = created.refresh_token.clone();
@@ -969,37 +919,14 @@ async fn tab_tokens_and_the_typescript_code_both_ways() {
 
     // The TypeScript refresh rewrites the record without the list.
     let ts_access = ts_token(50);
-    let mut rewritten: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&json).expect("object");
-    rewritten.retain(|k, _| {
-        [
-            "sid",
-            "did",
-            "handle",
-            "accessTokenHash",
-            "accessTokenExpiresAt",
-            "createdAt",
-        ]
-        .contains(&k.as_str())
-    });
-    rewritten.insert("accessTokenHash".into(), sha256_hex(&ts_access).into());
-    rewritten.insert("accessTokenExpiresAt".into(), (now_ms() + 900_000).into());
-    let _: () = redis::pipe()
-        .cmd("DEL")
-        .arg(format!("{PREFIX}access:{}", sha256_hex(&tab_c)))
-        .cmd("SET")
-        .arg(&data_key)
-        .arg(serde_json::to_string(&rewritten).expect("JSON"))
-        .arg("EX")
-        .arg(604_800)
-        .cmd("SET")
-        .arg(format!("{PREFIX}access:{}", sha256_hex(&ts_access)))
-        .arg(&sid)
-        .arg("EX")
-        .arg(900)
-        .query_async(&mut conn)
-        .await
-        .expect("TypeScript refresh");
+    write_typescript_refresh(
+        &mut conn,
+        &sid,
+        &typescript_refreshed(&json, &ts_access),
+        &ts_access,
+        Some(&tab_c),
+    )
+    .await;
     assert!(app.validate(&ts_access).await.valid);
     for token in [&created.access_token, &tab_b, &tab_c] {
         assert!(!app.validate(token).await.valid, "not named by the data");
@@ -1069,22 +996,15 @@ async fn dump(conn: &mut redis::aio::MultiplexedConnection) -> String {
 /// a rotated refresh token; what the TypeScript code wrote keeps its shape.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_typescript_session_moves_to_rotated_refresh_tokens_on_its_first_refresh() {
-    let app = TestApp::spawn_with(
-        StoreKind::Valkey,
-        &[
-            "--refresh-token-rotation",
-            "on",
-            "--refresh-reuse-grace",
-            "2",
-            "--health-check-interval-ms",
-            "3600000",
-        ],
-    )
+    let app = without_health_pings(&[
+        "--refresh-token-rotation",
+        "on",
+        "--refresh-reuse-grace",
+        "2",
+    ])
     .await;
     let mut conn = app.valkey().client().await;
-    let did = unique_did();
-    let (sid, access) = (ts_token(60), ts_token(61));
-    write_typescript_session(&mut conn, &sid, &access, &did).await;
+    let (did, sid, _) = typescript_session(&mut conn, 60).await;
 
     let mut monitor = Monitor::start(app.valkey()).await;
     let (first, lines) = monitor.lines(app.refresh(&sid)).await;
@@ -1158,8 +1078,7 @@ async fn a_typescript_session_moves_to_rotated_refresh_tokens_on_its_first_refre
 /// key keeps a TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rotations_a_session_remembers_are_bounded_in_bytes() {
-    let app = TestApp::spawn_with(StoreKind::Valkey, &["--refresh-token-rotation", "on"]).await;
-    let mut conn = app.valkey().client().await;
+    let (app, mut conn) = on_valkey(&["--refresh-token-rotation", "on"]).await;
     let created = app.create(&unique_did(), "alice.test").await;
     let key = created.session.expect("session").session_key;
     let mut cookie = created.refresh_token;
@@ -1212,11 +1131,8 @@ async fn data_json(conn: &mut redis::aio::MultiplexedConnection) -> String {
 /// finds it here (NOT_FOUND) and its record is left exactly as it wrote it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_rotation_on_the_typescript_paths_that_stop_working_are_left_intact() {
-    let app = TestApp::spawn_with(StoreKind::Valkey, &["--refresh-token-rotation", "on"]).await;
-    let mut conn = app.valkey().client().await;
-    let did = unique_did();
-    let (sid, access) = (ts_token(70), ts_token(71));
-    write_typescript_session(&mut conn, &sid, &access, &did).await;
+    let (app, mut conn) = on_valkey(&["--refresh-token-rotation", "on"]).await;
+    let (did, sid, _) = typescript_session(&mut conn, 70).await;
     let rotated = app.refresh(&sid).await.expect("migrates");
     let r1 = rotated.refresh_token.clone();
 
@@ -1243,20 +1159,7 @@ async fn with_rotation_on_the_typescript_paths_that_stop_working_are_left_intact
         now_ms() + 900_000,
         object["createdAt"]
     );
-    let _: () = redis::pipe()
-        .cmd("SET")
-        .arg(&data_key)
-        .arg(&rewritten)
-        .arg("EX")
-        .arg(604_800)
-        .cmd("SET")
-        .arg(format!("{PREFIX}access:{}", sha256_hex(&ts_access)))
-        .arg(&sid)
-        .arg("EX")
-        .arg(900)
-        .query_async(&mut conn)
-        .await
-        .expect("TypeScript refresh");
+    write_typescript_refresh(&mut conn, &sid, &rewritten, &ts_access, None).await;
     assert_eq!(
         app.refresh(&r1)
             .await
@@ -1281,16 +1184,7 @@ async fn with_rotation_on_the_typescript_paths_that_stop_working_are_left_intact
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_rpc_is_one_round_trip_with_tabs_and_rotation() {
     use barazo_session::proto::RevokeOtherSessionsRequest;
-    let app = TestApp::spawn_with(
-        StoreKind::Valkey,
-        &[
-            "--refresh-token-rotation",
-            "on",
-            "--health-check-interval-ms",
-            "3600000",
-        ],
-    )
-    .await;
+    let app = without_health_pings(&["--refresh-token-rotation", "on"]).await;
     let did = unique_did();
     // Warm up every script (the first call of each loads it).
     let warm = app.create(&did, "alice.test").await;
@@ -1342,8 +1236,7 @@ async fn each_rpc_is_one_round_trip_with_tabs_and_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_keeps_one_expiring_marker_beside_the_session_keys() {
-    let app = TestApp::spawn(StoreKind::Valkey).await;
-    let mut conn = app.valkey().client().await;
+    let (_app, mut conn) = on_valkey(&[]).await;
     let markers = || {
         let mut conn = conn.clone();
         async move {

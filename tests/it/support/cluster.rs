@@ -129,6 +129,13 @@ impl ValkeyCluster {
         self.urls.join(",")
     }
 
+    /// A test-side connection to the whole cluster (commands go to the key's node).
+    pub async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+        let seeds: Vec<String> = self.urls().split(',').map(str::to_owned).collect();
+        let client = redis::cluster::ClusterClient::new(seeds).expect("client");
+        client.get_async_connection().await.expect("connect")
+    }
+
     /// The nodes, to inspect where keys live.
     pub fn nodes(&self) -> &[Valkey] {
         &self.nodes

