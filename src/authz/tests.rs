@@ -2,7 +2,6 @@
 
 use super::credentials::*;
 use super::policy::*;
-use super::*;
 use crate::api::rpc::REFLECTION;
 use crate::domain::sha256_hex;
 use tonic::Status;
