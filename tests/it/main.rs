@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod behaviour;
-#[cfg(feature = "bench-tool")]
 mod bench_tool;
 mod cache;
 mod cli;
