@@ -6,7 +6,7 @@
 # loaded with unary ValidateAccessToken and with ValidateAccessTokens of BATCH tokens, in
 # rounds that alternate between them so machine noise hits all alike.
 #
-#   cargo build --release --features bench-tool --bins
+#   cargo build --release --workspace --bins    # barazo-session and session-bench
 #   scripts/bench-h2load.sh                      # ROUNDS=3 DURATION=8 BATCH=64
 #   OLD_SERVER=/path/to/older/barazo-session scripts/bench-h2load.sh
 #       adds that build (unary only: it may predate ValidateAccessTokens)

@@ -11,8 +11,11 @@ export PATH="$PWD/.tools/bin:$PATH"
 
 # The README's own `cargo run` commands are run by a test (tests/docs/readme.rs); build the
 # service the way `cargo run` does first (without the tests' dev-dependency features), so
-# that test does not compile in the middle of timing-sensitive ones.
+# that test does not compile in the middle of timing-sensitive ones. The same for the load
+# tool (tools/session-bench, a package of its own), which tests/it/bench_tool.rs builds
+# with this very command before it runs it.
 cargo build --locked --bin barazo-session
+cargo build --locked --package session-bench --bin session-bench
 
 # The TypeScript client (clients/typescript) against that binary and a real Valkey: its
 # dependencies from the npm registry (lockfile as committed), the generated code checked
@@ -41,5 +44,5 @@ fi
 if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -q '^-'; then
   set -- -- "$@"
 fi
-# With the load tool (feature bench-tool), which tests/it/bench_tool.rs runs.
-cargo test --locked --features bench-tool "$@"
+# Every package of the workspace: the service's tests and the load tool's own.
+cargo test --locked --workspace "$@"

@@ -6,14 +6,91 @@
 use crate::support::pki::{Ca, TempDir};
 use crate::support::{TestApp, Valkey, config, sha256_hex};
 use barazo_session::config::StoreKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-const BENCH: &str = env!("CARGO_BIN_EXE_session-bench");
+/// The tool's binary. The tool is a package of its own (tools/session-bench), so `cargo test`
+/// does not build it for this one (`CARGO_BIN_EXE_*` names this package's binaries only):
+/// it is built here, once per run, with the profile these tests were built with, into the
+/// directory of the `barazo-session` binary (the tool starts the server from beside
+/// itself). scripts/test.sh builds it first, the same way, so that this only finds it fresh
+/// and no compilation runs in the middle of timing-sensitive tests.
+fn tool() -> &'static Path {
+    static TOOL: OnceLock<PathBuf> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        let server = Path::new(env!("CARGO_BIN_EXE_barazo-session"));
+        let dir = server.parent().expect("the server binary's directory");
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        // Without what cargo set for this test run: a build script that watches one of
+        // these (ring's watches CARGO_MANIFEST_DIR) would see it changed and rebuild, and
+        // everything above it with it, here and again in the next build from a shell.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_EXE_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&&*name)
+            {
+                cargo.env_remove(&*name);
+            }
+        }
+        cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+            "build",
+            "--quiet",
+            "--locked",
+            "--package",
+            "session-bench",
+            "--bin",
+            "session-bench",
+            "--message-format",
+            "json-render-diagnostics",
+        ]);
+        // target/debug/ is the dev profile's (and the test profile's); any other directory
+        // is named after its profile (release, or a custom one).
+        match dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") => {}
+            Some(profile) => {
+                cargo.args(["--profile", profile]);
+            }
+            None => panic!("no profile directory in {}", server.display()),
+        }
+        let output = cargo.stderr(Stdio::inherit()).output().expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "cargo build --package session-bench failed (its errors above)"
+        );
+        let built = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|message| {
+                message["reason"] == "compiler-artifact"
+                    && message["target"]["name"] == "session-bench"
+            })
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the session-bench binary it built");
+        assert_eq!(
+            built.parent(),
+            Some(dir),
+            "session-bench was not built beside barazo-session, where it starts the server \
+             from: give cargo test's --target or --target-dir as CARGO_BUILD_TARGET or \
+             CARGO_TARGET_DIR instead, so that this build sees them too"
+        );
+        built
+    })
+}
 
 /// What every DID the tool uses starts with.
 const BENCH_DIDS: &str = "did:web:session-bench.invalid:run-";
@@ -21,7 +98,7 @@ const BENCH_DIDS: &str = "did:web:session-bench.invalid:run-";
 /// The tool with a short run (one round of a second, 40 sessions, 4 callers; `args` may
 /// set any of these otherwise) and none of its settings from the environment.
 fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(BENCH);
+    let mut cmd = Command::new(tool());
     for (flag, value) in [
         ("--duration", "1"),
         ("--rounds", "1"),
@@ -543,7 +620,7 @@ async fn bad_connection_flags_are_named_before_anything_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_says_whose_sessions_it_creates_and_which_rpcs_it_needs() {
     let (out, help, _) = output({
-        let mut cmd = Command::new(BENCH);
+        let mut cmd = Command::new(tool());
         cmd.arg("--help")
             .env("SESSION_BENCH_SERVICE_KEY", "s3cret")
             .env("VALKEY_URL", "redis://:hunter2@valkey:6379");
@@ -631,7 +708,7 @@ async fn floor_answers(transport: &str) {
         ListSessionsRequest, ValidateAccessTokenRequest, ValidateAccessTokensRequest,
     };
 
-    let mut child = Command::new(BENCH)
+    let mut child = Command::new(tool())
         .args(["floor", "--listen", "127.0.0.1:0", "--transport", transport])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -711,7 +788,7 @@ async fn the_sink_counts_exported_spans_and_says_so_when_stopped() {
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
-    let mut child = Command::new(BENCH)
+    let mut child = Command::new(tool())
         .args(["sink", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -34,7 +34,6 @@ macro_rules! store_tests {
 }
 
 mod behaviour;
-#[cfg(feature = "bench-tool")]
 mod bench_tool;
 mod cache;
 mod cli;

@@ -26,8 +26,9 @@ pub(crate) enum Serve {
         listen: SocketAddr,
         /// Who serves the connections: `tonic`, tonic's own server (the floor: any
         /// tonic service pays this); `service`, the real server's connection handling
-        /// (src/transport.rs: hyper with its delivery tracking and backstop), so that what
-        /// remains between the floor and the server is its per-call layers and handler.
+        /// (barazo_session::transport: hyper with its delivery tracking and backstop), so
+        /// that what remains between the floor and the server is its per-call layers and
+        /// handler.
         #[arg(long, value_enum, default_value_t = FloorTransport::Tonic)]
         transport: FloorTransport,
     },
