@@ -10,6 +10,7 @@
 //! the parsing of stored records, and the instrumentation of each round trip (the
 //! `/metrics` histogram and the CLIENT span), so both topologies report alike.
 
+pub mod args;
 pub mod cluster;
 pub mod identity;
 mod link;
@@ -71,10 +72,17 @@ pub(crate) fn store_error(err: RedisError) -> StoreError {
     }
 }
 
+/// The scripts' shared prelude (`scripts/session_json.lua`), prepended to every script that
+/// reads or writes a session (all but `validate.lua`, `cluster_read.lua` and
+/// `cluster_index.lua`, which return what they find or only touch an index): each session
+/// rule once, as one Lua function every script calls, beside its Rust twin (each names the
+/// other). Public so that tests can run the rules themselves (`tests/it/parity.rs`).
+pub const PRELUDE: &str = include_str!("scripts/session_json.lua");
+
 /// 2^53, above every time a stored record may hold: below it a double (JavaScript's
 /// number, with which the TypeScript AppView writes sessions, and Lua's) holds every
 /// integer, so the scripts carry such a time unchanged. A time outside `0..MAX_EPOCH_MS`
-/// makes a record corrupt (the scripts' `epoch_ms` refuses it too).
+/// makes a record corrupt, in both languages (the prelude's `epoch_ms_value`).
 pub const MAX_EPOCH_MS: i64 = 1 << 53;
 
 /// Every time a record holds (epoch ms).
@@ -88,10 +96,13 @@ fn times_of(record: &SessionRecord) -> impl Iterator<Item = i64> + '_ {
 }
 
 /// Parses a stored session read under `sid`, as raw bytes: bytes that are not UTF-8,
-/// corrupt JSON, a time outside `0..`[`MAX_EPOCH_MS`], or JSON naming another sid are
-/// [`StoreError::CorruptSession`] (fail closed). Read as bytes because redis-rs's own `String` conversion reports bad UTF-8 as
-/// a client error, which would read as an outage.
-pub(crate) fn parse_record(sid: &str, raw: &[u8]) -> Result<SessionRecord, StoreError> {
+/// corrupt JSON, JSON that is not a [`SessionRecord`] ([`SessionRecord::from_json`]), a
+/// time outside `0..`[`MAX_EPOCH_MS`], or JSON naming another sid are
+/// [`StoreError::CorruptSession`] (fail closed). Read as bytes because redis-rs's own
+/// `String` conversion reports bad UTF-8 as a client error, which would read as an outage.
+/// The rules of the prelude's `record_readable`, with which every script reads a record
+/// before acting on it.
+pub fn parse_record(sid: &str, raw: &[u8]) -> Result<SessionRecord, StoreError> {
     let corrupt = |reason: String| StoreError::CorruptSession {
         key_prefix: log_prefix(&sha256_hex(sid)).to_owned(),
         reason,
