@@ -141,7 +141,9 @@ impl Lifetimes {
         }
     }
 
-    /// The absolute deadline of a session created at `created_at_ms`, if there is one.
+    /// The absolute deadline of a session created at `created_at_ms`, if there is one. The
+    /// rule of `session_json.lua`'s `lifetime_left` (a refresh's TTLs end by it:
+    /// [`Lifetimes::capped`]).
     pub fn deadline_ms(&self, created_at_ms: i64) -> Option<i64> {
         self.max.map(|max| {
             created_at_ms.saturating_add(i64::try_from(max.as_millis()).unwrap_or(i64::MAX))
@@ -180,7 +182,9 @@ pub struct Created {
     pub revoked: u32,
 }
 
-/// The key names of the shared layout under one prefix (both Valkey stores use it).
+/// The key names of the shared layout under one prefix (both Valkey stores use it): the one
+/// place Rust spells them. The scripts spell the keys they derive with the prelude's
+/// `data_key`, `access_key`, `refresh_key` and `did_key` (`session_json.lua`).
 #[derive(Debug, Clone)]
 pub struct KeyLayout {
     prefix: String,

@@ -438,6 +438,7 @@ impl Shared {
     /// of concurrent creates to list sees them all, and all of them rank sessions in one
     /// order (`refreshedAt`, else `createdAt`; then the sid; an unreadable record first):
     /// they revoke the same oldest ones, never a session another one keeps for the cap.
+    /// The order of `session_json.lua`'s `cap_order`, which `create.lua` sorts by.
     /// Returns how many this call revoked.
     async fn cap(
         &self,
@@ -737,7 +738,8 @@ impl Shared {
     }
 
     /// Revokes one session: its access key first, then its data. Returns what was stored
-    /// (`None`: no session existed).
+    /// (`None`: no session existed). What `session_json.lua`'s `revoke_session` deletes,
+    /// command by command (the caller takes it out of its DID index).
     async fn revoke(
         &self,
         conn: &mut ClusterConnection,
