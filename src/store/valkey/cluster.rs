@@ -676,7 +676,8 @@ impl Shared {
         )))
     }
 
-    /// The sid a presented refresh token names: itself, or its family key's value.
+    /// The sid a presented refresh token names: itself, or its family key's value. As
+    /// `session_json.lua`'s `find_sid`.
     async fn find_sid(
         &self,
         conn: &mut ClusterConnection,

@@ -643,7 +643,8 @@ local function refresh_record(s, a, now)
 end
 
 -- The sid a presented refresh token names: its family's `refresh:` key's value, or the
--- token itself when it is a sid (`family` empty). nil when there is none.
+-- token itself when it is a sid (`family` empty). nil when there is none. As
+-- ValkeyClusterStore's find_sid.
 local function find_sid(prefix, family, sid)
   if family == '' then
     return sid
