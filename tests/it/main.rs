@@ -22,6 +22,7 @@ mod hostile;
 mod interleavings;
 mod metrics;
 mod outage;
+mod parity;
 mod readme;
 mod revocations;
 mod security;
