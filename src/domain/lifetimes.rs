@@ -63,7 +63,9 @@ impl Lifetimes {
         }
     }
 
-    /// The absolute deadline of a session created at `created_at_ms`, if there is one.
+    /// The absolute deadline of a session created at `created_at_ms`, if there is one. The
+    /// rule of `session_json.lua`'s `lifetime_left` (a refresh's TTLs end by it:
+    /// [`Lifetimes::capped`]).
     pub fn deadline_ms(&self, created_at_ms: i64) -> Option<i64> {
         self.max.map(|max| {
             created_at_ms.saturating_add(i64::try_from(max.as_millis()).unwrap_or(i64::MAX))

@@ -71,7 +71,8 @@ pub struct SessionRecord {
 /// How many rotations before the previous one a session remembers (each 182 bytes of
 /// JSON). Rotations happen only when the current token is presented, so more than five
 /// inside one grace means five refreshes in a row from tabs that already had the newest
-/// cookie; a token pushed out is judged as any old one (reuse).
+/// cookie; a token pushed out is judged as any old one (reuse). `session_json.lua`'s
+/// `MAX_EARLIER_ROTATIONS` is the same.
 pub const MAX_EARLIER_ROTATIONS: usize = 4;
 
 /// One rotation still inside the grace: the refresh token hashed `hash` was replaced at
@@ -128,18 +129,22 @@ impl std::fmt::Debug for SessionRecord {
 }
 
 impl SessionRecord {
-    /// When the session was last refreshed, or created if never.
+    /// When the session was last refreshed, or created if never. The rule of
+    /// `session_json.lua`'s `last_refreshed`.
     pub fn last_refreshed(&self) -> i64 {
         self.refreshed_at.unwrap_or(self.created_at)
     }
 
     /// Parses stored JSON. Any shape other than the six fields with the right types fails:
-    /// the caller treats that session as invalid (fail closed).
+    /// the caller treats that session as invalid (fail closed). The Valkey stores read a
+    /// record with it through `store::valkey::parse_record`, whose Lua twin is
+    /// `session_json.lua`'s `record_readable` (how every script reads a record).
     pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(json)
     }
 
-    /// The JSON the TypeScript AppView would write for this record.
+    /// The JSON the TypeScript AppView would write for this record: the bytes
+    /// `session_json.lua`'s `record_json` writes.
     pub fn to_json(&self) -> String {
         // Serializing a struct of strings and integers into a String cannot fail.
         serde_json::to_string(self).unwrap_or_default() // allow-unwrap: infallible, see above
@@ -191,6 +196,7 @@ impl SessionRecord {
 
     /// The rotations the session remembers, oldest first, the previous one last: the
     /// replaced token's hash, the nonce its successor was derived with, when.
+    /// `session_json.lua`'s `rotations`.
     fn rotations(&self) -> impl Iterator<Item = (&str, &str, i64)> {
         let previous = match (
             &self.previous_refresh_token_hash,
@@ -257,7 +263,7 @@ impl SessionRecord {
     }
 
     /// Every access token the record names, oldest first, the newest last: the hash and
-    /// its expiry (expired ones included).
+    /// its expiry (expired ones included). `session_json.lua`'s `live_tokens`.
     pub fn live_tokens(&self) -> impl Iterator<Item = (&str, i64)> {
         self.access_tokens
             .iter()
@@ -271,7 +277,7 @@ impl SessionRecord {
     /// Makes `new_hash` (expiring at `expires_at`) the newest access token: the previous
     /// newest joins the others; `previous`, when it is one of them, is dropped, as are
     /// expired ones and, past `max_tokens`, the oldest. Returns the hashes dropped (their
-    /// access keys are to be deleted). The rules of `session_json.lua`'s `next_tokens`.
+    /// access keys are to be deleted). The rules of `session_json.lua`'s `add_access_token`.
     pub fn add_access_token(
         &mut self,
         new_hash: &str,

@@ -91,7 +91,9 @@ pub struct Created {
     pub revoked: u32,
 }
 
-/// The key names of the shared layout under one prefix (both Valkey stores use it).
+/// The key names of the shared layout under one prefix (both Valkey stores use it): the one
+/// place Rust spells them. The scripts spell the keys they derive with the prelude's
+/// `data_key`, `access_key`, `refresh_key` and `did_key` (`session_json.lua`).
 #[derive(Debug, Clone)]
 pub struct KeyLayout {
     prefix: String,

@@ -47,6 +47,7 @@ mod hostile;
 mod interleavings;
 mod metrics;
 mod outage;
+mod parity;
 mod revocations;
 mod security;
 mod shutdown;

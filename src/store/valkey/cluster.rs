@@ -49,6 +49,7 @@
 //! Health: `CLUSTER SLOTS`, a `PING` to each primary it lists, then a read of this
 //! service's own key space; any failing means NOT_SERVING.
 
+use super::args::{CreateArgs, PresentedArgs, RefreshArgs, ScriptArgs};
 use super::link::ClusterLink;
 use super::{Operation, ValkeyOptions, millis, observe, parse_record, time_ms, ttl_ms};
 use crate::domain::Lifetimes;
@@ -101,14 +102,6 @@ struct OwnedRefresh {
     rotation: Option<Candidate>,
 }
 
-/// The family hash of a rotated token, '' for a sid (the scripts' convention).
-fn family_of(presented: &Presented) -> &str {
-    match &presented.lookup {
-        Lookup::Sid(_) => "",
-        Lookup::Family(family) => family,
-    }
-}
-
 /// Called at each [`Step`]; the operation waits for the future it returns.
 pub type StepHook = Arc<dyn Fn(Step) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
@@ -137,10 +130,9 @@ struct ClusterScripts {
 
 impl ClusterScripts {
     fn new() -> Self {
-        // The scripts that write a session start with the shared helpers.
-        let with_json = |body: &str| {
-            redis::Script::new(&[include_str!("scripts/session_json.lua"), body].concat())
-        };
+        // The scripts that read or write a session start with the shared prelude (the
+        // session rules, their arguments by name, Valkey's clock).
+        let with_json = |body: &str| redis::Script::new(&[super::PRELUDE, body].concat());
         Self {
             index: redis::Script::new(include_str!("scripts/cluster_index.lua")),
             read: redis::Script::new(include_str!("scripts/cluster_read.lua")),
@@ -367,18 +359,13 @@ impl Shared {
         // Data first: unusable on its own (nobody holds the sid or a token yet), and the
         // proof of life that pruning relies on. Stamped on its node's clock.
         let mut invocation = self.scripts.create_data.prepare_invoke();
-        invocation
-            .key(self.keys.data(&record.sid))
-            .arg(&record.sid)
-            .arg(&record.did)
-            .arg(&record.handle)
-            .arg(&record.access_token_hash)
-            .arg(millis(lifetimes.session))
-            .arg(millis(lifetimes.access_token))
-            .arg(&record.user_agent)
-            .arg(&record.ip_address)
-            .arg(record.refresh_family.as_deref().unwrap_or(""))
-            .arg(record.refresh_token_hash.as_deref().unwrap_or(""));
+        invocation.key(self.keys.data(&record.sid));
+        CreateArgs {
+            prefix: self.keys.prefix(),
+            record: &record,
+            lifetimes,
+        }
+        .push(&mut invocation);
         let json: Vec<u8> = observe(
             &self.metrics,
             script!("create_data"),
@@ -453,6 +440,7 @@ impl Shared {
     /// of concurrent creates to list sees them all, and all of them rank sessions in one
     /// order (`refreshedAt`, else `createdAt`; then the sid; an unreadable record first):
     /// they revoke the same oldest ones, never a session another one keeps for the cap.
+    /// The order of `session_json.lua`'s `cap_order`, which `create.lua` sorts by.
     /// Returns how many this call revoked.
     async fn cap(
         &self,
@@ -576,28 +564,18 @@ impl Shared {
         // is at that moment, so concurrent refreshes keep each other's tokens. The tokens it
         // drops (the tab's previous one, expired ones, the oldest past the cap) stop
         // validating with that write: the data no longer names them.
-        let client = refresh.client.as_ref();
         let mut invocation = self.scripts.refresh_data.prepare_invoke();
-        invocation
-            .key(self.keys.data(&sid))
-            .arg(&sid)
-            .arg(&refresh.new_access_hash)
-            .arg(millis(lifetimes.session))
-            .arg(millis(lifetimes.access_token))
-            .arg(if client.is_some() { "1" } else { "0" })
-            .arg(client.map_or("", |c| c.user_agent.as_str()))
-            .arg(client.map_or("", |c| c.ip_address.as_str()))
-            .arg(lifetimes.max_ms())
-            .arg(refresh.previous_access_hash.as_deref().unwrap_or(""))
-            .arg(lifetimes.tokens.max_access_tokens)
-            .arg(family_of(&presented))
-            .arg(&presented.token_hash)
-            .arg(lifetimes.tokens.grace_ms());
-        let candidate = refresh.rotation.as_ref();
-        invocation
-            .arg(candidate.map_or("", |c| c.nonce.as_str()))
-            .arg(candidate.map_or("", |c| c.successor_hash.as_str()))
-            .arg(candidate.map_or("", |c| c.family_hash.as_str()));
+        invocation.key(self.keys.data(&sid));
+        RefreshArgs {
+            presented: PresentedArgs::new(&self.keys, &presented, lifetimes.tokens.grace_ms())
+                .found(&sid),
+            new_hash: &refresh.new_access_hash,
+            lifetimes,
+            client: refresh.client.as_ref(),
+            previous_hash: refresh.previous_access_hash.as_deref(),
+            candidate: refresh.rotation.as_ref(),
+        }
+        .push(&mut invocation);
         let written: Option<Vec<Vec<u8>>> = observe(
             &self.metrics,
             script!("refresh_data"),
@@ -700,7 +678,8 @@ impl Shared {
         )))
     }
 
-    /// The sid a presented refresh token names: itself, or its family key's value.
+    /// The sid a presented refresh token names: itself, or its family key's value. As
+    /// `session_json.lua`'s `find_sid`.
     async fn find_sid(
         &self,
         conn: &mut ClusterConnection,
@@ -762,7 +741,8 @@ impl Shared {
     }
 
     /// Revokes one session: its access key first, then its data. Returns what was stored
-    /// (`None`: no session existed).
+    /// (`None`: no session existed). What `session_json.lua`'s `revoke_session` deletes,
+    /// command by command (the caller takes it out of its DID index).
     async fn revoke(
         &self,
         conn: &mut ClusterConnection,

@@ -10,6 +10,7 @@
 //! the parsing of stored records, and the instrumentation of each round trip (the
 //! `/metrics` histogram and the CLIENT span), so both topologies report alike.
 
+pub mod args;
 pub mod cluster;
 pub(crate) mod identity;
 mod link;
@@ -71,11 +72,37 @@ pub(crate) fn store_error(err: RedisError) -> StoreError {
     }
 }
 
+/// The scripts' shared prelude (`scripts/session_json.lua`), prepended to every script that
+/// reads or writes a session (all but `validate.lua`, `cluster_read.lua` and
+/// `cluster_index.lua`, which return what they find or only touch an index): each session
+/// rule once, as one Lua function every script calls, beside its Rust twin (each names the
+/// other). Public so that tests can run the rules themselves (`tests/it/parity.rs`).
+pub const PRELUDE: &str = include_str!("scripts/session_json.lua");
+
+/// 2^53, above every time a stored record may hold: below it a double (JavaScript's
+/// number, with which the TypeScript AppView writes sessions, and Lua's) holds every
+/// integer, so the scripts carry such a time unchanged. A time outside `0..MAX_EPOCH_MS`
+/// makes a record corrupt, in both languages (the prelude's `epoch_ms_value`).
+pub const MAX_EPOCH_MS: i64 = 1 << 53;
+
+/// Every time a record holds (epoch ms).
+fn times_of(record: &SessionRecord) -> impl Iterator<Item = i64> + '_ {
+    [record.access_token_expires_at, record.created_at]
+        .into_iter()
+        .chain(record.refreshed_at)
+        .chain(record.rotated_at)
+        .chain(record.access_tokens.iter().map(|t| t.expires_at))
+        .chain(record.earlier_rotations.iter().map(|r| r.rotated_at))
+}
+
 /// Parses a stored session read under `sid`, as raw bytes: bytes that are not UTF-8,
-/// corrupt JSON, or JSON naming another sid are [`StoreError::CorruptSession`] (fail
-/// closed). Read as bytes because redis-rs's own `String` conversion reports bad UTF-8 as
-/// a client error, which would read as an outage.
-pub(crate) fn parse_record(sid: &str, raw: &[u8]) -> Result<SessionRecord, StoreError> {
+/// corrupt JSON, JSON that is not a [`SessionRecord`] ([`SessionRecord::from_json`]), a
+/// time outside `0..`[`MAX_EPOCH_MS`], or JSON naming another sid are
+/// [`StoreError::CorruptSession`] (fail closed). Read as bytes because redis-rs's own
+/// `String` conversion reports bad UTF-8 as a client error, which would read as an outage.
+/// The rules of the prelude's `record_readable`, with which every script reads a record
+/// before acting on it.
+pub fn parse_record(sid: &str, raw: &[u8]) -> Result<SessionRecord, StoreError> {
     let corrupt = |reason: String| StoreError::CorruptSession {
         key_prefix: log_prefix(&sha256_hex(sid)).to_owned(),
         reason,
@@ -95,6 +122,11 @@ pub(crate) fn parse_record(sid: &str, raw: &[u8]) -> Result<SessionRecord, Store
             e.column()
         ))
     })?;
+    if !times_of(&record).all(|t| (0..MAX_EPOCH_MS).contains(&t)) {
+        return Err(corrupt(
+            "a time is not epoch milliseconds from 0 to 2^53".to_owned(),
+        ));
+    }
     if record.sid != sid {
         return Err(corrupt("its sid field does not match its key".to_owned()));
     }
@@ -217,6 +249,27 @@ mod tests {
             matches!(&err, StoreError::CorruptSession { reason, .. } if reason.contains("UTF-8")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn times_outside_what_a_double_holds_are_a_corrupt_session() {
+        let record = |created_at: &str| {
+            format!(
+                r#"{{"sid":"s","did":"d","handle":"h","accessTokenHash":"x","accessTokenExpiresAt":1,"createdAt":{created_at}}}"#
+            )
+        };
+        for fine in ["0", "1764357100000", "9007199254740991"] {
+            assert!(parse_record("s", record(fine).as_bytes()).is_ok(), "{fine}");
+        }
+        // serde reads every one of these as an i64; a double (JavaScript's, Lua's) does not
+        // hold the large ones, and no writer stamps a time before 1970.
+        for out in ["-1", "9007199254740992", "9223372036854775807"] {
+            let err = parse_record("s", record(out).as_bytes()).expect_err(out);
+            assert!(
+                matches!(&err, StoreError::CorruptSession { reason, .. } if reason.contains("2^53")),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]

@@ -6,17 +6,17 @@
 //! health-check `PING` per checkout, so each RPC is exactly one round trip. It is created
 //! lazily, so the service starts while Valkey is down and recovers when it returns.
 
+use super::args::{CreateArgs, DeleteArgs, PresentedArgs, RefreshArgs, ScriptArgs};
 use super::identity::{CommandSide, Failures};
 use super::{
-    Endpoint, Operation, ValkeyOptions, millis, observe, parse_record, store_error, time_ms, ttl_ms,
+    Endpoint, Operation, ValkeyOptions, observe, parse_record, store_error, time_ms, ttl_ms,
 };
 use crate::domain::Lifetimes;
 use crate::domain::rotation::{Lookup, Presented};
 use crate::domain::{SessionRecord, log_prefix, sha256_hex};
 use crate::observe::metrics::Metrics;
 use crate::store::{
-    ByRefresh, Created, Found, FoundByHash, KeyLayout, PRUNE_SAMPLE, Refresh, Refreshed,
-    SessionStore, StoreError,
+    ByRefresh, Created, Found, FoundByHash, KeyLayout, Refresh, Refreshed, SessionStore, StoreError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, RedisError, Script};
@@ -32,13 +32,26 @@ struct LuaScript {
 }
 
 macro_rules! lua_script {
+    // Validation, the hot path, applies no session rule (it returns what it finds, for the
+    // service to judge) and runs without the prelude, whose functions cost a few µs of Lua
+    // to define on every call.
+    (bare $name:literal) => {
+        lua_script!(@ Script::new(include_str!(concat!("scripts/", $name, ".lua"))), $name)
+    };
+    // Every other script starts with the shared prelude (the session rules, the scripts'
+    // arguments by name, the key names, Valkey's clock).
     ($name:literal) => {
+        lua_script!(@ Script::new(
+            &[
+                super::PRELUDE,
+                include_str!(concat!("scripts/", $name, ".lua")),
+            ]
+            .concat(),
+        ), $name)
+    };
+    (@ $script:expr, $name:literal) => {
         LuaScript {
-            // Every script starts with the shared helpers (session JSON, Valkey's clock).
-            script: Script::new(concat!(
-                include_str!("scripts/session_json.lua"),
-                include_str!(concat!("scripts/", $name, ".lua"))
-            )),
+            script: $script,
             operation: Operation {
                 span_name: concat!("EVALSHA ", $name),
                 command: "EVALSHA",
@@ -46,14 +59,6 @@ macro_rules! lua_script {
             },
         }
     };
-}
-
-/// The family hash of a rotated token, '' for a sid (the scripts' convention).
-fn family_of(presented: &Presented) -> &str {
-    match &presented.lookup {
-        Lookup::Sid(_) => "",
-        Lookup::Family(family) => family,
-    }
 }
 
 /// The scripts, one per store operation.
@@ -70,7 +75,7 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            validate: lua_script!("validate"),
+            validate: lua_script!(bare "validate"),
             create: lua_script!("create"),
             refresh: lua_script!("refresh"),
             delete: lua_script!("delete"),
@@ -198,21 +203,12 @@ impl SessionStore for ValkeyStore {
         if let Some(family) = &record.refresh_family {
             invocation.key(self.keys.refresh(family));
         }
-        invocation
-            .arg(&record.did)
-            .arg(&record.sid)
-            .arg(millis(lifetimes.session))
-            .arg(millis(lifetimes.access_token))
-            .arg(self.keys.data_prefix())
-            .arg(PRUNE_SAMPLE)
-            .arg(&record.handle)
-            .arg(&record.access_token_hash)
-            .arg(&record.user_agent)
-            .arg(&record.ip_address)
-            .arg(self.keys.prefix())
-            .arg(lifetimes.max_per_did())
-            .arg(record.refresh_family.as_deref().unwrap_or(""))
-            .arg(record.refresh_token_hash.as_deref().unwrap_or(""));
+        CreateArgs {
+            prefix: self.keys.prefix(),
+            record,
+            lifetimes,
+        }
+        .push(&mut invocation);
         let (json, revoked): (Vec<u8>, u32) = self.invoke(script, &invocation).await?;
         Ok(Created {
             record: parse_record(&record.sid, &json)?,
@@ -272,29 +268,19 @@ impl SessionStore for ValkeyStore {
         lifetimes: Lifetimes,
     ) -> Result<ByRefresh<Refreshed>, StoreError> {
         let script = &self.scripts.refresh;
-        let client = refresh.client;
-        let candidate = refresh.rotation;
         let mut invocation = script.script.prepare_invoke();
         invocation
             .key(self.lookup_key(presented))
-            .key(self.keys.access(refresh.new_access_hash))
-            .arg(self.keys.prefix())
-            .arg(presented.sid().unwrap_or(""))
-            .arg(refresh.new_access_hash)
-            .arg(millis(lifetimes.session))
-            .arg(millis(lifetimes.access_token))
-            .arg(if client.is_some() { "1" } else { "0" })
-            .arg(client.map_or("", |c| c.user_agent.as_str()))
-            .arg(client.map_or("", |c| c.ip_address.as_str()))
-            .arg(lifetimes.max_ms())
-            .arg(refresh.previous_access_hash.unwrap_or(""))
-            .arg(lifetimes.tokens.max_access_tokens)
-            .arg(family_of(presented))
-            .arg(&presented.token_hash)
-            .arg(lifetimes.tokens.grace_ms())
-            .arg(candidate.map_or("", |c| c.nonce.as_str()))
-            .arg(candidate.map_or("", |c| c.successor_hash.as_str()))
-            .arg(candidate.map_or("", |c| c.family_hash.as_str()));
+            .key(self.keys.access(refresh.new_access_hash));
+        RefreshArgs {
+            presented: PresentedArgs::new(&self.keys, presented, lifetimes.tokens.grace_ms()),
+            new_hash: refresh.new_access_hash,
+            lifetimes,
+            client: refresh.client,
+            previous_hash: refresh.previous_access_hash,
+            candidate: refresh.rotation,
+        }
+        .push(&mut invocation);
         let outcome: Option<Vec<Vec<u8>>> = self.invoke(script, &invocation).await?;
         let Some(outcome) = outcome else {
             return Ok(ByRefresh::NotFound);
@@ -327,14 +313,12 @@ impl SessionStore for ValkeyStore {
     ) -> Result<ByRefresh<String>, StoreError> {
         let script = &self.scripts.delete;
         let mut invocation = script.script.prepare_invoke();
-        invocation
-            .key(self.lookup_key(presented))
-            .arg(self.keys.prefix())
-            .arg(presented.sid().unwrap_or(""))
-            .arg("")
-            .arg(family_of(presented))
-            .arg(&presented.token_hash)
-            .arg(millis(grace));
+        invocation.key(self.lookup_key(presented));
+        DeleteArgs {
+            presented: PresentedArgs::new(&self.keys, presented, grace_ms(grace)),
+            did: "",
+        }
+        .push(&mut invocation);
         let (code, sid): (i64, String) = self.invoke(script, &invocation).await?;
         Ok(match code {
             1 => ByRefresh::Found(sid),
@@ -346,9 +330,7 @@ impl SessionStore for ValkeyStore {
     async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {
         let script = &self.scripts.list;
         let mut invocation = script.script.prepare_invoke();
-        invocation
-            .key(self.keys.did(did))
-            .arg(self.keys.data_prefix());
+        invocation.key(self.keys.did(did)).arg(self.keys.prefix());
         let flat: Vec<Vec<u8>> = self.invoke(script, &invocation).await?;
         let found: Vec<(String, Vec<u8>)> = flat
             .chunks_exact(2)
@@ -365,14 +347,12 @@ impl SessionStore for ValkeyStore {
     async fn revoke_in_did(&self, did: &str, sid: &str) -> Result<bool, StoreError> {
         let script = &self.scripts.delete;
         let mut invocation = script.script.prepare_invoke();
-        invocation
-            .key(self.keys.data(sid))
-            .arg(self.keys.prefix())
-            .arg(sid)
-            .arg(did)
-            .arg("")
-            .arg("")
-            .arg(0);
+        invocation.key(self.keys.data(sid));
+        DeleteArgs {
+            presented: PresentedArgs::session(&self.keys, sid),
+            did,
+        }
+        .push(&mut invocation);
         let (revoked, _): (i64, String) = self.invoke(script, &invocation).await?;
         Ok(revoked == 1)
     }
@@ -384,13 +364,8 @@ impl SessionStore for ValkeyStore {
     ) -> Result<ByRefresh<u32>, StoreError> {
         let script = &self.scripts.revoke_others;
         let mut invocation = script.script.prepare_invoke();
-        invocation
-            .key(self.lookup_key(presented))
-            .arg(self.keys.prefix())
-            .arg(presented.sid().unwrap_or(""))
-            .arg(family_of(presented))
-            .arg(&presented.token_hash)
-            .arg(millis(grace));
+        invocation.key(self.lookup_key(presented));
+        PresentedArgs::new(&self.keys, presented, grace_ms(grace)).push(&mut invocation);
         let (count, sid): (i64, String) = self.invoke(script, &invocation).await?;
         Ok(match count {
             -2 => ByRefresh::Reused { sid },
@@ -424,6 +399,11 @@ impl SessionStore for ValkeyStore {
             })?;
         Ok(())
     }
+}
+
+/// A grace in milliseconds, as the scripts take it.
+fn grace_ms(grace: Duration) -> i64 {
+    i64::try_from(grace.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The earlier of two optional expiries (`None`: never).

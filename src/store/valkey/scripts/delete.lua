@@ -1,38 +1,44 @@
--- Revokes one session atomically.
+-- Revokes one session atomically (see revoke_session).
 -- KEYS[1] = what names the session: <prefix>data:<sid> for a sid, else
 -- <prefix>refresh:<family hash>
--- ARGV[1] = <prefix>, ARGV[2] = sid ('' for a family token), ARGV[3] = a DID, or empty:
--- when given, only a readable session of that DID is revoked (RevokeSession, by sid, no
--- token), anything else answers 0; ARGV[4] = the refresh token's family hash ('' for a sid),
--- ARGV[5] = the refresh token's SHA-256 ('' with a DID), ARGV[6] = the reuse grace (ms)
+-- ARGV: delete_args (args::DeleteArgs).
 -- Returns {0} when no session of that token (or DID) existed, {1, sid} when it is now
--- revoked (see revoke_session), {2, sid} when it was revoked because the token was an old
--- one (reuse).
-local sid = find_sid(ARGV[1], ARGV[4], ARGV[2])
+-- revoked, {2, sid} when it was revoked because the token was an old one (reuse).
+local a = delete_args()
+local sid = find_sid(a.prefix, a.family, a.sid)
 if not sid then
   return {0, ''}
 end
-local raw = redis.call('GET', ARGV[1] .. 'data:' .. sid)
+local raw = redis.call('GET', data_key(a.prefix, sid))
 if not raw then
   return {0, ''}
 end
-local s = decode_session(raw)
-if ARGV[3] ~= nil and ARGV[3] ~= '' then
-  if not (s and s.did == ARGV[3]) then
+local s = record_readable(raw, sid)
+if a.did ~= '' then
+  -- RevokeSession: only a readable session of that DID.
+  if not (s and s.did == a.did) then
     return {0, ''}
   end
-elseif s then
-  -- Logout accepts the current refresh token and the previous one within the grace; an
-  -- older one ends the session all the same, as reuse. An unreadable session is removed.
-  local role = refresh_role(s, ARGV[4], ARGV[5], now_ms(), tonumber(ARGV[6]))
-  if role == 'foreign' then
-    return {0, ''}
-  end
-  revoke_session(ARGV[1], sid)
-  if role == 'reuse' then
-    return {2, sid}
-  end
+  revoke_session(a.prefix, sid)
   return {1, sid}
 end
-revoke_session(ARGV[1], sid)
+if not s then
+  -- Unreadable: a session id still logs out (it is removed); a family token, which only
+  -- the record could confirm, finds nothing.
+  if a.family ~= '' then
+    return {0, ''}
+  end
+  revoke_session(a.prefix, sid)
+  return {1, sid}
+end
+-- Logout accepts the current refresh token and one rotated away from within the grace; an
+-- older one ends the session all the same, as reuse.
+local role = refresh_role(s, a.sid, a.family, a.token_hash, now_ms(), a.grace)
+if role == 'foreign' then
+  return {0, ''}
+end
+revoke_session(a.prefix, sid)
+if role == 'reuse' then
+  return {2, sid}
+end
 return {1, sid}
