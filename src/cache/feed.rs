@@ -11,6 +11,7 @@
 //! `WatchRevocations` streams ([`FeedEvents`]); each hears every change of the feed.
 
 use super::{FeedEvents, Invalidation, ValidationCache};
+use crate::store::KeyLayout;
 use crate::store::valkey::identity::{self, CommandSide};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
@@ -73,19 +74,20 @@ pub async fn run(
     prefix: String,
     timeout: Duration,
 ) {
+    let keys = KeyLayout::new(&prefix);
     // Whether the last attempt failed too: an outage is logged once, not every 200 ms.
     let mut failing = false;
     // Whether the last check found the two apart: logged once per episode too.
     let mut apart = false;
     loop {
         let closed = Arc::new(Notify::new());
-        match subscribe(&client, &subscribers, &prefix, timeout, closed.clone()).await {
+        match subscribe(&client, &subscribers, &keys, timeout, closed.clone()).await {
             Ok(mut conn) => {
                 failing = false;
                 // Failures of the command side from here on mean it may have moved.
                 let failures = commands.failures().count();
                 let checked = match same_server(&mut conn, &commands, timeout).await {
-                    Ok(server) => mark(&mut conn, &prefix)
+                    Ok(server) => mark(&mut conn, &keys)
                         .await
                         .map(|marker| (server, marker))
                         .map_err(|err| format!("could not write the feed's marker key: {err}")),
@@ -172,14 +174,14 @@ async fn same_server(
 async fn subscribe(
     client: &redis::Client,
     subscribers: &Subscribers,
-    prefix: &str,
+    keys: &KeyLayout,
     timeout: Duration,
     closed: Arc<Notify>,
 ) -> redis::RedisResult<MultiplexedConnection> {
     let handler_subscribers = subscribers.clone();
-    let handler_prefix = prefix.to_owned();
+    let handler_keys = keys.clone();
     let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-        handle(&handler_subscribers, &handler_prefix, &closed, push);
+        handle(&handler_subscribers, &handler_keys, &closed, push);
         Ok(())
     };
     let config = AsyncConnectionConfig::new()
@@ -194,9 +196,9 @@ async fn subscribe(
         .arg("ON")
         .arg("BCAST")
         .arg("PREFIX")
-        .arg(format!("{prefix}access:"))
+        .arg(keys.access_prefix())
         .arg("PREFIX")
-        .arg(format!("{prefix}data:"))
+        .arg(keys.data_prefix())
         .query_async::<()>(&mut conn)
         .await?;
     Ok(conn)
@@ -206,12 +208,12 @@ async fn subscribe(
 /// its name. `SWAPDB` moves every key to another database and Valkey says nothing of it;
 /// a marker gone from its place says so at the next ping. Outside the tracked prefixes,
 /// so writing it invalidates nothing; it expires by itself when its replica is gone.
-async fn mark(conn: &mut MultiplexedConnection, prefix: &str) -> redis::RedisResult<String> {
+async fn mark(conn: &mut MultiplexedConnection, keys: &KeyLayout) -> redis::RedisResult<String> {
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce).map_err(|err| {
         redis::RedisError::from(std::io::Error::other(format!("no random marker: {err}")))
     })?;
-    let marker = format!("{prefix}feed:{}", hex::encode(nonce));
+    let marker = keys.feed_marker(&hex::encode(nonce));
     redis::cmd("SET")
         .arg(&marker)
         .arg(1)
@@ -301,16 +303,16 @@ async fn check(conn: &mut MultiplexedConnection, watched: &Watched<'_>) -> Optio
 
 /// One push message: key invalidations, a flush (null invalidation), or the library's
 /// notice that the connection closed.
-fn handle(subscribers: &Subscribers, prefix: &str, closed: &Notify, push: PushInfo) {
+fn handle(subscribers: &Subscribers, keys: &KeyLayout, closed: &Notify, push: PushInfo) {
     match push.kind {
         // The watcher resets the subscribers: a late notice from a replaced connection must
         // not turn off the cache its successor made live.
         PushKind::Disconnection => closed.notify_one(),
         PushKind::Invalidate => match push.data.first() {
-            Some(Value::Array(keys)) => {
+            Some(Value::Array(names)) => {
                 subscribers.invalidate(invalidations(
-                    prefix,
-                    keys.iter().filter_map(|key| match key {
+                    keys,
+                    names.iter().filter_map(|name| match name {
                         Value::BulkString(bytes) => Some(bytes.as_slice()),
                         _ => None,
                     }),
@@ -323,22 +325,21 @@ fn handle(subscribers: &Subscribers, prefix: &str, closed: &Notify, push: PushIn
     }
 }
 
-/// What changed keys (full names, under `prefix`) invalidate: an access key one token's
+/// What changed keys (full names, in the layout `keys`) invalidate: an access key one token's
 /// answers, a data key every answer of its session (named by its session key, the SHA-256
 /// of the sid, never the sid itself).
 pub fn invalidations<'a>(
-    prefix: &str,
-    keys: impl IntoIterator<Item = &'a [u8]>,
+    keys: &KeyLayout,
+    names: impl IntoIterator<Item = &'a [u8]>,
 ) -> Vec<Invalidation> {
-    let access = format!("{prefix}access:");
-    let data = format!("{prefix}data:");
-    keys.into_iter()
+    names
+        .into_iter()
         .filter_map(|key| {
             let key = std::str::from_utf8(key).ok()?;
-            if let Some(hash) = key.strip_prefix(access.as_str()) {
+            if let Some(hash) = key.strip_prefix(keys.access_prefix()) {
                 Some(Invalidation::AccessHash(hash.to_owned()))
             } else {
-                key.strip_prefix(data.as_str())
+                key.strip_prefix(keys.data_prefix())
                     .map(|sid| Invalidation::SessionKey(crate::domain::sha256_hex(sid)))
             }
         })

@@ -280,6 +280,7 @@ mod tests {
     use super::*;
     use crate::domain::rotation::Presented;
     use crate::domain::{Lifetimes, SessionRecord, sha256_hex};
+    use crate::store::KeyLayout;
     use crate::store::{
         ByRefresh, Created, Found, FoundByHash, Refresh, Refreshed, SessionStore, StoreError,
     };
@@ -371,7 +372,10 @@ mod tests {
         let cache = live(4);
         let (hash, view, _) = answer(1, 0);
         let generation = cache.generation().expect("live");
-        cache.invalidate(&invalidations("p:", [b"p:did:unrelated".as_slice()]));
+        cache.invalidate(&invalidations(
+            &KeyLayout::new("p:"),
+            [b"p:did:unrelated".as_slice()],
+        ));
         cache.insert(&hash, view, generation, soon());
         assert!(
             cache.is_empty(),
@@ -389,7 +393,7 @@ mod tests {
         let (other, other_view, _) = answer(2, 0);
         put(&cache, &other, &other_view);
         let key = format!("p:data:{}", tabs[0].2);
-        cache.invalidate(&invalidations("p:", [key.as_bytes()]));
+        cache.invalidate(&invalidations(&KeyLayout::new("p:"), [key.as_bytes()]));
         for (hash, _, _) in &tabs {
             assert!(cache.get(hash).is_none());
         }
@@ -410,7 +414,7 @@ mod tests {
         // The middle of the chain (inserted second), then its head (inserted last).
         for gone in [1, 2] {
             let key = format!("p:access:{}", lower_hex_of(&tabs[gone].0));
-            cache.invalidate(&invalidations("p:", [key.as_bytes()]));
+            cache.invalidate(&invalidations(&KeyLayout::new("p:"), [key.as_bytes()]));
             assert!(cache.get(&tabs[gone].0).is_none());
         }
         assert!(cache.get(&tabs[0].0).is_some());

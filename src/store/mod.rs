@@ -98,6 +98,7 @@ pub struct Created {
 pub struct KeyLayout {
     prefix: String,
     data_prefix: String,
+    access_prefix: String,
 }
 
 impl KeyLayout {
@@ -106,6 +107,7 @@ impl KeyLayout {
         Self {
             prefix: prefix.to_owned(),
             data_prefix: format!("{prefix}data:"),
+            access_prefix: format!("{prefix}access:"),
         }
     }
 
@@ -119,6 +121,17 @@ impl KeyLayout {
         &self.data_prefix
     }
 
+    /// `<prefix>access:`, to which a token hash is appended.
+    pub fn access_prefix(&self) -> &str {
+        &self.access_prefix
+    }
+
+    /// `<prefix>feed:<name>`: a validation cache feed's marker key (outside the tracked
+    /// prefixes, so writing it invalidates nothing).
+    pub fn feed_marker(&self, name: &str) -> String {
+        format!("{}feed:{name}", self.prefix)
+    }
+
     /// `<prefix>data:<sid>`: the session JSON.
     pub fn data(&self, sid: &str) -> String {
         format!("{}{sid}", self.data_prefix)
@@ -126,7 +139,7 @@ impl KeyLayout {
 
     /// `<prefix>access:<sha256 of the access token>`: the sid.
     pub fn access(&self, access_hash: &str) -> String {
-        format!("{}access:{access_hash}", self.prefix)
+        format!("{}{access_hash}", self.access_prefix)
     }
 
     /// `<prefix>refresh:<sha256 of a rotated refresh token's family>`: the sid.
