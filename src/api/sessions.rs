@@ -72,6 +72,7 @@ impl<S: SessionStore> SessionApi<S> {
         }
     }
 
+    /// The record it builds is `session_json.lua`'s `new_record`.
     async fn create(
         &self,
         req: CreateSessionRequest,

@@ -101,7 +101,8 @@ impl Keyspace {
     }
 
     /// Revokes the least recently refreshed live sessions of `did` until `keep` are left
-    /// (the cap, before a new session is added). Returns how many it revoked.
+    /// (the cap, before a new session is added). Returns how many it revoked. The order of
+    /// `session_json.lua`'s `cap_order`.
     fn cap(&mut self, did: &str, keep: usize, now: Instant) -> u32 {
         let Some(index) = self.dids.get(did).filter(|e| e.live(now)) else {
             return 0;
@@ -147,7 +148,8 @@ impl Keyspace {
         Some(entry.value)
     }
 
-    /// Revokes a session and takes it out of its DID index.
+    /// Revokes a session and takes it out of its DID index: what `session_json.lua`'s
+    /// `revoke_session` deletes.
     fn revoke(&mut self, sid: &str, now: Instant) -> Option<SessionRecord> {
         let record = self.remove_session(sid, now)?;
         if let Some(index) = self.dids.get_mut(&record.did) {
@@ -259,6 +261,7 @@ impl SessionStore for MemoryStore {
             .collect())
     }
 
+    /// The steps of `session_json.lua`'s `refresh_record`, in the same order.
     async fn refresh(
         &self,
         presented: &Presented,
