@@ -16,10 +16,11 @@
 //!   the layer that enforces it with per-caller budgets.
 //! - [`transport`]: accepting and serving connections: TLS, HTTP/2, connection caps, slow
 //!   handshakes, responses never taken, file descriptors.
-//! - [`observe`]: metrics, logs and traces, the admin listener, the `--probe` client.
+//! - [`observe`]: metrics, logs and traces, the admin listener.
 //! - [`config`]: flags and environment variables, checked all at once.
 //! - [`server`]: the wiring: builds the store, the cache and the request stack, and serves
-//!   until a shutdown signal.
+//!   until a shutdown signal; [`probe`]: `barazo-session --probe`, its client for container
+//!   health checks.
 //!
 //! `ARCHITECTURE.md` shows how one validation and one refresh flow through these.
 
@@ -31,6 +32,7 @@ pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod observe;
+pub mod probe;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> ExitCode {
     if config.probe {
-        return if barazo_session::observe::probe::ready(&config).await {
+        return if barazo_session::probe::ready(&config).await {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

@@ -22,7 +22,7 @@ use crate::store::memory::MemoryStore;
 use crate::store::valkey::{self, ValkeyClusterStore, ValkeyOptions, ValkeyStore};
 use crate::transport::connections;
 use crate::transport::descriptors;
-use crate::transport::{TlsError, Transport};
+use crate::transport::{Delivered, DeliveryLayer, TlsError, Transport};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -125,8 +125,7 @@ fn policy(config: &Config) -> Result<Option<Arc<Policy>>, StartupError> {
 /// idle timeout, TLS when configured. The per-call time limit is the service's (it answers
 /// DEADLINE_EXCEEDED, where the transport's would answer CANCELLED); the transport's
 /// backstop, a second later, is for what happens before the handler, such as a client that
-/// sends its request slowly to hold a stream. A response the client does not take within
-/// the call's time limit is reset (`delivery.rs`).
+/// sends its request slowly to hold a stream.
 fn transport(config: &Config) -> Result<Transport, StartupError> {
     Ok(Transport {
         tls: tls_config(config)?,
@@ -138,7 +137,6 @@ fn transport(config: &Config) -> Result<Transport, StartupError> {
         backstop: config
             .request_timeout
             .saturating_add(Duration::from_secs(1)),
-        send_limit: config.request_timeout,
     })
 }
 
@@ -152,10 +150,8 @@ pub enum ServeError {
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// The routes, behind the layer that answers undecodable requests INVALID_ARGUMENT
-/// (innermost: it sees tonic's own answers), behind the authorization layer, behind the
-/// layer that marks a debug build's responses (outermost, so refusals are marked too).
-type Router = Profiled<Authorized<Undecodable<Routes>>>;
+/// The request stack [`request_stack`] builds over the routes.
+type Router = Delivered<Profiled<Authorized<Undecodable<Routes>>>>;
 
 /// A bound, ready-to-run server. Tests build it on `127.0.0.1:0` and ask for the port.
 pub struct Application {
@@ -477,16 +473,35 @@ fn routes<S: SessionStore>(
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
     }
-    let router = ProfileLayer::new().layer(
-        AuthLayer::new(
-            policy(config)?,
-            metrics.clone(),
-            config.max_concurrent_requests,
-        )
-        .layer(UndecodableLayer::new(metrics.clone()).layer(router.prepare())),
-    );
+    let router = request_stack(router, config, &metrics)?;
     let monitor = health::monitor(store, health, metrics, config.health_check_interval);
     Ok((router, Box::pin(monitor)))
+}
+
+/// Every layer a request passes on its way to the routes, outermost first (the transport
+/// adds only the connection's identity and the backstop around it):
+/// 1. delivery: a response the client does not take within the call's time limit is reset
+///    (`transport/delivery.rs`);
+/// 2. profile: a debug build marks every response, refusals included;
+/// 3. authorization: the policy and each caller's concurrency budget;
+/// 4. undecodable: tonic's answer to a request it cannot decode becomes INVALID_ARGUMENT
+///    (innermost, so it sees tonic's own answers);
+/// 5. the routes: sessions, ext_authz, health, reflection; each session RPC then runs
+///    through the per-call layer (`api/call.rs`: shedding, deadline, span, metrics).
+fn request_stack(
+    routes: Routes,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Router, StartupError> {
+    let undecodable = UndecodableLayer::new(metrics.clone()).layer(routes.prepare());
+    let authorized = AuthLayer::new(
+        policy(config)?,
+        metrics.clone(),
+        config.max_concurrent_requests,
+    )
+    .layer(undecodable);
+    let profiled = ProfileLayer::new().layer(authorized);
+    Ok(DeliveryLayer::new(config.request_timeout).layer(profiled))
 }
 
 /// Listens for SIGTERM (orchestrators) and SIGINT (Ctrl-C) from the moment it is called,

@@ -25,7 +25,8 @@ pub(crate) mod grpc_timeout;
 pub(crate) mod handshake;
 
 use crate::transport::abuse::{ConnectionEvent, record};
-use crate::transport::delivery::{Activity, DeliveryLayer, Streams};
+use crate::transport::delivery::{Activity, Streams};
+pub use crate::transport::delivery::{Delivered, DeliveryLayer};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,7 +41,6 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::body::Body;
 use tonic::codegen::{Service, http};
 use tonic::transport::server::Connected;
-use tower_layer::Layer;
 
 /// Why the TLS settings cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -122,25 +122,25 @@ pub struct Transport {
     /// The longest a call may run before the handler answers (the service's own time
     /// limit answers DEADLINE_EXCEEDED first); the caller's shorter `grpc-timeout` wins.
     pub backstop: Duration,
-    /// The longest a response may wait on the client's flow control: the request timeout
-    /// (the caller's shorter `grpc-timeout` wins).
-    pub send_limit: Duration,
 }
 
 impl Transport {
     /// Serves the connections of `incoming` with `service` until `shutdown` resolves; then
     /// drops `incoming` (the listener closes), asks every connection to finish (GOAWAY) and
     /// returns once all are closed.
-    pub async fn serve<I, IO, S, F>(self, incoming: I, service: S, shutdown: F)
+    pub async fn serve<I, IO, S, B, F>(self, incoming: I, service: S, shutdown: F)
     where
         I: Stream<Item = std::io::Result<IO>>,
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         IO::ConnectInfo: Clone + Send + Sync + 'static,
-        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
             + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,
+        B: hyper::body::Body + Default + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: Future<Output = ()>,
     {
         let this = Arc::new(self);
@@ -170,15 +170,22 @@ impl Transport {
     }
 
     /// One connection, from the TLS handshake to its close.
-    async fn connection<IO, S>(self: Arc<Self>, io: IO, service: S, mut stop: watch::Receiver<()>)
-    where
+    async fn connection<IO, S, B>(
+        self: Arc<Self>,
+        io: IO,
+        service: S,
+        mut stop: watch::Receiver<()>,
+    ) where
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         IO::ConnectInfo: Clone + Send + Sync + 'static,
-        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
             + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,
+        B: hyper::body::Body + Default + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Some(tls) = &self.tls else {
             let info = io.connect_info();
@@ -202,7 +209,7 @@ impl Transport {
 
     /// HTTP/2 over an established connection, until it closes: GOAWAY once it has had no
     /// open stream for the idle timeout, or when the server stops.
-    async fn http2<IO, Info, S>(
+    async fn http2<IO, Info, S, B>(
         &self,
         io: IO,
         info: Info,
@@ -211,11 +218,14 @@ impl Transport {
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         Info: Clone + Send + Sync + 'static,
-        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
             + Clone
             + Send
             + 'static,
         S::Future: Send + 'static,
+        B: hyper::body::Body + Default + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let activity = Arc::new(Activity::default());
         let mut builder = hyper::server::conn::http2::Builder::new(Streams::new(activity.clone()));
@@ -228,7 +238,7 @@ impl Transport {
             .keep_alive_timeout(self.keepalive_timeout)
             .adaptive_window(false);
         let service = PerConnection {
-            inner: DeliveryLayer::new(self.send_limit).layer(service),
+            inner: service,
             info,
             backstop: self.backstop,
         };

@@ -6,12 +6,13 @@
 
 use crate::floor::Floor;
 use crate::sink::Sink;
-use barazo_session::transport::Transport;
+use barazo_session::transport::{DeliveryLayer, Transport};
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 use tonic::transport::server::TcpIncoming;
+use tower_layer::Layer as _;
 
 /// A server run on its own.
 #[derive(Clone, Debug, clap::Subcommand)]
@@ -81,9 +82,9 @@ async fn serve_until_stopped(serve: &Serve) -> std::io::Result<()> {
             transport: FloorTransport::Service,
             ..
         } => {
-            service_transport()
-                .serve(incoming, Floor::new(), stopped)
-                .await;
+            // The real server's outermost layer, which its request stack adds over the routes.
+            let floor = DeliveryLayer::new(REQUEST_TIMEOUT).layer(Floor::new());
+            service_transport().serve(incoming, floor, stopped).await;
             Ok(())
         }
         Serve::Floor { .. } => {
@@ -109,10 +110,13 @@ async fn serve_until_stopped(serve: &Serve) -> std::io::Result<()> {
     served.map_err(std::io::Error::other)
 }
 
+/// The real server's default request timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The real server's connection handling with its defaults (server.rs, `transport`):
 /// plaintext, a 5 s request timeout (the backstop a second later), 5 minutes' idleness.
 fn service_transport() -> Transport {
-    let request_timeout = Duration::from_secs(5);
+    let request_timeout = REQUEST_TIMEOUT;
     Transport {
         tls: None,
         handshake_timeout: Duration::from_secs(5),
@@ -121,6 +125,5 @@ fn service_transport() -> Transport {
         keepalive_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(300),
         backstop: request_timeout + Duration::from_secs(1),
-        send_limit: request_timeout,
     }
 }
