@@ -161,6 +161,62 @@ async fn a_dead_node_answers_unavailable_never_invalid_and_the_cluster_heals() {
         .expect("refresh after recovery");
 }
 
+/// A slot that no primary owns (a cluster that serves without full coverage) holds
+/// sessions nobody can read or write: NOT_SERVING until it is owned again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_without_an_owner_is_not_ready_until_it_has_one() {
+    let app = TestApp::spawn(Backend::Cluster).await;
+    let cluster = app.cluster.as_ref().expect("cluster");
+    let mut owner = None;
+    for (index, node) in cluster.nodes().iter().enumerate() {
+        let mut conn = node.client().await;
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-require-full-coverage")
+            .arg("no")
+            .query_async(&mut conn)
+            .await
+            .expect("CONFIG SET");
+        let myself: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut conn)
+            .await
+            .expect("MYID");
+        let slots: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await
+            .expect("NODES");
+        let owns_zero = slots.lines().any(|line| {
+            line.starts_with(&myself)
+                && line
+                    .split(' ')
+                    .skip(8)
+                    .any(|range| range == "0" || range.starts_with("0-"))
+        });
+        if owns_zero {
+            owner = Some(index);
+        }
+    }
+    let owner = owner.expect("a node owns slot 0");
+    app.wait_for_health(ServingStatus::Serving).await;
+    let mut conn = cluster.nodes()[owner].client().await;
+    let _: () = redis::cmd("CLUSTER")
+        .arg("DELSLOTS")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("DELSLOTS");
+    app.wait_for_health(ServingStatus::NotServing).await;
+    let _: () = redis::cmd("CLUSTER")
+        .arg("ADDSLOTS")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("ADDSLOTS");
+    app.wait_for_health(ServingStatus::Serving).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_one_token_on_a_dead_node_fails_whole() {
     let mut app = TestApp::spawn(Backend::Cluster).await;

@@ -46,8 +46,9 @@
 //! Expiry is judged on the clock of the node holding the session's data (read with it in
 //! one single-key script), not on the clock of whichever replica of the service asks.
 //!
-//! Health: `CLUSTER SLOTS`, a `PING` to each primary it lists, then a read of this
-//! service's own key space; any failing means NOT_SERVING.
+//! Health (`health.rs`): `CLUSTER SHARDS` (`shards.rs`), every slot owned by a healthy
+//! primary, a `PING` to each owner, then a read of this service's own key space; any
+//! failing means NOT_SERVING.
 
 use super::ValkeyOptions;
 use super::link::ClusterLink;
@@ -163,9 +164,10 @@ macro_rules! command {
 
 mod commands;
 mod create;
+mod health;
 mod refresh;
 mod revoke;
-mod topology;
+mod shards;
 mod validate;
 
 impl ValkeyClusterStore {

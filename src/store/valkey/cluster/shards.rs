@@ -1,0 +1,304 @@
+//! The cluster's topology as `CLUSTER SHARDS` reports it: each shard's slot ranges and
+//! nodes (id, address, role, health). The health check pings every primary that owns
+//! slots and refuses a cluster whose slots are not all owned by a healthy primary; the
+//! node ids are what tells two connections apart (a node keeps its id across restarts and
+//! address changes, where `run_id` changes with each restart).
+
+use crate::store::StoreError;
+use redis::Value;
+
+/// Slots of a Valkey Cluster.
+pub(super) const SLOTS: usize = 16_384;
+
+/// One node of a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Node {
+    /// The node's id (`CLUSTER MYID`).
+    pub(super) id: String,
+    /// The address clients use (`endpoint`: by the cluster's preferred endpoint type).
+    pub(super) host: String,
+    /// The plaintext or TLS port, whichever the node lists (TLS first).
+    pub(super) port: u16,
+    /// `role` is `master`.
+    pub(super) primary: bool,
+    /// `health` is `online`.
+    pub(super) online: bool,
+}
+
+/// One shard: the slot ranges it owns (inclusive) and its nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Shard {
+    pub(super) slots: Vec<(u16, u16)>,
+    pub(super) nodes: Vec<Node>,
+}
+
+/// A `CLUSTER SHARDS` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Topology {
+    pub(super) shards: Vec<Shard>,
+}
+
+impl Topology {
+    /// Reads a `CLUSTER SHARDS` answer, RESP2 (flat key/value arrays) or RESP3 (maps).
+    pub(super) fn parse(answer: &Value) -> Result<Self, StoreError> {
+        let Value::Array(shards) = answer else {
+            return Err(malformed("not an array"));
+        };
+        let shards = shards.iter().map(shard).collect::<Result<_, _>>()?;
+        Ok(Self { shards })
+    }
+
+    /// The primaries that own slots, each once.
+    pub(super) fn owners(&self) -> Vec<&Node> {
+        let mut owners: Vec<&Node> = Vec::new();
+        for shard in self.shards.iter().filter(|s| !s.slots.is_empty()) {
+            for node in shard.nodes.iter().filter(|n| n.primary) {
+                if !owners.iter().any(|known| known.id == node.id) {
+                    owners.push(node);
+                }
+            }
+        }
+        owners
+    }
+
+    /// The first slot that no healthy primary owns, if any: its sessions cannot be read or
+    /// written, so the service is not ready.
+    pub(super) fn uncovered_slot(&self) -> Option<usize> {
+        let mut covered = vec![false; SLOTS];
+        for shard in &self.shards {
+            if !shard.nodes.iter().any(|n| n.primary && n.online) {
+                continue;
+            }
+            for &(first, last) in &shard.slots {
+                let range = usize::from(first)..=usize::from(last).min(SLOTS - 1);
+                if let Some(slots) = covered.get_mut(range) {
+                    slots.fill(true);
+                }
+            }
+        }
+        covered.iter().position(|&c| !c)
+    }
+}
+
+fn malformed(why: &str) -> StoreError {
+    StoreError::Protocol(format!("unexpected CLUSTER SHARDS answer: {why}"))
+}
+
+/// The fields of a map, RESP3 (`Map`) or RESP2 (a flat key/value array).
+fn fields(value: &Value) -> Result<Vec<(&str, &Value)>, StoreError> {
+    let pairs: Vec<(&Value, &Value)> = match value {
+        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+        Value::Array(flat) if flat.len() % 2 == 0 => {
+            flat.chunks(2).map(|pair| (&pair[0], &pair[1])).collect()
+        }
+        _ => return Err(malformed("a shard or node is not a map")),
+    };
+    pairs
+        .into_iter()
+        .map(|(key, value)| text(key).map(|key| (key, value)))
+        .collect()
+}
+
+fn text(value: &Value) -> Result<&str, StoreError> {
+    match value {
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).map_err(|_| malformed("not UTF-8")),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => Ok(text),
+        _ => Err(malformed("a field is not a string")),
+    }
+}
+
+fn number(value: &Value) -> Result<i64, StoreError> {
+    match value {
+        Value::Int(n) => Ok(*n),
+        _ => text(value)?
+            .parse()
+            .map_err(|_| malformed("a number is not one")),
+    }
+}
+
+fn shard(value: &Value) -> Result<Shard, StoreError> {
+    let mut slots = Vec::new();
+    let mut nodes = Vec::new();
+    for (key, value) in fields(value)? {
+        match (key, value) {
+            ("slots", Value::Array(bounds)) => {
+                if bounds.len() % 2 != 0 {
+                    return Err(malformed("an odd number of slot bounds"));
+                }
+                for pair in bounds.chunks(2) {
+                    let slot = |v: &Value| {
+                        number(v).and_then(|n| {
+                            u16::try_from(n)
+                                .ok()
+                                .filter(|&s| usize::from(s) < SLOTS)
+                                .ok_or_else(|| malformed("a slot out of range"))
+                        })
+                    };
+                    slots.push((slot(&pair[0])?, slot(&pair[1])?));
+                }
+            }
+            ("nodes", Value::Array(list)) => {
+                nodes = list.iter().map(node).collect::<Result<_, _>>()?;
+            }
+            _ => {}
+        }
+    }
+    Ok(Shard { slots, nodes })
+}
+
+fn node(value: &Value) -> Result<Node, StoreError> {
+    let (mut id, mut endpoint, mut ip) = (None, None, None);
+    let (mut port, mut tls_port) = (None, None);
+    let (mut primary, mut online) = (false, false);
+    for (key, value) in fields(value)? {
+        match key {
+            "id" => id = Some(text(value)?.to_owned()),
+            "endpoint" => endpoint = text(value).ok().map(str::to_owned),
+            "ip" => ip = Some(text(value)?.to_owned()),
+            "port" => port = Some(number(value)?),
+            "tls-port" => tls_port = Some(number(value)?),
+            "role" => primary = text(value)? == "master",
+            "health" => online = text(value)? == "online",
+            _ => {}
+        }
+    }
+    // `endpoint` is "?" when unknown and empty for "the host you asked"; the ip then.
+    let host = endpoint
+        .filter(|e| !e.is_empty() && e != "?")
+        .or(ip)
+        .ok_or_else(|| malformed("a node without an address"))?;
+    let port = tls_port
+        .or(port)
+        .and_then(|p| u16::try_from(p).ok())
+        .ok_or_else(|| malformed("a node without a port"))?;
+    Ok(Node {
+        id: id.ok_or_else(|| malformed("a node without an id"))?,
+        host,
+        port,
+        primary,
+        online,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// A node as RESP2 writes it: a flat key/value array.
+    fn node2(id: &str, port: i64, role: &str, health: &str) -> Value {
+        Value::Array(vec![
+            bulk("id"),
+            bulk(id),
+            bulk("port"),
+            Value::Int(port),
+            bulk("ip"),
+            bulk("10.0.0.1"),
+            bulk("endpoint"),
+            bulk("10.0.0.1"),
+            bulk("role"),
+            bulk(role),
+            bulk("replication-offset"),
+            Value::Int(72),
+            bulk("health"),
+            bulk(health),
+        ])
+    }
+
+    fn shard2(slots: &[i64], nodes: Vec<Value>) -> Value {
+        Value::Array(vec![
+            bulk("slots"),
+            Value::Array(slots.iter().map(|&s| Value::Int(s)).collect()),
+            bulk("nodes"),
+            Value::Array(nodes),
+        ])
+    }
+
+    #[test]
+    fn shards_name_their_owners_and_the_slots_they_cover() {
+        let answer = Value::Array(vec![
+            shard2(
+                &[0, 8191],
+                vec![
+                    node2("a", 7000, "master", "online"),
+                    node2("a2", 7003, "replica", "online"),
+                ],
+            ),
+            shard2(&[8192, 16383], vec![node2("b", 7001, "master", "online")]),
+            // A primary without slots (being added) owns nothing.
+            shard2(&[], vec![node2("c", 7002, "master", "online")]),
+        ]);
+        let topology = Topology::parse(&answer).expect("parses");
+        let owners: Vec<(&str, u16)> = topology
+            .owners()
+            .iter()
+            .map(|n| (n.id.as_str(), n.port))
+            .collect();
+        assert_eq!(owners, [("a", 7000), ("b", 7001)]);
+        assert_eq!(topology.uncovered_slot(), None);
+    }
+
+    #[test]
+    fn a_slot_without_a_healthy_primary_is_uncovered() {
+        let answer = Value::Array(vec![
+            shard2(&[0, 99], vec![node2("a", 7000, "master", "online")]),
+            shard2(&[100, 16383], vec![node2("b", 7001, "master", "fail")]),
+        ]);
+        let topology = Topology::parse(&answer).expect("parses");
+        assert_eq!(topology.uncovered_slot(), Some(100));
+        let gap = Value::Array(vec![shard2(
+            &[0, 99, 101, 16383],
+            vec![node2("a", 7000, "master", "online")],
+        )]);
+        assert_eq!(
+            Topology::parse(&gap).expect("parses").uncovered_slot(),
+            Some(100)
+        );
+    }
+
+    #[test]
+    fn resp3_maps_read_like_resp2_arrays() {
+        let node = Value::Map(vec![
+            (bulk("id"), bulk("a")),
+            (bulk("tls-port"), Value::Int(7443)),
+            (bulk("port"), Value::Int(7000)),
+            (bulk("ip"), bulk("10.0.0.1")),
+            (bulk("endpoint"), bulk("?")),
+            (bulk("role"), bulk("master")),
+            (bulk("health"), bulk("online")),
+        ]);
+        let shard = Value::Map(vec![
+            (
+                bulk("slots"),
+                Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+            ),
+            (bulk("nodes"), Value::Array(vec![node])),
+        ]);
+        let topology = Topology::parse(&Value::Array(vec![shard])).expect("parses");
+        let owner = topology.owners()[0].clone();
+        assert_eq!(
+            (owner.host.as_str(), owner.port),
+            ("10.0.0.1", 7443),
+            "the ip when the endpoint is unknown; the TLS port first"
+        );
+    }
+
+    #[test]
+    fn malformed_answers_are_errors_not_empty_clusters() {
+        for bad in [
+            Value::Nil,
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![shard2(&[0], vec![])]),
+            Value::Array(vec![shard2(&[0, 16384], vec![])]),
+            Value::Array(vec![shard2(
+                &[0, 1],
+                vec![Value::Array(vec![bulk("port"), Value::Int(1)])],
+            )]),
+        ] {
+            assert!(Topology::parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+}
