@@ -127,9 +127,12 @@ async fn valkey_killed_and_restarted_under_load() {
         !after.is_empty() && after.iter().all(|c| c.code == Code::Ok),
         "steady after"
     );
+    // Not stuck in a slow mode (a reconnect per call, a connect timeout per call would be
+    // 100 times slower): a fifth of the rate before, a margin that a 2-core machine busy
+    // with other builds keeps; the rate itself is BENCHMARKS.md's business.
     let rate = |calls: &[&Call], span: Duration| calls.len() as f64 / span.as_secs_f64();
     assert!(
-        rate(&after, Duration::from_millis(500)) > 0.5 * rate(&before, Duration::from_millis(700)),
+        rate(&after, Duration::from_millis(500)) > 0.2 * rate(&before, Duration::from_millis(700)),
         "throughput back to normal: {} calls before, {} after",
         before.len(),
         after.len()
