@@ -2,7 +2,7 @@
 //! HTTP/2 flow control longer than the call's time limit is reset, so what the server holds
 //! for undelivered responses is bounded per connection (at most `--max-concurrent-streams`
 //! streams, each for at most the time limit), and the connection's open streams are counted
-//! for the idle timeout (`transport.rs`).
+//! for the idle timeout (`transport/mod.rs`).
 //!
 //! Why it takes three pieces: hyper runs each HTTP/2 stream as its own task and polls the
 //! response body only once the client's window has room, so a client that never opens

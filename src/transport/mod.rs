@@ -124,6 +124,49 @@ pub struct Transport {
     pub backstop: Duration,
 }
 
+/// What the transport serves: the request stack (`server::request_stack`), cloned per
+/// connection, never failing (errors are gRPC statuses in its responses).
+pub trait Stack<B>:
+    Service<
+        http::Request<Body>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Stack<B> for S where
+    S: Service<
+            http::Request<Body>,
+            Response = http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body hyper can send on an HTTP/2 stream.
+pub trait ResponseBody:
+    hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Default
+    + Send
+    + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: hyper::body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Default
+        + Send
+        + 'static
+{
+}
+
 impl Transport {
     /// Serves the connections of `incoming` with `service` until `shutdown` resolves; then
     /// drops `incoming` (the listener closes), asks every connection to finish (GOAWAY) and
@@ -133,14 +176,8 @@ impl Transport {
         I: Stream<Item = std::io::Result<IO>>,
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         IO::ConnectInfo: Clone + Send + Sync + 'static,
-        S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: hyper::body::Body + Default + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Stack<B>,
+        B: ResponseBody,
         F: Future<Output = ()>,
     {
         let this = Arc::new(self);
@@ -178,14 +215,8 @@ impl Transport {
     ) where
         IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
         IO::ConnectInfo: Clone + Send + Sync + 'static,
-        S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: hyper::body::Body + Default + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Stack<B>,
+        B: ResponseBody,
     {
         let Some(tls) = &self.tls else {
             let info = io.connect_info();
@@ -218,14 +249,8 @@ impl Transport {
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         Info: Clone + Send + Sync + 'static,
-        S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: hyper::body::Body + Default + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Stack<B>,
+        B: ResponseBody,
     {
         let activity = Arc::new(Activity::default());
         let mut builder = hyper::server::conn::http2::Builder::new(Streams::new(activity.clone()));
@@ -290,7 +315,7 @@ impl Transport {
 }
 
 /// The service of one connection: puts the connection's info into each request (where
-/// `auth.rs` finds the client certificate), and answers `CANCELLED "Timeout expired"` when
+/// `authz/` finds the client certificate), and answers `CANCELLED "Timeout expired"` when
 /// a call outlives the backstop, as tonic's server did.
 struct PerConnection<S, Info> {
     inner: S,
@@ -301,6 +326,7 @@ struct PerConnection<S, Info> {
 impl<S, Info, B> hyper::service::Service<http::Request<hyper::body::Incoming>>
     for PerConnection<S, Info>
 where
+    // Spelled out, not `Stack<B>`: `B` is bound here only through `Response`.
     S: Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
         + Clone
         + Send

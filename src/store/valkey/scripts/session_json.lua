@@ -461,7 +461,7 @@ local function record_json(s)
 end
 
 -- A new session's record, stamped at `now` on Valkey's clock (create.lua and
--- cluster_create_data.lua). The record CreateSession builds (service.rs) before the store
+-- cluster_create_data.lua). The record CreateSession builds (api/sessions.rs) before the store
 -- stamps it.
 local function new_record(a, now)
   local s = {sid = a.sid, did = a.did, handle = a.handle, accessTokenHash = a.access_hash,
