@@ -30,15 +30,16 @@ use crate::domain::constant_time_eq;
 use crate::domain::view::SessionView;
 use crate::observe::metrics::Metrics;
 use sha2::{Digest, Sha256};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use table::{Entry, State, session_slot, token_key};
 
 /// A test-only pause between a store answer and its insertion into the cache (the
 /// stale-read race, forced deterministically).
-pub type InsertHook = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+#[cfg(feature = "test-hooks")]
+pub type InsertHook = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+>;
 
 /// The cache of one replica, shared by the validation path
 /// ([`crate::api::validation::AccessTokens`]), the store wrapper that reports this replica's
