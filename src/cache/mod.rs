@@ -37,9 +37,8 @@ use table::{Entry, State, session_slot, token_key};
 /// A test-only pause between a store answer and its insertion into the cache (the
 /// stale-read race, forced deterministically).
 #[cfg(feature = "test-hooks")]
-pub type InsertHook = Arc<
-    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
->;
+pub type InsertHook =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
 
 /// The cache of one replica, shared by the validation path
 /// ([`crate::api::validation::AccessTokens`]), the store wrapper that reports this replica's
