@@ -38,7 +38,7 @@ pub(crate) async fn metric(app: &TestApp, name: &str) -> f64 {
 
 const HITS: &str = "barazo_session_validation_cache_hits_total";
 const MISSES: &str = "barazo_session_validation_cache_misses_total";
-const RESETS: &str = "barazo_session_validation_cache_resets_total";
+pub(crate) const RESETS: &str = "barazo_session_validation_cache_resets_total";
 const ENTRIES: &str = "barazo_session_validation_cache_entries";
 
 /// Polls `check` until it holds; panics after [`PATIENCE`].

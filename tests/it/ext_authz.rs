@@ -2,6 +2,7 @@
 //! by `envoy-types`, as Envoy calls it: the header contract, denials, a store outage, the
 //! policy right, metrics, and reflection.
 
+use crate::cache::{RESETS, eventually, metric};
 use crate::grpcurl::grpcurl;
 use crate::security::{metrics_text, sample_or_zero};
 use crate::support::pki::TempDir;
@@ -699,7 +700,8 @@ async fn echo_upstream() -> std::net::SocketAddr {
 /// and a store outage a 503 (failure_mode_allow: false), never a pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_envoy_enforces_the_header_contract() {
-    let mut app = TestApp::spawn(StoreKind::Valkey).await;
+    let mut app =
+        TestApp::spawn_with(StoreKind::Valkey, &["--metrics-listen", "127.0.0.1:0"]).await;
     let did = unique_did();
     let session = app.create(&did, "alice.test").await;
     let envoy = Envoy::start(app.addr, echo_upstream().await).await;
@@ -773,7 +775,14 @@ async fn a_real_envoy_enforces_the_header_contract() {
         );
     }
 
+    // The cached answer stands until the feed reports the outage (no revocation can land
+    // meanwhile); from then on nothing passes.
+    let resets = metric(&app, RESETS).await;
     app.valkey_mut().kill();
+    eventually("the cache resets", || async {
+        metric(&app, RESETS).await > resets
+    })
+    .await;
     let (status, head, body) = http_get(
         envoy.addr,
         "/plugins/polls",
