@@ -227,55 +227,57 @@ impl Application {
                     connect_timeout,
                     command_timeout,
                 };
-                match config.valkey_mode {
+                // The feed runs with the cache off too: it feeds WatchRevocations.
+                let subscribers = Subscribers {
+                    cache: (config.validation_cache == Switch::On).then(|| {
+                        ValidationCache::new(
+                            config.validation_cache_entries as usize,
+                            metrics.clone(),
+                        )
+                    }),
+                    events: FeedEvents::new(metrics.clone()),
+                };
+                let feed_timeout = connect_timeout.max(command_timeout);
+                let prefix = options.key_prefix.clone();
+                let parts = Parts {
+                    revocations: Some(subscribers.events.clone()),
+                    validation_cache: subscribers.cache.clone(),
+                    ..parts
+                };
+                let (router, monitor, feed): (_, _, BoxFuture) = match config.valkey_mode {
                     ValkeyMode::Standalone => {
                         let store = ValkeyStore::new(&options, metrics.clone())
                             .map_err(StartupError::ValkeyUrl)?;
                         let client =
                             valkey::standalone::client(&options, redis::ProtocolVersion::RESP3)
                                 .map_err(StartupError::ValkeyUrl)?;
-                        // The feed runs with the cache off too: it feeds WatchRevocations.
-                        let subscribers = Subscribers {
-                            cache: (config.validation_cache == Switch::On).then(|| {
-                                ValidationCache::new(
-                                    config.validation_cache_entries as usize,
-                                    metrics.clone(),
-                                )
-                            }),
-                            events: FeedEvents::new(metrics.clone()),
-                        };
                         let feed = crate::cache::feed::run(
                             client,
                             subscribers.clone(),
                             store.command_side(),
-                            options.key_prefix.clone(),
-                            connect_timeout.max(command_timeout),
+                            prefix,
+                            feed_timeout,
                         );
-                        let parts = Parts {
-                            revocations: Some(subscribers.events),
-                            validation_cache: subscribers.cache.clone(),
-                            ..parts
-                        };
-                        let (router, monitor) = match subscribers.cache {
-                            Some(cache) => routes(OwnWrites::new(store, cache), parts)?,
-                            None => routes(store, parts)?,
-                        };
-                        let both: BoxFuture = Box::pin(async move {
-                            tokio::join!(monitor, feed);
-                        });
-                        (router, both)
+                        let (router, monitor) = with_own_writes(store, &subscribers, parts)?;
+                        (router, monitor, Box::pin(feed))
                     }
                     ValkeyMode::Cluster => {
-                        if config.validation_cache == Switch::On {
-                            tracing::info!(
-                                "validation cache off in cluster mode: its invalidation feed would need a tracking connection per primary, followed across topology changes (README, \"Validation cache\")"
-                            );
-                        }
                         let store = ValkeyClusterStore::new(&options, metrics.clone())
                             .map_err(StartupError::ValkeyUrl)?;
-                        routes(store, parts)?
+                        let feed = crate::cache::feed::run_cluster(
+                            subscribers.clone(),
+                            store.command_side(),
+                            prefix,
+                            feed_timeout,
+                        );
+                        let (router, monitor) = with_own_writes(store, &subscribers, parts)?;
+                        (router, monitor, Box::pin(feed))
                     }
-                }
+                };
+                let both: BoxFuture = Box::pin(async move {
+                    tokio::join!(monitor, feed);
+                });
+                (router, both)
             }
             StoreKind::Memory => routes(MemoryStore::new(), parts)?,
         };
@@ -417,6 +419,19 @@ struct Parts<'a> {
 }
 
 /// Builds the gRPC routes over one store, and the task that keeps its health status.
+/// The routes over `store`, with this replica's own writes shown in its cache at once when
+/// the cache is on.
+fn with_own_writes<S: SessionStore>(
+    store: S,
+    subscribers: &Subscribers,
+    parts: Parts<'_>,
+) -> Result<(Router, BoxFuture), StartupError> {
+    match &subscribers.cache {
+        Some(cache) => routes(OwnWrites::new(store, cache.clone()), parts),
+        None => routes(store, parts),
+    }
+}
+
 fn routes<S: SessionStore>(
     store: S,
     parts: Parts<'_>,

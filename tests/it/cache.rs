@@ -36,10 +36,10 @@ pub(crate) async fn metric(app: &TestApp, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {name}"))
 }
 
-const HITS: &str = "barazo_session_validation_cache_hits_total";
-const MISSES: &str = "barazo_session_validation_cache_misses_total";
+pub(crate) const HITS: &str = "barazo_session_validation_cache_hits_total";
+pub(crate) const MISSES: &str = "barazo_session_validation_cache_misses_total";
 pub(crate) const RESETS: &str = "barazo_session_validation_cache_resets_total";
-const ENTRIES: &str = "barazo_session_validation_cache_entries";
+pub(crate) const ENTRIES: &str = "barazo_session_validation_cache_entries";
 
 /// Polls `check` until it holds; panics after [`PATIENCE`].
 pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -78,7 +78,7 @@ async fn spawn(valkey: Valkey) -> TestApp {
 }
 
 /// A second replica on the same Valkey.
-async fn replica(valkey: &Valkey) -> TestApp {
+pub(crate) async fn replica(valkey: &Valkey) -> TestApp {
     let app = TestApp::spawn_against(
         StoreKind::Valkey,
         None,
@@ -534,21 +534,6 @@ async fn flushing_another_database_drops_the_cache_too() {
         app.validate(&created.access_token).await.valid,
         "nothing of ours went"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_mode_runs_without_the_cache() {
-    let app = TestApp::spawn_with(
-        crate::support::Backend::Cluster,
-        &["--metrics-listen", "127.0.0.1:0"],
-    )
-    .await;
-    let created = app.create(&unique_did(), "alice.test").await;
-    for _ in 0..3 {
-        assert!(app.validate(&created.access_token).await.valid);
-    }
-    assert_eq!(metric(&app, HITS).await, 0.0);
-    assert_eq!(metric(&app, ENTRIES).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! (refresh, delete, revoke, the cap, any writer), `reset` for a consumer that falls
 //! behind, the stream cap, and no stream where there is no feed.
 
-use crate::support::{TestApp, sha256_hex, unique_did};
+use crate::support::{Backend, TestApp, sha256_hex, unique_did};
 use barazo_session::config::StoreKind;
 use barazo_session::proto::revocation_event::Event;
 use barazo_session::proto::{
@@ -63,9 +63,10 @@ fn reset() -> Event {
     Event::Reset(Reset {})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reset_first_then_refresh_delete_revoke_and_cap_events() {
-    let app = TestApp::spawn_with(StoreKind::Valkey, &["--max-sessions-per-did", "2"]).await;
+store_tests!(reset_first_then_refresh_delete_revoke_and_cap_events on valkey, cluster);
+
+async fn reset_first_then_refresh_delete_revoke_and_cap_events(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--max-sessions-per-did", "2"]).await;
     let mut stream = live_stream(&app).await;
     assert_eq!(next(&mut stream).await, reset(), "reset is always first");
 

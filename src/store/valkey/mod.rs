@@ -61,6 +61,49 @@ impl std::fmt::Debug for ValkeyOptions {
     }
 }
 
+/// A client for the Valkey of `options` (its password and CA applied) speaking `protocol`,
+/// at its first URL or, with `at`, at that host and port with the URL's credentials and
+/// TLS (a node of the cluster, as `CLUSTER SHARDS` names it).
+pub(crate) fn client_at(
+    options: &ValkeyOptions,
+    protocol: redis::ProtocolVersion,
+    at: Option<(&str, u16)>,
+) -> Result<redis::Client, RedisError> {
+    use redis::{ConnectionAddr, IntoConnectionInfo};
+    let url = options.urls.first().map_or("", String::as_str);
+    let mut info = url.into_connection_info()?;
+    let mut settings = info.redis_settings().clone().set_protocol(protocol);
+    if let Some(password) = &options.password
+        && settings.password().is_none()
+    {
+        settings = settings.set_password(password);
+    }
+    info = info.set_redis_settings(settings);
+    if let Some((host, port)) = at {
+        let host = host.to_owned();
+        let addr = match info.addr() {
+            ConnectionAddr::TcpTls { insecure, .. } => ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: *insecure,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host, port),
+        };
+        info = info.set_addr(addr);
+    }
+    match &options.ca_pem {
+        Some(ca) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+}
+
 /// Classifies a client error: an answer of the wrong shape is our bug (or a foreign
 /// writer's), everything else means Valkey could not serve the call. The one mapping for
 /// both topologies.

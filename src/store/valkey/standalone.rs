@@ -19,7 +19,7 @@ use crate::store::{
     ByRefresh, Created, Found, FoundByHash, KeyLayout, Refresh, Refreshed, SessionStore, StoreError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, RedisError, Script};
+use redis::{ProtocolVersion, RedisError, Script};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,25 +93,7 @@ pub fn client(
     options: &ValkeyOptions,
     protocol: ProtocolVersion,
 ) -> Result<redis::Client, RedisError> {
-    let url = options.urls.first().map_or("", String::as_str);
-    let mut info = url.into_connection_info()?;
-    let mut settings = info.redis_settings().clone().set_protocol(protocol);
-    if let Some(password) = &options.password
-        && settings.password().is_none()
-    {
-        settings = settings.set_password(password);
-    }
-    info = info.set_redis_settings(settings);
-    match &options.ca_pem {
-        Some(ca) => redis::Client::build_with_tls(
-            info,
-            redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(ca.clone()),
-            },
-        ),
-        None => redis::Client::open(info),
-    }
+    super::client_at(options, protocol, None)
 }
 
 /// Session storage in Valkey (or Redis), see the module docs of [`crate::store`].

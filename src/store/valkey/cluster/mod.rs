@@ -51,6 +51,7 @@
 //! failing means NOT_SERVING.
 
 use super::ValkeyOptions;
+use super::identity::Failures;
 use super::link::ClusterLink;
 use crate::domain::Lifetimes;
 use crate::domain::rotation::{Candidate, Presented};
@@ -59,6 +60,7 @@ use crate::observe::metrics::Metrics;
 use crate::store::{
     ByRefresh, Created, Found, FoundByHash, KeyLayout, Refresh, Refreshed, SessionStore, StoreError,
 };
+pub use command_side::ClusterCommandSide;
 use opentelemetry::context::FutureExt as _;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -106,8 +108,13 @@ pub type StepHook = Arc<dyn Fn(Step) -> Pin<Box<dyn Future<Output = ()> + Send>>
 /// Session storage in a Valkey Cluster.
 pub struct ValkeyClusterStore {
     /// Connected on first use, so the service starts while the cluster is down.
-    link: ClusterLink,
+    link: Arc<ClusterLink>,
     shared: Arc<Shared>,
+    /// Every failed call, after which the topology may have moved: the validation cache's
+    /// feed re-checks at once (see [`ClusterCommandSide`]).
+    failures: Arc<Failures>,
+    /// For the feed's clients of single nodes.
+    options: Arc<ValkeyOptions>,
 }
 
 /// What every operation's task needs.
@@ -162,12 +169,13 @@ macro_rules! command {
     };
 }
 
+mod command_side;
 mod commands;
 mod create;
 mod health;
 mod refresh;
 mod revoke;
-mod shards;
+pub(crate) mod shards;
 mod validate;
 
 impl ValkeyClusterStore {
@@ -191,7 +199,9 @@ impl ValkeyClusterStore {
             });
         }
         Ok(Self {
-            link: ClusterLink::new(builder.build()?),
+            link: Arc::new(ClusterLink::new(builder.build()?)),
+            failures: Arc::default(),
+            options: Arc::new(options.clone()),
             shared: Arc::new(Shared {
                 keys: KeyLayout::new(&options.key_prefix),
                 metrics,
@@ -230,7 +240,19 @@ impl ValkeyClusterStore {
             Err(stopped) => Err(StoreError::unavailable(stopped)),
         };
         self.link.record(&outcome);
+        if matches!(outcome, Err(StoreError::Unavailable(_))) {
+            self.failures.raise();
+        }
         outcome
+    }
+
+    /// The command side as the validation cache's feed checks it.
+    pub fn command_side(&self) -> ClusterCommandSide {
+        ClusterCommandSide {
+            link: self.link.clone(),
+            failures: self.failures.clone(),
+            options: self.options.clone(),
+        }
     }
 }
 

@@ -8,39 +8,54 @@ use crate::store::StoreError;
 use redis::Value;
 
 /// Slots of a Valkey Cluster.
-pub(super) const SLOTS: usize = 16_384;
+pub(crate) const SLOTS: usize = 16_384;
 
 /// One node of a shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Node {
+pub(crate) struct Node {
     /// The node's id (`CLUSTER MYID`).
-    pub(super) id: String,
+    pub(crate) id: String,
     /// The address clients use (`endpoint`: by the cluster's preferred endpoint type).
-    pub(super) host: String,
+    pub(crate) host: String,
     /// The plaintext or TLS port, whichever the node lists (TLS first).
-    pub(super) port: u16,
+    pub(crate) port: u16,
     /// `role` is `master`.
-    pub(super) primary: bool,
+    pub(crate) primary: bool,
     /// `health` is `online`.
-    pub(super) online: bool,
+    pub(crate) online: bool,
 }
 
 /// One shard: the slot ranges it owns (inclusive) and its nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Shard {
-    pub(super) slots: Vec<(u16, u16)>,
-    pub(super) nodes: Vec<Node>,
+pub(crate) struct Shard {
+    pub(crate) slots: Vec<(u16, u16)>,
+    pub(crate) nodes: Vec<Node>,
+}
+
+/// A shard that owns slots, and the primary that serves them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Owned {
+    /// Inclusive ranges, in order.
+    pub(crate) slots: Vec<(u16, u16)>,
+    pub(crate) owner: Node,
+}
+
+impl Owned {
+    /// A slot of this shard's, to route a command to its primary.
+    pub(crate) fn first_slot(&self) -> u16 {
+        self.slots.first().map_or(0, |&(first, _)| first)
+    }
 }
 
 /// A `CLUSTER SHARDS` answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Topology {
-    pub(super) shards: Vec<Shard>,
+pub(crate) struct Topology {
+    pub(crate) shards: Vec<Shard>,
 }
 
 impl Topology {
     /// Reads a `CLUSTER SHARDS` answer, RESP2 (flat key/value arrays) or RESP3 (maps).
-    pub(super) fn parse(answer: &Value) -> Result<Self, StoreError> {
+    pub(crate) fn parse(answer: &Value) -> Result<Self, StoreError> {
         let Value::Array(shards) = answer else {
             return Err(malformed("not an array"));
         };
@@ -49,7 +64,7 @@ impl Topology {
     }
 
     /// The primaries that own slots, each once.
-    pub(super) fn owners(&self) -> Vec<&Node> {
+    pub(crate) fn owners(&self) -> Vec<&Node> {
         let mut owners: Vec<&Node> = Vec::new();
         for shard in self.shards.iter().filter(|s| !s.slots.is_empty()) {
             for node in shard.nodes.iter().filter(|n| n.primary) {
@@ -61,9 +76,30 @@ impl Topology {
         owners
     }
 
+    /// Who owns which slots, in one order whichever node was asked: each shard that owns
+    /// slots, by its first slot, with its one online primary; `None` while a shard that
+    /// owns slots has no online primary, or more than one (a failover under way).
+    pub(crate) fn ownership(&self) -> Option<Vec<Owned>> {
+        let mut owned = Vec::new();
+        for shard in self.shards.iter().filter(|s| !s.slots.is_empty()) {
+            let mut primaries = shard.nodes.iter().filter(|n| n.primary && n.online);
+            let (Some(owner), None) = (primaries.next(), primaries.next()) else {
+                return None;
+            };
+            let mut slots = shard.slots.clone();
+            slots.sort_unstable();
+            owned.push(Owned {
+                slots,
+                owner: owner.clone(),
+            });
+        }
+        owned.sort_by_key(|o| o.slots.first().copied());
+        Some(owned)
+    }
+
     /// The first slot that no healthy primary owns, if any: its sessions cannot be read or
     /// written, so the service is not ready.
-    pub(super) fn uncovered_slot(&self) -> Option<usize> {
+    pub(crate) fn uncovered_slot(&self) -> Option<usize> {
         let mut covered = vec![false; SLOTS];
         for shard in &self.shards {
             if !shard.nodes.iter().any(|n| n.primary && n.online) {
@@ -239,6 +275,43 @@ mod tests {
             .collect();
         assert_eq!(owners, [("a", 7000), ("b", 7001)]);
         assert_eq!(topology.uncovered_slot(), None);
+    }
+
+    #[test]
+    fn ownership_reads_alike_from_any_node_and_needs_one_primary_per_shard() {
+        let a = || shard2(&[0, 8191], vec![node2("a", 7000, "master", "online")]);
+        let b = || {
+            shard2(
+                &[8192, 16383],
+                vec![
+                    node2("b2", 7004, "replica", "online"),
+                    node2("b", 7001, "master", "online"),
+                ],
+            )
+        };
+        let one = Topology::parse(&Value::Array(vec![a(), b()])).expect("parses");
+        let other = Topology::parse(&Value::Array(vec![b(), a()])).expect("parses");
+        let owned = one.ownership().expect("owned");
+        assert_eq!(Some(owned.clone()), other.ownership(), "order-free");
+        let owners: Vec<(&str, u16)> = owned
+            .iter()
+            .map(|o| (o.owner.id.as_str(), o.first_slot()))
+            .collect();
+        assert_eq!(owners, [("a", 0), ("b", 8192)]);
+        // Mid-failover: two primaries claim one shard, or none is online.
+        for shard in [
+            shard2(
+                &[8192, 16383],
+                vec![
+                    node2("b", 7001, "master", "online"),
+                    node2("b2", 7004, "master", "online"),
+                ],
+            ),
+            shard2(&[8192, 16383], vec![node2("b", 7001, "master", "fail")]),
+        ] {
+            let topology = Topology::parse(&Value::Array(vec![a(), shard])).expect("parses");
+            assert_eq!(topology.ownership(), None);
+        }
     }
 
     #[test]

@@ -1,0 +1,180 @@
+//! The invalidation feed: dedicated RESP3 connections with
+//! `CLIENT TRACKING on BCAST PREFIX <prefix>access: PREFIX <prefix>data:`, so Valkey pushes
+//! the name of every such key any client writes, deletes or lets expire (this service's
+//! replicas, the TypeScript AppView, `redis-cli`). The cache is live only while every
+//! connection it needs is up, subscribed, and shown to reach the servers the store's
+//! commands reach; every break drops the cache ([`ValidationCache::reset`]).
+//!
+//! - `standalone.rs`: one connection, on the server whose `run_id` the store's commands
+//!   reach.
+//! - `cluster.rs`: one connection per primary that owns slots, each on the node the store's
+//!   commands for those slots reach (node ids), followed as the topology changes.
+//!
+//! It has two subscribers: the validation cache (when it is on) and the events
+//! `WatchRevocations` streams ([`FeedEvents`]); each hears every change of the feed.
+
+mod cluster;
+mod standalone;
+
+pub use cluster::run_cluster;
+pub use standalone::run;
+
+use super::{FeedEvents, Invalidation, ValidationCache};
+use crate::store::KeyLayout;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How often the feed connection is pinged: a connection that died silently (a network
+/// partition, no RST) stops the cache within this plus the command timeout.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Pause between reconnection attempts, so a Valkey that is down costs little.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Who hears the feed: the validation cache (`None` when it is off) and the events
+/// `WatchRevocations` streams.
+#[derive(Clone)]
+pub struct Subscribers {
+    /// The validation cache, when it is on.
+    pub cache: Option<Arc<ValidationCache>>,
+    /// What `WatchRevocations` streams.
+    pub events: Arc<FeedEvents>,
+}
+
+impl Subscribers {
+    fn go_live(&self) {
+        if let Some(cache) = &self.cache {
+            cache.go_live();
+        }
+        self.events.go_live();
+    }
+
+    /// The feed broke (`still_live` false) or Valkey was flushed under a live feed.
+    fn reset(&self, still_live: bool) {
+        if let Some(cache) = &self.cache {
+            cache.reset(still_live);
+        }
+        self.events.reset(still_live);
+    }
+
+    fn invalidate(&self, invalidations: Vec<Invalidation>) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&invalidations);
+        }
+        self.events.publish(invalidations);
+    }
+
+    fn count_unverified(&self) {
+        self.events.count_unverified();
+    }
+}
+
+/// Opens the feed connection and turns tracking on. Pushes are handled on the
+/// connection's own task, as they arrive (no queue).
+async fn subscribe(
+    client: &redis::Client,
+    subscribers: &Subscribers,
+    keys: &KeyLayout,
+    timeout: Duration,
+    closed: Arc<Notify>,
+) -> redis::RedisResult<MultiplexedConnection> {
+    let handler_subscribers = subscribers.clone();
+    let handler_keys = keys.clone();
+    let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+        handle(&handler_subscribers, &handler_keys, &closed, push);
+        Ok(())
+    };
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_push_sender(on_push);
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("BCAST")
+        .arg("PREFIX")
+        .arg(keys.access_prefix())
+        .arg("PREFIX")
+        .arg(keys.data_prefix())
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+/// Why a live feed stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The connection closed or stopped answering pings.
+    Lost,
+    /// The store's commands failed (their connection reconnects, perhaps elsewhere), or
+    /// reach another server than the feed.
+    Apart,
+    /// The marker left the database (`SWAPDB`, `FLUSHDB`, an operator's `DEL`).
+    Moved,
+    /// The cluster's slots changed hands (a failover, a resharding, a node added).
+    Reshaped,
+}
+
+impl End {
+    fn reason(&self) -> &'static str {
+        match self {
+            End::Lost => "feed connection lost",
+            End::Apart => {
+                "the store's commands failed or reach another Valkey server than the feed"
+            }
+            End::Moved => "the watched database's keys moved (SWAPDB?) or were flushed",
+            End::Reshaped => "the cluster's slots changed hands (failover or resharding)",
+        }
+    }
+}
+
+/// One push message: key invalidations, a flush (null invalidation), or the library's
+/// notice that the connection closed.
+fn handle(subscribers: &Subscribers, keys: &KeyLayout, closed: &Notify, push: PushInfo) {
+    match push.kind {
+        // The watcher resets the subscribers: a late notice from a replaced connection must
+        // not turn off the cache its successor made live.
+        PushKind::Disconnection => closed.notify_one(),
+        PushKind::Invalidate => match push.data.first() {
+            Some(Value::Array(names)) => {
+                subscribers.invalidate(invalidations(
+                    keys,
+                    names.iter().filter_map(|name| match name {
+                        Value::BulkString(bytes) => Some(bytes.as_slice()),
+                        _ => None,
+                    }),
+                ));
+            }
+            // `FLUSHALL`/`FLUSHDB`: every key is gone; the subscription itself stays.
+            _ => subscribers.reset(true),
+        },
+        _ => {}
+    }
+}
+
+/// What changed keys (full names, in the layout `keys`) invalidate: an access key one token's
+/// answers, a data key every answer of its session (named by its session key, the SHA-256
+/// of the sid, never the sid itself).
+pub fn invalidations<'a>(
+    keys: &KeyLayout,
+    names: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<Invalidation> {
+    names
+        .into_iter()
+        .filter_map(|key| {
+            let key = std::str::from_utf8(key).ok()?;
+            if let Some(hash) = key.strip_prefix(keys.access_prefix()) {
+                Some(Invalidation::AccessHash(hash.to_owned()))
+            } else {
+                key.strip_prefix(keys.data_prefix())
+                    .map(|sid| Invalidation::SessionKey(crate::domain::sha256_hex(sid)))
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,125 @@
+//! The validation cache in cluster mode: an invalidation feed on every primary, live only
+//! while all of them are; revocations by another replica and by any writer on the owning
+//! node reach every cache; a node's loss drops the cache at once.
+
+use crate::cache::{ENTRIES, HITS, RESETS, cache, eventually, metric};
+use crate::support::{Backend, TestApp, config, unique_did};
+use barazo_session::config::StoreKind;
+use std::time::{Duration, Instant};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const PREFIX: &str = "barazo:session:";
+
+/// A server on a fresh three-primary cluster, with its admin listener.
+async fn spawn() -> TestApp {
+    TestApp::spawn_with(Backend::Cluster, &["--metrics-listen", "127.0.0.1:0"]).await
+}
+
+/// A second replica of the service on `app`'s cluster.
+pub(crate) async fn replica(app: &TestApp) -> TestApp {
+    let urls = app.cluster.as_ref().expect("a cluster").urls();
+    let config = config(
+        StoreKind::Valkey,
+        Some(&urls),
+        &[
+            "--valkey-mode",
+            "cluster",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let replica = TestApp::spawn_config(config, None, None).await;
+    replica.wait_for_health(ServingStatus::Serving).await;
+    replica
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_revoked_on_one_replica_stops_validating_on_the_other_within_a_second() {
+    let a = spawn().await;
+    let b = replica(&a).await;
+    let created = a.create(&unique_did(), "alice.test").await;
+    cache(&b, &created.access_token).await;
+    assert!(metric(&b, ENTRIES).await >= 1.0);
+
+    let revoked = Instant::now();
+    assert!(a.delete(&created.refresh_token).await.expect("delete"));
+    eventually("B stops validating the revoked token", || async {
+        !b.validate(&created.access_token).await.valid
+    })
+    .await;
+    let took = revoked.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+/// Any writer on the node that owns the key (the TypeScript AppView, an operator): a `DEL`
+/// of the session's data or of the access key alone ends the cached answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_delete_on_the_owning_node_ends_the_cached_answer() {
+    let app = spawn().await;
+    let mut conn = app.cluster.as_ref().expect("cluster").connection().await;
+    let by_data = app.create(&unique_did(), "alice.test").await;
+    let by_access = app.create(&unique_did(), "bob.test").await;
+    cache(&app, &by_data.access_token).await;
+    cache(&app, &by_access.access_token).await;
+
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{PREFIX}data:{}", by_data.refresh_token))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL data");
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!(
+            "{PREFIX}access:{}",
+            crate::support::sha256_hex(&by_access.access_token)
+        ))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL access");
+    for token in [&by_data.access_token, &by_access.access_token] {
+        eventually("the deleted session stops validating", || async {
+            !app.validate(token).await.valid
+        })
+        .await;
+    }
+}
+
+/// A replica's own revocation shows in its own answers at once, before the feed's push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_revocation_shows_at_once() {
+    let app = spawn().await;
+    for n in 0..20 {
+        let created = app.create(&unique_did(), &format!("user{n}.test")).await;
+        cache(&app, &created.access_token).await;
+        assert!(app.delete(&created.refresh_token).await.expect("delete"));
+        assert!(
+            !app.validate(&created.access_token).await.valid,
+            "the replica that revoked never validates the token again"
+        );
+    }
+}
+
+/// A primary's death drops every cached answer at once (its feed closed), and no answer is
+/// served from memory until the cluster has a primary for every slot and a feed on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_drops_the_cache_until_every_primary_has_a_feed() {
+    let mut app = spawn().await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    cache(&app, &created.access_token).await;
+    let (resets, hits) = (metric(&app, RESETS).await, metric(&app, HITS).await);
+    app.cluster.as_mut().expect("cluster").node_mut(0).kill();
+    eventually("the cache resets", || async {
+        metric(&app, RESETS).await > resets
+    })
+    .await;
+    // Answered by Valkey, or UNAVAILABLE when the token's keys were on the dead node:
+    // never from memory, never "invalid".
+    for _ in 0..5 {
+        match app.try_validate(&created.access_token).await {
+            Ok(answer) => assert!(answer.valid),
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+    }
+    assert_eq!(metric(&app, HITS).await, hits, "no answer from memory");
+    assert_eq!(metric(&app, ENTRIES).await, 0.0);
+}
