@@ -40,21 +40,7 @@ finish() {
 }
 trap finish EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Waits until FILE has a line matching PATTERN (a started process says where it listens).
-wait_for() {
-  local file=$1 pattern=$2
-  for _ in $(seq 200); do
-    grep -q "$pattern" "$file" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing matching $pattern in $file:" >&2
-  cat "$file" >&2
-  exit 1
-}
+source scripts/bench-lib.sh
 
 vport=$(free_port)
 valkey-server --port "$vport" --save '' --appendonly no >"$work/valkey.log" 2>&1 &
@@ -133,16 +119,9 @@ done
 
 # h2load on NAME with BODY (one|batch) for SECONDS; prints "<calls/s> <mean ms>".
 load() {
-  local name=$1 body=$2 seconds=$3 method=ValidateAccessToken out
+  local name=$1 body=$2 seconds=$3 method=ValidateAccessToken
   [[ $body == batch ]] && method=ValidateAccessTokens
-  out=$(h2load -c 4 -m 16 -t 1 -D "$seconds" -d "$work/$body.bin" \
-    -H 'content-type: application/grpc' -H 'te: trailers' \
-    "http://${addr[$name]}/$SERVICE/$method")
-  grep -q ' 0 failed, 0 errored' <<<"$out" || { echo "$name $body: $out" >&2; exit 1; }
-  local rate mean
-  rate=$(awk '/^finished in/{print $4}' <<<"$out")
-  mean=$(awk '/^time for request:/{print $6}' <<<"$out")
-  echo "$rate $mean"
+  h2load_rate "${addr[$name]}" "$method" "$work/$body.bin" "$seconds"
 }
 
 echo "uptime at start: $(uptime)"

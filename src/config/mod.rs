@@ -78,8 +78,8 @@ pub struct Config {
     pub valkey_mode: ValkeyMode,
 
     /// Answer repeat validations from this replica's memory, kept coherent by Valkey's
-    /// invalidation pushes (README, "Validation cache"). Standalone Valkey only: the
-    /// memory store needs no cache, and in cluster mode it stays off (startup log line).
+    /// invalidation pushes (README, "Validation cache"). Both Valkey modes; the memory
+    /// store needs no cache.
     #[arg(long, env = "VALIDATION_CACHE", value_enum, default_value_t = Switch::On)]
     pub validation_cache: Switch,
 

@@ -39,7 +39,7 @@ export interface ValidationCacheOptions {
  * not be opened (everything dropped, no reuse until the next stream's first reset), with
  * the gRPC `code` name, or `goaway` when the client ended it itself to move it off a
  * connection the service is closing (it reopens at once); `unsupported`: the service has no feed (`FAILED_PRECONDITION`: the
- * memory store or Valkey Cluster; or it refused the stream for good), the cache is off for
+ * memory store; or it refused the stream for good), the cache is off for
  * this client.
  */
 export type ValidationCacheEvent =

@@ -10,8 +10,8 @@ import type { RevocationEvent } from "./gen/barazo/session/v1/session_pb.js";
 export type OpenFeed = (signal: AbortSignal) => AsyncIterable<RevocationEvent>;
 
 /**
- * Codes after which the feed is not asked again: the service has no feed (the memory store
- * or Valkey Cluster: `FAILED_PRECONDITION`), does not know the RPC (`UNIMPLEMENTED`, an older
+ * Codes after which the feed is not asked again: the service has no feed (the memory store:
+ * `FAILED_PRECONDITION`), does not know the RPC (`UNIMPLEMENTED`, an older
  * service), or its policy refuses this caller the stream (`PERMISSION_DENIED`,
  * `UNAUTHENTICATED`: asking every few seconds would only fill the service's log). Anything
  * else (the service or its Valkey restarting, the stream cap) is retried.

@@ -89,8 +89,8 @@ export interface SessionClientOptions {
    * first reset, until an event names the token or its session, a reset, the stream's end,
    * or the token's expiry. While the stream is not live every validation asks the service.
    * On by default (`true` or omitted: the default settings; an object: your settings);
-   * `false` turns it off. With a service that has no feed (memory store, Valkey Cluster) it
-   * turns itself off (`cacheState()`).
+   * `false` turns it off. With a service that has no feed (the memory store) it turns
+   * itself off (`cacheState()`).
    */
   validationCache?: boolean | ValidationCacheOptions;
   /**

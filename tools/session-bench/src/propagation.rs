@@ -31,6 +31,26 @@ async fn valid(client: &mut Client, token: &str) -> Result<bool, BoxError> {
         .valid)
 }
 
+/// B's `WatchRevocations` stream, asked again while B's feed is still subscribing
+/// (`UNAVAILABLE`: SERVING comes before the feed is live, in cluster mode one per primary).
+async fn watch_when_live(
+    mut client: Client,
+) -> Result<tonic::Streaming<barazo_session::proto::RevocationEvent>, BoxError> {
+    let start = Instant::now();
+    loop {
+        match client.watch_revocations(WatchRevocationsRequest {}).await {
+            Ok(stream) => return Ok(stream.into_inner()),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && start.elapsed() < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    }
+}
+
 /// Runs the scenario and prints the figures.
 pub async fn run(
     spec: ServerSpec,
@@ -52,11 +72,7 @@ pub async fn run(
     let connector = Connector::plaintext();
     let mut on_a = connector.client(connector.channel(&a.addr).await?);
     let mut on_b = connector.client(connector.channel(&b.addr).await?);
-    let mut feed = connector
-        .client(connector.channel(&b.addr).await?)
-        .watch_revocations(WatchRevocationsRequest {})
-        .await?
-        .into_inner();
+    let mut feed = watch_when_live(connector.client(connector.channel(&b.addr).await?)).await?;
     let load_did = ledger.did(0);
     let load_token = on_a
         .create_session(CreateSessionRequest {
