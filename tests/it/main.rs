@@ -38,6 +38,7 @@ mod bench_tool;
 mod cache;
 mod cli;
 mod cluster;
+mod cluster_topology;
 mod durability;
 mod ext_authz;
 mod failover;
