@@ -205,9 +205,14 @@ impl ValkeyCluster {
                 // A replica's first sync starts at once, not after 5 s of waiting for others.
                 "--repl-diskless-sync-delay",
                 "0",
+                // A replica writes the RDB it loads from its primary: here, not in the
+                // test's working directory.
+                "--dir",
+                dir.path().to_str().expect("utf-8"),
             ]
             .map(str::to_owned)
             .into();
+            args.extend(["--dbfilename".to_owned(), format!("dump-{port}.rdb")]);
             match tls {
                 Some(server) => {
                     let proxy = tls_proxy(port, server).await;
