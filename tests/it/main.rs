@@ -39,6 +39,8 @@ mod cache;
 mod cli;
 mod cluster;
 mod cluster_cache;
+mod cluster_changes;
+mod cluster_topology;
 mod durability;
 mod ext_authz;
 mod failover;

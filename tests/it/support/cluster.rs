@@ -1,15 +1,36 @@
-//! A real Valkey Cluster of three primaries for one test: `cluster-enabled` servers on
-//! ephemeral ports, slots assigned with `CLUSTER ADDSLOTSRANGE`, nodes joined with
-//! `CLUSTER MEET`, ready once every node reports `cluster_state:ok`.
+//! A real Valkey Cluster for one test: `cluster-enabled` servers on ephemeral ports, slots
+//! assigned with `CLUSTER ADDSLOTSRANGE`, nodes joined with `CLUSTER MEET`. Three primaries
+//! ([`ValkeyCluster::start`]), or three primaries with a replica each
+//! ([`ValkeyCluster::start_with_replicas`]); and the topology changes a deployment sees: a
+//! manual failover, a primary's crash and its replica's promotion, a slot's migration.
+//!
+//! Each change returns once every running node's own view (`CLUSTER SLOTS`) agrees on it,
+//! polled; none sleeps for a fixed time.
 
 use super::pki::{Pem, TempDir, tls_proxy};
 use super::valkey::Valkey;
+use redis::{FromRedisValue, Value};
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-/// Three primaries, killed on drop.
+/// How long a manual failover or a slot's migration may take to be seen by every node.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a killed primary's replica may take to be promoted and seen by every node: the
+/// 2 s node timeout, the failure reports' gossip, the election (at most a second's delay).
+const PROMOTION_TIMEOUT: Duration = Duration::from_secs(20);
+/// Between two looks at the nodes.
+const POLL: Duration = Duration::from_millis(20);
+/// The primaries' slots, in node order.
+const RANGES: [(u16, u16); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
+
+/// Three primaries, and with [`ValkeyCluster::start_with_replicas`] a replica for each
+/// (node `3 + i` replicates node `i` at the start); killed on drop.
 pub struct ValkeyCluster {
     nodes: Vec<Valkey>,
+    /// Each node's id (`CLUSTER MYID`), kept across restarts with its config file.
+    ids: Vec<String>,
     /// How clients reach each node (the node itself, or a TLS proxy in front of it).
     urls: Vec<String>,
     _dir: TempDir,
@@ -26,24 +47,151 @@ fn cluster_port() -> u16 {
     }
 }
 
+/// One slot range of a node's `CLUSTER SLOTS`: the range, its primary's id, and the ids of
+/// its replicas that the node does not consider failed.
+struct SlotRange {
+    first: u16,
+    last: u16,
+    primary: String,
+    replicas: Vec<String>,
+}
+
+/// One node as a node's `CLUSTER SHARDS` lists it.
+struct ShardNode {
+    id: String,
+    /// `master` or `replica`.
+    role: String,
+    /// `online`, `failed` or `loading`.
+    health: String,
+    /// Which shard of the reply lists it.
+    shard: usize,
+}
+
+fn parse<T: FromRedisValue>(value: Value, what: &str) -> T {
+    redis::from_redis_value(value).unwrap_or_else(|e| panic!("unexpected {what}: {e}"))
+}
+
+fn parse_slots(reply: Vec<Value>) -> Vec<SlotRange> {
+    let id_of = |node: Value| -> String {
+        // [ip, port, id, {hostname and the like}]
+        let mut fields: Vec<Value> = parse(node, "CLUSTER SLOTS node");
+        parse(fields.swap_remove(2), "CLUSTER SLOTS node id")
+    };
+    reply
+        .into_iter()
+        .map(|range| {
+            let mut fields: Vec<Value> = parse(range, "CLUSTER SLOTS range");
+            let mut nodes = fields.split_off(2).into_iter().map(id_of);
+            let last = parse(fields.pop().expect("last slot"), "slot");
+            let first = parse(fields.pop().expect("first slot"), "slot");
+            SlotRange {
+                first,
+                last,
+                primary: nodes.next().expect("a range's primary"),
+                replicas: nodes.collect(),
+            }
+        })
+        .collect()
+}
+
+fn parse_shards(reply: Vec<Value>) -> Vec<ShardNode> {
+    let mut listed = Vec::new();
+    for (number, shard) in reply.into_iter().enumerate() {
+        let mut shard: HashMap<String, Value> = parse(shard, "CLUSTER SHARDS shard");
+        let nodes: Vec<HashMap<String, Value>> =
+            parse(shard.remove("nodes").expect("nodes"), "shard nodes");
+        for mut node in nodes {
+            let mut field = |name: &str| -> String {
+                let value = node
+                    .remove(name)
+                    .unwrap_or_else(|| panic!("a shard node without {name}"));
+                parse(value, name)
+            };
+            listed.push(ShardNode {
+                id: field("id"),
+                role: field("role"),
+                health: field("health"),
+                shard: number,
+            });
+        }
+    }
+    listed
+}
+
+/// The key's hash slot: CRC16-XMODEM of its hashtag (the text between the first `{` and
+/// the first `}` after it, when not empty) or else of the whole key, modulo 16384.
+fn key_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let tag = &key[open + 1..];
+            let close = tag.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &tag[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 == 0 {
+                crc << 1
+            } else {
+                (crc << 1) ^ 0x1021
+            };
+        }
+    }
+    crc % 16_384
+}
+
+/// Polls `check` until it is `Ok`, panicking after `timeout` with `what` and the last
+/// state `check` reported.
+async fn poll_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Result<(), String>,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let state = match check().await {
+            Ok(()) => return started.elapsed(),
+            Err(state) => state,
+        };
+        assert!(
+            started.elapsed() < timeout,
+            "{what}: not within {timeout:?}; last seen: {state}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 impl ValkeyCluster {
-    /// Starts and joins the cluster; returns once all slots are served.
+    /// Starts and joins three primaries; returns once all slots are served.
     pub async fn start() -> Self {
-        Self::form(None).await
+        Self::form(None, false).await
+    }
+
+    /// Six nodes: three primaries (nodes 0 to 2) each with one replica (node `3 + i`
+    /// replicates node `i`). Returns once every node reports `cluster_state:ok`, every
+    /// replica its replication link up, and every node's `CLUSTER SHARDS` all six online
+    /// in their roles.
+    pub async fn start_with_replicas() -> Self {
+        Self::form(None, true).await
     }
 
     /// The same cluster reached only through TLS: each node sits behind a TLS proxy
     /// presenting `server` and announces the proxy's port (`cluster-announce-port`), so
     /// clients that discover the topology also connect through TLS.
     pub async fn start_behind_tls(server: &Pem) -> Self {
-        Self::form(Some(server)).await
+        Self::form(Some(server), false).await
     }
 
-    async fn form(tls: Option<&Pem>) -> Self {
+    async fn form(tls: Option<&Pem>, replicas: bool) -> Self {
+        let count = if replicas { 6 } else { 3 };
         let dir = TempDir::new();
         let mut nodes = Vec::new();
         let mut urls = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..count {
             let port = cluster_port();
             let conf = dir.write(&format!("nodes-{port}.conf"), "");
             std::fs::remove_file(&conf).expect("fresh cluster config");
@@ -54,9 +202,17 @@ impl ValkeyCluster {
                 conf.to_str().expect("utf-8"),
                 "--cluster-node-timeout",
                 "2000",
+                // A replica's first sync starts at once, not after 5 s of waiting for others.
+                "--repl-diskless-sync-delay",
+                "0",
+                // A replica writes the RDB it loads from its primary: here, not in the
+                // test's working directory.
+                "--dir",
+                dir.path().to_str().expect("utf-8"),
             ]
             .map(str::to_owned)
             .into();
+            args.extend(["--dbfilename".to_owned(), format!("dump-{port}.rdb")]);
             match tls {
                 Some(server) => {
                     let proxy = tls_proxy(port, server).await;
@@ -74,18 +230,26 @@ impl ValkeyCluster {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             nodes.push(Valkey::start_on_with(port, &args));
         }
-        let ranges = [(0, 5460), (5461, 10922), (10923, 16383)];
         let mut conns = Vec::new();
-        for (node, (from, to)) in nodes.iter().zip(ranges) {
+        let mut ids = Vec::new();
+        for node in &nodes {
             let mut conn = node.client().await;
+            let id: String = redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async(&mut conn)
+                .await
+                .expect("CLUSTER MYID");
+            ids.push(id);
+            conns.push(conn);
+        }
+        for (conn, (from, to)) in conns.iter_mut().zip(RANGES) {
             let _: () = redis::cmd("CLUSTER")
                 .arg("ADDSLOTSRANGE")
                 .arg(from)
                 .arg(to)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await
                 .expect("ADDSLOTSRANGE");
-            conns.push(conn);
         }
         for conn in &mut conns[1..] {
             let _: () = redis::cmd("CLUSTER")
@@ -96,35 +260,76 @@ impl ValkeyCluster {
                 .await
                 .expect("MEET");
         }
-        // Readiness: every node sees the whole cluster serving (gossip takes ~1 s).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut ok = true;
-            for conn in &mut conns {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(conn)
-                    .await
-                    .expect("CLUSTER INFO");
-                ok &= info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3");
-            }
-            if ok {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not form in 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self {
+        let cluster = Self {
             nodes,
+            ids,
             urls,
             _dir: dir,
+        };
+        // Gossip takes ~1 s; a replica can only follow a primary it knows.
+        let known = format!("cluster_known_nodes:{count}\r");
+        poll_until("the nodes meet", Duration::from_secs(20), async || {
+            for index in 0..count {
+                let info = cluster.cluster_info(index).await;
+                if !info.contains(&known) {
+                    return Err(format!("node {index}: {info}"));
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if replicas {
+            for (replica, conn) in conns.iter_mut().enumerate().skip(3) {
+                let _: () = redis::cmd("CLUSTER")
+                    .arg("REPLICATE")
+                    .arg(&cluster.ids[replica - 3])
+                    .query_async(conn)
+                    .await
+                    .expect("CLUSTER REPLICATE");
+            }
         }
+        poll_until("the cluster forms", Duration::from_secs(20), async || {
+            for index in 0..count {
+                let info = cluster.cluster_info(index).await;
+                if !info.contains("cluster_state:ok") {
+                    return Err(format!("node {index}: {info}"));
+                }
+                if index >= 3 && !cluster.replication_link_up(index).await {
+                    return Err(format!("replica {index}'s link is down"));
+                }
+                let shards = cluster.shards(index).await;
+                let shown = |listed: usize, role: &str| {
+                    shards.iter().find(|node| {
+                        node.id == cluster.ids[listed]
+                            && node.health == "online"
+                            && node.role == role
+                    })
+                };
+                for listed in 0..count {
+                    let shown = if listed < 3 {
+                        shown(listed, "master")
+                    } else {
+                        // In its primary's shard.
+                        shown(listed, "replica").filter(|replica| {
+                            shown(listed - 3, "master")
+                                .is_some_and(|primary| primary.shard == replica.shard)
+                        })
+                    };
+                    if shown.is_none() {
+                        return Err(format!(
+                            "node {index} does not show node {listed} online in its role"
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
+        cluster
     }
 
-    /// The seed URLs, comma-separated, as `VALKEY_URL` takes them in cluster mode.
+    /// The seed URLs, comma-separated, as `VALKEY_URL` takes them in cluster mode (every
+    /// node, replicas too).
     pub fn urls(&self) -> String {
         self.urls.join(",")
     }
@@ -147,28 +352,285 @@ impl ValkeyCluster {
         &mut self.nodes[index]
     }
 
+    /// Node `index`'s id (its `CLUSTER MYID`, read when the cluster formed; a node keeps it
+    /// across restarts).
+    pub fn node_id(&self, index: usize) -> String {
+        self.ids[index].clone()
+    }
+
+    /// The cluster slot of `key`, as `CLUSTER KEYSLOT` computes it.
+    pub fn slot_of(key: &str) -> u16 {
+        key_slot(key.as_bytes())
+    }
+
+    /// The index of the node owning `slot`, in the view of the first running node.
+    pub async fn primary_of_slot(&self, slot: u16) -> usize {
+        let viewer = self.live().next().expect("a running node");
+        self.owner_in_view(viewer, slot)
+            .await
+            .unwrap_or_else(|| panic!("node {viewer} sees no owner of slot {slot}"))
+    }
+
+    /// The index of a replica of primary `primary` (one not considered failed), in the view
+    /// of the first running node.
+    pub async fn replica_of(&self, primary: usize) -> usize {
+        let viewer = self.live().next().expect("a running node");
+        let id = &self.ids[primary];
+        self.slots(viewer)
+            .await
+            .into_iter()
+            .find(|range| range.primary == *id)
+            .and_then(|range| range.replicas.into_iter().next())
+            .map(|replica| self.index_of(&replica))
+            .unwrap_or_else(|| panic!("node {viewer} sees no replica of node {primary}"))
+    }
+
+    /// Promotes replica `replica` with `CLUSTER FAILOVER` (its primary agreeing), and returns
+    /// once every running node sees it owning its former primary's slots with the former
+    /// primary as its replica, and that replica has its replication link up.
+    pub async fn failover(&self, replica: usize) {
+        let viewer = self.live().next().expect("a running node");
+        let id = &self.ids[replica];
+        let replicated: Vec<SlotRange> = self
+            .slots(viewer)
+            .await
+            .into_iter()
+            .filter(|range| range.replicas.contains(id))
+            .collect();
+        let primary = replicated.first().map_or_else(
+            || panic!("node {replica} replicates no primary in node {viewer}'s view"),
+            |range| self.index_of(&range.primary),
+        );
+        let ranges: Vec<(u16, u16)> = replicated
+            .iter()
+            .map(|range| (range.first, range.last))
+            .collect();
+        let mut conn = self.nodes[replica].client().await;
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query_async(&mut conn)
+            .await
+            .expect("CLUSTER FAILOVER");
+        let what = format!(
+            "after CLUSTER FAILOVER on node {replica}, every running node sees it as the primary \
+             of slots {ranges:?} (node {primary}'s) and node {primary} follows it"
+        );
+        poll_until(&what, CHANGE_TIMEOUT, async || {
+            let follower = Some(primary).filter(|&node| self.nodes[node].is_running());
+            self.all_see_owner(&ranges, replica, follower).await?;
+            if self.nodes[primary].is_running() && !self.replication_link_up(primary).await {
+                return Err(format!("node {primary}'s replication link is down"));
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Kills primary `primary` with SIGKILL and returns the index of its replica once every
+    /// running node sees that replica owning the killed primary's slots.
+    pub async fn kill_primary_and_wait_for_promotion(&mut self, primary: usize) -> usize {
+        let replica = self.replica_of(primary).await;
+        let viewer = self.live().next().expect("a running node");
+        let ranges: Vec<(u16, u16)> = self
+            .slots(viewer)
+            .await
+            .into_iter()
+            .filter(|range| range.primary == self.ids[primary])
+            .map(|range| (range.first, range.last))
+            .collect();
+        self.nodes[primary].kill();
+        let what = format!(
+            "after node {primary} was killed, every running node sees its replica, node \
+             {replica}, as the primary of slots {ranges:?}"
+        );
+        poll_until(&what, PROMOTION_TIMEOUT, async || {
+            self.all_see_owner(&ranges, replica, None).await
+        })
+        .await;
+        replica
+    }
+
+    /// Moves `slot` with its keys to primary `to` the way `valkey-cli --cluster reshard`
+    /// does: the target `IMPORTING`, the source `MIGRATING`, the keys in batches with
+    /// `CLUSTER GETKEYSINSLOT` and `MIGRATE`, then `SETSLOT NODE` on the target, the source
+    /// and every other primary. Returns once every running node sees `to` owning it (at once
+    /// when it does already).
+    pub async fn move_slot(&self, slot: u16, to: usize) {
+        let from = self.primary_of_slot(slot).await;
+        if from == to {
+            return;
+        }
+        let mut source = self.nodes[from].client().await;
+        let mut target = self.nodes[to].client().await;
+        let setslot = |state: &str, id: &str| {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+            cmd
+        };
+        let _: () = setslot("IMPORTING", &self.ids[from])
+            .query_async(&mut target)
+            .await
+            .expect("SETSLOT IMPORTING on the target");
+        let _: () = setslot("MIGRATING", &self.ids[to])
+            .query_async(&mut source)
+            .await
+            .expect("SETSLOT MIGRATING on the source");
+        loop {
+            let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut source)
+                .await
+                .expect("GETKEYSINSLOT");
+            if keys.is_empty() {
+                break;
+            }
+            // Node to node, on the target's own port (not a TLS proxy's).
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(self.nodes[to].port())
+                .arg("")
+                .arg(0)
+                .arg(5_000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async(&mut source)
+                .await
+                .expect("MIGRATE");
+        }
+        let node = setslot("NODE", &self.ids[to]);
+        let _: () = node
+            .query_async(&mut target)
+            .await
+            .expect("SETSLOT NODE on the target");
+        let _: () = node
+            .query_async(&mut source)
+            .await
+            .expect("SETSLOT NODE on the source");
+        let primaries: Vec<usize> = self
+            .shards(to)
+            .await
+            .into_iter()
+            .filter(|node| node.role == "master" && node.health == "online")
+            .map(|node| self.index_of(&node.id))
+            .filter(|&index| index != from && index != to)
+            .collect();
+        for other in primaries {
+            let mut conn = self.nodes[other].client().await;
+            let _: () = node
+                .query_async(&mut conn)
+                .await
+                .expect("SETSLOT NODE on another primary");
+        }
+        let what =
+            format!("after moving slot {slot} from node {from}, every node sees node {to} own it");
+        poll_until(&what, CHANGE_TIMEOUT, async || {
+            self.all_see_owner(&[(slot, slot)], to, None).await
+        })
+        .await;
+    }
+
     /// Waits until every running node reports `cluster_state:ok` again.
     pub async fn wait_until_ok(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut ok = true;
-            for node in &self.nodes {
-                let mut conn = node.client().await;
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(&mut conn)
-                    .await
-                    .expect("CLUSTER INFO");
-                ok &= info.contains("cluster_state:ok");
+        poll_until("the cluster heals", Duration::from_secs(20), async || {
+            for index in self.live() {
+                let info = self.cluster_info(index).await;
+                if !info.contains("cluster_state:ok") {
+                    return Err(format!("node {index}: {info}"));
+                }
             }
-            if ok {
-                return;
+            Ok(())
+        })
+        .await;
+    }
+
+    /// The nodes whose process runs.
+    fn live(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.nodes.len()).filter(|&index| self.nodes[index].is_running())
+    }
+
+    fn index_of(&self, id: &str) -> usize {
+        self.ids
+            .iter()
+            .position(|known| known == id)
+            .unwrap_or_else(|| panic!("no node has id {id}"))
+    }
+
+    async fn query<T: FromRedisValue>(&self, index: usize, cmd: &redis::Cmd) -> T {
+        let mut conn = self.nodes[index].client().await;
+        cmd.query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("node {index}: {e}"))
+    }
+
+    async fn cluster_info(&self, index: usize) -> String {
+        self.query(index, redis::cmd("CLUSTER").arg("INFO")).await
+    }
+
+    async fn replication_link_up(&self, index: usize) -> bool {
+        let info: String = self
+            .query(index, redis::cmd("INFO").arg("replication"))
+            .await;
+        info.contains("master_link_status:up")
+    }
+
+    async fn slots(&self, index: usize) -> Vec<SlotRange> {
+        parse_slots(self.query(index, redis::cmd("CLUSTER").arg("SLOTS")).await)
+    }
+
+    async fn shards(&self, index: usize) -> Vec<ShardNode> {
+        parse_shards(self.query(index, redis::cmd("CLUSTER").arg("SHARDS")).await)
+    }
+
+    /// Who owns `slot` in node `viewer`'s view.
+    async fn owner_in_view(&self, viewer: usize, slot: u16) -> Option<usize> {
+        self.slots(viewer)
+            .await
+            .into_iter()
+            .find(|range| (range.first..=range.last).contains(&slot))
+            .map(|range| self.index_of(&range.primary))
+    }
+
+    /// `Ok` when every running node sees `owner` owning each of `ranges` whole (with
+    /// `follower` among its replicas, when given), else who some node sees instead.
+    async fn all_see_owner(
+        &self,
+        ranges: &[(u16, u16)],
+        owner: usize,
+        follower: Option<usize>,
+    ) -> Result<(), String> {
+        let mut seen = String::new();
+        for viewer in self.live() {
+            let view = self.slots(viewer).await;
+            for &(first, last) in ranges {
+                let covered = view.iter().any(|range| {
+                    range.first <= first
+                        && last <= range.last
+                        && range.primary == self.ids[owner]
+                        && follower.is_none_or(|node| range.replicas.contains(&self.ids[node]))
+                });
+                if !covered {
+                    let owners: Vec<_> = view
+                        .iter()
+                        .filter(|range| range.first <= last && first <= range.last)
+                        .map(|range| {
+                            let replicas: Vec<usize> =
+                                range.replicas.iter().map(|id| self.index_of(id)).collect();
+                            let primary = self.index_of(&range.primary);
+                            format!(
+                                "{}-{} by {primary} with {replicas:?}",
+                                range.first, range.last
+                            )
+                        })
+                        .collect();
+                    let _ = write!(
+                        seen,
+                        "node {viewer} sees {first}-{last} owned as {owners:?}; "
+                    );
+                }
             }
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not heal in 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if seen.is_empty() { Ok(()) } else { Err(seen) }
     }
 }

@@ -98,6 +98,11 @@ impl Valkey {
             .expect("connect to test valkey")
     }
 
+    /// Whether the process runs (it was not [`Valkey::kill`]ed, or was restarted since).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server abruptly (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
