@@ -5,10 +5,14 @@
 //! - each connection reaches the node the topology names (`CLUSTER MYID`), and that node
 //!   still calls itself a primary (`ROLE`: a demoted primary knows it at once, before the
 //!   rest of the cluster agrees);
-//! - the topology is the one the feeds were opened for, and the store's commands for each
-//!   shard reach its primary (`CLUSTER MYID` routed as the store routes that shard's first
-//!   slot);
+//! - the topology is the one the feeds were opened for (asked on the store's connection);
 //! - no store command has failed since (a failure may mean the topology is moving).
+//!
+//! That is what shows the feeds watch the nodes the store's commands reach: a key command
+//! runs only on the node that owns its slot (any other answers `MOVED`, and redis-rs
+//! follows), so a feed shown to be on each shard's primary, which itself says it is one,
+//! hears every write the commands make. redis-rs's own slot map is not consulted: it is
+//! refreshed only when a command is redirected or fails, so it lags a quiet cluster.
 //!
 //! Any change (a failover, a resharding, a node added or gone) drops the whole cache, and
 //! the feeds are opened afresh on the new topology before anything is cached again. Why
@@ -188,21 +192,14 @@ fn is_primary(role: &Value) -> bool {
         || matches!(fields.first(), Some(Value::SimpleString(s)) if s == "master")
 }
 
-/// Whether the topology is still the feeds' and the store's commands for each shard reach
-/// its primary; `None` when both hold.
+/// Whether the topology, asked on the store's connection, is still the feeds'; `None` when
+/// it is.
 async fn agreed(feeds: &Feeds, commands: &ClusterCommandSide, timeout: Duration) -> Option<End> {
     match within(timeout, commands.ownership()).await {
-        Ok(Ok(now)) if now == feeds.ownership => {}
-        Ok(Ok(_)) => return Some(End::Reshaped),
-        Ok(Err(_)) | Err(_) => return Some(End::Apart),
+        Ok(Ok(now)) if now == feeds.ownership => None,
+        Ok(Ok(_)) => Some(End::Reshaped),
+        Ok(Err(_)) | Err(_) => Some(End::Apart),
     }
-    for owned in &feeds.ownership {
-        match within(timeout, commands.node_for(owned.first_slot())).await {
-            Ok(Ok(id)) if id == owned.owner.id => {}
-            _ => return Some(End::Apart),
-        }
-    }
-    None
 }
 
 /// `future`, or why it did not answer within `timeout`.

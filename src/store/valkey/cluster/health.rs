@@ -14,12 +14,7 @@ impl Shared {
         self: Arc<Self>,
         mut conn: ClusterConnection,
     ) -> Result<(), StoreError> {
-        let answer: redis::Value = redis::cmd("CLUSTER")
-            .arg("SHARDS")
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        let topology = Topology::parse(&answer)?;
+        let topology = Topology::read(&mut conn).await?;
         // A slot no healthy primary owns: its sessions can be neither read nor written.
         if let Some(slot) = topology.uncovered_slot() {
             return Err(StoreError::unavailable(format!(

@@ -5,7 +5,10 @@
 //! address changes, where `run_id` changes with each restart).
 
 use crate::store::StoreError;
+use crate::store::valkey::store_error;
 use redis::Value;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 
 /// Slots of a Valkey Cluster.
 pub(crate) const SLOTS: usize = 16_384;
@@ -40,13 +43,6 @@ pub(crate) struct Owned {
     pub(crate) owner: Node,
 }
 
-impl Owned {
-    /// A slot of this shard's, to route a command to its primary.
-    pub(crate) fn first_slot(&self) -> u16 {
-        self.slots.first().map_or(0, |&(first, _)| first)
-    }
-}
-
 /// A `CLUSTER SHARDS` answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Topology {
@@ -54,6 +50,23 @@ pub(crate) struct Topology {
 }
 
 impl Topology {
+    /// The topology as the primary of slot 0 reports it. Asked of one slot's owner, not of
+    /// any node: redis-rs routes a keyless command to a random node it knows, which after a
+    /// failover may be the dead one, and each such failure would read as an outage.
+    pub(crate) async fn read(conn: &mut ClusterConnection) -> Result<Self, StoreError> {
+        let mut shards = redis::cmd("CLUSTER");
+        shards.arg("SHARDS");
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+            0,
+            SlotAddr::Master,
+        )));
+        let answer = conn
+            .route_command(shards, routing)
+            .await
+            .map_err(store_error)?;
+        Self::parse(&answer)
+    }
+
     /// Reads a `CLUSTER SHARDS` answer, RESP2 (flat key/value arrays) or RESP3 (maps).
     pub(crate) fn parse(answer: &Value) -> Result<Self, StoreError> {
         let Value::Array(shards) = answer else {
@@ -63,11 +76,12 @@ impl Topology {
         Ok(Self { shards })
     }
 
-    /// The primaries that own slots, each once.
+    /// The online primaries that own slots, each once. (A killed primary whose replica
+    /// took over stays listed in its shard as a failed primary until it returns.)
     pub(crate) fn owners(&self) -> Vec<&Node> {
         let mut owners: Vec<&Node> = Vec::new();
         for shard in self.shards.iter().filter(|s| !s.slots.is_empty()) {
-            for node in shard.nodes.iter().filter(|n| n.primary) {
+            for node in shard.nodes.iter().filter(|n| n.primary && n.online) {
                 if !owners.iter().any(|known| known.id == node.id) {
                     owners.push(node);
                 }
@@ -266,6 +280,14 @@ mod tests {
             shard2(&[8192, 16383], vec![node2("b", 7001, "master", "online")]),
             // A primary without slots (being added) owns nothing.
             shard2(&[], vec![node2("c", 7002, "master", "online")]),
+            // A killed primary, its replica promoted: listed, failed, in its old shard.
+            shard2(
+                &[10000, 10001],
+                vec![
+                    node2("d", 7005, "master", "fail"),
+                    node2("d2", 7006, "master", "online"),
+                ],
+            ),
         ]);
         let topology = Topology::parse(&answer).expect("parses");
         let owners: Vec<(&str, u16)> = topology
@@ -273,7 +295,7 @@ mod tests {
             .iter()
             .map(|n| (n.id.as_str(), n.port))
             .collect();
-        assert_eq!(owners, [("a", 7000), ("b", 7001)]);
+        assert_eq!(owners, [("a", 7000), ("b", 7001), ("d2", 7006)]);
         assert_eq!(topology.uncovered_slot(), None);
     }
 
@@ -295,7 +317,7 @@ mod tests {
         assert_eq!(Some(owned.clone()), other.ownership(), "order-free");
         let owners: Vec<(&str, u16)> = owned
             .iter()
-            .map(|o| (o.owner.id.as_str(), o.first_slot()))
+            .map(|o| (o.owner.id.as_str(), o.slots[0].0))
             .collect();
         assert_eq!(owners, [("a", 0), ("b", 8192)]);
         // Mid-failover: two primaries claim one shard, or none is online.

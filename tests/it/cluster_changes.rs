@@ -1,0 +1,286 @@
+//! The validation cache through the cluster's topology changes, on a real cluster with a
+//! replica per primary: a manual failover, a killed primary replaced by its replica, and a
+//! slot moved to another primary with its keys. Two replicas of the service, A and B; B has
+//! the sessions' answers cached. In every case a session revoked right after the change
+//! (through A, or by a `DEL` on the node that now owns it) stops validating on B within the
+//! feed's check interval, and so does one cached again after the change. Each test prints
+//! the longest time B still said `valid` after a revocation had answered (BENCHMARKS.md).
+
+use crate::cache::{MISSES, RESETS, cache, eventually, metric};
+use crate::cluster_cache::replica;
+use crate::support::cluster::ValkeyCluster;
+use crate::support::{TestApp, config, unique_did};
+use barazo_session::cache::feed::PING_INTERVAL;
+use barazo_session::config::StoreKind;
+use barazo_session::proto::CreateSessionResponse as Created;
+use std::time::{Duration, Instant};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const PREFIX: &str = "barazo:session:";
+
+/// The longest B may answer from a stale cache after a topology change: the feed notices
+/// at its next check (every [`PING_INTERVAL`]), plus that check's own round trips.
+fn bound() -> Duration {
+    PING_INTERVAL + Duration::from_millis(500)
+}
+
+/// A (whose test owns the cluster) and B on a fresh cluster with a replica per primary.
+async fn pair() -> (TestApp, TestApp) {
+    let cluster = ValkeyCluster::start_with_replicas().await;
+    let urls = cluster.urls();
+    let mut a = TestApp::spawn_config(
+        config(
+            StoreKind::Valkey,
+            Some(&urls),
+            &[
+                "--valkey-mode",
+                "cluster",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+        ),
+        None,
+        None,
+    )
+    .await;
+    a.cluster = Some(cluster);
+    a.wait_for_health(ServingStatus::Serving).await;
+    let b = replica(&a).await;
+    (a, b)
+}
+
+fn data_key(session: &Created) -> String {
+    format!("{PREFIX}data:{}", session.refresh_token)
+}
+
+/// `count` sessions created on A whose data lives on the primary `primary`, each cached on B.
+async fn sessions_on(a: &TestApp, b: &TestApp, primary: usize, count: usize) -> Vec<Created> {
+    let cluster = a.cluster.as_ref().expect("cluster");
+    let mut found = Vec::new();
+    for n in 0..200 {
+        let session = a.create(&unique_did(), &format!("user{n}.test")).await;
+        let slot = ValkeyCluster::slot_of(&data_key(&session));
+        if cluster.primary_of_slot(slot).await == primary {
+            cache(b, &session.access_token).await;
+            found.push(session);
+            if found.len() == count {
+                return found;
+            }
+        }
+    }
+    panic!("no {count} sessions on node {primary} in 200");
+}
+
+/// Retries `call` while the cluster is between owners (UNAVAILABLE), for ten seconds.
+async fn through_the_change<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let start = Instant::now();
+    loop {
+        match call().await {
+            Ok(answer) => return answer,
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(start.elapsed() < Duration::from_secs(10), "{status:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+}
+
+/// After `revoked` (the moment a revocation answered), asks B back to back until it says
+/// `valid=false`, then a few times more; returns how long after `revoked` B last said
+/// `valid` (zero when it never did).
+async fn stale_on(b: &TestApp, token: &str, revoked: Instant) -> Duration {
+    let mut stale = Duration::ZERO;
+    loop {
+        match b.try_validate(token).await {
+            Ok(answer) if answer.valid => stale = revoked.elapsed(),
+            Ok(_) => break,
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(10),
+            "B still validates a token revoked 10 s ago"
+        );
+    }
+    for _ in 0..20 {
+        if let Ok(answer) = b.try_validate(token).await {
+            assert!(!answer.valid, "valid again after an invalid answer");
+        }
+    }
+    stale
+}
+
+/// Revokes `session` through A (its logout); when it answered.
+async fn logout_on(a: &TestApp, session: &Created) -> Instant {
+    through_the_change(|| a.delete(&session.refresh_token)).await;
+    Instant::now()
+}
+
+/// Deletes `session`'s data with a `DEL` on node `owner` itself (any writer: the
+/// TypeScript AppView, an operator); when it answered.
+async fn del_on(a: &TestApp, owner: usize, session: &Created) -> Instant {
+    let cluster = a.cluster.as_ref().expect("cluster");
+    let mut conn = cluster.nodes()[owner].client().await;
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(data_key(session))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL on the owner");
+    assert_eq!(deleted, 1, "the node owns the session's data");
+    Instant::now()
+}
+
+/// Revokes the first session right after the change, caches the second again on B and
+/// deletes it on its owner, and checks a third is answered from B's cache again once B's
+/// feed has dropped the cache (`resets_before`: its resets before the change); returns the
+/// longest stale time.
+async fn after_the_change(
+    a: &TestApp,
+    b: &TestApp,
+    owner: usize,
+    sessions: &[Created],
+    resets_before: f64,
+) -> Duration {
+    let [first, second, kept, ..] = sessions else {
+        panic!("three sessions");
+    };
+    let revoked = logout_on(a, first).await;
+    let mut longest = stale_on(b, &first.access_token, revoked).await;
+    cache(b, &second.access_token).await;
+    let revoked = del_on(a, owner, second).await;
+    longest = longest.max(stale_on(b, &second.access_token, revoked).await);
+    // The feed noticed the change (the cache dropped once), serves again on the new
+    // topology, and stays live: over a few of the feed's check intervals, every validation
+    // is answered from it (a check that failed on the new topology would drop it each time).
+    eventually("B's feed notices the change", || async {
+        metric(b, RESETS).await > resets_before
+    })
+    .await;
+    cache(b, &kept.access_token).await;
+    let (misses, resets) = (metric(b, MISSES).await, metric(b, RESETS).await);
+    let watched = Instant::now();
+    while watched.elapsed() < PING_INTERVAL * 3 {
+        assert!(b.validate(&kept.access_token).await.valid);
+    }
+    assert_eq!(metric(b, RESETS).await, resets, "the cache stays live");
+    assert_eq!(
+        metric(b, MISSES).await,
+        misses,
+        "every answer from the cache"
+    );
+    longest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_failover_leaves_no_revoked_token_valid() {
+    let (a, b) = pair().await;
+    let cluster = a.cluster.as_ref().expect("cluster");
+    let primary = cluster.primary_of_slot(0).await;
+    let sessions = sessions_on(&a, &b, primary, 3).await;
+    let promoted = cluster.replica_of(primary).await;
+    let resets = metric(&b, RESETS).await;
+    cluster.failover(promoted).await;
+    let stale = after_the_change(&a, &b, promoted, &sessions, resets).await;
+    eprintln!("CLUSTER FAILOVER: longest stale answer on B {stale:?}");
+    assert!(stale <= bound(), "{stale:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_replaced_by_its_replica_leaves_no_revoked_token_valid() {
+    let (mut a, b) = pair().await;
+    let primary = a
+        .cluster
+        .as_ref()
+        .expect("cluster")
+        .primary_of_slot(0)
+        .await;
+    let sessions = sessions_on(&a, &b, primary, 3).await;
+    // The sessions reached the replica before the primary dies (asynchronous replication
+    // would otherwise lose them with it: a different test).
+    let mut conn = a.cluster.as_ref().expect("cluster").nodes()[primary]
+        .client()
+        .await;
+    let _: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5_000)
+        .query_async(&mut conn)
+        .await
+        .expect("WAIT");
+    let resets = metric(&b, RESETS).await;
+    let promoted = a
+        .cluster
+        .as_mut()
+        .expect("cluster")
+        .kill_primary_and_wait_for_promotion(primary)
+        .await;
+    let stale = after_the_change(&a, &b, promoted, &sessions, resets).await;
+    eprintln!("kill -9 of a primary: longest stale answer on B {stale:?}");
+    assert!(stale <= bound(), "{stale:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_primary_leaves_no_revoked_token_valid() {
+    let (a, b) = pair().await;
+    let cluster = a.cluster.as_ref().expect("cluster");
+    let source = cluster.primary_of_slot(0).await;
+    let target = cluster.primary_of_slot(16_383).await;
+    assert_ne!(source, target);
+    let sessions = sessions_on(&a, &b, source, 3).await;
+    // Each session's data slot moves, with the session's keys in it.
+    let resets = metric(&b, RESETS).await;
+    for session in &sessions {
+        cluster
+            .move_slot(ValkeyCluster::slot_of(&data_key(session)), target)
+            .await;
+    }
+    let stale = after_the_change(&a, &b, target, &sessions, resets).await;
+    eprintln!("a slot moved: longest stale answer on B {stale:?}");
+    assert!(stale <= bound(), "{stale:?}");
+    // The moved session's access key still names it (nothing lost in the move).
+    assert!(b.validate(&sessions[2].access_token).await.valid);
+}
+
+/// A slot moved while B validates it under load: B's cached answers of the moved sessions
+/// never outlive a revocation by more than the bound, during the move as after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_during_a_slot_move_reach_the_cache() {
+    let (a, b) = pair().await;
+    let cluster = a.cluster.as_ref().expect("cluster");
+    let source = cluster.primary_of_slot(0).await;
+    let target = cluster.primary_of_slot(16_383).await;
+    let sessions = sessions_on(&a, &b, source, 4).await;
+    let slots: Vec<u16> = sessions
+        .iter()
+        .map(|s| ValkeyCluster::slot_of(&data_key(s)))
+        .collect();
+    let mover = async {
+        for &slot in &slots {
+            cluster.move_slot(slot, target).await;
+        }
+    };
+    let revoker = async {
+        let mut longest = Duration::ZERO;
+        for session in &sessions {
+            let revoked = logout_on(&a, session).await;
+            longest = longest.max(stale_on(&b, &session.access_token, revoked).await);
+        }
+        longest
+    };
+    let ((), stale) = tokio::join!(mover, revoker);
+    eprintln!("revocations during slot moves: longest stale answer on B {stale:?}");
+    assert!(stale <= bound(), "{stale:?}");
+    eventually("every revoked session is invalid on B", || async {
+        for session in &sessions {
+            if b.validate(&session.access_token).await.valid {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
