@@ -1,5 +1,8 @@
-//! The feed of a Valkey Cluster: one tracking connection per primary that owns slots, found
-//! from the cluster's own topology (`CLUSTER SHARDS`, asked on the store's connection).
+//! The feed of a Valkey Cluster: one tracking connection per primary (those that own slots,
+//! and any just added that owns none yet), found from the cluster's own topology
+//! (`CLUSTER SHARDS`, asked on the store's connection). Replicas need none: a shard's
+//! writes reach its primary first, and a demoted primary's feed, now on a replica, still
+//! hears its new primary's writes through replication until the next check moves it.
 //!
 //! The cache is live only while all of them are, and while, at every ping:
 //! - each connection reaches the node the topology names (`CLUSTER MYID`), and that node

@@ -90,15 +90,19 @@ impl Topology {
         owners
     }
 
-    /// Who owns which slots, in one order whichever node was asked: each shard that owns
-    /// slots, by its first slot, with its one online primary; `None` while a shard that
-    /// owns slots has no online primary, or more than one (a failover under way).
+    /// Who owns which slots, in one order whichever node was asked: each shard, by its
+    /// first slot, with its one online primary; `None` while a shard that owns slots has no
+    /// online primary, or more than one (a failover under way). Shards without slots come
+    /// first (a primary just added, which a resharding may give slots at any moment), by
+    /// their primary's id; one without an online primary owns nothing and is left out.
     pub(crate) fn ownership(&self) -> Option<Vec<Owned>> {
         let mut owned = Vec::new();
-        for shard in self.shards.iter().filter(|s| !s.slots.is_empty()) {
+        for shard in &self.shards {
             let mut primaries = shard.nodes.iter().filter(|n| n.primary && n.online);
-            let (Some(owner), None) = (primaries.next(), primaries.next()) else {
-                return None;
+            let owner = match (primaries.next(), primaries.next()) {
+                (Some(owner), None) => owner,
+                _ if shard.slots.is_empty() => continue,
+                _ => return None,
             };
             let mut slots = shard.slots.clone();
             slots.sort_unstable();
@@ -107,7 +111,7 @@ impl Topology {
                 owner: owner.clone(),
             });
         }
-        owned.sort_by_key(|o| o.slots.first().copied());
+        owned.sort_by(|a, b| (a.slots.first(), &a.owner.id).cmp(&(b.slots.first(), &b.owner.id)));
         Some(owned)
     }
 
@@ -320,6 +324,16 @@ mod tests {
             .map(|o| (o.owner.id.as_str(), o.slots[0].0))
             .collect();
         assert_eq!(owners, [("a", 0), ("b", 8192)]);
+        // A primary just added, without slots yet, is watched too (first).
+        let added = || shard2(&[], vec![node2("c", 7002, "master", "online")]);
+        let grown = Topology::parse(&Value::Array(vec![a(), added(), b()])).expect("parses");
+        let watched: Vec<String> = grown
+            .ownership()
+            .expect("owned")
+            .into_iter()
+            .map(|o| o.owner.id)
+            .collect();
+        assert_eq!(watched, ["c", "a", "b"]);
         // Mid-failover: two primaries claim one shard, or none is online.
         for shard in [
             shard2(
