@@ -292,6 +292,8 @@ async fn rediss_seeds_reach_every_node_with_tls_verified_against_the_configured_
                 "cluster",
                 "--valkey-ca",
                 ca.to_str().expect("utf-8"),
+                "--metrics-listen",
+                "127.0.0.1:0",
             ];
             TestApp::spawn_config(config(StoreKind::Valkey, Some(&urls), &flags), None, None).await
         }
@@ -307,6 +309,9 @@ async fn rediss_seeds_reach_every_node_with_tls_verified_against_the_configured_
         on_node[node_of(&cluster, &format!("{PREFIX}data:{}", created.refresh_token)).await] = true;
     }
     assert_eq!(on_node, [true; 3], "sessions on every node");
+    // The cache's feeds reach every primary through TLS too: answers come from the cache.
+    let created = app.create(&unique_did(), "alice.test").await;
+    crate::cache::cache(&app, &created.access_token).await;
 
     // A CA the service was not told to trust: no connection, UNAVAILABLE.
     let app = spawn(other_ca).await;
