@@ -13,19 +13,20 @@ use crate::domain::Lifetimes;
 use crate::domain::rotation::{self, Candidate, Presented};
 use crate::domain::view::SessionView;
 use crate::domain::{
-    ClientFacts, SessionRecord, Token, is_well_formed_token, log_prefix, now_ms, sha256_hex,
-    validate_did, validate_handle, validate_session_key,
+    ClientFacts, SessionRecord, SyntaxError, Token, is_well_formed_token, log_prefix, now_ms,
+    sha256_hex, validate_did, validate_handle, validate_session_key,
 };
 use crate::observe::metrics::{Metrics, Revocation};
 use crate::observe::telemetry;
 use crate::proto::session_service_server::SessionService;
 use crate::proto::{
-    ClientInfo, CreateSessionRequest, CreateSessionResponse, DeleteAllSessionsForDidRequest,
-    DeleteAllSessionsForDidResponse, DeleteSessionRequest, DeleteSessionResponse,
-    ListSessionsRequest, ListSessionsResponse, RefreshSessionRequest, RefreshSessionResponse,
-    RevokeOtherSessionsRequest, RevokeOtherSessionsResponse, RevokeSessionRequest,
-    RevokeSessionResponse, Session, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
-    ValidateAccessTokensRequest, ValidateAccessTokensResponse, WatchRevocationsRequest,
+    AccountStatus, ClientInfo, CreateSessionRequest, CreateSessionResponse,
+    DeleteAllSessionsForDidRequest, DeleteAllSessionsForDidResponse, DeleteSessionRequest,
+    DeleteSessionResponse, ListSessionsRequest, ListSessionsResponse, RefreshSessionRequest,
+    RefreshSessionResponse, RevokeOtherSessionsRequest, RevokeOtherSessionsResponse,
+    RevokeSessionRequest, RevokeSessionResponse, Session, ValidateAccessTokenRequest,
+    ValidateAccessTokenResponse, ValidateAccessTokensRequest, ValidateAccessTokensResponse,
+    WatchRevocationsRequest,
 };
 use crate::store::{ByRefresh, Refresh, SessionStore};
 
@@ -270,9 +271,18 @@ impl<S: SessionStore> SessionApi<S> {
         req: DeleteAllSessionsForDidRequest,
     ) -> Result<DeleteAllSessionsForDidResponse, RequestError> {
         validate_did(&req.did)?;
+        let reason = account_status(req.reason)?;
         record_did(&req.did);
         let deleted_count = self.store.delete_all_for_did(&req.did).await?;
-        self.revoked(Revocation::AllForDid, deleted_count);
+        self.revoked(reason, deleted_count);
+        // An account's end is an event an operator looks for; the DID only as its hash's
+        // prefix, like every identifier in the log.
+        tracing::info!(
+            did.hash = log_prefix(&sha256_hex(&req.did)),
+            reason = reason.as_str(),
+            revoked = deleted_count,
+            "every session of an account revoked"
+        );
         Ok(DeleteAllSessionsForDidResponse { deleted_count })
     }
 
@@ -373,6 +383,25 @@ fn client_facts(client: Option<&ClientInfo>) -> Result<Option<ClientFacts>, Requ
         .map(|c| ClientFacts::new(&c.user_agent, &c.ip_address))
         .transpose()
         .map_err(RequestError::from)
+}
+
+/// What `DeleteAllSessionsForDid`'s `reason` counts as; a value this service does not know
+/// is refused rather than counted as something it is not.
+fn account_status(reason: i32) -> Result<Revocation, RequestError> {
+    Ok(match AccountStatus::try_from(reason) {
+        Ok(AccountStatus::Unspecified) => Revocation::AllForDid,
+        Ok(AccountStatus::AccountDeleted) => Revocation::AccountDeleted,
+        Ok(AccountStatus::AccountTakendown) => Revocation::AccountTakendown,
+        Ok(AccountStatus::AccountDeactivated) => Revocation::AccountDeactivated,
+        Ok(AccountStatus::AccountSuspended) => Revocation::AccountSuspended,
+        Err(_) => {
+            return Err(SyntaxError::UnknownValue {
+                field: "reason",
+                value: reason,
+            }
+            .into());
+        }
+    })
 }
 
 /// Puts the user's DID on the current RPC span: public in the AT Protocol, and what an

@@ -22,6 +22,14 @@ pub enum SyntaxError {
     /// A session key is not 64 lowercase hex characters.
     #[error("session_key is not a session key: it must be 64 lowercase hex characters")]
     SessionKey,
+    /// An enum field holds a value this service does not know (a newer caller's).
+    #[error("{field} is not one this service knows: {value}")]
+    UnknownValue {
+        /// The field, e.g. `reason`.
+        field: &'static str,
+        /// The number sent.
+        value: i32,
+    },
     /// A client's address is neither empty nor a textual IPv4 or IPv6 address.
     #[error("client.ip_address is not an IP address: give a textual IPv4 or IPv6 address, or none")]
     IpAddress,

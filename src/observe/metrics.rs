@@ -68,8 +68,16 @@ pub enum Revocation {
     Lifetime,
     /// `DeleteSession`: logout.
     Logout,
-    /// `DeleteAllSessionsForDid`: account deletion, takedown.
+    /// `DeleteAllSessionsForDid` without a reason.
     AllForDid,
+    /// `DeleteAllSessionsForDid`, the account deleted.
+    AccountDeleted,
+    /// `DeleteAllSessionsForDid`, the account taken down.
+    AccountTakendown,
+    /// `DeleteAllSessionsForDid`, the account deactivated.
+    AccountDeactivated,
+    /// `DeleteAllSessionsForDid`, the account suspended.
+    AccountSuspended,
     /// An old refresh token presented again (with rotation on): the whole session goes,
     /// whichever RPC presented it.
     Reuse,
@@ -85,6 +93,10 @@ impl Revocation {
             Self::Lifetime => "lifetime",
             Self::Logout => "logout",
             Self::AllForDid => "all-for-did",
+            Self::AccountDeleted => "account-deleted",
+            Self::AccountTakendown => "account-takendown",
+            Self::AccountDeactivated => "account-deactivated",
+            Self::AccountSuspended => "account-suspended",
             Self::Reuse => "reuse",
         }
     }

@@ -166,7 +166,7 @@ async fn metrics_count_calls_outcomes_and_round_trips() {
 /// sessions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_are_counted_by_reason() {
-    use barazo_session::proto::{RevokeOtherSessionsRequest, RevokeSessionRequest};
+    use barazo_session::proto::{AccountStatus, RevokeOtherSessionsRequest, RevokeSessionRequest};
     let app = TestApp::spawn_with(
         StoreKind::Valkey,
         &[
@@ -222,6 +222,43 @@ async fn revocations_are_counted_by_reason() {
     assert_eq!(reason("user"), 1.0);
     assert_eq!(reason("logout"), 1.0);
     assert_eq!(reason("all-for-did"), 2.0);
+    // An account's status, as the firehose announced it, is its own reason.
+    let statuses = [
+        (AccountStatus::AccountDeleted, "account-deleted"),
+        (AccountStatus::AccountTakendown, "account-takendown"),
+        (AccountStatus::AccountDeactivated, "account-deactivated"),
+        (AccountStatus::AccountSuspended, "account-suspended"),
+    ];
+    for (status, _) in statuses {
+        let did = crate::support::unique_did();
+        app.create(&did, "alice.test").await;
+        assert_eq!(
+            app.delete_all_because(&did, status as i32)
+                .await
+                .expect("delete all"),
+            1
+        );
+    }
+    let refused = app
+        .delete_all_because(&crate::support::unique_did(), 99)
+        .await
+        .expect_err("an unknown status");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        refused.message(),
+        "reason is not one this service knows: 99"
+    );
+    let (_, after) = get(app.metrics_addr.expect("admin listener"), "/metrics").await;
+    let counted = |r: &str| {
+        sample(
+            &after,
+            &format!("barazo_session_revocations_total{{reason=\"{r}\"}}"),
+        )
+    };
+    for (_, label) in statuses {
+        assert_eq!(counted(label), 1.0, "{label}");
+    }
+    assert_eq!(counted("all-for-did"), 2.0, "unchanged by the statuses");
     assert!(
         !text.contains("reason=\"lifetime\""),
         "none ended by lifetime"

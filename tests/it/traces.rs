@@ -197,9 +197,10 @@ async fn rpc_spans_join_the_callers_trace_with_valkey_children() {
         .await
         .expect("delete");
     client
-        .delete_all_sessions_for_did(
-            Caller::new(5).request(DeleteAllSessionsForDidRequest { did: did.clone() }),
-        )
+        .delete_all_sessions_for_did(Caller::new(5).request(DeleteAllSessionsForDidRequest {
+            did: did.clone(),
+            ..Default::default()
+        }))
         .await
         .expect("delete all");
     let not_found = client
@@ -456,9 +457,10 @@ async fn revocations_carry_their_reason_and_count_on_the_rpc_span() {
         .expect("logout");
     client.create_session(create(19)).await.expect("create");
     client
-        .delete_all_sessions_for_did(
-            Caller::new(20).request(DeleteAllSessionsForDidRequest { did: did.clone() }),
-        )
+        .delete_all_sessions_for_did(Caller::new(20).request(DeleteAllSessionsForDidRequest {
+            did: did.clone(),
+            ..Default::default()
+        }))
         .await
         .expect("delete all");
 

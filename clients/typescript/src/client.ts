@@ -6,9 +6,10 @@ import type * as http2 from "node:http2";
 import { ValidationBatcher } from "./batch.js";
 import { sha256Hex, ValidationCache, type ValidationCacheState } from "./cache.js";
 import { toSession, type ClientInfo, type Session, type SessionWithToken } from "./convert.js";
-import { closedMessage, codeOf, toSessionServiceError } from "./errors.js";
+import { closedMessage, codeOf, SessionServiceInvalidArgumentError, toSessionServiceError } from "./errors.js";
 import { RevocationFeed } from "./feed.js";
 import {
+  AccountStatus,
   ClientInfoSchema,
   RefreshSessionRequestSchema,
   SessionService,
@@ -28,6 +29,26 @@ export interface RefreshOptions {
   /** The device refreshing (User-Agent, client IP); replaces the stored one. */
   client?: Partial<ClientInfo>;
 }
+
+/**
+ * Why every session of an account ends: the `status` of an AT Protocol `#account` event
+ * (`active: false`) that ends an account's sessions. Counted by the service under
+ * `account-<status>` in `barazo_session_revocations_total{reason}`.
+ */
+export type AccountStatusName = "deleted" | "takendown" | "deactivated" | "suspended";
+
+/** Options of `deleteAllSessionsForDid`. */
+export interface DeleteAllOptions {
+  /** Why (the `#account` event's `status`); omitted: counted as `all-for-did`. */
+  reason?: AccountStatusName;
+}
+
+const accountStatuses: Record<AccountStatusName, AccountStatus> = {
+  deleted: AccountStatus.ACCOUNT_DELETED,
+  takendown: AccountStatus.ACCOUNT_TAKENDOWN,
+  deactivated: AccountStatus.ACCOUNT_DEACTIVATED,
+  suspended: AccountStatus.ACCOUNT_SUSPENDED,
+};
 
 /**
  * The session service, shaped like the AppView's `SessionService`. Every method throws
@@ -52,8 +73,13 @@ export interface SessionClient {
   refreshSession(refreshToken: string, options?: RefreshOptions): Promise<SessionWithToken | undefined>;
   /** Logout: revokes the session; `false` when there was none. Idempotent. */
   deleteSession(refreshToken: string): Promise<boolean>;
-  /** Account deletion or takedown: revokes every session of the DID; how many there were. */
-  deleteAllSessionsForDid(did: string): Promise<number>;
+  /**
+   * Account deletion, takedown, deactivation or suspension: revokes every session of the
+   * DID; how many there were. `reason` is the `#account` event's `status`; a status this
+   * client does not know throws `SessionServiceInvalidArgumentError` (field `reason`)
+   * without a call.
+   */
+  deleteAllSessionsForDid(did: string, options?: DeleteAllOptions): Promise<number>;
   /** The DID's live sessions, most recently refreshed first ("your sessions" page). */
   listSessions(did: string): Promise<Session[]>;
   /** "Log out that device": revokes the DID's session with this `sessionKey`; `false` when none. */
@@ -373,9 +399,20 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
       }));
     },
 
-    async deleteAllSessionsForDid(did) {
+    async deleteAllSessionsForDid(did, options) {
+      const name = options?.reason;
+      let reason = AccountStatus.ACCOUNT_STATUS_UNSPECIFIED;
+      if (name !== undefined) {
+        if (!Object.hasOwn(accountStatuses, name)) {
+          throw new SessionServiceInvalidArgumentError(
+            "deleteAllSessionsForDid",
+            `reason is not one this client knows: ${String(name)}`,
+          );
+        }
+        reason = accountStatuses[name];
+      }
       return after(() => forget.did(did), call("deleteAllSessionsForDid", async (timeoutMs) => {
-        return (await grpc.deleteAllSessionsForDid({ did }, { timeoutMs })).deletedCount;
+        return (await grpc.deleteAllSessionsForDid({ did, reason }, { timeoutMs })).deletedCount;
       }));
     },
 

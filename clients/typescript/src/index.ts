@@ -1,6 +1,6 @@
 // @barazo/session-client: a typed client of the Barazo session authority.
 export { createSessionClient } from "./client.js";
-export type { RefreshOptions, SessionClient } from "./client.js";
+export type { AccountStatusName, DeleteAllOptions, RefreshOptions, SessionClient } from "./client.js";
 export type { ValidationCacheEvent, ValidationCacheOptions, ValidationCacheState } from "./cache.js";
 export type { ClientInfo, Session, SessionWithToken } from "./convert.js";
 export {

@@ -3,14 +3,14 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import { createSessionClient, SessionServiceInvalidArgumentError } from "../dist/index.js";
-import { startStack, uniqueDid } from "./support.js";
+import { metrics, sample, startStack, uniqueDid } from "./support.js";
 
 const hex64 = /^[0-9a-f]{64}$/;
 let stack;
 let client;
 
 before(async () => {
-  stack = await startStack();
+  stack = await startStack({ args: ["--metrics-listen", "127.0.0.1:0"] });
   client = createSessionClient({ address: stack.server.addr });
 });
 after(async () => {
@@ -109,6 +109,19 @@ describe("the session lifecycle", () => {
     assert.ok(await client.validateAccessToken(other.accessToken), "another DID's session stays");
   });
 
+  test("deleteAllSessionsForDid counts an #account status under its reason", async () => {
+    for (const reason of ["deleted", "takendown", "deactivated", "suspended"]) {
+      const did = uniqueDid();
+      await Promise.all([1, 2].map(() => client.createSession(did, "alice.test")));
+      const counted = async () =>
+        sample(await metrics(stack.server), "barazo_session_revocations_total", { reason: `account-${reason}` }) || 0;
+      const before = await counted();
+      assert.equal(await client.deleteAllSessionsForDid(did, { reason }), 2, reason);
+      assert.equal(await counted(), before + 2, reason);
+      assert.deepEqual(await client.listSessions(did), [], reason);
+    }
+  });
+
   test("listSessions, revokeSession and revokeOtherSessions back the 'your sessions' page", async () => {
     const did = uniqueDid();
     const laptop = await client.createSession(did, "alice.test", { userAgent: "laptop", ipAddress: "" });
@@ -151,6 +164,11 @@ describe("INVALID_ARGUMENT is a typed error naming the field", () => {
       "client.ip_address",
     ],
     ["deleteAllSessionsForDid with a bad DID", () => client.deleteAllSessionsForDid("DID:x"), "did"],
+    [
+      "deleteAllSessionsForDid with a status that ends no session",
+      () => client.deleteAllSessionsForDid(uniqueDid(), { reason: "throttled" }),
+      "reason",
+    ],
     ["listSessions with a bad DID", () => client.listSessions("nope"), "did"],
     ["revokeSession with a bad session key", () => client.revokeSession(uniqueDid(), "short"), "session_key"],
   ];

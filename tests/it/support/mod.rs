@@ -350,10 +350,25 @@ impl TestApp {
     }
 
     /// Deletes every session of a DID, returning how many existed.
+    /// `DeleteAllSessionsForDid` with an account status (`AccountStatus` as its number).
+    pub async fn delete_all_because(&self, did: &str, reason: i32) -> Result<u32, tonic::Status> {
+        self.client
+            .clone()
+            .delete_all_sessions_for_did(DeleteAllSessionsForDidRequest {
+                did: did.into(),
+                reason,
+            })
+            .await
+            .map(|r| r.into_inner().deleted_count)
+    }
+
     pub async fn delete_all(&self, did: &str) -> Result<u32, tonic::Status> {
         self.client
             .clone()
-            .delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did: did.into() })
+            .delete_all_sessions_for_did(DeleteAllSessionsForDidRequest {
+                did: did.into(),
+                ..Default::default()
+            })
             .await
             .map(|r| r.into_inner().deleted_count)
     }

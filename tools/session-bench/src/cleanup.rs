@@ -51,7 +51,10 @@ impl Dids {
 async fn delete(client: &mut Client, did: &str) -> Result<u64, tonic::Status> {
     let mut attempt = 1;
     loop {
-        let mut request = tonic::Request::new(DeleteAllSessionsForDidRequest { did: did.into() });
+        let mut request = tonic::Request::new(DeleteAllSessionsForDidRequest {
+            did: did.into(),
+            ..Default::default()
+        });
         request.set_timeout(CALL_TIMEOUT);
         match client.delete_all_sessions_for_did(request).await {
             Ok(answer) => return Ok(answer.into_inner().deleted_count.into()),

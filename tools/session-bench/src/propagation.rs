@@ -148,8 +148,11 @@ pub async fn run(
     for task in load {
         load_calls += task.await.unwrap_or(0);
     }
-    on_a.delete_all_sessions_for_did(DeleteAllSessionsForDidRequest { did: load_did })
-        .await?;
+    on_a.delete_all_sessions_for_did(DeleteAllSessionsForDidRequest {
+        did: load_did,
+        ..Default::default()
+    })
+    .await?;
     took.sort();
     events.sort();
     let at = |took: &[Duration], q: f64| {
