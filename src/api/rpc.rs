@@ -74,6 +74,8 @@ rpcs! {
         RevokeOtherSessions,
         /// Callers that cache validations: what to drop, as it happens.
         WatchRevocations,
+        /// The firehose's `#identity` event: a DID's sessions take its new handle.
+        UpdateHandle,
     }
     "envoy.service.auth.v3.Authorization" => {
         /// A gateway's ext_authz question: may this HTTP request through, as whom.

@@ -24,9 +24,9 @@ use crate::proto::{
     DeleteAllSessionsForDidRequest, DeleteAllSessionsForDidResponse, DeleteSessionRequest,
     DeleteSessionResponse, ListSessionsRequest, ListSessionsResponse, RefreshSessionRequest,
     RefreshSessionResponse, RevokeOtherSessionsRequest, RevokeOtherSessionsResponse,
-    RevokeSessionRequest, RevokeSessionResponse, Session, ValidateAccessTokenRequest,
-    ValidateAccessTokenResponse, ValidateAccessTokensRequest, ValidateAccessTokensResponse,
-    WatchRevocationsRequest,
+    RevokeSessionRequest, RevokeSessionResponse, Session, UpdateHandleRequest,
+    UpdateHandleResponse, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
+    ValidateAccessTokensRequest, ValidateAccessTokensResponse, WatchRevocationsRequest,
 };
 use crate::store::{ByRefresh, Refresh, SessionStore};
 
@@ -286,6 +286,17 @@ impl<S: SessionStore> SessionApi<S> {
         Ok(DeleteAllSessionsForDidResponse { deleted_count })
     }
 
+    async fn update_handle(
+        &self,
+        req: UpdateHandleRequest,
+    ) -> Result<UpdateHandleResponse, RequestError> {
+        validate_did(&req.did)?;
+        validate_handle(&req.handle)?;
+        record_did(&req.did);
+        let updated_count = self.store.update_handle(&req.did, &req.handle).await?;
+        Ok(UpdateHandleResponse { updated_count })
+    }
+
     async fn list(&self, req: ListSessionsRequest) -> Result<ListSessionsResponse, RequestError> {
         validate_did(&req.did)?;
         record_did(&req.did);
@@ -483,6 +494,15 @@ impl SpanFacts for RevokeOtherSessionsResponse {
     }
 }
 
+impl SpanFacts for UpdateHandleResponse {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        vec![opentelemetry::KeyValue::new(
+            "session.updated_count",
+            i64::from(self.updated_count),
+        )]
+    }
+}
+
 fn timestamp(epoch_ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: epoch_ms.div_euclid(1000),
@@ -541,6 +561,7 @@ session_service! {
     revoke_session(RevokeSessionRequest) -> RevokeSessionResponse: RevokeSession => revoke;
     revoke_other_sessions(RevokeOtherSessionsRequest) -> RevokeOtherSessionsResponse:
         RevokeOtherSessions => revoke_others;
+    update_handle(UpdateHandleRequest) -> UpdateHandleResponse: UpdateHandle => update_handle;
 }
 
 #[cfg(test)]

@@ -507,6 +507,9 @@ mod tests {
         async fn list_for_did(&self, _: &str) -> Result<Vec<SessionRecord>, StoreError> {
             std::future::pending().await
         }
+        async fn update_handle(&self, _: &str, _: &str) -> Result<u32, StoreError> {
+            std::future::pending().await
+        }
         async fn revoke_in_did(&self, _: &str, _: &str) -> Result<bool, StoreError> {
             std::future::pending().await
         }

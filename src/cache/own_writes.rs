@@ -155,6 +155,18 @@ impl<S: SessionStore> SessionStore for OwnWrites<S> {
         .await
     }
 
+    async fn update_handle(&self, did: &str, handle: &str) -> Result<u32, StoreError> {
+        // The sessions are not named here; handle changes are rare next to validations.
+        self.write(self.inner.update_handle(did, handle), |&count| {
+            if count == 0 {
+                Touched::Nothing
+            } else {
+                Touched::Unknown
+            }
+        })
+        .await
+    }
+
     async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {
         self.inner.list_for_did(did).await
     }

@@ -135,6 +135,16 @@ impl SessionRecord {
         self.refreshed_at.unwrap_or(self.created_at)
     }
 
+    /// Gives this record `handle` if it is a session of `did`, and whether it is; whether
+    /// it changed is the caller's to see. The rule of `session_json.lua`'s `rename`.
+    pub fn rename(&mut self, did: &str, handle: &str) -> bool {
+        if self.did != did {
+            return false;
+        }
+        handle.clone_into(&mut self.handle);
+        true
+    }
+
     /// Parses stored JSON. Any shape other than the six fields with the right types fails:
     /// the caller treats that session as invalid (fail closed). The Valkey stores read a
     /// record with it through `store::valkey::parse_record`, whose Lua twin is

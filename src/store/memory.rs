@@ -348,6 +348,25 @@ impl SessionStore for MemoryStore {
             .collect())
     }
 
+    async fn update_handle(&self, did: &str, handle: &str) -> Result<u32, StoreError> {
+        let now = Instant::now();
+        let mut ks = self.lock();
+        let Some(index) = ks.dids.get(did).filter(|e| e.live(now)) else {
+            return Ok(0);
+        };
+        let sids: Vec<String> = index.value.iter().cloned().collect();
+        let mut updated = 0u32;
+        for sid in sids {
+            // In place: the entry keeps its expiry.
+            if let Some(entry) = ks.data.get_mut(&sid).filter(|e| e.live(now))
+                && entry.value.rename(did, handle)
+            {
+                updated = updated.saturating_add(1);
+            }
+        }
+        Ok(updated)
+    }
+
     async fn revoke_in_did(&self, did: &str, sid: &str) -> Result<bool, StoreError> {
         let now = Instant::now();
         let mut ks = self.lock();

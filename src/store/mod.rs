@@ -299,6 +299,15 @@ pub trait SessionStore: Send + Sync + 'static {
     fn delete_all_for_did(&self, did: &str)
     -> impl Future<Output = Result<u32, StoreError>> + Send;
 
+    /// Gives every live, readable session in a DID's index whose record names that DID the
+    /// handle `handle`, each in one atomic step that keeps the rest of the record and its
+    /// TTL (one already carrying it is not rewritten). How many carry it now.
+    fn update_handle(
+        &self,
+        did: &str,
+        handle: &str,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+
     /// The live sessions in a DID's index whose record names that DID, in no particular
     /// order. Unreadable records are left out.
     fn list_for_did(

@@ -40,6 +40,8 @@ macro_rules! for_each_store {
 }
 
 for_each_store!(
+    a_handle_change_reaches_every_live_session_of_the_did,
+    a_handle_change_races_refreshes_and_revocations,
     create_then_validate_returns_the_session,
     create_refuses_bad_dids_and_handles_naming_the_field,
     malformed_and_unknown_tokens_are_invalid,
@@ -321,6 +323,139 @@ async fn delete_revokes_and_is_idempotent(store: Backend) {
         app.validate(&other.access_token).await.valid,
         "others untouched"
     );
+}
+
+/// The handle a token's validation answers with.
+async fn handle_of(app: &TestApp, token: &str) -> String {
+    let answer = app.validate(token).await;
+    assert!(answer.valid, "the token is valid");
+    answer.session.expect("a session").handle
+}
+
+async fn a_handle_change_reaches_every_live_session_of_the_did(store: Backend) {
+    let app = TestApp::spawn(store).await;
+    let did = unique_did();
+    let sessions: Vec<_> = [0, 1, 2]
+        .map(|_| app.create(&did, "alice.test"))
+        .into_iter()
+        .collect();
+    let mut sessions = futures_util::future::join_all(sessions).await;
+    // A second tab's token of the first session, and a session that ends before the change.
+    let tab = app
+        .refresh(&sessions[0].refresh_token)
+        .await
+        .expect("refresh");
+    let ended = sessions.pop().expect("three");
+    assert!(app.delete(&ended.refresh_token).await.expect("logout"));
+    let bystander = app.create(&unique_did(), "bob.test").await;
+    // Answers cached (in the Valkey modes) before the change.
+    for token in [
+        &sessions[0].access_token,
+        &tab.access_token,
+        &sessions[1].access_token,
+    ] {
+        assert_eq!(handle_of(&app, token).await, "alice.test");
+    }
+
+    assert_eq!(
+        app.update_handle(&did, "alice.example.com")
+            .await
+            .expect("update"),
+        2
+    );
+    for token in [
+        &sessions[0].access_token,
+        &tab.access_token,
+        &sessions[1].access_token,
+    ] {
+        assert_eq!(handle_of(&app, token).await, "alice.example.com", "at once");
+    }
+    assert!(
+        !app.validate(&ended.access_token).await.valid,
+        "not brought back"
+    );
+    assert_eq!(handle_of(&app, &bystander.access_token).await, "bob.test");
+    // A refresh keeps it; the listing shows it.
+    let refreshed = app
+        .refresh(&sessions[1].refresh_token)
+        .await
+        .expect("refresh");
+    assert_eq!(
+        refreshed.session.expect("a session").handle,
+        "alice.example.com"
+    );
+    let listed = list(&app, &did).await.expect("list");
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|s| s.handle == "alice.example.com"));
+    // Again: the same count, nothing else changes.
+    assert_eq!(
+        app.update_handle(&did, "alice.example.com")
+            .await
+            .expect("again"),
+        2
+    );
+    assert_eq!(
+        app.update_handle(&unique_did(), "carol.test")
+            .await
+            .expect("none"),
+        0
+    );
+    for (did, handle, field) in [
+        ("not a did", "alice.test", "did"),
+        (did.as_str(), "-bad-", "handle"),
+        (did.as_str(), "", "handle"),
+    ] {
+        let refused = app.update_handle(did, handle).await.expect_err("refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{did} {handle}");
+        assert!(
+            refused.message().starts_with(field),
+            "{}",
+            refused.message()
+        );
+    }
+    assert_eq!(
+        handle_of(&app, &tab.access_token).await,
+        "alice.example.com"
+    );
+}
+
+/// Handle changes racing refreshes of one session (tabs) and a logout: every refresh keeps
+/// the session whole, the last change wins everywhere, the logged-out session stays out.
+async fn a_handle_change_races_refreshes_and_revocations(store: Backend) {
+    let app = TestApp::spawn(store).await;
+    let did = unique_did();
+    let kept = app.create(&did, "alice.test").await;
+    let ended = app.create(&did, "alice.test").await;
+    let refreshes = (0..10).map(|_| app.refresh(&kept.refresh_token));
+    let renames =
+        (0..5).map(|n| app.update_handle(&did, if n % 2 == 0 { "one.test" } else { "two.test" }));
+    let (refreshed, renamed, logout) = tokio::join!(
+        futures_util::future::join_all(refreshes),
+        futures_util::future::join_all(renames),
+        app.delete(&ended.refresh_token),
+    );
+    assert!(logout.expect("logout"));
+    let tokens: Vec<String> = refreshed
+        .into_iter()
+        .map(|r| r.expect("refresh").access_token)
+        .collect();
+    for count in renamed {
+        assert!(count.expect("update") <= 2);
+    }
+    assert_eq!(
+        app.update_handle(&did, "final.test").await.expect("update"),
+        1
+    );
+    assert!(!app.validate(&ended.access_token).await.valid);
+    let mut valid = 0;
+    for token in &tokens {
+        let answer = app.validate(token).await;
+        if answer.valid {
+            valid += 1;
+            assert_eq!(answer.session.expect("a session").handle, "final.test");
+        }
+    }
+    assert!(valid >= 1, "the newest tabs' tokens stay valid");
 }
 
 async fn delete_all_revokes_every_session_of_one_did_only(store: Backend) {

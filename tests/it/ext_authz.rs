@@ -796,3 +796,31 @@ async fn a_real_envoy_enforces_the_header_contract() {
         "nothing reached the upstream: {body}"
     );
 }
+
+/// After `UpdateHandle`, the next `Check` sets the new handle (the cached answer ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_check_after_a_handle_change_carries_the_new_handle() {
+    let app = TestApp::spawn(StoreKind::Valkey).await;
+    let did = unique_did();
+    let session = app.create(&did, "alice.test").await;
+    let bearer = format!("Bearer {}", session.access_token);
+    let handle = async || {
+        let answer = check(&app, request(&[("authorization", &bearer)]))
+            .await
+            .expect("answers");
+        set_headers(allowed(&answer))
+            .into_iter()
+            .find(|(key, _, _)| key == "x-barazo-handle")
+            .map(|(_, value, _)| value)
+            .expect("a handle header")
+    };
+    assert_eq!(handle().await, "alice.test");
+    assert_eq!(handle().await, "alice.test", "answered again (cached)");
+    assert_eq!(
+        app.update_handle(&did, "alice.example.com")
+            .await
+            .expect("update"),
+        1
+    );
+    assert_eq!(handle().await, "alice.example.com");
+}

@@ -1021,3 +1021,106 @@ async fn a_session_that_is_not_utf8_is_unreadable_not_an_outage(backend: Backend
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
 }
+
+/// A handle change while a refresh is held between its steps keeps the new handle (the
+/// refresh rewrites the data as it is when its own script runs), one while a logout is
+/// held does not bring the session back, and one while a create is held (data written, not
+/// yet indexed) leaves that login's handle: the login and the change raced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_change_between_the_steps_of_a_refresh_a_logout_or_a_create() {
+    let cluster = ValkeyCluster::start().await;
+    let handle_of = async |store: &Arc<ValkeyClusterStore>, access: &str| {
+        let hash = sha256_hex(access);
+        store
+            .find_by_access_hash(&hash)
+            .await
+            .expect("store answers")
+            .map(|found| found.record.handle)
+    };
+    for step in [Step::RefreshRead, Step::RefreshDataWritten] {
+        let (gate, store) = gated(&cluster, step);
+        let did = unique_did();
+        let (record, _) = session(&did);
+        store.create(&record, LIFETIMES).await.expect("create");
+        let new_access = Token::generate().expect("random").into_string();
+        let refresh = held_at(
+            &gate,
+            refresh_session_id(
+                store.clone(),
+                record.sid.clone(),
+                new_access.clone(),
+                LIFETIMES,
+            ),
+        )
+        .await;
+        assert_eq!(
+            store.update_handle(&did, "new.test").await.expect("update"),
+            1
+        );
+        gate.release();
+        refresh.await.expect("task").expect("refresh answers");
+        assert_eq!(
+            handle_of(&store, &new_access).await.as_deref(),
+            Some("new.test"),
+            "{step:?}"
+        );
+    }
+
+    let (gate, store) = gated(&cluster, Step::DeleteRead);
+    let did = unique_did();
+    let (record, access) = session(&did);
+    store.create(&record, LIFETIMES).await.expect("create");
+    let presented = Presented::parse(&record.sid).expect("a sid");
+    let logout = {
+        let store = store.clone();
+        held_at(&gate, async move {
+            store.delete(&presented, Duration::ZERO).await.map(|_| ())
+        })
+        .await
+    };
+    assert_eq!(
+        store.update_handle(&did, "new.test").await.expect("update"),
+        1
+    );
+    gate.release();
+    logout.await.expect("task").expect("logout answers");
+    assert!(!validates(&store, &access).await, "the logout wins");
+    assert_eq!(
+        store
+            .update_handle(&did, "newer.test")
+            .await
+            .expect("update"),
+        0
+    );
+
+    let (gate, store) = gated(&cluster, Step::CreateDataWritten);
+    let did = unique_did();
+    let (record, access) = session(&did);
+    let create = {
+        let (store, record) = (store.clone(), record.clone());
+        held_at(&gate, async move {
+            store.create(&record, LIFETIMES).await.map(|_| ())
+        })
+        .await
+    };
+    assert_eq!(
+        store.update_handle(&did, "new.test").await.expect("update"),
+        0
+    );
+    gate.release();
+    create.await.expect("task").expect("create answers");
+    assert_eq!(
+        handle_of(&store, &access).await.as_deref(),
+        Some("alice.test"),
+        "the login's own handle"
+    );
+    assert_eq!(
+        store.update_handle(&did, "new.test").await.expect("update"),
+        1
+    );
+    assert_eq!(
+        handle_of(&store, &access).await.as_deref(),
+        Some("new.test")
+    );
+    assert_every_cluster_key_expires(&cluster).await;
+}

@@ -22,7 +22,7 @@ use barazo_session::domain::{Lifetimes, TokenRules};
 use barazo_session::observe::metrics::Metrics;
 use barazo_session::store::memory::MemoryStore;
 use barazo_session::store::valkey::args::{
-    Arg, CreateArgs, DeleteArgs, PresentedArgs, RefreshArgs, ScriptArgs,
+    Arg, CreateArgs, DeleteArgs, HandleArgs, PresentedArgs, RefreshArgs, ScriptArgs,
 };
 use barazo_session::store::valkey::{
     PRELUDE, ValkeyClusterStore, ValkeyOptions, ValkeyStore, parse_record,
@@ -385,7 +385,7 @@ if rule == 'readable' then
   return {'ok', record_json(s)}
 elseif rule == 'args' then
   local readers = {presented = presented_args, refresh = refresh_args, delete = delete_args,
-    create = create_args}
+    create = create_args, handle = handle_args}
   return cjson.encode(readers[KEYS[2]]())
 elseif rule == 'cap' then
   local live = {}
@@ -411,6 +411,9 @@ elseif rule == 'rotate' then
   local new_family = rotate(s, ARGV[1], {nonce = ARGV[2], hash = ARGV[3], family = ARGV[4]},
     now, tonumber(ARGV[5]))
   return {record_json(s), new_family and 'new family' or 'same family'}
+elseif rule == 'rename' then
+  local renamed = rename(s, ARGV[1], ARGV[2])
+  return {record_json(s), renamed and 'renamed' or 'not its DID'}
 elseif rule == 'refresh' then
   local outcome, session_ttl, access_ttl, removed = refresh_record(s, refresh_args(), now)
   if outcome ~= 'ok' then return {outcome} end
@@ -889,6 +892,17 @@ async fn script_arguments_are_read_by_the_names_rust_pushes() {
             .named(),
         ),
         (
+            "HandleArgs",
+            "handle",
+            HandleArgs {
+                prefix: keys.prefix(),
+                did: "did:plc:owner",
+                handle: "owner.example.com",
+                sid: "a-sid",
+            }
+            .named(),
+        ),
+        (
             "CreateArgs",
             "create",
             CreateArgs {
@@ -1064,6 +1078,7 @@ async fn the_session_rules_agree_everywhere() {
     rotations(&lua, &mut stores, &mut report).await;
     lifetimes(&lua, &mut stores, &mut report).await;
     caps(&lua, &mut stores, &mut report).await;
+    renames(&lua, &mut report).await;
     report.assert_empty("the session rules");
 }
 
@@ -1379,6 +1394,44 @@ async fn roles(lua: &Lua, stores: &mut Stores, report: &mut Report) {
                 .await)
             .expect("cleaned up");
         }
+    }
+}
+
+/// A handle change (`rename`): a session of the DID takes the handle, another DID's is left
+/// as it is; Lua writes what Rust writes. (The stores run it in `behaviour.rs` and
+/// `storage.rs`.)
+async fn renames(lua: &Lua, report: &mut Report) {
+    for (name, did, renamed) in [
+        ("rename: its DID", "did:plc:parity", true),
+        ("rename: another DID", "did:plc:someone-else", false),
+    ] {
+        let sid = sid_for(name);
+        let record = SessionRecord {
+            sid: sid.clone(),
+            did: "did:plc:parity".into(),
+            handle: "old.test".into(),
+            access_token_hash: hash(name, "access"),
+            access_token_expires_at: T0 + 60_000,
+            created_at: T0 - 1_000,
+            refreshed_at: Some(T0 - 500),
+            ..SessionRecord::default()
+        };
+        let mut rust = record.clone();
+        let rust_renamed = rust.rename(did, "new.example.com");
+        report.check(name, "Rust renames", rust_renamed, renamed);
+        let (json, outcome): (String, String) = lua
+            .call(
+                "rename",
+                record.to_json().as_bytes(),
+                &sid,
+                T0,
+                &|invocation| {
+                    invocation.arg(did).arg("new.example.com");
+                },
+            )
+            .await;
+        report.check(name, "Lua writes what Rust writes", json, rust.to_json());
+        report.check(name, "Lua renames", outcome == "renamed", rust_renamed);
     }
 }
 

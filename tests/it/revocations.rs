@@ -209,3 +209,50 @@ async fn stores_without_a_feed_refuse_the_stream() {
     let refused = watch(&app).await.expect_err("no feed");
     assert_eq!(refused.code(), Code::FailedPrecondition);
 }
+
+store_tests!(a_handle_change_is_an_event_per_session_and_reaches_every_replica on valkey, cluster);
+
+/// `UpdateHandle` on A: a `session_key` event per session of the DID on B's stream, and B's
+/// cached answers show the new handle within a second.
+async fn a_handle_change_is_an_event_per_session_and_reaches_every_replica(backend: Backend) {
+    let a = TestApp::spawn_with(backend, &["--metrics-listen", "127.0.0.1:0"]).await;
+    let b = match backend {
+        Backend::Cluster => crate::cluster_cache::replica(&a).await,
+        _ => crate::cache::replica(a.valkey()).await,
+    };
+    let did = unique_did();
+    let first = a.create(&did, "alice.test").await;
+    let second = a.create(&did, "alice.test").await;
+    for session in [&first, &second] {
+        crate::cache::cache(&b, &session.access_token).await;
+    }
+    let mut stream = live_stream(&b).await;
+    assert_eq!(next(&mut stream).await, reset());
+
+    let changed = std::time::Instant::now();
+    assert_eq!(
+        a.update_handle(&did, "alice.example.com")
+            .await
+            .expect("update"),
+        2
+    );
+    for session in [&first, &second] {
+        expect(
+            &mut stream,
+            Event::SessionKey(sha256_hex(&session.refresh_token)),
+        )
+        .await;
+        crate::cache::eventually("B answers with the new handle", || async {
+            b.validate(&session.access_token)
+                .await
+                .session
+                .is_some_and(|s| s.handle == "alice.example.com")
+        })
+        .await;
+    }
+    assert!(
+        changed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        changed.elapsed()
+    );
+}

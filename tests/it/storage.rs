@@ -847,6 +847,61 @@ async fn capped_by_creation_time(app: &TestApp, conn: &mut impl redis::aio::Conn
     );
 }
 
+store_tests!(typescript_sessions_take_a_new_handle_and_keep_the_rest on valkey, cluster);
+
+/// A session the TypeScript AppView wrote takes the new handle: its six fields, in its
+/// order, byte for byte otherwise, and its TTL kept; it still validates, with the handle.
+async fn typescript_sessions_take_a_new_handle_and_keep_the_rest(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    match &app.cluster {
+        Some(cluster) => renamed_keeping_the_rest(&app, &mut cluster.connection().await).await,
+        None => renamed_keeping_the_rest(&app, &mut app.valkey().client().await).await,
+    }
+}
+
+async fn renamed_keeping_the_rest(app: &TestApp, conn: &mut impl redis::aio::ConnectionLike) {
+    let did = unique_did();
+    let (sid, access) = (ts_token(60), ts_token(61));
+    let json = write_typescript_session(conn, &sid, &access, &did).await;
+    let data = format!("{PREFIX}data:{sid}");
+    let ttl_before: i64 = redis::cmd("PTTL")
+        .arg(&data)
+        .query_async(conn)
+        .await
+        .expect("PTTL");
+
+    assert_eq!(
+        app.update_handle(&did, "carol.example.com")
+            .await
+            .expect("update"),
+        1
+    );
+    let stored: String = redis::cmd("GET")
+        .arg(&data)
+        .query_async(conn)
+        .await
+        .expect("GET");
+    assert_eq!(
+        stored,
+        json.replace(
+            r#""handle":"carol.test""#,
+            r#""handle":"carol.example.com""#
+        )
+    );
+    let ttl_after: i64 = redis::cmd("PTTL")
+        .arg(&data)
+        .query_async(conn)
+        .await
+        .expect("PTTL");
+    assert!(
+        ttl_after <= ttl_before && ttl_after > ttl_before - 60_000,
+        "the TTL is kept: {ttl_before} ms, then {ttl_after} ms"
+    );
+    let answer = app.validate(&access).await;
+    assert!(answer.valid);
+    assert_eq!(answer.session.expect("session").handle, "carol.example.com");
+}
+
 store_tests!(typescript_sessions_are_capped_by_their_creation_time on valkey, cluster);
 
 async fn typescript_sessions_are_capped_by_their_creation_time(backend: Backend) {

@@ -80,6 +80,11 @@ export interface SessionClient {
    * without a call.
    */
   deleteAllSessionsForDid(did: string, options?: DeleteAllOptions): Promise<number>;
+  /**
+   * A handle change (the firehose's `#identity` event): every live session of the DID takes
+   * `handle`; how many carry it now (0 for a DID without sessions).
+   */
+  updateHandle(did: string, handle: string): Promise<number>;
   /** The DID's live sessions, most recently refreshed first ("your sessions" page). */
   listSessions(did: string): Promise<Session[]>;
   /** "Log out that device": revokes the DID's session with this `sessionKey`; `false` when none. */
@@ -413,6 +418,12 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
       }
       return after(() => forget.did(did), call("deleteAllSessionsForDid", async (timeoutMs) => {
         return (await grpc.deleteAllSessionsForDid({ did, reason }, { timeoutMs })).deletedCount;
+      }));
+    },
+
+    async updateHandle(did, handle) {
+      return after(() => forget.did(did), call("updateHandle", async (timeoutMs) => {
+        return (await grpc.updateHandle({ did, handle }, { timeoutMs })).updatedCount;
       }));
     },
 

@@ -12,7 +12,8 @@ export type SessionRpc =
   | "deleteAllSessionsForDid"
   | "listSessions"
   | "revokeSession"
-  | "revokeOtherSessions";
+  | "revokeOtherSessions"
+  | "updateHandle";
 
 /** TLS to the service. PEM contents (not paths), as strings or buffers. */
 export interface TlsOptions {
@@ -120,6 +121,7 @@ export const defaultTimeoutMs: Record<SessionRpc, number> = {
   listSessions: 2000,
   revokeSession: 2000,
   revokeOtherSessions: 2000,
+  updateHandle: 2000,
 };
 
 /**
@@ -138,4 +140,6 @@ export const retrySafe: Record<SessionRpc, boolean> = {
   listSessions: true,
   revokeSession: true,
   revokeOtherSessions: true,
+  // Idempotent: the same handle again renames nothing more.
+  updateHandle: true,
 };

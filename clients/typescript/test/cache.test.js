@@ -150,6 +150,17 @@ test("revocations made elsewhere end the cached answer as soon as the feed names
     assert.equal(calls(), asked + 1, `${name}: asked the service again`);
   }
 
+  // A handle change (another process's updateHandle) ends the cached answer: the next
+  // validation asks again and answers with the new handle, this client's own at once.
+  const renamed = await settled(log, await other.createSession(uniqueDid(), "alice.test"));
+  assert.equal((await client.validateAccessToken(renamed.accessToken)).handle, "alice.test");
+  const rename = log.next((e) => e.type === "sessionKey" && e.sessionKey === renamed.sessionKey);
+  assert.equal(await other.updateHandle(renamed.did, "alice.example.com"), 1);
+  await rename;
+  assert.equal((await client.validateAccessToken(renamed.accessToken)).handle, "alice.example.com");
+  assert.equal(await client.updateHandle(renamed.did, "alice.example.org"), 1);
+  assert.equal((await client.validateAccessToken(renamed.accessToken)).handle, "alice.example.org", "own, at once");
+
   // Another tab's refresh (no previousAccessToken) changes the session: the entry is dropped,
   // and the token, still valid, is asked again and cached again.
   const session = await settled(log, await other.createSession(uniqueDid(), "alice.test"));

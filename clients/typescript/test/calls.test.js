@@ -122,6 +122,16 @@ describe("the session lifecycle", () => {
     }
   });
 
+  test("updateHandle renames every live session of the DID and counts them", async () => {
+    const did = uniqueDid();
+    const sessions = await Promise.all([1, 2].map(() => client.createSession(did, "alice.test")));
+    assert.equal(await client.updateHandle(did, "alice.example.com"), 2);
+    for (const s of sessions) {
+      assert.equal((await client.validateAccessToken(s.accessToken)).handle, "alice.example.com");
+    }
+    assert.equal(await client.updateHandle(uniqueDid(), "bob.test"), 0, "a DID without sessions");
+  });
+
   test("listSessions, revokeSession and revokeOtherSessions back the 'your sessions' page", async () => {
     const did = uniqueDid();
     const laptop = await client.createSession(did, "alice.test", { userAgent: "laptop", ipAddress: "" });
@@ -164,6 +174,8 @@ describe("INVALID_ARGUMENT is a typed error naming the field", () => {
       "client.ip_address",
     ],
     ["deleteAllSessionsForDid with a bad DID", () => client.deleteAllSessionsForDid("DID:x"), "did"],
+    ["updateHandle with a bad handle", () => client.updateHandle(uniqueDid(), "-bad-"), "handle"],
+    ["updateHandle with a bad DID", () => client.updateHandle("nope", "alice.test"), "did"],
     [
       "deleteAllSessionsForDid with a status that ends no session",
       () => client.deleteAllSessionsForDid(uniqueDid(), { reason: "throttled" }),

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { after, before, describe, test } from "node:test";
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { createSessionClient, proto } from "../dist/index.js";
 import { metrics, sample, startClusterStack, uniqueDid } from "./support.js";
@@ -97,15 +97,28 @@ describe("the validation cache against a three-primary Valkey Cluster", () => {
       abort.abort();
       sessionManager.abort();
     });
-    const log = events();
-    const ended = (async () => {
-      for await (const message of raw.watchRevocations({}, { signal: abort.signal })) {
-        log.push(message.event);
-      }
-      return "ended";
-    })().catch((error) => (abort.signal.aborted ? "aborted" : error));
-
-    const first = await within(Promise.race([log.next(() => true), ended.then((why) => ({ ended: why }))]), 15_000, "a first event");
+    // SERVING comes before the feed on every primary is live: while it is not, the stream is
+    // refused UNAVAILABLE ("retry shortly"), as the README says; retried until it opens.
+    const open = () => {
+      const log = events();
+      const ended = (async () => {
+        for await (const message of raw.watchRevocations({}, { signal: abort.signal })) {
+          log.push(message.event);
+        }
+        return "ended";
+      })().catch((error) => (abort.signal.aborted ? "aborted" : error));
+      return { log, ended };
+    };
+    const deadline = Date.now() + 15_000;
+    let log, first;
+    for (;;) {
+      let ended;
+      ({ log, ended } = open());
+      first = await within(Promise.race([log.next(() => true), ended.then((why) => ({ ended: why }))]), 15_000, "a first event");
+      const refused = first.ended instanceof ConnectError && first.ended.code === Code.Unavailable;
+      if (!refused || Date.now() > deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
     assert.deepEqual(first.ended, undefined, "the stream was open, not refused or ended");
     assert.equal(first.case, "reset", "the first event is reset");
 

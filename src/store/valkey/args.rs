@@ -2,7 +2,7 @@
 //! alike share one), built by both topologies and pushed onto the invocation in one place,
 //! [`ScriptArgs::push`], in the order the prelude's readers take them
 //! (`scripts/session_json.lua`: `presented_args`, `refresh_args`, `delete_args`,
-//! `create_args`), under the names those readers give them ([`ScriptArgs::named`];
+//! `create_args`, `handle_args`), under the names those readers give them ([`ScriptArgs::named`];
 //! `tests/it/parity.rs` checks that each name reads what was pushed for it).
 //!
 //! Keys are not here: each topology declares its own (a cluster script may name one key),
@@ -207,6 +207,31 @@ impl<'a> ScriptArgs<'a> for DeleteArgs<'a> {
         let mut named = self.presented.named();
         named.push(("did", Arg::Text(self.did)));
         named
+    }
+}
+
+/// A handle change: the arguments of `update_handle.lua` (every session of the DID) and
+/// `cluster_update_handle.lua` (one session), read by `handle_args`.
+#[derive(Clone, Copy)]
+pub struct HandleArgs<'a> {
+    /// The key prefix.
+    pub prefix: &'a str,
+    /// The DID whose sessions take the handle.
+    pub did: &'a str,
+    /// The new handle.
+    pub handle: &'a str,
+    /// Cluster mode: the one session to rename; standalone: empty.
+    pub sid: &'a str,
+}
+
+impl<'a> ScriptArgs<'a> for HandleArgs<'a> {
+    fn named(&self) -> Vec<(&'static str, Arg<'a>)> {
+        vec![
+            ("prefix", Arg::Text(self.prefix)),
+            ("did", Arg::Text(self.did)),
+            ("handle", Arg::Text(self.handle)),
+            ("sid", Arg::Text(self.sid)),
+        ]
     }
 }
 

@@ -6,7 +6,7 @@
 //! health-check `PING` per checkout, so each RPC is exactly one round trip. It is created
 //! lazily, so the service starts while Valkey is down and recovers when it returns.
 
-use super::args::{CreateArgs, DeleteArgs, PresentedArgs, RefreshArgs, ScriptArgs};
+use super::args::{CreateArgs, DeleteArgs, HandleArgs, PresentedArgs, RefreshArgs, ScriptArgs};
 use super::identity::{CommandSide, Failures};
 use super::{
     Endpoint, Operation, ValkeyOptions, observe, parse_record, store_error, time_ms, ttl_ms,
@@ -70,6 +70,7 @@ struct Scripts {
     delete_all: LuaScript,
     list: LuaScript,
     revoke_others: LuaScript,
+    update_handle: LuaScript,
 }
 
 impl Scripts {
@@ -82,6 +83,7 @@ impl Scripts {
             delete_all: lua_script!("delete_all"),
             list: lua_script!("list"),
             revoke_others: lua_script!("revoke_others"),
+            update_handle: lua_script!("update_handle"),
         }
     }
 }
@@ -359,6 +361,20 @@ impl SessionStore for ValkeyStore {
         let script = &self.scripts.delete_all;
         let mut invocation = script.script.prepare_invoke();
         invocation.key(self.keys.did(did)).arg(self.keys.prefix());
+        self.invoke(script, &invocation).await
+    }
+
+    async fn update_handle(&self, did: &str, handle: &str) -> Result<u32, StoreError> {
+        let script = &self.scripts.update_handle;
+        let mut invocation = script.script.prepare_invoke();
+        invocation.key(self.keys.did(did));
+        HandleArgs {
+            prefix: self.keys.prefix(),
+            did,
+            handle,
+            sid: "",
+        }
+        .push(&mut invocation);
         self.invoke(script, &invocation).await
     }
 

@@ -350,6 +350,18 @@ impl TestApp {
     }
 
     /// Deletes every session of a DID, returning how many existed.
+    /// `UpdateHandle`: how many sessions of `did` carry `handle` now.
+    pub async fn update_handle(&self, did: &str, handle: &str) -> Result<u32, tonic::Status> {
+        self.client
+            .clone()
+            .update_handle(barazo_session::proto::UpdateHandleRequest {
+                did: did.into(),
+                handle: handle.into(),
+            })
+            .await
+            .map(|r| r.into_inner().updated_count)
+    }
+
     /// `DeleteAllSessionsForDid` with an account status (`AccountStatus` as its number).
     pub async fn delete_all_because(&self, did: &str, reason: i32) -> Result<u32, tonic::Status> {
         self.client

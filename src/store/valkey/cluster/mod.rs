@@ -40,7 +40,8 @@
 //! session revoked; refresh 5 and 1 per token dropped; delete 1 (the read script) and a
 //! revocation, which is 3 and 1 per access token; delete-all 1 and a revocation per
 //! session; list 1 and 1 per member;
-//! revoke-in-DID 5; revoke-others 2 and a revocation per other session (counted with
+//! revoke-in-DID 5; revoke-others 2 and a revocation per other session; update-handle 1 and
+//! 1 per member (counted with
 //! `MONITOR` in `tests/it/cluster.rs`).
 //!
 //! Expiry is judged on the clock of the node holding the session's data (read with it in
@@ -131,6 +132,7 @@ struct ClusterScripts {
     read: redis::Script,
     create_data: redis::Script,
     refresh_data: redis::Script,
+    update_handle: redis::Script,
 }
 
 impl ClusterScripts {
@@ -143,6 +145,7 @@ impl ClusterScripts {
             read: redis::Script::new(include_str!("../scripts/cluster_read.lua")),
             create_data: with_json(include_str!("../scripts/cluster_create_data.lua")),
             refresh_data: with_json(include_str!("../scripts/cluster_refresh_data.lua")),
+            update_handle: with_json(include_str!("../scripts/cluster_update_handle.lua")),
         }
     }
 }
@@ -172,6 +175,7 @@ macro_rules! command {
 mod command_side;
 mod commands;
 mod create;
+mod handle;
 mod health;
 mod refresh;
 mod revoke;
@@ -343,6 +347,12 @@ impl SessionStore for ValkeyClusterStore {
     async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
         let did = did.to_owned();
         self.on_link(|shared, conn| shared.delete_all_for_did(conn, did))
+            .await
+    }
+
+    async fn update_handle(&self, did: &str, handle: &str) -> Result<u32, StoreError> {
+        let (did, handle) = (did.to_owned(), handle.to_owned());
+        self.on_link(|shared, conn| shared.update_handle(conn, did, handle))
             .await
     }
 

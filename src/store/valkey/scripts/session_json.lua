@@ -97,6 +97,13 @@ local function create_args()
   }
 end
 
+-- update_handle.lua and cluster_update_handle.lua. args::HandleArgs.
+local function handle_args()
+  -- The one session to rename (cluster: the session KEYS[1] holds), or '' for every
+  -- session in the DID's index (standalone).
+  return {prefix = ARGV[1], did = ARGV[2], handle = ARGV[3], sid = ARGV[4]}
+end
+
 -- Whether `text` is well-formed UTF-8 (overlong forms and UTF-16 surrogates are not), as
 -- parse_record (store/valkey/mod.rs) requires with std::str::from_utf8 before it parses.
 local function utf8_valid(text)
@@ -680,6 +687,38 @@ local function revoke_session(prefix, sid)
     redis.call('SREM', did_key(prefix, s.did), sid)
   end
   redis.call('DEL', key)
+  return true
+end
+
+-- Gives the readable record `s` the handle `handle` if it is a session of `did`; whether it
+-- is. The rule of SessionRecord::rename.
+local function rename(s, did, handle)
+  if s.did ~= did then
+    return false
+  end
+  s.handle = handle
+  return true
+end
+
+-- Renames the session stored under `key` (its sid `sid`; see rename) in place, its TTL
+-- kept and nothing else changed; not rewritten when it carries the handle already (a write
+-- would end its cached answers for nothing). Whether it is a readable session of `did`.
+local function rename_session(key, sid, did, handle)
+  local raw = redis.call('GET', key)
+  if not raw then
+    return false
+  end
+  local s = record_readable(raw, sid)
+  if not s then
+    return false
+  end
+  local before = s.handle
+  if not rename(s, did, handle) then
+    return false
+  end
+  if before ~= handle then
+    redis.call('SET', key, record_json(s), 'KEEPTTL')
+  end
   return true
 end
 

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file barazo/session/v1/session.proto.
  */
 export const file_barazo_session_v1_session: GenFile = /*@__PURE__*/
-  fileDesc("Ch9iYXJhem8vc2Vzc2lvbi92MS9zZXNzaW9uLnByb3RvEhFiYXJhem8uc2Vzc2lvbi52MSI0CgpDbGllbnRJbmZvEhIKCnVzZXJfYWdlbnQYASABKAkSEgoKaXBfYWRkcmVzcxgCIAEoCSK5AgoHU2Vzc2lvbhILCgNkaWQYASABKAkSDgoGaGFuZGxlGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzZXNzaW9uX2tleRgFIAEoCRIwCgxyZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmNsaWVudBgIIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8iYgoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEg4KBmhhbmRsZRgCIAEoCRItCgZjbGllbnQYAyABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvInEKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhouYmFyYXpvLnNlc3Npb24udjEuU2Vzc2lvbhIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSFQoNcmVmcmVzaF90b2tlbhgDIAEoCSIyChpWYWxpZGF0ZUFjY2Vzc1Rva2VuUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiWQobVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEisKB3Nlc3Npb24YAiABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uIjQKG1ZhbGlkYXRlQWNjZXNzVG9rZW5zUmVxdWVzdBIVCg1hY2Nlc3NfdG9rZW5zGAEgAygJIl8KHFZhbGlkYXRlQWNjZXNzVG9rZW5zUmVzcG9uc2USPwoHcmVzdWx0cxgBIAMoCzIuLmJhcmF6by5zZXNzaW9uLnYxLlZhbGlkYXRlQWNjZXNzVG9rZW5SZXNwb25zZSJ8ChVSZWZyZXNoU2Vzc2lvblJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCRItCgZjbGllbnQYAiABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvEh0KFXByZXZpb3VzX2FjY2Vzc190b2tlbhgDIAEoCSJyChZSZWZyZXNoU2Vzc2lvblJlc3BvbnNlEisKB3Nlc3Npb24YASABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uEhQKDGFjY2Vzc190b2tlbhgCIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAMgASgJIi0KFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiKAoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAgiXwoeRGVsZXRlQWxsU2Vzc2lvbnNGb3JEaWRSZXF1ZXN0EgsKA2RpZBgBIAEoCRIwCgZyZWFzb24YAiABKA4yIC5iYXJhem8uc2Vzc2lvbi52MS5BY2NvdW50U3RhdHVzIjgKH0RlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoDSIiChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EgsKA2RpZBgBIAEoCSJEChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIsCghzZXNzaW9ucxgBIAMoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24iOAoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEhMKC3Nlc3Npb25fa2V5GAIgASgJIigKFVJldm9rZVNlc3Npb25SZXNwb25zZRIPCgdyZXZva2VkGAEgASgIIjMKGlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiNAobUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlEhUKDXJldm9rZWRfY291bnQYASABKA0iGQoXV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QieQoPUmV2b2NhdGlvbkV2ZW50EhsKEWFjY2Vzc190b2tlbl9oYXNoGAEgASgJSAASFQoLc2Vzc2lvbl9rZXkYAiABKAlIABIpCgVyZXNldBgDIAEoCzIYLmJhcmF6by5zZXNzaW9uLnYxLlJlc2V0SABCBwoFZXZlbnQiBwoFUmVzZXQqiwEKDUFjY291bnRTdGF0dXMSHgoaQUNDT1VOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9BQ0NPVU5UX0RFTEVURUQQARIVChFBQ0NPVU5UX1RBS0VORE9XThACEhcKE0FDQ09VTlRfREVBQ1RJVkFURUQQAxIVChFBQ0NPVU5UX1NVU1BFTkRFRBAEMtIICg5TZXNzaW9uU2VydmljZRJiCg1DcmVhdGVTZXNzaW9uEicuYmFyYXpvLnNlc3Npb24udjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaKC5iYXJhem8uc2Vzc2lvbi52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USdAoTVmFsaWRhdGVBY2Nlc3NUb2tlbhItLmJhcmF6by5zZXNzaW9uLnYxLlZhbGlkYXRlQWNjZXNzVG9rZW5SZXF1ZXN0Gi4uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEncKFFZhbGlkYXRlQWNjZXNzVG9rZW5zEi4uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlbnNSZXF1ZXN0Gi8uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlbnNSZXNwb25zZRJlCg5SZWZyZXNoU2Vzc2lvbhIoLmJhcmF6by5zZXNzaW9uLnYxLlJlZnJlc2hTZXNzaW9uUmVxdWVzdBopLmJhcmF6by5zZXNzaW9uLnYxLlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USYgoNRGVsZXRlU2Vzc2lvbhInLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZVNlc3Npb25SZXF1ZXN0GiguYmFyYXpvLnNlc3Npb24udjEuRGVsZXRlU2Vzc2lvblJlc3BvbnNlEoABChdEZWxldGVBbGxTZXNzaW9uc0ZvckRpZBIxLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVxdWVzdBoyLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVzcG9uc2USXwoMTGlzdFNlc3Npb25zEiYuYmFyYXpvLnNlc3Npb24udjEuTGlzdFNlc3Npb25zUmVxdWVzdBonLmJhcmF6by5zZXNzaW9uLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEmIKDVJldm9rZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJ0ChNSZXZva2VPdGhlclNlc3Npb25zEi0uYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlT3RoZXJTZXNzaW9uc1JlcXVlc3QaLi5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VPdGhlclNlc3Npb25zUmVzcG9uc2USZAoQV2F0Y2hSZXZvY2F0aW9ucxIqLmJhcmF6by5zZXNzaW9uLnYxLldhdGNoUmV2b2NhdGlvbnNSZXF1ZXN0GiIuYmFyYXpvLnNlc3Npb24udjEuUmV2b2NhdGlvbkV2ZW50MAFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ch9iYXJhem8vc2Vzc2lvbi92MS9zZXNzaW9uLnByb3RvEhFiYXJhem8uc2Vzc2lvbi52MSI0CgpDbGllbnRJbmZvEhIKCnVzZXJfYWdlbnQYASABKAkSEgoKaXBfYWRkcmVzcxgCIAEoCSK5AgoHU2Vzc2lvbhILCgNkaWQYASABKAkSDgoGaGFuZGxlGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjsKF2FjY2Vzc190b2tlbl9leHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBITCgtzZXNzaW9uX2tleRgFIAEoCRIwCgxyZWZyZXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KBmNsaWVudBgIIAEoCzIdLmJhcmF6by5zZXNzaW9uLnYxLkNsaWVudEluZm8iYgoUQ3JlYXRlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEg4KBmhhbmRsZRgCIAEoCRItCgZjbGllbnQYAyABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvInEKFUNyZWF0ZVNlc3Npb25SZXNwb25zZRIrCgdzZXNzaW9uGAEgASgLMhouYmFyYXpvLnNlc3Npb24udjEuU2Vzc2lvbhIUCgxhY2Nlc3NfdG9rZW4YAiABKAkSFQoNcmVmcmVzaF90b2tlbhgDIAEoCSIyChpWYWxpZGF0ZUFjY2Vzc1Rva2VuUmVxdWVzdBIUCgxhY2Nlc3NfdG9rZW4YASABKAkiWQobVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEisKB3Nlc3Npb24YAiABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uIjQKG1ZhbGlkYXRlQWNjZXNzVG9rZW5zUmVxdWVzdBIVCg1hY2Nlc3NfdG9rZW5zGAEgAygJIl8KHFZhbGlkYXRlQWNjZXNzVG9rZW5zUmVzcG9uc2USPwoHcmVzdWx0cxgBIAMoCzIuLmJhcmF6by5zZXNzaW9uLnYxLlZhbGlkYXRlQWNjZXNzVG9rZW5SZXNwb25zZSJ8ChVSZWZyZXNoU2Vzc2lvblJlcXVlc3QSFQoNcmVmcmVzaF90b2tlbhgBIAEoCRItCgZjbGllbnQYAiABKAsyHS5iYXJhem8uc2Vzc2lvbi52MS5DbGllbnRJbmZvEh0KFXByZXZpb3VzX2FjY2Vzc190b2tlbhgDIAEoCSJyChZSZWZyZXNoU2Vzc2lvblJlc3BvbnNlEisKB3Nlc3Npb24YASABKAsyGi5iYXJhem8uc2Vzc2lvbi52MS5TZXNzaW9uEhQKDGFjY2Vzc190b2tlbhgCIAEoCRIVCg1yZWZyZXNoX3Rva2VuGAMgASgJIi0KFERlbGV0ZVNlc3Npb25SZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiKAoVRGVsZXRlU2Vzc2lvblJlc3BvbnNlEg8KB2RlbGV0ZWQYASABKAgiXwoeRGVsZXRlQWxsU2Vzc2lvbnNGb3JEaWRSZXF1ZXN0EgsKA2RpZBgBIAEoCRIwCgZyZWFzb24YAiABKA4yIC5iYXJhem8uc2Vzc2lvbi52MS5BY2NvdW50U3RhdHVzIjgKH0RlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoDSIiChNMaXN0U2Vzc2lvbnNSZXF1ZXN0EgsKA2RpZBgBIAEoCSJEChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIsCghzZXNzaW9ucxgBIAMoCzIaLmJhcmF6by5zZXNzaW9uLnYxLlNlc3Npb24iOAoUUmV2b2tlU2Vzc2lvblJlcXVlc3QSCwoDZGlkGAEgASgJEhMKC3Nlc3Npb25fa2V5GAIgASgJIigKFVJldm9rZVNlc3Npb25SZXNwb25zZRIPCgdyZXZva2VkGAEgASgIIjMKGlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0EhUKDXJlZnJlc2hfdG9rZW4YASABKAkiNAobUmV2b2tlT3RoZXJTZXNzaW9uc1Jlc3BvbnNlEhUKDXJldm9rZWRfY291bnQYASABKA0iMgoTVXBkYXRlSGFuZGxlUmVxdWVzdBILCgNkaWQYASABKAkSDgoGaGFuZGxlGAIgASgJIi0KFFVwZGF0ZUhhbmRsZVJlc3BvbnNlEhUKDXVwZGF0ZWRfY291bnQYASABKA0iGQoXV2F0Y2hSZXZvY2F0aW9uc1JlcXVlc3QieQoPUmV2b2NhdGlvbkV2ZW50EhsKEWFjY2Vzc190b2tlbl9oYXNoGAEgASgJSAASFQoLc2Vzc2lvbl9rZXkYAiABKAlIABIpCgVyZXNldBgDIAEoCzIYLmJhcmF6by5zZXNzaW9uLnYxLlJlc2V0SABCBwoFZXZlbnQiBwoFUmVzZXQqiwEKDUFjY291bnRTdGF0dXMSHgoaQUNDT1VOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABITCg9BQ0NPVU5UX0RFTEVURUQQARIVChFBQ0NPVU5UX1RBS0VORE9XThACEhcKE0FDQ09VTlRfREVBQ1RJVkFURUQQAxIVChFBQ0NPVU5UX1NVU1BFTkRFRBAEMrMJCg5TZXNzaW9uU2VydmljZRJiCg1DcmVhdGVTZXNzaW9uEicuYmFyYXpvLnNlc3Npb24udjEuQ3JlYXRlU2Vzc2lvblJlcXVlc3QaKC5iYXJhem8uc2Vzc2lvbi52MS5DcmVhdGVTZXNzaW9uUmVzcG9uc2USdAoTVmFsaWRhdGVBY2Nlc3NUb2tlbhItLmJhcmF6by5zZXNzaW9uLnYxLlZhbGlkYXRlQWNjZXNzVG9rZW5SZXF1ZXN0Gi4uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlblJlc3BvbnNlEncKFFZhbGlkYXRlQWNjZXNzVG9rZW5zEi4uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlbnNSZXF1ZXN0Gi8uYmFyYXpvLnNlc3Npb24udjEuVmFsaWRhdGVBY2Nlc3NUb2tlbnNSZXNwb25zZRJlCg5SZWZyZXNoU2Vzc2lvbhIoLmJhcmF6by5zZXNzaW9uLnYxLlJlZnJlc2hTZXNzaW9uUmVxdWVzdBopLmJhcmF6by5zZXNzaW9uLnYxLlJlZnJlc2hTZXNzaW9uUmVzcG9uc2USYgoNRGVsZXRlU2Vzc2lvbhInLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZVNlc3Npb25SZXF1ZXN0GiguYmFyYXpvLnNlc3Npb24udjEuRGVsZXRlU2Vzc2lvblJlc3BvbnNlEoABChdEZWxldGVBbGxTZXNzaW9uc0ZvckRpZBIxLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVxdWVzdBoyLmJhcmF6by5zZXNzaW9uLnYxLkRlbGV0ZUFsbFNlc3Npb25zRm9yRGlkUmVzcG9uc2USXwoMTGlzdFNlc3Npb25zEiYuYmFyYXpvLnNlc3Npb24udjEuTGlzdFNlc3Npb25zUmVxdWVzdBonLmJhcmF6by5zZXNzaW9uLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEmIKDVJldm9rZVNlc3Npb24SJy5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VTZXNzaW9uUmVxdWVzdBooLmJhcmF6by5zZXNzaW9uLnYxLlJldm9rZVNlc3Npb25SZXNwb25zZRJ0ChNSZXZva2VPdGhlclNlc3Npb25zEi0uYmFyYXpvLnNlc3Npb24udjEuUmV2b2tlT3RoZXJTZXNzaW9uc1JlcXVlc3QaLi5iYXJhem8uc2Vzc2lvbi52MS5SZXZva2VPdGhlclNlc3Npb25zUmVzcG9uc2USZAoQV2F0Y2hSZXZvY2F0aW9ucxIqLmJhcmF6by5zZXNzaW9uLnYxLldhdGNoUmV2b2NhdGlvbnNSZXF1ZXN0GiIuYmFyYXpvLnNlc3Npb24udjEuUmV2b2NhdGlvbkV2ZW50MAESXwoMVXBkYXRlSGFuZGxlEiYuYmFyYXpvLnNlc3Npb24udjEuVXBkYXRlSGFuZGxlUmVxdWVzdBonLmJhcmF6by5zZXNzaW9uLnYxLlVwZGF0ZUhhbmRsZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Facts about the device a session was used from, as the AppView saw them. Optional.
@@ -598,6 +598,55 @@ export const RevokeOtherSessionsResponseSchema: GenMessage<RevokeOtherSessionsRe
   messageDesc(file_barazo_session_v1_session, 19);
 
 /**
+ * Input of UpdateHandle.
+ *
+ * @generated from message barazo.session.v1.UpdateHandleRequest
+ */
+export type UpdateHandleRequest = Message<"barazo.session.v1.UpdateHandleRequest"> & {
+  /**
+   * The user whose handle changed.
+   *
+   * @generated from field: string did = 1;
+   */
+  did: string;
+
+  /**
+   * The new handle, checked as at CreateSession.
+   *
+   * @generated from field: string handle = 2;
+   */
+  handle: string;
+};
+
+/**
+ * Describes the message barazo.session.v1.UpdateHandleRequest.
+ * Use `create(UpdateHandleRequestSchema)` to create a new message.
+ */
+export const UpdateHandleRequestSchema: GenMessage<UpdateHandleRequest> = /*@__PURE__*/
+  messageDesc(file_barazo_session_v1_session, 20);
+
+/**
+ * Output of UpdateHandle.
+ *
+ * @generated from message barazo.session.v1.UpdateHandleResponse
+ */
+export type UpdateHandleResponse = Message<"barazo.session.v1.UpdateHandleResponse"> & {
+  /**
+   * How many live sessions of the DID carry the handle now.
+   *
+   * @generated from field: uint32 updated_count = 1;
+   */
+  updatedCount: number;
+};
+
+/**
+ * Describes the message barazo.session.v1.UpdateHandleResponse.
+ * Use `create(UpdateHandleResponseSchema)` to create a new message.
+ */
+export const UpdateHandleResponseSchema: GenMessage<UpdateHandleResponse> = /*@__PURE__*/
+  messageDesc(file_barazo_session_v1_session, 21);
+
+/**
  * Input of WatchRevocations.
  *
  * @generated from message barazo.session.v1.WatchRevocationsRequest
@@ -610,7 +659,7 @@ export type WatchRevocationsRequest = Message<"barazo.session.v1.WatchRevocation
  * Use `create(WatchRevocationsRequestSchema)` to create a new message.
  */
 export const WatchRevocationsRequestSchema: GenMessage<WatchRevocationsRequest> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 20);
+  messageDesc(file_barazo_session_v1_session, 22);
 
 /**
  * One thing a caching caller must drop (see WatchRevocations).
@@ -653,7 +702,7 @@ export type RevocationEvent = Message<"barazo.session.v1.RevocationEvent"> & {
  * Use `create(RevocationEventSchema)` to create a new message.
  */
 export const RevocationEventSchema: GenMessage<RevocationEvent> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 21);
+  messageDesc(file_barazo_session_v1_session, 23);
 
 /**
  * Drop every cached answer.
@@ -668,7 +717,7 @@ export type Reset = Message<"barazo.session.v1.Reset"> & {
  * Use `create(ResetSchema)` to create a new message.
  */
 export const ResetSchema: GenMessage<Reset> = /*@__PURE__*/
-  messageDesc(file_barazo_session_v1_session, 22);
+  messageDesc(file_barazo_session_v1_session, 24);
 
 /**
  * Why an account's sessions all end: its status in an AT Protocol `#account` event.
@@ -847,8 +896,8 @@ export const SessionService: GenService<{
    * event is always `reset`; a `reset` also follows any gap (a consumer too slow to keep up,
    * a flushed Valkey). Events never carry a token or a session id. When the service's own
    * invalidation feed breaks, every stream ends with UNAVAILABLE; while it is down, and in
-   * modes without one (the memory store, Valkey Cluster), the call is answered UNAVAILABLE
-   * or FAILED_PRECONDITION respectively. RESOURCE_EXHAUSTED beyond --max-revocation-streams.
+   * modes without one (the memory store), the call is answered UNAVAILABLE or
+   * FAILED_PRECONDITION respectively. RESOURCE_EXHAUSTED beyond --max-revocation-streams.
    *
    * @generated from rpc barazo.session.v1.SessionService.WatchRevocations
    */
@@ -856,6 +905,20 @@ export const SessionService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchRevocationsRequestSchema;
     output: typeof RevocationEventSchema;
+  },
+  /**
+   * Gives every live session of a user their new handle (the firehose's `#identity`
+   * event): atomically per session, keeping everything else the session holds, its expiry
+   * included. Cached answers of those sessions end on every replica (a `session_key`
+   * event each). INVALID_ARGUMENT for a malformed DID or handle; a DID without sessions is
+   * `updated_count = 0`.
+   *
+   * @generated from rpc barazo.session.v1.SessionService.UpdateHandle
+   */
+  updateHandle: {
+    methodKind: "unary";
+    input: typeof UpdateHandleRequestSchema;
+    output: typeof UpdateHandleResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_barazo_session_v1_session, 0);
