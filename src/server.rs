@@ -482,6 +482,8 @@ fn routes<S: SessionStore>(
                 .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(crate::proto::EXT_AUTHZ_DESCRIPTOR_SET)
+                // google.rpc.ErrorInfo, so that grpcurl shows why a session ended.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
         // Both versions: grpcurl before 1.9 and many other tools only speak v1alpha.
         router = router

@@ -9,7 +9,9 @@
 use crate::authz::Denial;
 use crate::domain::SyntaxError;
 use crate::store::StoreError;
+use std::collections::HashMap;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// Why an RPC failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,17 @@ pub enum RequestError {
     /// malformed token, or unreadable stored data).
     #[error("session not found")]
     SessionNotFound,
+    /// The session named by the refresh token reached its absolute lifetime
+    /// (`--session-max-lifetime`) and is revoked now.
+    #[error("session not found")]
+    SessionLifetimeReached,
+    /// An older refresh token of the session was presented again (with rotation on): the
+    /// whole session is revoked now, as theft.
+    #[error("session not found")]
+    RefreshTokenReused {
+        /// The session's user, whom the caller may tell.
+        did: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -75,7 +88,9 @@ impl RequestError {
                 Code::InvalidArgument
             }
             Self::TooLarge { .. } => Code::OutOfRange,
-            Self::SessionNotFound => Code::NotFound,
+            Self::SessionNotFound
+            | Self::SessionLifetimeReached
+            | Self::RefreshTokenReused { .. } => Code::NotFound,
             // Unreadable stored data is treated as no session at all: fail closed.
             Self::Store(StoreError::CorruptSession { .. }) => Code::NotFound,
             Self::Store(StoreError::Unavailable(_)) => Code::Unavailable,
@@ -116,6 +131,27 @@ pub fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// The domain of this service's `google.rpc.ErrorInfo` reasons.
+pub const ERROR_DOMAIN: &str = "session.barazo.forum";
+
+impl RequestError {
+    /// Why a refresh token names no session, as `google.rpc.ErrorInfo` reason and metadata
+    /// (`None` for every other error).
+    fn ended(&self) -> Option<(&'static str, Vec<(String, String)>)> {
+        match self {
+            Self::SessionNotFound | Self::Store(StoreError::CorruptSession { .. }) => {
+                Some(("SESSION_UNKNOWN", Vec::new()))
+            }
+            Self::SessionLifetimeReached => Some(("SESSION_LIFETIME_REACHED", Vec::new())),
+            Self::RefreshTokenReused { did } => Some((
+                "REFRESH_TOKEN_REUSED",
+                vec![("did".to_owned(), did.clone())],
+            )),
+            _ => None,
+        }
+    }
+}
+
 impl From<RequestError> for Status {
     fn from(err: RequestError) -> Self {
         // The client sees a short message without the cause chain: a Valkey error text may
@@ -127,7 +163,20 @@ impl From<RequestError> for Status {
             RequestError::Store(StoreError::Protocol(_)) => "session store error".to_owned(),
             other => other.to_string(),
         };
-        Status::new(err.code(), message)
+        // Why a session ended, machine-readable, in the standard rich error model
+        // (`grpc-status-details-bin`); the code and message stay as they always were.
+        match err.ended() {
+            Some((reason, metadata)) => Status::with_error_details(
+                err.code(),
+                message,
+                ErrorDetails::with_error_info(
+                    reason,
+                    ERROR_DOMAIN,
+                    metadata.into_iter().collect::<HashMap<_, _>>(),
+                ),
+            ),
+            None => Status::new(err.code(), message),
+        }
     }
 }
 
@@ -170,6 +219,13 @@ mod tests {
                 Code::InvalidArgument,
             ),
             (RequestError::SessionNotFound, Code::NotFound),
+            (RequestError::SessionLifetimeReached, Code::NotFound),
+            (
+                RequestError::RefreshTokenReused {
+                    did: "did:plc:alice".into(),
+                },
+                Code::NotFound,
+            ),
             (RequestError::TimedOut, Code::DeadlineExceeded),
             (RequestError::Undecodable, Code::InvalidArgument),
             (
@@ -203,6 +259,52 @@ mod tests {
         for (err, code) in cases {
             assert_eq!(Status::from(err).code(), code);
         }
+    }
+
+    /// Why a session ended travels as `google.rpc.ErrorInfo`; the message stays the one
+    /// callers have always seen, and no other error carries details.
+    #[test]
+    fn an_ended_session_says_why_in_error_info() {
+        let reason_of = |err: RequestError| {
+            let status = Status::from(err);
+            assert_eq!(status.message(), "session not found");
+            status
+                .get_details_error_info()
+                .map(|info| (info.reason, info.domain, info.metadata))
+        };
+        let did = "did:plc:alice".to_owned();
+        assert_eq!(
+            reason_of(RequestError::RefreshTokenReused { did: did.clone() }),
+            Some((
+                "REFRESH_TOKEN_REUSED".to_owned(),
+                ERROR_DOMAIN.to_owned(),
+                HashMap::from([("did".to_owned(), did)])
+            ))
+        );
+        for (err, reason) in [
+            (RequestError::SessionNotFound, "SESSION_UNKNOWN"),
+            (
+                RequestError::Store(StoreError::CorruptSession {
+                    key_prefix: "abcd1234".into(),
+                    reason: "x".into(),
+                }),
+                "SESSION_UNKNOWN",
+            ),
+            (
+                RequestError::SessionLifetimeReached,
+                "SESSION_LIFETIME_REACHED",
+            ),
+        ] {
+            assert_eq!(
+                reason_of(err).map(|(reason, _, metadata)| (reason, metadata.len())),
+                Some((reason.to_owned(), 0))
+            );
+        }
+        assert!(
+            Status::from(RequestError::TimedOut)
+                .get_details_error_info()
+                .is_none()
+        );
     }
 
     #[test]

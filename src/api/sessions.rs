@@ -230,7 +230,7 @@ impl<S: SessionStore> SessionApi<S> {
         match outcome {
             ByRefresh::Found(value) => Ok(value),
             ByRefresh::NotFound => Err(RequestError::SessionNotFound),
-            ByRefresh::Reused { sid } => {
+            ByRefresh::Reused { sid, did } => {
                 self.metrics.sessions("refresh_token_reused", 1);
                 tracing::warn!(
                     rpc.method = rpc.method(),
@@ -238,11 +238,11 @@ impl<S: SessionStore> SessionApi<S> {
                     "an old refresh token was presented again: the session is revoked"
                 );
                 self.revoked(Revocation::Reuse, 1);
-                Err(RequestError::SessionNotFound)
+                Err(RequestError::RefreshTokenReused { did })
             }
             ByRefresh::PastLifetime => {
                 self.revoked(Revocation::Lifetime, 1);
-                Err(RequestError::SessionNotFound)
+                Err(RequestError::SessionLifetimeReached)
             }
         }
     }

@@ -123,7 +123,7 @@ impl<S: SessionStore> SessionStore for OwnWrites<S> {
             self.inner.refresh(presented, refresh, lifetimes),
             |answer| match answer {
                 ByRefresh::Found(refreshed) => Touched::Session(refreshed.record.sid.clone()),
-                ByRefresh::Reused { sid } => Touched::Session(sid.clone()),
+                ByRefresh::Reused { sid, .. } => Touched::Session(sid.clone()),
                 ByRefresh::NotFound => Touched::Nothing,
                 ByRefresh::PastLifetime => named_session(presented),
             },
@@ -138,7 +138,7 @@ impl<S: SessionStore> SessionStore for OwnWrites<S> {
     ) -> Result<ByRefresh<String>, StoreError> {
         self.write(self.inner.delete(presented, grace), |answer| match answer {
             ByRefresh::NotFound => Touched::Nothing,
-            ByRefresh::Found(sid) | ByRefresh::Reused { sid } => Touched::Session(sid.clone()),
+            ByRefresh::Found(sid) | ByRefresh::Reused { sid, .. } => Touched::Session(sid.clone()),
             ByRefresh::PastLifetime => named_session(presented),
         })
         .await
@@ -187,7 +187,7 @@ impl<S: SessionStore> SessionStore for OwnWrites<S> {
             self.inner.revoke_others(presented, grace),
             |answer| match answer {
                 ByRefresh::Found(0) | ByRefresh::NotFound => Touched::Nothing,
-                ByRefresh::Reused { sid } => Touched::Session(sid.clone()),
+                ByRefresh::Reused { sid, .. } => Touched::Session(sid.clone()),
                 _ => Touched::Unknown,
             },
         )

@@ -181,7 +181,10 @@ impl Keyspace {
             Role::Foreign => ByRefresh::NotFound,
             Role::Reuse => {
                 self.revoke(&record.sid, now);
-                ByRefresh::Reused { sid: record.sid }
+                ByRefresh::Reused {
+                    sid: record.sid,
+                    did: record.did,
+                }
             }
             role => ByRefresh::Found((record, role)),
         }
@@ -274,7 +277,7 @@ impl SessionStore for MemoryStore {
         let (mut record, role) = match ks.by_refresh(presented, lifetimes.tokens.grace_ms(), now) {
             ByRefresh::Found(found) => found,
             ByRefresh::NotFound => return Ok(ByRefresh::NotFound),
-            ByRefresh::Reused { sid } => return Ok(ByRefresh::Reused { sid }),
+            ByRefresh::Reused { sid, did } => return Ok(ByRefresh::Reused { sid, did }),
             ByRefresh::PastLifetime => return Ok(ByRefresh::PastLifetime),
         };
         let sid = record.sid.clone();
@@ -394,7 +397,7 @@ impl SessionStore for MemoryStore {
         let own = match ks.by_refresh(presented, grace_ms, now) {
             ByRefresh::Found((own, _)) => own,
             ByRefresh::NotFound => return Ok(ByRefresh::NotFound),
-            ByRefresh::Reused { sid } => return Ok(ByRefresh::Reused { sid }),
+            ByRefresh::Reused { sid, did } => return Ok(ByRefresh::Reused { sid, did }),
             ByRefresh::PastLifetime => return Ok(ByRefresh::PastLifetime),
         };
         let others: Vec<String> = ks

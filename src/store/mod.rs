@@ -57,7 +57,7 @@ impl<T> ByRefresh<T> {
         match self {
             Self::Found(value) => ByRefresh::Found(f(value)),
             Self::NotFound => ByRefresh::NotFound,
-            Self::Reused { sid } => ByRefresh::Reused { sid },
+            Self::Reused { sid, did } => ByRefresh::Reused { sid, did },
             Self::PastLifetime => ByRefresh::PastLifetime,
         }
     }
@@ -76,6 +76,8 @@ pub enum ByRefresh<T> {
     Reused {
         /// The revoked session's id.
         sid: String,
+        /// Its user, whom the caller may tell that their session was used from elsewhere.
+        did: String,
     },
     /// The session was past its absolute lifetime: it has been revoked now.
     PastLifetime,

@@ -1,7 +1,7 @@
 //! The behaviour every store must have, run against the in-memory store, a standalone
 //! Valkey and a three-node Valkey Cluster through the real gRPC server.
 
-use crate::support::{Backend, TestApp, sha256_hex, unique_did};
+use crate::support::{Backend, TestApp, end_reason, sha256_hex, unique_did};
 use barazo_session::proto::{
     ClientInfo, CreateSessionRequest, ListSessionsRequest, RefreshSessionRequest,
     RevokeOtherSessionsRequest, RevokeSessionRequest, Session,
@@ -1147,6 +1147,22 @@ async fn an_old_cookie_after_the_grace_revokes_the_session(store: Backend) {
         .await
         .expect_err("old cookie");
     assert_eq!(status.code(), Code::NotFound);
+    // The call that found the reuse says so, with the DID to tell; later ones do not know.
+    assert_eq!(
+        end_reason(&status),
+        Some((
+            "REFRESH_TOKEN_REUSED".to_owned(),
+            vec![("did".to_owned(), did.clone())]
+        ))
+    );
+    assert_eq!(
+        end_reason(
+            &app.refresh(&first.refresh_token)
+                .await
+                .expect_err("revoked")
+        ),
+        Some(("SESSION_UNKNOWN".to_owned(), Vec::new()))
+    );
     for token in [&created.access_token, &first.access_token] {
         assert!(!app.validate(token).await.valid);
     }
@@ -1176,6 +1192,10 @@ async fn an_old_cookie_after_the_grace_revokes_the_session(store: Backend) {
         .await
         .expect_err("reuse");
     assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        end_reason(&status).map(|(reason, _)| reason).as_deref(),
+        Some("REFRESH_TOKEN_REUSED")
+    );
     assert!(!app.validate(&moved.access_token).await.valid);
     assert!(app.validate(&kept.access_token).await.valid);
 }

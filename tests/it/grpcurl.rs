@@ -35,7 +35,7 @@ async fn grpcurl_lists_calls_and_checks_health() {
         );
     }
     let methods = grpcurl(&app, &[&addr, "list", "barazo.session.v1.SessionService"]).await;
-    assert_eq!(methods.lines().count(), 10, "{methods}");
+    assert_eq!(methods.lines().count(), 11, "{methods}");
 
     let created = grpcurl(
         &app,
@@ -57,6 +57,28 @@ async fn grpcurl_lists_calls_and_checks_health() {
         app.validate(access).await.valid,
         "the session grpcurl made is real"
     );
+
+    // A refresh token that names no session: NOT_FOUND, and grpcurl shows why (the
+    // ErrorInfo type is served by reflection).
+    let failed = tokio::process::Command::new(tool("GRPCURL"))
+        .args(["-plaintext", "-d"])
+        .arg(format!(r#"{{"refresh_token":"{}"}}"#, "0".repeat(64)))
+        .args([&addr, "barazo.session.v1.SessionService/RefreshSession"])
+        .output()
+        .await
+        .expect("grpcurl runs");
+    let said = String::from_utf8_lossy(&failed.stderr).into_owned()
+        + &String::from_utf8_lossy(&failed.stdout);
+    assert!(!failed.status.success(), "{said}");
+    for part in [
+        "Code: NotFound",
+        "Message: session not found",
+        r#""@type":"type.googleapis.com/google.rpc.ErrorInfo""#,
+        r#""domain":"session.barazo.forum""#,
+        r#""reason":"SESSION_UNKNOWN""#,
+    ] {
+        assert!(said.contains(part), "{part} in {said}");
+    }
 
     let health = grpcurl(&app, &[&addr, "grpc.health.v1.Health/Check"]).await;
     let health: serde_json::Value = serde_json::from_str(&health).expect("JSON answer");

@@ -742,13 +742,21 @@ async fn typescript_sessions_past_the_absolute_lifetime_are_over() {
             .sessions
             .is_empty()
     );
+    let over = app.refresh(&sid).await.expect_err("over");
+    assert_eq!(over.code(), tonic::Code::NotFound);
     assert_eq!(
-        app.refresh(&sid).await.expect_err("over").code(),
-        tonic::Code::NotFound
+        crate::support::end_reason(&over),
+        Some(("SESSION_LIFETIME_REACHED".to_owned(), Vec::new()))
     );
     assert!(
         keys(&mut conn, &format!("{PREFIX}*")).await.is_empty(),
         "the refusal removed it"
+    );
+    // Asked again, it is gone: unknown.
+    let again = app.refresh(&sid).await.expect_err("gone");
+    assert_eq!(
+        crate::support::end_reason(&again),
+        Some(("SESSION_UNKNOWN".to_owned(), Vec::new()))
     );
 }
 

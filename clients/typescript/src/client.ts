@@ -6,7 +6,14 @@ import type * as http2 from "node:http2";
 import { ValidationBatcher } from "./batch.js";
 import { sha256Hex, ValidationCache, type ValidationCacheState } from "./cache.js";
 import { toSession, type ClientInfo, type Session, type SessionWithToken } from "./convert.js";
-import { closedMessage, codeOf, SessionServiceInvalidArgumentError, toSessionServiceError } from "./errors.js";
+import {
+  closedMessage,
+  codeOf,
+  sessionEndOf,
+  SessionServiceInvalidArgumentError,
+  toSessionServiceError,
+  type SessionEnd,
+} from "./errors.js";
 import { RevocationFeed } from "./feed.js";
 import {
   AccountStatus,
@@ -28,6 +35,12 @@ export interface RefreshOptions {
   previousAccessToken?: string;
   /** The device refreshing (User-Agent, client IP); replaces the stored one. */
   client?: Partial<ClientInfo>;
+  /**
+   * Called, before `undefined` is answered, with why the session is gone when the service
+   * says (`SessionEnd`): e.g. `REFRESH_TOKEN_REUSED` with the user's `did`, to tell them
+   * their session was used from elsewhere. The answer stays `undefined` either way.
+   */
+  onEnded?: (ended: SessionEnd) => void;
 }
 
 /**
@@ -272,7 +285,7 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
   async function call<T>(
     rpc: SessionRpc,
     attempt: (timeoutMs: number) => Promise<T>,
-    onNotFound?: () => T,
+    onNotFound?: (error: unknown) => T,
   ): Promise<T> {
     const name = rpc[0]!.toUpperCase() + rpc.slice(1);
     try {
@@ -288,7 +301,7 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
       });
     } catch (error) {
       if (onNotFound !== undefined && codeOf(error) === Code.NotFound) {
-        return onNotFound();
+        return onNotFound(error);
       }
       throw toSessionServiceError(name, error);
     }
@@ -385,7 +398,11 @@ export function createSessionClient(options: SessionClientOptions): SessionClien
             refreshTokenRotated: rotated !== "",
           };
         },
-        () => undefined,
+        (error) => {
+          const ended = refreshOptions.onEnded === undefined ? undefined : sessionEndOf(error);
+          if (ended !== undefined) refreshOptions.onEnded?.(ended);
+          return undefined;
+        },
       );
       // The refreshing tab's token ends; the session changed. Without an answer (the session
       // is gone, or the call failed) the session may just have been ended by this very call (a

@@ -1,4 +1,5 @@
 // The errors a caller can act on, and the one mapping from gRPC status codes to them.
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError } from "@connectrpc/connect";
 
 /** The gRPC status code names this client reports, as in the gRPC spec (lower case). */
@@ -135,4 +136,66 @@ export function toSessionServiceError(rpc: string, error: unknown): SessionServi
     return new SessionServiceUnavailableError(rpc, name, message, { cause: error });
   }
   return new SessionServiceError(rpc, name, message, { cause: error });
+}
+
+/**
+ * Why a session named by a refresh token is gone, as the service says it (a
+ * `google.rpc.ErrorInfo` in the NOT_FOUND's details, domain `session.barazo.forum`):
+ * - `REFRESH_TOKEN_REUSED`: an older refresh token of the session was presented again, so
+ *   the whole session was revoked by this very call, as theft; `did` names the user to tell
+ *   ("you were signed out because your session was used from elsewhere").
+ * - `SESSION_LIFETIME_REACHED`: the session reached the service's absolute lifetime.
+ * - `SESSION_UNKNOWN`: no live session has the token (expired, logged out, revoked earlier,
+ *   or never issued).
+ * A newer service may name other reasons; `metadata` holds whatever it attached.
+ */
+export interface SessionEnd {
+  reason: "REFRESH_TOKEN_REUSED" | "SESSION_LIFETIME_REACHED" | "SESSION_UNKNOWN" | (string & {});
+  /** The user, for `REFRESH_TOKEN_REUSED`. */
+  did?: string;
+  metadata: Record<string, string>;
+}
+
+const errorDomain = "session.barazo.forum";
+
+/** `google.rpc.ErrorInfo` (reason = 1, domain = 2, map<string, string> metadata = 3). */
+function decodeErrorInfo(bytes: Uint8Array): { reason: string; domain: string; metadata: Record<string, string> } {
+  const reader = new BinaryReader(bytes);
+  const info = { reason: "", domain: "", metadata: {} as Record<string, string> };
+  while (reader.pos < reader.len) {
+    const [field, wireType] = reader.tag();
+    if (field === 1 && wireType === WireType.LengthDelimited) info.reason = reader.string();
+    else if (field === 2 && wireType === WireType.LengthDelimited) info.domain = reader.string();
+    else if (field === 3 && wireType === WireType.LengthDelimited) {
+      const entry = new BinaryReader(reader.bytes());
+      let key = "";
+      let value = "";
+      while (entry.pos < entry.len) {
+        const [entryField, entryType] = entry.tag();
+        if (entryField === 1 && entryType === WireType.LengthDelimited) key = entry.string();
+        else if (entryField === 2 && entryType === WireType.LengthDelimited) value = entry.string();
+        else entry.skip(entryType);
+      }
+      info.metadata[key] = value;
+    } else reader.skip(wireType);
+  }
+  return info;
+}
+
+/** Why the service said a session is gone, from a NOT_FOUND error; `undefined` when it did not say. */
+export function sessionEndOf(error: unknown): SessionEnd | undefined {
+  if (!(error instanceof ConnectError)) return undefined;
+  for (const detail of error.details) {
+    if (!("type" in detail) || detail.type !== "google.rpc.ErrorInfo") continue;
+    try {
+      const info = decodeErrorInfo(detail.value);
+      if (info.domain !== errorDomain) continue;
+      const end: SessionEnd = { reason: info.reason, metadata: info.metadata };
+      if (info.metadata.did !== undefined) end.did = info.metadata.did;
+      return end;
+    } catch {
+      // A malformed detail says nothing.
+    }
+  }
+  return undefined;
 }

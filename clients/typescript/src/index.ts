@@ -8,7 +8,7 @@ export {
   SessionServiceInvalidArgumentError,
   SessionServiceUnavailableError,
 } from "./errors.js";
-export type { StatusCodeName } from "./errors.js";
+export type { SessionEnd, StatusCodeName } from "./errors.js";
 export type { KeepaliveOptions, SessionClientOptions, SessionRpc, TlsOptions } from "./options.js";
 export type { RefreshRetryOptions, RetryOptions } from "./retry.js";
 /** The generated wire messages and service descriptor, for callers that need the raw protocol. */

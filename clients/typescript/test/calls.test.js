@@ -208,7 +208,8 @@ test("with rotation on the service: a new cookie on every refresh, only the refr
   t.after(() => stack.stop());
   const rotating = createSessionClient({ address: stack.server.addr });
   t.after(() => rotating.close());
-  const created = await rotating.createSession(uniqueDid(), "alice.test");
+  const did = uniqueDid();
+  const created = await rotating.createSession(did, "alice.test");
   // Tab B refreshes without a token of its own: tab A's token stays valid.
   const tabB = await rotating.refreshSession(created.refreshToken);
   assert.ok(tabB);
@@ -222,8 +223,16 @@ test("with rotation on the service: a new cookie on every refresh, only the refr
   assert.equal(await rotating.validateAccessToken(created.accessToken), undefined, "A's previous token");
   assert.ok(await rotating.validateAccessToken(tabB.accessToken), "B's token");
   assert.ok(await rotating.validateAccessToken(tabA.accessToken));
-  // The first cookie again (no grace): reuse, the whole session ends.
-  assert.equal(await rotating.refreshSession(created.refreshToken), undefined);
+  // The first cookie again (no grace): reuse, the whole session ends; the call that found it
+  // says so, with the DID to tell, and later calls only that the session is unknown.
+  const ended = [];
+  const onEnded = (end) => ended.push(end);
+  assert.equal(await rotating.refreshSession(created.refreshToken, { onEnded }), undefined);
   assert.equal(await rotating.validateAccessToken(tabA.accessToken), undefined);
-  assert.equal(await rotating.refreshSession(tabA.refreshToken), undefined);
+  assert.equal(await rotating.refreshSession(tabA.refreshToken, { onEnded }), undefined);
+  assert.equal(await rotating.refreshSession(tabA.refreshToken), undefined, "without onEnded: the same answer");
+  assert.deepEqual(ended, [
+    { reason: "REFRESH_TOKEN_REUSED", did, metadata: { did } },
+    { reason: "SESSION_UNKNOWN", metadata: {} },
+  ]);
 });

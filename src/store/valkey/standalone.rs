@@ -279,7 +279,10 @@ impl SessionStore for ValkeyStore {
             }
             // Past its absolute lifetime: the script has removed it.
             [status, _, _] if status == b"expired" => Ok(ByRefresh::PastLifetime),
-            [status, _, sid] if status == b"reuse" => Ok(ByRefresh::Reused { sid: text(sid) }),
+            [status, did, sid] if status == b"reuse" => Ok(ByRefresh::Reused {
+                sid: text(sid),
+                did: text(did),
+            }),
             [status, reason, sid] if status == b"corrupt" => Err(StoreError::CorruptSession {
                 key_prefix: log_prefix(&sha256_hex(&text(sid))).to_owned(),
                 reason: text(reason),
@@ -303,10 +306,10 @@ impl SessionStore for ValkeyStore {
             did: "",
         }
         .push(&mut invocation);
-        let (code, sid): (i64, String) = self.invoke(script, &invocation).await?;
+        let (code, sid, did): (i64, String, String) = self.invoke(script, &invocation).await?;
         Ok(match code {
             1 => ByRefresh::Found(sid),
-            2 => ByRefresh::Reused { sid },
+            2 => ByRefresh::Reused { sid, did },
             _ => ByRefresh::NotFound,
         })
     }
@@ -337,7 +340,7 @@ impl SessionStore for ValkeyStore {
             did,
         }
         .push(&mut invocation);
-        let (revoked, _): (i64, String) = self.invoke(script, &invocation).await?;
+        let (revoked, _, _): (i64, String, String) = self.invoke(script, &invocation).await?;
         Ok(revoked == 1)
     }
 
@@ -350,9 +353,9 @@ impl SessionStore for ValkeyStore {
         let mut invocation = script.script.prepare_invoke();
         invocation.key(self.lookup_key(presented));
         PresentedArgs::new(&self.keys, presented, grace_ms(grace)).push(&mut invocation);
-        let (count, sid): (i64, String) = self.invoke(script, &invocation).await?;
+        let (count, sid, did): (i64, String, String) = self.invoke(script, &invocation).await?;
         Ok(match count {
-            -2 => ByRefresh::Reused { sid },
+            -2 => ByRefresh::Reused { sid, did },
             count => u32::try_from(count).map_or(ByRefresh::NotFound, ByRefresh::Found),
         })
     }

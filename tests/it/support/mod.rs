@@ -35,6 +35,17 @@ pub fn is_feed_marker(key: &str) -> bool {
         .is_some_and(|(_, id)| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Why a call says its session ended: the `google.rpc.ErrorInfo` reason in its details
+/// (domain `session.barazo.forum`) and its metadata, sorted.
+pub fn end_reason(status: &tonic::Status) -> Option<(String, Vec<(String, String)>)> {
+    use tonic_types::StatusExt;
+    let info = status.get_details_error_info()?;
+    assert_eq!(info.domain, "session.barazo.forum");
+    let mut metadata: Vec<_> = info.metadata.into_iter().collect();
+    metadata.sort();
+    Some((info.reason, metadata))
+}
+
 /// A server under test, with its own Valkey when it uses the Valkey store.
 pub struct TestApp {
     /// The generated client, connected the way callers connect.

@@ -209,6 +209,7 @@ impl Shared {
         self.srem(conn, &record.did, &record.sid).await?;
         Ok(ByRefresh::Reused {
             sid: record.sid.clone(),
+            did: record.did.clone(),
         })
     }
 

@@ -102,7 +102,7 @@ impl Shared {
         let own = match self.by_refresh(&mut conn, &presented, grace_ms).await? {
             ByRefresh::Found(Ok(own)) => own,
             ByRefresh::Found(Err(_)) | ByRefresh::NotFound => return Ok(ByRefresh::NotFound),
-            ByRefresh::Reused { sid } => return Ok(ByRefresh::Reused { sid }),
+            ByRefresh::Reused { sid, did } => return Ok(ByRefresh::Reused { sid, did }),
             ByRefresh::PastLifetime => return Ok(ByRefresh::PastLifetime),
         };
         let mut revoked = 0u32;

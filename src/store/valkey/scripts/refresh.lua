@@ -6,7 +6,7 @@
 -- The new token's expiry is Valkey's clock plus its TTL.
 -- Returns nil (no session, or not this token's), {'corrupt', reason, sid} (nothing
 -- written), {'expired', '', sid} (past its absolute deadline: the session is gone now),
--- {'reuse', '', sid} (an old refresh token: the session is revoked now), or
+-- {'reuse', did, sid} (an old refresh token: the session, of that DID, is revoked now), or
 -- {'ok', new JSON, sid}.
 local a = refresh_args()
 local sid = find_sid(a.prefix, a.family, a.sid)
@@ -32,7 +32,7 @@ if outcome ~= 'ok' then
   -- An old refresh token (stolen, or a tab far behind), or past the absolute deadline: the
   -- whole session ends now, whatever its sliding TTL says.
   revoke_session(a.prefix, sid)
-  return {outcome, '', sid}
+  return {outcome, s.did, sid}
 end
 -- The tab's previous token, expired ones and any past the cap stop validating now, not
 -- when their keys would have expired; the session's other tokens stay.

@@ -2,29 +2,29 @@
 -- KEYS[1] = what names the session that stays: <prefix>data:<sid> for a sid, else
 -- <prefix>refresh:<family hash>
 -- ARGV: presented_args (args::PresentedArgs).
--- Returns {-1} when that session does not exist or cannot be read, {-2, sid} when the token
--- was an old one (reuse: that session is revoked instead), else {how many others were
--- revoked (see revoke_session)}.
+-- Returns {-1, '', ''} when that session does not exist or cannot be read, {-2, sid, did}
+-- when the token was an old one (reuse: that session, of that DID, is revoked instead),
+-- else {how many others were revoked (see revoke_session), '', ''}.
 local a = presented_args()
 local own_sid = find_sid(a.prefix, a.family, a.sid)
 if not own_sid then
-  return {-1, ''}
+  return {-1, '', ''}
 end
 local raw = redis.call('GET', data_key(a.prefix, own_sid))
 if not raw then
-  return {-1, ''}
+  return {-1, '', ''}
 end
 local own = record_readable(raw, own_sid)
 if not own then
-  return {-1, ''}
+  return {-1, '', ''}
 end
 local role = refresh_role(own, a.sid, a.family, a.token_hash, now_ms(), a.grace)
 if role == 'foreign' then
-  return {-1, ''}
+  return {-1, '', ''}
 end
 if role == 'reuse' then
   revoke_session(a.prefix, own_sid)
-  return {-2, own_sid}
+  return {-2, own_sid, own.did}
 end
 local index = did_key(a.prefix, own.did)
 local count = 0
@@ -37,4 +37,4 @@ for _, sid in ipairs(redis.call('SMEMBERS', index)) do
     redis.call('SREM', index, sid)
   end
 end
-return {count, ''}
+return {count, '', ''}

@@ -822,7 +822,10 @@ export const SessionService: GenService<{
    * tab does not log the others out. The refreshing tab's own token, passed as
    * `previous_access_token`, stops validating at once. Stores the device facts when
    * `client` is set. NOT_FOUND when the session is
-   * unknown or expired (the caller answers 401 "Session expired").
+   * unknown or expired (the caller answers 401 "Session expired"), with why in a
+   * `google.rpc.ErrorInfo` detail (domain `session.barazo.forum`): REFRESH_TOKEN_REUSED
+   * (this call found an older refresh token and revoked the session; metadata `did`),
+   * SESSION_LIFETIME_REACHED, or SESSION_UNKNOWN.
    *
    * @generated from rpc barazo.session.v1.SessionService.RefreshSession
    */
