@@ -1,10 +1,11 @@
 //! The validation cache through the cluster's topology changes, on a real cluster with a
-//! replica per primary: a manual failover, a killed primary replaced by its replica, and a
-//! slot moved to another primary with its keys. Two replicas of the service, A and B; B has
-//! the sessions' answers cached. In every case a session revoked right after the change
-//! (through A, or by a `DEL` on the node that now owns it) stops validating on B within the
-//! feed's check interval, and so does one cached again after the change. Each test prints
-//! the longest time B still said `valid` after a revocation had answered (BENCHMARKS.md).
+//! replica per primary: a manual failover, a killed primary replaced by its replica, a
+//! slot moved to another primary with its keys, and slots moved to a primary added just
+//! now. Two replicas of the service, A and B; B has the sessions' answers cached. In every
+//! case a session revoked right after the change (through A, or by a `DEL` on the node that
+//! now owns it) stops validating on B within the feed's check interval, and so does one
+//! cached again after the change. Each test prints the longest time B still said `valid`
+//! after a revocation had answered (BENCHMARKS.md).
 
 use crate::cache::{MISSES, RESETS, cache, eventually, metric};
 use crate::cluster_cache::replica;
@@ -135,10 +136,26 @@ async fn del_on(a: &TestApp, owner: usize, session: &Created) -> Instant {
     Instant::now()
 }
 
-/// Revokes the first session right after the change, caches the second again on B and
-/// deletes it on its owner, and checks a third is answered from B's cache again once B's
-/// feed has dropped the cache (`resets_before`: its resets before the change); returns the
-/// longest stale time.
+/// Like [`del_on`] while `session`'s slot is migrating to node `target` (its data already
+/// there): `ASKING`, then the `DEL`, on the target.
+async fn del_asking_on(a: &TestApp, target: usize, session: &Created) -> Instant {
+    let cluster = a.cluster.as_ref().expect("cluster");
+    let mut conn = cluster.nodes()[target].client().await;
+    let ((), deleted): ((), i64) = redis::pipe()
+        .cmd("ASKING")
+        .cmd("DEL")
+        .arg(data_key(session))
+        .query_async(&mut conn)
+        .await
+        .expect("ASKING and DEL on the migration's target");
+    assert_eq!(deleted, 1, "the session's data was migrated to the target");
+    Instant::now()
+}
+
+/// Revokes the first session right after the change (which has just completed), caches
+/// the second again on B and deletes it on its owner, and checks a third is answered from
+/// B's cache again once B's feed has dropped the cache (`resets_before`: its resets before
+/// the change) and noticed the change whole; returns the longest stale time.
 async fn after_the_change(
     a: &TestApp,
     b: &TestApp,
@@ -149,6 +166,7 @@ async fn after_the_change(
     let [first, second, kept, ..] = sessions else {
         panic!("three sessions");
     };
+    let changed = Instant::now();
     let revoked = logout_on(a, first).await;
     let mut longest = stale_on(b, &first.access_token, revoked).await;
     cache(b, &second.access_token).await;
@@ -161,6 +179,10 @@ async fn after_the_change(
         metric(b, RESETS).await > resets_before
     })
     .await;
+    // A change made in steps (slots moved one by one; a primary added, then slots moved to
+    // it) may be noticed in as many resets, the last one up to the bound after the whole
+    // change completed: the cache is watched from then on.
+    tokio::time::sleep_until(tokio::time::Instant::from_std(changed + bound())).await;
     cache(b, &kept.access_token).await;
     let (misses, resets) = (metric(b, MISSES).await, metric(b, RESETS).await);
     let watched = Instant::now();
@@ -243,6 +265,115 @@ async fn a_slot_moved_to_another_primary_leaves_no_revoked_token_valid() {
     assert!(stale <= bound(), "{stale:?}");
     // The moved session's access key still names it (nothing lost in the move).
     assert!(b.validate(&sessions[2].access_token).await.valid);
+}
+
+/// A primary added (without slots), then at once, before B's feed may have noticed it, the
+/// sessions' slots moved to it with their keys: as for a move between primaries that were
+/// there all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_a_primary_added_just_now_leaves_no_revoked_token_valid() {
+    let (mut a, b) = pair().await;
+    let source = a
+        .cluster
+        .as_ref()
+        .expect("cluster")
+        .primary_of_slot(0)
+        .await;
+    let sessions = sessions_on(&a, &b, source, 3).await;
+    let resets = metric(&b, RESETS).await;
+    let adding = Instant::now();
+    let added = a.cluster.as_mut().expect("cluster").add_primary().await;
+    eprintln!("add_primary: {:?}", adding.elapsed());
+    let cluster = a.cluster.as_ref().expect("cluster");
+    for session in &sessions {
+        cluster
+            .move_slot(ValkeyCluster::slot_of(&data_key(session)), added)
+            .await;
+    }
+    let stale = after_the_change(&a, &b, added, &sessions, resets).await;
+    eprintln!("slots moved to a primary added just now: longest stale answer on B {stale:?}");
+    assert!(stale <= bound(), "{stale:?}");
+    // The moved session's access key still names it (nothing lost in the move).
+    assert!(b.validate(&sessions[2].access_token).await.valid);
+}
+
+/// What shows B's feed watches a primary added just now, before it owns any slot: B's
+/// feed reopens when the primary joins, and with a slot then held half-way through its
+/// move to it (its keys there, the slot still the source's in every node's view, so no
+/// topology change tells B anything), a `DEL` there of a session B has cached ends B's
+/// answer within the bound, with no reset of the cache. A feed only on the primaries that
+/// own slots would hear nothing until the move ended. Then, the moves ended and B's feed
+/// back on the new topology, a `DEL` on the new primary of a session whose data lives
+/// there ends B's cached answer too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_added_just_now_is_watched_before_and_after_it_owns_slots() {
+    let (mut a, b) = pair().await;
+    let source = a
+        .cluster
+        .as_ref()
+        .expect("cluster")
+        .primary_of_slot(0)
+        .await;
+    let sessions = sessions_on(&a, &b, source, 2).await;
+    let [migrating, moved] = &sessions[..] else {
+        panic!("two sessions");
+    };
+    let resets = metric(&b, RESETS).await;
+    let adding = Instant::now();
+    let added = a.cluster.as_mut().expect("cluster").add_primary().await;
+    eprintln!("add_primary: {:?}", adding.elapsed());
+    let cluster = a.cluster.as_ref().expect("cluster");
+    // B's feed noticed the primary added (a topology change) and is live again; from here
+    // the topology stays as it is until the move below ends, so no reset can end B's
+    // answer mid-migration: only a feed on the new primary can.
+    eventually("B's feed notices the primary added", || async {
+        metric(&b, RESETS).await > resets
+    })
+    .await;
+    cache(&b, &moved.access_token).await;
+    let watching = metric(&b, RESETS).await;
+    let slot = ValkeyCluster::slot_of(&data_key(migrating));
+    cluster.start_slot_move(slot, source, added).await;
+    // B's store reads a session's data with a script (EVALSHA), which redis-rs loads, on
+    // NOSCRIPT, only on the primaries its slot map names: not on one without slots, so a
+    // read the source redirects there (ASK) fails until the move ends. Loaded here by hand,
+    // so that B can cache the session mid-migration.
+    let mut conn = cluster.nodes()[added].client().await;
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(include_str!(
+            "../../src/store/valkey/scripts/cluster_read.lua"
+        ))
+        .query_async(&mut conn)
+        .await
+        .expect("SCRIPT LOAD on the new primary");
+    // Migrating the data deleted it on the source, which B's feed there heard; B caches
+    // the session again, its data read from the new primary (the source answers ASK).
+    cache(&b, &migrating.access_token).await;
+    let revoked = del_asking_on(&a, added, migrating).await;
+    let mid = stale_on(&b, &migrating.access_token, revoked).await;
+    eprintln!("a DEL on a primary added just now, mid-migration: stale on B {mid:?}");
+    assert!(mid <= bound(), "{mid:?}");
+    assert_eq!(
+        metric(&b, RESETS).await,
+        watching,
+        "the feed on the new primary ended B's answer, not a reset"
+    );
+    cluster.finish_slot_move(slot, source, added).await;
+    cluster
+        .move_slot(ValkeyCluster::slot_of(&data_key(moved)), added)
+        .await;
+    // B's feed noticed the moves (the cache dropped) and is live again: a session whose
+    // data now lives on the new primary is answered from B's cache, until a DEL there.
+    eventually("B's feed notices the moves", || async {
+        metric(&b, RESETS).await > watching
+    })
+    .await;
+    cache(&b, &moved.access_token).await;
+    let revoked = del_on(&a, added, moved).await;
+    let after = stale_on(&b, &moved.access_token, revoked).await;
+    eprintln!("a DEL on a primary added just now, after the moves: stale on B {after:?}");
+    assert!(after <= bound(), "{after:?}");
 }
 
 /// A slot moved while B validates it under load: B's cached answers of the moved sessions

@@ -2,10 +2,11 @@
 //! assigned with `CLUSTER ADDSLOTSRANGE`, nodes joined with `CLUSTER MEET`. Three primaries
 //! ([`ValkeyCluster::start`]), or three primaries with a replica each
 //! ([`ValkeyCluster::start_with_replicas`]); and the topology changes a deployment sees: a
-//! manual failover, a primary's crash and its replica's promotion, a slot's migration.
+//! manual failover, a primary's crash and its replica's promotion, a primary added without
+//! slots, a slot's migration (whole, or held half-way).
 //!
-//! Each change returns once every running node's own view (`CLUSTER SLOTS`) agrees on it,
-//! polled; none sleeps for a fixed time.
+//! Each change returns once every running node's own view (`CLUSTER SLOTS`, or `CLUSTER
+//! SHARDS` for a node added) agrees on it, polled; none sleeps for a fixed time.
 
 use super::pki::{Pem, TempDir, tls_proxy};
 use super::valkey::Valkey;
@@ -26,14 +27,19 @@ const POLL: Duration = Duration::from_millis(20);
 const RANGES: [(u16, u16); 3] = [(0, 5460), (5461, 10922), (10923, 16383)];
 
 /// Three primaries, and with [`ValkeyCluster::start_with_replicas`] a replica for each
-/// (node `3 + i` replicates node `i` at the start); killed on drop.
+/// (node `3 + i` replicates node `i` at the start); nodes added later
+/// ([`ValkeyCluster::add_primary`]) come after them. Killed on drop.
 pub struct ValkeyCluster {
     nodes: Vec<Valkey>,
     /// Each node's id (`CLUSTER MYID`), kept across restarts with its config file.
     ids: Vec<String>,
     /// How clients reach each node (the node itself, or a TLS proxy in front of it).
     urls: Vec<String>,
-    _dir: TempDir,
+    /// The certificate of the TLS proxies in front of the nodes, if any (for a node added
+    /// later).
+    tls: Option<Pem>,
+    /// Where the nodes keep their files.
+    dir: TempDir,
 }
 
 /// A port whose cluster-bus port (port + 10000) is free too.
@@ -45,6 +51,48 @@ fn cluster_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Starts one cluster-enabled node, its files in `dir`, behind a TLS proxy presenting `tls`
+/// when given (announcing the proxy's port); returns it and the URL clients reach it by.
+async fn start_node(dir: &TempDir, tls: Option<&Pem>) -> (Valkey, String) {
+    let port = cluster_port();
+    let conf = dir.write(&format!("nodes-{port}.conf"), "");
+    std::fs::remove_file(&conf).expect("fresh cluster config");
+    let mut args: Vec<String> = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        conf.to_str().expect("utf-8"),
+        "--cluster-node-timeout",
+        "2000",
+        // A replica's first sync starts at once, not after 5 s of waiting for others.
+        "--repl-diskless-sync-delay",
+        "0",
+        // A replica writes the RDB it loads from its primary: here, not in the test's
+        // working directory.
+        "--dir",
+        dir.path().to_str().expect("utf-8"),
+    ]
+    .map(str::to_owned)
+    .into();
+    args.extend(["--dbfilename".to_owned(), format!("dump-{port}.rdb")]);
+    let url = match tls {
+        Some(server) => {
+            let proxy = tls_proxy(port, server).await;
+            args.extend([
+                "--cluster-announce-port".to_owned(),
+                proxy.to_string(),
+                // The bus stays on the node's own port + 10000.
+                "--cluster-announce-bus-port".to_owned(),
+                (port + 10_000).to_string(),
+            ]);
+            format!("rediss://127.0.0.1:{proxy}")
+        }
+        None => format!("redis://127.0.0.1:{port}"),
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (Valkey::start_on_with(port, &args), url)
 }
 
 /// One slot range of a node's `CLUSTER SLOTS`: the range, its primary's id, and the ids of
@@ -65,6 +113,8 @@ struct ShardNode {
     health: String,
     /// Which shard of the reply lists it.
     shard: usize,
+    /// Whether that shard owns any slot.
+    shard_owns_slots: bool,
 }
 
 fn parse<T: FromRedisValue>(value: Value, what: &str) -> T {
@@ -98,6 +148,7 @@ fn parse_shards(reply: Vec<Value>) -> Vec<ShardNode> {
     let mut listed = Vec::new();
     for (number, shard) in reply.into_iter().enumerate() {
         let mut shard: HashMap<String, Value> = parse(shard, "CLUSTER SHARDS shard");
+        let slots: Vec<Value> = parse(shard.remove("slots").expect("slots"), "shard slots");
         let nodes: Vec<HashMap<String, Value>> =
             parse(shard.remove("nodes").expect("nodes"), "shard nodes");
         for mut node in nodes {
@@ -112,6 +163,7 @@ fn parse_shards(reply: Vec<Value>) -> Vec<ShardNode> {
                 role: field("role"),
                 health: field("health"),
                 shard: number,
+                shard_owns_slots: !slots.is_empty(),
             });
         }
     }
@@ -192,43 +244,9 @@ impl ValkeyCluster {
         let mut nodes = Vec::new();
         let mut urls = Vec::new();
         for _ in 0..count {
-            let port = cluster_port();
-            let conf = dir.write(&format!("nodes-{port}.conf"), "");
-            std::fs::remove_file(&conf).expect("fresh cluster config");
-            let mut args: Vec<String> = [
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                conf.to_str().expect("utf-8"),
-                "--cluster-node-timeout",
-                "2000",
-                // A replica's first sync starts at once, not after 5 s of waiting for others.
-                "--repl-diskless-sync-delay",
-                "0",
-                // A replica writes the RDB it loads from its primary: here, not in the
-                // test's working directory.
-                "--dir",
-                dir.path().to_str().expect("utf-8"),
-            ]
-            .map(str::to_owned)
-            .into();
-            args.extend(["--dbfilename".to_owned(), format!("dump-{port}.rdb")]);
-            match tls {
-                Some(server) => {
-                    let proxy = tls_proxy(port, server).await;
-                    args.extend([
-                        "--cluster-announce-port".to_owned(),
-                        proxy.to_string(),
-                        // The bus stays on the node's own port + 10000.
-                        "--cluster-announce-bus-port".to_owned(),
-                        (port + 10_000).to_string(),
-                    ]);
-                    urls.push(format!("rediss://127.0.0.1:{proxy}"));
-                }
-                None => urls.push(format!("redis://127.0.0.1:{port}")),
-            }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            nodes.push(Valkey::start_on_with(port, &args));
+            let (node, url) = start_node(&dir, tls).await;
+            nodes.push(node);
+            urls.push(url);
         }
         let mut conns = Vec::new();
         let mut ids = Vec::new();
@@ -264,7 +282,8 @@ impl ValkeyCluster {
             nodes,
             ids,
             urls,
-            _dir: dir,
+            tls: tls.cloned(),
+            dir,
         };
         // Gossip takes ~1 s; a replica can only follow a primary it knows.
         let known = format!("cluster_known_nodes:{count}\r");
@@ -450,6 +469,82 @@ impl ValkeyCluster {
         replica
     }
 
+    /// Adds a primary without slots, as `valkey-cli --cluster add-node` does: one more node
+    /// configured as the others, joined with `CLUSTER MEET` to a running node. Returns its
+    /// index in [`nodes`](Self::nodes) once every running node's `CLUSTER SHARDS` lists it
+    /// as an online primary in a shard without slots, its own lists every other running
+    /// node online (it knows who owns what, so slots can move to it), and every running node
+    /// reports `cluster_state:ok` (a primary just started says `fail`, and refuses keys with
+    /// `CLUSTERDOWN`, for its first 2 s).
+    pub async fn add_primary(&mut self) -> usize {
+        let (node, url) = start_node(&self.dir, self.tls.as_ref()).await;
+        let mut conn = node.client().await;
+        let id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut conn)
+            .await
+            .expect("CLUSTER MYID");
+        let seed = self.live().next().expect("a running node");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MEET")
+            .arg("127.0.0.1")
+            .arg(self.nodes[seed].port())
+            .query_async(&mut conn)
+            .await
+            .expect("MEET");
+        let added = self.nodes.len();
+        self.nodes.push(node);
+        self.ids.push(id);
+        self.urls.push(url);
+        let what = format!(
+            "after CLUSTER MEET of node {added} with node {seed}, every running node lists it \
+             as an online primary without slots and its state ok, and it lists every other \
+             running node online"
+        );
+        poll_until(&what, CHANGE_TIMEOUT, async || {
+            for viewer in self.live() {
+                let info = self.cluster_info(viewer).await;
+                if !info.contains("cluster_state:ok") {
+                    return Err(format!("node {viewer}: {info}"));
+                }
+                let shards = self.shards(viewer).await;
+                let listed = shards.iter().find(|node| node.id == self.ids[added]);
+                match listed {
+                    Some(node)
+                        if node.role == "master"
+                            && node.health == "online"
+                            && !node.shard_owns_slots => {}
+                    Some(node) => {
+                        return Err(format!(
+                            "node {viewer} lists node {added} as {} {}, its shard {}",
+                            node.health,
+                            node.role,
+                            if node.shard_owns_slots {
+                                "with slots"
+                            } else {
+                                "without slots"
+                            }
+                        ));
+                    }
+                    None => return Err(format!("node {viewer} does not list node {added}")),
+                }
+                if viewer == added {
+                    for other in self.live() {
+                        let online = shards
+                            .iter()
+                            .any(|node| node.id == self.ids[other] && node.health == "online");
+                        if !online {
+                            return Err(format!("node {added} does not list node {other} online"));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await;
+        added
+    }
+
     /// Moves `slot` with its keys to primary `to` the way `valkey-cli --cluster reshard`
     /// does: the target `IMPORTING`, the source `MIGRATING`, the keys in batches with
     /// `CLUSTER GETKEYSINSLOT` and `MIGRATE`, then `SETSLOT NODE` on the target, the source
@@ -460,6 +555,16 @@ impl ValkeyCluster {
         if from == to {
             return;
         }
+        self.start_slot_move(slot, from, to).await;
+        self.finish_slot_move(slot, from, to).await;
+    }
+
+    /// The first half of [`move_slot`](Self::move_slot): `slot` `IMPORTING` on `to`,
+    /// `MIGRATING` on `from` (its owner), and all its keys migrated to `to`. The slot stays
+    /// `from`'s in every node's view until [`finish_slot_move`](Self::finish_slot_move);
+    /// meanwhile a command on one of its keys is answered `ASK` by `from`, and served by `to`
+    /// after `ASKING`.
+    pub async fn start_slot_move(&self, slot: u16, from: usize, to: usize) {
         let mut source = self.nodes[from].client().await;
         let mut target = self.nodes[to].client().await;
         let setslot = |state: &str, id: &str| {
@@ -499,7 +604,16 @@ impl ValkeyCluster {
                 .await
                 .expect("MIGRATE");
         }
-        let node = setslot("NODE", &self.ids[to]);
+    }
+
+    /// The second half of [`move_slot`](Self::move_slot), after
+    /// [`start_slot_move`](Self::start_slot_move): `SETSLOT NODE` on the target, the source
+    /// and every other primary; returns once every running node sees `to` owning `slot`.
+    pub async fn finish_slot_move(&self, slot: u16, from: usize, to: usize) {
+        let mut source = self.nodes[from].client().await;
+        let mut target = self.nodes[to].client().await;
+        let mut node = redis::cmd("CLUSTER");
+        node.arg("SETSLOT").arg(slot).arg("NODE").arg(&self.ids[to]);
         let _: () = node
             .query_async(&mut target)
             .await

@@ -44,6 +44,7 @@ impl Drop for TempDir {
 }
 
 /// A certificate and its private key, PEM and DER.
+#[derive(Clone)]
 pub struct Pem {
     /// The certificate.
     pub cert: String,
