@@ -59,10 +59,23 @@ pub trait ScriptArgs<'a> {
     fn named(&self) -> Vec<(&'static str, Arg<'a>)>;
 
     /// Pushes the arguments onto `invocation`, in `ARGV` order (after its keys).
-    fn push(&self, invocation: &mut ScriptInvocation<'_>) {
+    fn push(&self, invocation: &mut impl ArgSink) {
         for (_, arg) in self.named() {
-            invocation.arg(arg);
+            invocation.push_arg(arg);
         }
+    }
+}
+
+/// Where a script's arguments go: redis-rs's invocation (standalone), or cluster mode's
+/// own (which can fall back to `EVAL`).
+pub trait ArgSink {
+    /// Appends one argument to `ARGV`.
+    fn push_arg(&mut self, arg: Arg<'_>);
+}
+
+impl ArgSink for ScriptInvocation<'_> {
+    fn push_arg(&mut self, arg: Arg<'_>) {
+        self.arg(arg);
     }
 }
 

@@ -65,6 +65,7 @@ pub use command_side::ClusterCommandSide;
 use opentelemetry::context::FutureExt as _;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use script::ClusterScript;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -128,21 +129,22 @@ struct Shared {
 
 /// The single-key scripts of cluster mode (`scripts/cluster_*.lua`).
 struct ClusterScripts {
-    index: redis::Script,
-    read: redis::Script,
-    create_data: redis::Script,
-    refresh_data: redis::Script,
-    update_handle: redis::Script,
+    index: ClusterScript,
+    read: ClusterScript,
+    create_data: ClusterScript,
+    refresh_data: ClusterScript,
+    update_handle: ClusterScript,
 }
 
 impl ClusterScripts {
     fn new() -> Self {
         // The scripts that read or write a session start with the shared prelude (the
         // session rules, their arguments by name, Valkey's clock).
-        let with_json = |body: &str| redis::Script::new(&[super::PRELUDE, body].concat());
+        let bare = |body: &str| ClusterScript::new(body.to_owned());
+        let with_json = |body: &str| ClusterScript::new([super::PRELUDE, body].concat());
         Self {
-            index: redis::Script::new(include_str!("../scripts/cluster_index.lua")),
-            read: redis::Script::new(include_str!("../scripts/cluster_read.lua")),
+            index: bare(include_str!("../scripts/cluster_index.lua")),
+            read: bare(include_str!("../scripts/cluster_read.lua")),
             create_data: with_json(include_str!("../scripts/cluster_create_data.lua")),
             refresh_data: with_json(include_str!("../scripts/cluster_refresh_data.lua")),
             update_handle: with_json(include_str!("../scripts/cluster_update_handle.lua")),
@@ -179,6 +181,7 @@ mod handle;
 mod health;
 mod refresh;
 mod revoke;
+mod script;
 pub(crate) mod shards;
 mod validate;
 
