@@ -16,12 +16,12 @@ async fn spawn() -> TestApp {
     TestApp::spawn_with(Backend::Cluster, &["--metrics-listen", "127.0.0.1:0"]).await
 }
 
-/// A second replica of the service on `app`'s cluster.
-pub(crate) async fn replica(app: &TestApp) -> TestApp {
-    let urls = app.cluster.as_ref().expect("a cluster").urls();
+/// A server (its cache on, its admin listener) on the cluster of seeds `urls`, once
+/// SERVING.
+pub(crate) async fn server_on(urls: &str) -> TestApp {
     let config = config(
         StoreKind::Valkey,
-        Some(&urls),
+        Some(urls),
         &[
             "--valkey-mode",
             "cluster",
@@ -29,9 +29,14 @@ pub(crate) async fn replica(app: &TestApp) -> TestApp {
             "127.0.0.1:0",
         ],
     );
-    let replica = TestApp::spawn_config(config, None, None).await;
-    replica.wait_for_health(ServingStatus::Serving).await;
-    replica
+    let server = TestApp::spawn_config(config, None, None).await;
+    server.wait_for_health(ServingStatus::Serving).await;
+    server
+}
+
+/// A second replica of the service on `app`'s cluster.
+pub(crate) async fn replica(app: &TestApp) -> TestApp {
+    server_on(&app.cluster.as_ref().expect("a cluster").urls()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

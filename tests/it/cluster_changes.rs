@@ -8,15 +8,13 @@
 //! after a revocation had answered (BENCHMARKS.md).
 
 use crate::cache::{MISSES, RESETS, cache, eventually, metric};
-use crate::cluster_cache::replica;
+use crate::cluster_cache::{replica, server_on};
 use crate::support::cluster::ValkeyCluster;
-use crate::support::{TestApp, config, unique_did};
+use crate::support::{TestApp, unique_did};
 use barazo_session::cache::feed::PING_INTERVAL;
-use barazo_session::config::StoreKind;
 use barazo_session::proto::CreateSessionResponse as Created;
 use std::time::{Duration, Instant};
 use tonic::Code;
-use tonic_health::pb::health_check_response::ServingStatus;
 
 const PREFIX: &str = "barazo:session:";
 
@@ -29,24 +27,8 @@ fn bound() -> Duration {
 /// A (whose test owns the cluster) and B on a fresh cluster with a replica per primary.
 async fn pair() -> (TestApp, TestApp) {
     let cluster = ValkeyCluster::start_with_replicas().await;
-    let urls = cluster.urls();
-    let mut a = TestApp::spawn_config(
-        config(
-            StoreKind::Valkey,
-            Some(&urls),
-            &[
-                "--valkey-mode",
-                "cluster",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ],
-        ),
-        None,
-        None,
-    )
-    .await;
+    let mut a = server_on(&cluster.urls()).await;
     a.cluster = Some(cluster);
-    a.wait_for_health(ServingStatus::Serving).await;
     let b = replica(&a).await;
     (a, b)
 }
@@ -155,14 +137,16 @@ async fn del_asking_on(a: &TestApp, target: usize, session: &Created) -> Instant
 /// Revokes the first session right after the change (which has just completed), caches
 /// the second again on B and deletes it on its owner, and checks a third is answered from
 /// B's cache again once B's feed has dropped the cache (`resets_before`: its resets before
-/// the change) and noticed the change whole; returns the longest stale time.
+/// the change) and noticed the change whole. Prints the longest stale time as `what`'s
+/// and checks it is within the bound.
 async fn after_the_change(
+    what: &str,
     a: &TestApp,
     b: &TestApp,
     owner: usize,
     sessions: &[Created],
     resets_before: f64,
-) -> Duration {
+) {
     let [first, second, kept, ..] = sessions else {
         panic!("three sessions");
     };
@@ -195,7 +179,28 @@ async fn after_the_change(
         misses,
         "every answer from the cache"
     );
-    longest
+    eprintln!("{what}: longest stale answer on B {longest:?}");
+    assert!(longest <= bound(), "{what}: {longest:?}");
+}
+
+/// Moves each session's data slot, with its keys, to primary `target`, then
+/// [`after_the_change`]; the moved sessions' keys all arrive (the last still validates).
+async fn moved_then_revoked(
+    what: &str,
+    a: &TestApp,
+    b: &TestApp,
+    target: usize,
+    sessions: &[Created],
+    resets_before: f64,
+) {
+    let cluster = a.cluster.as_ref().expect("cluster");
+    for session in sessions {
+        cluster
+            .move_slot(ValkeyCluster::slot_of(&data_key(session)), target)
+            .await;
+    }
+    after_the_change(what, a, b, target, sessions, resets_before).await;
+    assert!(b.validate(&sessions[2].access_token).await.valid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,9 +212,7 @@ async fn a_manual_failover_leaves_no_revoked_token_valid() {
     let promoted = cluster.replica_of(primary).await;
     let resets = metric(&b, RESETS).await;
     cluster.failover(promoted).await;
-    let stale = after_the_change(&a, &b, promoted, &sessions, resets).await;
-    eprintln!("CLUSTER FAILOVER: longest stale answer on B {stale:?}");
-    assert!(stale <= bound(), "{stale:?}");
+    after_the_change("CLUSTER FAILOVER", &a, &b, promoted, &sessions, resets).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,9 +243,7 @@ async fn a_killed_primary_replaced_by_its_replica_leaves_no_revoked_token_valid(
         .expect("cluster")
         .kill_primary_and_wait_for_promotion(primary)
         .await;
-    let stale = after_the_change(&a, &b, promoted, &sessions, resets).await;
-    eprintln!("kill -9 of a primary: longest stale answer on B {stale:?}");
-    assert!(stale <= bound(), "{stale:?}");
+    after_the_change("kill -9 of a primary", &a, &b, promoted, &sessions, resets).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,16 +256,7 @@ async fn a_slot_moved_to_another_primary_leaves_no_revoked_token_valid() {
     let sessions = sessions_on(&a, &b, source, 3).await;
     // Each session's data slot moves, with the session's keys in it.
     let resets = metric(&b, RESETS).await;
-    for session in &sessions {
-        cluster
-            .move_slot(ValkeyCluster::slot_of(&data_key(session)), target)
-            .await;
-    }
-    let stale = after_the_change(&a, &b, target, &sessions, resets).await;
-    eprintln!("a slot moved: longest stale answer on B {stale:?}");
-    assert!(stale <= bound(), "{stale:?}");
-    // The moved session's access key still names it (nothing lost in the move).
-    assert!(b.validate(&sessions[2].access_token).await.valid);
+    moved_then_revoked("a slot moved", &a, &b, target, &sessions, resets).await;
 }
 
 /// A primary added (without slots), then at once, before B's feed may have noticed it, the
@@ -284,17 +276,8 @@ async fn a_slot_moved_to_a_primary_added_just_now_leaves_no_revoked_token_valid(
     let adding = Instant::now();
     let added = a.cluster.as_mut().expect("cluster").add_primary().await;
     eprintln!("add_primary: {:?}", adding.elapsed());
-    let cluster = a.cluster.as_ref().expect("cluster");
-    for session in &sessions {
-        cluster
-            .move_slot(ValkeyCluster::slot_of(&data_key(session)), added)
-            .await;
-    }
-    let stale = after_the_change(&a, &b, added, &sessions, resets).await;
-    eprintln!("slots moved to a primary added just now: longest stale answer on B {stale:?}");
-    assert!(stale <= bound(), "{stale:?}");
-    // The moved session's access key still names it (nothing lost in the move).
-    assert!(b.validate(&sessions[2].access_token).await.valid);
+    let what = "slots moved to a primary added just now";
+    moved_then_revoked(what, &a, &b, added, &sessions, resets).await;
 }
 
 /// What shows B's feed watches a primary added just now, before it owns any slot: B's
