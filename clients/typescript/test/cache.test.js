@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { test } from "node:test";
 import { createSessionClient, SessionServiceUnavailableError } from "../dist/index.js";
-import { freePort, readiness, startServer, startStack, startValkey, uniqueDid } from "./support.js";
+import { events, freePort, readiness, startServer, startStack, startValkey, uniqueDid } from "./support.js";
 
 const sha256 = (text) => createHash("sha256").update(text).digest("hex");
 
@@ -26,27 +26,6 @@ function wire() {
     return response;
   };
   return { state, interceptor };
-}
-
-/** The cache's events, and a promise for the next one `match` accepts (the readiness signal). */
-function events() {
-  const seen = [];
-  const waiters = [];
-  return {
-    seen,
-    onEvent(event) {
-      seen.push(event);
-      for (const waiter of [...waiters]) {
-        if (waiter.match(event)) {
-          waiters.splice(waiters.indexOf(waiter), 1);
-          waiter.resolve(event);
-        }
-      }
-    },
-    next(match) {
-      return new Promise((resolve) => waiters.push({ match, resolve }));
-    },
-  };
 }
 
 /**

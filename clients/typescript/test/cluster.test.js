@@ -10,7 +10,7 @@ import { after, before, describe, test } from "node:test";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { createSessionClient, proto } from "../dist/index.js";
-import { metrics, sample, startClusterStack, uniqueDid } from "./support.js";
+import { events, metrics, sample, startClusterStack, uniqueDid } from "./support.js";
 
 const sha256 = (text) => createHash("sha256").update(text).digest("hex");
 
@@ -35,32 +35,6 @@ function wire() {
     return next(request);
   };
   return { state, interceptor };
-}
-
-/** Events as they come, and a promise for the next one `match` accepts (the readiness signal). */
-function events() {
-  const seen = [];
-  const waiters = [];
-  return {
-    seen,
-    push(event) {
-      seen.push(event);
-      for (const waiter of [...waiters]) {
-        if (waiter.match(event)) {
-          waiters.splice(waiters.indexOf(waiter), 1);
-          waiter.resolve(event);
-        }
-      }
-    },
-    next(match) {
-      return new Promise((resolve) => waiters.push({ match, resolve }));
-    },
-    /** The first event seen so far that `match` accepts, else the next one. */
-    some(match) {
-      const found = seen.find(match);
-      return found === undefined ? this.next(match) : Promise.resolve(found);
-    },
-  };
 }
 
 /**

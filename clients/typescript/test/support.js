@@ -439,3 +439,34 @@ export function sample(text, name, labels = {}) {
   }
   return 0;
 }
+
+/**
+ * Events as they come (a validation cache's `onEvent`, a stream's messages), and a promise for
+ * the next one `match` accepts (the readiness signal).
+ */
+export function events() {
+  const seen = [];
+  const waiters = [];
+  const push = (event) => {
+    seen.push(event);
+    for (const waiter of [...waiters]) {
+      if (waiter.match(event)) {
+        waiters.splice(waiters.indexOf(waiter), 1);
+        waiter.resolve(event);
+      }
+    }
+  };
+  const next = (match) => new Promise((resolve) => waiters.push({ match, resolve }));
+  return {
+    seen,
+    push,
+    /** `push`, as a validation cache's `onEvent` option (needs no `this`). */
+    onEvent: push,
+    next,
+    /** The first event seen so far that `match` accepts, else the next one. */
+    some(match) {
+      const found = seen.find(match);
+      return found === undefined ? next(match) : Promise.resolve(found);
+    },
+  };
+}
