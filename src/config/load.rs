@@ -96,7 +96,7 @@ where
             }
             ErrorKind::InvalidValue | ErrorKind::ValueValidation => {}
             ErrorKind::UnknownArgument if remove_unknown(&mut args, &err) => {
-                problems.push(first_line(&err));
+                problems.push(unknown_problem(&err));
                 continue;
             }
             _ => {
@@ -185,11 +185,26 @@ fn remove_flag(args: &mut Vec<OsString>, arg: &Arg) -> bool {
     removed
 }
 
-/// Removes the argument clap did not know, so that the rest is still checked.
+/// An unknown flag, with the known one it most likely meant (`--stor`: `--store`).
+fn unknown_problem(err: &clap::Error) -> String {
+    match err.get(ContextKind::SuggestedArg) {
+        Some(ContextValue::String(meant)) => {
+            format!("{}: did you mean '{meant}'?", first_line(err))
+        }
+        _ => first_line(err),
+    }
+}
+
+/// Removes the argument clap did not know, so that the rest is still checked; when clap
+/// knows what it meant, the value after it too (`--stor memory` is one mistake, not two).
 fn remove_unknown(args: &mut Vec<OsString>, err: &clap::Error) -> bool {
     let Some(ContextValue::String(unknown)) = err.get(ContextKind::InvalidArg) else {
         return false;
     };
+    let meant = matches!(
+        err.get(ContextKind::SuggestedArg),
+        Some(ContextValue::String(_))
+    );
     match args
         .iter()
         .skip(1)
@@ -197,6 +212,14 @@ fn remove_unknown(args: &mut Vec<OsString>, err: &clap::Error) -> bool {
     {
         Some(i) => {
             args.remove(i + 1);
+            if meant
+                && !unknown.contains('=')
+                && args
+                    .get(i + 1)
+                    .is_some_and(|next| !next.to_string_lossy().starts_with('-'))
+            {
+                args.remove(i + 1);
+            }
             true
         }
         None => false,

@@ -540,6 +540,21 @@ mod tests {
     }
 
     #[test]
+    fn a_mistyped_flag_names_the_one_it_meant_and_takes_its_value_along() {
+        let found = problems(&["--stor", "memory", "--max-concurrent-requests", "0"]);
+        assert_eq!(
+            found[0],
+            "unexpected argument '--stor' found: did you mean '--store'?"
+        );
+        // `memory` went with it (not a second "unexpected argument"); the rest is checked.
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[1].starts_with("--max-concurrent-requests must be"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn never_prints_the_valkey_url() {
         let c = parse(&["--valkey-url", "redis://:hunter2@localhost:6379"]).expect("valid");
         assert!(!format!("{c:?}").contains("hunter2"));
