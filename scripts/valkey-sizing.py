@@ -13,6 +13,8 @@ sizing and durability"); run this again when the key layout or Valkey changes.
     scripts/valkey-sizing.py --valkey-server PATH   # another build, e.g. a redis-server
     scripts/valkey-sizing.py --tabs 3 --tab-sessions 2000   # extra tabs (RefreshSession)
     scripts/valkey-sizing.py --rotation              # with --refresh-token-rotation on
+    scripts/valkey-sizing.py --revoke 2000           # then revoke that many (takedowns): what
+                                                     # is remembered of each (ended: keys)
 
 It takes about three minutes on two cores (each session is one grpcurl process).
 
@@ -176,6 +178,9 @@ def main():
                         help="how many sessions open the extra --tabs")
     parser.add_argument("--rotation", action="store_true",
                         help="run the service with --refresh-token-rotation on")
+    parser.add_argument("--revoke", type=int, default=0,
+                        help="then revoke this many single-session DIDs (DeleteAllSessionsForDid, "
+                             "ACCOUNT_TAKENDOWN): the ended: keys that remember why")
     parser.add_argument("--workers", type=int, default=4, help="concurrent grpcurl calls")
     parser.add_argument("--server", default=str(ROOT / "target/debug/barazo-session"))
     parser.add_argument("--valkey-server", default=None,
@@ -243,8 +248,25 @@ def main():
             assert valkey.call("DBSIZE") - keys_again == args.tabs * tab_sessions
         per_tab = (tabbed - again) / (args.tabs * tab_sessions) if tab_sessions else 0.0
 
+        # Revocations: each session's keys go, and why it ended stays (one ended: key, two
+        # with rotation: by the sid's SHA-1 and by the family), for as long as its data had.
+        revoked = dids[args.extra_per_did:args.extra_per_did + args.revoke]
+        keys_before_revoke = valkey.call("DBSIZE")
+        before_revoke = used_memory(valkey)
+        with concurrent.futures.ThreadPoolExecutor(args.workers) as pool:
+            for future in [pool.submit(call, grpcurl, addr, "DeleteAllSessionsForDid",
+                                       {"did": did, "reason": "ACCOUNT_TAKENDOWN"})
+                           for did in revoked]:
+                assert future.result().get("deletedCount") == 1
+        after_revoke = used_memory(valkey)
+        if revoked:
+            ended_per_session = 2 if args.rotation else 1
+            assert (keys_before_revoke - valkey.call("DBSIZE")
+                    == (keys_per_session - ended_per_session) * len(revoked))
+
         usage = {}
-        for kind in ("data", "access", "did") + (("refresh",) if args.rotation else ()):
+        for kind in ("data", "access", "did") + (("refresh",) if args.rotation else ()) + (
+                ("ended",) if revoked else ()):
             key = first_key(valkey, f"{PREFIX}{kind}:*")
             usage[kind] = (valkey.call("MEMORY", "USAGE", key, "SAMPLES", "0"), len(key))
         multi_did = f"{PREFIX}did:{dids[0]}"
@@ -269,6 +291,10 @@ def main():
         if tab_sessions:
             print(f"{args.tabs} more tabs on {tab_sessions} sessions: {per_tab:.0f} bytes per extra tab "
                   f"(an access key and an accessTokens entry in the data)")
+        if revoked:
+            print(f"{len(revoked)} sessions revoked (takedowns): used_memory {before_revoke} -> "
+                  f"{after_revoke} bytes, {(after_revoke - before_revoke) / len(revoked):.0f} bytes "
+                  f"per revoked session (its keys gone, why it ended remembered)")
         for kind, (size, key_length) in usage.items():
             print(f"MEMORY USAGE {kind} key ({key_length}-byte name): {size} bytes")
         print(f"RDB snapshot: {rdb} bytes for {total_sessions} sessions, "

@@ -7,7 +7,7 @@
 //! between these, so a unit test pins each one, with its message.
 
 use crate::authz::Denial;
-use crate::domain::SyntaxError;
+use crate::domain::{Revocation, SyntaxError};
 use crate::store::StoreError;
 use std::collections::HashMap;
 use tonic::{Code, Status};
@@ -27,6 +27,13 @@ pub enum RequestError {
     /// (`--session-max-lifetime`) and is revoked now.
     #[error("session not found")]
     SessionLifetimeReached,
+    /// The session named by the refresh token was revoked, for `reason` (while the store
+    /// remembers it: as long as the session would have lived).
+    #[error("session not found")]
+    SessionRevoked {
+        /// Why.
+        reason: Revocation,
+    },
     /// An older refresh token of the session was presented again (with rotation on): the
     /// whole session is revoked now, as theft.
     #[error("session not found")]
@@ -89,6 +96,7 @@ impl RequestError {
             }
             Self::TooLarge { .. } => Code::OutOfRange,
             Self::SessionNotFound
+            | Self::SessionRevoked { .. }
             | Self::SessionLifetimeReached
             | Self::RefreshTokenReused { .. } => Code::NotFound,
             // Unreadable stored data is treated as no session at all: fail closed.
@@ -143,6 +151,10 @@ impl RequestError {
                 Some(("SESSION_UNKNOWN", Vec::new()))
             }
             Self::SessionLifetimeReached => Some(("SESSION_LIFETIME_REACHED", Vec::new())),
+            Self::SessionRevoked { reason } => Some((
+                "SESSION_REVOKED",
+                vec![("revocation".to_owned(), reason.as_str().to_owned())],
+            )),
             Self::RefreshTokenReused { did } => Some((
                 "REFRESH_TOKEN_REUSED",
                 vec![("did".to_owned(), did.clone())],
@@ -221,6 +233,12 @@ mod tests {
             (RequestError::SessionNotFound, Code::NotFound),
             (RequestError::SessionLifetimeReached, Code::NotFound),
             (
+                RequestError::SessionRevoked {
+                    reason: Revocation::User,
+                },
+                Code::NotFound,
+            ),
+            (
                 RequestError::RefreshTokenReused {
                     did: "did:plc:alice".into(),
                 },
@@ -279,6 +297,16 @@ mod tests {
                 "REFRESH_TOKEN_REUSED".to_owned(),
                 ERROR_DOMAIN.to_owned(),
                 HashMap::from([("did".to_owned(), did)])
+            ))
+        );
+        assert_eq!(
+            reason_of(RequestError::SessionRevoked {
+                reason: Revocation::AccountTakendown
+            }),
+            Some((
+                "SESSION_REVOKED".to_owned(),
+                ERROR_DOMAIN.to_owned(),
+                HashMap::from([("revocation".to_owned(), "account-takendown".to_owned())])
             ))
         );
         for (err, reason) in [

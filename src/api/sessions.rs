@@ -198,6 +198,9 @@ impl<S: SessionStore> SessionApi<S> {
             .store
             .refresh(&presented, &refresh, self.lifetimes)
             .await?;
+        if let ByRefresh::NotFound = outcome {
+            return Err(self.why_gone(&presented).await);
+        }
         let refreshed = self.found(outcome, Rpc::RefreshSession)?;
         // The successor the session now has for this token (rotated now, or by a
         // concurrent refresh within the grace): derived, never stored.
@@ -221,6 +224,22 @@ impl<S: SessionStore> SessionApi<S> {
             access_token: access.into_string(),
             refresh_token,
         })
+    }
+
+    /// Why the session a refresh token named is gone: the revocation the store still
+    /// remembers, else unknown (expired, never issued, or revoked longer ago than it would
+    /// have lived). Asked only on this path, one read. A failed read loses only the
+    /// explanation: the answer is NOT_FOUND either way.
+    async fn why_gone(&self, presented: &Presented) -> RequestError {
+        match self.store.ended(presented).await {
+            Ok(Some(Revocation::Lifetime)) => RequestError::SessionLifetimeReached,
+            Ok(Some(reason)) => RequestError::SessionRevoked { reason },
+            Ok(None) => RequestError::SessionNotFound,
+            Err(err) => {
+                tracing::debug!(error = %err, "why a session is gone could not be read");
+                RequestError::SessionNotFound
+            }
+        }
     }
 
     /// The value of a call that named its session by a refresh token; reuse of an old
@@ -273,7 +292,7 @@ impl<S: SessionStore> SessionApi<S> {
         validate_did(&req.did)?;
         let reason = account_status(req.reason)?;
         record_did(&req.did);
-        let deleted_count = self.store.delete_all_for_did(&req.did).await?;
+        let deleted_count = self.store.delete_all_for_did(&req.did, reason).await?;
         self.revoked(reason, deleted_count);
         // An account's end is an event an operator looks for; the DID only as its hash's
         // prefix, like every identifier in the log.
@@ -345,6 +364,9 @@ impl<S: SessionStore> SessionApi<S> {
             .store
             .revoke_others(&presented, self.lifetimes.tokens.reuse_grace)
             .await?;
+        if let ByRefresh::NotFound = outcome {
+            return Err(self.why_gone(&presented).await);
+        }
         let revoked_count = self.found(outcome, Rpc::RevokeOtherSessions)?;
         self.revoked(Revocation::Others, revoked_count);
         Ok(RevokeOtherSessionsResponse { revoked_count })

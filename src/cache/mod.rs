@@ -279,7 +279,7 @@ mod tests {
     use super::feed::invalidations;
     use super::*;
     use crate::domain::rotation::Presented;
-    use crate::domain::{Lifetimes, SessionRecord, sha256_hex};
+    use crate::domain::{Lifetimes, Revocation, SessionRecord, sha256_hex};
     use crate::store::KeyLayout;
     use crate::store::{
         ByRefresh, Created, Found, FoundByHash, Refresh, Refreshed, SessionStore, StoreError,
@@ -501,7 +501,10 @@ mod tests {
         ) -> Result<ByRefresh<String>, StoreError> {
             std::future::pending().await
         }
-        async fn delete_all_for_did(&self, _: &str) -> Result<u32, StoreError> {
+        async fn delete_all_for_did(&self, _: &str, _: Revocation) -> Result<u32, StoreError> {
+            std::future::pending().await
+        }
+        async fn ended(&self, _: &Presented) -> Result<Option<Revocation>, StoreError> {
             std::future::pending().await
         }
         async fn list_for_did(&self, _: &str) -> Result<Vec<SessionRecord>, StoreError> {
@@ -533,9 +536,9 @@ mod tests {
         let (hash, view, _) = answer(1, 0);
         put(&cache, &hash, &view);
         let store = OwnWrites::new(Stuck, cache.clone());
-        drop(store.delete_all_for_did("did:plc:alice"));
+        drop(store.delete_all_for_did("did:plc:alice", Revocation::AllForDid));
         assert_eq!(cache.len(), 1, "a write never polled did not start");
-        let write = store.delete_all_for_did("did:plc:alice");
+        let write = store.delete_all_for_did("did:plc:alice", Revocation::AllForDid);
         tokio::select! {
             biased;
             _ = write => panic!("the stuck store answered"),

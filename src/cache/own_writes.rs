@@ -3,7 +3,7 @@
 
 use super::ValidationCache;
 use crate::domain::rotation::{Lookup, Presented};
-use crate::domain::{Lifetimes, SessionRecord};
+use crate::domain::{Lifetimes, Revocation, SessionRecord};
 use crate::store::{
     ByRefresh, Created, Found, FoundByHash, Refresh, Refreshed, SessionStore, StoreError,
 };
@@ -144,8 +144,8 @@ impl<S: SessionStore> SessionStore for OwnWrites<S> {
         .await
     }
 
-    async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
-        self.write(self.inner.delete_all_for_did(did), |&count| {
+    async fn delete_all_for_did(&self, did: &str, reason: Revocation) -> Result<u32, StoreError> {
+        self.write(self.inner.delete_all_for_did(did, reason), |&count| {
             if count == 0 {
                 Touched::Nothing
             } else {
@@ -169,6 +169,10 @@ impl<S: SessionStore> SessionStore for OwnWrites<S> {
 
     async fn list_for_did(&self, did: &str) -> Result<Vec<SessionRecord>, StoreError> {
         self.inner.list_for_did(did).await
+    }
+
+    async fn ended(&self, presented: &Presented) -> Result<Option<Revocation>, StoreError> {
+        self.inner.ended(presented).await
     }
 
     async fn revoke_in_did(&self, did: &str, sid: &str) -> Result<bool, StoreError> {

@@ -6,6 +6,7 @@
 pub(crate) mod clock;
 pub(crate) mod lifetimes;
 pub(crate) mod record;
+pub(crate) mod revocation;
 pub mod rotation;
 pub(crate) mod syntax;
 pub(crate) mod tokens;
@@ -14,6 +15,7 @@ pub(crate) mod view;
 pub use clock::{now_ms, skew_clock_for_tests};
 pub use lifetimes::{Lifetimes, TokenRules};
 pub use record::{AccessTokenEntry, EarlierRotation, MAX_EARLIER_ROTATIONS, Role, SessionRecord};
+pub use revocation::Revocation;
 pub use syntax::{
     ClientFacts, MAX_USER_AGENT_BYTES, SyntaxError, validate_did, validate_handle,
     validate_session_key,

@@ -55,52 +55,7 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
-/// Why sessions were revoked, the label of `barazo_session_revocations_total`.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Revocation {
-    /// `RevokeSession`: the user ended one of their sessions.
-    User,
-    /// `RevokeOtherSessions`: "log out everywhere else".
-    Others,
-    /// `CreateSession` beyond `--max-sessions-per-did`: the least recently refreshed went.
-    Cap,
-    /// `RefreshSession` past `--session-max-lifetime`.
-    Lifetime,
-    /// `DeleteSession`: logout.
-    Logout,
-    /// `DeleteAllSessionsForDid` without a reason.
-    AllForDid,
-    /// `DeleteAllSessionsForDid`, the account deleted.
-    AccountDeleted,
-    /// `DeleteAllSessionsForDid`, the account taken down.
-    AccountTakendown,
-    /// `DeleteAllSessionsForDid`, the account deactivated.
-    AccountDeactivated,
-    /// `DeleteAllSessionsForDid`, the account suspended.
-    AccountSuspended,
-    /// An old refresh token presented again (with rotation on): the whole session goes,
-    /// whichever RPC presented it.
-    Reuse,
-}
-
-impl Revocation {
-    /// The label value (and span attribute value).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::Others => "others",
-            Self::Cap => "cap",
-            Self::Lifetime => "lifetime",
-            Self::Logout => "logout",
-            Self::AllForDid => "all-for-did",
-            Self::AccountDeleted => "account-deleted",
-            Self::AccountTakendown => "account-takendown",
-            Self::AccountDeactivated => "account-deactivated",
-            Self::AccountSuspended => "account-suspended",
-            Self::Reuse => "reuse",
-        }
-    }
-}
+pub use crate::domain::Revocation;
 
 /// Labels of revoked sessions.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

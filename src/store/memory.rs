@@ -1,10 +1,12 @@
 //! The in-memory store: the same semantics as Valkey's (TTLs, sliding window, pruning), in
 //! one process, for development and the quick start. Nothing survives a restart.
 
-use super::{ByRefresh, Created, Found, FoundByHash, Refresh, Refreshed, SessionStore, StoreError};
+use super::{
+    ByRefresh, Created, Found, FoundByHash, Refresh, Refreshed, SessionStore, StoreError, ended,
+};
 use crate::domain::Lifetimes;
 use crate::domain::rotation::{Lookup, Presented};
-use crate::domain::{Role, SessionRecord};
+use crate::domain::{Revocation, Role, SessionRecord};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -45,6 +47,8 @@ struct Keyspace {
     dids: HashMap<String, Expiring<HashSet<String>>>,
     /// `refresh:<family hash>` → sid, for sessions whose refresh token rotates.
     families: HashMap<String, Expiring<String>>,
+    /// `ended:<id>` → why a revoked session ended (see [`crate::store::ended`]).
+    ended: HashMap<String, Expiring<Revocation>>,
     last_sweep: Option<Instant>,
 }
 
@@ -80,6 +84,7 @@ impl Keyspace {
         self.access.retain(|_, e| e.live(now));
         self.dids.retain(|_, e| e.live(now));
         self.families.retain(|_, e| e.live(now));
+        self.ended.retain(|_, e| e.live(now));
         self.last_sweep = Some(now);
     }
 
@@ -122,7 +127,7 @@ impl Keyspace {
         let excess = live.len() - keep;
         let mut revoked = 0u32;
         for (_, sid) in live.into_iter().take(excess) {
-            if self.remove_session(&sid, now).is_some() {
+            if self.remove_session(&sid, now, Revocation::Cap).is_some() {
                 revoked = revoked.saturating_add(1);
             }
             if let Some(index) = self.dids.get_mut(did) {
@@ -132,9 +137,14 @@ impl Keyspace {
         revoked
     }
 
-    /// Removes a session's data and every access key it names; returns its record if it
-    /// was live.
-    fn remove_session(&mut self, sid: &str, now: Instant) -> Option<SessionRecord> {
+    /// Removes a session's data and every access key it names, and remembers why for as
+    /// long as its data would have lived; returns its record if it was live.
+    fn remove_session(
+        &mut self,
+        sid: &str,
+        now: Instant,
+        reason: Revocation,
+    ) -> Option<SessionRecord> {
         let entry = self.data.remove(sid)?;
         if !entry.live(now) {
             return None;
@@ -145,13 +155,20 @@ impl Keyspace {
         if let Some(family) = &entry.value.refresh_family {
             self.families.remove(family);
         }
+        for id in ended::ids(sid, entry.value.refresh_family.as_deref()) {
+            let remembered = Expiring {
+                value: reason,
+                deadline: entry.deadline,
+            };
+            self.ended.insert(id, remembered);
+        }
         Some(entry.value)
     }
 
     /// Revokes a session and takes it out of its DID index: what `session_json.lua`'s
     /// `revoke_session` deletes.
-    fn revoke(&mut self, sid: &str, now: Instant) -> Option<SessionRecord> {
-        let record = self.remove_session(sid, now)?;
+    fn revoke(&mut self, sid: &str, now: Instant, reason: Revocation) -> Option<SessionRecord> {
+        let record = self.remove_session(sid, now, reason)?;
         if let Some(index) = self.dids.get_mut(&record.did) {
             index.value.remove(sid);
         }
@@ -180,7 +197,7 @@ impl Keyspace {
         match record.role_of(presented, crate::domain::now_ms(), grace_ms) {
             Role::Foreign => ByRefresh::NotFound,
             Role::Reuse => {
-                self.revoke(&record.sid, now);
+                self.revoke(&record.sid, now, Revocation::Reuse);
                 ByRefresh::Reused {
                     sid: record.sid,
                     did: record.did,
@@ -285,7 +302,7 @@ impl SessionStore for MemoryStore {
         let lifetimes = match lifetimes.deadline_ms(record.created_at) {
             // Past its absolute deadline: the session ends now.
             Some(deadline) if deadline <= now_ms => {
-                ks.revoke(sid, now);
+                ks.revoke(sid, now, Revocation::Lifetime);
                 return Ok(ByRefresh::PastLifetime);
             }
             Some(deadline) => {
@@ -379,7 +396,7 @@ impl SessionStore for MemoryStore {
         {
             return Ok(false);
         }
-        ks.remove_session(sid, now);
+        ks.remove_session(sid, now, Revocation::User);
         if let Some(index) = ks.dids.get_mut(did) {
             index.value.remove(sid);
         }
@@ -414,7 +431,7 @@ impl SessionStore for MemoryStore {
             .unwrap_or_default();
         let mut revoked = 0u32;
         for other in &others {
-            if ks.remove_session(other, now).is_some() {
+            if ks.remove_session(other, now, Revocation::Others).is_some() {
                 revoked = revoked.saturating_add(1);
             }
             if let Some(index) = ks.dids.get_mut(&own.did) {
@@ -434,14 +451,14 @@ impl SessionStore for MemoryStore {
         let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
         Ok(match ks.by_refresh(presented, grace_ms, now) {
             ByRefresh::Found((record, _)) => {
-                ks.revoke(&record.sid, now);
+                ks.revoke(&record.sid, now, Revocation::Logout);
                 ByRefresh::Found(record.sid)
             }
             other => other.map_found(|_| String::new()),
         })
     }
 
-    async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
+    async fn delete_all_for_did(&self, did: &str, reason: Revocation) -> Result<u32, StoreError> {
         let now = Instant::now();
         let mut ks = self.lock();
         let Some(index) = ks.dids.remove(did).filter(|e| e.live(now)) else {
@@ -450,9 +467,19 @@ impl SessionStore for MemoryStore {
         let removed = index
             .value
             .iter()
-            .filter(|sid| ks.remove_session(sid, now).is_some())
+            .filter(|sid| ks.remove_session(sid, now, reason).is_some())
             .count();
         Ok(u32::try_from(removed).unwrap_or(u32::MAX))
+    }
+
+    async fn ended(&self, presented: &Presented) -> Result<Option<Revocation>, StoreError> {
+        let now = Instant::now();
+        let ks = self.lock();
+        Ok(ks
+            .ended
+            .get(&ended::presented_id(presented))
+            .filter(|e| e.live(now))
+            .map(|e| e.value))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -14,11 +14,12 @@
 //! - `refresh:<sha256hex(refresh token family)>` → the sid, for sessions whose refresh
 //!   token rotates (see [`crate::domain::rotation`]); TTL = session TTL.
 
+pub(crate) mod ended;
 pub mod memory;
 pub mod valkey;
 
 use crate::domain::rotation::{Candidate, Presented};
-use crate::domain::{ClientFacts, Lifetimes, SessionRecord};
+use crate::domain::{ClientFacts, Lifetimes, Revocation, SessionRecord};
 use std::future::Future;
 use std::time::Duration;
 
@@ -147,6 +148,11 @@ impl KeyLayout {
     /// `<prefix>refresh:<sha256 of a rotated refresh token's family>`: the sid.
     pub fn refresh(&self, family_hash: &str) -> String {
         format!("{}refresh:{family_hash}", self.prefix)
+    }
+
+    /// `<prefix>ended:<id>`: why a revoked session ended (see [`ended`]).
+    pub fn ended(&self, id: &str) -> String {
+        format!("{}ended:{id}", self.prefix)
     }
 
     /// `<prefix>did:<did>`: the DID's set of sids.
@@ -296,10 +302,21 @@ pub trait SessionStore: Send + Sync + 'static {
         grace: Duration,
     ) -> impl Future<Output = Result<ByRefresh<String>, StoreError>> + Send;
 
-    /// Removes every session in a DID's index and the index itself. Returns how many
-    /// sessions existed.
-    fn delete_all_for_did(&self, did: &str)
-    -> impl Future<Output = Result<u32, StoreError>> + Send;
+    /// Removes every session in a DID's index and the index itself, remembering `reason`
+    /// for each. Returns how many sessions existed.
+    fn delete_all_for_did(
+        &self,
+        did: &str,
+        reason: Revocation,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
+
+    /// Why the session a presented refresh token named was revoked, while the store still
+    /// remembers it (as long as the session would have lived; see [`ended`]). Every
+    /// revocation is remembered with its reason; a session that expired is not.
+    fn ended(
+        &self,
+        presented: &Presented,
+    ) -> impl Future<Output = Result<Option<Revocation>, StoreError>> + Send;
 
     /// Gives every live, readable session in a DID's index whose record names that DID the
     /// handle `handle`, each in one atomic step that keeps the rest of the record and its

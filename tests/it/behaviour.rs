@@ -40,6 +40,7 @@ macro_rules! for_each_store {
 }
 
 for_each_store!(
+    a_refresh_after_a_revocation_says_why,
     a_handle_change_reaches_every_live_session_of_the_did,
     a_handle_change_races_refreshes_and_revocations,
     create_then_validate_returns_the_session,
@@ -323,6 +324,88 @@ async fn delete_revokes_and_is_idempotent(store: Backend) {
         app.validate(&other.access_token).await.valid,
         "others untouched"
     );
+}
+
+/// `SESSION_REVOKED`'s metadata for a revocation reason.
+fn revocation(reason: &str) -> Vec<(String, String)> {
+    vec![("revocation".to_owned(), reason.to_owned())]
+}
+
+/// Every way a session is revoked is remembered, and a refresh (or "log out everywhere
+/// else") with its cookie afterwards says which; a token that never named a session, and
+/// a malformed one, are unknown.
+async fn a_refresh_after_a_revocation_says_why(store: Backend) {
+    let app = TestApp::spawn_with(store, &["--max-sessions-per-did", "3"]).await;
+    let why = async |cookie: &str| {
+        let status = app.refresh(cookie).await.expect_err("gone");
+        assert_eq!(status.code(), Code::NotFound);
+        end_reason(&status)
+    };
+    let revoked = |reason: &str| Some(("SESSION_REVOKED".to_owned(), revocation(reason)));
+    let did = unique_did();
+
+    let logged_out = app.create(&did, "alice.test").await;
+    assert!(app.delete(&logged_out.refresh_token).await.expect("logout"));
+    assert_eq!(why(&logged_out.refresh_token).await, revoked("logout"));
+
+    let device = app.create(&did, "alice.test").await;
+    assert!(
+        revoke(&app, &did, &sha256_hex(&device.refresh_token))
+            .await
+            .expect("revoke")
+    );
+    assert_eq!(why(&device.refresh_token).await, revoked("user"));
+
+    let other = app.create(&did, "alice.test").await;
+    let kept = app.create(&did, "alice.test").await;
+    assert_eq!(
+        revoke_others(&app, &kept.refresh_token)
+            .await
+            .expect("others"),
+        1
+    );
+    assert_eq!(why(&other.refresh_token).await, revoked("others"));
+    let status = revoke_others(&app, &other.refresh_token)
+        .await
+        .expect_err("gone");
+    assert_eq!(
+        end_reason(&status),
+        revoked("others"),
+        "log out everywhere else says so too"
+    );
+
+    // The cap of 3: the fourth login revokes the least recently refreshed.
+    let oldest = app.create(&did, "alice.test").await;
+    app.refresh(&kept.refresh_token).await.expect("refresh");
+    for _ in 0..2 {
+        app.create(&did, "alice.test").await;
+    }
+    assert_eq!(why(&oldest.refresh_token).await, revoked("cap"));
+
+    // An account's end, with and without its status.
+    let taken_down = unique_did();
+    let session = app.create(&taken_down, "bob.test").await;
+    assert_eq!(
+        app.delete_all_because(
+            &taken_down,
+            barazo_session::proto::AccountStatus::AccountTakendown as i32
+        )
+        .await
+        .expect("takedown"),
+        1
+    );
+    assert_eq!(
+        why(&session.refresh_token).await,
+        revoked("account-takendown")
+    );
+    let deleted = unique_did();
+    let session = app.create(&deleted, "carol.test").await;
+    assert_eq!(app.delete_all(&deleted).await.expect("delete all"), 1);
+    assert_eq!(why(&session.refresh_token).await, revoked("all-for-did"));
+
+    let unknown = Some(("SESSION_UNKNOWN".to_owned(), Vec::new()));
+    assert_eq!(why(&"cd".repeat(32)).await, unknown);
+    assert_eq!(why("not a token").await, unknown);
 }
 
 /// The handle a token's validation answers with.
@@ -1147,7 +1230,8 @@ async fn an_old_cookie_after_the_grace_revokes_the_session(store: Backend) {
         .await
         .expect_err("old cookie");
     assert_eq!(status.code(), Code::NotFound);
-    // The call that found the reuse says so, with the DID to tell; later ones do not know.
+    // The call that found the reuse says so, with the DID to tell; later ones that it was
+    // revoked as reuse.
     assert_eq!(
         end_reason(&status),
         Some((
@@ -1161,7 +1245,7 @@ async fn an_old_cookie_after_the_grace_revokes_the_session(store: Backend) {
                 .await
                 .expect_err("revoked")
         ),
-        Some(("SESSION_UNKNOWN".to_owned(), Vec::new()))
+        Some(("SESSION_REVOKED".to_owned(), revocation("reuse")))
     );
     for token in [&created.access_token, &first.access_token] {
         assert!(!app.validate(token).await.valid);

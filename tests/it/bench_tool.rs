@@ -184,7 +184,7 @@ async fn keys(valkey: &Valkey) -> Vec<String> {
         keys.extend(
             batch
                 .into_iter()
-                .filter(|key| !crate::support::is_feed_marker(key)),
+                .filter(|key| !crate::support::is_bookkeeping(key)),
         );
         if next == 0 {
             return keys;

@@ -79,14 +79,28 @@ async fn a_session_spread_over_three_nodes_works_and_leaves_nothing() {
     assert!(!app.validate(&refreshed.access_token).await.valid);
     assert_eq!(app.delete_all(&did).await.expect("delete all"), 0);
 
-    // Every node is empty: no data, access key or index entry left anywhere.
+    // Every node is empty: no data, access key or index entry left anywhere (only why
+    // the revoked sessions ended, each with its TTL).
     for node in app.cluster.as_ref().expect("cluster").nodes() {
         let mut conn = node.client().await;
-        let keys: u64 = redis::cmd("DBSIZE")
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
             .query_async(&mut conn)
             .await
-            .expect("DBSIZE");
-        assert_eq!(keys, 0, "node {} still holds keys", node.port());
+            .expect("KEYS");
+        let left: Vec<&String> = keys
+            .iter()
+            .filter(|key| !crate::support::is_end_record(key))
+            .collect();
+        assert!(left.is_empty(), "node {} still holds {left:?}", node.port());
+        for key in &keys {
+            let ttl: i64 = redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .expect("PTTL");
+            assert!(ttl > 0, "{key} has no TTL");
+        }
     }
 }
 
@@ -579,9 +593,10 @@ async fn round_trips_per_rpc_in_cluster_mode() {
     let (_, trips) = monitor.round_trips(app.delete(&first.refresh_token)).await;
     assert_eq!(
         trips,
-        counted(&["EVALSHA", "GET", "DEL", "DEL", "DEL", "SREM"]),
+        counted(&["EVALSHA", "GET", "PTTL", "SET", "DEL", "DEL", "DEL", "SREM"]),
         "DeleteSession: read script (whose token is it, on the data node's clock), then GET data, \
-         DEL both access keys (the refresh added a second tab's), DEL data, SREM"
+         PTTL data and SET why it ended, DEL both access keys (the refresh added a second tab's), \
+         DEL data, SREM"
     );
     let mut sessions = Vec::new();
     for _ in 0..3 {
@@ -594,7 +609,7 @@ async fn round_trips_per_rpc_in_cluster_mode() {
         trips,
         counted(&[
             "EVALSHA", "EVALSHA", "SET", "SCARD", "SMEMBERS", "GET", "GET", "GET", "GET", "GET",
-            "DEL", "DEL", "SREM"
+            "PTTL", "SET", "DEL", "DEL", "SREM"
         ]),
         "CreateSession revoking one for the cap of 3"
     );
@@ -618,7 +633,7 @@ async fn round_trips_per_rpc_in_cluster_mode() {
     assert_eq!(
         trips,
         counted(&[
-            "SMEMBERS", "GET", "GET", "GET", "GET", "GET", "DEL", "DEL", "SREM"
+            "SMEMBERS", "GET", "GET", "GET", "GET", "GET", "PTTL", "SET", "DEL", "DEL", "SREM"
         ]),
         "RevokeSession of 3: the listing, then GET (the DID check), GET, DEL, DEL, SREM"
     );
@@ -631,7 +646,9 @@ async fn round_trips_per_rpc_in_cluster_mode() {
     assert_eq!(revoked.expect("others").into_inner().revoked_count, 1);
     assert_eq!(
         trips,
-        counted(&["EVALSHA", "SMEMBERS", "GET", "DEL", "DEL", "SREM"]),
+        counted(&[
+            "EVALSHA", "SMEMBERS", "GET", "PTTL", "SET", "DEL", "DEL", "SREM"
+        ]),
         "RevokeOtherSessions of 2: read script (own session by its token), SMEMBERS, then per \
          other GET, DEL, DEL, SREM"
     );
@@ -639,7 +656,7 @@ async fn round_trips_per_rpc_in_cluster_mode() {
     assert_eq!(deleted.expect("delete all"), 1);
     assert_eq!(
         trips,
-        counted(&["SMEMBERS", "GET", "DEL", "DEL", "SREM"]),
+        counted(&["SMEMBERS", "GET", "PTTL", "SET", "DEL", "DEL", "SREM"]),
         "DeleteAllSessionsForDid of 1: SMEMBERS, then GET, DEL, DEL, SREM"
     );
 }

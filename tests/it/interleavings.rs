@@ -12,7 +12,7 @@
 use crate::support::cluster::ValkeyCluster;
 use crate::support::{Backend, TestApp, login, sha256_hex, unique_did};
 use barazo_session::domain::rotation::{self, Candidate, Presented};
-use barazo_session::domain::{Lifetimes, TokenRules};
+use barazo_session::domain::{Lifetimes, Revocation, TokenRules};
 use barazo_session::domain::{SessionRecord, Token, now_ms};
 use barazo_session::observe::metrics::Metrics;
 use barazo_session::store::valkey::cluster::{Step, StepHook};
@@ -286,7 +286,10 @@ async fn concurrent_creates_of_one_did_both_stay_in_its_index() {
         assert!(validates(&store, &held_access).await, "{step:?}");
         assert!(validates(&store, &other_access).await, "{step:?}");
         assert_eq!(
-            store.delete_all_for_did(&did).await.expect("delete-all"),
+            store
+                .delete_all_for_did(&did, Revocation::AllForDid)
+                .await
+                .expect("delete-all"),
             2,
             "{step:?}"
         );
@@ -315,7 +318,7 @@ async fn a_create_during_delete_all_stays_reachable_from_its_index() {
 
     let takedown = held_at(&gate, {
         let (store, did) = (store.clone(), did.clone());
-        async move { store.delete_all_for_did(&did).await }
+        async move { store.delete_all_for_did(&did, Revocation::AllForDid).await }
     })
     .await;
     let (new, new_access) = session(&did);
@@ -329,7 +332,13 @@ async fn a_create_during_delete_all_stays_reachable_from_its_index() {
         is_indexed(&cluster, &did, &new.sid).await,
         "lost from the index"
     );
-    assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);
+    assert_eq!(
+        store
+            .delete_all_for_did(&did, Revocation::AllForDid)
+            .await
+            .expect("delete-all"),
+        1
+    );
     assert!(!validates(&store, &new_access).await);
     assert_every_cluster_key_expires(&cluster).await;
 }
@@ -356,7 +365,13 @@ async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
             ),
         )
         .await;
-        assert_eq!(store.delete_all_for_did(&did).await.expect("delete-all"), 1);
+        assert_eq!(
+            store
+                .delete_all_for_did(&did, Revocation::AllForDid)
+                .await
+                .expect("delete-all"),
+            1
+        );
         gate.release();
         refresh.await.expect("task").expect("refresh answers");
 
@@ -538,7 +553,9 @@ async fn a_rotation_overtaken_without_grace_revokes_the_session() {
     let left: Vec<_> = keys_and_ttls(&mut node_connections(&cluster).await)
         .await
         .into_iter()
-        .filter(|(key, _)| !key.starts_with(&format!("{PREFIX}access:")))
+        .filter(|(key, _)| {
+            !key.starts_with(&format!("{PREFIX}access:")) && !crate::support::is_end_record(key)
+        })
         .collect();
     assert!(left.is_empty(), "{left:?}");
     assert_every_cluster_key_expires(&cluster).await;

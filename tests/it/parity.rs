@@ -18,7 +18,7 @@ use crate::support::cluster::ValkeyCluster;
 use crate::support::{Valkey, sha256_hex, unique_did};
 use barazo_session::domain::rotation::{self, Candidate, Lookup, Presented};
 use barazo_session::domain::{AccessTokenEntry, ClientFacts, EarlierRotation, Role, SessionRecord};
-use barazo_session::domain::{Lifetimes, TokenRules};
+use barazo_session::domain::{Lifetimes, Revocation, TokenRules};
 use barazo_session::observe::metrics::Metrics;
 use barazo_session::store::memory::MemoryStore;
 use barazo_session::store::valkey::args::{
@@ -1764,7 +1764,7 @@ async fn caps(lua: &Lua, stores: &mut Stores, report: &mut Report) {
                 }
             }
             on!(stores, backend, |store| store
-                .delete_all_for_did(&did)
+                .delete_all_for_did(&did, Revocation::AllForDid)
                 .await)
             .expect("cleaned up");
         }

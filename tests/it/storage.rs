@@ -119,7 +119,7 @@ async fn keys(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Ve
     let found: Vec<String> = conn.keys(pattern).await.expect("KEYS");
     found
         .into_iter()
-        .filter(|key| !crate::support::is_feed_marker(key))
+        .filter(|key| !crate::support::is_bookkeeping(key))
         .collect()
 }
 

@@ -144,13 +144,19 @@ export function toSessionServiceError(rpc: string, error: unknown): SessionServi
  * - `REFRESH_TOKEN_REUSED`: an older refresh token of the session was presented again, so
  *   the whole session was revoked by this very call, as theft; `did` names the user to tell
  *   ("you were signed out because your session was used from elsewhere").
+ * - `SESSION_REVOKED`: the session was revoked; `metadata.revocation` says how (`logout`,
+ *   `user`, `others`, `cap`, `reuse`, `all-for-did`, `account-takendown`, …).
  * - `SESSION_LIFETIME_REACHED`: the session reached the service's absolute lifetime.
- * - `SESSION_UNKNOWN`: no live session has the token (expired, logged out, revoked earlier,
- *   or never issued).
+ * - `SESSION_UNKNOWN`: no live session has the token (it expired, or was never issued).
  * A newer service may name other reasons; `metadata` holds whatever it attached.
  */
 export interface SessionEnd {
-  reason: "REFRESH_TOKEN_REUSED" | "SESSION_LIFETIME_REACHED" | "SESSION_UNKNOWN" | (string & {});
+  reason:
+    | "REFRESH_TOKEN_REUSED"
+    | "SESSION_REVOKED"
+    | "SESSION_LIFETIME_REACHED"
+    | "SESSION_UNKNOWN"
+    | (string & {});
   /** The user, for `REFRESH_TOKEN_REUSED`. */
   did?: string;
   metadata: Record<string, string>;

@@ -11,10 +11,11 @@ use super::identity::{CommandSide, Failures};
 use super::{
     Endpoint, Operation, ValkeyOptions, observe, parse_record, store_error, time_ms, ttl_ms,
 };
-use crate::domain::Lifetimes;
 use crate::domain::rotation::{Lookup, Presented};
+use crate::domain::{Lifetimes, Revocation};
 use crate::domain::{SessionRecord, log_prefix, sha256_hex};
 use crate::observe::metrics::Metrics;
+use crate::store::ended;
 use crate::store::{
     ByRefresh, Created, Found, FoundByHash, KeyLayout, Refresh, Refreshed, SessionStore, StoreError,
 };
@@ -360,11 +361,38 @@ impl SessionStore for ValkeyStore {
         })
     }
 
-    async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
+    async fn delete_all_for_did(&self, did: &str, reason: Revocation) -> Result<u32, StoreError> {
         let script = &self.scripts.delete_all;
         let mut invocation = script.script.prepare_invoke();
-        invocation.key(self.keys.did(did)).arg(self.keys.prefix());
+        invocation
+            .key(self.keys.did(did))
+            .arg(self.keys.prefix())
+            .arg(reason.as_str());
         self.invoke(script, &invocation).await
+    }
+
+    async fn ended(&self, presented: &Presented) -> Result<Option<Revocation>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut get = redis::cmd("GET");
+        get.arg(self.keys.ended(&ended::presented_id(presented)));
+        let operation = &Operation {
+            span_name: "GET",
+            command: "GET",
+            script: None,
+        };
+        let label: Option<String> = observe(
+            &self.metrics,
+            operation,
+            Some(&self.peer),
+            get.query_async(&mut conn),
+        )
+        .await
+        .inspect_err(|err| {
+            if matches!(err, StoreError::Unavailable(_)) {
+                self.failures.raise();
+            }
+        })?;
+        Ok(label.as_deref().and_then(Revocation::parse))
     }
 
     async fn update_handle(&self, did: &str, handle: &str) -> Result<u32, StoreError> {

@@ -46,6 +46,21 @@ pub fn end_reason(status: &tonic::Status) -> Option<(String, Vec<(String, String
     Some((info.reason, metadata))
 }
 
+/// Whether `key` remembers why a revoked session ended (`<prefix>ended:<40 or 64 hex>`),
+/// which a revocation leaves by design for as long as the session would have lived
+/// (README, "Storage layout").
+pub fn is_end_record(key: &str) -> bool {
+    key.rsplit_once("ended:").is_some_and(|(_, id)| {
+        (id.len() == 40 || id.len() == 64) && id.bytes().all(|b| b.is_ascii_hexdigit())
+    })
+}
+
+/// Whether a running server keeps `key` by design, apart from sessions: a feed's marker
+/// or why a revoked session ended.
+pub fn is_bookkeeping(key: &str) -> bool {
+    is_feed_marker(key) || is_end_record(key)
+}
+
 /// A server under test, with its own Valkey when it uses the Valkey store.
 pub struct TestApp {
     /// The generated client, connected the way callers connect.

@@ -3,7 +3,7 @@
 
 use super::{Shared, Step};
 use crate::domain::Lifetimes;
-use crate::domain::SessionRecord;
+use crate::domain::{Revocation, SessionRecord};
 use crate::store::valkey::args::{CreateArgs, ScriptArgs};
 use crate::store::valkey::{Operation, observe, parse_record};
 use crate::store::{Created, PRUNE_SAMPLE, StoreError};
@@ -146,7 +146,7 @@ impl Shared {
         let excess = live.len() - keep;
         let mut revoked = 0u32;
         for (_, sid) in live.into_iter().take(excess) {
-            if self.revoke(conn, &sid).await?.is_some() {
+            if self.revoke(conn, &sid, Revocation::Cap).await?.is_some() {
                 revoked = revoked.saturating_add(1);
             }
             // As delete-all: exactly the members handled leave the index.

@@ -56,7 +56,7 @@ use super::identity::Failures;
 use super::link::ClusterLink;
 use crate::domain::Lifetimes;
 use crate::domain::rotation::{Candidate, Presented};
-use crate::domain::{ClientFacts, SessionRecord};
+use crate::domain::{ClientFacts, Revocation, SessionRecord};
 use crate::observe::metrics::Metrics;
 use crate::store::{
     ByRefresh, Created, Found, FoundByHash, KeyLayout, Refresh, Refreshed, SessionStore, StoreError,
@@ -347,10 +347,15 @@ impl SessionStore for ValkeyClusterStore {
             .await
     }
 
-    async fn delete_all_for_did(&self, did: &str) -> Result<u32, StoreError> {
+    async fn delete_all_for_did(&self, did: &str, reason: Revocation) -> Result<u32, StoreError> {
         let did = did.to_owned();
-        self.on_link(|shared, conn| shared.delete_all_for_did(conn, did))
+        self.on_link(|shared, conn| shared.delete_all_for_did(conn, did, reason))
             .await
+    }
+
+    async fn ended(&self, presented: &Presented) -> Result<Option<Revocation>, StoreError> {
+        let id = crate::store::ended::presented_id(presented);
+        self.on_link(|shared, conn| shared.ended(conn, id)).await
     }
 
     async fn update_handle(&self, did: &str, handle: &str) -> Result<u32, StoreError> {

@@ -5,7 +5,7 @@
 use super::{OwnedRefresh, Shared, Step};
 use crate::domain::Lifetimes;
 use crate::domain::rotation::{Lookup, Presented};
-use crate::domain::{Role, SessionRecord, log_prefix, sha256_hex};
+use crate::domain::{Revocation, Role, SessionRecord, log_prefix, sha256_hex};
 use crate::store::valkey::args::{PresentedArgs, RefreshArgs, ScriptArgs};
 use crate::store::valkey::{Operation, observe, parse_record, time_ms, ttl_ms};
 use crate::store::{ByRefresh, Refreshed, StoreError};
@@ -101,7 +101,7 @@ impl Shared {
             }
             [status] if status == b"expired" => {
                 // Past its absolute deadline: the session ends now, every token with it.
-                self.revoke(&mut conn, &sid).await?;
+                self.revoke(&mut conn, &sid, Revocation::Lifetime).await?;
                 self.srem(&mut conn, &record.did, &sid).await?;
                 return Ok(ByRefresh::PastLifetime);
             }
@@ -205,7 +205,7 @@ impl Shared {
         conn: &mut ClusterConnection,
         record: &SessionRecord,
     ) -> Result<ByRefresh<T>, StoreError> {
-        self.revoke(conn, &record.sid).await?;
+        self.revoke(conn, &record.sid, Revocation::Reuse).await?;
         self.srem(conn, &record.did, &record.sid).await?;
         Ok(ByRefresh::Reused {
             sid: record.sid.clone(),

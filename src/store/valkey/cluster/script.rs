@@ -61,24 +61,35 @@ impl ClusterInvocation<'_> {
         cmd
     }
 
-    /// `EVALSHA`; on `NOSCRIPT`, `EVAL` with the body, routed alike (by the first key).
+    /// `EVALSHA`; on `NOSCRIPT`, `SCRIPT LOAD` on every primary redis-rs knows (as its own
+    /// reload does, so the other nodes have it too) and `EVALSHA` again; if the node still
+    /// lacks it (one redis-rs does not route to), `EVAL` with the body, routed alike (by the
+    /// first key), which loads it there.
     pub(super) async fn invoke_async<T: FromRedisValue>(
         &self,
         conn: &mut ClusterConnection,
     ) -> RedisResult<T> {
-        match self
-            .command("EVALSHA", self.script.script.get_hash())
-            .query_async(conn)
-            .await
-        {
-            Err(err) if err.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-                self.command("EVAL", &self.script.body)
-                    .query_async(conn)
-                    .await
+        let by_hash = self.command("EVALSHA", self.script.script.get_hash());
+        match by_hash.query_async(conn).await {
+            Err(err) if is_noscript(&err) => {
+                // Best effort: a node that cannot load it answers below.
+                let _: RedisResult<String> = self.script.script.load_async(conn).await;
+                match by_hash.query_async(conn).await {
+                    Err(err) if is_noscript(&err) => {
+                        self.command("EVAL", &self.script.body)
+                            .query_async(conn)
+                            .await
+                    }
+                    answer => answer,
+                }
             }
             answer => answer,
         }
     }
+}
+
+fn is_noscript(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript)
 }
 
 impl ArgSink for ClusterInvocation<'_> {

@@ -27,7 +27,7 @@ if a.max_per_did > 0 and redis.call('SCARD', KEYS[3]) >= a.max_per_did then
   if excess > 0 then
     table.sort(live, cap_order)
     for i = 1, excess do
-      if revoke_session(a.prefix, live[i][2]) then
+      if revoke_session(a.prefix, live[i][2], 'cap') then
         revoked = revoked + 1
       end
       -- An unreadable record names no index for revoke_session: it leaves this one here.

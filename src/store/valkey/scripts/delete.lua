@@ -20,7 +20,7 @@ if a.did ~= '' then
   if not (s and s.did == a.did) then
     return {0, '', ''}
   end
-  revoke_session(a.prefix, sid)
+  revoke_session(a.prefix, sid, 'user')
   return {1, sid, ''}
 end
 if not s then
@@ -29,7 +29,7 @@ if not s then
   if a.family ~= '' then
     return {0, '', ''}
   end
-  revoke_session(a.prefix, sid)
+  revoke_session(a.prefix, sid, 'logout')
   return {1, sid, ''}
 end
 -- Logout accepts the current refresh token and one rotated away from within the grace; an
@@ -38,8 +38,9 @@ local role = refresh_role(s, a.sid, a.family, a.token_hash, now_ms(), a.grace)
 if role == 'foreign' then
   return {0, '', ''}
 end
-revoke_session(a.prefix, sid)
 if role == 'reuse' then
+  revoke_session(a.prefix, sid, 'reuse')
   return {2, sid, s.did}
 end
+revoke_session(a.prefix, sid, 'logout')
 return {1, sid, ''}

@@ -31,7 +31,7 @@ end
 if outcome ~= 'ok' then
   -- An old refresh token (stolen, or a tab far behind), or past the absolute deadline: the
   -- whole session ends now, whatever its sliding TTL says.
-  revoke_session(a.prefix, sid)
+  revoke_session(a.prefix, sid, outcome == 'reuse' and 'reuse' or 'lifetime')
   return {outcome, s.did, sid}
 end
 -- The tab's previous token, expired ones and any past the cap stop validating now, not

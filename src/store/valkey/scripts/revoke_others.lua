@@ -23,14 +23,14 @@ if role == 'foreign' then
   return {-1, '', ''}
 end
 if role == 'reuse' then
-  revoke_session(a.prefix, own_sid)
+  revoke_session(a.prefix, own_sid, 'reuse')
   return {-2, own_sid, own.did}
 end
 local index = did_key(a.prefix, own.did)
 local count = 0
 for _, sid in ipairs(redis.call('SMEMBERS', index)) do
   if sid ~= own_sid then
-    if revoke_session(a.prefix, sid) then
+    if revoke_session(a.prefix, sid, 'others') then
       count = count + 1
     end
     -- Also a member whose data is gone (or names another DID) leaves this index.

@@ -28,6 +28,10 @@ end
 local function did_key(prefix, did)
   return prefix .. 'did:' .. did
 end
+-- Why a revoked session ended, under `id` (see remember_end). store::KeyLayout::ended.
+local function ended_key(prefix, id)
+  return prefix .. 'ended:' .. id
+end
 
 -- The scripts' arguments by name, read in the order args.rs pushes them (each reader names
 -- its Rust struct; tests/it/parity.rs checks that every name reads the value Rust pushed).
@@ -663,20 +667,38 @@ local function find_sid(prefix, family, sid)
   return found
 end
 
+-- Remembers why the session `sid` (of refresh-token family `family`, or nil) ended: the
+-- label `reason` under ended:<SHA-1 of the sid> (a sid is a refresh token: never in a key
+-- name as it is) and, for a rotated session, ended:<family>, for as long as its data would
+-- have lived (`ttl` ms; nothing when it had no TTL). The rule of store::ended. Written
+-- after the session's keys are gone and never failing the script: an explanation must not
+-- stop a revocation (a Valkey at maxmemory refuses new writes).
+local function remember_end(prefix, sid, family, reason, ttl)
+  if ttl <= 0 then
+    return
+  end
+  redis.pcall('SET', ended_key(prefix, redis.sha1hex(sid)), reason, 'PX', ttl)
+  if family ~= nil then
+    redis.pcall('SET', ended_key(prefix, family), reason, 'PX', ttl)
+  end
+end
+
 -- Revokes one session: every access key it names (first: from then on none of its tokens
--- validates), its refresh-token family key, its entry in its DID index, and its data. The
--- one place a script deletes a session's keys, so what a session owns is listed once (in
--- cluster mode ValkeyClusterStore's revoke does it command by command; in memory,
--- MemoryStore's revoke). A record that cannot be read is removed all the same (its access
--- keys, unknown without the JSON, expire on their own and never validate without the
--- data). Returns whether a session existed.
-local function revoke_session(prefix, sid)
+-- validates), its refresh-token family key, its entry in its DID index, and its data, and
+-- remembers why (`reason`, a Revocation label; see remember_end). The one place a script
+-- deletes a session's keys, so what a session owns is listed once (in cluster mode
+-- ValkeyClusterStore's revoke does it command by command; in memory, MemoryStore's
+-- revoke). A record that cannot be read is removed all the same (its access keys, unknown
+-- without the JSON, expire on their own and never validate without the data). Returns
+-- whether a session existed.
+local function revoke_session(prefix, sid, reason)
   local key = data_key(prefix, sid)
   local raw = redis.call('GET', key)
   if not raw then
     return false
   end
   local s = record_readable(raw, sid)
+  local ttl = redis.call('PTTL', key)
   if s then
     for _, t in ipairs(live_tokens(s)) do
       redis.call('DEL', access_key(prefix, t.hash))
@@ -687,6 +709,7 @@ local function revoke_session(prefix, sid)
     redis.call('SREM', did_key(prefix, s.did), sid)
   end
   redis.call('DEL', key)
+  remember_end(prefix, sid, s and s.refreshFamily, reason, ttl)
   return true
 end
 

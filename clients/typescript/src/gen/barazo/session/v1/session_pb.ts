@@ -825,6 +825,8 @@ export const SessionService: GenService<{
    * unknown or expired (the caller answers 401 "Session expired"), with why in a
    * `google.rpc.ErrorInfo` detail (domain `session.barazo.forum`): REFRESH_TOKEN_REUSED
    * (this call found an older refresh token and revoked the session; metadata `did`),
+   * SESSION_REVOKED (metadata `revocation`: logout, user, others, cap, reuse, all-for-did,
+   * account-deleted, account-takendown, account-deactivated, account-suspended),
    * SESSION_LIFETIME_REACHED, or SESSION_UNKNOWN.
    *
    * @generated from rpc barazo.session.v1.SessionService.RefreshSession
