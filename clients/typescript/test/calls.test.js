@@ -224,7 +224,7 @@ test("with rotation on the service: a new cookie on every refresh, only the refr
   assert.ok(await rotating.validateAccessToken(tabB.accessToken), "B's token");
   assert.ok(await rotating.validateAccessToken(tabA.accessToken));
   // The first cookie again (no grace): reuse, the whole session ends; the call that found it
-  // says so, with the DID to tell, and later calls only that the session is unknown.
+  // says so, with the DID to tell, and later calls that it was revoked as reuse.
   const ended = [];
   const onEnded = (end) => ended.push(end);
   assert.equal(await rotating.refreshSession(created.refreshToken, { onEnded }), undefined);
@@ -233,6 +233,6 @@ test("with rotation on the service: a new cookie on every refresh, only the refr
   assert.equal(await rotating.refreshSession(tabA.refreshToken), undefined, "without onEnded: the same answer");
   assert.deepEqual(ended, [
     { reason: "REFRESH_TOKEN_REUSED", did, metadata: { did } },
-    { reason: "SESSION_UNKNOWN", metadata: {} },
+    { reason: "SESSION_REVOKED", metadata: { revocation: "reuse" } },
   ]);
 });
