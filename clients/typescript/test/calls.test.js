@@ -122,6 +122,28 @@ describe("the session lifecycle", () => {
     }
   });
 
+  test("refreshSession's onEnded hears why a session ended: revoked (and how), or unknown", async () => {
+    const ended = [];
+    const onEnded = (end) => ended.push(end);
+    const did = uniqueDid();
+    const loggedOut = await client.createSession(did, "alice.test");
+    await client.deleteSession(loggedOut.refreshToken);
+    const device = await client.createSession(did, "alice.test");
+    await client.revokeSession(did, device.sessionKey);
+    const suspended = await client.createSession(uniqueDid(), "bob.test");
+    await client.deleteAllSessionsForDid(suspended.did, { reason: "suspended" });
+    for (const session of [loggedOut, device, suspended]) {
+      assert.equal(await client.refreshSession(session.refreshToken, { onEnded }), undefined);
+    }
+    assert.equal(await client.refreshSession("ab".repeat(32), { onEnded }), undefined);
+    assert.deepEqual(ended, [
+      { reason: "SESSION_REVOKED", metadata: { revocation: "logout" } },
+      { reason: "SESSION_REVOKED", metadata: { revocation: "user" } },
+      { reason: "SESSION_REVOKED", metadata: { revocation: "account-suspended" } },
+      { reason: "SESSION_UNKNOWN", metadata: {} },
+    ]);
+  });
+
   test("updateHandle renames every live session of the DID and counts them", async () => {
     const did = uniqueDid();
     const sessions = await Promise.all([1, 2].map(() => client.createSession(did, "alice.test")));
