@@ -38,11 +38,11 @@
 //! with a cap 4 (the last an `SCARD`) while the index holds no more than the cap, else
 //! also 1 `SMEMBERS`, 1 `GET` per member (1 `SREM` per expired one) and a revocation per
 //! session revoked; refresh 5 and 1 per token dropped; delete 1 (the read script) and a
-//! revocation, which is 3 and 1 per access token; delete-all 1 and a revocation per
-//! session; list 1 and 1 per member;
-//! revoke-in-DID 5; revoke-others 2 and a revocation per other session; update-handle 1 and
-//! 1 per member (counted with
-//! `MONITOR` in `tests/it/cluster.rs`).
+//! revocation, which is 5 and 1 per access token (its `PTTL` and the `SET` of why it ended
+//! included; 1 more for a rotated session's family); delete-all 1 and a revocation per
+//! session; list 1 and 1 per member; revoke-in-DID 7; revoke-others 2 and a revocation
+//! per other session; update-handle 1 and 1 per member (counted with `MONITOR` in
+//! `tests/it/cluster.rs`).
 //!
 //! Expiry is judged on the clock of the node holding the session's data (read with it in
 //! one single-key script), not on the clock of whichever replica of the service asks.
