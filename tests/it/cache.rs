@@ -667,3 +667,55 @@ async fn a_read_overtaken_by_an_invalidation_is_not_cached() {
     assert!(validate().await.unwrap().unwrap().is_none());
     feed.abort();
 }
+
+/// The feed authenticates as the store's commands do: with a password in the URL against a
+/// Valkey that has none, RESP3's `HELLO 3 AUTH` alone would be taken (the default user
+/// accepts any password) while the commands' `AUTH` is refused; the feed's own `AUTH` is
+/// refused the same way, so it never turns tracking on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_cannot_authenticate_like_the_commands_is_down() {
+    let valkey = Valkey::start();
+    let metrics = Arc::new(Metrics::new());
+    let feed_events = FeedEvents::new(metrics.clone());
+    let with_password = ValkeyOptions {
+        password: Some("not-configured".to_owned()),
+        ..options(&valkey)
+    };
+    let client = standalone::client(&with_password, redis::ProtocolVersion::RESP3).unwrap();
+    // A command side that works (no password), so only the feed's own login can stop it.
+    let commands = ValkeyStore::new(&options(&valkey), metrics.clone()).unwrap();
+    let feed = tokio::spawn(barazo_session::cache::feed::run(
+        client,
+        Subscribers {
+            cache: None,
+            events: feed_events.clone(),
+        },
+        commands.command_side(),
+        PREFIX.to_owned(),
+        Duration::from_millis(500),
+    ));
+    let mut conn = valkey.client().await;
+    eventually("Valkey refused the feed's AUTH", || {
+        let mut conn = conn.clone();
+        async move {
+            let stats: String = redis::cmd("INFO")
+                .arg("errorstats")
+                .query_async(&mut conn)
+                .await
+                .expect("INFO");
+            stats.contains("errorstat_ERR")
+        }
+    })
+    .await;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT LIST");
+    assert!(
+        !clients.lines().any(|line| line.contains("flags=t")),
+        "no connection tracks keys: {clients}"
+    );
+    assert!(!feed_events.is_live());
+    feed.abort();
+}

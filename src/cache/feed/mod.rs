@@ -94,6 +94,7 @@ async fn subscribe(
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
+    authenticate_as_commands(client, &mut conn).await?;
     redis::cmd("CLIENT")
         .arg("TRACKING")
         .arg("ON")
@@ -105,6 +106,25 @@ async fn subscribe(
         .query_async::<()>(&mut conn)
         .await?;
     Ok(conn)
+}
+
+/// Authenticates the feed as the store's commands do (`AUTH [user] password`, RESP2's way),
+/// so a feed never runs where the commands cannot: RESP3's `HELLO 3 AUTH` alone is taken by
+/// a Valkey that has no password (its default user accepts any), where the commands' `AUTH`
+/// is refused.
+async fn authenticate_as_commands(
+    client: &redis::Client,
+    conn: &mut MultiplexedConnection,
+) -> redis::RedisResult<()> {
+    let settings = client.get_connection_info().redis_settings();
+    let Some(password) = settings.password() else {
+        return Ok(());
+    };
+    let mut auth = redis::cmd("AUTH");
+    if let Some(user) = settings.username() {
+        auth.arg(user);
+    }
+    auth.arg(password).query_async::<()>(conn).await
 }
 
 /// Why a live feed stopped.

@@ -601,6 +601,16 @@ async fn load_all(args: &Args, targets: &mut [Target], stop: &Stop) -> Result<()
 /// many; when some are left, says which and how to delete them. True when none are left.
 async fn clean_up(args: &Args, targets: &[Target], run: &Run) -> bool {
     let mut unfinished = Vec::new();
+    // A server this tool started on the memory store takes its sessions with it.
+    for target in targets.iter().filter(|t| !t.persistent) {
+        let dids = target.ledger.issued();
+        if dids > 0 {
+            println!(
+                "{}: its {dids} DIDs' sessions went with the memory store of the server this run started (nothing to delete)",
+                target.label
+            );
+        }
+    }
     for target in targets.iter().filter(|t| t.persistent) {
         let dids = target.ledger.issued();
         if dids == 0 {
