@@ -76,6 +76,15 @@ enum Touched {
     Unknown,
 }
 
+/// `count` sessions this replica cannot name: none, or some.
+fn unnamed(count: u32) -> Touched {
+    if count == 0 {
+        Touched::Nothing
+    } else {
+        Touched::Unknown
+    }
+}
+
 /// The session a presented refresh token names by itself, when it does (a session id
 /// does; a rotated token names a family, which only the store resolves).
 fn named_session(presented: &Presented) -> Touched {
@@ -93,11 +102,7 @@ impl<S: SessionStore> SessionStore for OwnWrites<S> {
     ) -> Result<Created, StoreError> {
         // A new session has no cached answers; only sessions revoked for the cap matter.
         self.write(self.inner.create(record, lifetimes), |created| {
-            if created.revoked == 0 {
-                Touched::Nothing
-            } else {
-                Touched::Unknown
-            }
+            unnamed(created.revoked)
         })
         .await
     }
@@ -146,11 +151,7 @@ impl<S: SessionStore> SessionStore for OwnWrites<S> {
 
     async fn delete_all_for_did(&self, did: &str, reason: Revocation) -> Result<u32, StoreError> {
         self.write(self.inner.delete_all_for_did(did, reason), |&count| {
-            if count == 0 {
-                Touched::Nothing
-            } else {
-                Touched::Unknown
-            }
+            unnamed(count)
         })
         .await
     }
@@ -158,11 +159,7 @@ impl<S: SessionStore> SessionStore for OwnWrites<S> {
     async fn update_handle(&self, did: &str, handle: &str) -> Result<u32, StoreError> {
         // The sessions are not named here; handle changes are rare next to validations.
         self.write(self.inner.update_handle(did, handle), |&count| {
-            if count == 0 {
-                Touched::Nothing
-            } else {
-                Touched::Unknown
-            }
+            unnamed(count)
         })
         .await
     }

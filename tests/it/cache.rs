@@ -5,7 +5,7 @@
 
 use crate::support::http::get;
 use crate::support::valkey::Valkey;
-use crate::support::{TestApp, unique_did};
+use crate::support::{Backend, TestApp, unique_did};
 use barazo_session::api::rpc::Rpc;
 use barazo_session::api::validation::AccessTokens;
 use barazo_session::cache::feed::Subscribers;
@@ -95,10 +95,21 @@ pub(crate) async fn replica(valkey: &Valkey) -> TestApp {
     app
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_revoked_on_one_replica_stops_validating_on_the_other_within_a_second() {
-    let a = spawn(Valkey::start()).await;
-    let b = replica(a.valkey()).await;
+/// A second replica of the service on `app`'s Valkey, standalone or cluster, its cache on.
+pub(crate) async fn second_replica(app: &TestApp) -> TestApp {
+    match &app.cluster {
+        Some(_) => crate::cluster_cache::replica(app).await,
+        None => replica(app.valkey()).await,
+    }
+}
+
+store_tests!(a_session_revoked_on_one_replica_stops_validating_on_the_other_within_a_second on valkey, cluster);
+
+async fn a_session_revoked_on_one_replica_stops_validating_on_the_other_within_a_second(
+    backend: Backend,
+) {
+    let a = TestApp::spawn_with(backend, &["--metrics-listen", "127.0.0.1:0"]).await;
+    let b = second_replica(&a).await;
     let created = a.create(&unique_did(), "alice.test").await;
     cache(&b, &created.access_token).await;
     assert!(metric(&b, ENTRIES).await >= 1.0);

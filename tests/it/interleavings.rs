@@ -230,6 +230,38 @@ async fn refresh_session_id(
         .map(|_| ())
 }
 
+/// A new session on a store held at `step`, and a refresh of it to a new access token,
+/// held there: the gate, the store, the session's DID, access token and new access token,
+/// and the refresh's task.
+async fn held_refresh_of_a_new_session(
+    cluster: &ValkeyCluster,
+    step: Step,
+) -> (
+    Arc<Gate>,
+    Arc<ValkeyClusterStore>,
+    String,
+    String,
+    String,
+    JoinHandle<Result<(), impl std::fmt::Debug>>,
+) {
+    let (gate, store) = gated(cluster, step);
+    let did = unique_did();
+    let (record, access) = session(&did);
+    store.create(&record, LIFETIMES).await.expect("create");
+    let new_access = Token::generate().expect("random").into_string();
+    let refresh = held_at(
+        &gate,
+        refresh_session_id(
+            store.clone(),
+            record.sid.clone(),
+            new_access.clone(),
+            LIFETIMES,
+        ),
+    )
+    .await;
+    (gate, store, did, access, new_access, refresh)
+}
+
 /// Returns once the clock reads more than a millisecond past `ms`: the cap ranks sessions
 /// by time, so what comes next must be at least a tick later.
 async fn past(ms: i64) {
@@ -350,21 +382,8 @@ async fn a_create_during_delete_all_stays_reachable_from_its_index() {
 async fn a_refresh_racing_delete_all_leaves_no_valid_token() {
     let cluster = ValkeyCluster::start().await;
     for step in [Step::RefreshRead, Step::RefreshDataWritten] {
-        let (gate, store) = gated(&cluster, step);
-        let did = unique_did();
-        let (record, access) = session(&did);
-        store.create(&record, LIFETIMES).await.expect("create");
-        let new_access = Token::generate().expect("random").into_string();
-        let refresh = held_at(
-            &gate,
-            refresh_session_id(
-                store.clone(),
-                record.sid.clone(),
-                new_access.clone(),
-                LIFETIMES,
-            ),
-        )
-        .await;
+        let (gate, store, did, access, new_access, refresh) =
+            held_refresh_of_a_new_session(&cluster, step).await;
         assert_eq!(
             store
                 .delete_all_for_did(&did, Revocation::AllForDid)
@@ -1055,21 +1074,8 @@ async fn a_handle_change_between_the_steps_of_a_refresh_a_logout_or_a_create() {
             .map(|found| found.record.handle)
     };
     for step in [Step::RefreshRead, Step::RefreshDataWritten] {
-        let (gate, store) = gated(&cluster, step);
-        let did = unique_did();
-        let (record, _) = session(&did);
-        store.create(&record, LIFETIMES).await.expect("create");
-        let new_access = Token::generate().expect("random").into_string();
-        let refresh = held_at(
-            &gate,
-            refresh_session_id(
-                store.clone(),
-                record.sid.clone(),
-                new_access.clone(),
-                LIFETIMES,
-            ),
-        )
-        .await;
+        let (gate, store, did, _, new_access, refresh) =
+            held_refresh_of_a_new_session(&cluster, step).await;
         assert_eq!(
             store.update_handle(&did, "new.test").await.expect("update"),
             1

@@ -216,10 +216,7 @@ store_tests!(a_handle_change_is_an_event_per_session_and_reaches_every_replica o
 /// cached answers show the new handle within a second.
 async fn a_handle_change_is_an_event_per_session_and_reaches_every_replica(backend: Backend) {
     let a = TestApp::spawn_with(backend, &["--metrics-listen", "127.0.0.1:0"]).await;
-    let b = match backend {
-        Backend::Cluster => crate::cluster_cache::replica(&a).await,
-        _ => crate::cache::replica(a.valkey()).await,
-    };
+    let b = crate::cache::second_replica(&a).await;
     let did = unique_did();
     let first = a.create(&did, "alice.test").await;
     let second = a.create(&did, "alice.test").await;
