@@ -71,21 +71,6 @@ async fn a_direct_delete_on_the_owning_node_ends_the_cached_answer() {
     }
 }
 
-/// A replica's own revocation shows in its own answers at once, before the feed's push.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_own_revocation_shows_at_once() {
-    let app = spawn().await;
-    for n in 0..20 {
-        let created = app.create(&unique_did(), &format!("user{n}.test")).await;
-        cache(&app, &created.access_token).await;
-        assert!(app.delete(&created.refresh_token).await.expect("delete"));
-        assert!(
-            !app.validate(&created.access_token).await.valid,
-            "the replica that revoked never validates the token again"
-        );
-    }
-}
-
 /// A primary's death drops every cached answer at once (its feed closed), and no answer is
 /// served from memory until the cluster has a primary for every slot and a feed on each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
