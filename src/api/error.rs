@@ -66,7 +66,7 @@ pub enum RequestError {
         /// [`crate::api::sessions::MAX_TOKENS_PER_BATCH`].
         limit: usize,
     },
-    /// The request message is larger than its RPC accepts ([`crate::api::rpc::Rpc::max_request_bytes`]).
+    /// The request message is larger than its RPC accepts ([`crate::rpc::Rpc::max_request_bytes`]).
     #[error("the request is larger than {limit} bytes")]
     TooLarge {
         /// The RPC's limit in bytes.
@@ -204,12 +204,6 @@ impl From<Denial> for Status {
             )),
         }
     }
-}
-
-/// The answer of a response future polled again after it completed: a bug in whatever
-/// polls it, answered as a failed call rather than with a panic inside the server.
-pub fn polled_after_completion() -> Status {
-    Status::internal("polled after completion")
 }
 
 #[cfg(test)]
@@ -403,7 +397,7 @@ mod tests {
                 "ValidateAccessToken: caller plugins is at its concurrency limit; retry shortly",
             ),
             (
-                polled_after_completion(),
+                crate::rpc::polled_after_completion(),
                 Code::Internal,
                 "polled after completion",
             ),

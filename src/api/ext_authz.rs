@@ -18,9 +18,9 @@
 
 use crate::api::call::{Calls, SpanFacts};
 use crate::api::error::RequestError;
-use crate::api::rpc::Rpc;
 use crate::api::validation::AccessTokens;
 use crate::domain::view::SessionView;
+use crate::rpc::Rpc;
 use crate::store::SessionStore;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,

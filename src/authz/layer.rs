@@ -3,9 +3,9 @@
 
 use super::credentials::{caller_identities, presented_key};
 use super::policy::{Denial, Policy, method_of};
-use crate::api::rpc::{EXT_AUTHZ_SERVICE, REFLECTION, REFLECTION_SERVICE, Rpc, metric_name};
 use crate::observe::metrics::{Metrics, RpcLabels};
 use crate::proto::session_service_server::SERVICE_NAME;
+use crate::rpc::{EXT_AUTHZ_SERVICE, REFLECTION, REFLECTION_SERVICE, Rpc, metric_name};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -157,7 +157,7 @@ where
             AuthFutureProj::Refused { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
                 // Polled again after completion: a caller bug; answer as tonic would.
-                None => Poll::Ready(Ok(crate::api::error::polled_after_completion().into_http())),
+                None => Poll::Ready(Ok(crate::rpc::polled_after_completion().into_http())),
             },
         }
     }

@@ -2,9 +2,9 @@
 //! certificate or a service key's digest names, and whether it may call an RPC.
 
 use super::credentials::AuthorizationHeader;
-use crate::api::rpc::{EXT_AUTHZ_SERVICE, REFLECTION, Rpc};
 use crate::domain::sha256_hex;
 use crate::proto::session_service_server::SERVICE_NAME;
+use crate::rpc::{EXT_AUTHZ_SERVICE, REFLECTION, Rpc};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;

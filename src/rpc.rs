@@ -137,6 +137,13 @@ pub fn metric_name(method: &str) -> &'static str {
     }
 }
 
+/// The answer of a response future polled again after it completed: a bug in whatever
+/// polls it, answered as a failed call rather than with a panic inside the server. Shared by
+/// the layers that answer some calls themselves (authorization, undecodable requests).
+pub fn polled_after_completion() -> tonic::Status {
+    tonic::Status::internal("polled after completion")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
