@@ -33,6 +33,7 @@ pub mod authz;
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod gateway;
 pub mod observe;
 pub mod probe;
 pub mod rpc;

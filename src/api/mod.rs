@@ -6,6 +6,7 @@
 pub(crate) mod call;
 pub mod error;
 pub(crate) mod ext_authz;
+pub mod headers;
 pub mod health;
 pub(crate) mod revocations;
 pub mod sessions;

@@ -169,9 +169,21 @@ impl Policy {
             }
             for method in &entry.allow {
                 if method != "*" && method != REFLECTION && Rpc::from_method(method).is_none() {
-                    let known: Vec<&str> = Rpc::ALL.iter().map(|rpc| rpc.method()).collect();
+                    let known: Vec<&str> = Rpc::ALL
+                        .iter()
+                        .filter(|rpc| !rpc.is_http())
+                        .map(|rpc| rpc.method())
+                        .collect();
+                    let http = Rpc::ALL
+                        .iter()
+                        .any(|rpc| rpc.is_http() && rpc.method() == method);
+                    let hint = if http {
+                        " (the HTTP listener's endpoints are allowed by Check)"
+                    } else {
+                        ""
+                    };
                     return Err(PolicyError::Invalid(format!(
-                        "caller {name}: unknown RPC {method:?} in allow (known: {}, {REFLECTION}, *)",
+                        "caller {name}: unknown RPC {method:?} in allow{hint} (known: {}, {REFLECTION}, *)",
                         known.join(", ")
                     )));
                 }

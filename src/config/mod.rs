@@ -187,6 +187,19 @@ pub struct Config {
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Address of the HTTP listener for gateways that ask over HTTP, e.g. `0.0.0.0:8080`:
+    /// forward auth (`/v1/forward-auth`, for nginx `auth_request`, Caddy `forward_auth`,
+    /// Traefik `ForwardAuth`) and RFC 7662 introspection (`/v1/introspect`). Same TLS, mTLS,
+    /// policy and limits as the gRPC listener; a caller allowed `Check` may use both. Off
+    /// unless set.
+    #[arg(long, env = "HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Cookie that carries the user's access token for forward auth, read when the request
+    /// has no `Authorization: Bearer` header. Unset: the header only.
+    #[arg(long, env = "FORWARD_AUTH_COOKIE", value_parser = cookie_name)]
+    pub forward_auth_cookie: Option<String>,
+
     /// PEM certificate chain for TLS on the gRPC listener. Off (plaintext) unless set, for
     /// a loopback or sidecar-encrypted deployment; set it wherever the network is shared.
     #[arg(long, env = "TLS_CERT")]
@@ -374,6 +387,20 @@ impl Config {
                 reuse_grace: self.refresh_reuse_grace,
             },
         }
+    }
+}
+
+/// A cookie name as RFC 6265 allows it (an HTTP token): visible ASCII but separators.
+fn cookie_name(value: &str) -> Result<String, String> {
+    const SEPARATORS: &str = "()<>@,;:\\\"/[]?={} \t";
+    if !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !SEPARATORS.contains(c))
+    {
+        Ok(value.to_owned())
+    } else {
+        Err("not a cookie name: letters, digits and !#$%&'*+-.^_`|~ only".to_owned())
     }
 }
 

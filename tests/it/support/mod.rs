@@ -71,6 +71,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// The admin listener's address, when `--metrics-listen` was given.
     pub metrics_addr: Option<SocketAddr>,
+    /// The HTTP listener's address, when `--http-listen` was given.
+    pub http_addr: Option<SocketAddr>,
     /// The Valkey behind the server, if any.
     pub valkey: Option<Valkey>,
     /// The Valkey Cluster behind the server, if any.
@@ -171,6 +173,7 @@ impl TestApp {
         let app = Application::build(&config).await.expect("server builds");
         let addr = app.local_addr();
         let metrics_addr = app.metrics_addr();
+        let http_addr = app.http_addr();
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
             let _ = shutdown_rx.await;
@@ -181,6 +184,7 @@ impl TestApp {
             health: HealthClient::new(channel),
             addr,
             metrics_addr,
+            http_addr,
             valkey,
             cluster: None,
             shutdown: Some(shutdown_tx),
