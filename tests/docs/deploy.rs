@@ -1,4 +1,5 @@
-//! The deployment files in `deploy/` against README.md's "Configuration" table: every
+//! The deployment files in `deploy/` against the configuration reference's table
+//! (docs/configuration.md, "Settings"): every
 //! environment variable they set is documented there (spelled exactly as there), every
 //! value parses as the service's own configuration, and the Kubernetes files agree with
 //! each other (Secret files, probe ports, grace period). The YAML is read by `yaml.rs`.
@@ -16,7 +17,7 @@ fn repo_file(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// The variables of README.md's configuration table.
+/// The variables of the configuration reference's table (docs/configuration.md).
 struct Documented {
     /// Exact names, e.g. `LISTEN_ADDR`.
     names: BTreeSet<String>,
@@ -39,10 +40,10 @@ fn is_variable_name(name: &str) -> bool {
 }
 
 impl Documented {
-    fn from_readme(readme: &str) -> Self {
-        let section = readme
-            .split_once("\n## Configuration\n")
-            .expect("README.md has a \"## Configuration\" section")
+    fn from_reference(reference: &str) -> Self {
+        let section = reference
+            .split_once("\n## Settings\n")
+            .expect("docs/configuration.md has a \"## Settings\" section")
             .1;
         let rows: Vec<&str> = section
             .lines()
@@ -103,7 +104,7 @@ impl Documented {
     }
 
     fn load() -> Self {
-        Self::from_readme(&repo_file("README.md"))
+        Self::from_reference(&repo_file(crate::readme::CONFIGURATION))
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -115,7 +116,7 @@ impl Documented {
         let undocumented: Vec<&str> = names.into_iter().filter(|n| !self.contains(n)).collect();
         assert!(
             undocumented.is_empty(),
-            "{file} sets {undocumented:?}, which README.md's configuration table does not \
+            "{file} sets {undocumented:?}, which docs/configuration.md's table does not \
              document (spelling and case must match): document them or remove them"
         );
     }
@@ -316,7 +317,7 @@ fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 #[test]
-fn readme_configuration_table_is_read() {
+fn configuration_reference_table_is_read() {
     let documented = Documented::load();
     for name in [
         "LISTEN_ADDR",
@@ -332,7 +333,7 @@ fn readme_configuration_table_is_read() {
     ] {
         assert!(
             documented.names.contains(name),
-            "{name} not read from README.md"
+            "{name} not read from docs/configuration.md"
         );
     }
     assert!(
