@@ -1,7 +1,7 @@
 //! Errors of the gRPC layer, and the one place where they become `tonic::Status`: a
 //! handler's [`RequestError`] (load shedding included) and a policy's [`Denial`].
 //!
-//! Callers act on the code (see the README's error table): `UNAVAILABLE` means "try again,
+//! Callers act on the code (see the error table in docs/sessions.md): `UNAVAILABLE` means "try again,
 //! do not log the user out"; `NOT_FOUND` on refresh means "session expired, clear the
 //! cookie"; `INVALID_ARGUMENT` is a bug in the caller. A refactor must not move a variant
 //! between these, so a unit test pins each one, with its message.

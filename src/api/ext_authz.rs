@@ -1,7 +1,7 @@
 //! Envoy's external authorization (`envoy.service.auth.v3.Authorization/Check`), so that a
 //! gateway can put user authentication in front of plugin services without code of its own.
 //!
-//! The header contract (README, "Gateways: Envoy ext_authz"):
+//! The header contract (docs/gateways.md, "Envoy ext_authz"):
 //! - The user's `authorization: Bearer <access token>` (scheme in any case) is read from the
 //!   request Envoy describes: `attributes.request.http.headers` (lower-case keys), or
 //!   `header_map` when Envoy sends raw headers (`encode_raw_headers: true`).

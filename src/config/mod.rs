@@ -46,7 +46,7 @@ pub enum ValkeyMode {
     /// One primary: every RPC is one atomic script, one round trip.
     Standalone,
     /// Valkey Cluster: `VALKEY_URL` lists seed nodes, comma-separated; each RPC is a few
-    /// single-key round trips in a revocation-safe order (README, "Valkey Cluster").
+    /// single-key round trips in a revocation-safe order (docs/cluster.md).
     Cluster,
 }
 
@@ -78,7 +78,7 @@ pub struct Config {
     pub valkey_mode: ValkeyMode,
 
     /// Answer repeat validations from this replica's memory, kept coherent by Valkey's
-    /// invalidation pushes (README, "Validation cache"). Both Valkey modes; the memory
+    /// invalidation pushes (docs/sessions.md, "Validation cache"). Both Valkey modes; the memory
     /// store needs no cache.
     #[arg(long, env = "VALIDATION_CACHE", value_enum, default_value_t = Switch::On)]
     pub validation_cache: Switch,
@@ -128,7 +128,7 @@ pub struct Config {
     /// Rotate refresh tokens: each RefreshSession returns a new one and stores only
     /// digests; reuse of an old one revokes the session. `off` while the TypeScript AppView
     /// may still answer `/api/auth/refresh` (its cookie must stay the session id); turn it
-    /// on once every refresh and logout goes through this service (README, "Refresh in the
+    /// on once every refresh and logout goes through this service (docs/sessions.md, "Refresh in the
     /// AppView").
     #[arg(long, env = "REFRESH_TOKEN_ROTATION", value_enum, default_value_t = Switch::Off)]
     pub refresh_token_rotation: Switch,

@@ -29,7 +29,7 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 pub use valkey::Valkey;
 
 /// Whether `key` is a validation cache feed's marker (`<prefix>feed:<16 hex>`), which a
-/// running standalone server keeps in its database by design (README, "Storage layout").
+/// running standalone server keeps in its database by design (docs/sessions.md, "Storage layout").
 pub fn is_feed_marker(key: &str) -> bool {
     key.rsplit_once("feed:")
         .is_some_and(|(_, id)| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -48,7 +48,7 @@ pub fn end_reason(status: &tonic::Status) -> Option<(String, Vec<(String, String
 
 /// Whether `key` remembers why a revoked session ended (`<prefix>ended:<40 or 64 hex>`),
 /// which a revocation leaves by design for as long as the session would have lived
-/// (README, "Storage layout").
+/// (docs/sessions.md, "Storage layout").
 pub fn is_end_record(key: &str) -> bool {
     key.rsplit_once("ended:").is_some_and(|(_, id)| {
         (id.len() == 40 || id.len() == 64) && id.bytes().all(|b| b.is_ascii_hexdigit())
