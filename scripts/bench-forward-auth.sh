@@ -3,6 +3,7 @@
 # issue 25): the release server on Valkey with the validation cache (the default) and the
 # HTTP listener, loaded in alternating rounds with
 #   grpc   cached unary ValidateAccessToken (h2load, 4 connections x 16 streams),
+#   grpc-c64  the same over 64 connections x 1 stream (the shape of HTTP/1.1 below),
 #   fa-h2  GET /v1/forward-auth over HTTP/2 (h2c, 4 connections x 16 streams),
 #   fa-h1  GET /v1/forward-auth over HTTP/1.1 keep-alive (64 connections, as nginx's
 #          auth_request opens one subrequest per request),
@@ -71,6 +72,9 @@ load() {
   local kind=$1 seconds=$2 out
   case $kind in
     grpc) h2load_rate "$grpc" ValidateAccessToken "$work/one.bin" "$seconds"; return ;;
+    grpc-c64) out=$(h2load -c 64 -m 1 -t 1 -D "$seconds" -d "$work/one.bin" \
+      -H 'content-type: application/grpc' -H 'te: trailers' \
+      "http://$grpc/$SERVICE/ValidateAccessToken") ;;
     fa-h2) out=$(h2load -c 4 -m 16 -t 1 -D "$seconds" -H "authorization: Bearer $token" \
       "http://$http/v1/forward-auth") ;;
     fa-h1) out=$(h2load --h1 -c 64 -t 1 -D "$seconds" -H "authorization: Bearer $token" \
@@ -83,7 +87,7 @@ load() {
   echo "$(awk '/^finished in/{print $4}' <<<"$out") $(awk '/^time for request:/{print $6}' <<<"$out")"
 }
 
-kinds=(grpc fa-h2 fa-h1 intro)
+kinds=(grpc fa-h2 grpc-c64 fa-h1 intro)
 echo "uptime at start: $(uptime)"
 for kind in "${kinds[@]}"; do load "$kind" 2 >/dev/null; done
 declare -A sum
@@ -95,10 +99,10 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 echo
-echo "| load | requests/s (mean of $ROUNDS x $DURATION s) | / gRPC ValidateAccessToken |"
-echo "|---|---|---|"
+echo "| load | requests/s (mean of $ROUNDS x $DURATION s) | / grpc | / grpc-c64 |"
+echo "|---|---|---|---|"
 for kind in "${kinds[@]}"; do
-  python3 -c "import sys; k, t, g, r = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]); print(f'| {k} | {t / r:,.0f} | {t / g:.2f} |')" \
-    "$kind" "${sum[$kind]}" "${sum[grpc]}" "$ROUNDS"
+  python3 -c "import sys; k, t, g, g64, r = sys.argv[1], *map(float, sys.argv[2:]); print(f'| {k} | {t / r:,.0f} | {t / g:.2f} | {t / g64:.2f} |')" \
+    "$kind" "${sum[$kind]}" "${sum[grpc]}" "${sum[grpc-c64]}" "$ROUNDS"
 done
 echo "uptime at end: $(uptime)"

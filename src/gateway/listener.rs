@@ -126,9 +126,14 @@ async fn http<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Without a client certificate nothing is inserted: a request's first extension costs
+    // an allocation, and the handlers read a missing one as no certificate.
+    let certificate = (!certificate.0.is_empty()).then_some(certificate);
     let service =
         hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(certificate.clone());
+            if let Some(certificate) = &certificate {
+                request.extensions_mut().insert(certificate.clone());
+            }
             let mut app = app.clone();
             async move { app.call(request.map(axum::body::Body::new)).await }
         });
