@@ -3,7 +3,7 @@
 //! each connection out with UNWATCH+PING). Both run the service's own validate script.
 //!
 //! Needs a running Valkey: `VALKEY_URL=redis://127.0.0.1:6399 cargo bench --bench valkey_connection`
-//! (see BENCHMARKS in the README). Rounds alternate between the two setups so that machine
+//! (see docs/operations.md, "Valkey connection"). Rounds alternate between the two setups so that machine
 //! noise hits both alike.
 
 // A measurement tool, not the service: a failed setup step ends the run with its message.

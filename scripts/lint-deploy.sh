@@ -8,8 +8,11 @@
 #      kustomization naming exactly the files beside it (scripts/lint-kubernetes.py);
 #      kubernetes-validate --strict (schemas ship in the package) on every rendered
 #      resource of Kubernetes' own APIs, against the oldest and newest Kubernetes versions
-#      supported; then what the schemas cannot see: one handler per probe, probe and
-#      Service ports, referenced ConfigMaps and Secrets, selectors, image tags (never
+#      supported; then what the schemas cannot see: the base is whole without any
+#      optional component and each component is rendered somewhere; one handler per
+#      probe, probe and Service ports, referenced ConfigMaps, Secrets and their keys,
+#      selectors (each selects some workload's pods: the Deployment, or a component's
+#      StatefulSet such as Valkey), the Service VALKEY_URL names, image tags (never
 #      latest);
 #   3. check-jsonschema with its bundled compose-spec schema on deploy/compose.yml, and
 #      that every secret, config, volume and depends_on it names is defined;

@@ -10,8 +10,10 @@
 //! - [`cache`]: the coherent validation cache and its invalidation feed (Valkey's client
 //!   tracking), which also feeds `WatchRevocations`.
 //! - [`api`]: the gRPC handlers (`SessionService`, ext_authz `Check`, `WatchRevocations`,
-//!   health), the one validation path, what runs around every call, the RPC table, and the
-//!   one mapping of errors to `tonic::Status`.
+//!   health), the one validation path, what runs around every call, and the one mapping
+//!   of errors to `tonic::Status`.
+//! - [`rpc`]: the one table of RPC names, limits and metric labels, which the handlers, the
+//!   authorization policy, spans and metrics all read.
 //! - [`authz`]: who may call what: credentials (mTLS names, service keys), the policy file,
 //!   the layer that enforces it with per-caller budgets.
 //! - [`transport`]: accepting and serving connections: TLS, HTTP/2, connection caps, slow
@@ -31,8 +33,10 @@ pub mod authz;
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod gateway;
 pub mod observe;
 pub mod probe;
+pub mod rpc;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -5,7 +5,6 @@ use crate::api::call::{CallLimits, Calls};
 use crate::api::ext_authz::ExtAuthz;
 use crate::api::health;
 use crate::api::revocations::Revocations;
-use crate::api::rpc::Rpc;
 use crate::api::sessions::SessionApi;
 use crate::api::undecodable::{Undecodable, UndecodableLayer};
 use crate::api::validation::AccessTokens;
@@ -13,10 +12,13 @@ use crate::authz::{AuthLayer, Authorized, Policy};
 use crate::cache::feed::Subscribers;
 use crate::cache::{FeedEvents, OwnWrites, ValidationCache};
 use crate::config::{Config, StoreKind, Switch, ValkeyMode};
+use crate::gateway::listener::HttpListener;
+use crate::gateway::{self, Gateway};
 use crate::observe::admin;
 use crate::observe::metrics::Metrics;
 use crate::observe::profile::{ProfileLayer, Profiled};
 use crate::proto::session_service_server::SessionServiceServer;
+use crate::rpc::Rpc;
 use crate::store::SessionStore;
 use crate::store::memory::MemoryStore;
 use crate::store::valkey::{self, ValkeyClusterStore, ValkeyOptions, ValkeyStore};
@@ -89,8 +91,11 @@ fn read_file(what: &'static str, path: &std::path::Path) -> Result<Vec<u8>, Star
     })
 }
 
-/// The TLS settings of the gRPC listener, if any.
-fn tls_config(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, StartupError> {
+/// The TLS settings of a listener speaking `alpn`, if any (both listeners take the same).
+fn tls_config(
+    config: &Config,
+    alpn: &[&[u8]],
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StartupError> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
@@ -103,6 +108,7 @@ fn tls_config(config: &Config) -> Result<Option<tokio_rustls::TlsAcceptor>, Star
         &read_file("the TLS certificate", cert)?,
         &read_file("the TLS key", key)?,
         client_ca.as_deref(),
+        alpn,
     )
     .map(Some)
     .map_err(StartupError::Tls)
@@ -128,7 +134,7 @@ fn policy(config: &Config) -> Result<Option<Arc<Policy>>, StartupError> {
 /// sends its request slowly to hold a stream.
 fn transport(config: &Config) -> Result<Transport, StartupError> {
     Ok(Transport {
-        tls: tls_config(config)?,
+        tls: tls_config(config, crate::transport::ALPN_GRPC)?,
         handshake_timeout: config.handshake_timeout,
         max_concurrent_streams: config.max_concurrent_streams,
         keepalive_interval: config.http2_keepalive_interval,
@@ -163,6 +169,8 @@ pub struct Application {
     health_monitor: BoxFuture,
     metrics: Arc<Metrics>,
     admin: Option<tokio::net::TcpListener>,
+    /// The HTTP listener for gateways and its routes, when `--http-listen` is set.
+    http: Option<(HttpListener, axum::Router)>,
     max_connections: usize,
     shutdown_timeout: Duration,
     handshake_timeout: Duration,
@@ -191,6 +199,17 @@ impl Application {
             ),
             None => None,
         };
+        let http_listener = match config.http_listen {
+            Some(addr) => Some(HttpListener {
+                listener: tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?,
+                tls: tls_config(config, crate::transport::ALPN_HTTP)?,
+                max_connections: config.max_connections,
+                handshake_timeout: config.handshake_timeout,
+            }),
+            None => None,
+        };
 
         let metrics = Arc::new(Metrics::new());
         let (draining, draining_rx) = watch::channel(false);
@@ -208,7 +227,7 @@ impl Application {
             revocations: None,
             validation_cache: None,
         };
-        let (router, health_monitor) = match config.store {
+        let (served, health_monitor) = match config.store {
             StoreKind::Valkey => {
                 let password = config
                     .valkey_password()?
@@ -284,7 +303,8 @@ impl Application {
         Ok(Self {
             incoming,
             local_addr,
-            router,
+            router: served.grpc,
+            http: http_listener.zip(served.http),
             transport: transport(config)?,
             health,
             health_monitor,
@@ -322,11 +342,15 @@ impl Application {
         let admin = self
             .metrics_addr()
             .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
+        let http = self
+            .http_addr()
+            .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             profile = crate::observe::profile::PROFILE,
             addr = %self.local_addr,
             admin = %admin,
+            http = %http,
             store = %store,
             tls = config.tls_mode(),
             policy = if config.authz_policy.is_some() { "on" } else { "off" },
@@ -338,6 +362,13 @@ impl Application {
     /// The admin listener's address, when `--metrics-listen` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The HTTP listener's address, when `--http-listen` is set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .and_then(|(http, _)| http.listener.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves, then stops accepting connections and lets
@@ -365,6 +396,15 @@ impl Application {
                 }
             })
         });
+        // The HTTP listener stops accepting when the drain begins, as the gRPC listener does,
+        // and finishes its open requests within the same drain deadline.
+        let (http_stop, http_stopped) = watch::channel(false);
+        let http = self.http.map(|(listener, app)| {
+            let mut stopped = http_stopped.clone();
+            tokio::spawn(listener.serve(app, async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }))
+        });
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
         let (health, stop_monitor, metrics) = (self.health, monitor.clone(), self.metrics);
         let draining = self.draining;
@@ -376,6 +416,7 @@ impl Application {
             // Streams that would run forever end now (their callers reconnect elsewhere).
             draining.send_replace(true);
             health::withdraw(health).await;
+            http_stop.send_replace(true);
             tracing::info!("shutdown requested: draining in-flight calls");
             let _ = signalled_tx.send(());
         };
@@ -391,8 +432,14 @@ impl Application {
                 std::future::pending::<()>().await;
             }
         };
+        let drained = async {
+            (&mut serve).await;
+            if let Some(http) = http {
+                let _ = http.await;
+            }
+        };
         let result = tokio::select! {
-            () = &mut serve => Ok(()),
+            () = drained => Ok(()),
             () = drain_deadline => Err(ServeError::DrainTimeout(self.shutdown_timeout)),
         };
         monitor.abort();
@@ -402,6 +449,13 @@ impl Application {
         }
         result
     }
+}
+
+/// What serves requests over one store: the gRPC request stack, and the HTTP listener's
+/// routes when `--http-listen` is set.
+struct Served {
+    grpc: Router,
+    http: Option<axum::Router>,
 }
 
 /// What `routes` needs besides the store.
@@ -425,7 +479,7 @@ fn with_own_writes<S: SessionStore>(
     store: S,
     subscribers: &Subscribers,
     parts: Parts<'_>,
-) -> Result<(Router, BoxFuture), StartupError> {
+) -> Result<(Served, BoxFuture), StartupError> {
     match &subscribers.cache {
         Some(cache) => routes(OwnWrites::new(store, cache.clone()), parts),
         None => routes(store, parts),
@@ -435,7 +489,7 @@ fn with_own_writes<S: SessionStore>(
 fn routes<S: SessionStore>(
     store: S,
     parts: Parts<'_>,
-) -> Result<(Router, BoxFuture), StartupError> {
+) -> Result<(Served, BoxFuture), StartupError> {
     let Parts {
         config,
         draining,
@@ -472,6 +526,20 @@ fn routes<S: SessionStore>(
         ),
     ))
     .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let authz = AuthLayer::new(
+        policy(config)?,
+        metrics.clone(),
+        config.max_concurrent_requests,
+    );
+    let http = config.http_listen.map(|_| {
+        gateway::router(Gateway {
+            tokens: tokens.clone(),
+            calls: calls.clone(),
+            authz: authz.clone(),
+            metrics: metrics.clone(),
+            cookie: config.forward_auth_cookie.clone(),
+        })
+    });
     let ext_authz = ExtAuthz::new(tokens, calls).into_server();
     let mut router = Routes::new(health_service)
         .add_service(sessions)
@@ -490,9 +558,9 @@ fn routes<S: SessionStore>(
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
     }
-    let router = request_stack(router, config, &metrics)?;
+    let grpc = request_stack(router, authz, config, &metrics);
     let monitor = health::monitor(store, health, metrics, config.health_check_interval);
-    Ok((router, Box::pin(monitor)))
+    Ok((Served { grpc, http }, Box::pin(monitor)))
 }
 
 /// Every layer a request passes on its way to the routes, outermost first (the transport
@@ -507,18 +575,14 @@ fn routes<S: SessionStore>(
 ///    through the per-call layer (`api/call.rs`: shedding, deadline, span, metrics).
 fn request_stack(
     routes: Routes,
+    authz: AuthLayer,
     config: &Config,
     metrics: &Arc<Metrics>,
-) -> Result<Router, StartupError> {
+) -> Router {
     let undecodable = UndecodableLayer::new(metrics.clone()).layer(routes.prepare());
-    let authorized = AuthLayer::new(
-        policy(config)?,
-        metrics.clone(),
-        config.max_concurrent_requests,
-    )
-    .layer(undecodable);
+    let authorized = authz.layer(undecodable);
     let profiled = ProfileLayer::new().layer(authorized);
-    Ok(DeliveryLayer::new(config.request_timeout).layer(profiled))
+    DeliveryLayer::new(config.request_timeout).layer(profiled)
 }
 
 /// Listens for SIGTERM (orchestrators) and SIGINT (Ctrl-C) from the moment it is called,

@@ -3,7 +3,7 @@
 #![no_main]
 
 use barazo_session::authz::{Denial, Policy, AuthorizationHeader};
-use barazo_session::api::rpc::{REFLECTION, Rpc};
+use barazo_session::rpc::{REFLECTION, Rpc};
 use libfuzzer_sys::fuzz_target;
 
 fn check(text: &str) {

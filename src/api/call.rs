@@ -4,9 +4,9 @@
 //! do their RPC's own work.
 
 use crate::api::error::RequestError;
-use crate::api::rpc::Rpc;
 use crate::observe::metrics::Metrics;
 use crate::observe::telemetry;
+use crate::rpc::Rpc;
 use crate::transport::grpc_timeout;
 use opentelemetry::context::FutureExt as _;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Errors of the gRPC layer, and the one place where they become `tonic::Status`: a
 //! handler's [`RequestError`] (load shedding included) and a policy's [`Denial`].
 //!
-//! Callers act on the code (see the README's error table): `UNAVAILABLE` means "try again,
+//! Callers act on the code (see the error table in docs/sessions.md): `UNAVAILABLE` means "try again,
 //! do not log the user out"; `NOT_FOUND` on refresh means "session expired, clear the
 //! cookie"; `INVALID_ARGUMENT` is a bug in the caller. A refactor must not move a variant
 //! between these, so a unit test pins each one, with its message.
@@ -66,7 +66,7 @@ pub enum RequestError {
         /// [`crate::api::sessions::MAX_TOKENS_PER_BATCH`].
         limit: usize,
     },
-    /// The request message is larger than its RPC accepts ([`crate::api::rpc::Rpc::max_request_bytes`]).
+    /// The request message is larger than its RPC accepts ([`crate::rpc::Rpc::max_request_bytes`]).
     #[error("the request is larger than {limit} bytes")]
     TooLarge {
         /// The RPC's limit in bytes.
@@ -204,12 +204,6 @@ impl From<Denial> for Status {
             )),
         }
     }
-}
-
-/// The answer of a response future polled again after it completed: a bug in whatever
-/// polls it, answered as a failed call rather than with a panic inside the server.
-pub fn polled_after_completion() -> Status {
-    Status::internal("polled after completion")
 }
 
 #[cfg(test)]
@@ -403,7 +397,7 @@ mod tests {
                 "ValidateAccessToken: caller plugins is at its concurrency limit; retry shortly",
             ),
             (
-                polled_after_completion(),
+                crate::rpc::polled_after_completion(),
                 Code::Internal,
                 "polled after completion",
             ),

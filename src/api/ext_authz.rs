@@ -1,7 +1,7 @@
 //! Envoy's external authorization (`envoy.service.auth.v3.Authorization/Check`), so that a
 //! gateway can put user authentication in front of plugin services without code of its own.
 //!
-//! The header contract (README, "Gateways: Envoy ext_authz"):
+//! The header contract (docs/gateways.md, "Envoy ext_authz"):
 //! - The user's `authorization: Bearer <access token>` (scheme in any case) is read from the
 //!   request Envoy describes: `attributes.request.http.headers` (lower-case keys), or
 //!   `header_map` when Envoy sends raw headers (`encode_raw_headers: true`).
@@ -18,9 +18,12 @@
 
 use crate::api::call::{Calls, SpanFacts};
 use crate::api::error::RequestError;
-use crate::api::rpc::Rpc;
+use crate::api::headers::{
+    DID_HEADER, HANDLE_HEADER, SESSION_KEY_HEADER, SET_HEADERS, reads_as_ours,
+};
 use crate::api::validation::AccessTokens;
 use crate::domain::view::SessionView;
+use crate::rpc::Rpc;
 use crate::store::SessionStore;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, AuthorizationServer, CheckRequest, CheckResponse, DeniedHttpResponse,
@@ -30,19 +33,6 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::google::rpc;
 use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
-
-/// The upstream request header naming the user's DID.
-pub const DID_HEADER: &str = "x-barazo-did";
-/// The upstream request header naming the user's handle.
-pub const HANDLE_HEADER: &str = "x-barazo-handle";
-/// The upstream request header naming the session (the SHA-256 of its id, as
-/// `Session.session_key`: it identifies the session without being a credential).
-pub const SESSION_KEY_HEADER: &str = "x-barazo-session-key";
-/// The prefix of every header the service vouches for; a client's own are removed.
-pub const HEADER_PREFIX: &str = "x-barazo-";
-
-/// The headers set on an allowed request, which overwrite any the client sent.
-const SET_HEADERS: [&str; 3] = [DID_HEADER, HANDLE_HEADER, SESSION_KEY_HEADER];
 
 /// Largest `CheckRequest` accepted. It carries every header of the user's request (Envoy
 /// accepts 60 KiB of headers by default, `max_request_headers_kb`) and no body
@@ -151,21 +141,13 @@ fn credential(request: &CheckRequest) -> Credential<'_> {
 }
 
 /// The `x-barazo-*` headers the client sent that the answer does not overwrite, lower-case
-/// and each once: they are removed before the request goes upstream. (Envoy sets headers
-/// before it removes them, so the three it sets must not be listed here.) A name is one of
-/// ours once every character but letters and digits reads as `-`: CGI, WSGI, Rack and PHP
-/// upstreams fold `_` (and PHP `.`) into one `HTTP_X_BARAZO_*` variable, so `x_barazo_did`
-/// or `x-barazo.did` would join the real `x-barazo-did`.
+/// and each once: they are removed before the request goes upstream (any spelling that
+/// would pass for ours, [`reads_as_ours`]). Envoy sets headers before it removes them, so
+/// the three it sets must not be listed here.
 fn forged_headers(request: &CheckRequest) -> Vec<String> {
     let mut names: Vec<String> = request_headers(request)
         .map(|(key, _)| key.to_ascii_lowercase())
-        .filter(|key| {
-            let folded: String = key
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                .collect();
-            folded.starts_with(HEADER_PREFIX) && !SET_HEADERS.contains(&key.as_str())
-        })
+        .filter(|key| reads_as_ours(key) && !SET_HEADERS.contains(&key.as_str()))
         .collect();
     names.sort_unstable();
     names.dedup();

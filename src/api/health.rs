@@ -3,9 +3,9 @@
 //! A background task probes the store on an interval and publishes changes. Its probe also
 //! wakes the Valkey connection after an outage, so the service recovers without traffic.
 
-use crate::api::rpc::EXT_AUTHZ_SERVICE;
 use crate::observe::metrics::Metrics;
 use crate::proto::session_service_server::SERVICE_NAME;
+use crate::rpc::EXT_AUTHZ_SERVICE;
 use crate::store::SessionStore;
 use std::sync::Arc;
 use std::time::Duration;

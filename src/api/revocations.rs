@@ -1,5 +1,5 @@
 //! `WatchRevocations`: the validation cache's invalidation feed, passed on to callers
-//! that cache validation answers themselves (the contract is in the proto and README).
+//! that cache validation answers themselves (the contract is in the proto and docs/sessions.md).
 //!
 //! Each stream has its own task and a small bounded buffer; the feed's shared ring
 //! ([`crate::cache::EVENT_BUFFER`]) holds what a stream has not taken yet. A consumer that

@@ -7,7 +7,6 @@
 use crate::api::call::{Calls, SpanFacts};
 use crate::api::error::RequestError;
 use crate::api::revocations::{EventStream, Revocations};
-use crate::api::rpc::Rpc;
 use crate::api::validation::{AccessTokens, within_lifetime};
 use crate::domain::Lifetimes;
 use crate::domain::rotation::{self, Candidate, Presented};
@@ -28,6 +27,7 @@ use crate::proto::{
     UpdateHandleResponse, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
     ValidateAccessTokensRequest, ValidateAccessTokensResponse, WatchRevocationsRequest,
 };
+use crate::rpc::Rpc;
 use crate::store::{ByRefresh, Refresh, SessionStore};
 
 /// Most tokens one `ValidateAccessTokens` call may carry: a caller coalescing one event

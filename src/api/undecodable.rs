@@ -9,8 +9,8 @@
 //! reaches the port can send junk, so it must not flood the log).
 
 use crate::api::error::RequestError;
-use crate::api::rpc::Rpc;
 use crate::observe::metrics::Metrics;
+use crate::rpc::Rpc;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -167,7 +167,7 @@ mod tests {
             Status::from(RequestError::Store(crate::store::StoreError::Protocol(
                 "x".into(),
             ))),
-            crate::api::error::polled_after_completion(),
+            crate::rpc::polled_after_completion(),
             Status::invalid_argument("failed to decode Protobuf message"),
         ] {
             assert!(!is_decode_failure(&status), "{status:?}");

@@ -5,13 +5,13 @@
 //! answer.
 
 use crate::api::error::RequestError;
-use crate::api::rpc::Rpc;
 use crate::cache::{Ticket, ValidationCache};
 use crate::domain::Lifetimes;
 use crate::domain::view::SessionView;
 use crate::domain::{SessionRecord, is_well_formed_token, log_prefix, lower_hex};
 use crate::observe::metrics::Metrics;
 use crate::observe::telemetry;
+use crate::rpc::Rpc;
 use crate::store::{Found, SessionStore, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

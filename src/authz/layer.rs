@@ -1,11 +1,11 @@
 //! The tower layer that enforces a [`Policy`] before any gRPC service sees a request, with
 //! each caller's concurrency budget.
 
-use super::credentials::{caller_identities, presented_key};
+use super::credentials::{AuthorizationHeader, caller_identities, presented_key};
 use super::policy::{Denial, Policy, method_of};
-use crate::api::rpc::{EXT_AUTHZ_SERVICE, REFLECTION, REFLECTION_SERVICE, Rpc, metric_name};
 use crate::observe::metrics::{Metrics, RpcLabels};
 use crate::proto::session_service_server::SERVICE_NAME;
+use crate::rpc::{EXT_AUTHZ_SERVICE, REFLECTION, REFLECTION_SERVICE, Rpc, metric_name};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -79,23 +79,13 @@ fn decide<B>(
         return Ok(None);
     };
     let identities = caller_identities(request);
-    let verdict = policy
-        .authorize(method, identities, presented_key(request.headers()))
-        .and_then(|caller| match budgets.get(&caller) {
-            // A full budget refuses at once, as the global limit does: no queue.
-            Some(budget) => {
-                budget
-                    .clone()
-                    .try_acquire_owned()
-                    .map(Some)
-                    .map_err(|_| Denial::OverBudget {
-                        caller,
-                        method: method.to_owned(),
-                    })
-            }
-            None => Ok(None),
-        });
-    match verdict {
+    match admit(
+        policy,
+        budgets,
+        method,
+        identities,
+        presented_key(request.headers()),
+    ) {
         Ok(permit) => Ok(permit),
         Err(denial) => {
             // Debug level: anyone who reaches the port can cause these, so they must not be
@@ -121,6 +111,73 @@ fn decide<B>(
             );
             Err(status)
         }
+    }
+}
+
+/// The policy's verdict on one call and, when allowed, a slot of the caller's budget.
+fn admit(
+    policy: &Policy,
+    budgets: &BTreeMap<String, Arc<Semaphore>>,
+    method: &str,
+    identities: &[String],
+    presented: AuthorizationHeader<'_>,
+) -> Result<Option<OwnedSemaphorePermit>, Denial> {
+    let caller = policy.authorize(method, identities, presented)?;
+    budget_slot(budgets, caller, method).map(|(_, permit)| permit)
+}
+
+/// A slot of `caller`'s budget, if it has one; refused at once when it is full, as the
+/// global limit refuses: no queue.
+fn budget_slot(
+    budgets: &BTreeMap<String, Arc<Semaphore>>,
+    caller: String,
+    method: &str,
+) -> Result<(String, Option<OwnedSemaphorePermit>), Denial> {
+    match budgets.get(&caller) {
+        Some(budget) => match budget.clone().try_acquire_owned() {
+            Ok(permit) => Ok((caller, Some(permit))),
+            Err(_) => Err(Denial::OverBudget {
+                caller,
+                method: method.to_owned(),
+            }),
+        },
+        None => Ok((caller, None)),
+    }
+}
+
+/// A call let in by [`AuthLayer::admit`].
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// The caller's name in the policy; `None` without a policy.
+    pub(crate) caller: Option<String>,
+    /// A slot of the caller's budget, held until the call ends.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AuthLayer {
+    /// Decides a call that comes in by another door than the gRPC stack (the HTTP
+    /// listener, [`crate::gateway`]) with the same policy and the same budgets: the caller
+    /// presents `identities` (its certificate's) and `presented` (its service key). Allowed
+    /// without a policy. The permit, if any, is held until the call ends.
+    pub(crate) fn admit(
+        &self,
+        rpc: Rpc,
+        identities: &[String],
+        presented: AuthorizationHeader<'_>,
+    ) -> Result<Admitted, Denial> {
+        let Some(policy) = &self.policy else {
+            return Ok(Admitted {
+                caller: None,
+                permit: None,
+            });
+        };
+        let method = rpc.policy_right().method();
+        let caller = policy.authorize(method, identities, presented)?;
+        let (caller, permit) = budget_slot(&self.budgets, caller, method)?;
+        Ok(Admitted {
+            caller: Some(caller),
+            permit,
+        })
     }
 }
 
@@ -157,7 +214,7 @@ where
             AuthFutureProj::Refused { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
                 // Polled again after completion: a caller bug; answer as tonic would.
-                None => Poll::Ready(Ok(crate::api::error::polled_after_completion().into_http())),
+                None => Poll::Ready(Ok(crate::rpc::polled_after_completion().into_http())),
             },
         }
     }

@@ -2,9 +2,9 @@
 //! certificate or a service key's digest names, and whether it may call an RPC.
 
 use super::credentials::AuthorizationHeader;
-use crate::api::rpc::{EXT_AUTHZ_SERVICE, REFLECTION, Rpc};
 use crate::domain::sha256_hex;
 use crate::proto::session_service_server::SERVICE_NAME;
+use crate::rpc::{EXT_AUTHZ_SERVICE, REFLECTION, Rpc};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -169,9 +169,21 @@ impl Policy {
             }
             for method in &entry.allow {
                 if method != "*" && method != REFLECTION && Rpc::from_method(method).is_none() {
-                    let known: Vec<&str> = Rpc::ALL.iter().map(|rpc| rpc.method()).collect();
+                    let known: Vec<&str> = Rpc::ALL
+                        .iter()
+                        .filter(|rpc| !rpc.is_http())
+                        .map(|rpc| rpc.method())
+                        .collect();
+                    let http = Rpc::ALL
+                        .iter()
+                        .any(|rpc| rpc.is_http() && rpc.method() == method);
+                    let hint = if http {
+                        " (the HTTP listener's endpoints are allowed by Check)"
+                    } else {
+                        ""
+                    };
                     return Err(PolicyError::Invalid(format!(
-                        "caller {name}: unknown RPC {method:?} in allow (known: {}, {REFLECTION}, *)",
+                        "caller {name}: unknown RPC {method:?} in allow{hint} (known: {}, {REFLECTION}, *)",
                         known.join(", ")
                     )));
                 }

@@ -2,8 +2,8 @@
 
 use super::credentials::*;
 use super::policy::*;
-use crate::api::rpc::REFLECTION;
 use crate::domain::sha256_hex;
+use crate::rpc::REFLECTION;
 use tonic::Status;
 
 fn policy() -> Policy {

@@ -2,7 +2,7 @@
 //! memory, kept exactly as fresh as Valkey by Valkey's own invalidation pushes (`feed.rs`),
 //! and the revocation events the same pushes feed to `WatchRevocations`.
 //!
-//! Guarantees (README, "Validation cache"):
+//! Guarantees (docs/sessions.md, "Validation cache"):
 //! - Only answers that validate are cached (an unknown or random token never takes memory),
 //!   at most `--validation-cache-entries` of them, none past its token's expiry or its
 //!   session's absolute deadline.

@@ -65,6 +65,7 @@ impl Config {
         timeouts(&mut problems);
         limits(&mut problems);
         tls(&mut problems);
+        http(&mut problems);
         files(&mut problems);
         problems.list
     }
@@ -243,6 +244,18 @@ fn tls(p: &mut Problems<'_>) {
             p.name("tls_cert")
         );
         p.add(&["tls_client_ca", "tls_cert"], message);
+    }
+}
+
+fn http(p: &mut Problems<'_>) {
+    let c = p.config;
+    if c.forward_auth_cookie.is_some() && c.http_listen.is_none() {
+        let message = format!(
+            "{} is set but {} is not: forward auth, which reads the cookie, is served on the HTTP listener",
+            p.name("forward_auth_cookie"),
+            p.name("http_listen")
+        );
+        p.add(&["forward_auth_cookie", "http_listen"], message);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Durations as the README's table writes them: a whole number of seconds or of
+//! Durations as the configuration tables write them: a whole number of seconds or of
 //! milliseconds, the unit in the setting's name (`--request-timeout-ms`) or its row.
 //!
 //! They are parsed straight into [`Duration`], so the rest of the service never converts

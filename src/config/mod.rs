@@ -46,7 +46,7 @@ pub enum ValkeyMode {
     /// One primary: every RPC is one atomic script, one round trip.
     Standalone,
     /// Valkey Cluster: `VALKEY_URL` lists seed nodes, comma-separated; each RPC is a few
-    /// single-key round trips in a revocation-safe order (README, "Valkey Cluster").
+    /// single-key round trips in a revocation-safe order (docs/cluster.md).
     Cluster,
 }
 
@@ -78,7 +78,7 @@ pub struct Config {
     pub valkey_mode: ValkeyMode,
 
     /// Answer repeat validations from this replica's memory, kept coherent by Valkey's
-    /// invalidation pushes (README, "Validation cache"). Both Valkey modes; the memory
+    /// invalidation pushes (docs/sessions.md, "Validation cache"). Both Valkey modes; the memory
     /// store needs no cache.
     #[arg(long, env = "VALIDATION_CACHE", value_enum, default_value_t = Switch::On)]
     pub validation_cache: Switch,
@@ -128,7 +128,7 @@ pub struct Config {
     /// Rotate refresh tokens: each RefreshSession returns a new one and stores only
     /// digests; reuse of an old one revokes the session. `off` while the TypeScript AppView
     /// may still answer `/api/auth/refresh` (its cookie must stay the session id); turn it
-    /// on once every refresh and logout goes through this service (README, "Refresh in the
+    /// on once every refresh and logout goes through this service (docs/sessions.md, "Refresh in the
     /// AppView").
     #[arg(long, env = "REFRESH_TOKEN_ROTATION", value_enum, default_value_t = Switch::Off)]
     pub refresh_token_rotation: Switch,
@@ -186,6 +186,19 @@ pub struct Config {
     /// `0.0.0.0:9090`. Off unless set: nothing listens that nobody asked for.
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Address of the HTTP listener for gateways that ask over HTTP, e.g. `0.0.0.0:8080`:
+    /// forward auth (`/v1/forward-auth`, for nginx `auth_request`, Caddy `forward_auth`,
+    /// Traefik `ForwardAuth`) and RFC 7662 introspection (`/v1/introspect`). Same TLS, mTLS,
+    /// policy and limits as the gRPC listener; a caller allowed `Check` may use both. Off
+    /// unless set.
+    #[arg(long, env = "HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Cookie that carries the user's access token for forward auth, read when the request
+    /// has no `Authorization: Bearer` header. Unset: the header only.
+    #[arg(long, env = "FORWARD_AUTH_COOKIE", value_parser = cookie_name)]
+    pub forward_auth_cookie: Option<String>,
 
     /// PEM certificate chain for TLS on the gRPC listener. Off (plaintext) unless set, for
     /// a loopback or sidecar-encrypted deployment; set it wherever the network is shared.
@@ -374,6 +387,20 @@ impl Config {
                 reuse_grace: self.refresh_reuse_grace,
             },
         }
+    }
+}
+
+/// A cookie name as RFC 6265 allows it (an HTTP token): visible ASCII but separators.
+fn cookie_name(value: &str) -> Result<String, String> {
+    const SEPARATORS: &str = "()<>@,;:\\\"/[]?={} \t";
+    if !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !SEPARATORS.contains(c))
+    {
+        Ok(value.to_owned())
+    } else {
+        Err("not a cookie name: letters, digits and !#$%&'*+-.^_`|~ only".to_owned())
     }
 }
 

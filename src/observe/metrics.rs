@@ -4,7 +4,6 @@
 //! in seconds becomes `rpc_server_call_duration_seconds`). Labels never carry a token, a
 //! session id or a DID: only method names, status codes and outcomes, so cardinality stays fixed.
 
-use crate::observe::labels::EventLabels;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -12,6 +11,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
+
+/// Labels of a session lifecycle event count (`created`, `refreshed`, `deleted`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// What happened.
+    pub event: &'static str,
+}
 
 /// Bucket bounds (seconds) for calls that take well under a millisecond when healthy and up to
 /// the 500 ms timeouts when not.

@@ -2,7 +2,6 @@
 //! (`/metrics`, `/livez`, `/readyz`), and which build this is.
 
 pub(crate) mod admin;
-pub(crate) mod labels;
 pub mod metrics;
 pub mod profile;
 pub mod telemetry;

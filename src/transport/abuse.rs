@@ -7,7 +7,7 @@
 //! The counters are process-wide: h2 reports a reset flood only as a log event, which the
 //! [`Http2Events`] tracing layer turns into a count, with no handle on a [`crate::observe::metrics::Metrics`].
 
-use crate::observe::labels::EventLabels;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::sync::LazyLock;
@@ -47,14 +47,21 @@ impl ConnectionEvent {
     }
 }
 
+/// The label set of a connection event count (`event`: what happened).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionEventLabels {
+    /// What happened, [`ConnectionEvent::label`].
+    pub event: &'static str,
+}
+
 /// The process-wide counts, registered by [`crate::observe::metrics::Metrics::new`].
-pub static CONNECTION_EVENTS: LazyLock<Family<EventLabels, Counter>> =
+pub static CONNECTION_EVENTS: LazyLock<Family<ConnectionEventLabels, Counter>> =
     LazyLock::new(Family::default);
 
 /// Counts one event.
 pub fn record(event: ConnectionEvent) {
     CONNECTION_EVENTS
-        .get_or_create(&EventLabels {
+        .get_or_create(&ConnectionEventLabels {
             event: event.label(),
         })
         .inc();

@@ -65,12 +65,19 @@ pub enum TlsError {
     ClientCa(#[from] rustls::server::VerifierBuilderError),
 }
 
-/// The TLS settings of the listener, as tonic built them: the server's certificate chain
-/// and key, ALPN `h2`, and with a client CA, a client certificate from it required.
+/// ALPN of the gRPC listener: HTTP/2 only.
+pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];
+/// ALPN of the HTTP listener: HTTP/2 or HTTP/1.1, whichever the gateway speaks.
+pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// The TLS settings of a listener, as tonic built them: the server's certificate chain
+/// and key, the `alpn` protocols, and with a client CA, a client certificate from it
+/// required.
 pub fn tls_acceptor(
     cert_pem: &[u8],
     key_pem: &[u8],
     client_ca_pem: Option<&[u8]>,
+    alpn: &[&[u8]],
 ) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -99,7 +106,7 @@ pub fn tls_acceptor(
         }
     };
     let mut config = builder.with_single_cert(chain, key)?;
-    config.alpn_protocols.push(b"h2".to_vec());
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 

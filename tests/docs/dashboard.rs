@@ -177,7 +177,7 @@ async fn dashboard_queries_only_what_the_service_exports() {
         "{DASHBOARD} reads what the service does not export:\n{}\n\nexported: {exported:#?}",
         problems.join("\n")
     );
-    // The panels the dashboard exists for (README, "Metrics and probes"): validations,
+    // The panels the dashboard exists for (docs/operations.md, "Metrics and probes"): validations,
     // latency per RPC and error codes, Valkey latency, in-flight commands, store health.
     for metric in [
         "barazo_session_validations_total",

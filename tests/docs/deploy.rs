@@ -1,4 +1,5 @@
-//! The deployment files in `deploy/` against README.md's "Configuration" table: every
+//! The deployment files in `deploy/` against the configuration reference's table
+//! (docs/configuration.md, "Settings"): every
 //! environment variable they set is documented there (spelled exactly as there), every
 //! value parses as the service's own configuration, and the Kubernetes files agree with
 //! each other (Secret files, probe ports, grace period). The YAML is read by `yaml.rs`.
@@ -16,7 +17,7 @@ fn repo_file(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// The variables of README.md's configuration table.
+/// The variables of the configuration reference's table (docs/configuration.md).
 struct Documented {
     /// Exact names, e.g. `LISTEN_ADDR`.
     names: BTreeSet<String>,
@@ -39,10 +40,10 @@ fn is_variable_name(name: &str) -> bool {
 }
 
 impl Documented {
-    fn from_readme(readme: &str) -> Self {
-        let section = readme
-            .split_once("\n## Configuration\n")
-            .expect("README.md has a \"## Configuration\" section")
+    fn from_reference(reference: &str) -> Self {
+        let section = reference
+            .split_once("\n## Settings\n")
+            .expect("docs/configuration.md has a \"## Settings\" section")
             .1;
         let rows: Vec<&str> = section
             .lines()
@@ -103,7 +104,7 @@ impl Documented {
     }
 
     fn load() -> Self {
-        Self::from_readme(&repo_file("README.md"))
+        Self::from_reference(&repo_file(crate::readme::CONFIGURATION))
     }
 
     fn contains(&self, name: &str) -> bool {
@@ -115,7 +116,7 @@ impl Documented {
         let undocumented: Vec<&str> = names.into_iter().filter(|n| !self.contains(n)).collect();
         assert!(
             undocumented.is_empty(),
-            "{file} sets {undocumented:?}, which README.md's configuration table does not \
+            "{file} sets {undocumented:?}, which docs/configuration.md's table does not \
              document (spelling and case must match): document them or remove them"
         );
     }
@@ -138,6 +139,7 @@ impl Documented {
 const BASE_CONFIGMAP: &str = "deploy/kubernetes/base/configmap.yaml";
 const BASE_DEPLOYMENT: &str = "deploy/kubernetes/base/deployment.yaml";
 const TLS_PATCH: &str = "deploy/kubernetes/overlays/tls/deployment-tls.yaml";
+const VALKEY_COMPONENT: &str = "deploy/kubernetes/components/valkey";
 
 /// A ConfigMap's `data:` entries.
 fn configmap_data(file: &str) -> Vec<(String, String)> {
@@ -316,7 +318,7 @@ fn lookup<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 #[test]
-fn readme_configuration_table_is_read() {
+fn configuration_reference_table_is_read() {
     let documented = Documented::load();
     for name in [
         "LISTEN_ADDR",
@@ -332,7 +334,7 @@ fn readme_configuration_table_is_read() {
     ] {
         assert!(
             documented.names.contains(name),
-            "{name} not read from README.md"
+            "{name} not read from docs/configuration.md"
         );
     }
     assert!(
@@ -378,7 +380,11 @@ fn every_kubernetes_file_sets_only_documented_variables() {
     for file in kubernetes_files() {
         let text = repo_file(&file);
         let mut env = env_entries(&file);
-        if text.lines().any(|l| l.trim() == "kind: ConfigMap") {
+        // The service's ConfigMap (its envFrom); another's, such as Valkey's
+        // configuration file, holds no variables of the service.
+        if text.lines().any(|l| l.trim() == "kind: ConfigMap")
+            && values_of(&text, "name").first().map(String::as_str) == Some("barazo-session")
+        {
             env.extend(configmap_data(&file));
         }
         env.extend(generator_literals(&file));
@@ -713,4 +719,97 @@ fn the_image_build_copies_every_input_of_the_build() {
         missing.is_empty(),
         "deploy/Dockerfile's build stage does not COPY {missing:?} (it copies {copied:?})"
     );
+}
+
+/// The optional in-cluster Valkey is the one the base is configured for: the Service
+/// VALKEY_URL names, on its port; the password file the service reads (one Secret key for
+/// both); pods the service's NetworkPolicy lets it reach, admitting the service's pods;
+/// and the durability deploy/README.md asks for (AOF, noeviction, a PersistentVolume).
+#[test]
+fn kubernetes_valkey_component_is_the_valkey_the_base_expects() {
+    let file = |name: &str| repo_file(&format!("{VALKEY_COMPONENT}/{name}"));
+    let env = pod_env();
+    let url = lookup(&env, "VALKEY_URL").expect("VALKEY_URL set");
+    let (host, port) = url
+        .strip_prefix("redis://")
+        .and_then(|rest| rest.split_once(':'))
+        .unwrap_or_else(|| panic!("VALKEY_URL {url}: redis://host:port"));
+
+    let service = file("service.yaml");
+    assert_eq!(
+        values_of(&service, "name").first().map(String::as_str),
+        Some(host)
+    );
+    assert!(
+        values_of(&service, "port").iter().any(|p| p == port),
+        "service.yaml does not serve VALKEY_URL's port {port}"
+    );
+
+    // The password: the key of the service's Secret that VALKEY_PASSWORD_FILE names.
+    let password_file = lookup(&env, "VALKEY_PASSWORD_FILE").expect("VALKEY_PASSWORD_FILE");
+    let key = Path::new(password_file)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .expect("a file name");
+    let statefulset = file("statefulset.yaml");
+    assert_eq!(values_of(&statefulset, "secretName"), ["barazo-session"]);
+    assert_eq!(values_of(&statefulset, "key"), [key]);
+    assert!(
+        values_of(&statefulset, "replicas") == ["1"]
+            && statefulset.contains("volumeClaimTemplates:")
+            && values_of(&statefulset, "readOnlyRootFilesystem") == ["true"]
+            && values_of(&statefulset, "runAsNonRoot")
+                .iter()
+                .all(|v| v == "true"),
+        "statefulset.yaml: one replica, a PersistentVolumeClaim, non-root, read-only root"
+    );
+    let image = values_of(&statefulset, "image");
+    assert!(
+        image.len() == 1
+            && image[0].starts_with("valkey/valkey:")
+            && !image[0].ends_with(":latest"),
+        "a pinned Valkey image: {image:?}"
+    );
+
+    // The password goes into the include the configuration reads, never onto a command
+    // line; the configuration keeps every write (AOF) and never evicts a session.
+    let configmap = file("configmap.yaml");
+    let conf: Vec<&str> = configmap.lines().map(str::trim).collect();
+    for line in [
+        "appendonly yes",
+        "appendfsync everysec",
+        "maxmemory-policy noeviction",
+    ] {
+        assert!(conf.contains(&line), "configmap.yaml: no `{line}`");
+    }
+    let include = conf
+        .iter()
+        .find_map(|l| l.strip_prefix("include "))
+        .expect("configmap.yaml includes the password file");
+    assert!(
+        statefulset.contains(&format!("> {include}")),
+        "statefulset.yaml does not write {include}"
+    );
+    assert!(
+        !statefulset.contains("--requirepass"),
+        "the password on a command line"
+    );
+
+    // The base lets the service out to the pods labelled as these are; this component
+    // lets in only the service's pods, on the port.
+    let label = |text: &str| -> Vec<String> { values_of(text, "app.kubernetes.io/name") };
+    let valkey_pods = label(&statefulset);
+    assert!(valkey_pods.iter().all(|l| l == "valkey"), "{valkey_pods:?}");
+    let base_policy = repo_file("deploy/kubernetes/base/networkpolicy.yaml");
+    assert!(
+        label(&base_policy).iter().any(|l| l == "valkey"),
+        "the base NetworkPolicy lets the service out to pods labelled valkey"
+    );
+    let policy = file("networkpolicy.yaml");
+    assert_eq!(
+        label(&policy),
+        ["valkey", "valkey", "barazo-session"],
+        "networkpolicy.yaml: for the Valkey pods, admitting the service's pods only"
+    );
+    assert_eq!(values_of(&policy, "port"), [port]);
 }

@@ -1,6 +1,7 @@
 //! Checks of the repository's own files against the service: the deployment files in
-//! `deploy/` (variables, Kubernetes wiring, the Grafana dashboard's queries) and README.md
-//! (its quick start and grpcurl examples run as written, its configuration table). Apart
+//! `deploy/` (variables, Kubernetes wiring, the Grafana dashboard's queries), README.md
+//! (its quick start and grpcurl session run as written), the configuration tables of
+//! README.md and docs/configuration.md, and the Markdown files' links. Apart
 //! from the protocol tests in `tests/it`, so that either runs alone:
 //! `cargo test --test docs`.
 
@@ -9,6 +10,7 @@
 
 mod dashboard;
 mod deploy;
+mod links;
 mod readme;
 // The YAML shapes deploy.rs reads.
 mod yaml;

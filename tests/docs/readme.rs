@@ -1,6 +1,7 @@
-//! README.md as a newcomer follows it: the quick start's commands and the grpcurl examples
+//! README.md as a newcomer follows it: the quick start's commands and the grpcurl session
 //! are taken from the README text and run as written, so README and reality cannot drift;
-//! the configuration table's defaults are the ones `--help` shows.
+//! the defaults of both configuration tables (the README's essentials and the full one in
+//! docs/configuration.md) are the ones `--help` shows.
 
 use crate::support::{Valkey, tool};
 use barazo_session::proto::ValidateAccessTokenRequest;
@@ -25,16 +26,23 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The configuration reference: every setting, in its "Settings" table.
+pub(crate) const CONFIGURATION: &str = "docs/configuration.md";
+
 fn readme() -> String {
     std::fs::read_to_string(repo().join("README.md")).expect("README.md")
 }
 
+fn configuration() -> String {
+    std::fs::read_to_string(repo().join(CONFIGURATION)).expect(CONFIGURATION)
+}
+
 /// The text of the `## <title>` section, up to the next `## `.
-fn section<'a>(readme: &'a str, title: &str) -> &'a str {
-    let start = readme
+fn section<'a>(text: &'a str, title: &str) -> &'a str {
+    let start = text
         .find(&format!("\n## {title}\n"))
-        .unwrap_or_else(|| panic!("README.md has a \"## {title}\" section"));
-    let rest = &readme[start + 1..];
+        .unwrap_or_else(|| panic!("a \"## {title}\" section"));
+    let rest = &text[start + 1..];
     let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
     &rest[..end]
 }
@@ -220,23 +228,22 @@ async fn create_alice() -> barazo_session::proto::CreateSessionResponse {
         .into_inner()
 }
 
-/// The grpcurl section's block in a fresh shell: PATH as the test found it minus
-/// `.tools/bin` (the block's own `export` must put it there), the placeholders filled
-/// with a real session's tokens.
+/// The grpcurl section's block in a fresh shell, exactly as written (it creates its own
+/// session and keeps its tokens in shell variables): PATH as the test found it minus
+/// `.tools/bin` (the block's own `export` must put it there).
 async fn run_grpcurl_examples(readme: &str) -> String {
-    let created = create_alice().await;
-    let script = commands(section(readme, "Calling it with grpcurl"))
-        .join("\n")
-        .replace("<accessToken>", &created.access_token)
-        .replace("<refreshToken>", &created.refresh_token)
-        .replace(
-            "<sessionKey>",
-            &crate::support::sha256_hex(&created.refresh_token),
-        );
+    let script = commands(section(readme, "Calling it with grpcurl")).join("\n");
     assert!(
         script.contains("export PATH=") && script.contains("grpcurl -plaintext"),
         "the grpcurl section says how to reach grpcurl and uses it:\n{script}"
     );
+    // Nothing for the reader to fill in: every command runs as pasted.
+    for placeholder in ["<accessToken>", "<refreshToken>", "<sessionKey>", "<access"] {
+        assert!(
+            !script.contains(placeholder),
+            "the grpcurl section has a placeholder {placeholder}:\n{script}"
+        );
+    }
     let tools = repo().join(".tools/bin");
     let path = std::env::var_os("PATH").unwrap_or_default();
     let path = std::env::join_paths(std::env::split_paths(&path).filter(|dir| *dir != tools))
@@ -300,6 +307,7 @@ async fn the_quick_start_runs_as_written() {
     terminal.wait_until_serving().await;
     let answers = run_grpcurl_examples(&readme).await;
     for expected in [
+        "\"accessToken\": \"",
         "\"valid\": true",
         "\"results\": [",
         "\"key\": \"x-barazo-did\"",
@@ -350,13 +358,10 @@ async fn the_quick_start_runs_as_written() {
     assert!(startup.contains(&server.url()), "{startup}");
 }
 
-/// The default column of README.md's configuration table, per flag.
-fn documented_defaults(readme: &str) -> Vec<(String, String)> {
+/// The default column of a configuration table, per flag.
+fn documented_defaults(table: &str) -> Vec<(String, String)> {
     let mut defaults = Vec::new();
-    for row in section(readme, "Configuration")
-        .lines()
-        .filter(|l| l.starts_with("| `--"))
-    {
+    for row in table.lines().filter(|l| l.starts_with("| `--")) {
         let cells: Vec<&str> = row.split('|').collect();
         let ticked = |cell: &str| -> Vec<String> {
             cell.split('`')
@@ -378,10 +383,19 @@ fn documented_defaults(readme: &str) -> Vec<(String, String)> {
     defaults
 }
 
-#[test]
-fn help_shows_every_default_the_readme_table_shows() {
-    let defaults = documented_defaults(&readme());
-    assert!(defaults.len() >= 15, "{defaults:?}");
+/// The rows of a configuration table, by their flag and environment cells.
+fn rows(table: &str) -> Vec<(String, String)> {
+    table
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            (cells[1].to_owned(), cells[2].to_owned())
+        })
+        .collect()
+}
+
+fn assert_help_shows(document: &str, defaults: Vec<(String, String)>) {
     let help = barazo_session::config::Config::command()
         .render_long_help()
         .to_string();
@@ -395,8 +409,42 @@ fn help_shows_every_default_the_readme_table_shows() {
         let end = entry[6..].find("\n  -").map_or(entry.len(), |i| i + 6);
         assert!(
             entry[..end].contains(&format!("[default: {value}]")),
-            "--help shows {flag}'s default {value}, as README.md does:\n{}",
+            "--help shows {flag}'s default {value}, as {document} does:\n{}",
             &entry[..end]
+        );
+    }
+}
+
+#[test]
+fn help_shows_every_default_the_configuration_reference_shows() {
+    let configuration = configuration();
+    let defaults = documented_defaults(section(&configuration, "Settings"));
+    assert!(defaults.len() >= 15, "{defaults:?}");
+    assert_help_shows(CONFIGURATION, defaults);
+}
+
+/// The README's essentials are a part of the reference, with the same defaults.
+#[test]
+fn the_readme_configuration_essentials_are_rows_of_the_reference() {
+    let readme = readme();
+    let essentials = section(&readme, "Configuration");
+    let defaults = documented_defaults(essentials);
+    assert!(defaults.len() >= 6, "{defaults:?}");
+    assert_help_shows("README.md", defaults.clone());
+    let configuration = configuration();
+    let reference = section(&configuration, "Settings");
+    let all_rows = rows(reference);
+    let all_defaults = documented_defaults(reference);
+    for row in rows(essentials) {
+        assert!(
+            all_rows.contains(&row),
+            "README.md's configuration row {row:?} is not a row of {CONFIGURATION}"
+        );
+    }
+    for default in defaults {
+        assert!(
+            all_defaults.contains(&default),
+            "README.md's default {default:?} differs from {CONFIGURATION}'s"
         );
     }
 }

@@ -6,7 +6,6 @@
 use crate::support::http::get;
 use crate::support::valkey::Valkey;
 use crate::support::{Backend, TestApp, unique_did};
-use barazo_session::api::rpc::Rpc;
 use barazo_session::api::validation::AccessTokens;
 use barazo_session::cache::feed::Subscribers;
 use barazo_session::cache::{FeedEvents, Invalidation, OwnWrites, ValidationCache};
@@ -15,6 +14,7 @@ use barazo_session::domain::rotation::Presented;
 use barazo_session::domain::{Lifetimes, TokenRules};
 use barazo_session::domain::{SessionRecord, sha256_hex};
 use barazo_session::observe::metrics::Metrics;
+use barazo_session::rpc::Rpc;
 use barazo_session::store::valkey::{ValkeyOptions, ValkeyStore, standalone};
 use barazo_session::store::{ByRefresh, SessionStore};
 use std::sync::Arc;

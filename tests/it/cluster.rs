@@ -511,8 +511,8 @@ async fn concurrent_refreshes_leave_no_orphaned_access_key_on_any_node() {
     }
 }
 
-/// Round trips per RPC in cluster mode, counted with `MONITOR` on every node (the README's
-/// table): the order of commands across nodes is lost, their number is not.
+/// Round trips per RPC in cluster mode, counted with `MONITOR` on every node (the table in
+/// docs/cluster.md): the order of commands across nodes is lost, their number is not.
 struct ClusterMonitor(Vec<Monitor>);
 
 impl ClusterMonitor {

@@ -5,6 +5,7 @@
 use crate::cache::{RESETS, eventually, metric};
 use crate::grpcurl::grpcurl;
 use crate::security::{metrics_text, sample_or_zero};
+use crate::support::http::http_get;
 use crate::support::pki::TempDir;
 use crate::support::raw::{self, grpc_frame};
 use crate::support::{TestApp, sha256_hex, unique_did};
@@ -618,51 +619,6 @@ impl Envoy {
             _dir: dir,
         }
     }
-}
-
-/// One HTTP/1.1 GET with `headers`; the status, the response head, and the body.
-async fn http_get(
-    addr: std::net::SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> std::io::Result<(u16, String, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: plugins\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let head = head.to_ascii_lowercase();
-    let body = if head.contains("transfer-encoding: chunked") {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, head, body))
-}
-
-/// A chunked body's content (Envoy's admin answers so).
-fn dechunk(mut body: &str) -> String {
-    let mut content = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        content.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    content
 }
 
 /// An upstream that answers every request 200 with the request's head as its body.

@@ -45,6 +45,7 @@ mod durability;
 mod ext_authz;
 mod failover;
 mod faults;
+mod forward_auth;
 mod grpcurl;
 mod hostile;
 mod interleavings;

@@ -1,6 +1,6 @@
 // The local validation cache: valid answers of validateAccessToken by the token's SHA-256,
 // reused only as long as the service's WatchRevocations feed allows (its caller contract,
-// README "Revocation feed"): while the stream is open and after its first reset; dropped on
+// docs/sessions.md, "Revocation feed"): while the stream is open and after its first reset; dropped on
 // an event naming the token or its session, on a reset, on the stream's end, and at the
 // token's expiry.
 import * as crypto from "node:crypto";

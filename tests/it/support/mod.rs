@@ -29,7 +29,7 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 pub use valkey::Valkey;
 
 /// Whether `key` is a validation cache feed's marker (`<prefix>feed:<16 hex>`), which a
-/// running standalone server keeps in its database by design (README, "Storage layout").
+/// running standalone server keeps in its database by design (docs/sessions.md, "Storage layout").
 pub fn is_feed_marker(key: &str) -> bool {
     key.rsplit_once("feed:")
         .is_some_and(|(_, id)| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -48,7 +48,7 @@ pub fn end_reason(status: &tonic::Status) -> Option<(String, Vec<(String, String
 
 /// Whether `key` remembers why a revoked session ended (`<prefix>ended:<40 or 64 hex>`),
 /// which a revocation leaves by design for as long as the session would have lived
-/// (README, "Storage layout").
+/// (docs/sessions.md, "Storage layout").
 pub fn is_end_record(key: &str) -> bool {
     key.rsplit_once("ended:").is_some_and(|(_, id)| {
         (id.len() == 40 || id.len() == 64) && id.bytes().all(|b| b.is_ascii_hexdigit())
@@ -71,6 +71,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// The admin listener's address, when `--metrics-listen` was given.
     pub metrics_addr: Option<SocketAddr>,
+    /// The HTTP listener's address, when `--http-listen` was given.
+    pub http_addr: Option<SocketAddr>,
     /// The Valkey behind the server, if any.
     pub valkey: Option<Valkey>,
     /// The Valkey Cluster behind the server, if any.
@@ -171,6 +173,7 @@ impl TestApp {
         let app = Application::build(&config).await.expect("server builds");
         let addr = app.local_addr();
         let metrics_addr = app.metrics_addr();
+        let http_addr = app.http_addr();
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
             let _ = shutdown_rx.await;
@@ -181,6 +184,7 @@ impl TestApp {
             health: HealthClient::new(channel),
             addr,
             metrics_addr,
+            http_addr,
             valkey,
             cluster: None,
             shutdown: Some(shutdown_tx),

@@ -1,5 +1,5 @@
 //! How the tool reaches a server: plaintext to the servers it starts; to `--addr` with the
-//! same TLS, mTLS and service key as a real caller (README, "Security: TLS, callers, policy").
+//! same TLS, mTLS and service key as a real caller (docs/security.md).
 //!
 //! Certificates, keys and the service key are read once, before anything is connected or
 //! created, and every problem names the flag it came from.

@@ -8,11 +8,11 @@
 //! sessions `session-bench` creates (its DID, its handle, every timestamp, a session key,
 //! an empty `client`), so both put the same bytes on the wire.
 
-use barazo_session::api::rpc::Rpc;
 use barazo_session::proto::{
     ClientInfo, Session, ValidateAccessTokenRequest, ValidateAccessTokenResponse,
     ValidateAccessTokensRequest, ValidateAccessTokensResponse,
 };
+use barazo_session::rpc::Rpc;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -81,7 +81,17 @@ rpcs! {
         /// A gateway's ext_authz question: may this HTTP request through, as whom.
         Check,
     }
+    "http" => {
+        /// `/v1/forward-auth` on the HTTP listener: nginx's, Caddy's or Traefik's
+        /// question, may this request through, as whom.
+        ForwardAuth,
+        /// `/v1/introspect` on the HTTP listener: RFC 7662 token introspection.
+        Introspect,
+    }
 }
+
+/// The `rpc.service` of the HTTP listener's endpoints (no gRPC service has them).
+pub const HTTP_SERVICE: &str = "http";
 
 /// The name under which a policy allows gRPC server reflection (v1 and v1alpha alike).
 pub const REFLECTION: &str = "ServerReflection";
@@ -90,23 +100,44 @@ pub const REFLECTION: &str = "ServerReflection";
 pub const REFLECTION_SERVICE: &str = "grpc.reflection.ServerReflection";
 
 impl Rpc {
-    /// The RPC named `method` (as a policy names it), if there is one.
+    /// The gRPC method named `method` (as a policy names it), if there is one. The HTTP
+    /// endpoints are not among them: the right to `Check` covers them
+    /// ([`Rpc::policy_right`]).
     pub fn from_method(method: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|rpc| rpc.method() == method)
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|rpc| rpc.method() == method && !rpc.is_http())
     }
 
-    /// The RPC a request path (`/<service>/<method>`) calls, if the service has it.
+    /// The gRPC method a request path (`/<service>/<method>`) calls, if the service has it.
     pub fn from_path(path: &str) -> Option<Self> {
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
         Self::from_method(method).filter(|rpc| rpc.service() == service)
     }
 
-    /// Whether the RPC validates an access token (`ValidateAccessToken` and `Check` share
-    /// one path, [`crate::api::validation`], and its outcome counter).
+    /// Whether this is an endpoint of the HTTP listener rather than a gRPC method.
+    pub const fn is_http(self) -> bool {
+        matches!(self, Rpc::ForwardAuth | Rpc::Introspect)
+    }
+
+    /// The right a policy must grant for a call of this RPC: its own, except that the
+    /// HTTP listener's endpoints ask what `Check` asks, so a gateway allowed `Check` may
+    /// use them whichever protocol it speaks.
+    pub const fn policy_right(self) -> Rpc {
+        if self.is_http() { Rpc::Check } else { self }
+    }
+
+    /// Whether the RPC validates an access token (`ValidateAccessToken`, `Check` and the
+    /// HTTP endpoints share one path, [`crate::api::validation`], and its outcome counter).
     pub const fn validates(self) -> bool {
         matches!(
             self,
-            Rpc::ValidateAccessToken | Rpc::ValidateAccessTokens | Rpc::Check
+            Rpc::ValidateAccessToken
+                | Rpc::ValidateAccessTokens
+                | Rpc::Check
+                | Rpc::ForwardAuth
+                | Rpc::Introspect
         )
     }
 
@@ -135,6 +166,13 @@ pub fn metric_name(method: &str) -> &'static str {
         None if method == REFLECTION => REFLECTION,
         None => "unknown",
     }
+}
+
+/// The answer of a response future polled again after it completed: a bug in whatever
+/// polls it, answered as a failed call rather than with a panic inside the server. Shared by
+/// the layers that answer some calls themselves (authorization, undecodable requests).
+pub fn polled_after_completion() -> tonic::Status {
+    tonic::Status::internal("polled after completion")
 }
 
 #[cfg(test)]
@@ -177,9 +215,10 @@ mod tests {
             proto_methods(crate::proto::EXT_AUTHZ_DESCRIPTOR_SET, EXT_AUTHZ_SERVICE),
             table(EXT_AUTHZ_SERVICE)
         );
-        // No other service: every RPC is one of the two.
+        assert_eq!(table(HTTP_SERVICE), ["ForwardAuth", "Introspect"]);
+        // No other service: every RPC is one of the two protos' or the HTTP listener's.
         assert_eq!(
-            table(SERVICE_NAME).len() + table(EXT_AUTHZ_SERVICE).len(),
+            table(SERVICE_NAME).len() + table(EXT_AUTHZ_SERVICE).len() + table(HTTP_SERVICE).len(),
             Rpc::ALL.len()
         );
     }
@@ -191,10 +230,18 @@ mod tests {
                 rpc.span_name(),
                 format!("{}/{}", rpc.service(), rpc.method())
             );
+            assert_eq!(rpc.labels(Code::Ok).rpc_method, rpc.method());
+            if rpc.is_http() {
+                // Not a gRPC path, nor a right of its own.
+                assert_eq!(Rpc::from_path(&format!("/{}", rpc.span_name())), None);
+                assert_eq!(Rpc::from_method(rpc.method()), None);
+                assert_eq!(rpc.policy_right(), Rpc::Check);
+                continue;
+            }
             assert_eq!(Rpc::from_path(&format!("/{}", rpc.span_name())), Some(rpc));
             assert_eq!(Rpc::from_method(rpc.method()), Some(rpc));
             assert_eq!(metric_name(rpc.method()), rpc.method());
-            assert_eq!(rpc.labels(Code::Ok).rpc_method, rpc.method());
+            assert_eq!(rpc.policy_right(), rpc);
         }
     }
 

@@ -1,0 +1,315 @@
+//! `/v1/forward-auth`: a gateway (nginx `auth_request`, Caddy `forward_auth`, Traefik
+//! `ForwardAuth`) forwards the headers of the user's request, with any method, and lets the
+//! request through on a 2xx, copying the identity headers of the answer onto it.
+//!
+//! - A token valid by [`crate::api::validation::AccessTokens::validate`] (the path
+//!   `ValidateAccessToken` and `Check` take, cache included) → `200` with `X-Barazo-Did`,
+//!   `X-Barazo-Handle`, `X-Barazo-Session-Key`.
+//! - No token, or one that is not valid → `401` with `WWW-Authenticate: Bearer` (RFC 6750:
+//!   `error="invalid_token"` when a token was sent).
+//! - The store failing, the call timing out or the service shedding load → `503` with
+//!   `Retry-After`, never 401 (which would log the user out) nor 200.
+//! - A request carrying any header that would pass for ours upstream
+//!   ([`crate::api::headers::reads_as_ours`]) other than the gateway's key → `403`. Envoy's
+//!   `Check` can remove such headers from the upstream request; an HTTP answer cannot, so
+//!   a request that tries to bring its own identity does not get through at all, whatever
+//!   the gateway's configuration forgets.
+//! - The gateway refused by the policy → `403` (never 401: the user's token is not at fault).
+//!
+//! The user's token is `Authorization: Bearer <token>` (scheme in any case), or the cookie
+//! `--forward-auth-cookie` names when no bearer header is sent.
+
+use super::Gateway;
+use super::caller::{CallerCertificate, GATEWAY_KEY_HEADER, KeyIn};
+use crate::api::call::SpanFacts;
+use crate::api::headers::{DID_HEADER, HANDLE_HEADER, SESSION_KEY_HEADER, reads_as_ours};
+use crate::authz::{Denial, bearer_credential};
+use crate::domain::view::SessionView;
+use crate::rpc::Rpc;
+use crate::store::SessionStore;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+use tonic::metadata::MetadataMap;
+
+/// Answers one forward-auth request.
+pub(crate) async fn handle<S: SessionStore>(
+    State(gateway): State<Arc<Gateway<S>>>,
+    request: Request,
+) -> Response {
+    let (parts, _body) = request.into_parts();
+    let certificate = parts
+        .extensions
+        .get::<CallerCertificate>()
+        .cloned()
+        .unwrap_or_default();
+    let _permit = match gateway.admit(
+        Rpc::ForwardAuth,
+        &parts.headers,
+        &certificate,
+        KeyIn::GatewayHeader,
+    ) {
+        Ok(permit) => permit,
+        Err(refused) => return gateway_refused(&refused.denial),
+    };
+    let decide = async {
+        if smuggles_identity(&parts.headers) {
+            return Ok(Verdict::Smuggled);
+        }
+        let token = match token(&parts.headers, gateway.cookie.as_deref()) {
+            Token::Found(token) => token,
+            Token::Missing => return Ok(Verdict::Missing),
+            Token::Malformed => return Ok(Verdict::Invalid),
+        };
+        Ok(
+            match gateway.tokens.validate(Rpc::ForwardAuth, token).await? {
+                Some(session) => Verdict::Allowed(session),
+                None => Verdict::Invalid,
+            },
+        )
+    };
+    let served = gateway
+        .calls
+        .serve(Rpc::ForwardAuth, &trace_context(&parts.headers), decide)
+        .await;
+    match served {
+        Ok(verdict) => verdict.into_inner().into_response(),
+        Err(status) => super::unavailable(&status),
+    }
+}
+
+/// What forward auth decided about the user's request.
+#[derive(Debug)]
+enum Verdict {
+    Allowed(Arc<SessionView>),
+    Missing,
+    Invalid,
+    Smuggled,
+}
+
+impl IntoResponse for Verdict {
+    fn into_response(self) -> Response {
+        let (status, mut headers) = match self {
+            Verdict::Allowed(session) => {
+                let mut headers = HeaderMap::with_capacity(4);
+                for (name, value) in [
+                    (DID_HEADER, session.did().to_owned()),
+                    (HANDLE_HEADER, session.handle().to_owned()),
+                    (SESSION_KEY_HEADER, session.session_key()),
+                ] {
+                    // DIDs, handles and hex keys are checked ASCII when a session is made,
+                    // so this never fails; were it to, the request must not pass half-named.
+                    let Ok(value) = HeaderValue::try_from(value) else {
+                        return super::unavailable(&tonic::Status::internal(
+                            "session data cannot be sent as a header",
+                        ));
+                    };
+                    headers.insert(HeaderName::from_static(name), value);
+                }
+                (StatusCode::OK, headers)
+            }
+            Verdict::Missing => (StatusCode::UNAUTHORIZED, challenge("Bearer")),
+            Verdict::Invalid => (
+                StatusCode::UNAUTHORIZED,
+                challenge("Bearer error=\"invalid_token\""),
+            ),
+            Verdict::Smuggled => {
+                let body =
+                    "the request carries X-Barazo-* headers, which only the gateway may set\n";
+                return (StatusCode::FORBIDDEN, no_store(), body).into_response();
+            }
+        };
+        headers.extend(no_store());
+        (status, headers).into_response()
+    }
+}
+
+impl SpanFacts for Verdict {
+    fn span_facts(&self) -> Vec<opentelemetry::KeyValue> {
+        use opentelemetry::KeyValue;
+        match self {
+            Verdict::Allowed(session) => vec![
+                KeyValue::new("session.valid", true),
+                KeyValue::new("user.id", session.did().to_owned()),
+            ],
+            Verdict::Missing => vec![
+                KeyValue::new("session.valid", false),
+                KeyValue::new("authz.denial", "no bearer token"),
+            ],
+            Verdict::Invalid => vec![
+                KeyValue::new("session.valid", false),
+                KeyValue::new("authz.denial", "invalid or expired token"),
+            ],
+            Verdict::Smuggled => vec![
+                KeyValue::new("session.valid", false),
+                KeyValue::new("authz.denial", "client-sent x-barazo header"),
+            ],
+        }
+    }
+}
+
+/// The user's token as the request presents it.
+#[derive(Debug, PartialEq, Eq)]
+enum Token<'a> {
+    Found(&'a str),
+    Missing,
+    /// Not one bearer credential (another scheme, bytes that are not text, several
+    /// headers or cookies): which one would count is a guess, so none does.
+    Malformed,
+}
+
+/// The bearer header, else the configured cookie.
+fn token<'a>(headers: &'a HeaderMap, cookie: Option<&str>) -> Token<'a> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => {
+            if let Some(token) = value.to_str().ok().and_then(bearer_credential) {
+                return Token::Found(token);
+            }
+        }
+        (Some(_), Some(_)) => return Token::Malformed,
+        (None, _) => {}
+    }
+    let from_cookie = cookie.map_or(Token::Missing, |name| cookie_value(headers, name));
+    match from_cookie {
+        // An authorization header of another scheme, and no cookie to fall back on.
+        Token::Missing if headers.contains_key(header::AUTHORIZATION) => Token::Malformed,
+        other => other,
+    }
+}
+
+/// The value of the cookie `name` across every `Cookie` header (HTTP/2 sends one per
+/// cookie), quotes removed; malformed when it is there twice.
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Token<'a> {
+    let mut found = Token::Missing;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        for pair in text.split(';') {
+            let Some((key, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if key != name {
+                continue;
+            }
+            if found != Token::Missing {
+                return Token::Malformed;
+            }
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            found = Token::Found(value);
+        }
+    }
+    found
+}
+
+/// Whether the request carries a header that would pass for one of ours upstream, other
+/// than the gateway's own key.
+fn smuggles_identity(headers: &HeaderMap) -> bool {
+    headers
+        .keys()
+        .any(|name| reads_as_ours(name.as_str()) && name.as_str() != GATEWAY_KEY_HEADER)
+}
+
+/// The caller's trace context, so the call's span joins the gateway's trace (the only
+/// headers the call layer reads; copying them all would cost every call).
+pub(super) fn trace_context(headers: &HeaderMap) -> MetadataMap {
+    let mut context = HeaderMap::new();
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = headers.get(name) {
+            context.insert(name, value.clone());
+        }
+    }
+    MetadataMap::from_headers(context)
+}
+
+fn challenge(value: &'static str) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
+    headers
+}
+
+/// Answers about one user must not be reused by a cache between the gateway and us.
+pub(super) fn no_store() -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(1);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers
+}
+
+/// The gateway itself was refused: 403 whatever the denial (a 401 would read as the
+/// user's token being bad), except a full budget, which is the service being busy.
+fn gateway_refused(denial: &Denial) -> Response {
+    match denial {
+        Denial::OverBudget { .. } => super::unavailable(&tonic::Status::from(denial.clone())),
+        _ => (
+            StatusCode::FORBIDDEN,
+            no_store(),
+            "the gateway is not allowed to ask (policy)\n",
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn the_bearer_header_first_then_the_cookie() {
+        let bearer = headers(&[("authorization", "Bearer abc"), ("cookie", "t=def")]);
+        assert_eq!(token(&bearer, Some("t")), Token::Found("abc"));
+        let cookie = headers(&[("cookie", "a=1; t=\"def\"; b=2")]);
+        assert_eq!(token(&cookie, Some("t")), Token::Found("def"));
+        assert_eq!(token(&cookie, None), Token::Missing);
+        let split = headers(&[("cookie", "a=1"), ("cookie", "t=ghi")]);
+        assert_eq!(token(&split, Some("t")), Token::Found("ghi"));
+        let basic_and_cookie = headers(&[("authorization", "Basic x"), ("cookie", "t=jkl")]);
+        assert_eq!(token(&basic_and_cookie, Some("t")), Token::Found("jkl"));
+    }
+
+    #[test]
+    fn anything_but_one_credential_is_missing_or_malformed() {
+        assert_eq!(token(&HeaderMap::new(), Some("t")), Token::Missing);
+        let two = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
+        assert_eq!(token(&two, None), Token::Malformed);
+        let basic = headers(&[("authorization", "Basic x")]);
+        assert_eq!(token(&basic, None), Token::Malformed);
+        let twice = headers(&[("cookie", "t=a; t=b")]);
+        assert_eq!(token(&twice, Some("t")), Token::Malformed);
+        let other = headers(&[("cookie", "tt=a; t2=b")]);
+        assert_eq!(token(&other, Some("t")), Token::Missing);
+    }
+
+    #[test]
+    fn any_identity_header_but_the_gateway_key_is_smuggled() {
+        assert!(!smuggles_identity(&headers(&[
+            ("x-barazo-gateway-key", "k"),
+            ("x-barazoo", "x"),
+            ("authorization", "Bearer a"),
+        ])));
+        for name in [
+            "x-barazo-did",
+            "x_barazo_did",
+            "x-barazo-role",
+            "x-barazo.handle",
+        ] {
+            let mut map = HeaderMap::new();
+            map.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("did:plc:victim"),
+            );
+            assert!(smuggles_identity(&map), "{name}");
+        }
+    }
+}
