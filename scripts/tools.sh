@@ -40,7 +40,8 @@ fi
 # deb_tool NAME PACKAGE PATH: unpacks Debian's PACKAGE (the bookworm build, whatever its
 # security update is: the archive keeps only the current one) into .tools/debs/NAME/ and
 # links its program PATH as .tools/bin/NAME. apt-get download fetches the one package, none
-# of its dependencies: the libraries it links must be on the machine (checked with ldd).
+# of its dependencies: the shared libraries it links (checked with ldd) are installed from
+# its Depends when missing, as root, like any library (a bare Debian may lack libssl3).
 deb_tool() (
   local name=$1 package=$2 program=$3
   local unpacked="$tools/debs/$name"
@@ -52,6 +53,12 @@ deb_tool() (
   apt_download 2>/dev/null || { apt-get update -qq && apt_download; }
   rm -rf "$unpacked" && mkdir -p "$unpacked"
   dpkg-deb -x "$package"_*.deb "$unpacked"
+  if ldd "$unpacked$program" | grep -q 'not found' && [ "$(id -u)" = 0 ]; then
+    libraries=$(dpkg-deb -f "$package"_*.deb Depends | tr ',' '\n' |
+      sed -E 's/^ *([^ ]+).*/\1/' | grep -E '^(lib|zlib)' | grep -vE -- '-(tools|bin|dev)$')
+    # shellcheck disable=SC2086 # one package name per word
+    apt-get install -y -qq --no-install-recommends $libraries >/dev/null
+  fi
   if ldd "$unpacked$program" | grep 'not found'; then
     echo "$name needs the libraries above (apt-get install the packages that ship them)" >&2
     exit 1
