@@ -170,6 +170,10 @@ fn bad_policies_are_refused_with_the_reason() {
             "unknown RPC",
         ),
         (
+            "[callers.a]\nidentities = [\"x\"]\nallow = [\"ForwardAuth\"]",
+            "the HTTP listener's endpoints are allowed by Check",
+        ),
+        (
             "[callers.a]\nidentities = [\"x\"]\nallow = []\nextra = 1",
             "unknown field",
         ),

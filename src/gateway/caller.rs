@@ -67,10 +67,10 @@ impl<S> Gateway<S> {
     ) -> Result<Option<OwnedSemaphorePermit>, Refused> {
         let presented = presented(headers, key_in);
         let header = match &presented {
-            Presented::Nothing => AuthorizationHeader::Nothing,
-            Presented::Key(key) => AuthorizationHeader::Key(key),
-            Presented::Basic { key, .. } => AuthorizationHeader::Key(key),
-            Presented::NotAKey => AuthorizationHeader::NotAKey,
+            CallerKey::Nothing => AuthorizationHeader::Nothing,
+            CallerKey::Key(key) => AuthorizationHeader::Key(key),
+            CallerKey::Basic { key, .. } => AuthorizationHeader::Key(key),
+            CallerKey::NotAKey => AuthorizationHeader::NotAKey,
         };
         let verdict = self
             .authz
@@ -79,7 +79,7 @@ impl<S> Gateway<S> {
                 // The Basic user names the caller the key belongs to, as an OAuth
                 // client_id names its client: a key under another name is somebody's
                 // mistake or somebody else's key.
-                (Presented::Basic { user, .. }, Some(caller)) if *user != caller => {
+                (CallerKey::Basic { user, .. }, Some(caller)) if *user != caller => {
                     Err(Denial::Unauthenticated(format!(
                         "{}: the Basic user is not the caller the key belongs to",
                         rpc.method()
@@ -94,7 +94,7 @@ impl<S> Gateway<S> {
                 .rpc(&rpc.labels(code), std::time::Duration::ZERO);
             Refused {
                 denial,
-                basic: matches!(presented, Presented::Basic { .. }),
+                basic: matches!(presented, CallerKey::Basic { .. }),
             }
         })
     }
@@ -102,7 +102,7 @@ impl<S> Gateway<S> {
 
 /// What a request presents as the caller's service key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Presented<'a> {
+enum CallerKey<'a> {
     Nothing,
     Key(&'a str),
     Basic {
@@ -114,34 +114,34 @@ enum Presented<'a> {
     NotAKey,
 }
 
-fn presented(headers: &HeaderMap, key_in: KeyIn) -> Presented<'_> {
+fn presented(headers: &HeaderMap, key_in: KeyIn) -> CallerKey<'_> {
     let mut keys = headers.get_all(GATEWAY_KEY_HEADER).iter();
     match (keys.next(), keys.next()) {
         (None, _) => {}
         (Some(key), None) => {
             return match key.to_str().map(str::trim) {
-                Ok(key) if !key.is_empty() => Presented::Key(key),
-                _ => Presented::NotAKey,
+                Ok(key) if !key.is_empty() => CallerKey::Key(key),
+                _ => CallerKey::NotAKey,
             };
         }
-        (Some(_), Some(_)) => return Presented::NotAKey,
+        (Some(_), Some(_)) => return CallerKey::NotAKey,
     }
     if key_in == KeyIn::GatewayHeader {
-        return Presented::Nothing;
+        return CallerKey::Nothing;
     }
     let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
     let value = match (values.next(), values.next()) {
-        (None, _) => return Presented::Nothing,
+        (None, _) => return CallerKey::Nothing,
         (Some(value), None) => value,
-        (Some(_), Some(_)) => return Presented::NotAKey,
+        (Some(_), Some(_)) => return CallerKey::NotAKey,
     };
     let Ok(value) = value.to_str() else {
-        return Presented::NotAKey;
+        return CallerKey::NotAKey;
     };
     if let Some(key) = bearer_credential(value) {
-        return Presented::Key(key);
+        return CallerKey::Key(key);
     }
-    basic_credentials(value).map_or(Presented::NotAKey, |(user, key)| Presented::Basic {
+    basic_credentials(value).map_or(CallerKey::NotAKey, |(user, key)| CallerKey::Basic {
         user,
         key,
     })
@@ -182,31 +182,31 @@ mod tests {
         let user_token = headers(&[("authorization", "Bearer the-users-token")]);
         assert_eq!(
             presented(&user_token, KeyIn::GatewayHeader),
-            Presented::Nothing
+            CallerKey::Nothing
         );
         let both = headers(&[
             ("authorization", "Bearer the-users-token"),
             ("x-barazo-gateway-key", " k1 "),
         ]);
-        assert_eq!(presented(&both, KeyIn::GatewayHeader), Presented::Key("k1"));
+        assert_eq!(presented(&both, KeyIn::GatewayHeader), CallerKey::Key("k1"));
         let twice = headers(&[
             ("x-barazo-gateway-key", "k1"),
             ("x-barazo-gateway-key", "k2"),
         ]);
-        assert_eq!(presented(&twice, KeyIn::GatewayHeader), Presented::NotAKey);
+        assert_eq!(presented(&twice, KeyIn::GatewayHeader), CallerKey::NotAKey);
         let empty = headers(&[("x-barazo-gateway-key", "")]);
-        assert_eq!(presented(&empty, KeyIn::GatewayHeader), Presented::NotAKey);
+        assert_eq!(presented(&empty, KeyIn::GatewayHeader), CallerKey::NotAKey);
     }
 
     #[test]
     fn introspection_takes_bearer_basic_or_the_gateway_header() {
         let bearer = headers(&[("authorization", "bearer k1")]);
-        assert_eq!(presented(&bearer, KeyIn::AnyHeader), Presented::Key("k1"));
+        assert_eq!(presented(&bearer, KeyIn::AnyHeader), CallerKey::Key("k1"));
         // base64("edge:k1")
         let basic = headers(&[("authorization", "Basic ZWRnZTprMQ==")]);
         assert_eq!(
             presented(&basic, KeyIn::AnyHeader),
-            Presented::Basic {
+            CallerKey::Basic {
                 user: "edge".into(),
                 key: "k1".into()
             }
@@ -215,13 +215,13 @@ mod tests {
             let map = headers(&[("authorization", junk)]);
             assert_eq!(
                 presented(&map, KeyIn::AnyHeader),
-                Presented::NotAKey,
+                CallerKey::NotAKey,
                 "{junk}"
             );
         }
         assert_eq!(
             presented(&HeaderMap::new(), KeyIn::AnyHeader),
-            Presented::Nothing
+            CallerKey::Nothing
         );
     }
 }

@@ -58,9 +58,9 @@ pub(crate) async fn handle<S: SessionStore>(
             return Ok(Verdict::Smuggled);
         }
         let token = match token(&parts.headers, gateway.cookie.as_deref()) {
-            Token::Found(token) => token,
-            Token::Missing => return Ok(Verdict::Missing),
-            Token::Malformed => return Ok(Verdict::Invalid),
+            UserToken::Found(token) => token,
+            UserToken::Missing => return Ok(Verdict::Missing),
+            UserToken::Malformed => return Ok(Verdict::Invalid),
         };
         Ok(
             match gateway.tokens.validate(Rpc::ForwardAuth, token).await? {
@@ -151,7 +151,7 @@ impl SpanFacts for Verdict {
 
 /// The user's token as the request presents it.
 #[derive(Debug, PartialEq, Eq)]
-enum Token<'a> {
+enum UserToken<'a> {
     Found(&'a str),
     Missing,
     /// Not one bearer credential (another scheme, bytes that are not text, several
@@ -160,29 +160,29 @@ enum Token<'a> {
 }
 
 /// The bearer header, else the configured cookie.
-fn token<'a>(headers: &'a HeaderMap, cookie: Option<&str>) -> Token<'a> {
+fn token<'a>(headers: &'a HeaderMap, cookie: Option<&str>) -> UserToken<'a> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     match (values.next(), values.next()) {
         (Some(value), None) => {
             if let Some(token) = value.to_str().ok().and_then(bearer_credential) {
-                return Token::Found(token);
+                return UserToken::Found(token);
             }
         }
-        (Some(_), Some(_)) => return Token::Malformed,
+        (Some(_), Some(_)) => return UserToken::Malformed,
         (None, _) => {}
     }
-    let from_cookie = cookie.map_or(Token::Missing, |name| cookie_value(headers, name));
+    let from_cookie = cookie.map_or(UserToken::Missing, |name| cookie_value(headers, name));
     match from_cookie {
         // An authorization header of another scheme, and no cookie to fall back on.
-        Token::Missing if headers.contains_key(header::AUTHORIZATION) => Token::Malformed,
+        UserToken::Missing if headers.contains_key(header::AUTHORIZATION) => UserToken::Malformed,
         other => other,
     }
 }
 
 /// The value of the cookie `name` across every `Cookie` header (HTTP/2 sends one per
 /// cookie), quotes removed; malformed when it is there twice.
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Token<'a> {
-    let mut found = Token::Missing;
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> UserToken<'a> {
+    let mut found = UserToken::Missing;
     for value in headers.get_all(header::COOKIE) {
         let Ok(text) = value.to_str() else { continue };
         for pair in text.split(';') {
@@ -192,15 +192,15 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Token<'a> {
             if key != name {
                 continue;
             }
-            if found != Token::Missing {
-                return Token::Malformed;
+            if found != UserToken::Missing {
+                return UserToken::Malformed;
             }
             let value = value.trim();
             let value = value
                 .strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
                 .unwrap_or(value);
-            found = Token::Found(value);
+            found = UserToken::Found(value);
         }
     }
     found
@@ -268,27 +268,27 @@ mod tests {
     #[test]
     fn the_bearer_header_first_then_the_cookie() {
         let bearer = headers(&[("authorization", "Bearer abc"), ("cookie", "t=def")]);
-        assert_eq!(token(&bearer, Some("t")), Token::Found("abc"));
+        assert_eq!(token(&bearer, Some("t")), UserToken::Found("abc"));
         let cookie = headers(&[("cookie", "a=1; t=\"def\"; b=2")]);
-        assert_eq!(token(&cookie, Some("t")), Token::Found("def"));
-        assert_eq!(token(&cookie, None), Token::Missing);
+        assert_eq!(token(&cookie, Some("t")), UserToken::Found("def"));
+        assert_eq!(token(&cookie, None), UserToken::Missing);
         let split = headers(&[("cookie", "a=1"), ("cookie", "t=ghi")]);
-        assert_eq!(token(&split, Some("t")), Token::Found("ghi"));
+        assert_eq!(token(&split, Some("t")), UserToken::Found("ghi"));
         let basic_and_cookie = headers(&[("authorization", "Basic x"), ("cookie", "t=jkl")]);
-        assert_eq!(token(&basic_and_cookie, Some("t")), Token::Found("jkl"));
+        assert_eq!(token(&basic_and_cookie, Some("t")), UserToken::Found("jkl"));
     }
 
     #[test]
     fn anything_but_one_credential_is_missing_or_malformed() {
-        assert_eq!(token(&HeaderMap::new(), Some("t")), Token::Missing);
+        assert_eq!(token(&HeaderMap::new(), Some("t")), UserToken::Missing);
         let two = headers(&[("authorization", "Bearer a"), ("authorization", "Bearer b")]);
-        assert_eq!(token(&two, None), Token::Malformed);
+        assert_eq!(token(&two, None), UserToken::Malformed);
         let basic = headers(&[("authorization", "Basic x")]);
-        assert_eq!(token(&basic, None), Token::Malformed);
+        assert_eq!(token(&basic, None), UserToken::Malformed);
         let twice = headers(&[("cookie", "t=a; t=b")]);
-        assert_eq!(token(&twice, Some("t")), Token::Malformed);
+        assert_eq!(token(&twice, Some("t")), UserToken::Malformed);
         let other = headers(&[("cookie", "tt=a; t2=b")]);
-        assert_eq!(token(&other, Some("t")), Token::Missing);
+        assert_eq!(token(&other, Some("t")), UserToken::Missing);
     }
 
     #[test]
