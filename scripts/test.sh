@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the tests need into the git-ignored .tools/
-# first (scripts/tools.sh: valkey-server and grpcurl). Extra arguments go to `cargo test`
+# first (scripts/tools.sh: valkey-server, grpcurl and the gateways). Extra arguments go to `cargo test`
 # (bare words: test-name filters); `scripts/test.sh typescript` runs only the TypeScript
 # client's suite (clients/typescript, with Node.js and npm).
 set -euo pipefail

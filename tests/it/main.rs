@@ -46,6 +46,7 @@ mod ext_authz;
 mod failover;
 mod faults;
 mod forward_auth;
+mod gateways;
 mod grpcurl;
 mod hostile;
 mod interleavings;

@@ -1,12 +1,14 @@
 //! The test harness: a real server on `127.0.0.1:0`, a real Valkey, generated clients.
 
 pub mod cluster;
+pub mod gateway;
 pub mod http;
 pub mod monitor;
 pub mod pki;
 pub mod promql;
 pub mod proxy;
 pub mod raw;
+pub mod upstream;
 pub mod valkey;
 
 use barazo_session::config::{Config, StoreKind};
@@ -498,6 +500,9 @@ const TOOLS: &[(&str, &[&str])] = &[
     ("VALKEY_SERVER", &["valkey-server", "redis-server"]),
     ("GRPCURL", &["grpcurl"]),
     ("ENVOY", &["envoy"]),
+    ("NGINX", &["nginx"]),
+    ("CADDY", &["caddy"]),
+    ("TRAEFIK", &["traefik"]),
 ];
 
 /// The external program named by `env_var` (one of [`TOOLS`]): `$<env_var>`, then each of
