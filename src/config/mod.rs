@@ -187,7 +187,7 @@ pub struct Config {
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Address of the HTTP listener for gateways that ask over HTTP, e.g. `0.0.0.0:8080`:
+    /// Address of the HTTP listener for gateways that ask over HTTP, e.g. `0.0.0.0:8081`:
     /// forward auth (`/v1/forward-auth`, for nginx `auth_request`, Caddy `forward_auth`,
     /// Traefik `ForwardAuth`) and RFC 7662 introspection (`/v1/introspect`). Same TLS, mTLS,
     /// policy and limits as the gRPC listener; a caller allowed `Check` may use both. Off

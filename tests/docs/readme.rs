@@ -455,3 +455,31 @@ fn readme_commands_are_read_the_way_a_shell_reads_them() {
     assert_eq!(commands(text), ["foo --a 1", "bar -d '{}'   baz"]);
     assert!(Path::new(&repo()).join("scripts/tools.sh").is_file());
 }
+
+/// The README's nginx excerpt is lines of the configuration the gateway tests run
+/// (`deploy/nginx/barazo-forward-auth.conf`), so what an operator copies is what was tested.
+#[test]
+fn the_readme_nginx_excerpt_is_the_tested_configuration() {
+    let readme = readme();
+    let text = section(&readme, "Behind nginx, Caddy or Traefik");
+    let start = text.find("```nginx\n").expect("an nginx block") + "```nginx\n".len();
+    let excerpt = &text[start..start + text[start..].find("```").expect("the block's end")];
+    let tested = std::fs::read_to_string(repo().join("deploy/nginx/barazo-forward-auth.conf"))
+        .expect("the nginx example");
+    let tested: Vec<&str> = tested.lines().map(str::trim).collect();
+    let mut checked = 0;
+    for line in excerpt.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line == "}" {
+            continue;
+        }
+        assert!(
+            tested.contains(&line),
+            "README nginx line not in deploy/nginx/barazo-forward-auth.conf: {line}"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 15,
+        "the excerpt holds the directives ({checked})"
+    );
+}
