@@ -131,3 +131,75 @@ async fn shutdown_ends_revocation_streams() {
         started.elapsed()
     );
 }
+
+/// The HTTP listener drains with the gRPC one: it stops accepting, a forward-auth request
+/// in flight gets its answer, and an idle keep-alive connection (as nginx keeps to its
+/// auth upstream) does not hold the shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_the_http_listener() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--valkey-command-timeout-ms",
+            "10000",
+            "--validation-cache",
+            "off",
+        ],
+    )
+    .await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    let http = app.http_addr.expect("the HTTP listener");
+    let request = format!(
+        "GET /v1/forward-auth HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        created.access_token
+    );
+    // An idle keep-alive connection: one request answered, the connection left open.
+    let mut idle = tokio::net::TcpStream::connect(http).await.expect("connect");
+    idle.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = [0u8; 12];
+    idle.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+
+    let valkey = app.valkey.take().expect("valkey");
+    valkey.signal("STOP");
+    let in_flight = {
+        let request = request.clone();
+        tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(http).await?;
+            stream.write_all(request.as_bytes()).await?;
+            let mut answer = [0u8; 12];
+            stream.read_exact(&mut answer).await?;
+            std::io::Result::Ok(answer)
+        })
+    };
+    // As in shutdown_lets_in_flight_calls_finish: 200 ms for the request to reach the
+    // server; too short fails the test, it cannot pass it wrongly.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = tokio::spawn(app.stop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(http).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the HTTP listener still accepts after shutdown"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(!in_flight.is_finished(), "the request waits on Valkey");
+    valkey.signal("CONT");
+    let answer = in_flight.await.expect("task").expect("answered");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("the idle connection does not hold the drain")
+        .expect("task")
+        .expect("clean shutdown");
+    // The idle connection was closed by the drain.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest))
+        .await
+        .expect("closed, not left open")
+        .expect("read to the end");
+}
