@@ -56,16 +56,21 @@ pub(crate) struct Refused {
 }
 
 impl<S> Gateway<S> {
-    /// Admits a call of `rpc` by the caller the request's credentials name, holding a slot
-    /// of its budget until dropped; counts a refusal in the RPC metrics.
+    /// Admits a call of `rpc` by the caller the request's credentials name (its
+    /// certificate, its key where `key_in` says), holding a slot of its budget until
+    /// dropped; counts a refusal in the RPC metrics.
     pub(crate) fn admit(
         &self,
         rpc: Rpc,
-        headers: &HeaderMap,
-        certificate: &CallerCertificate,
+        request: &axum::http::request::Parts,
         key_in: KeyIn,
     ) -> Result<Option<OwnedSemaphorePermit>, Refused> {
-        let presented = presented(headers, key_in);
+        let no_certificate = CallerCertificate::default();
+        let certificate = request
+            .extensions
+            .get::<CallerCertificate>()
+            .unwrap_or(&no_certificate);
+        let presented = presented(&request.headers, key_in);
         let header = match &presented {
             CallerKey::Nothing => AuthorizationHeader::Nothing,
             CallerKey::Key(key) => AuthorizationHeader::Key(key),
@@ -167,15 +172,7 @@ fn basic_credentials(value: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::gateway::tests::headers;
 
     #[test]
     fn forward_auth_reads_the_key_from_its_own_header_only() {

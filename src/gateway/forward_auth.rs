@@ -20,7 +20,7 @@
 //! `--forward-auth-cookie` names when no bearer header is sent.
 
 use super::Gateway;
-use super::caller::{CallerCertificate, GATEWAY_KEY_HEADER, KeyIn};
+use super::caller::{GATEWAY_KEY_HEADER, KeyIn};
 use crate::api::call::SpanFacts;
 use crate::api::headers::{DID_HEADER, HANDLE_HEADER, SESSION_KEY_HEADER, reads_as_ours};
 use crate::authz::{Denial, bearer_credential};
@@ -39,17 +39,7 @@ pub(crate) async fn handle<S: SessionStore>(
     request: Request,
 ) -> Response {
     let (parts, _body) = request.into_parts();
-    let certificate = parts
-        .extensions
-        .get::<CallerCertificate>()
-        .cloned()
-        .unwrap_or_default();
-    let _permit = match gateway.admit(
-        Rpc::ForwardAuth,
-        &parts.headers,
-        &certificate,
-        KeyIn::GatewayHeader,
-    ) {
+    let _permit = match gateway.admit(Rpc::ForwardAuth, &parts, KeyIn::GatewayHeader) {
         Ok(permit) => permit,
         Err(refused) => return gateway_refused(&refused.denial),
     };
@@ -256,14 +246,7 @@ fn gateway_refused(denial: &Denial) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_static(value));
-        }
-        map
-    }
+    use crate::gateway::tests::headers;
 
     #[test]
     fn the_bearer_header_first_then_the_cookie() {

@@ -15,7 +15,7 @@
 //!   over 16 KiB → `413`; the store failing → `503` with `Retry-After`.
 
 use super::Gateway;
-use super::caller::{CallerCertificate, KeyIn};
+use super::caller::KeyIn;
 use super::forward_auth::{no_store, trace_context};
 use crate::api::call::SpanFacts;
 use crate::authz::Denial;
@@ -36,17 +36,7 @@ pub(crate) async fn handle<S: SessionStore>(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let certificate = parts
-        .extensions
-        .get::<CallerCertificate>()
-        .cloned()
-        .unwrap_or_default();
-    let _permit = match gateway.admit(
-        Rpc::Introspect,
-        &parts.headers,
-        &certificate,
-        KeyIn::AnyHeader,
-    ) {
+    let _permit = match gateway.admit(Rpc::Introspect, &parts, KeyIn::AnyHeader) {
         Ok(permit) => permit,
         Err(refused) => return client_refused(&refused.denial, refused.basic),
     };

@@ -63,3 +63,17 @@ pub(crate) fn unavailable(status: &tonic::Status) -> axum::response::Response {
     let body = format!("{}\n", status.message());
     (StatusCode::SERVICE_UNAVAILABLE, headers, body).into_response()
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    /// A header map of `pairs`, repeated names appended, as a request carries them.
+    pub(crate) fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+}

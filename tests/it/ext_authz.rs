@@ -7,6 +7,7 @@ use crate::grpcurl::grpcurl;
 use crate::security::{metrics_text, sample_or_zero};
 use crate::support::http::http_get;
 use crate::support::pki::TempDir;
+use crate::support::policy::{APPVIEW_KEY, GATEWAY_KEY, PLUGIN_KEY, gateway_policy};
 use crate::support::raw::{self, grpc_frame};
 use crate::support::{TestApp, sha256_hex, unique_did};
 use barazo_session::config::StoreKind;
@@ -311,39 +312,11 @@ async fn a_store_outage_is_a_grpc_error_never_a_denial() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_needs_its_own_right_in_the_policy() {
-    const GATEWAY_KEY: &str = "gateway-service-key-0123456789";
-    const PLUGIN_KEY: &str = "plugin-service-key-0123456789";
-    const AUTH_KEY: &str = "auth-service-key-0123456789";
     let dir = TempDir::new();
-    let policy = dir.write(
-        "policy.toml",
-        format!(
-            r#"
-[callers.gateway]
-keys_sha256 = ["{}"]
-allow = ["Check"]
-
-[callers.plugins]
-keys_sha256 = ["{}"]
-allow = ["ValidateAccessToken"]
-
-[callers.appview-auth]
-keys_sha256 = ["{}"]
-allow = ["CreateSession"]
-"#,
-            sha256_hex(GATEWAY_KEY),
-            sha256_hex(PLUGIN_KEY),
-            sha256_hex(AUTH_KEY)
-        ),
-    );
+    let policy = gateway_policy(&dir);
     let app = TestApp::spawn_with(
         StoreKind::Memory,
-        &[
-            "--authz-policy",
-            policy.to_str().expect("utf-8"),
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
+        &["--authz-policy", &policy, "--metrics-listen", "127.0.0.1:0"],
     )
     .await;
     let mut create = tonic::Request::new(barazo_session::proto::CreateSessionRequest {
@@ -351,7 +324,7 @@ allow = ["CreateSession"]
         handle: "alice.test".into(),
         ..Default::default()
     });
-    with_key(&mut create, AUTH_KEY);
+    with_key(&mut create, APPVIEW_KEY);
     let session = app
         .client
         .clone()

@@ -6,7 +6,10 @@ use crate::cache::{RESETS, eventually, metric};
 use crate::security::sample_or_zero;
 use crate::support::http::{http_get, request};
 use crate::support::pki::{Ca, Pem, TempDir};
-use crate::support::{TestApp, sha256_hex, unique_did};
+use crate::support::policy::{
+    APPVIEW_ID, APPVIEW_KEY, EDGE_ID, GATEWAY_KEY, PLUGIN_KEY, gateway_policy,
+};
+use crate::support::{TestApp, unique_did};
 use barazo_session::config::StoreKind;
 use std::net::SocketAddr;
 
@@ -255,44 +258,6 @@ async fn introspection_answers_as_rfc_7662_says() {
     assert_eq!(header(&head, "allow"), Some("post"));
 }
 
-const GATEWAY_KEY: &str = "gateway-service-key-0123456789";
-const PLUGIN_KEY: &str = "plugin-service-key-0123456789";
-const APPVIEW_KEY: &str = "appview-service-key-0123456789";
-const EDGE_ID: &str = "spiffe://barazo.test/edge";
-const APPVIEW_ID: &str = "spiffe://barazo.test/appview";
-
-/// A policy with a gateway allowed `Check` by key, an edge proxy allowed `Check` by its
-/// certificate, a plugin allowed only `ValidateAccessToken`, and the AppView everything.
-fn policy(dir: &TempDir) -> String {
-    let path = dir.write(
-        "policy.toml",
-        format!(
-            r#"
-[callers.gateway]
-keys_sha256 = ["{}"]
-allow = ["Check"]
-
-[callers.edge]
-identities = ["{EDGE_ID}"]
-allow = ["Check"]
-
-[callers.plugins]
-keys_sha256 = ["{}"]
-allow = ["ValidateAccessToken"]
-
-[callers.appview]
-identities = ["{APPVIEW_ID}"]
-keys_sha256 = ["{}"]
-allow = ["*"]
-"#,
-            sha256_hex(GATEWAY_KEY),
-            sha256_hex(PLUGIN_KEY),
-            sha256_hex(APPVIEW_KEY),
-        ),
-    );
-    path.to_str().expect("utf-8").to_owned()
-}
-
 /// A session created by the AppView, whose key the policy allows everything.
 async fn create_as_appview(app: &TestApp) -> barazo_session::proto::CreateSessionResponse {
     let mut create = tonic::Request::new(barazo_session::proto::CreateSessionRequest {
@@ -315,7 +280,7 @@ async fn create_as_appview(app: &TestApp) -> barazo_session::proto::CreateSessio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_policy_the_gateway_proves_itself_apart_from_the_user() {
     let dir = TempDir::new();
-    let policy = policy(&dir);
+    let policy = gateway_policy(&dir);
     let app = TestApp::spawn_with(
         StoreKind::Memory,
         &[
@@ -428,7 +393,7 @@ async fn over_tls_a_client_certificate_names_the_gateway() {
     let cert = dir.write("server.pem", &server.cert);
     let key = dir.write("server.key", &server.key);
     let client_ca = dir.write("ca.pem", ca.pem());
-    let policy = policy(&dir);
+    let policy = gateway_policy(&dir);
     let flags = [
         "--http-listen",
         "127.0.0.1:0",

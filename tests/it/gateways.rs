@@ -7,6 +7,7 @@ use crate::cache::{RESETS, eventually, metric};
 use crate::support::gateway::{Gateway, Kind};
 use crate::support::http::request;
 use crate::support::pki::TempDir;
+use crate::support::policy::{APPVIEW_KEY, GATEWAY_KEY, PLUGIN_KEY, gateway_policy};
 use crate::support::upstream::{Seen, Upstream};
 use crate::support::{Backend, TestApp, sha256_hex, unique_did};
 use barazo_session::proto::CreateSessionResponse;
@@ -404,32 +405,9 @@ async fn the_token_may_come_in_the_configured_cookie(kind: Kind) {
 /// or the key of a caller without the right, passes nobody (403). The key never reaches
 /// the upstream.
 async fn the_gateway_key_is_the_gateways_own_credential(kind: Kind) {
-    const GATEWAY_KEY: &str = "gateway-service-key-0123456789";
-    const PLUGIN_KEY: &str = "plugin-service-key-0123456789";
-    const AUTH_KEY: &str = "auth-service-key-0123456789";
     let dir = TempDir::new();
-    let policy = dir.write(
-        "policy.toml",
-        format!(
-            r#"
-[callers.gateway]
-keys_sha256 = ["{}"]
-allow = ["Check"]
-
-[callers.plugins]
-keys_sha256 = ["{}"]
-allow = ["ValidateAccessToken"]
-
-[callers.appview-auth]
-keys_sha256 = ["{}"]
-allow = ["CreateSession"]
-"#,
-            sha256_hex(GATEWAY_KEY),
-            sha256_hex(PLUGIN_KEY),
-            sha256_hex(AUTH_KEY)
-        ),
-    );
-    let policy = policy.to_str().expect("utf-8");
+    let policy = gateway_policy(&dir);
+    let policy = policy.as_str();
     let stack = Stack::start(kind, &["--authz-policy", policy], GATEWAY_KEY).await;
     let did = unique_did();
     let mut create = tonic::Request::new(barazo_session::proto::CreateSessionRequest {
@@ -439,7 +417,7 @@ allow = ["CreateSession"]
     });
     create.metadata_mut().insert(
         "authorization",
-        format!("Bearer {AUTH_KEY}").parse().expect("ascii"),
+        format!("Bearer {APPVIEW_KEY}").parse().expect("ascii"),
     );
     let session = stack
         .app

@@ -5,6 +5,7 @@ pub mod gateway;
 pub mod http;
 pub mod monitor;
 pub mod pki;
+pub mod policy;
 pub mod promql;
 pub mod proxy;
 pub mod raw;
