@@ -483,3 +483,48 @@ fn the_readme_nginx_excerpt_is_the_tested_configuration() {
         "the excerpt holds the directives ({checked})"
     );
 }
+
+/// The commands of `docs/` that need what a test cannot make (certificates of a real PKI,
+/// a remote server, minutes of load) are not run; they are read as their programs read
+/// them instead: every `barazo-session` command's flags parse as the service's
+/// configuration, every grpcurl call names a method the service has, and every script
+/// exists.
+#[test]
+fn docs_commands_name_only_real_flags_methods_and_scripts() {
+    let docs = repo().join("docs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&docs).expect("docs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("a page");
+        for command in commands(&text) {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            let program = words[0].rsplit('/').next().unwrap_or_default();
+            let at = format!("{}: {command}", path.display());
+            match program {
+                "barazo-session" => {
+                    <barazo_session::config::Config as clap::Parser>::try_parse_from(&words)
+                        .unwrap_or_else(|e| panic!("{at}\n{e}"));
+                }
+                "grpcurl" => {
+                    let method = words
+                        .iter()
+                        .find_map(|w| w.strip_prefix("barazo.session.v1.SessionService/"))
+                        .unwrap_or_else(|| panic!("{at}: names no SessionService method"));
+                    assert!(
+                        barazo_session::rpc::Rpc::from_method(method).is_some(),
+                        "{at}: no method {method}"
+                    );
+                }
+                _ if words[0].starts_with("scripts/") => {
+                    assert!(repo().join(words[0]).is_file(), "{at}: no such script");
+                }
+                _ => continue,
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "the docs' commands were found ({checked})");
+}
