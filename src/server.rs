@@ -199,13 +199,19 @@ impl Application {
             ),
             None => None,
         };
+        // `--max-connections` holds for each listener; the descriptor limit must hold both.
+        let listeners = 1 + usize::from(config.http_listen.is_some());
+        let max_connections = descriptors::connections_within(
+            config.max_connections.saturating_mul(listeners),
+            descriptors::raise_limit(),
+        ) / listeners;
         let http_listener = match config.http_listen {
             Some(addr) => Some(HttpListener {
                 listener: tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|source| StartupError::Bind { addr, source })?,
                 tls: tls_config(config, crate::transport::ALPN_HTTP)?,
-                max_connections: config.max_connections,
+                max_connections,
                 handshake_timeout: config.handshake_timeout,
             }),
             None => None,
@@ -310,10 +316,7 @@ impl Application {
             health_monitor,
             metrics,
             admin,
-            max_connections: descriptors::connections_within(
-                config.max_connections,
-                descriptors::raise_limit(),
-            ),
+            max_connections,
             shutdown_timeout: config.shutdown_timeout,
             handshake_timeout: config.handshake_timeout,
             draining,
