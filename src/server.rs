@@ -12,7 +12,7 @@ use crate::authz::{AuthLayer, Authorized, Policy};
 use crate::cache::feed::Subscribers;
 use crate::cache::{FeedEvents, OwnWrites, ValidationCache};
 use crate::config::{Config, StoreKind, Switch, ValkeyMode};
-use crate::gateway::listener::HttpListener;
+use crate::gateway::listener::{ConnectionLimits, HttpListener};
 use crate::gateway::{self, Gateway};
 use crate::observe::admin;
 use crate::observe::metrics::Metrics;
@@ -212,7 +212,13 @@ impl Application {
                     .map_err(|source| StartupError::Bind { addr, source })?,
                 tls: tls_config(config, crate::transport::ALPN_HTTP)?,
                 max_connections,
-                handshake_timeout: config.handshake_timeout,
+                limits: ConnectionLimits {
+                    handshake_timeout: config.handshake_timeout,
+                    idle_timeout: config.idle_connection_timeout,
+                    max_concurrent_streams: config.max_concurrent_streams,
+                    keepalive_interval: config.http2_keepalive_interval,
+                    keepalive_timeout: config.http2_keepalive_timeout,
+                },
             }),
             None => None,
         };

@@ -81,7 +81,7 @@ impl Activity {
         self.changed.notified().await;
     }
 
-    fn opened(self: &Arc<Self>) -> OpenStream {
+    pub(crate) fn opened(self: &Arc<Self>) -> OpenStream {
         if self.open.fetch_add(1, Ordering::AcqRel) == 0 {
             self.changed.notify_one();
         }
@@ -91,7 +91,7 @@ impl Activity {
 
 /// One open stream, counted until dropped.
 #[derive(Debug)]
-struct OpenStream(Arc<Activity>);
+pub(crate) struct OpenStream(Arc<Activity>);
 
 impl Drop for OpenStream {
     fn drop(&mut self) {

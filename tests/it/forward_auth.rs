@@ -12,6 +12,7 @@ use crate::support::policy::{
 use crate::support::{TestApp, unique_did};
 use barazo_session::config::StoreKind;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 const FORWARD_AUTH: &str = "/v1/forward-auth";
 const INTROSPECT: &str = "/v1/introspect";
@@ -483,4 +484,59 @@ async fn tls_get(
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no HTTP answer: {response:?}")))?;
     Ok((status, head))
+}
+
+/// Connections that send nothing, or stay idle, do not hold the HTTP listener's slots: a
+/// silent one is closed at the handshake deadline, an HTTP/2 one without requests at the
+/// idle timeout (GOAWAY), and a request then gets its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_do_not_hold_the_slots() {
+    use tokio::io::AsyncReadExt;
+    let app = TestApp::spawn_with(
+        StoreKind::Memory,
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "2",
+            "--handshake-timeout-ms",
+            "300",
+            "--idle-connection-timeout",
+            "1",
+        ],
+    )
+    .await;
+    let session = app.create(&unique_did(), "alice.test").await;
+    let bearer = format!("Bearer {}", session.access_token);
+
+    // Both slots: one connection that never speaks, one HTTP/2 connection never used.
+    let mut silent = tokio::net::TcpStream::connect(http(&app))
+        .await
+        .expect("connect");
+    let idle = tokio::net::TcpStream::connect(http(&app))
+        .await
+        .expect("connect");
+    let (_send, idle_connection) = h2::client::handshake(idle).await.expect("HTTP/2 handshake");
+    let idle_connection = tokio::spawn(idle_connection);
+
+    // The silent one is closed at the handshake deadline...
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest))
+        .await
+        .expect("a silent connection is closed")
+        .expect("closed cleanly");
+    // ... the idle one with GOAWAY after the idle timeout...
+    tokio::time::timeout(Duration::from_secs(10), idle_connection)
+        .await
+        .expect("an idle HTTP/2 connection is closed")
+        .expect("task")
+        .expect("closed with GOAWAY, not an error");
+    // ... and a request gets through.
+    let (status, _, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        forward_auth(&app, &[("Authorization", &bearer)]),
+    )
+    .await
+    .expect("a free slot");
+    assert_eq!(status, 200);
 }
