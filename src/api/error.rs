@@ -58,6 +58,10 @@ pub enum RequestError {
     /// a string field, a compressed flag without `grpc-encoding`): the caller's mistake.
     #[error("the request could not be decoded")]
     Undecodable,
+    /// An HTTP request that is not what its endpoint reads (introspection without a form,
+    /// or a form without exactly one token); the text says which.
+    #[error("{0}")]
+    InvalidForm(&'static str),
     /// A `ValidateAccessTokens` call with more tokens than one call may carry.
     #[error("access_tokens holds {count} tokens: at most {limit} per call")]
     TooManyTokens {
@@ -91,9 +95,10 @@ impl RequestError {
     /// The gRPC code callers act on.
     pub fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument(_) | Self::Undecodable | Self::TooManyTokens { .. } => {
-                Code::InvalidArgument
-            }
+            Self::InvalidArgument(_)
+            | Self::Undecodable
+            | Self::InvalidForm(_)
+            | Self::TooManyTokens { .. } => Code::InvalidArgument,
             Self::TooLarge { .. } => Code::OutOfRange,
             Self::SessionNotFound
             | Self::SessionRevoked { .. }
@@ -240,6 +245,7 @@ mod tests {
             ),
             (RequestError::TimedOut, Code::DeadlineExceeded),
             (RequestError::Undecodable, Code::InvalidArgument),
+            (RequestError::InvalidForm("no token"), Code::InvalidArgument),
             (
                 RequestError::TooManyTokens {
                     count: 1001,

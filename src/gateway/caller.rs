@@ -8,7 +8,7 @@
 //! decides as for gRPC: the right to `Check` covers both endpoints.
 
 use super::Gateway;
-use crate::authz::{AuthorizationHeader, Denial, bearer_credential, certificate_identities};
+use crate::authz::{AuthorizationHeader, Denial, certificate_identities, presented_key};
 use crate::rpc::Rpc;
 use axum::http::HeaderMap;
 use std::sync::Arc;
@@ -106,7 +106,7 @@ impl<S> Gateway<S> {
 }
 
 /// What a request presents as the caller's service key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum CallerKey<'a> {
     Nothing,
     Key(&'a str),
@@ -117,6 +117,20 @@ enum CallerKey<'a> {
     /// A credential that is not one service key: refused whatever the certificate says,
     /// as on gRPC, since a caller that sends a credential means it to count.
     NotAKey,
+}
+
+/// Never prints a key.
+impl std::fmt::Debug for CallerKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallerKey::Nothing => f.write_str("Nothing"),
+            CallerKey::Key(_) => f.write_str("Key([redacted])"),
+            CallerKey::Basic { user, .. } => {
+                write!(f, "Basic {{ user: {user:?}, key: [redacted] }}")
+            }
+            CallerKey::NotAKey => f.write_str("NotAKey"),
+        }
+    }
 }
 
 fn presented(headers: &HeaderMap, key_in: KeyIn) -> CallerKey<'_> {
@@ -134,22 +148,26 @@ fn presented(headers: &HeaderMap, key_in: KeyIn) -> CallerKey<'_> {
     if key_in == KeyIn::GatewayHeader {
         return CallerKey::Nothing;
     }
-    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
-    let value = match (values.next(), values.next()) {
-        (None, _) => return CallerKey::Nothing,
-        (Some(value), None) => value,
-        (Some(_), Some(_)) => return CallerKey::NotAKey,
-    };
-    let Ok(value) = value.to_str() else {
-        return CallerKey::NotAKey;
-    };
-    if let Some(key) = bearer_credential(value) {
-        return CallerKey::Key(key);
+    // The gRPC listener's reading of `Authorization`, and HTTP Basic besides.
+    match presented_key(headers) {
+        AuthorizationHeader::Nothing => CallerKey::Nothing,
+        AuthorizationHeader::Key(key) => CallerKey::Key(key),
+        AuthorizationHeader::NotAKey => headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(basic_credentials)
+            .filter(|_| {
+                headers
+                    .get_all(axum::http::header::AUTHORIZATION)
+                    .iter()
+                    .count()
+                    == 1
+            })
+            .map_or(CallerKey::NotAKey, |(user, key)| CallerKey::Basic {
+                user,
+                key,
+            }),
     }
-    basic_credentials(value).map_or(CallerKey::NotAKey, |(user, key)| CallerKey::Basic {
-        user,
-        key,
-    })
 }
 
 /// The user and password of `Basic <base64(user:password)>` (RFC 7617), scheme in any
@@ -166,7 +184,17 @@ fn basic_credentials(value: &str) -> Option<(String, String)> {
         .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
-    Some((user.to_owned(), password.to_owned()))
+    Some((form_decoded(user)?, form_decoded(password)?))
+}
+
+/// RFC 6749 §2.3.1: a client's id and secret are form-urlencoded before they are joined
+/// for Basic, so `+` is a space and `%XX` a byte; `None` when that is not UTF-8.
+fn form_decoded(part: &str) -> Option<String> {
+    let spaced = part.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]
@@ -206,6 +234,15 @@ mod tests {
             CallerKey::Basic {
                 user: "edge".into(),
                 key: "k1".into()
+            }
+        );
+        // base64("ed%2Bge:k+1"): form-urlencoded before base64 (RFC 6749 §2.3.1).
+        let encoded = headers(&[("authorization", "Basic ZWQlMkJnZTprKzE=")]);
+        assert_eq!(
+            presented(&encoded, KeyIn::AnyHeader),
+            CallerKey::Basic {
+                user: "ed+ge".into(),
+                key: "k 1".into()
             }
         );
         for junk in ["Basic !!!", "Basic ZWRnZQ==", "Digest x", "k1"] {

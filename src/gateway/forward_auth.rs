@@ -31,7 +31,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
-use tonic::metadata::MetadataMap;
 
 /// Answers one forward-auth request.
 pub(crate) async fn handle<S: SessionStore>(
@@ -61,7 +60,11 @@ pub(crate) async fn handle<S: SessionStore>(
     };
     let served = gateway
         .calls
-        .serve(Rpc::ForwardAuth, &trace_context(&parts.headers), decide)
+        .serve(
+            Rpc::ForwardAuth,
+            &super::trace_context(&parts.headers),
+            decide,
+        )
         .await;
     match served {
         Ok(verdict) => verdict.into_inner().into_response(),
@@ -107,10 +110,10 @@ impl IntoResponse for Verdict {
             Verdict::Smuggled => {
                 let body =
                     "the request carries X-Barazo-* headers, which only the gateway may set\n";
-                return (StatusCode::FORBIDDEN, no_store(), body).into_response();
+                return (StatusCode::FORBIDDEN, super::no_store(), body).into_response();
             }
         };
-        headers.extend(no_store());
+        headers.extend(super::no_store());
         (status, headers).into_response()
     }
 }
@@ -140,13 +143,24 @@ impl SpanFacts for Verdict {
 }
 
 /// The user's token as the request presents it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 enum UserToken<'a> {
     Found(&'a str),
     Missing,
     /// Not one bearer credential (another scheme, bytes that are not text, several
     /// headers or cookies): which one would count is a guess, so none does.
     Malformed,
+}
+
+/// Never prints the token itself.
+impl std::fmt::Debug for UserToken<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserToken::Found(_) => f.write_str("Found([redacted])"),
+            UserToken::Missing => f.write_str("Missing"),
+            UserToken::Malformed => f.write_str("Malformed"),
+        }
+    }
 }
 
 /// The bearer header, else the configured cookie.
@@ -204,28 +218,9 @@ fn smuggles_identity(headers: &HeaderMap) -> bool {
         .any(|name| reads_as_ours(name.as_str()) && name.as_str() != GATEWAY_KEY_HEADER)
 }
 
-/// The caller's trace context, so the call's span joins the gateway's trace (the only
-/// headers the call layer reads; copying them all would cost every call).
-pub(super) fn trace_context(headers: &HeaderMap) -> MetadataMap {
-    let mut context = HeaderMap::new();
-    for name in ["traceparent", "tracestate"] {
-        if let Some(value) = headers.get(name) {
-            context.insert(name, value.clone());
-        }
-    }
-    MetadataMap::from_headers(context)
-}
-
 fn challenge(value: &'static str) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(2);
     headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
-    headers
-}
-
-/// Answers about one user must not be reused by a cache between the gateway and us.
-pub(super) fn no_store() -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(1);
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers
 }
 
@@ -233,10 +228,14 @@ pub(super) fn no_store() -> HeaderMap {
 /// user's token being bad), except a full budget, which is the service being busy.
 fn gateway_refused(denial: &Denial) -> Response {
     match denial {
-        Denial::OverBudget { .. } => super::unavailable(&tonic::Status::from(denial.clone())),
+        // A fixed text: Caddy and Traefik pass the body to the user, who has no business
+        // learning the gateway's name in the policy.
+        Denial::OverBudget { .. } => super::unavailable(&tonic::Status::resource_exhausted(
+            "the service is at its concurrency limit; retry shortly",
+        )),
         _ => (
             StatusCode::FORBIDDEN,
-            no_store(),
+            super::no_store(),
             "the gateway is not allowed to ask (policy)\n",
         )
             .into_response(),

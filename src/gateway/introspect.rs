@@ -16,8 +16,8 @@
 
 use super::Gateway;
 use super::caller::KeyIn;
-use super::forward_auth::{no_store, trace_context};
 use crate::api::call::SpanFacts;
+use crate::api::error::RequestError;
 use crate::authz::Denial;
 use crate::domain::view::SessionView;
 use crate::rpc::Rpc;
@@ -30,7 +30,9 @@ use std::sync::Arc;
 /// Largest request body read: a form with one 64-character token needs well under 1 KiB.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// Answers one introspection request.
+/// Answers one introspection request. Everything after the caller's admission runs
+/// inside the call layer: reading the body is bounded by the call's time limit, and every
+/// answer, a refused form included, is counted and traced.
 pub(crate) async fn handle<S: SessionStore>(
     State(gateway): State<Arc<Gateway<S>>>,
     request: Request,
@@ -40,36 +42,70 @@ pub(crate) async fn handle<S: SessionStore>(
         Ok(permit) => permit,
         Err(refused) => return client_refused(&refused.denial, refused.basic),
     };
-    if !is_form(&parts.headers) {
-        return invalid_request("the body must be application/x-www-form-urlencoded");
-    }
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(_) => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                no_store(),
-                "the body is over 16 KiB\n",
-            )
-                .into_response();
-        }
-    };
-    let Some(token) = the_token(&body) else {
-        return invalid_request("the form must carry exactly one token");
-    };
     let tokens = &gateway.tokens;
     let decide = async {
+        let token = read_token(&parts.headers, body).await?;
         Ok(Introspection(
             tokens.validate(Rpc::Introspect, &token).await?,
         ))
     };
     match gateway
         .calls
-        .serve(Rpc::Introspect, &trace_context(&parts.headers), decide)
+        .serve(
+            Rpc::Introspect,
+            &super::trace_context(&parts.headers),
+            decide,
+        )
         .await
     {
         Ok(answer) => answer.into_inner().into_response(),
-        Err(status) => super::unavailable(&status),
+        Err(status) => call_failed(&status),
+    }
+}
+
+/// The one `token` of the request's form, read to at most [`MAX_BODY_BYTES`]: a declared
+/// length over it is refused before anything is read.
+async fn read_token(headers: &HeaderMap, body: axum::body::Body) -> Result<String, RequestError> {
+    const TOO_LARGE: RequestError = RequestError::TooLarge {
+        limit: MAX_BODY_BYTES,
+    };
+    if !is_form(headers) {
+        return Err(RequestError::InvalidForm(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Err(TOO_LARGE);
+    }
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|err| {
+            if err.into_inner().is::<http_body_util::LengthLimitError>() {
+                TOO_LARGE
+            } else {
+                RequestError::InvalidForm("the body could not be read")
+            }
+        })?;
+    the_token(&body).ok_or(RequestError::InvalidForm(
+        "the form must carry exactly one token",
+    ))
+}
+
+/// A call that ended without an introspection: the caller's malformed form (400), a body
+/// over the limit (413), or the service unable to decide (503).
+fn call_failed(status: &tonic::Status) -> Response {
+    match status.code() {
+        tonic::Code::InvalidArgument => invalid_request(status.message()),
+        tonic::Code::OutOfRange => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            super::no_store(),
+            format!("the body is over {} KiB\n", MAX_BODY_BYTES / 1024),
+        )
+            .into_response(),
+        _ => super::unavailable(status),
     }
 }
 
@@ -130,7 +166,7 @@ fn the_token(body: &[u8]) -> Option<String> {
 }
 
 fn json(status: StatusCode, body: &serde_json::Value, challenge: Option<&'static str>) -> Response {
-    let mut headers = no_store();
+    let mut headers = super::no_store();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -21,8 +21,10 @@ use crate::authz::AuthLayer;
 use crate::observe::metrics::Metrics;
 use crate::store::SessionStore;
 use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::routing::{any, post};
 use std::sync::Arc;
+use tonic::metadata::MetadataMap;
 
 /// The path of forward auth.
 pub const FORWARD_AUTH_PATH: &str = "/v1/forward-auth";
@@ -52,13 +54,32 @@ pub(crate) fn router<S: SessionStore>(gateway: Gateway<S>) -> Router {
         .with_state(Arc::new(gateway))
 }
 
+/// The caller's trace context, so the call's span joins the gateway's trace (the only
+/// headers the call layer reads; copying them all would cost every call).
+pub(crate) fn trace_context(headers: &HeaderMap) -> MetadataMap {
+    let mut context = HeaderMap::new();
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = headers.get(name) {
+            context.insert(name, value.clone());
+        }
+    }
+    MetadataMap::from_headers(context)
+}
+
+/// Answers about one user must not be reused by a cache between the gateway and us.
+pub(crate) fn no_store() -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(1);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers
+}
+
 /// The answer when the call could not be decided (the store failing, the call timing out,
 /// the service shedding load, or any other failure): 503 with `Retry-After`, so a gateway
 /// neither lets the request through nor logs the user out.
 pub(crate) fn unavailable(status: &tonic::Status) -> axum::response::Response {
     use axum::http::{HeaderValue, StatusCode, header};
     use axum::response::IntoResponse as _;
-    let mut headers = forward_auth::no_store();
+    let mut headers = no_store();
     headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     let body = format!("{}\n", status.message());
     (StatusCode::SERVICE_UNAVAILABLE, headers, body).into_response()

@@ -540,3 +540,35 @@ async fn silent_and_idle_connections_do_not_hold_the_slots() {
     .expect("a free slot");
     assert_eq!(status, 200);
 }
+
+/// An introspection body that never finishes arriving is bounded by the call's time limit
+/// (it holds its caller's slot meanwhile), and answered 503 rather than waited on for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_arrives_is_bounded_by_the_call_time_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(
+        StoreKind::Memory,
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--request-timeout-ms",
+            "300",
+        ],
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(http(&app))
+        .await
+        .expect("connect");
+    stream
+        .write_all(
+            b"POST /v1/introspect HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\ntoken=",
+        )
+        .await
+        .expect("send");
+    let mut answer = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut answer))
+        .await
+        .expect("answered within the time limit")
+        .expect("read");
+    assert_eq!(&answer, b"HTTP/1.1 503");
+}
