@@ -15,6 +15,7 @@
 use super::caller::CallerCertificate;
 use crate::transport::connections::AcceptBackoff;
 use crate::transport::delivery::Activity;
+use crate::transport::hold_open;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -212,41 +213,13 @@ async fn http<IO>(
         Protocol::Http2 => builder.http2_only(),
         Protocol::Either => builder,
     };
-    let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
-    // As on the gRPC listener: first the idle timeout, then (after closing for idleness)
-    // how long the client has to finish.
-    let mut timer = pin!(tokio::time::sleep(limits.idle_timeout));
-    let mut timer_armed = true;
-    let mut closing_idle = false;
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            served = connection.as_mut() => {
-                if let Err(err) = served {
-                    tracing::debug!(error = %err, "HTTP listener: connection ended with an error");
-                }
-                break;
-            }
-            _ = stop.changed(), if !stopping => {
-                stopping = true;
-                timer_armed = closing_idle;
-                connection.as_mut().graceful_shutdown();
-            }
-            () = activity.changed(), if !stopping && !closing_idle => {
-                timer_armed = activity.open() == 0;
-                if timer_armed {
-                    timer.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
-                }
-            }
-            () = timer.as_mut(), if timer_armed => {
-                if closing_idle {
-                    break;
-                }
-                closing_idle = true;
-                tracing::debug!("HTTP listener: connection closed, no request within the idle timeout");
-                connection.as_mut().graceful_shutdown();
-                timer.as_mut().reset(tokio::time::Instant::now() + limits.keepalive_timeout);
-            }
-        }
-    }
+    let connection = pin!(builder.serve_connection(TokioIo::new(io), service));
+    hold_open(
+        connection,
+        &activity,
+        &mut stop,
+        limits.idle_timeout,
+        limits.keepalive_timeout,
+    )
+    .await;
 }

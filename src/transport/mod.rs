@@ -274,49 +274,15 @@ impl Transport {
             info,
             backstop: self.backstop,
         };
-        let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
-        // One timer: first the idle timeout, then (after GOAWAY for idleness) how long the
-        // client has to finish: h2 waits for the answer to a ping before it closes, so a
-        // client that never answers is cut off after the keepalive timeout.
-        let timer = tokio::time::sleep(self.idle_timeout);
-        let mut timer = pin!(timer);
-        let mut timer_armed = true;
-        let mut closing_idle = false;
-        let mut stopping = false;
-        loop {
-            tokio::select! {
-                served = connection.as_mut() => {
-                    if let Err(err) = served {
-                        // Anyone can make a connection fail: debug level.
-                        tracing::debug!(error = %err, "connection ended with an error");
-                    }
-                    break;
-                }
-                _ = stop.changed(), if !stopping => {
-                    // The process's drain deadline bounds what follows; a connection
-                    // already closing for idleness keeps its own, shorter cut-off.
-                    stopping = true;
-                    timer_armed = closing_idle;
-                    connection.as_mut().graceful_shutdown();
-                }
-                () = activity.changed(), if !stopping && !closing_idle => {
-                    timer_armed = activity.open() == 0;
-                    if timer_armed {
-                        timer.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
-                    }
-                }
-                () = timer.as_mut(), if timer_armed => {
-                    if closing_idle {
-                        break;
-                    }
-                    closing_idle = true;
-                    record(ConnectionEvent::IdleClose);
-                    tracing::debug!("connection closed: no open stream within the idle timeout");
-                    connection.as_mut().graceful_shutdown();
-                    timer.as_mut().reset(tokio::time::Instant::now() + self.keepalive_timeout);
-                }
-            }
-        }
+        let connection = pin!(builder.serve_connection(TokioIo::new(io), service));
+        hold_open(
+            connection,
+            &activity,
+            &mut stop,
+            self.idle_timeout,
+            self.keepalive_timeout,
+        )
+        .await;
         drop(stop);
     }
 }
@@ -394,5 +360,61 @@ where
             return Poll::Ready(Ok(timed_out));
         }
         Poll::Pending
+    }
+}
+
+/// Serves `connection` until it closes: when the client closes it; after `idle_timeout`
+/// without an open request (counted in `activity`), then closed gracefully (GOAWAY on
+/// HTTP/2) with `keepalive_timeout` for the client to finish (h2 waits for the answer to a
+/// ping before it closes, so a client that never answers is cut off then); or when `stop`
+/// changes (the server's drain, whose deadline bounds what follows). Shared by the gRPC
+/// and the HTTP listener.
+pub(crate) async fn hold_open<C>(
+    mut connection: Pin<&mut C>,
+    activity: &Activity,
+    stop: &mut watch::Receiver<()>,
+    idle_timeout: Duration,
+    keepalive_timeout: Duration,
+) where
+    C: hyper_util::server::graceful::GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    let timer = tokio::time::sleep(idle_timeout);
+    let mut timer = pin!(timer);
+    let mut timer_armed = true;
+    let mut closing_idle = false;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(err) = served {
+                    // Anyone can make a connection fail: debug level.
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.changed(), if !stopping => {
+                // A connection already closing for idleness keeps its own, shorter cut-off.
+                stopping = true;
+                timer_armed = closing_idle;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = activity.changed(), if !stopping && !closing_idle => {
+                timer_armed = activity.open() == 0;
+                if timer_armed {
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                }
+            }
+            () = timer.as_mut(), if timer_armed => {
+                if closing_idle {
+                    break;
+                }
+                closing_idle = true;
+                record(ConnectionEvent::IdleClose);
+                tracing::debug!("connection closed: no open request within the idle timeout");
+                connection.as_mut().graceful_shutdown();
+                timer.as_mut().reset(tokio::time::Instant::now() + keepalive_timeout);
+            }
+        }
     }
 }
