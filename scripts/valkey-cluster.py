@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from resp import command
+
 
 def free_port():
     """A port whose cluster-bus port (port + 10000) is free too."""
@@ -39,38 +41,6 @@ def free_port():
             except OSError:
                 continue
         return port
-
-
-def command(port, *args):
-    """One command over RESP; returns the reply (str, int, list) or raises on an error."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        payload = f"*{len(args)}\r\n".encode()
-        for arg in args:
-            data = str(arg).encode()
-            payload += f"${len(data)}\r\n".encode() + data + b"\r\n"
-        conn.sendall(payload)
-        reader = conn.makefile("rb")
-        return reply(reader)
-
-
-def reply(reader):
-    line = reader.readline().rstrip(b"\r\n")
-    kind, rest = line[:1], line[1:]
-    if kind == b"+":
-        return rest.decode()
-    if kind == b"-":
-        raise RuntimeError(rest.decode())
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        length = int(rest)
-        if length < 0:
-            return None
-        data = reader.read(length + 2)[:-2]
-        return data.decode()
-    if kind == b"*":
-        return [reply(reader) for _ in range(int(rest))]
-    raise RuntimeError(f"unexpected reply {line!r}")
 
 
 def wait_until(what, check, timeout=30):

