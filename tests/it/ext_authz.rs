@@ -9,6 +9,7 @@ use crate::support::http::http_get;
 use crate::support::pki::TempDir;
 use crate::support::policy::{APPVIEW_KEY, GATEWAY_KEY, PLUGIN_KEY, gateway_policy};
 use crate::support::raw::{self, grpc_frame};
+use crate::support::upstream::Upstream;
 use crate::support::{TestApp, sha256_hex, unique_did};
 use barazo_session::config::StoreKind;
 use envoy_types::ext_authz::v3::pb::{
@@ -594,36 +595,6 @@ impl Envoy {
     }
 }
 
-/// An upstream that answers every request 200 with the request's head as its body.
-async fn echo_upstream() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    head.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.write_all(&head).await;
-            });
-        }
-    });
-    addr
-}
-
 /// The example config, run by a real Envoy: the user's identity reaches the upstream, a
 /// client's forged x-barazo-* headers never do, a bad token is a 401 with its challenge,
 /// and a store outage a 503 (failure_mode_allow: false), never a pass.
@@ -633,10 +604,11 @@ async fn a_real_envoy_enforces_the_header_contract() {
         TestApp::spawn_with(StoreKind::Valkey, &["--metrics-listen", "127.0.0.1:0"]).await;
     let did = unique_did();
     let session = app.create(&did, "alice.test").await;
-    let envoy = Envoy::start(app.addr, echo_upstream().await).await;
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(app.addr, upstream.addr).await;
     let bearer = format!("Bearer {}", session.access_token);
 
-    let (status, _, upstream_saw) = http_get(
+    let (status, head, _) = http_get(
         envoy.addr,
         "/plugins/polls",
         &[
@@ -649,27 +621,25 @@ async fn a_real_envoy_enforces_the_header_contract() {
     )
     .await
     .expect("envoy answers");
-    assert_eq!(status, 200, "{upstream_saw}");
-    let barazo: Vec<String> = upstream_saw
-        .lines()
-        .map(str::to_ascii_lowercase)
-        .filter(|line| line.starts_with("x-barazo-"))
+    assert_eq!(status, 200, "{head}");
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 1, "one request reached the upstream");
+    let mut barazo: Vec<(String, String)> = seen[0]
+        .headers
+        .iter()
+        .filter(|(name, _)| name.starts_with("x-barazo-"))
+        .cloned()
         .collect();
-    let mut expected = vec![
-        format!("x-barazo-did: {did}"),
-        "x-barazo-handle: alice.test".to_owned(),
-        format!(
-            "x-barazo-session-key: {}",
-            sha256_hex(&session.refresh_token)
+    barazo.sort();
+    let expected = vec![
+        ("x-barazo-did".to_owned(), did.clone()),
+        ("x-barazo-handle".to_owned(), "alice.test".to_owned()),
+        (
+            "x-barazo-session-key".to_owned(),
+            sha256_hex(&session.refresh_token),
         ),
     ];
-    expected.sort();
-    let mut seen = barazo.clone();
-    seen.sort();
-    assert_eq!(
-        seen, expected,
-        "what the upstream received:\n{upstream_saw}"
-    );
+    assert_eq!(barazo, expected, "what the upstream received: {seen:?}");
 
     // An identity header spelled with underscores never reaches the upstream: the shipped
     // config refuses the request outright (the user's own valid token notwithstanding).
@@ -684,10 +654,7 @@ async fn a_real_envoy_enforces_the_header_contract() {
     .await
     .expect("envoy answers");
     assert_eq!(status, 400, "{head}\n{body}");
-    assert!(
-        !body.contains("victim"),
-        "nothing reached the upstream: {body}"
-    );
+    assert_eq!(upstream.count(), 1, "nothing more reached the upstream");
 
     for headers in [
         vec![],
@@ -720,10 +687,7 @@ async fn a_real_envoy_enforces_the_header_contract() {
     .await
     .expect("envoy answers");
     assert_eq!(status, 503, "{head}\n{body}");
-    assert!(
-        !body.contains("x-barazo"),
-        "nothing reached the upstream: {body}"
-    );
+    assert_eq!(upstream.count(), 1, "nothing more reached the upstream");
 }
 
 /// After `UpdateHandle`, the next `Check` sets the new handle (the cached answer ended).
