@@ -200,7 +200,8 @@ pub struct Config {
     #[arg(long, env = "FORWARD_AUTH_COOKIE", value_parser = cookie_name)]
     pub forward_auth_cookie: Option<String>,
 
-    /// PEM certificate chain for TLS on the gRPC listener. Off (plaintext) unless set, for
+    /// PEM certificate chain for TLS on the gRPC listener (and the HTTP listener, when
+    /// `--http-listen` is set). Off (plaintext) unless set, for
     /// a loopback or sidecar-encrypted deployment; set it wherever the network is shared.
     #[arg(long, env = "TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -234,7 +235,8 @@ pub struct Config {
     #[arg(long, env = "VALKEY_CA")]
     pub valkey_ca: Option<PathBuf>,
 
-    /// Session RPCs handled at once, across all connections; beyond it calls are refused
+    /// Calls handled at once (session RPCs, ext_authz `Check`, forward auth and
+    /// introspection together), across all connections; beyond it calls are refused
     /// at once with RESOURCE_EXHAUSTED instead of queueing without bound.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
     pub max_concurrent_requests: usize,
@@ -250,7 +252,8 @@ pub struct Config {
     )]
     pub request_timeout: Duration,
 
-    /// Client connections open at once; past it new ones wait unserved until one closes.
+    /// Client connections open at once on each listener; past it new ones wait unserved
+    /// until one closes.
     /// Far above a fleet of AppView and plugin instances, far below the file-descriptor
     /// limit.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
