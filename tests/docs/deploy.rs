@@ -537,6 +537,14 @@ fn deployed_values_parse_as_the_service_configuration() {
         );
     }
     assert!(pod.authz_policy.is_some(), "kubernetes: no AUTHZ_POLICY");
+    // Compose publishes 8081 for trying forward auth, so the listener must be on and reachable.
+    assert!(
+        compose
+            .http_listen
+            .is_some_and(|a| a.ip().is_unspecified() && a.port() == 8081),
+        "compose: HTTP_LISTEN {:?}",
+        compose.http_listen
+    );
 }
 
 #[test]
