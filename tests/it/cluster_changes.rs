@@ -1,7 +1,7 @@
 //! The validation cache through the cluster's topology changes, on a real cluster with a
 //! replica per primary: a manual failover, a killed primary replaced by its replica, a
-//! slot moved to another primary with its keys, and slots moved to a primary added just
-//! now. Two replicas of the service, A and B; B has the sessions' answers cached. In every
+//! slot moved to another primary with its keys (key by key, and atomically), and slots
+//! moved to a primary added just now. Two replicas of the service, A and B; B has the sessions' answers cached. In every
 //! case a session revoked right after the change (through A, or by a `DEL` on the node that
 //! now owns it) stops validating on B within the feed's check interval, and so does one
 //! cached again after the change. Each test prints the longest time B still said `valid`
@@ -35,6 +35,25 @@ async fn pair() -> (TestApp, TestApp) {
 
 fn data_key(session: &Created) -> String {
     format!("{PREFIX}data:{}", session.refresh_token)
+}
+
+/// How a slot moves to another primary: key by key as `valkey-cli --cluster reshard` does
+/// (`MIGRATE`, with an `ASK` window), or with Valkey 9's atomic slot migration
+/// (`CLUSTER MIGRATESLOTS`: the keys and the writes made meanwhile streamed, the slot
+/// handed over in one step).
+#[derive(Clone, Copy, Debug)]
+enum Move {
+    KeyByKey,
+    Atomic,
+}
+
+impl Move {
+    async fn slot(self, cluster: &ValkeyCluster, slot: u16, to: usize) {
+        match self {
+            Move::KeyByKey => cluster.move_slot(slot, to).await,
+            Move::Atomic => cluster.migrate_slot(slot, to).await,
+        }
+    }
 }
 
 /// `count` sessions created on A whose data lives on the primary `primary`, each cached on B.
@@ -183,10 +202,10 @@ async fn after_the_change(
     assert!(longest <= bound(), "{what}: {longest:?}");
 }
 
-/// Moves each session's data slot, with its keys, to primary `target`, then
+/// Moves each session's data slot, with its keys, to primary `target` (`how`), then
 /// [`after_the_change`]; the moved sessions' keys all arrive (the last still validates).
 async fn moved_then_revoked(
-    what: &str,
+    (what, how): (&str, Move),
     a: &TestApp,
     b: &TestApp,
     target: usize,
@@ -195,8 +214,7 @@ async fn moved_then_revoked(
 ) {
     let cluster = a.cluster.as_ref().expect("cluster");
     for session in sessions {
-        cluster
-            .move_slot(ValkeyCluster::slot_of(&data_key(session)), target)
+        how.slot(cluster, ValkeyCluster::slot_of(&data_key(session)), target)
             .await;
     }
     after_the_change(what, a, b, target, sessions, resets_before).await;
@@ -256,7 +274,21 @@ async fn a_slot_moved_to_another_primary_leaves_no_revoked_token_valid() {
     let sessions = sessions_on(&a, &b, source, 3).await;
     // Each session's data slot moves, with the session's keys in it.
     let resets = metric(&b, RESETS).await;
-    moved_then_revoked("a slot moved", &a, &b, target, &sessions, resets).await;
+    let what = ("a slot moved", Move::KeyByKey);
+    moved_then_revoked(what, &a, &b, target, &sessions, resets).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migrated_atomically_leaves_no_revoked_token_valid() {
+    let (a, b) = pair().await;
+    let cluster = a.cluster.as_ref().expect("cluster");
+    let source = cluster.primary_of_slot(0).await;
+    let target = cluster.primary_of_slot(16_383).await;
+    assert_ne!(source, target);
+    let sessions = sessions_on(&a, &b, source, 3).await;
+    let resets = metric(&b, RESETS).await;
+    let what = ("a slot migrated atomically", Move::Atomic);
+    moved_then_revoked(what, &a, &b, target, &sessions, resets).await;
 }
 
 /// A primary added (without slots), then at once, before B's feed may have noticed it, the
@@ -276,7 +308,7 @@ async fn a_slot_moved_to_a_primary_added_just_now_leaves_no_revoked_token_valid(
     let adding = Instant::now();
     let added = a.cluster.as_mut().expect("cluster").add_primary().await;
     eprintln!("add_primary: {:?}", adding.elapsed());
-    let what = "slots moved to a primary added just now";
+    let what = ("slots moved to a primary added just now", Move::KeyByKey);
     moved_then_revoked(what, &a, &b, added, &sessions, resets).await;
 }
 
@@ -349,10 +381,10 @@ async fn a_primary_added_just_now_is_watched_before_and_after_it_owns_slots() {
     assert!(after <= bound(), "{after:?}");
 }
 
-/// A slot moved while B validates it under load: B's cached answers of the moved sessions
-/// never outlive a revocation by more than the bound, during the move as after it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocations_during_a_slot_move_reach_the_cache() {
+/// Slots moved (`how`) while B validates their sessions and A revokes them one by one: B's
+/// cached answers of the moved sessions never outlive a revocation by more than the bound,
+/// during the moves as after them.
+async fn revocations_during_slot_moves(how: Move) {
     let (a, b) = pair().await;
     let cluster = a.cluster.as_ref().expect("cluster");
     let source = cluster.primary_of_slot(0).await;
@@ -364,7 +396,7 @@ async fn revocations_during_a_slot_move_reach_the_cache() {
         .collect();
     let mover = async {
         for &slot in &slots {
-            cluster.move_slot(slot, target).await;
+            how.slot(cluster, slot, target).await;
         }
     };
     let revoker = async {
@@ -376,7 +408,7 @@ async fn revocations_during_a_slot_move_reach_the_cache() {
         longest
     };
     let ((), stale) = tokio::join!(mover, revoker);
-    eprintln!("revocations during slot moves: longest stale answer on B {stale:?}");
+    eprintln!("revocations during slot moves ({how:?}): longest stale answer on B {stale:?}");
     assert!(stale <= bound(), "{stale:?}");
     eventually("every revoked session is invalid on B", || async {
         for session in &sessions {
@@ -387,4 +419,14 @@ async fn revocations_during_a_slot_move_reach_the_cache() {
         true
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_during_a_slot_move_reach_the_cache() {
+    revocations_during_slot_moves(Move::KeyByKey).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_during_an_atomic_slot_migration_reach_the_cache() {
+    revocations_during_slot_moves(Move::Atomic).await;
 }

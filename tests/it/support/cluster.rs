@@ -559,6 +559,53 @@ impl ValkeyCluster {
         self.finish_slot_move(slot, from, to).await;
     }
 
+    /// Moves `slot` to primary `to` with Valkey 9's atomic slot migration: one
+    /// `CLUSTER MIGRATESLOTS` on the source, which streams the slot's keys and every write
+    /// made meanwhile to the target and hands the slot over in one step (no `ASK` window).
+    /// Returns once the source reports the migration done and every running node sees `to`
+    /// owning `slot` (at once when it does already).
+    pub async fn migrate_slot(&self, slot: u16, to: usize) {
+        let from = self.primary_of_slot(slot).await;
+        if from == to {
+            return;
+        }
+        let mut source = self.nodes[from].client().await;
+        let _: () = redis::cmd("CLUSTER")
+            .arg("MIGRATESLOTS")
+            .arg("SLOTSRANGE")
+            .arg(slot)
+            .arg(slot)
+            .arg("NODE")
+            .arg(&self.ids[to])
+            .query_async(&mut source)
+            .await
+            .expect("CLUSTER MIGRATESLOTS on the source");
+        let what = format!("slot {slot} migrated atomically from node {from} to node {to}");
+        let range = format!("{slot}-{slot}");
+        poll_until(&what, CHANGE_TIMEOUT, async || {
+            // Every migration the source remembers, each as field/value pairs.
+            let jobs: Vec<HashMap<String, String>> = redis::cmd("CLUSTER")
+                .arg("GETSLOTMIGRATIONS")
+                .query_async(&mut source)
+                .await
+                .map_err(|err| err.to_string())?;
+            let state = jobs
+                .iter()
+                .rfind(|job| job.get("slot_ranges") == Some(&range))
+                .and_then(|job| job.get("state"))
+                .map_or("", String::as_str);
+            assert!(
+                state != "failed" && state != "cancelled",
+                "{what}: {state} ({jobs:?})"
+            );
+            if state != "success" {
+                return Err(format!("the source's migration is {state:?}"));
+            }
+            self.all_see_owner(&[(slot, slot)], to, None).await
+        })
+        .await;
+    }
+
     /// The first half of [`move_slot`](Self::move_slot): `slot` `IMPORTING` on `to`,
     /// `MIGRATING` on `from` (its owner), and all its keys migrated to `to`. The slot stays
     /// `from`'s in every node's view until [`finish_slot_move`](Self::finish_slot_move);
