@@ -76,6 +76,11 @@ impl FeedEvents {
         }
     }
 
+    /// The cluster primaries the feeds are live on, with their slot counts (none: not live).
+    pub(crate) fn watching(&self, primaries: &[(String, u64)]) {
+        self.metrics.set_cache_feed_slots(primaries);
+    }
+
     /// Counts a check that could not show the feed and the store's commands on one server.
     pub(crate) fn count_unverified(&self) {
         self.metrics.cache_unverified();

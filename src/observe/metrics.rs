@@ -2,7 +2,9 @@
 //!
 //! Names follow the OpenTelemetry conventions translated to Prometheus (`rpc.server.call.duration`
 //! in seconds becomes `rpc_server_call_duration_seconds`). Labels never carry a token, a
-//! session id or a DID: only method names, status codes and outcomes, so cardinality stays fixed.
+//! session id or a DID: only method names, status codes, outcomes and, for the cluster feeds,
+//! the node ids of the primaries watched now (cleared with the feeds), so cardinality stays
+//! bounded.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -81,6 +83,13 @@ pub struct RoundTripLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of the slots one cluster primary's invalidation feed watches.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedPrimaryLabels {
+    /// The primary's node id (`CLUSTER MYID`).
+    pub node_id: String,
+}
+
 /// Labels of the build-info gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -106,6 +115,7 @@ pub struct Metrics {
     cache_resets: Counter,
     cache_unverified: Counter,
     cache_entries: Gauge,
+    cache_feed_slots: Family<FeedPrimaryLabels, Gauge>,
     /// Set at shutdown: from then on the service is not ready, whatever the store says.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -205,6 +215,12 @@ impl Metrics {
             "Answers held in the validation cache",
             cache_entries.clone(),
         );
+        let cache_feed_slots = Family::default();
+        registry.register(
+            "barazo_session_validation_cache_feed_slots",
+            "Valkey Cluster: the slots of each primary (by node id) whose invalidation feed the validation cache is live on; no series while it is not live",
+            cache_feed_slots.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -232,6 +248,7 @@ impl Metrics {
             cache_resets,
             cache_unverified,
             cache_entries,
+            cache_feed_slots,
             draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -310,6 +327,20 @@ impl Metrics {
     /// Publishes how many answers the validation cache holds.
     pub fn set_cache_entries(&self, n: usize) {
         self.cache_entries.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Publishes the cluster primaries the cache's feeds are live on, each with the number
+    /// of slots it owns (`(node id, slots)`; none when the feeds are not live).
+    pub fn set_cache_feed_slots(&self, primaries: &[(String, u64)]) {
+        self.cache_feed_slots.clear();
+        for (node_id, slots) in primaries {
+            let labels = FeedPrimaryLabels {
+                node_id: node_id.clone(),
+            };
+            self.cache_feed_slots
+                .get_or_create(&labels)
+                .set(i64::try_from(*slots).unwrap_or(i64::MAX));
+        }
     }
 
     /// Publishes whether the store answers its health probes.

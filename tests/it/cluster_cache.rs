@@ -6,6 +6,7 @@
 use crate::cache::{ENTRIES, HITS, RESETS, cache, eventually, metric};
 use crate::support::{Backend, TestApp, config, unique_did};
 use barazo_session::config::StoreKind;
+use std::collections::BTreeMap;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -71,6 +72,21 @@ async fn a_direct_delete_on_the_owning_node_ends_the_cached_answer() {
     }
 }
 
+/// The primaries `app`'s cluster feeds are live on, each with its slot count, from its
+/// `/metrics` (empty while its cache is off).
+pub(crate) async fn watched_by(app: &TestApp) -> BTreeMap<String, u64> {
+    let admin = app.metrics_addr.expect("admin listener");
+    let text = crate::security::metrics_text(admin).await;
+    text.lines()
+        .filter_map(|line| {
+            let rest =
+                line.strip_prefix("barazo_session_validation_cache_feed_slots{node_id=\"")?;
+            let (id, value) = rest.split_once("\"} ")?;
+            Some((id.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
 /// A primary's death drops every cached answer at once (its feed closed), and no answer is
 /// served from memory until the cluster has a primary for every slot and a feed on each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,12 +94,27 @@ async fn a_dead_primary_drops_the_cache_until_every_primary_has_a_feed() {
     let mut app = spawn().await;
     let created = app.create(&unique_did(), "alice.test").await;
     cache(&app, &created.access_token).await;
+    let watched = watched_by(&app).await;
+    assert_eq!(
+        watched,
+        app.cluster
+            .as_ref()
+            .expect("cluster")
+            .slots_per_primary()
+            .await,
+        "the live feeds report every primary with its slots"
+    );
+    assert_eq!(watched.values().sum::<u64>(), 16_384);
     let (resets, hits) = (metric(&app, RESETS).await, metric(&app, HITS).await);
     app.cluster.as_mut().expect("cluster").node_mut(0).kill();
     eventually("the cache resets", || async {
         metric(&app, RESETS).await > resets
     })
     .await;
+    assert!(
+        watched_by(&app).await.is_empty(),
+        "no feed reported while off"
+    );
     // Answered by Valkey, or UNAVAILABLE when the token's keys were on the dead node:
     // never from memory, never "invalid".
     for _ in 0..5 {

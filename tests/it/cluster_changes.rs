@@ -8,7 +8,7 @@
 //! after a revocation had answered (BENCHMARKS.md).
 
 use crate::cache::{MISSES, RESETS, cache, eventually, metric};
-use crate::cluster_cache::{replica, server_on};
+use crate::cluster_cache::{replica, server_on, watched_by};
 use crate::support::cluster::ValkeyCluster;
 use crate::support::{TestApp, unique_did};
 use barazo_session::cache::feed::PING_INTERVAL;
@@ -72,6 +72,17 @@ async fn sessions_on(a: &TestApp, b: &TestApp, primary: usize, count: usize) -> 
         }
     }
     panic!("no {count} sessions on node {primary} in 200");
+}
+
+/// Waits until B's feeds are live on the cluster as it is now: a change made in steps
+/// (slots moved one by one; a primary added, then slots moved to it) may reset B's cache
+/// once per step, and this is the signal that B has seen the last.
+async fn until_watched(a: &TestApp, b: &TestApp) {
+    let cluster = a.cluster.as_ref().expect("cluster");
+    eventually("B's feeds watch the cluster as it is now", || async {
+        watched_by(b).await == cluster.slots_per_primary().await
+    })
+    .await;
 }
 
 /// Retries `call` while the cluster is between owners (UNAVAILABLE), for ten seconds.
@@ -169,7 +180,6 @@ async fn after_the_change(
     let [first, second, kept, ..] = sessions else {
         panic!("three sessions");
     };
-    let changed = Instant::now();
     let revoked = logout_on(a, first).await;
     let mut longest = stale_on(b, &first.access_token, revoked).await;
     cache(b, &second.access_token).await;
@@ -182,10 +192,7 @@ async fn after_the_change(
         metric(b, RESETS).await > resets_before
     })
     .await;
-    // A change made in steps (slots moved one by one; a primary added, then slots moved to
-    // it) may be noticed in as many resets, the last one up to the bound after the whole
-    // change completed: the cache is watched from then on.
-    tokio::time::sleep_until(tokio::time::Instant::from_std(changed + bound())).await;
+    until_watched(a, b).await;
     cache(b, &kept.access_token).await;
     let (misses, resets) = (metric(b, MISSES).await, metric(b, RESETS).await);
     let watched = Instant::now();

@@ -50,11 +50,14 @@ pub async fn run_cluster(
             Ok(mut feeds) => {
                 failing = false;
                 subscribers.go_live();
+                subscribers.watching(&feeds.watched());
                 tracing::info!(
                     primaries = feeds.nodes.len(),
                     "validation cache live: an invalidation feed on every primary"
                 );
                 let end = watch(&mut feeds, &commands, timeout).await;
+                // Before the reset, so that whoever sees the reset counted sees no feed.
+                subscribers.watching(&[]);
                 subscribers.reset(false);
                 if end == End::Apart {
                     subscribers.count_unverified();
@@ -90,6 +93,23 @@ struct Feeds {
     closed: Arc<Notify>,
     /// The store's failures seen before the checks.
     failures: u64,
+}
+
+impl Feeds {
+    /// Each watched primary's node id and how many slots it owns.
+    fn watched(&self) -> Vec<(String, u64)> {
+        self.ownership
+            .iter()
+            .map(|owned| {
+                let slots = owned
+                    .slots
+                    .iter()
+                    .map(|&(first, last)| u64::from(last.saturating_sub(first)) + 1)
+                    .sum();
+                (owned.owner.id.clone(), slots)
+            })
+            .collect()
+    }
 }
 
 /// Reads the topology, subscribes on every primary that owns slots, and checks.

@@ -70,6 +70,10 @@ impl Subscribers {
     fn count_unverified(&self) {
         self.events.count_unverified();
     }
+
+    fn watching(&self, primaries: &[(String, u64)]) {
+        self.events.watching(primaries);
+    }
 }
 
 /// Opens the feed connection and turns tracking on. Pushes are handled on the

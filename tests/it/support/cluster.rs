@@ -11,7 +11,7 @@
 use super::pki::{Pem, TempDir, tls_proxy};
 use super::valkey::Valkey;
 use redis::{FromRedisValue, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -543,6 +543,24 @@ impl ValkeyCluster {
         })
         .await;
         added
+    }
+
+    /// Each online primary's node id with the number of slots it owns (0 for one that owns
+    /// none yet), as the owner of slot 0 sees the cluster: what the service's cluster feeds
+    /// report watching once they have caught up with a change
+    /// (`barazo_session_validation_cache_feed_slots`).
+    pub async fn slots_per_primary(&self) -> BTreeMap<String, u64> {
+        let viewer = self.primary_of_slot(0).await;
+        let mut owned = BTreeMap::new();
+        for node in self.shards(viewer).await {
+            if node.role == "master" && node.health == "online" {
+                owned.insert(node.id, 0);
+            }
+        }
+        for range in self.slots(viewer).await {
+            *owned.entry(range.primary).or_insert(0) += u64::from(range.last - range.first) + 1;
+        }
+        owned
     }
 
     /// Moves `slot` with its keys to primary `to` the way `valkey-cli --cluster reshard`
