@@ -271,31 +271,27 @@ async fn a_killed_primary_replaced_by_its_replica_leaves_no_revoked_token_valid(
     after_the_change("kill -9 of a primary", &a, &b, promoted, &sessions, resets).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slot_moved_to_another_primary_leaves_no_revoked_token_valid() {
+/// Each session's data slot moved (`how`), with the session's keys in it, from the owner of
+/// slot 0 to the owner of slot 16383.
+async fn a_slot_moved_between_primaries(what: &str, how: Move) {
     let (a, b) = pair().await;
     let cluster = a.cluster.as_ref().expect("cluster");
     let source = cluster.primary_of_slot(0).await;
     let target = cluster.primary_of_slot(16_383).await;
     assert_ne!(source, target);
     let sessions = sessions_on(&a, &b, source, 3).await;
-    // Each session's data slot moves, with the session's keys in it.
     let resets = metric(&b, RESETS).await;
-    let what = ("a slot moved", Move::KeyByKey);
-    moved_then_revoked(what, &a, &b, target, &sessions, resets).await;
+    moved_then_revoked((what, how), &a, &b, target, &sessions, resets).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_to_another_primary_leaves_no_revoked_token_valid() {
+    a_slot_moved_between_primaries("a slot moved", Move::KeyByKey).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_migrated_atomically_leaves_no_revoked_token_valid() {
-    let (a, b) = pair().await;
-    let cluster = a.cluster.as_ref().expect("cluster");
-    let source = cluster.primary_of_slot(0).await;
-    let target = cluster.primary_of_slot(16_383).await;
-    assert_ne!(source, target);
-    let sessions = sessions_on(&a, &b, source, 3).await;
-    let resets = metric(&b, RESETS).await;
-    let what = ("a slot migrated atomically", Move::Atomic);
-    moved_then_revoked(what, &a, &b, target, &sessions, resets).await;
+    a_slot_moved_between_primaries("a slot migrated atomically", Move::Atomic).await;
 }
 
 /// A primary added (without slots), then at once, before B's feed may have noticed it, the
