@@ -24,7 +24,7 @@
 //! changes are rare and short, and meanwhile every validation is answered by Valkey, which
 //! is correct, only slower.
 
-use super::{End, PING_INTERVAL, RETRY_PAUSE, Subscribers, subscribe};
+use super::{End, PING_INTERVAL, Retry, Subscribers, subscribe};
 use crate::store::KeyLayout;
 use crate::store::valkey::cluster::ClusterCommandSide;
 use crate::store::valkey::cluster::shards::Owned;
@@ -43,13 +43,15 @@ pub async fn run_cluster(
     timeout: Duration,
 ) {
     let keys = KeyLayout::new(&prefix);
-    // Whether the last attempt failed too: an outage is logged once, not every 200 ms.
+    // Whether the last attempt failed too: an outage is logged once, not at every attempt.
     let mut failing = false;
+    let mut retry = Retry::new();
     loop {
         match open(&subscribers, &commands, &keys, timeout).await {
             Ok(mut feeds) => {
                 failing = false;
                 subscribers.go_live();
+                retry.live();
                 subscribers.watching(&feeds.watched());
                 tracing::info!(
                     primaries = feeds.nodes.len(),
@@ -80,7 +82,7 @@ pub async fn run_cluster(
                 failing = true;
             }
         }
-        tokio::time::sleep(RETRY_PAUSE).await;
+        retry.pause().await;
     }
 }
 

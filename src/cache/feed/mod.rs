@@ -31,8 +31,48 @@ use tokio::sync::Notify;
 /// partition, no RST) stops the cache within this plus the command timeout.
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Pause between reconnection attempts, so a Valkey that is down costs little.
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// The pause before the first attempt to bring a feed back after it was live.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+
+/// The longest pause between attempts: a Valkey that stays down costs each replica about
+/// one dial every two seconds, and the cache is back within that of its return.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Pauses between attempts to bring a feed back: [`RETRY_FIRST`] after a live feed broke,
+/// doubling while attempts fail, up to [`RETRY_MAX`]; each lengthened by up to half at
+/// random, so replicas that lost one Valkey together do not all dial it in step.
+struct Retry {
+    next: Duration,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Self { next: RETRY_FIRST }
+    }
+
+    /// The feed went live: its next break is retried soon.
+    fn live(&mut self) {
+        self.next = RETRY_FIRST;
+    }
+
+    /// Waits before the next attempt; each failed attempt makes the next wait longer.
+    async fn pause(&mut self) {
+        let base = self.advance();
+        tokio::time::sleep(jittered(base, getrandom::u32().unwrap_or(0))).await;
+    }
+
+    /// This pause before its jitter; the next is twice as long, up to the cap.
+    fn advance(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (now * 2).min(RETRY_MAX);
+        now
+    }
+}
+
+/// `base` lengthened by `random`'s share of half of it.
+fn jittered(base: Duration, random: u32) -> Duration {
+    base + base.mul_f64(f64::from(random) / f64::from(u32::MAX) / 2.0)
+}
 
 /// Who hears the feed: the validation cache (`None` when it is off) and the events
 /// `WatchRevocations` streams.
@@ -201,4 +241,40 @@ pub fn invalidations<'a>(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_attempts_wait_longer_up_to_the_cap_and_a_live_feed_starts_over() {
+        let mut retry = Retry::new();
+        let ms: Vec<u128> = (0..6).map(|_| retry.advance().as_millis()).collect();
+        assert_eq!(ms, [200, 400, 800, 1600, 2000, 2000]);
+        retry.live();
+        assert_eq!(retry.advance(), RETRY_FIRST);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_lasts_its_base_and_at_most_half_again() {
+        let mut retry = Retry::new();
+        let started = tokio::time::Instant::now();
+        retry.pause().await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= RETRY_FIRST && waited <= RETRY_FIRST * 3 / 2,
+            "{waited:?}"
+        );
+        assert_eq!(retry.advance(), RETRY_FIRST * 2, "the next pause doubles");
+    }
+
+    #[test]
+    fn jitter_adds_at_most_half() {
+        let base = Duration::from_millis(200);
+        assert_eq!(jittered(base, 0), base);
+        assert_eq!(jittered(base, u32::MAX), Duration::from_millis(300));
+        let middle = jittered(base, u32::MAX / 2);
+        assert!(middle > base && middle < Duration::from_millis(300));
+    }
 }

@@ -2,7 +2,7 @@
 //! store's commands (their `run_id`s, checked at subscription, with every ping, and at once
 //! after any failed command: see [`crate::store::valkey::identity`]).
 
-use super::{End, PING_INTERVAL, RETRY_PAUSE, Subscribers, subscribe};
+use super::{End, PING_INTERVAL, Retry, Subscribers, subscribe};
 use crate::store::KeyLayout;
 use crate::store::valkey::identity::{self, CommandSide};
 use redis::aio::MultiplexedConnection;
@@ -21,8 +21,9 @@ pub async fn run(
     timeout: Duration,
 ) {
     let keys = KeyLayout::new(&prefix);
-    // Whether the last attempt failed too: an outage is logged once, not every 200 ms.
+    // Whether the last attempt failed too: an outage is logged once, not at every attempt.
     let mut failing = false;
+    let mut retry = Retry::new();
     // Whether the last check found the two apart: logged once per episode too.
     let mut apart = false;
     loop {
@@ -43,6 +44,7 @@ pub async fn run(
                     Ok((server, marker)) => {
                         apart = false;
                         subscribers.go_live();
+                        retry.live();
                         tracing::info!("validation cache live: invalidation feed subscribed");
                         let watched = Watched {
                             commands: &commands,
@@ -89,7 +91,7 @@ pub async fn run(
                 failing = true;
             }
         }
-        tokio::time::sleep(RETRY_PAUSE).await;
+        retry.pause().await;
     }
 }
 
