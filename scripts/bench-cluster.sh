@@ -18,22 +18,11 @@ DURATION=${DURATION:-8}
 PROPAGATION=${PROPAGATION:-1000}
 BIN=target/release
 PATH=$PWD/.tools/bin:$PATH
-PROTO=(-import-path proto -proto barazo/session/v1/session.proto)
-SERVICE=barazo.session.v1.SessionService
 source scripts/bench-lib.sh
 
-for tool in h2load valkey-server grpcurl python3 "$BIN/barazo-session" "$BIN/session-bench"; do
-  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
-done
+require h2load valkey-server grpcurl python3 "$BIN/barazo-session" "$BIN/session-bench"
 
-work=$(mktemp -d)
-pids=()
-finish() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap finish EXIT
+scratch
 
 python3 scripts/valkey-cluster.py >"$work/cluster.out" 2>&1 &
 pids+=($!)

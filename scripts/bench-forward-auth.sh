@@ -20,28 +20,12 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-8}
 BIN=target/release
 PATH=$PWD/.tools/bin:$PATH
-PROTO=(-import-path proto -proto barazo/session/v1/session.proto)
-SERVICE=barazo.session.v1.SessionService
-
-for tool in h2load valkey-server grpcurl python3 "$BIN/barazo-session"; do
-  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
-pids=()
-finish() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap finish EXIT
-
 source scripts/bench-lib.sh
 
-vport=$(free_port)
-valkey-server --port "$vport" --save '' --appendonly no >"$work/valkey.log" 2>&1 &
-pids+=($!)
-wait_for "$work/valkey.log" 'Ready to accept connections'
+require h2load valkey-server grpcurl python3 "$BIN/barazo-session"
+
+scratch
+start_valkey
 
 env -u RUST_LOG -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT LOG_FORMAT=json \
   "$BIN/barazo-session" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --store valkey \

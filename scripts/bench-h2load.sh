@@ -23,29 +23,12 @@ BATCH=${BATCH:-64}
 OLD_SERVER=${OLD_SERVER:-}
 BIN=target/release
 PATH=$PWD/.tools/bin:$PATH
-PROTO=(-import-path proto -proto barazo/session/v1/session.proto)
-SERVICE=barazo.session.v1.SessionService
-
-for tool in h2load valkey-server grpcurl python3 "$BIN/barazo-session" "$BIN/session-bench"; do
-  command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
-done
-
-work=$(mktemp -d)
-pids=()
-sink_pid=
-finish() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap finish EXIT
-
 source scripts/bench-lib.sh
 
-vport=$(free_port)
-valkey-server --port "$vport" --save '' --appendonly no >"$work/valkey.log" 2>&1 &
-pids+=($!)
-wait_for "$work/valkey.log" 'Ready to accept connections'
+require h2load valkey-server grpcurl python3 "$BIN/barazo-session" "$BIN/session-bench"
+
+scratch
+start_valkey
 valkey=redis://127.0.0.1:$vport
 
 "$BIN/session-bench" sink >"$work/sink.out" 2>&1 &

@@ -1,4 +1,37 @@
-# Shared by the h2load benchmark scripts (sourced, not run).
+# Shared by the h2load benchmark scripts (sourced, not run, from the repository root).
+
+PROTO=(-import-path proto -proto barazo/session/v1/session.proto)
+SERVICE=barazo.session.v1.SessionService
+
+# Exits naming the first TOOL that is not on PATH.
+require() {
+  local tool
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
+  done
+}
+
+# A scratch directory ($work) and the background processes started for the run ($pids):
+# every one stopped, and the directory removed, when the script exits.
+scratch() {
+  work=$(mktemp -d)
+  pids=()
+  trap finish EXIT
+}
+
+finish() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# A throwaway valkey-server (no persistence) on a free port, among $pids; sets $vport.
+start_valkey() {
+  vport=$(free_port)
+  valkey-server --port "$vport" --save '' --appendonly no >"$work/valkey.log" 2>&1 &
+  pids+=($!)
+  wait_for "$work/valkey.log" 'Ready to accept connections'
+}
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
