@@ -45,13 +45,7 @@ start_server cluster --store valkey --valkey-mode cluster --valkey-url "$seeds"
 start_server cluster-off --store valkey --valkey-mode cluster --valkey-url "$seeds" --validation-cache off
 servers=(memory cluster cluster-off)
 # Every server SERVING, and the cluster's cache live (its log says so), before any load.
-for name in "${servers[@]}"; do
-  for _ in $(seq 100); do
-    grpcurl -plaintext -d '{}' "${addr[$name]}" grpc.health.v1.Health/Check 2>/dev/null |
-      grep -q SERVING && break
-    sleep 0.1
-  done
-done
+for name in "${servers[@]}"; do wait_serving "${addr[$name]}"; done
 wait_for "$work/cluster.log" 'validation cache live'
 
 run=run-$(date +%s)-$(python3 -c 'import secrets; print(secrets.token_hex(3))')

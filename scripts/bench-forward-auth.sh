@@ -34,7 +34,7 @@ pids+=($!)
 wait_for "$work/server.log" '"listening"'
 grpc=$(grep -o '"addr":"[^"]*"' "$work/server.log" | head -1 | cut -d'"' -f4)
 http=$(grep -o '"http":"[^"]*"' "$work/server.log" | head -1 | cut -d'"' -f4)
-sleep 1 # the health task's first probe: SERVING
+wait_serving "$grpc"
 
 run=run-$(date +%s)-$(python3 -c 'import secrets; print(secrets.token_hex(3))')
 token=$(grpcurl -plaintext "${PROTO[@]}" \

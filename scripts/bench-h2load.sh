@@ -66,7 +66,7 @@ if [[ -n $OLD_SERVER ]]; then
   start_server old "$OLD_SERVER"
   servers+=(old)
 fi
-sleep 1 # the health task's first probe: SERVING
+for name in cached traced ${OLD_SERVER:+old}; do wait_serving "${addr[$name]}"; done
 
 # BATCH sessions of a DID namespace of session-bench's (`.invalid`: no real account), in
 # this run's own Valkey, which goes with it.

@@ -49,6 +49,18 @@ wait_for() {
   exit 1
 }
 
+# Waits until the service at ADDR answers gRPC health SERVING (its store reachable); fails
+# after 10 s.
+wait_serving() {
+  local addr=$1
+  for _ in $(seq 100); do
+    grpcurl -plaintext -d '{}' "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && return 0
+    sleep 0.1
+  done
+  echo "$addr: not SERVING within 10 s" >&2
+  exit 1
+}
+
 # h2load at ADDR's METHOD with the gRPC request in BODY_FILE for SECONDS: 1 thread,
 # 4 connections x 16 streams; prints "<calls/s> <mean>", or fails on any failed call.
 h2load_rate() {
