@@ -218,7 +218,7 @@ impl Metrics {
         let cache_feed_slots = Family::default();
         registry.register(
             "barazo_session_validation_cache_feed_slots",
-            "Valkey Cluster: the slots of each primary (by node id) whose invalidation feed the validation cache is live on; no series while it is not live",
+            "Valkey Cluster: the slots of each primary (by node id) whose invalidation feed is live (it serves the validation cache and WatchRevocations, and runs with the cache off too); no series while the feeds are not live",
             cache_feed_slots.clone(),
         );
         let build_info = Family::<BuildLabels, Gauge>::default();
@@ -329,8 +329,8 @@ impl Metrics {
         self.cache_entries.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    /// Publishes the cluster primaries the cache's feeds are live on, each with the number
-    /// of slots it owns (`(node id, slots)`; none when the feeds are not live).
+    /// Publishes the cluster primaries the invalidation feeds are live on, each with the
+    /// number of slots it owns (`(node id, slots)`; none when the feeds are not live).
     pub fn set_cache_feed_slots(&self, primaries: &[(String, u64)]) {
         self.cache_feed_slots.clear();
         for (node_id, slots) in primaries {
