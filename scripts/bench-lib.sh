@@ -54,7 +54,7 @@ wait_for() {
 wait_serving() {
   local addr=$1
   for _ in $(seq 100); do
-    grpcurl -plaintext -d '{}' "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && return 0
+    grpcurl -plaintext -d '{}' "$addr" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"' && return 0
     sleep 0.1
   done
   echo "$addr: not SERVING within 10 s" >&2

@@ -419,11 +419,13 @@ impl Application {
         let draining = self.draining;
         let shutdown = async move {
             shutdown.await;
-            // Tell health-checking load balancers first, so new calls go elsewhere.
+            // Streams that would run forever end now (their callers reconnect elsewhere),
+            // told that the server is going before the feed they follow stops below.
+            draining.send_replace(true);
+            // The monitor stops so that it cannot report SERVING again once health is
+            // withdrawn below; the feed stops with it, and the cache with the feed.
             stop_monitor.abort();
             metrics.begin_draining();
-            // Streams that would run forever end now (their callers reconnect elsewhere).
-            draining.send_replace(true);
             health::withdraw(health).await;
             http_stop.send_replace(true);
             tracing::info!("shutdown requested: draining in-flight calls");

@@ -81,6 +81,9 @@ impl Revocations {
             }
             loop {
                 let next = tokio::select! {
+                    // Draining before events: at shutdown the feed also breaks, and the
+                    // caller should hear why the stream ends, not that the feed broke.
+                    biased;
                     () = tx.closed() => return,
                     // A closed sender (the server gone) counts as draining too.
                     () = async {

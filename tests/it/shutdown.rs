@@ -203,3 +203,61 @@ async fn shutdown_drains_the_http_listener() {
         .expect("closed, not left open")
         .expect("read to the end");
 }
+
+/// The validation cache stops when the drain begins: the feed that keeps it true stops with
+/// the health monitor, so nothing may be answered from memory while calls still finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_validation_cache() {
+    use crate::cache::{ENTRIES, cache, metric};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn_with(StoreKind::Valkey, &["--http-listen", "127.0.0.1:0"]).await;
+    let created = app.create(&unique_did(), "alice.test").await;
+    cache(&app, &created.access_token).await;
+    assert_eq!(metric(&app, ENTRIES).await, 1.0);
+    let admin = app.metrics_addr.expect("admin listener");
+    let http = app.http_addr.expect("the HTTP listener");
+    // A request in flight holds the drain open: an introspection whose body is still coming.
+    let body = format!("token={}", created.access_token);
+    let mut held = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let head = format!(
+        "POST /v1/introspect HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    held.write_all(head.as_bytes()).await.expect("send");
+    held.write_all(&body.as_bytes()[..6]).await.expect("send");
+    let stopped = tokio::spawn(app.stop());
+    let entries = || async {
+        let text = crate::security::metrics_text(admin).await;
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(ENTRIES)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .expect("the entries gauge")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while entries().await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the cache still holds answers while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !stopped.is_finished(),
+        "the held request keeps the drain open"
+    );
+    held.write_all(&body.as_bytes()[6..])
+        .await
+        .expect("send the rest");
+    let mut answer = [0u8; 12];
+    held.read_exact(&mut answer).await.expect("answered");
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("drained")
+        .expect("task")
+        .expect("clean shutdown");
+}

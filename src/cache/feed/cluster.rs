@@ -24,7 +24,7 @@
 //! changes are rare and short, and meanwhile every validation is answered by Valkey, which
 //! is correct, only slower.
 
-use super::{End, PING_INTERVAL, Retry, Subscribers, subscribe};
+use super::{End, PING_INTERVAL, Retry, Subscribers, Unwatched, subscribe};
 use crate::store::KeyLayout;
 use crate::store::valkey::cluster::ClusterCommandSide;
 use crate::store::valkey::cluster::shards::Owned;
@@ -46,18 +46,20 @@ pub async fn run_cluster(
     // Whether the last attempt failed too: an outage is logged once, not at every attempt.
     let mut failing = false;
     let mut retry = Retry::new();
+    let _unwatched = Unwatched(&subscribers);
     loop {
         match open(&subscribers, &commands, &keys, timeout).await {
             Ok(mut feeds) => {
                 failing = false;
                 subscribers.go_live();
-                retry.live();
+                let went_live = tokio::time::Instant::now();
                 subscribers.watching(&feeds.watched());
                 tracing::info!(
                     primaries = feeds.nodes.len(),
                     "validation cache live: an invalidation feed on every primary"
                 );
                 let end = watch(&mut feeds, &commands, timeout).await;
+                retry.lived(went_live.elapsed());
                 // Before the reset, so that whoever sees the reset counted sees no feed.
                 subscribers.watching(&[]);
                 subscribers.reset(false);

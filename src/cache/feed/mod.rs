@@ -34,13 +34,20 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// The pause before the first attempt to bring a feed back after it was live.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 
-/// The longest pause between attempts: a Valkey that stays down costs each replica about
-/// one dial every two seconds, and the cache is back within that of its return.
+/// The longest pause between attempts (before its jitter): a Valkey that stays down costs
+/// each replica about one dial every two seconds, and the cache is back within about 3 s
+/// of its return (2 s plus up to half again).
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
-/// Pauses between attempts to bring a feed back: [`RETRY_FIRST`] after a live feed broke,
-/// doubling while attempts fail, up to [`RETRY_MAX`]; each lengthened by up to half at
-/// random, so replicas that lost one Valkey together do not all dial it in step.
+/// How long a feed must have stayed live for its break to be retried from
+/// [`RETRY_FIRST`] again: one that breaks sooner (a check failing at once, store commands
+/// failing now and then) counts as a failed attempt, so a flapping feed backs off too.
+const STABLE: Duration = RETRY_MAX;
+
+/// Pauses between attempts to bring a feed back: [`RETRY_FIRST`] after a feed that had
+/// been live for [`STABLE`] broke, doubling while attempts fail, up to [`RETRY_MAX`]; each
+/// lengthened by up to half at random, so replicas that lost one Valkey together do not
+/// all dial it in step.
 struct Retry {
     next: Duration,
 }
@@ -50,9 +57,12 @@ impl Retry {
         Self { next: RETRY_FIRST }
     }
 
-    /// The feed went live: its next break is retried soon.
-    fn live(&mut self) {
-        self.next = RETRY_FIRST;
+    /// The feed was live for `lived` before it broke: its next attempt comes soon if that
+    /// was long enough to count as back.
+    fn lived(&mut self, lived: Duration) {
+        if lived >= STABLE {
+            self.next = RETRY_FIRST;
+        }
     }
 
     /// Waits before the next attempt; each failed attempt makes the next wait longer.
@@ -72,6 +82,17 @@ impl Retry {
 /// `base` lengthened by `random`'s share of half of it.
 fn jittered(base: Duration, random: u32) -> Duration {
     base + base.mul_f64(f64::from(random) / f64::from(u32::MAX) / 2.0)
+}
+
+/// Held by a running feed: when its task ends or is dropped (shutdown aborts it), no
+/// answer is served or streamed any more on the word of a feed that no longer watches.
+struct Unwatched<'a>(&'a Subscribers);
+
+impl Drop for Unwatched<'_> {
+    fn drop(&mut self) {
+        self.0.watching(&[]);
+        self.0.reset(false);
+    }
 }
 
 /// Who hears the feed: the validation cache (`None` when it is off) and the events
@@ -248,12 +269,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failed_attempts_wait_longer_up_to_the_cap_and_a_live_feed_starts_over() {
+    fn failed_attempts_wait_longer_up_to_the_cap_and_a_stable_feed_starts_over() {
         let mut retry = Retry::new();
         let ms: Vec<u128> = (0..6).map(|_| retry.advance().as_millis()).collect();
         assert_eq!(ms, [200, 400, 800, 1600, 2000, 2000]);
-        retry.live();
+        retry.lived(STABLE);
         assert_eq!(retry.advance(), RETRY_FIRST);
+    }
+
+    #[test]
+    fn a_feed_that_breaks_soon_after_going_live_keeps_backing_off() {
+        let mut retry = Retry::new();
+        for _ in 0..4 {
+            retry.advance();
+        }
+        retry.lived(STABLE - Duration::from_millis(1));
+        assert_eq!(
+            retry.advance(),
+            RETRY_MAX,
+            "a flapping feed stays at the cap"
+        );
+    }
+
+    #[test]
+    fn a_feed_that_stops_leaves_nothing_live() {
+        let metrics = Arc::new(crate::observe::metrics::Metrics::new());
+        let subscribers = Subscribers {
+            cache: Some(ValidationCache::new(16, metrics.clone())),
+            events: FeedEvents::new(metrics),
+        };
+        subscribers.go_live();
+        subscribers.watching(&[("a-node".to_owned(), 16_384)]);
+        assert!(subscribers.events.is_live());
+        drop(Unwatched(&subscribers));
+        assert!(!subscribers.events.is_live(), "WatchRevocations is told");
+        let cache = subscribers.cache.as_ref().expect("cache");
+        assert!(!cache.is_live(), "the cache answers nothing more");
     }
 
     #[tokio::test(start_paused = true)]

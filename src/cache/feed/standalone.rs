@@ -2,7 +2,7 @@
 //! store's commands (their `run_id`s, checked at subscription, with every ping, and at once
 //! after any failed command: see [`crate::store::valkey::identity`]).
 
-use super::{End, PING_INTERVAL, Retry, Subscribers, subscribe};
+use super::{End, PING_INTERVAL, Retry, Subscribers, Unwatched, subscribe};
 use crate::store::KeyLayout;
 use crate::store::valkey::identity::{self, CommandSide};
 use redis::aio::MultiplexedConnection;
@@ -24,6 +24,7 @@ pub async fn run(
     // Whether the last attempt failed too: an outage is logged once, not at every attempt.
     let mut failing = false;
     let mut retry = Retry::new();
+    let _unwatched = Unwatched(&subscribers);
     // Whether the last check found the two apart: logged once per episode too.
     let mut apart = false;
     loop {
@@ -44,7 +45,7 @@ pub async fn run(
                     Ok((server, marker)) => {
                         apart = false;
                         subscribers.go_live();
-                        retry.live();
+                        let went_live = tokio::time::Instant::now();
                         tracing::info!("validation cache live: invalidation feed subscribed");
                         let watched = Watched {
                             commands: &commands,
@@ -54,6 +55,7 @@ pub async fn run(
                             timeout,
                         };
                         let end = watch(&mut conn, &closed, &watched).await;
+                        retry.lived(went_live.elapsed());
                         subscribers.reset(false);
                         if end == End::Apart {
                             subscribers.count_unverified();
