@@ -210,7 +210,19 @@ async fn shutdown_drains_the_http_listener() {
 async fn shutdown_stops_the_validation_cache() {
     use crate::cache::{ENTRIES, cache, metric};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = TestApp::spawn_with(StoreKind::Valkey, &["--http-listen", "127.0.0.1:0"]).await;
+    let app = TestApp::spawn_with(
+        StoreKind::Valkey,
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            // The held request below keeps the drain open this long at most.
+            "--request-timeout-ms",
+            "30000",
+        ],
+    )
+    .await;
     let created = app.create(&unique_did(), "alice.test").await;
     cache(&app, &created.access_token).await;
     assert_eq!(metric(&app, ENTRIES).await, 1.0);
