@@ -57,6 +57,7 @@ impl FeedEvents {
     /// The feed became live: streams may have missed events while it was down.
     pub(crate) fn go_live(&self) {
         self.live.store(true, Ordering::SeqCst);
+        self.metrics.set_cache_feed_live(true);
         let _ = self.sender.send(Invalidation::Reset);
     }
 
@@ -66,6 +67,7 @@ impl FeedEvents {
         // A flush notice that arrives after the feed broke (from the old connection) must
         // not make the streams trust a feed that is gone.
         self.live.store(was_live && still_live, Ordering::SeqCst);
+        self.metrics.set_cache_feed_live(was_live && still_live);
         if was_live {
             self.metrics.cache_reset();
             let _ = self.sender.send(if still_live {

@@ -116,6 +116,7 @@ pub struct Metrics {
     cache_unverified: Counter,
     cache_entries: Gauge,
     cache_feed_slots: Family<FeedPrimaryLabels, Gauge>,
+    cache_feed_live: Gauge,
     /// Set at shutdown: from then on the service is not ready, whatever the store says.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -215,6 +216,12 @@ impl Metrics {
             "Answers held in the validation cache",
             cache_entries.clone(),
         );
+        let cache_feed_live = Gauge::default();
+        registry.register(
+            "barazo_session_validation_cache_feed_live",
+            "1 while the invalidation feed is live (connected, subscribed and shown to watch the server the store's commands reach): the validation cache may answer and WatchRevocations streams; 0 otherwise",
+            cache_feed_live.clone(),
+        );
         let cache_feed_slots = Family::default();
         registry.register(
             "barazo_session_validation_cache_feed_slots",
@@ -249,6 +256,7 @@ impl Metrics {
             cache_unverified,
             cache_entries,
             cache_feed_slots,
+            cache_feed_live,
             draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -327,6 +335,11 @@ impl Metrics {
     /// Publishes how many answers the validation cache holds.
     pub fn set_cache_entries(&self, n: usize) {
         self.cache_entries.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Publishes whether the invalidation feed is live.
+    pub fn set_cache_feed_live(&self, live: bool) {
+        self.cache_feed_live.set(i64::from(live));
     }
 
     /// Publishes the cluster primaries the invalidation feeds are live on, each with the

@@ -40,6 +40,7 @@ pub(crate) const HITS: &str = "barazo_session_validation_cache_hits_total";
 pub(crate) const MISSES: &str = "barazo_session_validation_cache_misses_total";
 pub(crate) const RESETS: &str = "barazo_session_validation_cache_resets_total";
 pub(crate) const ENTRIES: &str = "barazo_session_validation_cache_entries";
+pub(crate) const FEED_LIVE: &str = "barazo_session_validation_cache_feed_live";
 
 /// Polls `check` until it holds; panics after [`PATIENCE`].
 pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
@@ -375,11 +376,17 @@ async fn a_killed_valkey_drops_the_cache_and_validation_is_unavailable() {
     let created = app.create(&unique_did(), "alice.test").await;
     cache(&app, &created.access_token).await;
     let resets = metric(&app, RESETS).await;
+    assert_eq!(
+        metric(&app, FEED_LIVE).await,
+        1.0,
+        "answered from a live feed"
+    );
     app.valkey_mut().kill();
     eventually("the cache resets", || async {
         metric(&app, RESETS).await > resets
     })
     .await;
+    assert_eq!(metric(&app, FEED_LIVE).await, 0.0, "no feed without Valkey");
     let status = app
         .try_validate(&created.access_token)
         .await
@@ -564,6 +571,11 @@ async fn the_cache_can_be_switched_off() {
         assert!(app.validate(&created.access_token).await.valid);
     }
     assert_eq!(metric(&app, HITS).await, 0.0);
+    // The feed still runs, for WatchRevocations.
+    eventually("the feed is live with the cache off", || async {
+        metric(&app, FEED_LIVE).await == 1.0
+    })
+    .await;
 }
 
 fn options(valkey: &Valkey) -> ValkeyOptions {
