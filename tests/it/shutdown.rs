@@ -229,13 +229,26 @@ async fn shutdown_stops_the_validation_cache() {
     let admin = app.metrics_addr.expect("admin listener");
     let http = app.http_addr.expect("the HTTP listener");
     // A request in flight holds the drain open: an introspection whose body is still coming.
+    // Its `100 Continue` says the server has begun reading the body, so the request is in
+    // flight before the shutdown starts.
     let body = format!("token={}", created.access_token);
     let mut held = tokio::net::TcpStream::connect(http).await.expect("connect");
     let head = format!(
-        "POST /v1/introspect HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/introspect HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         body.len()
     );
     held.write_all(head.as_bytes()).await.expect("send");
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        held.read_exact(&mut byte).await.expect("an interim answer");
+        interim.push(byte[0]);
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
     held.write_all(&body.as_bytes()[..6]).await.expect("send");
     let stopped = tokio::spawn(app.stop());
     let entries = || async {
