@@ -288,7 +288,7 @@ mod tests {
         ] {
             let mut map = HeaderMap::new();
             map.insert(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderName::from_bytes(name.as_bytes()).expect("a valid name"),
                 HeaderValue::from_static("did:plc:victim"),
             );
             assert!(smuggles_identity(&map), "{name}");

@@ -7,7 +7,7 @@ use crate::grpcurl::grpcurl;
 use crate::security::{metrics_text, sample_or_zero};
 use crate::support::http::http_get;
 use crate::support::pki::TempDir;
-use crate::support::policy::{APPVIEW_KEY, GATEWAY_KEY, PLUGIN_KEY, gateway_policy};
+use crate::support::policy::{GATEWAY_KEY, PLUGIN_KEY, create_as_appview, gateway_policy};
 use crate::support::raw::{self, grpc_frame};
 use crate::support::upstream::Upstream;
 use crate::support::{TestApp, sha256_hex, unique_did};
@@ -320,19 +320,7 @@ async fn check_needs_its_own_right_in_the_policy() {
         &["--authz-policy", &policy, "--metrics-listen", "127.0.0.1:0"],
     )
     .await;
-    let mut create = tonic::Request::new(barazo_session::proto::CreateSessionRequest {
-        did: unique_did(),
-        handle: "alice.test".into(),
-        ..Default::default()
-    });
-    with_key(&mut create, APPVIEW_KEY);
-    let session = app
-        .client
-        .clone()
-        .create_session(create)
-        .await
-        .expect("created")
-        .into_inner();
+    let session = create_as_appview(&app, &unique_did()).await;
     let bearer = format!("Bearer {}", session.access_token);
     let call = |key: Option<&str>| {
         let mut req = tonic::Request::new(request(&[("authorization", &bearer)]));

@@ -7,7 +7,7 @@ use crate::security::sample_or_zero;
 use crate::support::http::{http_get, request};
 use crate::support::pki::{Ca, Pem, TempDir};
 use crate::support::policy::{
-    APPVIEW_ID, APPVIEW_KEY, EDGE_ID, GATEWAY_KEY, PLUGIN_KEY, gateway_policy,
+    APPVIEW_ID, EDGE_ID, GATEWAY_KEY, PLUGIN_KEY, create_as_appview, gateway_policy,
 };
 use crate::support::{TestApp, unique_did};
 use barazo_session::config::StoreKind;
@@ -259,25 +259,6 @@ async fn introspection_answers_as_rfc_7662_says() {
     assert_eq!(header(&head, "allow"), Some("post"));
 }
 
-/// A session created by the AppView, whose key the policy allows everything.
-async fn create_as_appview(app: &TestApp) -> barazo_session::proto::CreateSessionResponse {
-    let mut create = tonic::Request::new(barazo_session::proto::CreateSessionRequest {
-        did: unique_did(),
-        handle: "alice.test".into(),
-        ..Default::default()
-    });
-    create.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {APPVIEW_KEY}").parse().expect("ascii"),
-    );
-    app.client
-        .clone()
-        .create_session(create)
-        .await
-        .expect("the AppView may create")
-        .into_inner()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_policy_the_gateway_proves_itself_apart_from_the_user() {
     let dir = TempDir::new();
@@ -294,7 +275,7 @@ async fn with_a_policy_the_gateway_proves_itself_apart_from_the_user() {
         ],
     )
     .await;
-    let session = create_as_appview(&app).await;
+    let session = create_as_appview(&app, &unique_did()).await;
     let bearer = format!("Bearer {}", session.access_token);
     let user = ("Authorization", bearer.as_str());
 
@@ -408,17 +389,10 @@ async fn over_tls_a_client_certificate_names_the_gateway() {
         &policy,
     ];
     let appview = ca.issue(&["appview.local"], Some(APPVIEW_ID));
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
-        .domain_name("localhost")
-        .identity(tonic::transport::Identity::from_pem(
-            &appview.cert,
-            &appview.key,
-        ));
     let app = TestApp::spawn_config(
         crate::support::config(StoreKind::Memory, None, &flags),
         None,
-        Some(tls),
+        Some(crate::security::client_tls(&ca, Some(&appview))),
     )
     .await;
     let session = app.create(&unique_did(), "alice.test").await;

@@ -7,7 +7,7 @@ use crate::cache::{RESETS, eventually, metric};
 use crate::support::gateway::{Gateway, Kind};
 use crate::support::http::request;
 use crate::support::pki::TempDir;
-use crate::support::policy::{APPVIEW_KEY, GATEWAY_KEY, PLUGIN_KEY, gateway_policy};
+use crate::support::policy::{GATEWAY_KEY, PLUGIN_KEY, create_as_appview, gateway_policy};
 use crate::support::upstream::{Seen, Upstream};
 use crate::support::{Backend, TestApp, sha256_hex, unique_did};
 use barazo_session::proto::CreateSessionResponse;
@@ -410,23 +410,7 @@ async fn the_gateway_key_is_the_gateways_own_credential(kind: Kind) {
     let policy = policy.as_str();
     let stack = Stack::start(kind, &["--authz-policy", policy], GATEWAY_KEY).await;
     let did = unique_did();
-    let mut create = tonic::Request::new(barazo_session::proto::CreateSessionRequest {
-        did: did.clone(),
-        handle: "alice.test".into(),
-        ..Default::default()
-    });
-    create.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {APPVIEW_KEY}").parse().expect("ascii"),
-    );
-    let session = stack
-        .app
-        .client
-        .clone()
-        .create_session(create)
-        .await
-        .expect("created")
-        .into_inner();
+    let session = create_as_appview(&stack.app, &did).await;
     let bearer = format!("Bearer {}", session.access_token);
 
     // A client's own gateway key is replaced by the gateway's: it proves nothing.

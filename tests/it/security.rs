@@ -52,7 +52,7 @@ struct MtlsSetup {
     dir: TempDir,
 }
 
-fn client_tls(ca: &Ca, client: Option<&Pem>) -> ClientTlsConfig {
+pub(crate) fn client_tls(ca: &Ca, client: Option<&Pem>) -> ClientTlsConfig {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca.pem()))
         .domain_name("localhost");

@@ -3,7 +3,8 @@
 //! `ValidateAccessToken`, and the AppView allowed everything (by key or certificate).
 
 use super::pki::TempDir;
-use super::sha256_hex;
+use super::{TestApp, sha256_hex};
+use barazo_session::proto::{CreateSessionRequest, CreateSessionResponse};
 
 /// The gateway's service key (right: `Check`).
 pub const GATEWAY_KEY: &str = "gateway-service-key-0123456789";
@@ -45,4 +46,23 @@ allow = ["*"]
         ),
     );
     path.to_str().expect("utf-8").to_owned()
+}
+
+/// A session of `did` created by the AppView with its key (the policy allows it everything).
+pub async fn create_as_appview(app: &TestApp, did: &str) -> CreateSessionResponse {
+    let mut create = tonic::Request::new(CreateSessionRequest {
+        did: did.to_owned(),
+        handle: "alice.test".into(),
+        ..Default::default()
+    });
+    create.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {APPVIEW_KEY}").parse().expect("ascii"),
+    );
+    app.client
+        .clone()
+        .create_session(create)
+        .await
+        .expect("the AppView may create")
+        .into_inner()
 }
