@@ -86,7 +86,7 @@ fn decide<B>(
         identities,
         presented_key(request.headers()),
     ) {
-        Ok(permit) => Ok(permit),
+        Ok((_, permit)) => Ok(permit),
         Err(denial) => {
             // Debug level: anyone who reaches the port can cause these, so they must not be
             // able to flood the log; the refusal counts are in the RPC metrics instead.
@@ -114,25 +114,17 @@ fn decide<B>(
     }
 }
 
-/// The policy's verdict on one call and, when allowed, a slot of the caller's budget.
+/// The policy's verdict on one call: when allowed, the caller's name and a slot of its
+/// budget, if it has one (a full budget refuses at once, as the global limit does: no
+/// queue).
 fn admit(
     policy: &Policy,
     budgets: &BTreeMap<String, Arc<Semaphore>>,
     method: &str,
     identities: &[String],
     presented: AuthorizationHeader<'_>,
-) -> Result<Option<OwnedSemaphorePermit>, Denial> {
-    let caller = policy.authorize(method, identities, presented)?;
-    budget_slot(budgets, caller, method).map(|(_, permit)| permit)
-}
-
-/// A slot of `caller`'s budget, if it has one; refused at once when it is full, as the
-/// global limit refuses: no queue.
-fn budget_slot(
-    budgets: &BTreeMap<String, Arc<Semaphore>>,
-    caller: String,
-    method: &str,
 ) -> Result<(String, Option<OwnedSemaphorePermit>), Denial> {
+    let caller = policy.authorize(method, identities, presented)?;
     match budgets.get(&caller) {
         Some(budget) => match budget.clone().try_acquire_owned() {
             Ok(permit) => Ok((caller, Some(permit))),
@@ -172,8 +164,7 @@ impl AuthLayer {
             });
         };
         let method = rpc.policy_right().method();
-        let caller = policy.authorize(method, identities, presented)?;
-        let (caller, permit) = budget_slot(&self.budgets, caller, method)?;
+        let (caller, permit) = admit(policy, &self.budgets, method, identities, presented)?;
         Ok(Admitted {
             caller: Some(caller),
             permit,
