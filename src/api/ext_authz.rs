@@ -18,9 +18,7 @@
 
 use crate::api::call::{Calls, SpanFacts};
 use crate::api::error::RequestError;
-use crate::api::headers::{
-    DID_HEADER, HANDLE_HEADER, SESSION_KEY_HEADER, SET_HEADERS, reads_as_ours,
-};
+use crate::api::headers::{DID_HEADER, SET_HEADERS, identity_of, reads_as_ours};
 use crate::api::validation::AccessTokens;
 use crate::domain::view::SessionView;
 use crate::rpc::Rpc;
@@ -181,11 +179,10 @@ fn allowed(session: &SessionView, forged: Vec<String>) -> CheckResponse {
     CheckResponse {
         status: grpc_status(Code::Ok, ""),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers: vec![
-                overwrite(DID_HEADER, session.did().to_owned()),
-                overwrite(HANDLE_HEADER, session.handle().to_owned()),
-                overwrite(SESSION_KEY_HEADER, session.session_key()),
-            ],
+            headers: identity_of(session)
+                .into_iter()
+                .map(|(name, value)| overwrite(name, value))
+                .collect(),
             headers_to_remove: forged,
             ..OkHttpResponse::default()
         })),
@@ -255,6 +252,7 @@ impl SpanFacts for CheckResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::headers::{HANDLE_HEADER, SESSION_KEY_HEADER};
     use crate::domain::Lifetimes;
     use crate::domain::{SessionRecord, sha256_hex};
     use envoy_types::pb::envoy::config::core::v3::HeaderMap;

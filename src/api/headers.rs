@@ -2,6 +2,8 @@
 //! gateway doors (Envoy's ext_authz `Check` and HTTP forward auth): their names, and the
 //! one rule for which client-sent headers would pass for ours.
 
+use crate::domain::view::SessionView;
+
 /// The upstream request header naming the user's DID.
 pub const DID_HEADER: &str = "x-barazo-did";
 /// The upstream request header naming the user's handle.
@@ -14,6 +16,15 @@ pub const HEADER_PREFIX: &str = "x-barazo-";
 
 /// The headers set on an allowed request, which overwrite any the client sent.
 pub const SET_HEADERS: [&str; 3] = [DID_HEADER, HANDLE_HEADER, SESSION_KEY_HEADER];
+
+/// What each identity header says of `session`: the one mapping both doors send upstream.
+pub(crate) fn identity_of(session: &SessionView) -> [(&'static str, String); 3] {
+    [
+        (DID_HEADER, session.did().to_owned()),
+        (HANDLE_HEADER, session.handle().to_owned()),
+        (SESSION_KEY_HEADER, session.session_key()),
+    ]
+}
 
 /// Whether a header name would pass for one of ours upstream: it does once every character
 /// but letters and digits reads as `-`, in any case. CGI, WSGI, Rack and PHP upstreams fold

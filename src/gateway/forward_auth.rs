@@ -22,7 +22,7 @@
 use super::Gateway;
 use super::caller::{GATEWAY_KEY_HEADER, KeyIn};
 use crate::api::call::SpanFacts;
-use crate::api::headers::{DID_HEADER, HANDLE_HEADER, SESSION_KEY_HEADER, reads_as_ours};
+use crate::api::headers::{identity_of, reads_as_ours};
 use crate::authz::{Denial, bearer_credential};
 use crate::domain::view::SessionView;
 use crate::rpc::Rpc;
@@ -86,11 +86,7 @@ impl IntoResponse for Verdict {
         let (status, mut headers) = match self {
             Verdict::Allowed(session) => {
                 let mut headers = HeaderMap::with_capacity(4);
-                for (name, value) in [
-                    (DID_HEADER, session.did().to_owned()),
-                    (HANDLE_HEADER, session.handle().to_owned()),
-                    (SESSION_KEY_HEADER, session.session_key()),
-                ] {
+                for (name, value) in identity_of(&session) {
                     // DIDs, handles and hex keys are checked ASCII when a session is made,
                     // so this never fails; were it to, the request must not pass half-named.
                     let Ok(value) = HeaderValue::try_from(value) else {
