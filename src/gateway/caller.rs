@@ -65,11 +65,10 @@ impl<S> Gateway<S> {
         request: &axum::http::request::Parts,
         key_in: KeyIn,
     ) -> Result<Option<OwnedSemaphorePermit>, Refused> {
-        let no_certificate = CallerCertificate::default();
-        let certificate = request
+        let identities: &[String] = request
             .extensions
             .get::<CallerCertificate>()
-            .unwrap_or(&no_certificate);
+            .map_or(&[], |certificate| &certificate.0);
         let presented = presented(&request.headers, key_in);
         let header = match &presented {
             CallerKey::Nothing => AuthorizationHeader::Nothing,
@@ -79,7 +78,7 @@ impl<S> Gateway<S> {
         };
         let verdict = self
             .authz
-            .admit(rpc, &certificate.0, header)
+            .admit(rpc, identities, header)
             .and_then(|admitted| match (&presented, admitted.caller) {
                 // The Basic user names the caller the key belongs to, as an OAuth
                 // client_id names its client: a key under another name is somebody's
