@@ -132,8 +132,8 @@ async fn shutdown_ends_revocation_streams() {
     );
 }
 
-/// The HTTP listener drains with the gRPC one: it stops accepting, a forward-auth request
-/// in flight gets its answer, and an idle keep-alive connection (as nginx keeps to its
+/// The HTTP listener drains with the gRPC one: it stops accepting, a request in flight
+/// gets its answer, and an idle keep-alive forward-auth connection (as nginx keeps to its
 /// auth upstream) does not hold the shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_the_http_listener() {
@@ -165,19 +165,8 @@ async fn shutdown_drains_the_http_listener() {
 
     let valkey = app.valkey.take().expect("valkey");
     valkey.signal("STOP");
-    let in_flight = {
-        let request = request.clone();
-        tokio::spawn(async move {
-            let mut stream = tokio::net::TcpStream::connect(http).await?;
-            stream.write_all(request.as_bytes()).await?;
-            let mut answer = [0u8; 12];
-            stream.read_exact(&mut answer).await?;
-            std::io::Result::Ok(answer)
-        })
-    };
-    // As in shutdown_lets_in_flight_calls_finish: 200 ms for the request to reach the
-    // server; too short fails the test, it cannot pass it wrongly.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // In flight (the server reads its body) and then held by the frozen Valkey.
+    let (mut in_flight, _) = introspection_in_flight(http, &created.access_token, 0).await;
     let stopped = tokio::spawn(app.stop());
     let deadline = Instant::now() + Duration::from_secs(5);
     while tokio::net::TcpStream::connect(http).await.is_ok() {
@@ -187,9 +176,14 @@ async fn shutdown_drains_the_http_listener() {
         );
         tokio::task::yield_now().await;
     }
-    assert!(!in_flight.is_finished(), "the request waits on Valkey");
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(in_flight.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the request waits on Valkey"
+    );
     valkey.signal("CONT");
-    let answer = in_flight.await.expect("task").expect("answered");
+    let mut answer = [0u8; 12];
+    in_flight.read_exact(&mut answer).await.expect("answered");
     assert_eq!(&answer, b"HTTP/1.1 200");
     tokio::time::timeout(Duration::from_secs(10), stopped)
         .await
@@ -229,27 +223,7 @@ async fn shutdown_stops_the_validation_cache() {
     let admin = app.metrics_addr.expect("admin listener");
     let http = app.http_addr.expect("the HTTP listener");
     // A request in flight holds the drain open: an introspection whose body is still coming.
-    // Its `100 Continue` says the server has begun reading the body, so the request is in
-    // flight before the shutdown starts.
-    let body = format!("token={}", created.access_token);
-    let mut held = tokio::net::TcpStream::connect(http).await.expect("connect");
-    let head = format!(
-        "POST /v1/introspect HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
-        body.len()
-    );
-    held.write_all(head.as_bytes()).await.expect("send");
-    let mut interim = Vec::new();
-    while !interim.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        held.read_exact(&mut byte).await.expect("an interim answer");
-        interim.push(byte[0]);
-    }
-    assert!(
-        interim.starts_with(b"HTTP/1.1 100"),
-        "{}",
-        String::from_utf8_lossy(&interim)
-    );
-    held.write_all(&body.as_bytes()[..6]).await.expect("send");
+    let (mut held, rest) = introspection_in_flight(http, &created.access_token, 4).await;
     let stopped = tokio::spawn(app.stop());
     let entries = || async {
         let text = crate::security::metrics_text(admin).await;
@@ -274,9 +248,7 @@ async fn shutdown_stops_the_validation_cache() {
         !stopped.is_finished(),
         "the held request keeps the drain open"
     );
-    held.write_all(&body.as_bytes()[6..])
-        .await
-        .expect("send the rest");
+    held.write_all(&rest).await.expect("send the rest");
     let mut answer = [0u8; 12];
     held.read_exact(&mut answer).await.expect("answered");
     assert_eq!(&answer, b"HTTP/1.1 200");
@@ -285,4 +257,40 @@ async fn shutdown_stops_the_validation_cache() {
         .expect("drained")
         .expect("task")
         .expect("clean shutdown");
+}
+
+/// An introspection of `token` that the server has begun, on its own connection: the
+/// request sent with `Expect: 100-continue` and the server's `100 Continue` read (it comes
+/// once the handler reads the body, so the request is in flight), then all of the body but
+/// its last `withheld` bytes. Returns the connection and the bytes still to send.
+async fn introspection_in_flight(
+    http: std::net::SocketAddr,
+    token: &str,
+    withheld: usize,
+) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!("token={token}").into_bytes();
+    let mut stream = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let head = format!(
+        "POST /v1/introspect HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream
+            .read_exact(&mut byte)
+            .await
+            .expect("an interim answer");
+        interim.push(byte[0]);
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+    let (sent, rest) = body.split_at(body.len() - withheld);
+    stream.write_all(sent).await.expect("send");
+    (stream, rest.to_vec())
 }
